@@ -1,0 +1,78 @@
+//! The account itself.
+//!
+//! - `GET /_matrix/client/v3/account/whoami`
+//! - `POST /_matrix/client/v3/account/password` (user-interactive auth)
+//! - `POST /_matrix/client/v3/account/deactivate` (user-interactive auth)
+//!
+//! Spec: client-server-api "Account management" (`data/api/client-server/registration.yaml`,
+//! `whoami.yaml`).
+
+use ruma::api::client::{
+    account::{ThirdPartyIdRemovalStatus, change_password, deactivate, whoami},
+    uiaa::AuthType,
+};
+
+use crate::{Result, api::extract::Ctx, services::uiaa::flow};
+
+/// `GET /_matrix/client/v3/account/whoami`
+pub async fn whoami(ctx: Ctx, _req: whoami::v3::Request) -> Result<whoami::v3::Response> {
+    let session = ctx.session()?;
+    let mut response = whoami::v3::Response::new(session.user_id.clone(), false);
+    response.device_id = Some(session.device_id.clone());
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/account/password`
+pub async fn change_password(
+    ctx: Ctx,
+    req: change_password::v3::Request,
+) -> Result<change_password::v3::Response> {
+    let services = &ctx.services;
+    let session = ctx.session()?;
+    services
+        .uiaa
+        .authenticate(
+            services,
+            vec![flow(AuthType::Password)],
+            req.auth.as_ref(),
+            Some(&session.user_id),
+        )
+        .await?;
+    let mut batch = services.batch();
+    if req.logout_devices {
+        services.sessions.queue_delete_devices(
+            &mut batch,
+            &session.user_id,
+            None,
+            Some(session.device_id.as_str()),
+        )?;
+    }
+    services
+        .accounts
+        .set_password(&session.user_id, &req.new_password, batch)
+        .await?;
+    tracing::info!(user_id = %session.user_id, "password changed");
+    Ok(change_password::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/account/deactivate`
+pub async fn deactivate(
+    ctx: Ctx,
+    req: deactivate::v3::Request,
+) -> Result<deactivate::v3::Response> {
+    let services = &ctx.services;
+    let session = ctx.session()?;
+    services
+        .uiaa
+        .authenticate(
+            services,
+            vec![flow(AuthType::Password)],
+            req.auth.as_ref(),
+            Some(&session.user_id),
+        )
+        .await?;
+    services.deactivate_user(&session.user_id).await?;
+    Ok(deactivate::v3::Response::new(
+        ThirdPartyIdRemovalStatus::NoSupport,
+    ))
+}

@@ -1,0 +1,12 @@
+//! Client-Server API handlers, one file per area of the spec
+//! (`../shared/matrix-spec/content/client-server-api/`). Each handler takes ruma's request type
+//! and a [`Ctx`](super::extract::Ctx), calls services, and returns ruma's response type.
+
+pub mod account;
+pub mod account_data;
+pub mod device;
+pub mod profile;
+pub mod register;
+pub mod session;
+pub mod versions;
+pub mod well_known;

@@ -1,0 +1,99 @@
+//! Account registration.
+//!
+//! - `POST /_matrix/client/v3/register`
+//! - `GET /_matrix/client/v3/register/available`
+//! - `GET /_matrix/client/v1/register/m.login.registration_token/validity`
+//!
+//! Spec: client-server-api "Account registration" (`data/api/client-server/registration.yaml`).
+
+use ruma::api::{
+    client::account::{check_registration_token_validity, get_username_availability, register},
+    error::ErrorKind,
+};
+
+use crate::{Error, Result, api::extract::Ctx, config::RegistrationMode, util};
+
+/// `POST /_matrix/client/v3/register`
+pub async fn register(ctx: Ctx, req: register::v3::Request) -> Result<register::v3::Response> {
+    let services = &ctx.services;
+    if req.kind == register::RegistrationKind::Guest {
+        return Err(Error::new(
+            http::StatusCode::FORBIDDEN,
+            ErrorKind::GuestAccessForbidden,
+            "Guest access is disabled",
+        ));
+    }
+    let flows = services.registration.flows()?;
+    // Fail fast on a bad or taken name, before the client goes through the stages.
+    let requested = req
+        .username
+        .as_deref()
+        .map(|name| services.accounts.check_available(name))
+        .transpose()?;
+    let completed = services
+        .uiaa
+        .authenticate(services, flows, req.auth.as_ref(), None)
+        .await?;
+    let user_id = match requested {
+        Some(user_id) => user_id,
+        None => services
+            .accounts
+            .check_available(&format!("u{}", util::random_string(11).to_lowercase()))?,
+    };
+
+    let mut batch = services.batch();
+    let _token_use = match &completed.registration_token {
+        Some(token) => Some(services.registration.queue_use(&mut batch, token).await?),
+        None => None,
+    };
+    let grant = if req.inhibit_login {
+        None
+    } else {
+        Some(services.sessions.queue_grant(
+            &mut batch,
+            &user_id,
+            req.device_id,
+            req.initial_device_display_name,
+            req.refresh_token,
+            ctx.ip.clone(),
+        )?)
+    };
+    services
+        .accounts
+        .create(&user_id, req.password.as_deref(), false, batch)
+        .await?;
+    tracing::info!(%user_id, "registered a new account");
+
+    let mut response = register::v3::Response::new(user_id);
+    if let Some(grant) = grant {
+        response.access_token = Some(grant.access_token);
+        response.device_id = Some(grant.device_id);
+        response.refresh_token = grant.refresh_token;
+        response.expires_in = grant.expires_in;
+    }
+    Ok(response)
+}
+
+/// `GET /_matrix/client/v3/register/available`
+pub async fn get_username_availability(
+    ctx: Ctx,
+    req: get_username_availability::v3::Request,
+) -> Result<get_username_availability::v3::Response> {
+    ctx.services.accounts.check_available(&req.username)?;
+    Ok(get_username_availability::v3::Response::new(true))
+}
+
+/// `GET /_matrix/client/v1/register/m.login.registration_token/validity`
+pub async fn check_registration_token_validity(
+    ctx: Ctx,
+    req: check_registration_token_validity::v1::Request,
+) -> Result<check_registration_token_validity::v1::Response> {
+    if ctx.services.registration.mode() != RegistrationMode::Token {
+        return Err(Error::forbidden(
+            "Registration tokens are not enabled on this server",
+        ));
+    }
+    Ok(check_registration_token_validity::v1::Response::new(
+        ctx.services.registration.token_is_usable(&req.token)?,
+    ))
+}

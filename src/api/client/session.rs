@@ -1,0 +1,122 @@
+//! Logging in and out, and refreshing tokens.
+//!
+//! - `GET/POST /_matrix/client/v3/login`
+//! - `POST /_matrix/client/v3/refresh`
+//! - `POST /_matrix/client/v3/logout`, `POST /_matrix/client/v3/logout/all`
+//!
+//! Spec: client-server-api "Login", "Refreshing access tokens", "Logout"
+//! (`data/api/client-server/login.yaml`, `refresh.yaml`, `logout.yaml`).
+
+use ruma::api::{
+    client::{
+        session::{
+            get_login_types::v3::{self as get_login_types, LoginType, PasswordLoginType},
+            login::v3::{self as login, DiscoveryInfo, HomeserverInfo, LoginInfo},
+            logout, logout_all, refresh_token,
+        },
+        uiaa::UserIdentifier,
+    },
+    error::ErrorKind,
+};
+
+use crate::{Error, Result, api::extract::Ctx};
+
+/// `GET /_matrix/client/v3/login`
+pub async fn get_login_types(
+    _ctx: Ctx,
+    _req: get_login_types::Request,
+) -> Result<get_login_types::Response> {
+    Ok(get_login_types::Response::new(vec![LoginType::Password(
+        PasswordLoginType::new(),
+    )]))
+}
+
+/// `POST /_matrix/client/v3/login`
+pub async fn login(ctx: Ctx, req: login::Request) -> Result<login::Response> {
+    let services = &ctx.services;
+    let LoginInfo::Password(password) = &req.login_info else {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ErrorKind::Unknown,
+            "Only m.login.password is supported",
+        ));
+    };
+    let Some(UserIdentifier::Matrix(identifier)) = &password.identifier else {
+        return Err(Error::bad_json(
+            "Only the m.id.user identifier is supported",
+        ));
+    };
+    let invalid = || Error::forbidden("Invalid username or password");
+    let user_id = services
+        .accounts
+        .resolve_local_user(&identifier.user)?
+        .ok_or_else(invalid)?;
+    if services
+        .accounts
+        .get(&user_id)?
+        .is_some_and(|a| a.deactivated)
+    {
+        return Err(Error::user_deactivated());
+    }
+    if !services
+        .accounts
+        .verify_password(&user_id, &password.password)
+        .await?
+    {
+        return Err(invalid());
+    }
+    let grant = services
+        .sessions
+        .login(
+            &user_id,
+            req.device_id,
+            req.initial_device_display_name,
+            req.refresh_token,
+            ctx.ip.clone(),
+        )
+        .await?;
+    tracing::info!(%user_id, device_id = %grant.device_id, "logged in");
+    let mut response = login::Response::new(user_id, grant.access_token, grant.device_id);
+    response.refresh_token = grant.refresh_token;
+    response.expires_in = grant.expires_in;
+    response.well_known = services
+        .config
+        .well_known_client
+        .clone()
+        .map(|url| DiscoveryInfo::new(HomeserverInfo::new(url)));
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/refresh`
+pub async fn refresh_token(
+    ctx: Ctx,
+    req: refresh_token::v3::Request,
+) -> Result<refresh_token::v3::Response> {
+    let grant = ctx.services.sessions.refresh(&req.refresh_token).await?;
+    let mut response = refresh_token::v3::Response::new(grant.access_token);
+    response.refresh_token = grant.refresh_token;
+    response.expires_in_ms = grant.expires_in;
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/logout`
+pub async fn logout(ctx: Ctx, _req: logout::v3::Request) -> Result<logout::v3::Response> {
+    let session = ctx.session()?;
+    ctx.services
+        .sessions
+        .delete_device(&session.user_id, session.device_id.as_str())
+        .await?;
+    Ok(logout::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/logout/all`
+pub async fn logout_all(
+    ctx: Ctx,
+    _req: logout_all::v3::Request,
+) -> Result<logout_all::v3::Response> {
+    ctx.services
+        .sessions
+        .delete_all_devices(ctx.user_id()?)
+        .await?;
+    Ok(logout_all::v3::Response::new())
+}

@@ -1,0 +1,276 @@
+//! What every request goes through before its handler: the body (bounded by
+//! `max_request_size`), the access token, the rate limit, and the conversion of the actix
+//! request into the `http::Request` that ruma's request types parse.
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, web};
+use futures_util::StreamExt;
+use ruma::{OwnedUserId, UserId, api::error::FromHttpRequestError};
+
+use crate::{
+    Error, Result,
+    services::{Services, rate_limit::LimitClass, sessions::Session},
+};
+
+/// Whether an endpoint needs an access token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthRequirement {
+    /// No token is read.
+    None,
+    /// A token is used when present.
+    Optional,
+    /// A valid token is required.
+    Required,
+}
+
+/// What a handler gets besides its request: the services and who is asking.
+pub struct Ctx {
+    /// Every service.
+    pub services: Arc<Services>,
+    /// The authenticated session, when the request carried a valid token.
+    pub session: Option<Session>,
+    /// The client's address.
+    pub ip: Option<String>,
+}
+
+impl Ctx {
+    /// The session of an endpoint that requires authentication.
+    pub fn session(&self) -> Result<&Session> {
+        self.session.as_ref().ok_or_else(Error::missing_token)
+    }
+
+    /// The authenticated user.
+    pub fn user_id(&self) -> Result<&UserId> {
+        Ok(&self.session()?.user_id)
+    }
+
+    /// The authenticated user, owned.
+    pub fn owned_user_id(&self) -> Result<OwnedUserId> {
+        Ok(self.session()?.user_id.clone())
+    }
+}
+
+/// A request with its body read and its requester known.
+pub struct Prepared {
+    /// The handler's context.
+    pub ctx: Ctx,
+    /// Percent-decoded path variables, in path order.
+    pub path_args: Vec<String>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Prepared {
+    /// The request as ruma's parsers take it.
+    pub fn http_request(&self) -> http::Request<&[u8]> {
+        let mut request = http::Request::new(&self.body[..]);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Reads the body, authenticates and rate-limits a request.
+pub async fn prepare(
+    req: &HttpRequest,
+    payload: web::Payload,
+    services: &Arc<Services>,
+    auth: AuthRequirement,
+    limit: Option<LimitClass>,
+    template: &'static str,
+) -> Result<Prepared> {
+    let ip = req.connection_info().realip_remote_addr().map(|a| {
+        a.rsplit_once(':')
+            .map_or(a, |(host, _)| host)
+            .trim_matches(['[', ']'])
+            .to_owned()
+    });
+    let session = match (auth, access_token(req)) {
+        (AuthRequirement::None, _) => None,
+        (AuthRequirement::Required, None) => return Err(Error::missing_token()),
+        (_, Some(token)) => Some(services.sessions.authenticate(&token, ip.as_deref())?),
+        (AuthRequirement::Optional, None) => None,
+    };
+    if let Some(class) = limit {
+        let key = match (&session, class) {
+            (Some(s), LimitClass::Client) => s.user_id.to_string(),
+            _ => ip.clone().unwrap_or_default(),
+        };
+        services.rate_limit.check(class, &key)?;
+    }
+    let body = read_body(req, payload, services.config.max_request_size).await?;
+    let path_args = path_args(template, req.uri().path())?;
+    let uri: http::Uri = req
+        .uri()
+        .to_string()
+        .parse()
+        .map_err(|_| Error::invalid_param("Malformed request URI"))?;
+    let method = http::Method::from_bytes(req.method().as_str().as_bytes())
+        .map_err(|_| Error::unrecognized())?;
+    let mut headers = http::HeaderMap::with_capacity(req.headers().len());
+    for (name, value) in req.headers() {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_str().as_bytes()),
+            http::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    Ok(Prepared {
+        ctx: Ctx {
+            services: Arc::clone(services),
+            session,
+            ip,
+        },
+        path_args,
+        method,
+        uri,
+        headers,
+        body,
+    })
+}
+
+/// The access token from `Authorization: Bearer …` or the deprecated `access_token` query
+/// parameter.
+fn access_token(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    form_urlencoded_pairs(req.query_string())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v)
+}
+
+fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        Some((
+            percent_decode(&k.replace('+', " ")).ok()?,
+            percent_decode(&v.replace('+', " ")).ok()?,
+        ))
+    })
+}
+
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<bytes::Bytes> {
+    let too_large = || Error::too_large(format!("Request body is larger than {limit} bytes"));
+    if let Some(length) = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && length > limit
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| Error::bad_json(format!("Could not read the request body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The values of the `{variables}` of `template` in the raw request path, percent-decoded.
+fn path_args(template: &str, path: &str) -> Result<Vec<String>> {
+    template
+        .split('/')
+        .zip(path.split('/'))
+        .filter(|(t, _)| t.starts_with('{'))
+        .map(|(_, value)| {
+            percent_decode(value).map_err(|_| Error::invalid_param("Path parameters must be UTF-8"))
+        })
+        .collect()
+}
+
+fn percent_decode(value: &str) -> std::result::Result<String, std::str::Utf8Error> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|e| e.utf8_error())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Maps ruma's parse failures onto the spec's errcodes: unparsable JSON is `M_NOT_JSON`, JSON of
+/// the wrong shape `M_BAD_JSON`, a missing query parameter `M_MISSING_PARAM`, a malformed one or
+/// a malformed identifier `M_INVALID_PARAM`.
+pub fn request_error(error: FromHttpRequestError) -> Error {
+    use ruma::api::error::DeserializationError as D;
+    match error {
+        FromHttpRequestError::Deserialization(D::Json(e)) => match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                Error::not_json(format!("Content not JSON: {e}"))
+            }
+            _ => Error::bad_json(format!("Malformed JSON: {e}")),
+        },
+        FromHttpRequestError::Deserialization(D::Utf8(_)) => {
+            Error::not_json("Content is not valid UTF-8")
+        }
+        FromHttpRequestError::Deserialization(D::Query(e)) => {
+            let text = e.to_string();
+            if text.contains("missing field") {
+                Error::missing_param(format!("Missing query parameter: {text}"))
+            } else {
+                Error::invalid_param(format!("Invalid query parameter: {text}"))
+            }
+        }
+        FromHttpRequestError::Deserialization(D::Ident(e)) => {
+            Error::invalid_param(format!("Invalid identifier: {e}"))
+        }
+        FromHttpRequestError::Deserialization(e) => {
+            Error::bad_json(format!("Malformed request: {e}"))
+        }
+        FromHttpRequestError::MethodMismatch { .. } => Error::method_not_allowed(),
+        _ => Error::bad_json("Malformed request"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_arguments_are_decoded_in_order() {
+        let args = path_args(
+            "/_matrix/client/v3/profile/{user_id}/{field}",
+            "/_matrix/client/v3/profile/%40a%3Ahs/displayname",
+        )
+        .unwrap();
+        assert_eq!(args, vec!["@a:hs", "displayname"]);
+        assert_eq!(percent_decode("a%2Fb%25%zz%4").unwrap(), "a/b%%zz%4");
+        assert!(percent_decode("%ff").is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! The HTTP layer: parse, authenticate, call a service, answer. No RocksDB and no Matrix rules
+//! live here.
+//!
+//! [`configure`] is the route table: every endpoint Hearth serves is registered in it, keyed by
+//! ruma's endpoint metadata (method, paths, authentication scheme), so paths and auth come from
+//! the spec's own types. Federation routes are mounted only when federation is enabled.
+
+pub mod client;
+pub mod extract;
+pub mod respond;
+pub mod router;
+
+use actix_web::web;
+
+use crate::services::rate_limit::LimitClass;
+use router::RouteTable;
+
+/// Registers every route of the server on `cfg`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    let mut t = RouteTable::default();
+
+    // Discovery and server information.
+    t.add(LimitClass::Client, client::versions::get_supported_versions);
+    t.add(LimitClass::Client, client::versions::get_capabilities);
+    t.add(LimitClass::Client, client::well_known::discover_homeserver);
+    cfg.route(
+        "/.well-known/matrix/server",
+        web::get().to(client::well_known::discover_server),
+    );
+
+    // Registration and login.
+    t.add(LimitClass::Register, client::register::register);
+    t.add(
+        LimitClass::Register,
+        client::register::get_username_availability,
+    );
+    t.add(
+        LimitClass::Register,
+        client::register::check_registration_token_validity,
+    );
+    t.add(LimitClass::Login, client::session::get_login_types);
+    t.add(LimitClass::Login, client::session::login);
+    t.add(LimitClass::Client, client::session::refresh_token);
+    t.add(LimitClass::Client, client::session::logout);
+    t.add(LimitClass::Client, client::session::logout_all);
+
+    // The account.
+    t.add(LimitClass::Client, client::account::whoami);
+    t.add(LimitClass::Client, client::account::change_password);
+    t.add(LimitClass::Client, client::account::deactivate);
+
+    // Devices.
+    t.add(LimitClass::Client, client::device::get_devices);
+    t.add(LimitClass::Client, client::device::get_device);
+    t.add(LimitClass::Client, client::device::update_device);
+    t.add(LimitClass::Client, client::device::delete_device);
+    t.add(LimitClass::Client, client::device::delete_devices);
+
+    // Profile and account data.
+    t.add(LimitClass::Client, client::profile::get_profile);
+    t.add(LimitClass::Client, client::profile::get_profile_field);
+    t.add(LimitClass::Client, client::profile::set_profile_field);
+    t.add(LimitClass::Client, client::profile::delete_profile_field);
+    t.add(
+        LimitClass::Client,
+        client::account_data::get_global_account_data,
+    );
+    t.add(
+        LimitClass::Client,
+        client::account_data::set_global_account_data,
+    );
+
+    t.mount(cfg);
+}

@@ -1,0 +1,141 @@
+//! The one route shape: a ruma request type in, a ruma response type out.
+//!
+//! [`RouteTable::add`] takes a handler `async fn(Ctx, R) -> Result<R::OutgoingResponse>` and
+//! registers it under every path ruma knows for `R`, with `R`'s method. Everything that does not
+//! depend on `R` (reading the body, authenticating, rate limiting, turning errors into responses)
+//! is in non-generic functions, so each endpoint adds only a thin layer of generic code.
+
+use std::{collections::BTreeMap, future::Future, sync::Arc};
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use ruma::api::{IncomingRequest, IncomingRequestExt, auth_scheme, path_builder::PathBuilder};
+
+use super::{
+    extract::{self, AuthRequirement, Ctx},
+    respond,
+};
+use crate::{
+    Error, Result,
+    services::{Services, rate_limit::LimitClass},
+};
+
+/// What each ruma authentication scheme demands of a request.
+pub trait AuthPolicy {
+    /// The requirement.
+    const REQUIREMENT: AuthRequirement;
+}
+
+impl AuthPolicy for auth_scheme::NoAuthentication {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+}
+impl AuthPolicy for auth_scheme::NoAccessToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+}
+impl AuthPolicy for auth_scheme::AccessToken {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Required;
+}
+impl AuthPolicy for auth_scheme::AccessTokenOptional {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
+}
+/// Application services arrive with a later issue; until then their token is read as a user's.
+impl AuthPolicy for auth_scheme::AppserviceTokenOptional {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
+}
+
+type Handler = Box<dyn Fn() -> actix_web::Route>;
+
+/// Routes grouped by path, mounted as one actix resource per path.
+#[derive(Default)]
+pub struct RouteTable {
+    paths: BTreeMap<&'static str, Vec<Handler>>,
+}
+
+impl RouteTable {
+    /// Registers `handler` for every path of endpoint `R`.
+    pub fn add<R, F, Fut>(&mut self, limit: LimitClass, handler: F)
+    where
+        R: IncomingRequest + 'static,
+        R::Authentication: AuthPolicy,
+        F: Fn(Ctx, R) -> Fut + Clone + 'static,
+        Fut: Future<Output = Result<R::OutgoingResponse>> + 'static,
+    {
+        for path in R::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            let make = move || {
+                let handler = handler.clone();
+                let method = actix_web::http::Method::from_bytes(R::METHOD.as_str().as_bytes())
+                    .expect("ruma methods are valid");
+                web::method(method).to(
+                    move |req: HttpRequest,
+                          payload: web::Payload,
+                          services: web::Data<Services>| {
+                        serve::<R, F, Fut>(
+                            req,
+                            payload,
+                            services.into_inner(),
+                            limit,
+                            path,
+                            handler.clone(),
+                        )
+                    },
+                )
+            };
+            self.paths.entry(path).or_default().push(Box::new(make));
+        }
+    }
+
+    /// Adds every route to the app, each path with a 405 `M_UNRECOGNIZED` for other methods.
+    /// Paths with fewer variables go first, so a literal segment wins over a `{variable}`.
+    pub fn mount(self, cfg: &mut web::ServiceConfig) {
+        let mut paths: Vec<_> = self.paths.into_iter().collect();
+        paths.sort_by_key(|(path, _)| path.matches('{').count());
+        for (path, routes) in paths {
+            let mut resource = web::resource(path);
+            for make in routes {
+                resource = resource.route(make());
+            }
+            cfg.service(resource.default_service(web::to(respond::method_not_allowed)));
+        }
+    }
+}
+
+async fn serve<R, F, Fut>(
+    req: HttpRequest,
+    payload: web::Payload,
+    services: Arc<Services>,
+    limit: LimitClass,
+    template: &'static str,
+    handler: F,
+) -> HttpResponse
+where
+    R: IncomingRequest,
+    R::Authentication: AuthPolicy,
+    F: Fn(Ctx, R) -> Fut,
+    Fut: Future<Output = Result<R::OutgoingResponse>>,
+{
+    let outcome = async {
+        let prepared = extract::prepare(
+            &req,
+            payload,
+            &services,
+            <R::Authentication as AuthPolicy>::REQUIREMENT,
+            R::RATE_LIMITED.then_some(limit),
+            template,
+        )
+        .await?;
+        let args: Vec<&str> = prepared.path_args.iter().map(String::as_str).collect();
+        let request = R::try_from_http_request(prepared.http_request(), &args)
+            .map_err(extract::request_error)?;
+        handler(prepared.ctx, request).await
+    }
+    .await;
+    match outcome {
+        Ok(response) => respond::ruma_response(response),
+        Err(error) => respond::error(error),
+    }
+}
+
+/// Helper for handlers: the error when a required field of the spec is missing.
+pub fn require<T>(value: Option<T>, what: &str) -> Result<T> {
+    value.ok_or_else(|| Error::missing_param(format!("Missing {what}")))
+}

@@ -1,0 +1,598 @@
+//! Configuration in two stages: the TOML file (plus `HEARTH_<SECTION>__<KEY>` environment
+//! variables and command-line overrides) is read into a raw, serde-shaped [`RawConfig`]; then
+//! [`RawConfig::validate`] turns it into the typed [`Config`] the server is built from.
+//!
+//! Every failure names the key at fault (`config key "registration.mode": …`), and unknown keys
+//! are refused rather than ignored, so a typo cannot silently leave a default in force.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ruma::OwnedServerName;
+use serde::Deserialize;
+
+/// A configuration problem, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn key_error(key: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("config key \"{key}\": {message}"))
+}
+
+/// Who may create accounts through `/register`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationMode {
+    /// Anyone (UIA stage `m.login.dummy`).
+    Open,
+    /// Only with a registration token (`m.login.registration_token`).
+    Token,
+    /// Nobody through the API; admins use `hearth user create`.
+    Closed,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A token bucket: sustained rate and burst.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests per second allowed on average.
+    pub per_second: f64,
+    /// Requests allowed at once after a quiet period.
+    pub burst: f64,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The server name in user ids (`@alice:<server_name>`).
+    pub server_name: OwnedServerName,
+    /// Addresses to listen on (plain HTTP; put TLS in a reverse proxy).
+    pub listen: Vec<SocketAddr>,
+    /// Largest accepted request body, in bytes.
+    pub max_request_size: usize,
+    /// The ed25519 signing key file (created at first start when missing).
+    pub signing_key_path: PathBuf,
+    /// Database directory.
+    pub database_path: PathBuf,
+    /// RocksDB block cache, in bytes.
+    pub cache_bytes: usize,
+    /// Sync the WAL before acknowledging a write.
+    pub sync_writes: bool,
+    /// Registration policy.
+    pub registration: RegistrationMode,
+    /// argon2 memory cost in KiB.
+    pub password_memory_kib: u32,
+    /// argon2 iterations.
+    pub password_iterations: u32,
+    /// argon2 lanes.
+    pub password_parallelism: u32,
+    /// Lifetime of access tokens issued with a refresh token.
+    pub refreshable_token_lifetime: Duration,
+    /// `tracing` filter directive.
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// `m.homeserver.base_url` for `/.well-known/matrix/client`.
+    pub well_known_client: Option<String>,
+    /// `m.server` for `/.well-known/matrix/server`.
+    pub well_known_server: Option<String>,
+    /// Federation on or off.
+    pub federation_enabled: bool,
+    /// Rate limiting on or off.
+    pub rate_limits_enabled: bool,
+    /// Limit for `/login`, per client address.
+    pub rate_limit_login: RateLimit,
+    /// Limit for `/register`, per client address.
+    pub rate_limit_register: RateLimit,
+    /// Limit for every other rate-limited endpoint, per user (or address when anonymous).
+    pub rate_limit_client: RateLimit,
+}
+
+/// The file as written: every key optional, defaults filled in by serde.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    server_name: String,
+    listen: ListenAddrs,
+    max_request_size: u64,
+    signing_key_path: Option<PathBuf>,
+    database: RawDatabase,
+    registration: RawRegistration,
+    passwords: RawPasswords,
+    sessions: RawSessions,
+    logging: RawLogging,
+    well_known: RawWellKnown,
+    federation: RawFederation,
+    rate_limits: RawRateLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ListenAddrs {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    path: PathBuf,
+    cache_size_mb: u64,
+    sync_writes: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRegistration {
+    mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPasswords {
+    memory_kib: u32,
+    iterations: u32,
+    parallelism: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSessions {
+    refreshable_token_lifetime_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLogging {
+    level: String,
+    format: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWellKnown {
+    client: Option<String>,
+    server: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFederation {
+    enabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRateLimits {
+    enabled: bool,
+    login: RateLimit,
+    register: RateLimit,
+    client: RateLimit,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".into(),
+            listen: ListenAddrs::Many(vec!["127.0.0.1:8008".into()]),
+            max_request_size: 10 * 1024 * 1024,
+            signing_key_path: None,
+            database: RawDatabase::default(),
+            registration: RawRegistration::default(),
+            passwords: RawPasswords::default(),
+            sessions: RawSessions::default(),
+            logging: RawLogging::default(),
+            well_known: RawWellKnown::default(),
+            federation: RawFederation::default(),
+            rate_limits: RawRateLimits::default(),
+        }
+    }
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./hearth-data"),
+            cache_size_mb: 64,
+            sync_writes: true,
+        }
+    }
+}
+
+impl Default for RawPasswords {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+impl Default for RawSessions {
+    fn default() -> Self {
+        Self {
+            refreshable_token_lifetime_secs: 300,
+        }
+    }
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Default for RawRateLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            login: RateLimit {
+                per_second: 0.17,
+                burst: 5.0,
+            },
+            register: RateLimit {
+                per_second: 0.17,
+                burst: 5.0,
+            },
+            client: RateLimit {
+                per_second: 10.0,
+                burst: 50.0,
+            },
+        }
+    }
+}
+
+/// Command-line values that win over the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--server-name`.
+    pub server_name: Option<String>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Reads the configuration: `file` (if any), then `HEARTH_*` variables from `env`, then
+/// `overrides`, then validation.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError(format!("cannot read config file {}: {e}", path.display()))
+            })?;
+            text.parse::<toml::Table>().map_err(|e| {
+                ConfigError(format!(
+                    "config file {} is not valid TOML: {e}",
+                    path.display()
+                ))
+            })?
+        }
+        None => toml::Table::new(),
+    };
+    let mut from_env = Vec::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("HEARTH_") else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError(format!(
+                "environment variable {name}: malformed key"
+            )));
+        }
+        set_path(&mut table, &path, parse_env_value(&value))
+            .map_err(|e| ConfigError(format!("environment variable {name}: {e}")))?;
+        from_env.push((path.join("."), name));
+    }
+    let mut set = |key: &str, value: toml::Value| {
+        set_path(
+            &mut table,
+            &key.split('.').map(String::from).collect::<Vec<_>>(),
+            value,
+        )
+    };
+    if let Some(name) = &overrides.server_name {
+        set("server_name", name.clone().into()).map_err(ConfigError)?;
+    }
+    if let Some(listen) = &overrides.listen {
+        set("listen", listen.clone().into()).map_err(ConfigError)?;
+    }
+    if let Some(dir) = &overrides.data_dir {
+        set("database.path", dir.display().to_string().into()).map_err(ConfigError)?;
+    }
+    let raw: RawConfig =
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.trim_end();
+            let hint = from_env
+                .iter()
+                .find(|(p, _)| p.starts_with(&path) || path.starts_with(p.as_str()))
+                .map(|(_, n)| format!(" (set by {n})"))
+                .unwrap_or_default();
+            if path == "." || path.is_empty() {
+                ConfigError(format!("config: {inner}{hint}"))
+            } else {
+                key_error(&path, format!("{inner}{hint}"))
+            }
+        })?;
+    raw.validate()
+}
+
+fn parse_env_value(value: &str) -> toml::Value {
+    match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| value.into()),
+        Err(_) => toml::Value::String(value.to_owned()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("\"{part}\" is not a section"))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+impl RawConfig {
+    /// Checks every value and builds the typed configuration.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let server_name = OwnedServerName::try_from(self.server_name.as_str()).map_err(|e| {
+            key_error(
+                "server_name",
+                format!("\"{}\" is not a valid server name ({e})", self.server_name),
+            )
+        })?;
+        let listen_strings = match self.listen {
+            ListenAddrs::One(s) => s
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            ListenAddrs::Many(v) => v,
+        };
+        if listen_strings.is_empty() {
+            return Err(key_error("listen", "at least one address is needed"));
+        }
+        let listen = listen_strings
+            .iter()
+            .map(|s| {
+                s.parse::<SocketAddr>().map_err(|_| {
+                    key_error(
+                        "listen",
+                        format!(
+                            "\"{s}\" is not an address:port such as 127.0.0.1:8008 or [::1]:8008"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.max_request_size < 1024 {
+            return Err(key_error("max_request_size", "must be at least 1024 bytes"));
+        }
+        if self.database.cache_size_mb == 0 {
+            return Err(key_error("database.cache_size_mb", "must be at least 1"));
+        }
+        let all_loopback = listen.iter().all(|a| a.ip().is_loopback());
+        let registration = match self.registration.mode.as_deref() {
+            None if all_loopback => RegistrationMode::Open,
+            None => RegistrationMode::Closed,
+            Some("open") => RegistrationMode::Open,
+            Some("token") => RegistrationMode::Token,
+            Some("closed") => RegistrationMode::Closed,
+            Some(other) => {
+                return Err(key_error(
+                    "registration.mode",
+                    format!("expected one of \"open\", \"token\", \"closed\", found \"{other}\""),
+                ));
+            }
+        };
+        let p = &self.passwords;
+        argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, None).map_err(|e| {
+            key_error(
+                "passwords",
+                format!(
+                    "invalid argon2 cost (memory_kib = {}, iterations = {}, parallelism = {}): {e}",
+                    p.memory_kib, p.iterations, p.parallelism
+                ),
+            )
+        })?;
+        if self.sessions.refreshable_token_lifetime_secs == 0 {
+            return Err(key_error(
+                "sessions.refreshable_token_lifetime_secs",
+                "must be at least 1",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.logging.level).map_err(|e| {
+            key_error(
+                "logging.level",
+                format!(
+                    "\"{}\" is not a valid level or filter: {e}",
+                    self.logging.level
+                ),
+            )
+        })?;
+        let log_format = match self.logging.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(key_error(
+                    "logging.format",
+                    format!("expected \"text\" or \"json\", found \"{other}\""),
+                ));
+            }
+        };
+        if let Some(url) = &self.well_known.client
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(key_error(
+                "well_known.client",
+                format!("\"{url}\" must be an http(s):// URL"),
+            ));
+        }
+        if let Some(server) = &self.well_known.server {
+            let host = server
+                .rsplit_once(':')
+                .filter(|(_, port)| port.parse::<u16>().is_ok())
+                .map(|(h, _)| h)
+                .unwrap_or(server);
+            if <&ruma::ServerName>::try_from(server.as_str()).is_err() || host.is_empty() {
+                return Err(key_error(
+                    "well_known.server",
+                    format!("\"{server}\" must be a host name with an optional :port"),
+                ));
+            }
+        }
+        for (key, limit) in [
+            ("rate_limits.login", self.rate_limits.login),
+            ("rate_limits.register", self.rate_limits.register),
+            ("rate_limits.client", self.rate_limits.client),
+        ] {
+            if !(limit.per_second > 0.0 && limit.burst >= 1.0) {
+                return Err(key_error(
+                    key,
+                    "per_second must be above 0 and burst at least 1",
+                ));
+            }
+        }
+        let signing_key_path = self
+            .signing_key_path
+            .unwrap_or_else(|| self.database.path.join("signing.key"));
+        Ok(Config {
+            server_name,
+            listen,
+            max_request_size: self.max_request_size as usize,
+            signing_key_path,
+            database_path: self.database.path,
+            cache_bytes: (self.database.cache_size_mb as usize) << 20,
+            sync_writes: self.database.sync_writes,
+            registration,
+            password_memory_kib: p.memory_kib,
+            password_iterations: p.iterations,
+            password_parallelism: p.parallelism,
+            refreshable_token_lifetime: Duration::from_secs(
+                self.sessions.refreshable_token_lifetime_secs,
+            ),
+            log_level: self.logging.level,
+            log_format,
+            well_known_client: self.well_known.client,
+            well_known_server: self.well_known.server,
+            federation_enabled: self.federation.enabled,
+            rate_limits_enabled: self.rate_limits.enabled,
+            rate_limit_login: self.rate_limits.login,
+            rate_limit_register: self.rate_limits.register,
+            rate_limit_client: self.rate_limits.client,
+        })
+    }
+}
+
+impl Config {
+    /// The defaults, as `hearth serve` with no file and no environment would use them.
+    pub fn defaults() -> Config {
+        RawConfig::default()
+            .validate()
+            .expect("the built-in defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        load(
+            Some(&path),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn the_example_file_parses_and_matches_the_defaults() {
+        let example = load_str(include_str!("../homeserver.example.toml"), &[]).unwrap();
+        let defaults = Config::defaults();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = load_str("[database]\npaht = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database") && err.contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = load_str("[registration]\nmode = \"maybe\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registration.mode"), "{err}");
+        let err = load_str("[database]\ncache_size_mb = \"lots\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.cache_size_mb"), "{err}");
+        let err = load_str("listen = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = load_str(
+            "server_name = \"a.example\"\n",
+            &[
+                ("HEARTH_SERVER_NAME", "b.example"),
+                ("HEARTH_RATE_LIMITS__ENABLED", "false"),
+                ("HEARTH_DATABASE__PATH", "/tmp/x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server_name.as_str(), "b.example");
+        assert!(!c.rate_limits_enabled);
+        assert_eq!(c.database_path, PathBuf::from("/tmp/x"));
+        let err = load_str("", &[("HEARTH_DATABASE__NOPE", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HEARTH_DATABASE__NOPE"), "{err}");
+    }
+
+    #[test]
+    fn registration_defaults_to_closed_off_loopback() {
+        assert_eq!(Config::defaults().registration, RegistrationMode::Open);
+        let c = load_str("listen = \"0.0.0.0:8008\"\n", &[]).unwrap();
+        assert_eq!(c.registration, RegistrationMode::Closed);
+    }
+}

@@ -1,0 +1,103 @@
+//! Starting and stopping the HTTP server: builds the services over the database, binds every
+//! configured address, serves until SIGINT/SIGTERM, then shuts down gracefully so RocksDB closes
+//! cleanly.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use actix_web::{App, HttpServer, middleware::from_fn, web};
+
+use crate::{api, config::Config, services::Services};
+
+/// Everything that can stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Opening the database or building a service failed.
+    #[error("{0}")]
+    Services(String),
+    /// An address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Runs the server until it is told to stop.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let started = std::time::Instant::now();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        server_name = %config.server_name,
+        data = %config.database_path.display(),
+        registration = ?config.registration,
+        federation = if config.federation_enabled { "on" } else { "off" },
+        sync_writes = config.sync_writes,
+        "starting Hearth"
+    );
+    let services =
+        Services::open(config.clone()).map_err(|e| StartError::Services(e.to_string()))?;
+    let accounts = services.accounts.count().unwrap_or(0);
+    let server = bind(Arc::clone(&services), &config)?;
+    for addr in server.addrs() {
+        tracing::info!("listening on http://{addr}");
+    }
+    tracing::info!(
+        accounts,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+    if config.registration == crate::config::RegistrationMode::Open
+        && !config.listen.iter().all(|a| a.ip().is_loopback())
+    {
+        tracing::warn!(
+            "registration is open to anyone who can reach this server (registration.mode = \"open\")"
+        );
+    }
+    let result = server.run.await;
+    if let Err(e) = result {
+        tracing::error!("server stopped with an error: {e}");
+    }
+    drop(services);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A bound but not yet awaited server.
+pub struct Bound {
+    run: actix_web::dev::Server,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Bound {
+    /// The addresses actually bound (port 0 resolved).
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+}
+
+/// Binds the configured addresses and builds the actix server over `services`.
+pub fn bind(services: Arc<Services>, config: &Config) -> Result<Bound, StartError> {
+    let data = web::Data::from(services);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(from_fn(api::respond::cors_and_trace))
+            .configure(api::configure)
+            .default_service(web::to(api::respond::not_found))
+    })
+    .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    .shutdown_timeout(10);
+    for addr in &config.listen {
+        server = server.bind(addr).map_err(|source| StartError::Bind {
+            addr: *addr,
+            source,
+        })?;
+    }
+    let addrs = server.addrs();
+    Ok(Bound {
+        run: server.run(),
+        addrs,
+    })
+}

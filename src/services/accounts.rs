@@ -1,0 +1,233 @@
+//! Local accounts: username rules, creation, argon2 passwords, admin flag, deactivation.
+
+use std::sync::Arc;
+
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
+    password_hash::SaltString,
+};
+use ruma::{OwnedUserId, UserId};
+
+use crate::{
+    Error, Result,
+    config::Config,
+    storage::{
+        Batch, Db,
+        tables::accounts::{AccountRecord, AccountsTable},
+    },
+    util,
+};
+
+/// The accounts service.
+pub struct Accounts {
+    table: AccountsTable,
+    config: Arc<Config>,
+    /// Serialises "is the name free? then take it", so two registrations cannot both win.
+    create_lock: tokio::sync::Mutex<()>,
+}
+
+impl Accounts {
+    /// Builds the service.
+    pub fn new(db: Arc<Db>, config: Arc<Config>) -> Self {
+        Self {
+            table: AccountsTable::new(db),
+            config,
+            create_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Turns a requested username (localpart or full user id) into a local user id, applying
+    /// the spec's grammar and Synapse's reservations (no leading `_`, not purely numeric).
+    pub fn user_id_for_new_account(&self, username: &str) -> Result<OwnedUserId> {
+        let localpart = self.localpart_of(username)?;
+        if localpart.is_empty() {
+            return Err(Error::invalid_username("User ID cannot be empty"));
+        }
+        if !localpart.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        ) {
+            return Err(Error::invalid_username(
+                "User ID can only contain characters a-z, 0-9, or '=_-./+'",
+            ));
+        }
+        if localpart.starts_with('_') {
+            return Err(Error::invalid_username("User ID may not begin with _"));
+        }
+        if localpart.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::invalid_username(
+                "Numeric user IDs are reserved for guest users",
+            ));
+        }
+        let user_id = format!("@{localpart}:{}", self.config.server_name);
+        if user_id.len() > 255 {
+            return Err(Error::invalid_username(
+                "User ID may not be longer than 255 characters",
+            ));
+        }
+        UserId::parse(user_id).map_err(|e| Error::invalid_username(format!("Invalid user ID: {e}")))
+    }
+
+    /// The localpart of `username` when it names a user of this server (a bare localpart or a
+    /// full `@local:server`).
+    fn localpart_of<'a>(&self, username: &'a str) -> Result<&'a str> {
+        match username.strip_prefix('@') {
+            Some(rest) => match rest.split_once(':') {
+                Some((local, server)) if server == self.config.server_name.as_str() => Ok(local),
+                _ => Err(Error::invalid_username(
+                    "User ID does not belong to this server",
+                )),
+            },
+            None => Ok(username),
+        }
+    }
+
+    /// Resolves a login identifier (localpart or full id, any case) to an existing local user id.
+    pub fn resolve_local_user(&self, username: &str) -> Result<Option<OwnedUserId>> {
+        let Ok(localpart) = self.localpart_of(username) else {
+            return Ok(None);
+        };
+        let lower = localpart.to_lowercase();
+        for candidate in [localpart, lower.as_str()] {
+            let user_id = format!("@{candidate}:{}", self.config.server_name);
+            if let Ok(id) = UserId::parse(&user_id)
+                && self.table.get(id.as_str())?.is_some()
+            {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The stored account.
+    pub fn get(&self, user_id: &UserId) -> Result<Option<AccountRecord>> {
+        Ok(self.table.get(user_id.as_str())?)
+    }
+
+    /// Whether the user exists and is not deactivated.
+    pub fn is_active(&self, user_id: &UserId) -> Result<bool> {
+        Ok(self.get(user_id)?.is_some_and(|a| !a.deactivated))
+    }
+
+    /// Whether `user_id` is free for a new account (checks grammar too).
+    pub fn check_available(&self, username: &str) -> Result<OwnedUserId> {
+        let user_id = self.user_id_for_new_account(username)?;
+        if self.table.get(user_id.as_str())?.is_some() {
+            return Err(Error::user_in_use());
+        }
+        Ok(user_id)
+    }
+
+    /// Creates an account, committing it with whatever the caller already queued in `batch`
+    /// (first device, registration-token use), so they appear together or not at all.
+    pub async fn create(
+        &self,
+        user_id: &UserId,
+        password: Option<&str>,
+        admin: bool,
+        mut batch: Batch,
+    ) -> Result<()> {
+        let password_hash = match password {
+            Some(p) => Some(self.hash_password(p).await?),
+            None => None,
+        };
+        let _guard = self.create_lock.lock().await;
+        if self.table.get(user_id.as_str())?.is_some() {
+            return Err(Error::user_in_use());
+        }
+        let record = AccountRecord {
+            password_hash,
+            admin,
+            deactivated: false,
+            created_ms: util::now_ms(),
+        };
+        self.table.put(&mut batch, user_id.as_str(), &record)?;
+        batch.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces the password, committing it with the caller's `batch` (revoked sessions).
+    pub async fn set_password(
+        &self,
+        user_id: &UserId,
+        password: &str,
+        mut batch: Batch,
+    ) -> Result<()> {
+        let hash = self.hash_password(password).await?;
+        let mut record = self
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("No such user"))?;
+        record.password_hash = Some(hash);
+        self.table.put(&mut batch, user_id.as_str(), &record)?;
+        batch.commit().await?;
+        Ok(())
+    }
+
+    /// Marks the account deactivated and drops its password, committing it with the caller's
+    /// `batch` (removal of devices, profile and account data).
+    pub async fn deactivate(&self, user_id: &UserId, mut batch: Batch) -> Result<()> {
+        let mut record = self
+            .get(user_id)?
+            .ok_or_else(|| Error::not_found("No such user"))?;
+        record.deactivated = true;
+        record.password_hash = None;
+        self.table.put(&mut batch, user_id.as_str(), &record)?;
+        batch.commit().await?;
+        Ok(())
+    }
+
+    /// Checks a password against the stored hash. Deactivated accounts never match.
+    pub async fn verify_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        let Some(record) = self.get(user_id)? else {
+            return Ok(false);
+        };
+        let Some(hash) = record.password_hash.filter(|_| !record.deactivated) else {
+            return Ok(false);
+        };
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .map_err(|e| Error::internal(format!("password check failed: {e}")))
+    }
+
+    /// Number of accounts.
+    pub fn count(&self) -> Result<u64> {
+        Ok(self.table.count()?)
+    }
+
+    async fn hash_password(&self, password: &str) -> Result<String> {
+        if password.is_empty() {
+            return Err(Error::new(
+                http::StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::WeakPassword,
+                "Password must not be empty",
+            ));
+        }
+        let params = Params::new(
+            self.config.password_memory_kib,
+            self.config.password_iterations,
+            self.config.password_parallelism,
+            None,
+        )
+        .map_err(|e| Error::internal(format!("argon2 parameters: {e}")))?;
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut salt = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+                .map_err(|_| Error::internal("no randomness"))?;
+            let salt =
+                SaltString::encode_b64(&salt).map_err(|e| Error::internal(format!("salt: {e}")))?;
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| Error::internal(format!("argon2: {e}")))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("password hashing failed: {e}")))?
+    }
+}

@@ -1,0 +1,109 @@
+//! The rules of Matrix, one service per concern. Services know nothing of HTTP (no actix types)
+//! and nothing of RocksDB (they use the typed tables of `storage::tables`).
+//!
+//! [`Services`] is built once at start and shared (`Arc`) with every request handler.
+
+pub mod account_data;
+pub mod accounts;
+pub mod profile;
+pub mod rate_limit;
+pub mod registration;
+pub mod server_keys;
+pub mod sessions;
+pub mod uiaa;
+
+use std::sync::Arc;
+
+use crate::{
+    config::Config,
+    storage::{Batch, Db, StorageOptions, StorageResult},
+};
+
+/// Every service, built once.
+pub struct Services {
+    db: Arc<Db>,
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Accounts and passwords.
+    pub accounts: accounts::Accounts,
+    /// Devices, access and refresh tokens, login.
+    pub sessions: sessions::Sessions,
+    /// Registration policy and registration tokens.
+    pub registration: registration::Registration,
+    /// User-interactive authentication sessions.
+    pub uiaa: uiaa::Uiaa,
+    /// Profiles.
+    pub profile: profile::Profiles,
+    /// Account data.
+    pub account_data: account_data::AccountData,
+    /// Request rate limits.
+    pub rate_limit: rate_limit::RateLimiter,
+    /// The server's signing key.
+    pub server_keys: server_keys::ServerKeys,
+}
+
+impl Services {
+    /// Opens the database in the configured directory and builds the services over it.
+    pub fn open(config: Config) -> Result<Arc<Services>, crate::Error> {
+        let db = open_db(&config)?;
+        Self::build(config, db)
+    }
+
+    /// Builds the services over an open database.
+    pub fn build(config: Config, db: Arc<Db>) -> Result<Arc<Services>, crate::Error> {
+        let config = Arc::new(config);
+        let server_keys = server_keys::ServerKeys::load_or_create(
+            &config.signing_key_path,
+            config.server_name.as_str(),
+        )?;
+        let accounts = accounts::Accounts::new(Arc::clone(&db), Arc::clone(&config));
+        let sessions = sessions::Sessions::new(Arc::clone(&db), Arc::clone(&config));
+        let registration = registration::Registration::new(Arc::clone(&db), config.registration);
+        let profile = profile::Profiles::new(Arc::clone(&db));
+        let account_data = account_data::AccountData::new(Arc::clone(&db));
+        let rate_limit = rate_limit::RateLimiter::new(&config);
+        Ok(Arc::new(Services {
+            db,
+            uiaa: uiaa::Uiaa::new(),
+            accounts,
+            sessions,
+            registration,
+            profile,
+            account_data,
+            rate_limit,
+            server_keys,
+            config,
+        }))
+    }
+}
+
+impl Services {
+    /// Starts a batch: services queue their parts of one logical change into it.
+    pub fn batch(&self) -> Batch {
+        self.db.batch()
+    }
+
+    /// Deactivates an account: no password, no devices or tokens, no profile, no account
+    /// data, all in one batch. The user id stays reserved.
+    pub async fn deactivate_user(&self, user_id: &ruma::UserId) -> Result<(), crate::Error> {
+        let mut batch = self.batch();
+        self.sessions
+            .queue_delete_devices(&mut batch, user_id, None, None)?;
+        self.profile.queue_clear(&mut batch, user_id);
+        self.account_data.queue_clear(&mut batch, user_id)?;
+        self.accounts.deactivate(user_id, batch).await?;
+        tracing::info!(%user_id, "account deactivated");
+        Ok(())
+    }
+}
+
+/// Opens the database a configuration points at.
+pub fn open_db(config: &Config) -> StorageResult<Arc<Db>> {
+    Db::open(
+        &config.database_path,
+        &StorageOptions {
+            cache_bytes: config.cache_bytes,
+            sync_writes: config.sync_writes,
+        },
+    )
+}

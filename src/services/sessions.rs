@@ -1,0 +1,306 @@
+//! Devices and their sessions: logging in, access and refresh tokens, authenticating requests,
+//! listing, renaming and deleting devices.
+//!
+//! Tokens are random 40-character strings; only their SHA-256 is stored. An access token issued
+//! with a refresh token expires after `sessions.refreshable_token_lifetime_secs`; an expired one
+//! is answered with `M_UNKNOWN_TOKEN` and `soft_logout: true` so the client refreshes instead of
+//! logging out. "Last seen" times are kept in memory and merged into device listings.
+
+use std::{collections::HashMap, sync::Arc, sync::Mutex};
+
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+
+use crate::{
+    Error, Result,
+    config::Config,
+    storage::{
+        Batch, Db,
+        tables::devices::{AccessRecord, DeviceRecord, DevicesTable, RefreshRecord},
+    },
+    util,
+};
+
+/// Who a request is from.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// The device the token belongs to.
+    pub device_id: OwnedDeviceId,
+}
+
+/// Tokens handed to a client by login, registration or refresh.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// The device the tokens belong to.
+    pub device_id: OwnedDeviceId,
+    /// New access token.
+    pub access_token: String,
+    /// New refresh token, when asked for.
+    pub refresh_token: Option<String>,
+    /// Lifetime of the access token, when it expires.
+    pub expires_in: Option<std::time::Duration>,
+}
+
+/// A device as shown to its owner.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub device_id: OwnedDeviceId,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Last seen, ms since the epoch.
+    pub last_seen_ms: Option<u64>,
+    /// Last seen from.
+    pub last_seen_ip: Option<String>,
+}
+
+/// The sessions service.
+pub struct Sessions {
+    db: Arc<Db>,
+    table: DevicesTable,
+    config: Arc<Config>,
+    last_seen: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), (u64, String)>>,
+}
+
+fn new_token(prefix: &str) -> String {
+    format!("{prefix}_{}", util::random_string(40))
+}
+
+impl Sessions {
+    /// Builds the service.
+    pub fn new(db: Arc<Db>, config: Arc<Config>) -> Self {
+        Self {
+            table: DevicesTable::new(Arc::clone(&db)),
+            db,
+            config,
+            last_seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Queues a device (new or existing) with fresh tokens into `batch`; for login and
+    /// registration. An existing device keeps its name and loses its old tokens.
+    pub fn queue_grant(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        with_refresh: bool,
+        ip: Option<String>,
+    ) -> Result<Grant> {
+        let device_id = device_id
+            .unwrap_or_else(|| OwnedDeviceId::from(util::random_string(10).to_uppercase()));
+        let existing = self.table.get(user_id.as_str(), device_id.as_str())?;
+        if let Some(old) = &existing {
+            self.table.revoke_tokens(batch, old);
+        }
+        let access_token = new_token("hat");
+        let access_hash = util::sha256(access_token.as_bytes());
+        let (refresh_token, expires_in) = if with_refresh {
+            (
+                Some(new_token("hrt")),
+                Some(self.config.refreshable_token_lifetime),
+            )
+        } else {
+            (None, None)
+        };
+        let refresh_hash = refresh_token.as_ref().map(|t| util::sha256(t.as_bytes()));
+        let now = util::now_ms();
+        let record = DeviceRecord {
+            display_name: existing
+                .as_ref()
+                .map_or(display_name, |d| d.display_name.clone()),
+            last_seen_ms: Some(now),
+            last_seen_ip: ip,
+            access_hash: Some(access_hash),
+            refresh_hash,
+        };
+        self.table
+            .put(batch, user_id.as_str(), device_id.as_str(), &record)?;
+        let access = AccessRecord {
+            user_id: user_id.to_string(),
+            device_id: device_id.to_string(),
+            expires_ms: expires_in.map(|d| now + d.as_millis() as u64),
+        };
+        self.table.put_access(batch, &access_hash, &access)?;
+        if let Some(hash) = refresh_hash {
+            self.table.put_refresh(
+                batch,
+                &hash,
+                &RefreshRecord {
+                    user_id: user_id.to_string(),
+                    device_id: device_id.to_string(),
+                },
+            )?;
+        }
+        Ok(Grant {
+            device_id,
+            access_token,
+            refresh_token,
+            expires_in,
+        })
+    }
+
+    /// Logs a device in: new tokens, stored durably before they are returned.
+    pub async fn login(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        with_refresh: bool,
+        ip: Option<String>,
+    ) -> Result<Grant> {
+        let mut batch = self.db.batch();
+        let grant = self.queue_grant(
+            &mut batch,
+            user_id,
+            device_id,
+            display_name,
+            with_refresh,
+            ip,
+        )?;
+        batch.commit().await?;
+        Ok(grant)
+    }
+
+    /// Who an access token belongs to. Records "last seen" in memory.
+    pub fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
+        let hash = util::sha256(token.as_bytes());
+        let record = self
+            .table
+            .access(&hash)?
+            .ok_or_else(|| Error::unknown_token(false))?;
+        if record.expires_ms.is_some_and(|exp| exp <= util::now_ms()) {
+            return Err(Error::unknown_token(true));
+        }
+        let user_id = OwnedUserId::try_from(record.user_id)
+            .map_err(|e| Error::internal(format!("stored user id: {e}")))?;
+        let device_id = OwnedDeviceId::from(record.device_id);
+        if let Ok(mut seen) = self.last_seen.lock() {
+            seen.insert(
+                (user_id.clone(), device_id.clone()),
+                (util::now_ms(), ip.unwrap_or_default().to_owned()),
+            );
+        }
+        Ok(Session { user_id, device_id })
+    }
+
+    /// Exchanges a refresh token for new tokens; the old refresh token stops working and the
+    /// old access token is revoked.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Grant> {
+        let hash = util::sha256(refresh_token.as_bytes());
+        let record = self
+            .table
+            .refresh(&hash)?
+            .ok_or_else(|| Error::unknown_token(false))?;
+        let user_id = OwnedUserId::try_from(record.user_id)
+            .map_err(|e| Error::internal(format!("stored user id: {e}")))?;
+        let device = self.table.get(user_id.as_str(), &record.device_id)?;
+        if device.as_ref().and_then(|d| d.refresh_hash) != Some(hash) {
+            return Err(Error::unknown_token(false));
+        }
+        self.login(
+            &user_id,
+            Some(OwnedDeviceId::from(record.device_id)),
+            None,
+            true,
+            None,
+        )
+        .await
+    }
+
+    /// Deletes one device and its tokens.
+    pub async fn delete_device(&self, user_id: &UserId, device_id: &str) -> Result<()> {
+        let mut batch = self.db.batch();
+        self.queue_delete_devices(&mut batch, user_id, Some(&[device_id.to_owned()]), None)?;
+        batch.commit().await?;
+        Ok(())
+    }
+
+    /// Queues removal of the given devices (all when `only` is `None`) except `keep`.
+    pub fn queue_delete_devices(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        only: Option<&[String]>,
+        keep: Option<&str>,
+    ) -> Result<()> {
+        for (device_id, record) in self.table.list(user_id.as_str())? {
+            let wanted = only.is_none_or(|ids| ids.iter().any(|d| *d == device_id));
+            if wanted && keep != Some(device_id.as_str()) {
+                self.table
+                    .delete(batch, user_id.as_str(), &device_id, &record);
+                if let Ok(mut seen) = self.last_seen.lock() {
+                    seen.remove(&(user_id.to_owned(), OwnedDeviceId::from(device_id)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes several devices at once (unknown ids are ignored, as the spec says).
+    pub async fn delete_devices(&self, user_id: &UserId, device_ids: &[String]) -> Result<()> {
+        let mut batch = self.db.batch();
+        self.queue_delete_devices(&mut batch, user_id, Some(device_ids), None)?;
+        batch.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes every device of the user.
+    pub async fn delete_all_devices(&self, user_id: &UserId) -> Result<()> {
+        let mut batch = self.db.batch();
+        self.queue_delete_devices(&mut batch, user_id, None, None)?;
+        batch.commit().await?;
+        Ok(())
+    }
+
+    /// Every device of a user.
+    pub fn list_devices(&self, user_id: &UserId) -> Result<Vec<DeviceInfo>> {
+        let seen = self.last_seen.lock().map(|m| m.clone()).unwrap_or_default();
+        Ok(self
+            .table
+            .list(user_id.as_str())?
+            .into_iter()
+            .map(|(id, record)| {
+                let device_id = OwnedDeviceId::from(id);
+                let live = seen.get(&(user_id.to_owned(), device_id.clone()));
+                DeviceInfo {
+                    display_name: record.display_name,
+                    last_seen_ms: live.map(|l| l.0).or(record.last_seen_ms),
+                    last_seen_ip: live
+                        .map(|l| l.1.clone())
+                        .filter(|ip| !ip.is_empty())
+                        .or(record.last_seen_ip),
+                    device_id,
+                }
+            })
+            .collect())
+    }
+
+    /// One device of a user.
+    pub fn device(&self, user_id: &UserId, device_id: &str) -> Result<Option<DeviceInfo>> {
+        Ok(self
+            .list_devices(user_id)?
+            .into_iter()
+            .find(|d| d.device_id.as_str() == device_id))
+    }
+
+    /// Renames a device; `Ok(false)` when it does not exist.
+    pub async fn rename_device(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        display_name: Option<String>,
+    ) -> Result<bool> {
+        let Some(mut record) = self.table.get(user_id.as_str(), device_id)? else {
+            return Ok(false);
+        };
+        record.display_name = display_name;
+        let mut batch = self.db.batch();
+        self.table
+            .put(&mut batch, user_id.as_str(), device_id, &record)?;
+        batch.commit().await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,231 @@
+//! RocksDB, and nothing about Matrix: opening the database, the column families named in
+//! [`schema`], key encodings ([`codec`]) and typed tables ([`tables`]).
+//!
+//! One logical change is one [`Batch`], committed atomically. By default a commit syncs the
+//! write-ahead log before it returns (`database.sync_writes`); concurrent committers share one
+//! sync through RocksDB's write-group leader, so durability does not cost one fsync per writer.
+
+pub mod codec;
+pub mod schema;
+pub mod tables;
+
+use std::{path::Path, sync::Arc};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions,
+};
+
+/// Errors from the storage layer. Services turn them into an internal server error.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Another process (usually a running `hearth serve`) holds the database lock.
+    #[error("the data directory {0} is in use by another hearth process (stop the server first)")]
+    Locked(String),
+    /// The database was written by a newer Hearth than this one.
+    #[error(
+        "the database schema version is {found}, newer than this hearth understands ({supported}); upgrade hearth"
+    )]
+    SchemaTooNew {
+        /// Version found on disk.
+        found: u64,
+        /// Highest version this build knows.
+        supported: u64,
+    },
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A filesystem or thread-pool failure around the database.
+    #[error("{0}")]
+    Io(String),
+    /// A stored record did not decode.
+    #[error("corrupt record in {table}: {reason}")]
+    Corrupt {
+        /// Column family holding the record.
+        table: &'static str,
+        /// What failed to decode.
+        reason: String,
+    },
+}
+
+/// Result alias for storage operations.
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// Settings the storage layer needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    /// Size of the shared block cache, in bytes.
+    pub cache_bytes: usize,
+    /// Sync the WAL before a commit returns.
+    pub sync_writes: bool,
+}
+
+/// The open database: one RocksDB instance with every column family from [`schema::TABLES`].
+pub struct Db {
+    rocks: rocksdb::DB,
+    sync_writes: bool,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database in `path`, then checks and migrates its schema.
+    pub fn open(path: &Path, options: &StorageOptions) -> StorageResult<Arc<Db>> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| StorageError::Io(format!("cannot create {}: {e}", path.display())))?;
+        let cache = Cache::new_lru_cache(options.cache_bytes);
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_keep_log_file_num(3);
+        db_opts.set_max_total_wal_size(64 << 20);
+        db_opts.set_write_buffer_size(16 << 20);
+        db_opts.set_enable_pipelined_write(true);
+
+        let descriptors = schema::TABLES.iter().map(|table| {
+            let mut cf = Options::default();
+            let mut block = BlockBasedOptions::default();
+            block.set_block_cache(&cache);
+            block.set_bloom_filter(10.0, false);
+            block.set_cache_index_and_filter_blocks(true);
+            cf.set_block_based_table_factory(&block);
+            cf.set_compression_type(DBCompressionType::Lz4);
+            cf.set_write_buffer_size(table.preset.write_buffer_bytes());
+            if table.preset == schema::Preset::Blobs {
+                cf.set_enable_blob_files(true);
+                cf.set_min_blob_size(4096);
+                cf.set_blob_compression_type(DBCompressionType::None);
+            }
+            ColumnFamilyDescriptor::new(table.name, cf)
+        });
+
+        let rocks = rocksdb::DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("lock")
+                && (text.contains("Resource temporarily unavailable")
+                    || text.contains("No locks available")
+                    || text.contains("already held"))
+            {
+                StorageError::Locked(path.display().to_string())
+            } else {
+                StorageError::Rocks(e)
+            }
+        })?;
+        let db = Arc::new(Db {
+            rocks,
+            sync_writes: options.sync_writes,
+        });
+        schema::check_and_migrate(&db)?;
+        Ok(db)
+    }
+
+    fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
+        self.rocks
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family {name} is not in schema::TABLES"))
+    }
+
+    /// Reads one value.
+    pub fn get(&self, table: &'static str, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        Ok(self.rocks.get_cf(self.cf(table), key)?)
+    }
+
+    /// Reads many values at once, in the order of `keys`.
+    pub fn multi_get<'k>(
+        &self,
+        table: &'static str,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        let cf = self.cf(table);
+        self.rocks
+            .multi_get_cf(keys.into_iter().map(|k| (cf, k)))
+            .into_iter()
+            .map(|r| r.map_err(StorageError::from))
+            .collect()
+    }
+
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    pub fn scan_prefix(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+    ) -> StorageResult<Vec<(Box<[u8]>, Box<[u8]>)>> {
+        let mut out = Vec::new();
+        let iter = self.rocks.iterator_cf(
+            self.cf(table),
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Number of keys in a table (a full scan; for admin reports and tests).
+    pub fn count(&self, table: &'static str) -> StorageResult<u64> {
+        let mut n = 0;
+        for item in self
+            .rocks
+            .iterator_cf(self.cf(table), rocksdb::IteratorMode::Start)
+        {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Starts a batch: the unit of atomic, durable change.
+    pub fn batch(self: &Arc<Self>) -> Batch {
+        Batch {
+            db: Arc::clone(self),
+            inner: rocksdb::WriteBatch::default(),
+        }
+    }
+
+    fn write(&self, batch: rocksdb::WriteBatch) -> StorageResult<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(self.sync_writes);
+        Ok(self.rocks.write_opt(batch, &opts)?)
+    }
+}
+
+/// A set of puts and deletes applied atomically by [`Batch::commit`].
+pub struct Batch {
+    db: Arc<Db>,
+    inner: rocksdb::WriteBatch,
+}
+
+impl Batch {
+    /// Queues a put.
+    pub fn put(&mut self, table: &'static str, key: &[u8], value: &[u8]) {
+        let cf = self.db.cf(table);
+        self.inner.put_cf(cf, key, value);
+    }
+
+    /// Queues a delete.
+    pub fn delete(&mut self, table: &'static str, key: &[u8]) {
+        let cf = self.db.cf(table);
+        self.inner.delete_cf(cf, key);
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Writes the batch on the calling thread; durable on return when `sync_writes` is on.
+    pub fn commit_blocking(self) -> StorageResult<()> {
+        self.db.write(self.inner)
+    }
+
+    /// Writes the batch from a blocking-pool thread, so concurrent async callers can share one WAL
+    /// sync (RocksDB's group commit) without stalling the runtime's workers.
+    pub async fn commit(self) -> StorageResult<()> {
+        match tokio::task::spawn_blocking(move || self.commit_blocking()).await {
+            Ok(result) => result,
+            Err(join) => Err(StorageError::Io(format!("write task failed: {join}"))),
+        }
+    }
+}

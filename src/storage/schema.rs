@@ -1,0 +1,129 @@
+//! The column-family catalog: every table's name, tuning preset and key/value layout, and the
+//! stored schema version with its migrations.
+//!
+//! Names follow `<key>_<value>`. `SEP` is 0xFF (see [`super::codec`]); `u64` means 8 bytes
+//! big-endian; "postcard" values are records defined in [`super::tables`].
+
+use super::{Db, StorageError, StorageResult, codec};
+
+/// Tuning presets; each table picks one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    /// Small, point-looked-up records (accounts, devices, tokens).
+    Small,
+    /// Large values kept out of the LSM tree in blob files (media).
+    Blobs,
+}
+
+impl Preset {
+    /// Memtable size for a table of this preset.
+    pub fn write_buffer_bytes(self) -> usize {
+        match self {
+            Preset::Small => 4 << 20,
+            Preset::Blobs => 16 << 20,
+        }
+    }
+}
+
+/// One column family.
+#[derive(Debug)]
+pub struct TableDef {
+    /// Column family name.
+    pub name: &'static str,
+    /// Tuning preset.
+    pub preset: Preset,
+}
+
+/// `"schema_version"` → u64. Server-wide singletons.
+pub const GLOBAL: &str = "global";
+/// user id → postcard `AccountRecord` (password hash, flags, creation time).
+pub const USERID_ACCOUNT: &str = "userid_account";
+/// user id → JSON object bytes: the user's profile fields (`displayname`, `avatar_url`, …).
+pub const USERID_PROFILE: &str = "userid_profile";
+/// user id SEP device id → postcard `DeviceRecord`.
+pub const USERDEVICEID_DEVICE: &str = "userdeviceid_device";
+/// SHA-256(access token) → postcard `AccessRecord` (user, device, expiry).
+pub const TOKENHASH_ACCESS: &str = "tokenhash_access";
+/// SHA-256(refresh token) → postcard `RefreshRecord` (user, device).
+pub const TOKENHASH_REFRESH: &str = "tokenhash_refresh";
+/// user id SEP room id (empty for global) SEP event type → the content as JSON bytes.
+pub const USERROOMTYPE_ACCOUNTDATA: &str = "userroomtype_accountdata";
+/// registration token → postcard `RegistrationTokenRecord`.
+pub const TOKEN_REGISTRATION: &str = "token_registration";
+
+/// Every column family, opened (and created if missing) at start.
+pub const TABLES: &[TableDef] = &[
+    TableDef {
+        name: GLOBAL,
+        preset: Preset::Small,
+    },
+    TableDef {
+        name: USERID_ACCOUNT,
+        preset: Preset::Small,
+    },
+    TableDef {
+        name: USERID_PROFILE,
+        preset: Preset::Small,
+    },
+    TableDef {
+        name: USERDEVICEID_DEVICE,
+        preset: Preset::Small,
+    },
+    TableDef {
+        name: TOKENHASH_ACCESS,
+        preset: Preset::Small,
+    },
+    TableDef {
+        name: TOKENHASH_REFRESH,
+        preset: Preset::Small,
+    },
+    TableDef {
+        name: USERROOMTYPE_ACCOUNTDATA,
+        preset: Preset::Small,
+    },
+    TableDef {
+        name: TOKEN_REGISTRATION,
+        preset: Preset::Small,
+    },
+];
+
+/// The schema version this build writes. Bump it with a migration in [`check_and_migrate`].
+pub const SCHEMA_VERSION: u64 = 1;
+
+const VERSION_KEY: &[u8] = b"schema_version";
+
+/// Stamps a new database, refuses one from a newer Hearth and migrates an older one.
+pub(super) fn check_and_migrate(db: &std::sync::Arc<Db>) -> StorageResult<()> {
+    let found = match db.get(GLOBAL, VERSION_KEY)? {
+        Some(bytes) => codec::read_u64(GLOBAL, &bytes)?,
+        None => {
+            let mut batch = db.batch();
+            batch.put(GLOBAL, VERSION_KEY, &codec::u64_bytes(SCHEMA_VERSION));
+            batch.commit_blocking()?;
+            return Ok(());
+        }
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StorageError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    // Migrations from older versions go here, one step per version, each in its own batch that
+    // also stamps the new version. Version 1 is the first, so there is nothing to migrate yet.
+    Ok(())
+}
+
+/// Reads the stored schema version.
+pub fn stored_version(db: &Db) -> StorageResult<Option<u64>> {
+    db.get(GLOBAL, VERSION_KEY)?
+        .map(|b| codec::read_u64(GLOBAL, &b))
+        .transpose()
+}
+
+/// Overwrites the stored schema version (tests of the refuse-newer rule use this).
+pub fn force_version(db: &std::sync::Arc<Db>, version: u64) -> StorageResult<()> {
+    let mut batch = db.batch();
+    batch.put(GLOBAL, VERSION_KEY, &codec::u64_bytes(version));
+    batch.commit_blocking()
+}

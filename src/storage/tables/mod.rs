@@ -1,0 +1,8 @@
+//! Typed tables: one module per family of data, each owning the layout of its column families
+//! (see [`super::schema`]) and the record types stored in them. Services hold these, never raw
+//! column-family names.
+
+pub mod account_data;
+pub mod accounts;
+pub mod devices;
+pub mod registration_tokens;

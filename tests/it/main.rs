@@ -1,0 +1,17 @@
+//! The one integration-test binary. Every test runs the real `hearth` binary on a temporary
+//! RocksDB directory and an ephemeral loopback port, and talks to it over HTTP.
+
+mod support;
+
+/// Admin commands of the binary (`hearth user …`, `registration-token …`, config commands).
+mod cli;
+/// Accounts: registration, login, tokens, password, deactivation (spec "Client authentication").
+mod client_account;
+/// Devices, profiles and account data.
+mod client_devices_profile;
+/// Durability: SIGKILL and restart.
+mod crash;
+/// Bad input, error shapes, CORS, rate limits, discovery endpoints.
+mod http_layer;
+/// Architecture invariants of the source tree.
+mod tidy;

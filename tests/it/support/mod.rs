@@ -1,0 +1,417 @@
+//! Test support: [`TestServer`] runs the real binary on a temporary data directory, and
+//! [`Client`] is a tiny Matrix client over `ureq` with a `check`-style helper.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+/// Path of the binary under test.
+pub fn hearth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hearth")
+}
+
+/// A running `hearth serve` on a temporary directory.
+pub struct TestServer {
+    child: Option<Child>,
+    /// Base URL, e.g. `http://127.0.0.1:38211`.
+    pub base: String,
+    /// The data directory (kept alive by `_dir` unless the test owns it).
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+}
+
+/// Environment for fast tests: cheap argon2, no rate limits, quiet logs.
+pub fn fast_env() -> Vec<(String, String)> {
+    [
+        ("HEARTH_PASSWORDS__MEMORY_KIB", "64"),
+        ("HEARTH_PASSWORDS__ITERATIONS", "1"),
+        ("HEARTH_RATE_LIMITS__ENABLED", "false"),
+        ("HEARTH_LOGGING__LEVEL", "info"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+impl TestServer {
+    /// A server with the fast test settings.
+    pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra `HEARTH_*` settings on top of the fast ones.
+    pub fn start_with(extra: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let mut env = fast_env();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut server = TestServer {
+            child: None,
+            base: String::new(),
+            data_dir,
+            _dir: Some(dir),
+            env,
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts (or restarts) the process on the same data directory, on a fresh port.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut cmd = Command::new(hearth_bin());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--server-name",
+            "hearth.test",
+            "--data-dir",
+        ])
+        .arg(&self.data_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn hearth");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                    sent = true;
+                }
+                if std::env::var_os("HEARTH_TEST_LOG").is_some() {
+                    eprintln!("[hearth] {line}");
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("hearth did not report a listening address within 30 s");
+            }
+        };
+        self.base = format!("http://{addr}");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe_sigterm(child.id());
+            for _ in 0..200 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// A client for this server.
+    pub fn client(&self) -> Client {
+        Client::new(&self.base)
+    }
+
+    /// Runs `hearth ARGS…` against this server's data directory with the test environment.
+    pub fn admin(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        run_hearth(args, &self.data_dir, &self.env, stdin)
+    }
+
+    /// Registers `name` with password `pw` and returns a logged-in client.
+    pub fn user(&self, name: &str, pw: &str) -> Client {
+        let mut c = self.client();
+        c.register(name, pw);
+        c
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+/// Runs the binary with `--data-dir` appended.
+pub fn run_hearth(
+    args: &[&str],
+    data_dir: &Path,
+    env: &[(String, String)],
+    stdin: Option<&str>,
+) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = Command::new(hearth_bin());
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("HEARTH_SERVER_NAME", "hearth.test");
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn hearth");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("hearth output")
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A response: status, headers we care about, JSON body (or `Value::Null`).
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// HTTP status.
+    pub status: u16,
+    /// Body as JSON (`Null` when empty or not JSON).
+    pub body: Value,
+    /// Raw body text.
+    pub text: String,
+    /// Response headers (lower-case names).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Resp {
+    /// The `errcode`, if any.
+    pub fn errcode(&self) -> &str {
+        self.body["errcode"].as_str().unwrap_or("")
+    }
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// Asserts status and errcode in one go.
+    #[track_caller]
+    pub fn expect_err(&self, status: u16, errcode: &str) -> &Self {
+        assert_eq!(
+            (self.status, self.errcode()),
+            (status, errcode),
+            "unexpected response: {}",
+            self.text
+        );
+        assert!(
+            self.body["error"].is_string(),
+            "error responses carry an `error` string: {}",
+            self.text
+        );
+        self
+    }
+    /// Asserts a 200 and returns the body.
+    #[track_caller]
+    pub fn ok(&self) -> &Value {
+        assert_eq!(self.status, 200, "expected 200, got: {}", self.text);
+        &self.body
+    }
+}
+
+/// A minimal Matrix client.
+#[derive(Clone)]
+pub struct Client {
+    /// Base URL.
+    pub base: String,
+    /// Access token in use.
+    pub token: Option<String>,
+    /// Logged-in user.
+    pub user_id: Option<String>,
+    /// Logged-in device.
+    pub device_id: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client with no session.
+    pub fn new(base: &str) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Client {
+            base: base.to_owned(),
+            token: None,
+            user_id: None,
+            device_id: None,
+            agent,
+        }
+    }
+
+    /// Any request with a raw body; `path` starts with `/`.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        content_type: Option<&str>,
+    ) -> Resp {
+        let url = format!("{}{}", self.base, path);
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            builder = builder.header("Authorization", format!("Bearer {token}"));
+        }
+        if let Some(ct) = content_type {
+            builder = builder.header("Content-Type", ct);
+        }
+        let request = builder
+            .body(body.map(<[u8]>::to_vec).unwrap_or_default())
+            .expect("request");
+        let response = self
+            .agent
+            .run(request)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let text = response.into_body().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            body,
+            text,
+            headers,
+        }
+    }
+
+    /// A JSON request.
+    pub fn req(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
+        self.raw(
+            method,
+            path,
+            bytes.as_deref(),
+            bytes.as_ref().map(|_| "application/json"),
+        )
+    }
+
+    /// GET.
+    pub fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, None)
+    }
+    /// POST JSON.
+    pub fn post(&self, path: &str, body: Value) -> Resp {
+        self.req("POST", path, Some(body))
+    }
+    /// PUT JSON.
+    pub fn put(&self, path: &str, body: Value) -> Resp {
+        self.req("PUT", path, Some(body))
+    }
+    /// DELETE with a JSON body.
+    pub fn delete(&self, path: &str, body: Value) -> Resp {
+        self.req("DELETE", path, Some(body))
+    }
+
+    /// Registers through UIA (`m.login.dummy`) and keeps the session.
+    #[track_caller]
+    pub fn register(&mut self, username: &str, password: &str) -> Value {
+        let first = self.post(
+            "/_matrix/client/v3/register",
+            json!({"username": username, "password": password}),
+        );
+        assert_eq!(first.status, 401, "UIA first: {}", first.text);
+        let session = first.body["session"].as_str().expect("session").to_owned();
+        let done = self.post(
+            "/_matrix/client/v3/register",
+            json!({"username": username, "password": password, "auth": {"type": "m.login.dummy", "session": session}}),
+        );
+        let body = done.ok().clone();
+        self.adopt(&body);
+        body
+    }
+
+    /// Logs in with a password and keeps the session.
+    #[track_caller]
+    pub fn login(&mut self, user: &str, password: &str) -> Value {
+        let r = self.post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password}),
+        );
+        let body = r.ok().clone();
+        self.adopt(&body);
+        body
+    }
+
+    /// Takes the tokens of a register/login answer.
+    pub fn adopt(&mut self, body: &Value) {
+        self.token = body["access_token"].as_str().map(str::to_owned);
+        self.user_id = body["user_id"].as_str().map(str::to_owned);
+        self.device_id = body["device_id"].as_str().map(str::to_owned);
+    }
+
+    /// The logged-in user id.
+    pub fn uid(&self) -> String {
+        self.user_id.clone().expect("logged in")
+    }
+
+    /// Password UIA auth object for this user.
+    pub fn password_auth(&self, password: &str, session: Option<&str>) -> Value {
+        let mut auth = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": self.uid()}, "password": password});
+        if let Some(s) = session {
+            auth["session"] = json!(s);
+        }
+        auth
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

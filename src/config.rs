@@ -258,6 +258,22 @@ impl Default for RawRateLimits {
     }
 }
 
+/// The top-level keys of the file; `HEARTH_*` variables outside them are ignored.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "server_name",
+    "listen",
+    "max_request_size",
+    "signing_key_path",
+    "database",
+    "registration",
+    "passwords",
+    "sessions",
+    "logging",
+    "well_known",
+    "federation",
+    "rate_limits",
+];
+
 /// Command-line values that win over the file and the environment.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
@@ -296,6 +312,11 @@ pub fn load(
             continue;
         };
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        // Variables that name no configuration key at all (HEARTH_BIN for scripts, …) are not
+        // meant for us; a typo inside a known section still fails below, naming the key.
+        if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) {
+            continue;
+        }
         if path.iter().any(String::is_empty) {
             return Err(ConfigError(format!(
                 "environment variable {name}: malformed key"
@@ -527,6 +548,21 @@ impl Config {
 mod tests {
     use super::*;
 
+    #[test]
+    fn top_level_keys_match_raw_config() {
+        for key in TOP_LEVEL_KEYS {
+            let mut t = toml::Table::new();
+            t.insert((*key).to_owned(), toml::Value::Integer(0));
+            if let Err(err) = toml::Value::Table(t).try_into::<RawConfig>() {
+                let err = err.to_string();
+                assert!(
+                    !err.contains("unknown field"),
+                    "{key} is not a RawConfig field: {err}"
+                );
+            }
+        }
+    }
+
     fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -583,6 +619,10 @@ mod tests {
         assert_eq!(c.server_name.as_str(), "b.example");
         assert!(!c.rate_limits_enabled);
         assert_eq!(c.database_path, PathBuf::from("/tmp/x"));
+        assert!(
+            load_str("", &[("HEARTH_BIN", "/usr/bin/hearth")]).is_ok(),
+            "variables naming no config key are ignored"
+        );
         let err = load_str("", &[("HEARTH_DATABASE__NOPE", "1")])
             .unwrap_err()
             .to_string();

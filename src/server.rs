@@ -38,13 +38,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     let services =
         Services::open(config.clone()).map_err(|e| StartError::Services(e.to_string()))?;
-    let accounts = services.accounts.count().unwrap_or(0);
+    let accounts = services.accounts.estimate_count().unwrap_or(0);
     let server = bind(Arc::clone(&services), &config)?;
     for addr in server.addrs() {
         tracing::info!("listening on http://{addr}");
     }
     tracing::info!(
-        accounts,
+        accounts_approx = accounts,
         startup_ms = started.elapsed().as_millis() as u64,
         "ready"
     );

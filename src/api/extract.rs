@@ -64,6 +64,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The raw body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
     /// The request as ruma's parsers take it.
     pub fn http_request(&self) -> http::Request<&[u8]> {
         let mut request = http::Request::new(&self.body[..]);
@@ -227,9 +232,17 @@ fn hex(b: u8) -> Option<u8> {
 /// Maps ruma's parse failures onto the spec's errcodes: unparsable JSON is `M_NOT_JSON`, JSON of
 /// the wrong shape `M_BAD_JSON`, a missing query parameter `M_MISSING_PARAM`, a malformed one or
 /// a malformed identifier `M_INVALID_PARAM`.
-pub fn request_error(error: FromHttpRequestError) -> Error {
+pub fn request_error(error: FromHttpRequestError, body: &[u8]) -> Error {
     use ruma::api::error::DeserializationError as D;
     match error {
+        // ruma may report a type mismatch before reaching a syntax error further on (`[1,2`),
+        // so the body's syntax is checked on its own.
+        FromHttpRequestError::Deserialization(D::Json(e))
+            if !body.is_empty()
+                && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() =>
+        {
+            Error::not_json(format!("Content not JSON: {e}"))
+        }
         FromHttpRequestError::Deserialization(D::Json(e)) => match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 Error::not_json(format!("Content not JSON: {e}"))

@@ -195,9 +195,9 @@ impl Accounts {
         .map_err(|e| Error::internal(format!("password check failed: {e}")))
     }
 
-    /// Number of accounts.
-    pub fn count(&self) -> Result<u64> {
-        Ok(self.table.count()?)
+    /// Approximate number of accounts (for start-up logs; no scan).
+    pub fn estimate_count(&self) -> Result<u64> {
+        Ok(self.table.estimate_count()?)
     }
 
     async fn hash_password(&self, password: &str) -> Result<String> {

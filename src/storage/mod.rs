@@ -176,6 +176,14 @@ impl Db {
         Ok(n)
     }
 
+    /// RocksDB's estimate of the number of keys in a table (cheap; for logs and reports).
+    pub fn estimate_count(&self, table: &'static str) -> StorageResult<u64> {
+        Ok(self
+            .rocks
+            .property_int_value_cf(self.cf(table), "rocksdb.estimate-num-keys")?
+            .unwrap_or(0))
+    }
+
     /// Starts a batch: the unit of atomic, durable change.
     pub fn batch(self: &Arc<Self>) -> Batch {
         Batch {

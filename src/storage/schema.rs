@@ -127,3 +127,42 @@ pub fn force_version(db: &std::sync::Arc<Db>, version: u64) -> StorageResult<()>
     batch.put(GLOBAL, VERSION_KEY, &codec::u64_bytes(version));
     batch.commit_blocking()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{StorageError, StorageOptions};
+
+    fn options() -> StorageOptions {
+        StorageOptions {
+            cache_bytes: 1 << 20,
+            sync_writes: false,
+        }
+    }
+
+    #[test]
+    fn new_databases_are_stamped_and_newer_ones_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path(), &options()).unwrap();
+            assert_eq!(stored_version(&db).unwrap(), Some(SCHEMA_VERSION));
+            force_version(&db, SCHEMA_VERSION + 1).unwrap();
+        }
+        match Db::open(dir.path(), &options()) {
+            Err(StorageError::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION))
+            }
+            other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    #[test]
+    fn a_second_open_reports_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Db::open(dir.path(), &options()).unwrap();
+        match Db::open(dir.path(), &options()) {
+            Err(StorageError::Locked(_)) => {}
+            other => panic!("expected Locked, got {:?}", other.map(|_| ())),
+        }
+    }
+}

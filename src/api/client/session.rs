@@ -41,15 +41,21 @@ pub async fn login(ctx: Ctx, req: login::Request) -> Result<login::Response> {
             "Only m.login.password is supported",
         ));
     };
-    let Some(UserIdentifier::Matrix(identifier)) = &password.identifier else {
-        return Err(Error::bad_json(
-            "Only the m.id.user identifier is supported",
-        ));
+    // The deprecated top-level `user` is still in the spec and still sent by older clients.
+    #[allow(deprecated)]
+    let user = match (&password.identifier, &password.user) {
+        (Some(UserIdentifier::Matrix(identifier)), _) => &identifier.user,
+        (None, Some(user)) => user,
+        _ => {
+            return Err(Error::bad_json(
+                "Only the m.id.user identifier is supported",
+            ));
+        }
     };
     let invalid = || Error::forbidden("Invalid username or password");
     let user_id = services
         .accounts
-        .resolve_local_user(&identifier.user)?
+        .resolve_local_user(user)?
         .ok_or_else(invalid)?;
     if services
         .accounts

@@ -57,9 +57,9 @@ impl AccountsTable {
         Ok(())
     }
 
-    /// Number of accounts, deactivated ones included.
-    pub fn count(&self) -> StorageResult<u64> {
-        self.db.count(USERID_ACCOUNT)
+    /// Approximate number of accounts, deactivated ones included.
+    pub fn estimate_count(&self) -> StorageResult<u64> {
+        self.db.estimate_count(USERID_ACCOUNT)
     }
 
     /// The stored profile object of `user_id` (JSON bytes), if any.

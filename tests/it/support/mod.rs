@@ -65,6 +65,27 @@ impl TestServer {
         server
     }
 
+    /// A server with its data directory and settings prepared but not started, so admin
+    /// commands can run on the directory first; call [`TestServer::launch`] afterwards.
+    pub fn unstarted(extra: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let mut env = fast_env();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        TestServer {
+            child: None,
+            base: String::new(),
+            data_dir,
+            _dir: Some(dir),
+            env,
+        }
+    }
+
+    /// Whether the process has been started and not stopped.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Starts (or restarts) the process on the same data directory, on a fresh port.
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "already running");
@@ -197,6 +218,60 @@ pub fn run_hearth(
     child.wait_with_output().expect("hearth output")
 }
 
+/// Runs the binary with exactly `args` (no `--data-dir` added) in a clean environment plus
+/// `env`.
+/// Killed after 30 s, so a command that should exit but serves instead fails the test rather
+/// than hanging it.
+pub fn run_plain(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(hearth_bin());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn hearth");
+    let pid = child.id();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    });
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out_thread = read(Box::new(stdout));
+    let err_thread = read(Box::new(stderr));
+    let status = child.wait().expect("wait for hearth");
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    std::process::Output {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    }
+}
+
+/// Standard output and standard error of a finished command, for assertion messages.
+pub fn out_text(output: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
@@ -291,13 +366,34 @@ impl Client {
         body: Option<&[u8]>,
         content_type: Option<&str>,
     ) -> Resp {
+        let ct: Vec<(&str, &str)> = content_type
+            .map(|ct| ("Content-Type", ct))
+            .into_iter()
+            .collect();
+        self.raw_with(method, path, body, &ct)
+    }
+
+    /// Any request with a raw body and extra headers. An `Authorization` header among them
+    /// replaces the client's token.
+    pub fn raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let url = format!("{}{}", self.base, path);
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
-        if let Some(token) = &self.token {
+        let own_auth = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        if let Some(token) = &self.token
+            && !own_auth
+        {
             builder = builder.header("Authorization", format!("Bearer {token}"));
         }
-        if let Some(ct) = content_type {
-            builder = builder.header("Content-Type", ct);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
         }
         let request = builder
             .body(body.map(<[u8]>::to_vec).unwrap_or_default())
@@ -378,6 +474,61 @@ impl Client {
         let body = r.ok().clone();
         self.adopt(&body);
         body
+    }
+
+    /// The same session against another base URL (a restarted server's new port).
+    pub fn with_base(&self, base: &str) -> Client {
+        let mut c = self.clone();
+        c.base = base.to_owned();
+        c
+    }
+
+    /// A copy of this client using another access token (or none).
+    pub fn with_token(&self, token: Option<&str>) -> Client {
+        let mut c = self.clone();
+        c.token = token.map(str::to_owned);
+        c
+    }
+
+    /// Sends `body` without `auth` to a UIA-guarded endpoint, asserts the 401 that opens the
+    /// handshake, and returns its body (`flows`, `session`, `params`).
+    #[track_caller]
+    pub fn uia_start(&self, method: &str, path: &str, body: Value) -> Value {
+        let r = self.req(method, path, Some(body));
+        assert_eq!(r.status, 401, "UIA first step of {path}: {}", r.text);
+        assert!(
+            r.body["session"].is_string(),
+            "UIA answer has a session: {}",
+            r.text
+        );
+        r.body.clone()
+    }
+
+    /// `/register` through the dummy flow with an arbitrary body; returns the final answer
+    /// (not adopted).
+    #[track_caller]
+    pub fn register_with(&self, body: Value) -> Resp {
+        let path = "/_matrix/client/v3/register";
+        let first = self.uia_start("POST", path, body.clone());
+        let mut body = body;
+        body["auth"] = json!({"type": "m.login.dummy", "session": first["session"]});
+        self.post(path, body)
+    }
+
+    /// Logs in with a password and extra login fields; returns the raw answer (not adopted).
+    pub fn login_with(&self, user: &str, password: &str, extra: Value) -> Resp {
+        let mut body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.post("/_matrix/client/v3/login", body)
+    }
+
+    /// `GET /account/whoami` with this client's token.
+    pub fn whoami(&self) -> Resp {
+        self.get("/_matrix/client/v3/account/whoami")
     }
 
     /// Takes the tokens of a register/login answer.

@@ -63,10 +63,7 @@ fn start(dir: &Path, cheap_passwords: bool) -> Server {
     let mut child = cmd.spawn().expect("spawn hearth");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
-        let line = lines
-            .next()
-            .expect("hearth exited before listening")
-            .unwrap();
+        let line = lines.next().expect("hearth exited before listening").unwrap();
         if let Some(rest) = line.split("listening on http://").nth(1) {
             break rest.split_whitespace().next().unwrap().to_owned();
         }
@@ -74,11 +71,7 @@ fn start(dir: &Path, cheap_passwords: bool) -> Server {
     std::thread::spawn(move || for _ in lines {});
     let base = format!("http://{addr}");
     let agent = agent();
-    while agent
-        .get(format!("{base}/_matrix/client/versions"))
-        .call()
-        .is_err()
-    {
+    while agent.get(format!("{base}/_matrix/client/versions")).call().is_err() {
         std::thread::sleep(Duration::from_millis(1));
     }
     Server {
@@ -99,19 +92,12 @@ fn agent() -> ureq::Agent {
 fn post(agent: &ureq::Agent, url: &str, body: &Value) -> (u16, Value) {
     let response = agent.post(url).send_json(body).expect("request");
     let status = response.status().as_u16();
-    (
-        status,
-        response.into_body().read_json().unwrap_or(Value::Null),
-    )
+    (status, response.into_body().read_json().unwrap_or(Value::Null))
 }
 
 fn register(agent: &ureq::Agent, base: &str, name: &str) {
     let url = format!("{base}/_matrix/client/v3/register");
-    let (status, first) = post(
-        agent,
-        &url,
-        &json!({"username": name, "password": "bench-password"}),
-    );
+    let (status, first) = post(agent, &url, &json!({"username": name, "password": "bench-password"}));
     assert_eq!(status, 401, "{first}");
     let (status, body) = post(
         agent,
@@ -188,12 +174,7 @@ fn main() {
         println!("foundation: bench");
         return;
     }
-    let env_num = |k: &str, d: usize| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
+    let env_num = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let users = env_num("BENCH_USERS", 10_000);
     let accounts = env_num("BENCH_ACCOUNTS", 40);
     let threads = env_num("BENCH_CONCURRENCY", 4);
@@ -221,10 +202,9 @@ fn main() {
         let base = base.clone();
         move |i| register(&agent(), &base, &format!("bench{i}"))
     });
-    let login_rate = parallel(accounts, threads, move |i| {
-        login(&agent(), &base, &format!("bench{i}"))
-    });
+    let login_rate = parallel(accounts, threads, move |i| login(&agent(), &base, &format!("bench{i}")));
     let rss_after = rss_mb(server.child.id());
+    let peak = status_mb(server.child.id(), "VmHWM:");
 
     println!("| metric | value |");
     println!("|---|---|");
@@ -232,11 +212,7 @@ fn main() {
     println!("| start-up to first answer, {users}-user database (median of 5) | {big_ms:.0} ms |");
     println!("| idle RSS 3 s after start, empty database | {empty_rss:.1} MB |");
     println!("| idle RSS 3 s after start, {users}-user database | {big_rss:.1} MB |");
-    println!(
-        "| register (UIA dummy, argon2 default cost), {threads} concurrent | {reg_rate:.1} accounts/s |"
-    );
-    println!(
-        "| password login (argon2 default cost), {threads} concurrent | {login_rate:.1} logins/s |"
-    );
-    println!("| RSS after the throughput runs | {rss_after:.1} MB |");
+    println!("| register (UIA dummy, argon2 default cost), {threads} concurrent | {reg_rate:.1} accounts/s |");
+    println!("| password login (argon2 default cost), {threads} concurrent | {login_rate:.1} logins/s |");
+    println!("| RSS after the throughput runs (peak during them) | {rss_after:.1} MB ({peak:.1} MB) |");
 }

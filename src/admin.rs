@@ -13,9 +13,7 @@ use crate::{
 };
 
 /// Runs an admin command on a small runtime of its own.
-pub fn block_on<F: std::future::Future<Output = Result<(), String>>>(
-    future: F,
-) -> Result<(), String> {
+pub fn block_on<F: std::future::Future<Output = Result<(), String>>>(future: F) -> Result<(), String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -36,14 +34,10 @@ pub fn open(config: Config) -> Result<Arc<Services>, String> {
 
 fn read_password(source: &PasswordSource) -> Result<(String, bool), String> {
     if let Some(path) = &source.password_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let line = text.lines().next().unwrap_or("").to_owned();
         if line.is_empty() {
-            return Err(format!(
-                "{} holds no password on its first line",
-                path.display()
-            ));
+            return Err(format!("{} holds no password on its first line", path.display()));
         }
         return Ok((line, false));
     }
@@ -70,10 +64,7 @@ pub async fn create_user(
     admin: bool,
     password: &PasswordSource,
 ) -> Result<(), String> {
-    let user_id = services
-        .accounts
-        .check_available(name)
-        .map_err(|e| e.to_string())?;
+    let user_id = services.accounts.check_available(name).map_err(|e| e.to_string())?;
     let (password, generated) = read_password(password)?;
     services
         .accounts
@@ -96,17 +87,9 @@ fn existing_user(services: &Services, name: &str) -> Result<ruma::OwnedUserId, S
 }
 
 /// `hearth user reset-password`.
-pub async fn reset_password(
-    services: &Services,
-    name: &str,
-    password: &PasswordSource,
-) -> Result<(), String> {
+pub async fn reset_password(services: &Services, name: &str, password: &PasswordSource) -> Result<(), String> {
     let user_id = existing_user(services, name)?;
-    if !services
-        .accounts
-        .is_active(&user_id)
-        .map_err(|e| e.to_string())?
-    {
+    if !services.accounts.is_active(&user_id).map_err(|e| e.to_string())? {
         return Err(format!("{user_id} is deactivated"));
     }
     let (password, generated) = read_password(password)?;
@@ -130,10 +113,7 @@ pub async fn reset_password(
 /// `hearth user deactivate`.
 pub async fn deactivate_user(services: &Services, name: &str) -> Result<(), String> {
     let user_id = existing_user(services, name)?;
-    services
-        .deactivate_user(&user_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    services.deactivate_user(&user_id).await.map_err(|e| e.to_string())?;
     println!("deactivated {user_id}");
     Ok(())
 }
@@ -141,10 +121,7 @@ pub async fn deactivate_user(services: &Services, name: &str) -> Result<(), Stri
 /// Parses `30s`, `15m`, `12h`, `7d` (or plain seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = number
         .parse()
         .map_err(|_| format!("\"{text}\" is not a duration such as 30m, 12h or 7d"))?;
@@ -155,9 +132,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => n * 86400,
         "w" => n * 7 * 86400,
         _ => {
-            return Err(format!(
-                "\"{text}\" is not a duration such as 30m, 12h or 7d"
-            ));
+            return Err(format!("\"{text}\" is not a duration such as 30m, 12h or 7d"));
         }
     };
     Ok(Duration::from_secs(seconds))
@@ -181,36 +156,25 @@ pub async fn create_token(
         .map_err(|e| e.to_string())?;
     println!("{}", info.token);
     if services.registration.mode() != crate::config::RegistrationMode::Token {
-        eprintln!(
-            "note: registration.mode is not \"token\", so /register does not ask for tokens yet"
-        );
+        eprintln!("note: registration.mode is not \"token\", so /register does not ask for tokens yet");
     }
     Ok(())
 }
 
 /// `hearth registration-token list`.
 pub fn list_tokens(services: &Services) -> Result<(), String> {
-    let tokens = services
-        .registration
-        .list_tokens()
-        .map_err(|e| e.to_string())?;
+    let tokens = services.registration.list_tokens().map_err(|e| e.to_string())?;
     if tokens.is_empty() {
         println!("no registration tokens");
     }
     for t in tokens {
-        let uses = t
-            .record
-            .uses_allowed
-            .map_or("unlimited".to_owned(), |n| n.to_string());
+        let uses = t.record.uses_allowed.map_or("unlimited".to_owned(), |n| n.to_string());
         let expiry = match t.record.expires_ms {
             None => "never expires".to_owned(),
             Some(ms) if ms <= util::now_ms() => "expired".to_owned(),
             Some(ms) => format!("expires in {}s", (ms - util::now_ms()) / 1000),
         };
-        println!(
-            "{}\tused {}/{}\t{}",
-            t.token, t.record.completed, uses, expiry
-        );
+        println!("{}\tused {}/{}\t{}", t.token, t.record.completed, uses, expiry);
     }
     Ok(())
 }
@@ -242,10 +206,7 @@ pub fn generate_config(server_name: &str, out: Option<&Path>) -> Result<(), Stri
     let key_path = key_dir.join(format!("{server_name}.signing.key"));
     for path in out.into_iter().chain([key_path.as_path()]) {
         if path.exists() {
-            return Err(format!(
-                "{} already exists; not overwriting it",
-                path.display()
-            ));
+            return Err(format!("{} already exists; not overwriting it", path.display()));
         }
     }
     let absolute_key = std::path::absolute(&key_path).unwrap_or(key_path.clone());
@@ -266,11 +227,7 @@ pub fn generate_config(server_name: &str, out: Option<&Path>) -> Result<(), Stri
     match out {
         Some(path) => {
             write_new(path, &text, false)?;
-            eprintln!(
-                "wrote {} and the signing key {}",
-                path.display(),
-                key_path.display()
-            );
+            eprintln!("wrote {} and the signing key {}", path.display(), key_path.display());
         }
         None => {
             print!("{text}");
@@ -303,10 +260,7 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
-        assert_eq!(
-            parse_duration("7d").unwrap(),
-            Duration::from_secs(7 * 86400)
-        );
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5y").is_err());
     }

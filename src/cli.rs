@@ -136,6 +136,7 @@ enum TokenAction {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    crate::util::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,12 +175,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 .block_on(server::run(config))
                 .map_err(|e| e.to_string())
         }
-        Command::GenerateConfig { server_name, out } => {
-            admin::generate_config(&server_name, out.as_deref())
-        }
+        Command::GenerateConfig { server_name, out } => admin::generate_config(&server_name, out.as_deref()),
         Command::CheckConfig { file } => {
-            let config = config::load(Some(&file), std::env::vars(), &Overrides::default())
-                .map_err(|e| e.to_string())?;
+            let config =
+                config::load(Some(&file), std::env::vars(), &Overrides::default()).map_err(|e| e.to_string())?;
             println!(
                 "{} is valid: server_name = {}, listen = {:?}, database.path = {}, registration = {:?}",
                 file.display(),
@@ -204,9 +203,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     UserAction::ResetPassword { name, password } => {
                         admin::reset_password(&services, &name, &password).await
                     }
-                    UserAction::Deactivate { name } => {
-                        admin::deactivate_user(&services, &name).await
-                    }
+                    UserAction::Deactivate { name } => admin::deactivate_user(&services, &name).await,
                 }
             })
         }

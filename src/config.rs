@@ -294,15 +294,10 @@ pub fn load(
 ) -> Result<Config, ConfigError> {
     let mut table = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError(format!("cannot read config file {}: {e}", path.display()))
-            })?;
-            text.parse::<toml::Table>().map_err(|e| {
-                ConfigError(format!(
-                    "config file {} is not valid TOML: {e}",
-                    path.display()
-                ))
-            })?
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError(format!("config file {} is not valid TOML: {e}", path.display())))?
         }
         None => toml::Table::new(),
     };
@@ -318,20 +313,14 @@ pub fn load(
             continue;
         }
         if path.iter().any(String::is_empty) {
-            return Err(ConfigError(format!(
-                "environment variable {name}: malformed key"
-            )));
+            return Err(ConfigError(format!("environment variable {name}: malformed key")));
         }
         set_path(&mut table, &path, parse_env_value(&value))
             .map_err(|e| ConfigError(format!("environment variable {name}: {e}")))?;
         from_env.push((path.join("."), name));
     }
     let mut set = |key: &str, value: toml::Value| {
-        set_path(
-            &mut table,
-            &key.split('.').map(String::from).collect::<Vec<_>>(),
-            value,
-        )
+        set_path(&mut table, &key.split('.').map(String::from).collect::<Vec<_>>(), value)
     };
     if let Some(name) = &overrides.server_name {
         set("server_name", name.clone().into()).map_err(ConfigError)?;
@@ -342,22 +331,21 @@ pub fn load(
     if let Some(dir) = &overrides.data_dir {
         set("database.path", dir.display().to_string().into()).map_err(ConfigError)?;
     }
-    let raw: RawConfig =
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let inner = inner.trim_end();
-            let hint = from_env
-                .iter()
-                .find(|(p, _)| p.starts_with(&path) || path.starts_with(p.as_str()))
-                .map(|(_, n)| format!(" (set by {n})"))
-                .unwrap_or_default();
-            if path == "." || path.is_empty() {
-                ConfigError(format!("config: {inner}{hint}"))
-            } else {
-                key_error(&path, format!("{inner}{hint}"))
-            }
-        })?;
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.trim_end();
+        let hint = from_env
+            .iter()
+            .find(|(p, _)| p.starts_with(&path) || path.starts_with(p.as_str()))
+            .map(|(_, n)| format!(" (set by {n})"))
+            .unwrap_or_default();
+        if path == "." || path.is_empty() {
+            ConfigError(format!("config: {inner}{hint}"))
+        } else {
+            key_error(&path, format!("{inner}{hint}"))
+        }
+    })?;
     raw.validate()
 }
 
@@ -409,9 +397,7 @@ impl RawConfig {
                 s.parse::<SocketAddr>().map_err(|_| {
                     key_error(
                         "listen",
-                        format!(
-                            "\"{s}\" is not an address:port such as 127.0.0.1:8008 or [::1]:8008"
-                        ),
+                        format!("\"{s}\" is not an address:port such as 127.0.0.1:8008 or [::1]:8008"),
                     )
                 })
             })
@@ -455,10 +441,7 @@ impl RawConfig {
         tracing_subscriber::EnvFilter::try_new(&self.logging.level).map_err(|e| {
             key_error(
                 "logging.level",
-                format!(
-                    "\"{}\" is not a valid level or filter: {e}",
-                    self.logging.level
-                ),
+                format!("\"{}\" is not a valid level or filter: {e}", self.logging.level),
             )
         })?;
         let log_format = match self.logging.format.as_str() {
@@ -498,10 +481,7 @@ impl RawConfig {
             ("rate_limits.client", self.rate_limits.client),
         ] {
             if !(limit.per_second > 0.0 && limit.burst >= 1.0) {
-                return Err(key_error(
-                    key,
-                    "per_second must be above 0 and burst at least 1",
-                ));
+                return Err(key_error(key, "per_second must be above 0 and burst at least 1"));
             }
         }
         let signing_key_path = self
@@ -519,9 +499,7 @@ impl RawConfig {
             password_memory_kib: p.memory_kib,
             password_iterations: p.iterations,
             password_parallelism: p.parallelism,
-            refreshable_token_lifetime: Duration::from_secs(
-                self.sessions.refreshable_token_lifetime_secs,
-            ),
+            refreshable_token_lifetime: Duration::from_secs(self.sessions.refreshable_token_lifetime_secs),
             log_level: self.logging.level,
             log_format,
             well_known_client: self.well_known.client,
@@ -555,10 +533,7 @@ mod tests {
             t.insert((*key).to_owned(), toml::Value::Integer(0));
             if let Err(err) = toml::Value::Table(t).try_into::<RawConfig>() {
                 let err = err.to_string();
-                assert!(
-                    !err.contains("unknown field"),
-                    "{key} is not a RawConfig field: {err}"
-                );
+                assert!(!err.contains("unknown field"), "{key} is not a RawConfig field: {err}");
             }
         }
     }
@@ -583,9 +558,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = load_str("[database]\npaht = \"x\"\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = load_str("[database]\npaht = \"x\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("database") && err.contains("paht"), "{err}");
     }
 
@@ -599,9 +572,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("database.cache_size_mb"), "{err}");
-        let err = load_str("listen = \"nowhere\"\n", &[])
-            .unwrap_err()
-            .to_string();
+        let err = load_str("listen = \"nowhere\"\n", &[]).unwrap_err().to_string();
         assert!(err.contains("listen"), "{err}");
     }
 
@@ -623,9 +594,7 @@ mod tests {
             load_str("", &[("HEARTH_BIN", "/usr/bin/hearth")]).is_ok(),
             "variables naming no config key are ignored"
         );
-        let err = load_str("", &[("HEARTH_DATABASE__NOPE", "1")])
-            .unwrap_err()
-            .to_string();
+        let err = load_str("", &[("HEARTH_DATABASE__NOPE", "1")]).unwrap_err().to_string();
         assert!(err.contains("HEARTH_DATABASE__NOPE"), "{err}");
     }
 

@@ -7,10 +7,7 @@
 use http::StatusCode;
 use ruma::api::{
     client::uiaa::{UiaaInfo, UiaaResponse},
-    error::{
-        ErrorBody, ErrorKind, LimitExceededErrorData, RetryAfter, StandardErrorBody,
-        UnknownTokenErrorData,
-    },
+    error::{ErrorBody, ErrorKind, LimitExceededErrorData, RetryAfter, StandardErrorBody, UnknownTokenErrorData},
 };
 
 use crate::storage::StorageError;
@@ -97,11 +94,7 @@ impl Error {
         } else {
             "Unrecognised access token"
         };
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorKind::UnknownToken(data),
-            message,
-        )
+        Self::new(StatusCode::UNAUTHORIZED, ErrorKind::UnknownToken(data), message)
     }
     /// 413 `M_TOO_LARGE`.
     pub fn too_large(message: impl Into<String>) -> Self {
@@ -119,11 +112,7 @@ impl Error {
     }
     /// 404 `M_UNRECOGNIZED`: no such endpoint.
     pub fn unrecognized() -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            ErrorKind::Unrecognized,
-            "Unrecognized request",
-        )
+        Self::new(StatusCode::NOT_FOUND, ErrorKind::Unrecognized, "Unrecognized request")
     }
     /// 405 `M_UNRECOGNIZED`: the endpoint exists, the method does not.
     pub fn method_not_allowed() -> Self {
@@ -139,11 +128,7 @@ impl Error {
     }
     /// 400 `M_USER_IN_USE`.
     pub fn user_in_use() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            ErrorKind::UserInUse,
-            "User ID already taken",
-        )
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::UserInUse, "User ID already taken")
     }
     /// 403 `M_USER_DEACTIVATED`.
     pub fn user_deactivated() -> Self {
@@ -183,11 +168,7 @@ impl Error {
     /// The single conversion from an error to what the client is sent.
     pub fn into_matrix(self) -> MatrixError {
         match self {
-            Error::Matrix {
-                status,
-                kind,
-                message,
-            } => MatrixError::Standard(ruma::api::error::Error::new(
+            Error::Matrix { status, kind, message } => MatrixError::Standard(ruma::api::error::Error::new(
                 status,
                 ErrorBody::Standard(StandardErrorBody::new(kind, message)),
             )),

@@ -36,8 +36,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         sync_writes = config.sync_writes,
         "starting Hearth"
     );
-    let services =
-        Services::open(config.clone()).map_err(|e| StartError::Services(e.to_string()))?;
+    let services = Services::open(config.clone()).map_err(|e| StartError::Services(e.to_string()))?;
     let accounts = services.accounts.estimate_count().unwrap_or(0);
     let server = bind(Arc::clone(&services), &config)?;
     for addr in server.addrs() {
@@ -51,9 +50,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if config.registration == crate::config::RegistrationMode::Open
         && !config.listen.iter().all(|a| a.ip().is_loopback())
     {
-        tracing::warn!(
-            "registration is open to anyone who can reach this server (registration.mode = \"open\")"
-        );
+        tracing::warn!("registration is open to anyone who can reach this server (registration.mode = \"open\")");
     }
     let result = server.run.await;
     if let Err(e) = result {
@@ -90,10 +87,9 @@ pub fn bind(services: Arc<Services>, config: &Config) -> Result<Bound, StartErro
     .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
     .shutdown_timeout(10);
     for addr in &config.listen {
-        server = server.bind(addr).map_err(|source| StartError::Bind {
-            addr: *addr,
-            source,
-        })?;
+        server = server
+            .bind(addr)
+            .map_err(|source| StartError::Bind { addr: *addr, source })?;
     }
     let addrs = server.addrs();
     Ok(Bound {

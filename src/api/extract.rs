@@ -6,11 +6,17 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, web};
 use futures_util::StreamExt;
-use ruma::{OwnedUserId, UserId, api::error::FromHttpRequestError};
+use ruma::{
+    OwnedUserId, UserId,
+    api::{
+        client::uiaa::{AuthData, AuthType},
+        error::FromHttpRequestError,
+    },
+};
 
 use crate::{
     Error, Result,
-    services::{Services, rate_limit::LimitClass, sessions::Session},
+    services::{Services, rate_limit::LimitClass, sessions::Session, uiaa::flow},
 };
 
 /// Whether an endpoint needs an access token.
@@ -43,6 +49,18 @@ impl Ctx {
     /// The authenticated user.
     pub fn user_id(&self) -> Result<&UserId> {
         Ok(&self.session()?.user_id)
+    }
+
+    /// Re-proves the requester's identity with their password through user-interactive auth
+    /// (for password changes, deactivation, device deletion) and returns their session.
+    pub async fn confirm_with_password(&self, auth: Option<&AuthData>) -> Result<&Session> {
+        let session = self.session()?;
+        let flows = vec![flow(AuthType::Password)];
+        self.services
+            .uiaa
+            .authenticate(&self.services, flows, auth, Some(&session.user_id))
+            .await?;
+        Ok(session)
     }
 
     /// The authenticated user, owned.
@@ -114,8 +132,7 @@ pub async fn prepare(
         .to_string()
         .parse()
         .map_err(|_| Error::invalid_param("Malformed request URI"))?;
-    let method = http::Method::from_bytes(req.method().as_str().as_bytes())
-        .map_err(|_| Error::unrecognized())?;
+    let method = http::Method::from_bytes(req.method().as_str().as_bytes()).map_err(|_| Error::unrecognized())?;
     let mut headers = http::HeaderMap::with_capacity(req.headers().len());
     for (name, value) in req.headers() {
         if let (Ok(name), Ok(value)) = (
@@ -148,9 +165,7 @@ fn access_token(req: &HttpRequest) -> Option<String> {
         .and_then(|v| v.to_str().ok())
     {
         let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
     }
     form_urlencoded_pairs(req.query_string())
         .find(|(k, _)| k == "access_token")
@@ -167,11 +182,7 @@ fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> 
     })
 }
 
-async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<bytes::Bytes> {
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<bytes::Bytes> {
     let too_large = || Error::too_large(format!("Request body is larger than {limit} bytes"));
     if let Some(length) = req
         .headers()
@@ -184,8 +195,7 @@ async fn read_body(
     }
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| Error::bad_json(format!("Could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| Error::bad_json(format!("Could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -200,9 +210,7 @@ fn path_args(template: &str, path: &str) -> Result<Vec<String>> {
         .split('/')
         .zip(path.split('/'))
         .filter(|(t, _)| t.starts_with('{'))
-        .map(|(_, value)| {
-            percent_decode(value).map_err(|_| Error::invalid_param("Path parameters must be UTF-8"))
-        })
+        .map(|(_, value)| percent_decode(value).map_err(|_| Error::invalid_param("Path parameters must be UTF-8")))
         .collect()
 }
 
@@ -238,8 +246,7 @@ pub fn request_error(error: FromHttpRequestError, body: &[u8]) -> Error {
         // ruma may report a type mismatch before reaching a syntax error further on (`[1,2`),
         // so the body's syntax is checked on its own.
         FromHttpRequestError::Deserialization(D::Json(e))
-            if !body.is_empty()
-                && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() =>
+            if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() =>
         {
             Error::not_json(format!("Content not JSON: {e}"))
         }
@@ -249,9 +256,7 @@ pub fn request_error(error: FromHttpRequestError, body: &[u8]) -> Error {
             }
             _ => Error::bad_json(format!("Malformed JSON: {e}")),
         },
-        FromHttpRequestError::Deserialization(D::Utf8(_)) => {
-            Error::not_json("Content is not valid UTF-8")
-        }
+        FromHttpRequestError::Deserialization(D::Utf8(_)) => Error::not_json("Content is not valid UTF-8"),
         FromHttpRequestError::Deserialization(D::Query(e)) => {
             let text = e.to_string();
             if text.contains("missing field") {
@@ -260,12 +265,8 @@ pub fn request_error(error: FromHttpRequestError, body: &[u8]) -> Error {
                 Error::invalid_param(format!("Invalid query parameter: {text}"))
             }
         }
-        FromHttpRequestError::Deserialization(D::Ident(e)) => {
-            Error::invalid_param(format!("Invalid identifier: {e}"))
-        }
-        FromHttpRequestError::Deserialization(e) => {
-            Error::bad_json(format!("Malformed request: {e}"))
-        }
+        FromHttpRequestError::Deserialization(D::Ident(e)) => Error::invalid_param(format!("Invalid identifier: {e}")),
+        FromHttpRequestError::Deserialization(e) => Error::bad_json(format!("Malformed request: {e}")),
         FromHttpRequestError::MethodMismatch { .. } => Error::method_not_allowed(),
         _ => Error::bad_json("Malformed request"),
     }

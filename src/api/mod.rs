@@ -30,10 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
     // Registration and login.
     t.add(LimitClass::Register, client::register::register);
-    t.add(
-        LimitClass::Register,
-        client::register::get_username_availability,
-    );
+    t.add(LimitClass::Register, client::register::get_username_availability);
     t.add(
         LimitClass::Register,
         client::register::check_registration_token_validity,
@@ -61,14 +58,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::profile::get_profile_field);
     t.add(LimitClass::Client, client::profile::set_profile_field);
     t.add(LimitClass::Client, client::profile::delete_profile_field);
-    t.add(
-        LimitClass::Client,
-        client::account_data::get_global_account_data,
-    );
-    t.add(
-        LimitClass::Client,
-        client::account_data::set_global_account_data,
-    );
+    t.add(LimitClass::Client, client::account_data::get_global_account_data);
+    t.add(LimitClass::Client, client::account_data::set_global_account_data);
 
     t.mount(cfg);
 }

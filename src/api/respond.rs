@@ -25,9 +25,8 @@ pub fn ruma_response<T: OutgoingResponseExt>(response: T) -> HttpResponse {
 
 fn from_http(response: http::Response<bytes::BytesMut>) -> HttpResponse {
     let (parts, body) = response.into_parts();
-    let mut builder = HttpResponse::build(
-        StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-    );
+    let mut builder =
+        HttpResponse::build(StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
     for (name, value) in &parts.headers {
         builder.append_header((name.as_str(), value.as_bytes()));
     }

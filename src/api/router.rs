@@ -65,20 +65,11 @@ impl RouteTable {
             let handler = handler.clone();
             let make = move || {
                 let handler = handler.clone();
-                let method = actix_web::http::Method::from_bytes(R::METHOD.as_str().as_bytes())
-                    .expect("ruma methods are valid");
+                let method =
+                    actix_web::http::Method::from_bytes(R::METHOD.as_str().as_bytes()).expect("ruma methods are valid");
                 web::method(method).to(
-                    move |req: HttpRequest,
-                          payload: web::Payload,
-                          services: web::Data<Services>| {
-                        serve::<R, F, Fut>(
-                            req,
-                            payload,
-                            services.into_inner(),
-                            limit,
-                            path,
-                            handler.clone(),
-                        )
+                    move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
+                        serve::<R, F, Fut>(req, payload, services.into_inner(), limit, path, handler.clone())
                     },
                 )
             };

@@ -29,12 +29,7 @@ impl AccountData {
     }
 
     /// One entry's content.
-    pub fn get(
-        &self,
-        user_id: &UserId,
-        room_id: Option<&str>,
-        kind: &str,
-    ) -> Result<Option<Box<RawValue>>> {
+    pub fn get(&self, user_id: &UserId, room_id: Option<&str>, kind: &str) -> Result<Option<Box<RawValue>>> {
         self.table
             .get(user_id.as_str(), room_id, kind)?
             .map(|bytes| {
@@ -45,13 +40,7 @@ impl AccountData {
     }
 
     /// Stores one entry; `content` must be a JSON object.
-    pub async fn set(
-        &self,
-        user_id: &UserId,
-        room_id: Option<&str>,
-        kind: &str,
-        content: &RawValue,
-    ) -> Result<()> {
+    pub async fn set(&self, user_id: &UserId, room_id: Option<&str>, kind: &str, content: &RawValue) -> Result<()> {
         if SERVER_MANAGED.contains(&kind) {
             return Err(Error::new(
                 http::StatusCode::METHOD_NOT_ALLOWED,
@@ -63,18 +52,11 @@ impl AccountData {
             return Err(Error::invalid_param("Account data types are 1-255 bytes"));
         }
         if !content.get().trim_start().starts_with('{') {
-            return Err(Error::bad_json(
-                "Account data content must be a JSON object",
-            ));
+            return Err(Error::bad_json("Account data content must be a JSON object"));
         }
         let mut batch = self.db.batch();
-        self.table.put(
-            &mut batch,
-            user_id.as_str(),
-            room_id,
-            kind,
-            content.get().as_bytes(),
-        );
+        self.table
+            .put(&mut batch, user_id.as_str(), room_id, kind, content.get().as_bytes());
         batch.commit().await?;
         Ok(())
     }

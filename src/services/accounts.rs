@@ -2,12 +2,9 @@
 
 use std::sync::Arc;
 
-use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version,
-    password_hash::SaltString,
-};
 use ruma::{OwnedUserId, UserId};
 
+use super::passwords::Passwords;
 use crate::{
     Error, Result,
     config::Config,
@@ -22,18 +19,20 @@ use crate::{
 pub struct Accounts {
     table: AccountsTable,
     config: Arc<Config>,
+    passwords: Passwords,
     /// Serialises "is the name free? then take it", so two registrations cannot both win.
     create_lock: tokio::sync::Mutex<()>,
 }
 
 impl Accounts {
     /// Builds the service.
-    pub fn new(db: Arc<Db>, config: Arc<Config>) -> Self {
-        Self {
+    pub fn new(db: Arc<Db>, config: Arc<Config>) -> Result<Self> {
+        Ok(Self {
             table: AccountsTable::new(db),
+            passwords: Passwords::new(&config)?,
             config,
             create_lock: tokio::sync::Mutex::new(()),
-        }
+        })
     }
 
     /// Turns a requested username (localpart or full user id) into a local user id, applying
@@ -43,9 +42,10 @@ impl Accounts {
         if localpart.is_empty() {
             return Err(Error::invalid_username("User ID cannot be empty"));
         }
-        if !localpart.bytes().all(
-            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
-        ) {
+        if !localpart
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+        {
             return Err(Error::invalid_username(
                 "User ID can only contain characters a-z, 0-9, or '=_-./+'",
             ));
@@ -54,15 +54,11 @@ impl Accounts {
             return Err(Error::invalid_username("User ID may not begin with _"));
         }
         if localpart.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Error::invalid_username(
-                "Numeric user IDs are reserved for guest users",
-            ));
+            return Err(Error::invalid_username("Numeric user IDs are reserved for guest users"));
         }
         let user_id = format!("@{localpart}:{}", self.config.server_name);
         if user_id.len() > 255 {
-            return Err(Error::invalid_username(
-                "User ID may not be longer than 255 characters",
-            ));
+            return Err(Error::invalid_username("User ID may not be longer than 255 characters"));
         }
         UserId::parse(user_id).map_err(|e| Error::invalid_username(format!("Invalid user ID: {e}")))
     }
@@ -73,9 +69,7 @@ impl Accounts {
         match username.strip_prefix('@') {
             Some(rest) => match rest.split_once(':') {
                 Some((local, server)) if server == self.config.server_name.as_str() => Ok(local),
-                _ => Err(Error::invalid_username(
-                    "User ID does not belong to this server",
-                )),
+                _ => Err(Error::invalid_username("User ID does not belong to this server")),
             },
             None => Ok(username),
         }
@@ -119,15 +113,9 @@ impl Accounts {
 
     /// Creates an account, committing it with whatever the caller already queued in `batch`
     /// (first device, registration-token use), so they appear together or not at all.
-    pub async fn create(
-        &self,
-        user_id: &UserId,
-        password: Option<&str>,
-        admin: bool,
-        mut batch: Batch,
-    ) -> Result<()> {
+    pub async fn create(&self, user_id: &UserId, password: Option<&str>, admin: bool, mut batch: Batch) -> Result<()> {
         let password_hash = match password {
-            Some(p) => Some(self.hash_password(p).await?),
+            Some(p) => Some(self.passwords.hash(p).await?),
             None => None,
         };
         let _guard = self.create_lock.lock().await;
@@ -146,16 +134,9 @@ impl Accounts {
     }
 
     /// Replaces the password, committing it with the caller's `batch` (revoked sessions).
-    pub async fn set_password(
-        &self,
-        user_id: &UserId,
-        password: &str,
-        mut batch: Batch,
-    ) -> Result<()> {
-        let hash = self.hash_password(password).await?;
-        let mut record = self
-            .get(user_id)?
-            .ok_or_else(|| Error::not_found("No such user"))?;
+    pub async fn set_password(&self, user_id: &UserId, password: &str, mut batch: Batch) -> Result<()> {
+        let hash = self.passwords.hash(password).await?;
+        let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("No such user"))?;
         record.password_hash = Some(hash);
         self.table.put(&mut batch, user_id.as_str(), &record)?;
         batch.commit().await?;
@@ -165,9 +146,7 @@ impl Accounts {
     /// Marks the account deactivated and drops its password, committing it with the caller's
     /// `batch` (removal of devices, profile and account data).
     pub async fn deactivate(&self, user_id: &UserId, mut batch: Batch) -> Result<()> {
-        let mut record = self
-            .get(user_id)?
-            .ok_or_else(|| Error::not_found("No such user"))?;
+        let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("No such user"))?;
         record.deactivated = true;
         record.password_hash = None;
         self.table.put(&mut batch, user_id.as_str(), &record)?;
@@ -183,51 +162,11 @@ impl Accounts {
         let Some(hash) = record.password_hash.filter(|_| !record.deactivated) else {
             return Ok(false);
         };
-        let password = password.to_owned();
-        tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-        })
-        .await
-        .map_err(|e| Error::internal(format!("password check failed: {e}")))
+        self.passwords.verify(password, hash).await
     }
 
     /// Approximate number of accounts (for start-up logs; no scan).
     pub fn estimate_count(&self) -> Result<u64> {
         Ok(self.table.estimate_count()?)
-    }
-
-    async fn hash_password(&self, password: &str) -> Result<String> {
-        if password.is_empty() {
-            return Err(Error::new(
-                http::StatusCode::BAD_REQUEST,
-                ruma::api::error::ErrorKind::WeakPassword,
-                "Password must not be empty",
-            ));
-        }
-        let params = Params::new(
-            self.config.password_memory_kib,
-            self.config.password_iterations,
-            self.config.password_parallelism,
-            None,
-        )
-        .map_err(|e| Error::internal(format!("argon2 parameters: {e}")))?;
-        let password = password.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut salt = [0u8; 16];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
-                .map_err(|_| Error::internal("no randomness"))?;
-            let salt =
-                SaltString::encode_b64(&salt).map_err(|e| Error::internal(format!("salt: {e}")))?;
-            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| Error::internal(format!("argon2: {e}")))
-        })
-        .await
-        .map_err(|e| Error::internal(format!("password hashing failed: {e}")))?
     }
 }

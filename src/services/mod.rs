@@ -5,6 +5,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod passwords;
 pub mod profile;
 pub mod rate_limit;
 pub mod registration;
@@ -52,11 +53,9 @@ impl Services {
     /// Builds the services over an open database.
     pub fn build(config: Config, db: Arc<Db>) -> Result<Arc<Services>, crate::Error> {
         let config = Arc::new(config);
-        let server_keys = server_keys::ServerKeys::load_or_create(
-            &config.signing_key_path,
-            config.server_name.as_str(),
-        )?;
-        let accounts = accounts::Accounts::new(Arc::clone(&db), Arc::clone(&config));
+        let server_keys =
+            server_keys::ServerKeys::load_or_create(&config.signing_key_path, config.server_name.as_str())?;
+        let accounts = accounts::Accounts::new(Arc::clone(&db), Arc::clone(&config))?;
         let sessions = sessions::Sessions::new(Arc::clone(&db), Arc::clone(&config));
         let registration = registration::Registration::new(Arc::clone(&db), config.registration);
         let profile = profile::Profiles::new(Arc::clone(&db));
@@ -87,8 +86,7 @@ impl Services {
     /// data, all in one batch. The user id stays reserved.
     pub async fn deactivate_user(&self, user_id: &ruma::UserId) -> Result<(), crate::Error> {
         let mut batch = self.batch();
-        self.sessions
-            .queue_delete_devices(&mut batch, user_id, None, None)?;
+        self.sessions.queue_delete_devices(&mut batch, user_id, None, None)?;
         self.profile.queue_clear(&mut batch, user_id);
         self.account_data.queue_clear(&mut batch, user_id)?;
         self.accounts.deactivate(user_id, batch).await?;

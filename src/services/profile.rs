@@ -33,27 +33,19 @@ impl Profiles {
 
     /// The whole profile; `None` when the user does not exist.
     pub fn get(&self, user_id: &UserId) -> Result<Option<Map<String, Value>>> {
-        if self
-            .table
-            .get(user_id.as_str())?
-            .is_none_or(|a| a.deactivated)
-        {
+        if self.table.get(user_id.as_str())?.is_none_or(|a| a.deactivated) {
             return Ok(None);
         }
         Ok(Some(match self.table.profile(user_id.as_str())? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| Error::internal(format!("stored profile: {e}")))?,
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("stored profile: {e}")))?
+            }
             None => Map::new(),
         }))
     }
 
     /// Sets one field (`None` removes it) and returns the profile after the change.
-    pub async fn set_field(
-        &self,
-        user_id: &UserId,
-        key: &str,
-        value: Option<Value>,
-    ) -> Result<Map<String, Value>> {
+    pub async fn set_field(&self, user_id: &UserId, key: &str, value: Option<Value>) -> Result<Map<String, Value>> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
@@ -71,9 +63,7 @@ impl Profiles {
             ("avatar_url", Some(v)) if !(v.is_string() || v.is_null()) => {
                 return Err(Error::bad_json("avatar_url must be a string"));
             }
-            ("avatar_url", Some(Value::String(s)))
-                if !(s.is_empty() || s.starts_with("mxc://")) =>
-            {
+            ("avatar_url", Some(Value::String(s))) if !(s.is_empty() || s.starts_with("mxc://")) => {
                 return Err(Error::bad_json("avatar_url must be an mxc:// URI"));
             }
             _ => {}

@@ -66,11 +66,7 @@ impl Registration {
 
     /// Queues one use of `token` into the registration's batch; fails if none is left. Hold the
     /// returned guard until the batch is committed.
-    pub async fn queue_use(
-        &self,
-        batch: &mut Batch,
-        token: &str,
-    ) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+    pub async fn queue_use(&self, batch: &mut Batch, token: &str) -> Result<tokio::sync::MutexGuard<'_, ()>> {
         let guard = self.use_lock.lock().await;
         let mut record = self
             .table
@@ -101,9 +97,7 @@ impl Registration {
             ));
         }
         if self.table.get(&token)?.is_some() {
-            return Err(Error::invalid_param(format!(
-                "Token {token} already exists"
-            )));
+            return Err(Error::invalid_param(format!("Token {token} already exists")));
         }
         let record = RegistrationTokenRecord {
             uses_allowed,
@@ -140,6 +134,5 @@ impl Registration {
 }
 
 fn usable(record: &RegistrationTokenRecord) -> bool {
-    record.uses_allowed.is_none_or(|n| record.completed < n)
-        && record.expires_ms.is_none_or(|e| e > util::now_ms())
+    record.uses_allowed.is_none_or(|n| record.completed < n) && record.expires_ms.is_none_or(|e| e > util::now_ms())
 }

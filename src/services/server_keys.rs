@@ -22,8 +22,7 @@ pub struct ServerKeys {
 /// PKCS#8 v1 wrapper of a 32-byte ed25519 seed (RFC 8410).
 fn pkcs8_from_seed(seed: &[u8; 32]) -> Vec<u8> {
     let mut der = vec![
-        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
-        0x20,
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
     ];
     der.extend_from_slice(seed);
     der
@@ -47,26 +46,21 @@ impl ServerKeys {
     pub fn load_or_create(path: &Path, server_name: &str) -> Result<ServerKeys> {
         if !path.exists() {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    Error::internal(format!("cannot create {}: {e}", dir.display()))
-                })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
             }
             write_private(path, &generate_key_file()?)?;
             tracing::info!(path = %path.display(), "created a new signing key for {server_name}");
         }
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::internal(format!("cannot read signing key {}: {e}", path.display()))
-        })?;
-        Self::parse(&text)
-            .map_err(|e| Error::internal(format!("signing key {}: {e}", path.display())))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::internal(format!("cannot read signing key {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| Error::internal(format!("signing key {}: {e}", path.display())))
     }
 
     /// Parses a key file.
     pub fn parse(text: &str) -> std::result::Result<ServerKeys, String> {
         let mut parts = text.split_whitespace();
-        let (Some("ed25519"), Some(version), Some(seed)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some("ed25519"), Some(version), Some(seed)) = (parts.next(), parts.next(), parts.next()) else {
             return Err("expected one line `ed25519 <version> <base64 seed>`".into());
         };
         let seed: [u8; 32] = STANDARD_NO_PAD

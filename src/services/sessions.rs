@@ -89,8 +89,7 @@ impl Sessions {
         with_refresh: bool,
         ip: Option<String>,
     ) -> Result<Grant> {
-        let device_id = device_id
-            .unwrap_or_else(|| OwnedDeviceId::from(util::random_string(10).to_uppercase()));
+        let device_id = device_id.unwrap_or_else(|| OwnedDeviceId::from(util::random_string(10).to_uppercase()));
         let existing = self.table.get(user_id.as_str(), device_id.as_str())?;
         if let Some(old) = &existing {
             self.table.revoke_tokens(batch, old);
@@ -98,26 +97,20 @@ impl Sessions {
         let access_token = new_token("hat");
         let access_hash = util::sha256(access_token.as_bytes());
         let (refresh_token, expires_in) = if with_refresh {
-            (
-                Some(new_token("hrt")),
-                Some(self.config.refreshable_token_lifetime),
-            )
+            (Some(new_token("hrt")), Some(self.config.refreshable_token_lifetime))
         } else {
             (None, None)
         };
         let refresh_hash = refresh_token.as_ref().map(|t| util::sha256(t.as_bytes()));
         let now = util::now_ms();
         let record = DeviceRecord {
-            display_name: existing
-                .as_ref()
-                .map_or(display_name, |d| d.display_name.clone()),
+            display_name: existing.as_ref().map_or(display_name, |d| d.display_name.clone()),
             last_seen_ms: Some(now),
             last_seen_ip: ip,
             access_hash: Some(access_hash),
             refresh_hash,
         };
-        self.table
-            .put(batch, user_id.as_str(), device_id.as_str(), &record)?;
+        self.table.put(batch, user_id.as_str(), device_id.as_str(), &record)?;
         let access = AccessRecord {
             user_id: user_id.to_string(),
             device_id: device_id.to_string(),
@@ -152,14 +145,7 @@ impl Sessions {
         ip: Option<String>,
     ) -> Result<Grant> {
         let mut batch = self.db.batch();
-        let grant = self.queue_grant(
-            &mut batch,
-            user_id,
-            device_id,
-            display_name,
-            with_refresh,
-            ip,
-        )?;
+        let grant = self.queue_grant(&mut batch, user_id, device_id, display_name, with_refresh, ip)?;
         batch.commit().await?;
         Ok(grant)
     }
@@ -167,15 +153,12 @@ impl Sessions {
     /// Who an access token belongs to. Records "last seen" in memory.
     pub fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
         let hash = util::sha256(token.as_bytes());
-        let record = self
-            .table
-            .access(&hash)?
-            .ok_or_else(|| Error::unknown_token(false))?;
+        let record = self.table.access(&hash)?.ok_or_else(|| Error::unknown_token(false))?;
         if record.expires_ms.is_some_and(|exp| exp <= util::now_ms()) {
             return Err(Error::unknown_token(true));
         }
-        let user_id = OwnedUserId::try_from(record.user_id)
-            .map_err(|e| Error::internal(format!("stored user id: {e}")))?;
+        let user_id =
+            OwnedUserId::try_from(record.user_id).map_err(|e| Error::internal(format!("stored user id: {e}")))?;
         let device_id = OwnedDeviceId::from(record.device_id);
         if let Ok(mut seen) = self.last_seen.lock() {
             seen.insert(
@@ -190,24 +173,15 @@ impl Sessions {
     /// old access token is revoked.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Grant> {
         let hash = util::sha256(refresh_token.as_bytes());
-        let record = self
-            .table
-            .refresh(&hash)?
-            .ok_or_else(|| Error::unknown_token(false))?;
-        let user_id = OwnedUserId::try_from(record.user_id)
-            .map_err(|e| Error::internal(format!("stored user id: {e}")))?;
+        let record = self.table.refresh(&hash)?.ok_or_else(|| Error::unknown_token(false))?;
+        let user_id =
+            OwnedUserId::try_from(record.user_id).map_err(|e| Error::internal(format!("stored user id: {e}")))?;
         let device = self.table.get(user_id.as_str(), &record.device_id)?;
         if device.as_ref().and_then(|d| d.refresh_hash) != Some(hash) {
             return Err(Error::unknown_token(false));
         }
-        self.login(
-            &user_id,
-            Some(OwnedDeviceId::from(record.device_id)),
-            None,
-            true,
-            None,
-        )
-        .await
+        self.login(&user_id, Some(OwnedDeviceId::from(record.device_id)), None, true, None)
+            .await
     }
 
     /// Deletes one device and its tokens.
@@ -229,8 +203,7 @@ impl Sessions {
         for (device_id, record) in self.table.list(user_id.as_str())? {
             let wanted = only.is_none_or(|ids| ids.iter().any(|d| *d == device_id));
             if wanted && keep != Some(device_id.as_str()) {
-                self.table
-                    .delete(batch, user_id.as_str(), &device_id, &record);
+                self.table.delete(batch, user_id.as_str(), &device_id, &record);
                 if let Ok(mut seen) = self.last_seen.lock() {
                     seen.remove(&(user_id.to_owned(), OwnedDeviceId::from(device_id)));
                 }
@@ -287,19 +260,13 @@ impl Sessions {
     }
 
     /// Renames a device; `Ok(false)` when it does not exist.
-    pub async fn rename_device(
-        &self,
-        user_id: &UserId,
-        device_id: &str,
-        display_name: Option<String>,
-    ) -> Result<bool> {
+    pub async fn rename_device(&self, user_id: &UserId, device_id: &str, display_name: Option<String>) -> Result<bool> {
         let Some(mut record) = self.table.get(user_id.as_str(), device_id)? else {
             return Ok(false);
         };
         record.display_name = display_name;
         let mut batch = self.db.batch();
-        self.table
-            .put(&mut batch, user_id.as_str(), device_id, &record)?;
+        self.table.put(&mut batch, user_id.as_str(), device_id, &record)?;
         batch.commit().await?;
         Ok(true)
     }

@@ -102,28 +102,23 @@ impl Uiaa {
         let mut proved_token = None;
         let failure = match auth {
             AuthData::Dummy(_) => None,
-            AuthData::Password(p) => match self
-                .check_password(services, &p.identifier, &p.password, user)
-                .await?
-            {
+            AuthData::Password(p) => match self.check_password(services, &p.identifier, &p.password, user).await? {
                 true => None,
                 false => Some(StandardErrorBody::new(
                     ErrorKind::Forbidden,
                     "Invalid username or password".into(),
                 )),
             },
-            AuthData::RegistrationToken(t) => {
-                match services.registration.token_is_usable(&t.token)? {
-                    true => {
-                        proved_token = Some(t.token.clone());
-                        None
-                    }
-                    false => Some(StandardErrorBody::new(
-                        ErrorKind::Unauthorized,
-                        "Invalid registration token".into(),
-                    )),
+            AuthData::RegistrationToken(t) => match services.registration.token_is_usable(&t.token)? {
+                true => {
+                    proved_token = Some(t.token.clone());
+                    None
                 }
-            }
+                false => Some(StandardErrorBody::new(
+                    ErrorKind::Unauthorized,
+                    "Invalid registration token".into(),
+                )),
+            },
             _ => Some(StandardErrorBody::new(
                 ErrorKind::Unrecognized,
                 format!("Authentication stage {auth_type} is not supported"),
@@ -182,9 +177,7 @@ impl Uiaa {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UiaaSession>> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn start(&self, user: Option<&UserId>) -> String {
@@ -203,12 +196,7 @@ impl Uiaa {
         id
     }
 
-    fn progress(
-        &self,
-        session_id: &str,
-        flows: Vec<AuthFlow>,
-        auth_error: Option<StandardErrorBody>,
-    ) -> Error {
+    fn progress(&self, session_id: &str, flows: Vec<AuthFlow>, auth_error: Option<StandardErrorBody>) -> Error {
         let mut info = UiaaInfo::new(flows);
         info.session = Some(session_id.to_owned());
         info.completed = self

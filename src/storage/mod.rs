@@ -11,9 +11,7 @@ pub mod tables;
 
 use std::{path::Path, sync::Arc};
 
-use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions,
-};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions};
 
 /// Errors from the storage layer. Services turn them into an internal server error.
 #[derive(Debug, thiserror::Error)]
@@ -22,9 +20,7 @@ pub enum StorageError {
     #[error("the data directory {0} is in use by another hearth process (stop the server first)")]
     Locked(String),
     /// The database was written by a newer Hearth than this one.
-    #[error(
-        "the database schema version is {found}, newer than this hearth understands ({supported}); upgrade hearth"
-    )]
+    #[error("the database schema version is {found}, newer than this hearth understands ({supported}); upgrade hearth")]
     SchemaTooNew {
         /// Version found on disk.
         found: u64,
@@ -143,11 +139,7 @@ impl Db {
     }
 
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(
-        &self,
-        table: &'static str,
-        prefix: &[u8],
-    ) -> StorageResult<Vec<(Box<[u8]>, Box<[u8]>)>> {
+    pub fn scan_prefix(&self, table: &'static str, prefix: &[u8]) -> StorageResult<Vec<(Box<[u8]>, Box<[u8]>)>> {
         let mut out = Vec::new();
         let iter = self.rocks.iterator_cf(
             self.cf(table),
@@ -166,10 +158,7 @@ impl Db {
     /// Number of keys in a table (a full scan; for admin reports and tests).
     pub fn count(&self, table: &'static str) -> StorageResult<u64> {
         let mut n = 0;
-        for item in self
-            .rocks
-            .iterator_cf(self.cf(table), rocksdb::IteratorMode::Start)
-        {
+        for item in self.rocks.iterator_cf(self.cf(table), rocksdb::IteratorMode::Start) {
             item?;
             n += 1;
         }

@@ -26,3 +26,17 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out.copy_from_slice(digest.as_ref());
     out
 }
+
+/// Makes glibc return large freed blocks to the OS.
+///
+/// glibc raises its mmap threshold after the first large block is freed, so later argon2
+/// buffers (19 MiB each) come from per-thread arenas and stay resident after use: a few hundred
+/// logins across the blocking pool's threads grew the process past 1 GB. A fixed threshold
+/// keeps such blocks mmapped and unmapped on free.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}

@@ -35,13 +35,7 @@ fn user_create_with_password_file() {
     let pw_file = server.data_dir.with_file_name("pw.txt");
     std::fs::write(&pw_file, "file-secret\nignored second line\n").unwrap();
     let out = server.admin(
-        &[
-            "user",
-            "create",
-            "carol",
-            "--password-file",
-            pw_file.to_str().unwrap(),
-        ],
+        &["user", "create", "carol", "--password-file", pw_file.to_str().unwrap()],
         None,
     );
     let stdout = succeeded(&out);
@@ -50,20 +44,11 @@ fn user_create_with_password_file() {
     assert!(!stdout.contains("file-secret"), "{stdout}");
     // The same name again fails.
     let out = server.admin(
-        &[
-            "user",
-            "create",
-            "carol",
-            "--password-file",
-            pw_file.to_str().unwrap(),
-        ],
+        &["user", "create", "carol", "--password-file", pw_file.to_str().unwrap()],
         None,
     );
     let stderr = failed(&out);
-    assert!(
-        stderr.contains("M_USER_IN_USE") || stderr.contains("taken"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("M_USER_IN_USE") || stderr.contains("taken"), "{stderr}");
     // An invalid name fails.
     let out = server.admin(&["user", "create", "Bad Name", "--random-password"], None);
     failed(&out);
@@ -78,21 +63,14 @@ fn user_create_with_password_file() {
     c.login_with("carol", "ignored second line", json!({}))
         .expect_err(403, "M_FORBIDDEN");
     c.login_with("dave", "stdin-secret", json!({})).ok();
-    c.login_with("bad name", "x", json!({}))
-        .expect_err(403, "M_FORBIDDEN");
+    c.login_with("bad name", "x", json!({})).expect_err(403, "M_FORBIDDEN");
 }
 
 #[test]
 fn user_create_with_random_password_and_admin_flag() {
     let mut server = TestServer::unstarted(&[]);
     let out = server.admin(
-        &[
-            "user",
-            "create",
-            "@root:hearth.test",
-            "--random-password",
-            "--admin",
-        ],
+        &["user", "create", "@root:hearth.test", "--random-password", "--admin"],
         None,
     );
     let stdout = succeeded(&out);
@@ -114,8 +92,7 @@ fn user_create_with_random_password_and_admin_flag() {
         c.login_with("root", &password, json!({})).ok()["user_id"],
         "@root:hearth.test"
     );
-    c.login_with("root", "guess", json!({}))
-        .expect_err(403, "M_FORBIDDEN");
+    c.login_with("root", "guess", json!({})).expect_err(403, "M_FORBIDDEN");
 }
 
 #[test]
@@ -138,10 +115,7 @@ fn user_reset_password() {
     );
     let stdout = succeeded(&out);
     assert!(stdout.contains("@alice:hearth.test"), "{stdout}");
-    let out = server.admin(
-        &["user", "reset-password", "nobody", "--random-password"],
-        None,
-    );
+    let out = server.admin(&["user", "reset-password", "nobody", "--random-password"], None);
     let stderr = failed(&out);
     assert!(stderr.contains("nobody"), "{stderr}");
 
@@ -163,10 +137,7 @@ fn user_deactivate() {
     server.stop();
     let out = server.admin(&["user", "deactivate", "@alice:hearth.test"], None);
     let stdout = succeeded(&out);
-    assert!(
-        stdout.contains("deactivated @alice:hearth.test"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("deactivated @alice:hearth.test"), "{stdout}");
     let stderr = failed(&server.admin(&["user", "deactivate", "ghost"], None));
     assert!(stderr.contains("ghost"), "{stderr}");
 
@@ -198,31 +169,15 @@ fn registration_token_commands() {
     );
     assert_eq!(succeeded(&out).trim(), "team-2024");
     let out = server.admin(
-        &[
-            "registration-token",
-            "create",
-            "--uses",
-            "2",
-            "--expires-in",
-            "1h",
-        ],
+        &["registration-token", "create", "--uses", "2", "--expires-in", "1h"],
         None,
     );
     let random = succeeded(&out).trim().to_owned();
     assert_eq!(random.len(), 16, "{random}");
     // Bad input.
-    failed(&server.admin(
-        &["registration-token", "create", "--expires-in", "soon"],
-        None,
-    ));
-    failed(&server.admin(
-        &["registration-token", "create", "--token", "team-2024"],
-        None,
-    ));
-    failed(&server.admin(
-        &["registration-token", "create", "--token", "has space"],
-        None,
-    ));
+    failed(&server.admin(&["registration-token", "create", "--expires-in", "soon"], None));
+    failed(&server.admin(&["registration-token", "create", "--token", "team-2024"], None));
+    failed(&server.admin(&["registration-token", "create", "--token", "has space"], None));
 
     let list = succeeded(&server.admin(&["registration-token", "list"], None));
     let line = list
@@ -236,10 +191,7 @@ fn registration_token_commands() {
         .and_then(|s| s.trim_end_matches('s').parse().ok())
         .unwrap_or_else(|| panic!("{line}"));
     assert!((3500..=3600).contains(&secs), "{line}");
-    assert!(
-        list.lines().any(|l| l.starts_with(&format!("{random}\t"))),
-        "{list}"
-    );
+    assert!(list.lines().any(|l| l.starts_with(&format!("{random}\t"))), "{list}");
 
     let out = succeeded(&server.admin(&["registration-token", "delete", &random], None));
     assert!(out.contains(&random), "{out}");
@@ -299,8 +251,7 @@ fn admin_commands_refuse_while_the_server_runs() {
     c.login_with("alice", "new-pw", json!({}))
         .expect_err(403, "M_FORBIDDEN");
     assert_eq!(
-        c.get("/_matrix/client/v3/register/available?username=mallory")
-            .ok()["available"],
+        c.get("/_matrix/client/v3/register/available?username=mallory").ok()["available"],
         true
     );
 }
@@ -386,10 +337,7 @@ fn check_config_names_the_bad_key() {
     let stderr = failed(&check("syntax.toml", "server_name = \n"));
     assert!(stderr.contains("TOML"), "{stderr}");
     let missing = dir.path().join("missing.toml");
-    failed(&run_plain(
-        &["check-config", missing.to_str().unwrap()],
-        &[],
-    ));
+    failed(&run_plain(&["check-config", missing.to_str().unwrap()], &[]));
     succeeded(&check("ok.toml", "server_name = \"a.example\"\n"));
 }
 
@@ -398,13 +346,7 @@ fn serve_refuses_a_bad_environment_value() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let out = run_plain(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()],
         &[("HEARTH_REGISTRATION__MODE", "maybe")],
     );
     let stderr = failed(&out);
@@ -412,13 +354,7 @@ fn serve_refuses_a_bad_environment_value() {
     assert!(stderr.contains("maybe"), "{stderr}");
     assert!(!data.join("signing.key").exists(), "nothing was created");
     let out = run_plain(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()],
         &[("HEARTH_DATABASE__NOPE", "1")],
     );
     let stderr = failed(&out);

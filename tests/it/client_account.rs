@@ -70,11 +70,8 @@ fn register_enforces_username_rules() {
     ] {
         c.post(REGISTER, json!({"username": name, "password": "pw"}))
             .expect_err(400, "M_INVALID_USERNAME");
-        c.get(&format!(
-            "/_matrix/client/v3/register/available?username={}",
-            enc(name)
-        ))
-        .expect_err(400, "M_INVALID_USERNAME");
+        c.get(&format!("/_matrix/client/v3/register/available?username={}", enc(name)))
+            .expect_err(400, "M_INVALID_USERNAME");
     }
     // Every allowed character.
     let r = c.register_with(json!({"username": "a.b_c=d-e/f+9", "password": "pw"}));
@@ -86,12 +83,7 @@ fn taken_usernames_and_availability() {
     let server = TestServer::start();
     let _bob = server.user("bob", "pw-bob");
     let c = server.client();
-    let avail = |name: &str| {
-        c.get(&format!(
-            "/_matrix/client/v3/register/available?username={}",
-            enc(name)
-        ))
-    };
+    let avail = |name: &str| c.get(&format!("/_matrix/client/v3/register/available?username={}", enc(name)));
     assert_eq!(avail("carol").ok()["available"], true);
     avail("bob").expect_err(400, "M_USER_IN_USE");
     // Rejected before any UIA stage.
@@ -112,10 +104,7 @@ fn register_without_username_generates_one() {
         .and_then(|u| u.strip_suffix(":hearth.test"))
         .expect("a local user id");
     assert!(
-        !local.is_empty()
-            && local
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        !local.is_empty() && local.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
         "{user_id}"
     );
     assert!(r.body["access_token"].is_string());
@@ -129,8 +118,7 @@ fn register_without_username_generates_one() {
 fn register_with_inhibit_login_issues_no_tokens() {
     let server = TestServer::start();
     let c = server.client();
-    let r =
-        c.register_with(json!({"username": "quiet", "password": "pw-q", "inhibit_login": true}));
+    let r = c.register_with(json!({"username": "quiet", "password": "pw-q", "inhibit_login": true}));
     let b = r.ok();
     assert_eq!(b["user_id"], "@quiet:hearth.test");
     assert!(b.get("access_token").is_none(), "{}", r.text);
@@ -157,11 +145,7 @@ fn register_with_device_id_display_name_and_refresh_token() {
     let b = r.ok().clone();
     assert_eq!(b["device_id"], "MYPHONE");
     assert!(b["refresh_token"].is_string(), "{}", r.text);
-    assert!(
-        b["expires_in_ms"].as_u64().is_some_and(|ms| ms > 0),
-        "{}",
-        r.text
-    );
+    assert!(b["expires_in_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", r.text);
     let mut c = c;
     c.adopt(&b);
     let d = c.get("/_matrix/client/v3/devices/MYPHONE");
@@ -195,8 +179,7 @@ fn guest_registration_is_forbidden() {
         json!({"username": "g", "password": "pw"}),
     )
     .expect_err(403, "M_GUEST_ACCESS_FORBIDDEN");
-    c.get("/_matrix/client/v3/register/available?username=g")
-        .ok();
+    c.get("/_matrix/client/v3/register/available?username=g").ok();
 }
 
 #[test]
@@ -212,22 +195,14 @@ fn closed_registration_is_forbidden() {
     .expect_err(403, "M_FORBIDDEN");
     c.get("/_matrix/client/v1/register/m.login.registration_token/validity?token=x")
         .expect_err(403, "M_FORBIDDEN");
-    c.login_with("nobody", "pw", json!({}))
-        .expect_err(403, "M_FORBIDDEN");
+    c.login_with("nobody", "pw", json!({})).expect_err(403, "M_FORBIDDEN");
 }
 
 #[test]
 fn token_registration_flow() {
     let mut server = TestServer::unstarted(&[("HEARTH_REGISTRATION__MODE", "token")]);
     let out = server.admin(
-        &[
-            "registration-token",
-            "create",
-            "--token",
-            "once-only",
-            "--uses",
-            "1",
-        ],
+        &["registration-token", "create", "--token", "once-only", "--uses", "1"],
         None,
     );
     assert!(out.status.success(), "{out:?}");
@@ -244,10 +219,7 @@ fn token_registration_flow() {
 
     let body = json!({"username": "tok", "password": "pw-tok"});
     let first = c.uia_start("POST", REGISTER, body.clone());
-    assert_eq!(
-        stages(&first),
-        vec![vec!["m.login.registration_token".to_owned()]]
-    );
+    assert_eq!(stages(&first), vec![vec!["m.login.registration_token".to_owned()]]);
     let session = first["session"].as_str().unwrap();
 
     // The dummy stage is not offered in token mode.
@@ -259,8 +231,7 @@ fn token_registration_flow() {
 
     // A bad token: 401 with the UIA body and M_UNAUTHORIZED.
     let mut bad = body.clone();
-    bad["auth"] =
-        json!({"type": "m.login.registration_token", "token": "wrong", "session": session});
+    bad["auth"] = json!({"type": "m.login.registration_token", "token": "wrong", "session": session});
     let r = c.post(REGISTER, bad);
     assert_eq!(r.status, 401, "{}", r.text);
     assert_eq!(r.errcode(), "M_UNAUTHORIZED", "{}", r.text);
@@ -268,8 +239,7 @@ fn token_registration_flow() {
     assert!(r.body["flows"].is_array());
 
     let mut good = body;
-    good["auth"] =
-        json!({"type": "m.login.registration_token", "token": "once-only", "session": session});
+    good["auth"] = json!({"type": "m.login.registration_token", "token": "once-only", "session": session});
     let r = c.post(REGISTER, good);
     assert_eq!(r.ok()["user_id"], "@tok:hearth.test");
 
@@ -282,8 +252,7 @@ fn token_registration_flow() {
     let r = c.post(REGISTER, again);
     assert_eq!(r.status, 401, "{}", r.text);
     assert_eq!(r.errcode(), "M_UNAUTHORIZED", "{}", r.text);
-    c.get("/_matrix/client/v3/register/available?username=tok2")
-        .ok();
+    c.get("/_matrix/client/v3/register/available?username=tok2").ok();
     validity("").ok();
 }
 
@@ -331,8 +300,7 @@ fn login_with_password() {
     );
     assert_eq!(r.ok()["user_id"], "@alice:hearth.test");
 
-    c.login_with("alice", "wrong", json!({}))
-        .expect_err(403, "M_FORBIDDEN");
+    c.login_with("alice", "wrong", json!({})).expect_err(403, "M_FORBIDDEN");
     c.login_with("nobody", "pw-alice", json!({}))
         .expect_err(403, "M_FORBIDDEN");
     c.login_with("@alice:elsewhere.example", "pw-alice", json!({}))
@@ -391,20 +359,10 @@ fn refresh_tokens_rotate() {
     let c = server.client();
     let login = c.login_with("alice", "pw", json!({"refresh_token": true}));
     let b = login.ok().clone();
-    let refresh1 = b["refresh_token"]
-        .as_str()
-        .expect("refresh_token")
-        .to_owned();
-    assert!(
-        b["expires_in_ms"].as_u64().is_some_and(|ms| ms > 0),
-        "{}",
-        login.text
-    );
+    let refresh1 = b["refresh_token"].as_str().expect("refresh_token").to_owned();
+    assert!(b["expires_in_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", login.text);
 
-    let r = c.post(
-        "/_matrix/client/v3/refresh",
-        json!({"refresh_token": refresh1}),
-    );
+    let r = c.post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh1}));
     let r = r.ok().clone();
     let access2 = r["access_token"].as_str().unwrap();
     let refresh2 = r["refresh_token"].as_str().expect("a new refresh token");
@@ -415,25 +373,14 @@ fn refresh_tokens_rotate() {
     assert_eq!(who.ok()["device_id"], b["device_id"]);
 
     // Once the new tokens are in use, the old refresh token is dead.
-    c.post(
-        "/_matrix/client/v3/refresh",
-        json!({"refresh_token": refresh1}),
-    )
-    .expect_err(401, "M_UNKNOWN_TOKEN");
-    let r3 = c.post(
-        "/_matrix/client/v3/refresh",
-        json!({"refresh_token": refresh2}),
-    );
-    assert!(r3.ok()["access_token"].is_string());
-    c.post(
-        "/_matrix/client/v3/refresh",
-        json!({"refresh_token": "hrt_nonsense"}),
-    )
-    .expect_err(401, "M_UNKNOWN_TOKEN");
-    // A refresh token is not an access token.
-    c.with_token(Some(refresh2))
-        .whoami()
+    c.post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh1}))
         .expect_err(401, "M_UNKNOWN_TOKEN");
+    let r3 = c.post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh2}));
+    assert!(r3.ok()["access_token"].is_string());
+    c.post("/_matrix/client/v3/refresh", json!({"refresh_token": "hrt_nonsense"}))
+        .expect_err(401, "M_UNKNOWN_TOKEN");
+    // A refresh token is not an access token.
+    c.with_token(Some(refresh2)).whoami().expect_err(401, "M_UNKNOWN_TOKEN");
 
     // Logging out ends the refresh token too.
     let r3 = r3.body.clone();
@@ -448,15 +395,11 @@ fn refresh_tokens_rotate() {
 
 #[test]
 fn expired_access_tokens_are_soft_logged_out() {
-    let server =
-        TestServer::start_with(&[("HEARTH_SESSIONS__REFRESHABLE_TOKEN_LIFETIME_SECS", "1")]);
+    let server = TestServer::start_with(&[("HEARTH_SESSIONS__REFRESHABLE_TOKEN_LIFETIME_SECS", "1")]);
     let _alice = server.user("alice", "pw");
     let c = server.client();
     let plain = c.login_with("alice", "pw", json!({})).ok().clone();
-    let b = c
-        .login_with("alice", "pw", json!({"refresh_token": true}))
-        .ok()
-        .clone();
+    let b = c.login_with("alice", "pw", json!({"refresh_token": true})).ok().clone();
     assert_eq!(b["expires_in_ms"], 1000);
     let refreshing = c.with_token(b["access_token"].as_str());
     std::thread::sleep(std::time::Duration::from_millis(1300));
@@ -470,10 +413,7 @@ fn expired_access_tokens_are_soft_logged_out() {
         json!({"refresh_token": b["refresh_token"]}),
     );
     let token = fresh.ok()["access_token"].as_str().unwrap();
-    assert_eq!(
-        c.with_token(Some(token)).whoami().ok()["device_id"],
-        b["device_id"]
-    );
+    assert_eq!(c.with_token(Some(token)).whoami().ok()["device_id"], b["device_id"]);
 }
 
 #[test]
@@ -598,10 +538,7 @@ fn deactivate_account_with_uia() {
     let bob = server.user("bob", "pw");
     alice
         .put(
-            &format!(
-                "/_matrix/client/v3/profile/{}/displayname",
-                enc(&alice.uid())
-            ),
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.uid())),
             json!({"displayname": "Alice"}),
         )
         .ok();
@@ -610,18 +547,12 @@ fn deactivate_account_with_uia() {
     let first = alice.uia_start("POST", PATH, json!({}));
     assert_eq!(stages(&first), vec![vec!["m.login.password".to_owned()]]);
     let session = first["session"].as_str().unwrap();
-    let wrong = alice.post(
-        PATH,
-        json!({"auth": alice.password_auth("nope", Some(session))}),
-    );
+    let wrong = alice.post(PATH, json!({"auth": alice.password_auth("nope", Some(session))}));
     assert_eq!(wrong.status, 401, "{}", wrong.text);
     assert_eq!(wrong.errcode(), "M_FORBIDDEN", "{}", wrong.text);
     alice.whoami().ok();
 
-    let ok = alice.post(
-        PATH,
-        json!({"auth": alice.password_auth("pw", Some(session))}),
-    );
+    let ok = alice.post(PATH, json!({"auth": alice.password_auth("pw", Some(session))}));
     assert_eq!(ok.ok()["id_server_unbind_result"], "no-support");
 
     alice.whoami().expect_err(401, "M_UNKNOWN_TOKEN");

@@ -68,20 +68,14 @@ fn devices_list_get_and_rename() {
         .get("/_matrix/client/v3/devices/NOSUCH")
         .expect_err(404, "M_NOT_FOUND");
     alice
-        .put(
-            "/_matrix/client/v3/devices/NOSUCH",
-            json!({"display_name": "x"}),
-        )
+        .put("/_matrix/client/v3/devices/NOSUCH", json!({"display_name": "x"}))
         .expect_err(404, "M_NOT_FOUND");
     // Another user's device is not ours.
     alice
         .get("/_matrix/client/v3/devices/TV")
         .expect_err(404, "M_NOT_FOUND");
     alice
-        .put(
-            "/_matrix/client/v3/devices/TV",
-            json!({"display_name": "mine"}),
-        )
+        .put("/_matrix/client/v3/devices/TV", json!({"display_name": "mine"}))
         .expect_err(404, "M_NOT_FOUND");
     let tv = bob.get("/_matrix/client/v3/devices/TV");
     assert_eq!(tv.ok()["display_name"], "TV name");
@@ -103,19 +97,13 @@ fn delete_device_requires_password_uia() {
     let session = first["session"].as_str().unwrap();
     phone.whoami().ok();
 
-    let wrong = alice.delete(
-        PATH,
-        json!({"auth": alice.password_auth("bad", Some(session))}),
-    );
+    let wrong = alice.delete(PATH, json!({"auth": alice.password_auth("bad", Some(session))}));
     assert_eq!(wrong.status, 401, "{}", wrong.text);
     assert_eq!(wrong.errcode(), "M_FORBIDDEN", "{}", wrong.text);
     phone.whoami().ok();
 
     alice
-        .delete(
-            PATH,
-            json!({"auth": alice.password_auth("pw", Some(session))}),
-        )
+        .delete(PATH, json!({"auth": alice.password_auth("pw", Some(session))}))
         .ok();
     phone.whoami().expect_err(401, "M_UNKNOWN_TOKEN");
     alice
@@ -134,10 +122,7 @@ fn delete_device_requires_password_uia() {
         .ok();
     // A completed UIA session cannot be replayed.
     alice
-        .delete(
-            PATH,
-            json!({"auth": alice.password_auth("pw", Some(session))}),
-        )
+        .delete(PATH, json!({"auth": alice.password_auth("pw", Some(session))}))
         .expect_err(400, "M_UNKNOWN");
 }
 
@@ -178,28 +163,17 @@ fn profile_fields() {
     let me = enc(&alice.uid());
     let field = |name: &str| format!("/_matrix/client/v3/profile/{me}/{name}");
 
-    alice
-        .get(&field("displayname"))
-        .expect_err(404, "M_NOT_FOUND");
+    alice.get(&field("displayname")).expect_err(404, "M_NOT_FOUND");
     alice
         .put(&field("displayname"), json!({"displayname": "Alice A."}))
         .ok();
-    assert_eq!(
-        bob.get(&field("displayname")).ok()["displayname"],
-        "Alice A."
-    );
+    assert_eq!(bob.get(&field("displayname")).ok()["displayname"], "Alice A.");
 
     alice
-        .put(
-            &field("avatar_url"),
-            json!({"avatar_url": "mxc://hearth.test/abcDEF"}),
-        )
+        .put(&field("avatar_url"), json!({"avatar_url": "mxc://hearth.test/abcDEF"}))
         .ok();
     alice
-        .put(
-            &field("avatar_url"),
-            json!({"avatar_url": "https://example.org/a.png"}),
-        )
+        .put(&field("avatar_url"), json!({"avatar_url": "https://example.org/a.png"}))
         .expect_err(400, "M_BAD_JSON");
     assert_eq!(
         alice.get(&field("avatar_url")).ok()["avatar_url"],
@@ -212,9 +186,7 @@ fn profile_fields() {
             json!({"org.example.pronouns": "she/her"}),
         )
         .ok();
-    alice
-        .put(&field("m.tz"), json!({"m.tz": "Europe/Paris"}))
-        .ok();
+    alice.put(&field("m.tz"), json!({"m.tz": "Europe/Paris"})).ok();
     let whole = bob.get(&format!("/_matrix/client/v3/profile/{me}"));
     assert_eq!(
         whole.ok(),
@@ -226,16 +198,10 @@ fn profile_fields() {
         })
     );
 
-    alice
-        .req("DELETE", &field("org.example.pronouns"), None)
-        .ok();
-    alice
-        .get(&field("org.example.pronouns"))
-        .expect_err(404, "M_NOT_FOUND");
+    alice.req("DELETE", &field("org.example.pronouns"), None).ok();
+    alice.get(&field("org.example.pronouns")).expect_err(404, "M_NOT_FOUND");
     alice.req("DELETE", &field("displayname"), None).ok();
-    alice
-        .get(&field("displayname"))
-        .expect_err(404, "M_NOT_FOUND");
+    alice.get(&field("displayname")).expect_err(404, "M_NOT_FOUND");
     let whole = alice.get(&format!("/_matrix/client/v3/profile/{me}"));
     assert_eq!(
         whole.ok(),
@@ -271,18 +237,13 @@ fn profile_rejects_bad_values() {
     alice
         .put(&field("displayname"), json!({"displayname": 42}))
         .expect_err(400, "M_BAD_JSON");
-    let r = alice.put(
-        &field("displayname"),
-        json!({"displayname": "x".repeat(300)}),
-    );
+    let r = alice.put(&field("displayname"), json!({"displayname": "x".repeat(300)}));
     assert_eq!(r.status, 400, "{}", r.text);
     let long_key = "k".repeat(256);
     alice
         .put(&field(&long_key), json!({ long_key.clone(): "v" }))
         .expect_err(400, "M_KEY_TOO_LARGE");
-    alice
-        .get(&field("displayname"))
-        .expect_err(404, "M_NOT_FOUND");
+    alice.get(&field("displayname")).expect_err(404, "M_NOT_FOUND");
 }
 
 #[test]
@@ -290,22 +251,13 @@ fn global_account_data() {
     let server = TestServer::start();
     let alice = server.user("alice", "pw");
     let bob = server.user("bob", "pw");
-    let path = |c: &Client, kind: &str| {
-        format!(
-            "/_matrix/client/v3/user/{}/account_data/{}",
-            enc(&c.uid()),
-            enc(kind)
-        )
-    };
+    let path = |c: &Client, kind: &str| format!("/_matrix/client/v3/user/{}/account_data/{}", enc(&c.uid()), enc(kind));
 
     alice
         .get(&path(&alice, "org.example.cfg"))
         .expect_err(404, "M_NOT_FOUND");
     alice
-        .put(
-            &path(&alice, "org.example.cfg"),
-            json!({"theme": "dark", "n": [1, 2]}),
-        )
+        .put(&path(&alice, "org.example.cfg"), json!({"theme": "dark", "n": [1, 2]}))
         .ok();
     assert_eq!(
         alice.get(&path(&alice, "org.example.cfg")).ok(),
@@ -320,16 +272,12 @@ fn global_account_data() {
     );
 
     // Other users' account data is off limits in both directions.
-    alice
-        .get(&path(&bob, "org.example.cfg"))
-        .expect_err(403, "M_FORBIDDEN");
+    alice.get(&path(&bob, "org.example.cfg")).expect_err(403, "M_FORBIDDEN");
     alice
         .put(&path(&bob, "org.example.cfg"), json!({"x": 1}))
         .expect_err(403, "M_FORBIDDEN");
-    bob.get(&path(&bob, "org.example.cfg"))
-        .expect_err(404, "M_NOT_FOUND");
-    bob.get(&path(&alice, "org.example.cfg"))
-        .expect_err(403, "M_FORBIDDEN");
+    bob.get(&path(&bob, "org.example.cfg")).expect_err(404, "M_NOT_FOUND");
+    bob.get(&path(&alice, "org.example.cfg")).expect_err(403, "M_FORBIDDEN");
 
     // Server-managed types.
     alice

@@ -18,10 +18,7 @@ fn sigkill_keeps_accounts_devices_tokens_and_profile() {
         )
         .ok()
         .clone();
-    let refresh = second["refresh_token"]
-        .as_str()
-        .expect("refresh token")
-        .to_owned();
+    let refresh = second["refresh_token"].as_str().expect("refresh token").to_owned();
     let tablet = c.with_token(second["access_token"].as_str());
     let me = enc(&alice.uid());
     alice
@@ -57,30 +54,20 @@ fn sigkill_keeps_accounts_devices_tokens_and_profile() {
         devices.text
     );
     assert_eq!(
-        c.get(&format!("/_matrix/client/v3/profile/{me}/displayname"))
-            .ok()["displayname"],
+        c.get(&format!("/_matrix/client/v3/profile/{me}/displayname")).ok()["displayname"],
         "Alice Durable"
     );
     assert_eq!(
         alice
-            .get(&format!(
-                "/_matrix/client/v3/user/{me}/account_data/org.example.k"
-            ))
+            .get(&format!("/_matrix/client/v3/user/{me}/account_data/org.example.k"))
             .ok(),
         &json!({"v": 1})
     );
-    let r = c.post(
-        "/_matrix/client/v3/refresh",
-        json!({"refresh_token": refresh}),
-    );
+    let r = c.post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh}));
     let new_access = r.ok()["access_token"].as_str().unwrap();
-    assert_eq!(
-        c.with_token(Some(new_access)).whoami().ok()["device_id"],
-        "TABLET"
-    );
+    assert_eq!(c.with_token(Some(new_access)).whoami().ok()["device_id"], "TABLET");
     c.login_with("alice", "pw-alice", json!({})).ok();
-    c.login_with("alice", "wrong", json!({}))
-        .expect_err(403, "M_FORBIDDEN");
+    c.login_with("alice", "wrong", json!({})).expect_err(403, "M_FORBIDDEN");
 }
 
 #[test]

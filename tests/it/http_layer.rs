@@ -31,8 +31,7 @@ fn unknown_routes_and_wrong_methods() {
         .expect_err(405, "M_UNRECOGNIZED");
     c.req("PUT", "/_matrix/client/versions", Some(json!({})))
         .expect_err(405, "M_UNRECOGNIZED");
-    c.get("/_matrix/client/v3/logout")
-        .expect_err(405, "M_UNRECOGNIZED");
+    c.get("/_matrix/client/v3/logout").expect_err(405, "M_UNRECOGNIZED");
     c.post("/_matrix/client/v3/account/whoami", json!({}))
         .expect_err(405, "M_UNRECOGNIZED");
     // The same endpoint under r0 is served too.
@@ -56,8 +55,7 @@ fn malformed_bodies() {
     }
     c.post(login, json!({"type": 5, "password": "x"}))
         .expect_err(400, "M_BAD_JSON");
-    c.post(login, json!(["m.login.password"]))
-        .expect_err(400, "M_BAD_JSON");
+    c.post(login, json!(["m.login.password"])).expect_err(400, "M_BAD_JSON");
     // No `type` at all (ruma's parser used to panic on these and drop the connection).
     c.post(login, json!({})).expect_err(400, "M_BAD_JSON");
     c.post(
@@ -88,10 +86,7 @@ fn malformed_bodies() {
         )
         .expect_err(400, "M_NOT_JSON");
     alice
-        .put(
-            "/_matrix/client/v3/devices/NOPE",
-            json!({"display_name": 12}),
-        )
+        .put("/_matrix/client/v3/devices/NOPE", json!({"display_name": 12}))
         .expect_err(400, "M_BAD_JSON");
     alice.whoami().ok();
 }
@@ -103,13 +98,8 @@ fn truncated_json_of_the_wrong_type_is_not_json() {
     let server = TestServer::start();
     let c = server.client();
     for body in [&b"[1,2"[..], b"[", b"null,", b"\"abc"] {
-        c.raw(
-            "POST",
-            "/_matrix/client/v3/login",
-            Some(body),
-            Some("application/json"),
-        )
-        .expect_err(400, "M_NOT_JSON");
+        c.raw("POST", "/_matrix/client/v3/login", Some(body), Some("application/json"))
+            .expect_err(400, "M_NOT_JSON");
     }
 }
 
@@ -118,12 +108,10 @@ fn oversized_bodies_are_413() {
     let server = TestServer::start_with(&[("HEARTH_MAX_REQUEST_SIZE", "1024")]);
     let c = server.client();
     let big = json!({"type": "m.login.password", "user": "a", "password": "x".repeat(4000)});
-    c.post("/_matrix/client/v3/login", big)
-        .expect_err(413, "M_TOO_LARGE");
+    c.post("/_matrix/client/v3/login", big).expect_err(413, "M_TOO_LARGE");
     // Just under the limit is read (and fails for its content, not its size).
     let small = json!({"type": "m.login.password", "user": "a", "password": "x".repeat(900)});
-    c.post("/_matrix/client/v3/login", small)
-        .expect_err(403, "M_FORBIDDEN");
+    c.post("/_matrix/client/v3/login", small).expect_err(403, "M_FORBIDDEN");
     let alice = server.user("alice", "pw");
     alice
         .put(
@@ -189,9 +177,7 @@ fn access_tokens() {
     );
     assert_eq!(r.ok()["user_id"], "@alice:hearth.test");
     // Endpoints without authentication ignore a bad token.
-    anon.with_token(Some("bogus"))
-        .get("/_matrix/client/v3/login")
-        .ok();
+    anon.with_token(Some("bogus")).get("/_matrix/client/v3/login").ok();
 }
 
 #[test]
@@ -203,8 +189,7 @@ fn login_is_rate_limited() {
     ]);
     let c = server.client();
     for _ in 0..2 {
-        c.login_with("nobody", "pw", json!({}))
-            .expect_err(403, "M_FORBIDDEN");
+        c.login_with("nobody", "pw", json!({})).expect_err(403, "M_FORBIDDEN");
     }
     let r = c.login_with("nobody", "pw", json!({}));
     r.expect_err(429, "M_LIMIT_EXCEEDED");
@@ -218,8 +203,7 @@ fn login_is_rate_limited() {
     assert!(header >= 1 && header <= ms / 1000 + 1, "{header} vs {ms}");
     // Other endpoints are limited separately.
     c.get("/_matrix/client/versions").ok();
-    c.get("/_matrix/client/v3/login")
-        .expect_err(429, "M_LIMIT_EXCEEDED");
+    c.get("/_matrix/client/v3/login").expect_err(429, "M_LIMIT_EXCEEDED");
 }
 
 #[test]
@@ -246,10 +230,7 @@ fn cors_headers() {
     let preflight = [
         ("Origin", "https://app.example.org"),
         ("Access-Control-Request-Method", "POST"),
-        (
-            "Access-Control-Request-Headers",
-            "authorization, content-type",
-        ),
+        ("Access-Control-Request-Headers", "authorization, content-type"),
     ];
     let pre = c.raw_with("OPTIONS", "/_matrix/client/v3/login", None, &preflight);
     assert_eq!(pre.status, 200, "{}", pre.text);
@@ -310,10 +291,8 @@ fn versions_and_capabilities() {
 fn well_known_is_404_when_unset() {
     let server = TestServer::start();
     let c = server.client();
-    c.get("/.well-known/matrix/client")
-        .expect_err(404, "M_NOT_FOUND");
-    c.get("/.well-known/matrix/server")
-        .expect_err(404, "M_NOT_FOUND");
+    c.get("/.well-known/matrix/client").expect_err(404, "M_NOT_FOUND");
+    c.get("/.well-known/matrix/server").expect_err(404, "M_NOT_FOUND");
     // Login answers carry no well_known either.
     let _ = server.user("alice", "pw");
     let r = c.login_with("alice", "pw", json!({}));
@@ -328,10 +307,7 @@ fn well_known_when_configured() {
     ]);
     let c = server.client();
     let r = c.get("/.well-known/matrix/client");
-    assert_eq!(
-        r.ok()["m.homeserver"]["base_url"],
-        "https://matrix.example.org"
-    );
+    assert_eq!(r.ok()["m.homeserver"]["base_url"], "https://matrix.example.org");
     assert!(
         r.header("content-type")
             .is_some_and(|t| t.starts_with("application/json"))
@@ -391,12 +367,7 @@ fn server_survives_hostile_input() {
             Some(vec![]),
             Some("application/json"),
         ),
-        (
-            "POST",
-            "/_matrix/client/v3/login",
-            Some(b"null".to_vec()),
-            None,
-        ),
+        ("POST", "/_matrix/client/v3/login", Some(b"null".to_vec()), None),
         (
             "POST",
             "/_matrix/client/v3/register",
@@ -421,26 +392,11 @@ fn server_survives_hostile_input() {
             Some(b"{}".to_vec()),
             Some("application/json"),
         ),
-        (
-            "GET",
-            "/_matrix/client/v3/register/available?username=%FF",
-            None,
-            None,
-        ),
-        (
-            "GET",
-            "/_matrix/client/v3/register/available?username=%",
-            None,
-            None,
-        ),
+        ("GET", "/_matrix/client/v3/register/available?username=%FF", None, None),
+        ("GET", "/_matrix/client/v3/register/available?username=%", None, None),
         ("GET", "/_matrix/client/v3/profile/%", None, None),
         ("GET", "/_matrix/client//v3//login", None, None),
-        (
-            "GET",
-            "/_matrix/client/v3/profile/%40a%3Ab/%2E%2E",
-            None,
-            None,
-        ),
+        ("GET", "/_matrix/client/v3/profile/%40a%3Ab/%2E%2E", None, None),
         (
             "POST",
             "/_matrix/client/v3/login",
@@ -469,10 +425,7 @@ fn server_survives_hostile_input() {
     let me = enc(&alice.uid());
     let r = alice.raw(
         "PUT",
-        &format!(
-            "/_matrix/client/v3/user/{me}/account_data/{}",
-            "a".repeat(300)
-        ),
+        &format!("/_matrix/client/v3/user/{me}/account_data/{}", "a".repeat(300)),
         Some(b"{}"),
         Some("application/json"),
     );

@@ -62,8 +62,5 @@ fn services_never_name_actix() {
 
 #[test]
 fn storage_knows_nothing_above_it() {
-    assert_no_mention(
-        "storage",
-        &["actix", "crate::services", "crate::api", "ruma"],
-    );
+    assert_no_mention("storage", &["actix", "crate::services", "crate::api", "ruma"]);
 }

@@ -7,12 +7,9 @@
 //! Spec: client-server-api "Account management" (`data/api/client-server/registration.yaml`,
 //! `whoami.yaml`).
 
-use ruma::api::client::{
-    account::{ThirdPartyIdRemovalStatus, change_password, deactivate, whoami},
-    uiaa::AuthType,
-};
+use ruma::api::client::account::{ThirdPartyIdRemovalStatus, change_password, deactivate, whoami};
 
-use crate::{Result, api::extract::Ctx, services::uiaa::flow};
+use crate::{Result, api::extract::Ctx};
 
 /// `GET /_matrix/client/v3/account/whoami`
 pub async fn whoami(ctx: Ctx, _req: whoami::v3::Request) -> Result<whoami::v3::Response> {
@@ -23,29 +20,14 @@ pub async fn whoami(ctx: Ctx, _req: whoami::v3::Request) -> Result<whoami::v3::R
 }
 
 /// `POST /_matrix/client/v3/account/password`
-pub async fn change_password(
-    ctx: Ctx,
-    req: change_password::v3::Request,
-) -> Result<change_password::v3::Response> {
+pub async fn change_password(ctx: Ctx, req: change_password::v3::Request) -> Result<change_password::v3::Response> {
+    let session = ctx.confirm_with_password(req.auth.as_ref()).await?;
     let services = &ctx.services;
-    let session = ctx.session()?;
-    services
-        .uiaa
-        .authenticate(
-            services,
-            vec![flow(AuthType::Password)],
-            req.auth.as_ref(),
-            Some(&session.user_id),
-        )
-        .await?;
     let mut batch = services.batch();
     if req.logout_devices {
-        services.sessions.queue_delete_devices(
-            &mut batch,
-            &session.user_id,
-            None,
-            Some(session.device_id.as_str()),
-        )?;
+        services
+            .sessions
+            .queue_delete_devices(&mut batch, &session.user_id, None, Some(session.device_id.as_str()))?;
     }
     services
         .accounts
@@ -56,23 +38,8 @@ pub async fn change_password(
 }
 
 /// `POST /_matrix/client/v3/account/deactivate`
-pub async fn deactivate(
-    ctx: Ctx,
-    req: deactivate::v3::Request,
-) -> Result<deactivate::v3::Response> {
-    let services = &ctx.services;
-    let session = ctx.session()?;
-    services
-        .uiaa
-        .authenticate(
-            services,
-            vec![flow(AuthType::Password)],
-            req.auth.as_ref(),
-            Some(&session.user_id),
-        )
-        .await?;
-    services.deactivate_user(&session.user_id).await?;
-    Ok(deactivate::v3::Response::new(
-        ThirdPartyIdRemovalStatus::NoSupport,
-    ))
+pub async fn deactivate(ctx: Ctx, req: deactivate::v3::Request) -> Result<deactivate::v3::Response> {
+    let session = ctx.confirm_with_password(req.auth.as_ref()).await?;
+    ctx.services.deactivate_user(&session.user_id).await?;
+    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }

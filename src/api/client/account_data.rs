@@ -15,9 +15,7 @@ use crate::{Error, Result, api::extract::Ctx};
 
 fn ensure_own(ctx: &Ctx, user_id: &UserId) -> Result<()> {
     if ctx.user_id()? != user_id {
-        return Err(Error::forbidden(
-            "Cannot access account data of other users",
-        ));
+        return Err(Error::forbidden("Cannot access account data of other users"));
     }
     Ok(())
 }
@@ -34,9 +32,7 @@ pub async fn get_global_account_data(
         .account_data
         .get(&req.user_id, None, &kind)?
         .ok_or_else(|| Error::not_found("Account data not found"))?;
-    Ok(get_global_account_data::v3::Response::new(Raw::from_json(
-        raw,
-    )))
+    Ok(get_global_account_data::v3::Response::new(Raw::from_json(raw)))
 }
 
 /// `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`
@@ -47,12 +43,7 @@ pub async fn set_global_account_data(
     ensure_own(&ctx, &req.user_id)?;
     ctx.services
         .account_data
-        .set(
-            &req.user_id,
-            None,
-            &req.event_type.to_string(),
-            req.data.json(),
-        )
+        .set(&req.user_id, None, &req.event_type.to_string(), req.data.json())
         .await?;
     Ok(set_global_account_data::v3::Response::new())
 }

@@ -8,34 +8,21 @@
 
 use ruma::{
     MilliSecondsSinceUnixEpoch, UInt,
-    api::client::{
-        device::{Device, delete_device, delete_devices, get_device, get_devices, update_device},
-        uiaa::AuthType,
-    },
+    api::client::device::{Device, delete_device, delete_devices, get_device, get_devices, update_device},
 };
 
-use crate::{
-    Error, Result,
-    api::extract::Ctx,
-    services::{sessions::DeviceInfo, uiaa::flow},
-};
+use crate::{Error, Result, api::extract::Ctx, services::sessions::DeviceInfo};
 
 fn to_ruma(info: DeviceInfo) -> Device {
     let mut device = Device::new(info.device_id);
     device.display_name = info.display_name;
     device.last_seen_ip = info.last_seen_ip;
-    device.last_seen_ts = info
-        .last_seen_ms
-        .and_then(UInt::new)
-        .map(MilliSecondsSinceUnixEpoch);
+    device.last_seen_ts = info.last_seen_ms.and_then(UInt::new).map(MilliSecondsSinceUnixEpoch);
     device
 }
 
 /// `GET /_matrix/client/v3/devices`
-pub async fn get_devices(
-    ctx: Ctx,
-    _req: get_devices::v3::Request,
-) -> Result<get_devices::v3::Response> {
+pub async fn get_devices(ctx: Ctx, _req: get_devices::v3::Request) -> Result<get_devices::v3::Response> {
     let devices = ctx
         .services
         .sessions
@@ -47,10 +34,7 @@ pub async fn get_devices(
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`
-pub async fn get_device(
-    ctx: Ctx,
-    req: get_device::v3::Request,
-) -> Result<get_device::v3::Response> {
+pub async fn get_device(ctx: Ctx, req: get_device::v3::Request) -> Result<get_device::v3::Response> {
     let info = ctx
         .services
         .sessions
@@ -60,10 +44,7 @@ pub async fn get_device(
 }
 
 /// `PUT /_matrix/client/v3/devices/{deviceId}`
-pub async fn update_device(
-    ctx: Ctx,
-    req: update_device::v3::Request,
-) -> Result<update_device::v3::Response> {
+pub async fn update_device(ctx: Ctx, req: update_device::v3::Request) -> Result<update_device::v3::Response> {
     if !ctx
         .services
         .sessions
@@ -76,44 +57,17 @@ pub async fn update_device(
 }
 
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`
-pub async fn delete_device(
-    ctx: Ctx,
-    req: delete_device::v3::Request,
-) -> Result<delete_device::v3::Response> {
+pub async fn delete_device(ctx: Ctx, req: delete_device::v3::Request) -> Result<delete_device::v3::Response> {
+    let user_id = &ctx.confirm_with_password(req.auth.as_ref()).await?.user_id;
     let services = &ctx.services;
-    let user_id = ctx.user_id()?;
-    services
-        .uiaa
-        .authenticate(
-            services,
-            vec![flow(AuthType::Password)],
-            req.auth.as_ref(),
-            Some(user_id),
-        )
-        .await?;
-    services
-        .sessions
-        .delete_device(user_id, req.device_id.as_str())
-        .await?;
+    services.sessions.delete_device(user_id, req.device_id.as_str()).await?;
     Ok(delete_device::v3::Response::new())
 }
 
 /// `POST /_matrix/client/v3/delete_devices`
-pub async fn delete_devices(
-    ctx: Ctx,
-    req: delete_devices::v3::Request,
-) -> Result<delete_devices::v3::Response> {
+pub async fn delete_devices(ctx: Ctx, req: delete_devices::v3::Request) -> Result<delete_devices::v3::Response> {
+    let user_id = &ctx.confirm_with_password(req.auth.as_ref()).await?.user_id;
     let services = &ctx.services;
-    let user_id = ctx.user_id()?;
-    services
-        .uiaa
-        .authenticate(
-            services,
-            vec![flow(AuthType::Password)],
-            req.auth.as_ref(),
-            Some(user_id),
-        )
-        .await?;
     let ids: Vec<String> = req.devices.iter().map(|d| d.to_string()).collect();
     services.sessions.delete_devices(user_id, &ids).await?;
     Ok(delete_devices::v3::Response::new())

@@ -9,8 +9,7 @@
 use ruma::{
     UserId,
     api::client::profile::{
-        ProfileFieldValue, UserProfile, delete_profile_field, get_profile, get_profile_field,
-        set_profile_field,
+        ProfileFieldValue, UserProfile, delete_profile_field, get_profile, get_profile_field, set_profile_field,
     },
 };
 
@@ -31,10 +30,7 @@ fn ensure_own(ctx: &Ctx, user_id: &UserId) -> Result<()> {
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}`
-pub async fn get_profile(
-    ctx: Ctx,
-    req: get_profile::v3::Request,
-) -> Result<get_profile::v3::Response> {
+pub async fn get_profile(ctx: Ctx, req: get_profile::v3::Request) -> Result<get_profile::v3::Response> {
     let mut profile = UserProfile::new();
     for (key, value) in profile_of(&ctx, &req.user_id)? {
         profile.set(key, value);

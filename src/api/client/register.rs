@@ -89,9 +89,7 @@ pub async fn check_registration_token_validity(
     req: check_registration_token_validity::v1::Request,
 ) -> Result<check_registration_token_validity::v1::Response> {
     if ctx.services.registration.mode() != RegistrationMode::Token {
-        return Err(Error::forbidden(
-            "Registration tokens are not enabled on this server",
-        ));
+        return Err(Error::forbidden("Registration tokens are not enabled on this server"));
     }
     Ok(check_registration_token_validity::v1::Response::new(
         ctx.services.registration.token_is_usable(&req.token)?,

@@ -22,10 +22,7 @@ use ruma::api::{
 use crate::{Error, Result, api::extract::Ctx};
 
 /// `GET /_matrix/client/v3/login`
-pub async fn get_login_types(
-    _ctx: Ctx,
-    _req: get_login_types::Request,
-) -> Result<get_login_types::Response> {
+pub async fn get_login_types(_ctx: Ctx, _req: get_login_types::Request) -> Result<get_login_types::Response> {
     Ok(get_login_types::Response::new(vec![LoginType::Password(
         PasswordLoginType::new(),
     )]))
@@ -47,28 +44,15 @@ pub async fn login(ctx: Ctx, req: login::Request) -> Result<login::Response> {
         (Some(UserIdentifier::Matrix(identifier)), _) => &identifier.user,
         (None, Some(user)) => user,
         _ => {
-            return Err(Error::bad_json(
-                "Only the m.id.user identifier is supported",
-            ));
+            return Err(Error::bad_json("Only the m.id.user identifier is supported"));
         }
     };
     let invalid = || Error::forbidden("Invalid username or password");
-    let user_id = services
-        .accounts
-        .resolve_local_user(user)?
-        .ok_or_else(invalid)?;
-    if services
-        .accounts
-        .get(&user_id)?
-        .is_some_and(|a| a.deactivated)
-    {
+    let user_id = services.accounts.resolve_local_user(user)?.ok_or_else(invalid)?;
+    if services.accounts.get(&user_id)?.is_some_and(|a| a.deactivated) {
         return Err(Error::user_deactivated());
     }
-    if !services
-        .accounts
-        .verify_password(&user_id, &password.password)
-        .await?
-    {
+    if !services.accounts.verify_password(&user_id, &password.password).await? {
         return Err(invalid());
     }
     let grant = services
@@ -94,10 +78,7 @@ pub async fn login(ctx: Ctx, req: login::Request) -> Result<login::Response> {
 }
 
 /// `POST /_matrix/client/v3/refresh`
-pub async fn refresh_token(
-    ctx: Ctx,
-    req: refresh_token::v3::Request,
-) -> Result<refresh_token::v3::Response> {
+pub async fn refresh_token(ctx: Ctx, req: refresh_token::v3::Request) -> Result<refresh_token::v3::Response> {
     let grant = ctx.services.sessions.refresh(&req.refresh_token).await?;
     let mut response = refresh_token::v3::Response::new(grant.access_token);
     response.refresh_token = grant.refresh_token;
@@ -116,13 +97,7 @@ pub async fn logout(ctx: Ctx, _req: logout::v3::Request) -> Result<logout::v3::R
 }
 
 /// `POST /_matrix/client/v3/logout/all`
-pub async fn logout_all(
-    ctx: Ctx,
-    _req: logout_all::v3::Request,
-) -> Result<logout_all::v3::Response> {
-    ctx.services
-        .sessions
-        .delete_all_devices(ctx.user_id()?)
-        .await?;
+pub async fn logout_all(ctx: Ctx, _req: logout_all::v3::Request) -> Result<logout_all::v3::Response> {
+    ctx.services.sessions.delete_all_devices(ctx.user_id()?).await?;
     Ok(logout_all::v3::Response::new())
 }

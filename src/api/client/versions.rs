@@ -9,8 +9,7 @@ use ruma::{
     RoomVersionId,
     api::client::discovery::{
         get_capabilities::v3::{
-            self as capabilities, Capabilities, ProfileFieldsCapability, RoomVersionStability,
-            RoomVersionsCapability,
+            self as capabilities, Capabilities, ProfileFieldsCapability, RoomVersionStability, RoomVersionsCapability,
         },
         get_supported_versions,
     },
@@ -20,8 +19,8 @@ use crate::{Result, api::extract::Ctx};
 
 /// The spec versions Hearth speaks.
 pub const VERSIONS: &[&str] = &[
-    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
-    "v1.9", "v1.10", "v1.11", "v1.12",
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11", "v1.12",
 ];
 
 /// `GET /_matrix/client/versions`
@@ -31,17 +30,13 @@ pub async fn get_supported_versions(
 ) -> Result<get_supported_versions::Response> {
     let mut unstable = BTreeMap::new();
     unstable.insert("org.matrix.msc2432".to_owned(), true);
-    let mut response =
-        get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
+    let mut response = get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
     response.unstable_features = unstable;
     Ok(response)
 }
 
 /// `GET /_matrix/client/v3/capabilities`
-pub async fn get_capabilities(
-    _ctx: Ctx,
-    _req: capabilities::Request,
-) -> Result<capabilities::Response> {
+pub async fn get_capabilities(_ctx: Ctx, _req: capabilities::Request) -> Result<capabilities::Response> {
     let mut caps = Capabilities::new();
     let available = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12]
         .into_iter()

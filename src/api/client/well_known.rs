@@ -24,9 +24,7 @@ pub async fn discover_homeserver(
         .well_known_client
         .clone()
         .ok_or_else(|| Error::not_found("No client discovery information is configured"))?;
-    Ok(discover_homeserver::Response::new(HomeserverInfo::new(
-        base_url,
-    )))
+    Ok(discover_homeserver::Response::new(HomeserverInfo::new(base_url)))
 }
 
 /// `GET /.well-known/matrix/server` (plain actix handler: ruma types for it live in the
@@ -34,8 +32,6 @@ pub async fn discover_homeserver(
 pub async fn discover_server(services: web::Data<Services>) -> HttpResponse {
     match &services.config.well_known_server {
         Some(server) => HttpResponse::Ok().json(serde_json::json!({ "m.server": server })),
-        None => respond::error(Error::not_found(
-            "No server discovery information is configured",
-        )),
+        None => respond::error(Error::not_found("No server discovery information is configured")),
     }
 }

@@ -11,11 +11,7 @@ pub struct AccountDataTable {
 }
 
 fn data_key(user_id: &str, room_id: Option<&str>, kind: &str) -> Vec<u8> {
-    codec::key(&[
-        user_id.as_bytes(),
-        room_id.unwrap_or("").as_bytes(),
-        kind.as_bytes(),
-    ])
+    codec::key(&[user_id.as_bytes(), room_id.unwrap_or("").as_bytes(), kind.as_bytes()])
 }
 
 impl AccountDataTable {
@@ -25,50 +21,24 @@ impl AccountDataTable {
     }
 
     /// One entry.
-    pub fn get(
-        &self,
-        user_id: &str,
-        room_id: Option<&str>,
-        kind: &str,
-    ) -> StorageResult<Option<Vec<u8>>> {
-        self.db
-            .get(USERROOMTYPE_ACCOUNTDATA, &data_key(user_id, room_id, kind))
+    pub fn get(&self, user_id: &str, room_id: Option<&str>, kind: &str) -> StorageResult<Option<Vec<u8>>> {
+        self.db.get(USERROOMTYPE_ACCOUNTDATA, &data_key(user_id, room_id, kind))
     }
 
     /// Every entry of a user in one scope (global when `room_id` is `None`), as (type, JSON).
-    pub fn list(
-        &self,
-        user_id: &str,
-        room_id: Option<&str>,
-    ) -> StorageResult<Vec<(String, Vec<u8>)>> {
+    pub fn list(&self, user_id: &str, room_id: Option<&str>) -> StorageResult<Vec<(String, Vec<u8>)>> {
         let prefix = codec::prefix(&[user_id.as_bytes(), room_id.unwrap_or("").as_bytes()]);
         Ok(self
             .db
             .scan_prefix(USERROOMTYPE_ACCOUNTDATA, &prefix)?
             .into_iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
-                    v.into_vec(),
-                )
-            })
+            .map(|(k, v)| (String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), v.into_vec()))
             .collect())
     }
 
     /// Queues a write.
-    pub fn put(
-        &self,
-        batch: &mut Batch,
-        user_id: &str,
-        room_id: Option<&str>,
-        kind: &str,
-        json: &[u8],
-    ) {
-        batch.put(
-            USERROOMTYPE_ACCOUNTDATA,
-            &data_key(user_id, room_id, kind),
-            json,
-        );
+    pub fn put(&self, batch: &mut Batch, user_id: &str, room_id: Option<&str>, kind: &str, json: &[u8]) {
+        batch.put(USERROOMTYPE_ACCOUNTDATA, &data_key(user_id, room_id, kind), json);
     }
 
     /// Queues removal of every entry of a user (deactivation).

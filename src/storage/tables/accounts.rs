@@ -43,12 +43,7 @@ impl AccountsTable {
     }
 
     /// Queues a write of the account record.
-    pub fn put(
-        &self,
-        batch: &mut Batch,
-        user_id: &str,
-        record: &AccountRecord,
-    ) -> StorageResult<()> {
+    pub fn put(&self, batch: &mut Batch, user_id: &str, record: &AccountRecord) -> StorageResult<()> {
         batch.put(
             USERID_ACCOUNT,
             user_id.as_bytes(),

@@ -85,13 +85,7 @@ impl DevicesTable {
     }
 
     /// Queues a write of a device record.
-    pub fn put(
-        &self,
-        batch: &mut Batch,
-        user_id: &str,
-        device_id: &str,
-        record: &DeviceRecord,
-    ) -> StorageResult<()> {
+    pub fn put(&self, batch: &mut Batch, user_id: &str, device_id: &str, record: &DeviceRecord) -> StorageResult<()> {
         batch.put(
             USERDEVICEID_DEVICE,
             &device_key(user_id, device_id),
@@ -125,17 +119,8 @@ impl DevicesTable {
     }
 
     /// Queues an access-token grant.
-    pub fn put_access(
-        &self,
-        batch: &mut Batch,
-        hash: &[u8; 32],
-        record: &AccessRecord,
-    ) -> StorageResult<()> {
-        batch.put(
-            TOKENHASH_ACCESS,
-            hash,
-            &codec::encode(TOKENHASH_ACCESS, record)?,
-        );
+    pub fn put_access(&self, batch: &mut Batch, hash: &[u8; 32], record: &AccessRecord) -> StorageResult<()> {
+        batch.put(TOKENHASH_ACCESS, hash, &codec::encode(TOKENHASH_ACCESS, record)?);
         Ok(())
     }
 
@@ -153,17 +138,8 @@ impl DevicesTable {
     }
 
     /// Queues a refresh-token grant.
-    pub fn put_refresh(
-        &self,
-        batch: &mut Batch,
-        hash: &[u8; 32],
-        record: &RefreshRecord,
-    ) -> StorageResult<()> {
-        batch.put(
-            TOKENHASH_REFRESH,
-            hash,
-            &codec::encode(TOKENHASH_REFRESH, record)?,
-        );
+    pub fn put_refresh(&self, batch: &mut Batch, hash: &[u8; 32], record: &RefreshRecord) -> StorageResult<()> {
+        batch.put(TOKENHASH_REFRESH, hash, &codec::encode(TOKENHASH_REFRESH, record)?);
         Ok(())
     }
 }

@@ -54,12 +54,7 @@ impl RegistrationTokensTable {
     }
 
     /// Queues a write.
-    pub fn put(
-        &self,
-        batch: &mut Batch,
-        token: &str,
-        record: &RegistrationTokenRecord,
-    ) -> StorageResult<()> {
+    pub fn put(&self, batch: &mut Batch, token: &str, record: &RegistrationTokenRecord) -> StorageResult<()> {
         batch.put(
             TOKEN_REGISTRATION,
             token.as_bytes(),

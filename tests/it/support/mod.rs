@@ -179,9 +179,7 @@ impl TestServer {
 }
 
 fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
 }
 
 /// Runs the binary with `--data-dir` appended.
@@ -202,17 +200,10 @@ pub fn run_hearth(
         cmd.env(k, v);
     }
     cmd.env("HEARTH_SERVER_NAME", "hearth.test");
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn hearth");
     if let Some(input) = stdin {
-        child
-            .stdin
-            .as_mut()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        child.stdin.as_mut().unwrap().write_all(input.as_bytes()).unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("hearth output")
@@ -238,9 +229,7 @@ pub fn run_plain(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
         if done_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
     });
     let stdout = child.stdout.take().expect("stdout");
@@ -359,34 +348,17 @@ impl Client {
     }
 
     /// Any request with a raw body; `path` starts with `/`.
-    pub fn raw(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        content_type: Option<&str>,
-    ) -> Resp {
-        let ct: Vec<(&str, &str)> = content_type
-            .map(|ct| ("Content-Type", ct))
-            .into_iter()
-            .collect();
+    pub fn raw(&self, method: &str, path: &str, body: Option<&[u8]>, content_type: Option<&str>) -> Resp {
+        let ct: Vec<(&str, &str)> = content_type.map(|ct| ("Content-Type", ct)).into_iter().collect();
         self.raw_with(method, path, body, &ct)
     }
 
     /// Any request with a raw body and extra headers. An `Authorization` header among them
     /// replaces the client's token.
-    pub fn raw_with(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-        headers: &[(&str, &str)],
-    ) -> Resp {
+    pub fn raw_with(&self, method: &str, path: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
         let url = format!("{}{}", self.base, path);
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
-        let own_auth = headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+        let own_auth = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
         if let Some(token) = &self.token
             && !own_auth
         {
@@ -496,11 +468,7 @@ impl Client {
     pub fn uia_start(&self, method: &str, path: &str, body: Value) -> Value {
         let r = self.req(method, path, Some(body));
         assert_eq!(r.status, 401, "UIA first step of {path}: {}", r.text);
-        assert!(
-            r.body["session"].is_string(),
-            "UIA answer has a session: {}",
-            r.text
-        );
+        assert!(r.body["session"].is_string(), "UIA answer has a session: {}", r.text);
         r.body.clone()
     }
 
@@ -558,9 +526,7 @@ pub fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

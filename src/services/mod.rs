@@ -5,6 +5,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod events;
 pub mod passwords;
 pub mod profile;
 pub mod rate_limit;

@@ -115,7 +115,7 @@ pub async fn prepare(
     let session = match (auth, access_token(req)) {
         (AuthRequirement::None, _) => None,
         (AuthRequirement::Required, None) => return Err(Error::missing_token()),
-        (_, Some(token)) => Some(services.sessions.authenticate(&token, ip.as_deref())?),
+        (_, Some(token)) => Some(services.sessions.authenticate(&token, ip.as_deref()).await?),
         (AuthRequirement::Optional, None) => None,
     };
     if let Some(class) = limit {

@@ -15,7 +15,7 @@ use crate::{
     config::Config,
     storage::{
         Batch, Db,
-        tables::devices::{AccessRecord, DeviceRecord, DevicesTable, RefreshRecord},
+        tables::devices::{AccessRecord, DeviceRecord, DevicesTable, RefreshRecord, TokenPair},
     },
     util,
 };
@@ -89,10 +89,26 @@ impl Sessions {
         with_refresh: bool,
         ip: Option<String>,
     ) -> Result<Grant> {
+        self.queue_grant_keeping(batch, user_id, device_id, display_name, with_refresh, ip, None)
+    }
+
+    /// [`Self::queue_grant`], except that the tokens in `keep` stay valid, as the device's
+    /// superseded pair, until the new tokens are first used.
+    #[allow(clippy::too_many_arguments)]
+    fn queue_grant_keeping(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        with_refresh: bool,
+        ip: Option<String>,
+        keep: Option<TokenPair>,
+    ) -> Result<Grant> {
         let device_id = device_id.unwrap_or_else(|| OwnedDeviceId::from(util::random_string(10).to_uppercase()));
         let existing = self.table.get(user_id.as_str(), device_id.as_str())?;
         if let Some(old) = &existing {
-            self.table.revoke_tokens(batch, old);
+            self.table.revoke_tokens(batch, old, keep);
         }
         let access_token = new_token("hat");
         let access_hash = util::sha256(access_token.as_bytes());
@@ -109,12 +125,14 @@ impl Sessions {
             last_seen_ip: ip,
             access_hash: Some(access_hash),
             refresh_hash,
+            superseded: keep,
         };
         self.table.put(batch, user_id.as_str(), device_id.as_str(), &record)?;
         let access = AccessRecord {
             user_id: user_id.to_string(),
             device_id: device_id.to_string(),
             expires_ms: expires_in.map(|d| now + d.as_millis() as u64),
+            unused_refresh_grant: keep.is_some(),
         };
         self.table.put_access(batch, &access_hash, &access)?;
         if let Some(hash) = refresh_hash {
@@ -150,12 +168,20 @@ impl Sessions {
         Ok(grant)
     }
 
-    /// Who an access token belongs to. Records "last seen" in memory.
-    pub fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
+    /// Who an access token belongs to. Records "last seen" in memory. The first use of tokens
+    /// issued by a refresh retires the tokens they replaced.
+    pub async fn authenticate(&self, token: &str, ip: Option<&str>) -> Result<Session> {
         let hash = util::sha256(token.as_bytes());
-        let record = self.table.access(&hash)?.ok_or_else(|| Error::unknown_token(false))?;
+        let mut record = self.table.access(&hash)?.ok_or_else(|| Error::unknown_token(false))?;
         if record.expires_ms.is_some_and(|exp| exp <= util::now_ms()) {
             return Err(Error::unknown_token(true));
+        }
+        if record.unused_refresh_grant {
+            record.unused_refresh_grant = false;
+            let mut batch = self.db.batch();
+            self.table.put_access(&mut batch, &hash, &record)?;
+            self.queue_retire_superseded(&mut batch, &record.user_id, &record.device_id)?;
+            batch.commit().await?;
         }
         let user_id =
             OwnedUserId::try_from(record.user_id).map_err(|e| Error::internal(format!("stored user id: {e}")))?;
@@ -169,19 +195,51 @@ impl Sessions {
         Ok(Session { user_id, device_id })
     }
 
-    /// Exchanges a refresh token for new tokens; the old refresh token stops working and the
-    /// old access token is revoked.
+    /// Exchanges a refresh token for new tokens (spec "Refreshing access tokens"). The tokens
+    /// it replaces stay valid until the new ones are first used; refreshing with those old
+    /// tokens again (the client lost the answer) replaces the unused new ones instead.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Grant> {
         let hash = util::sha256(refresh_token.as_bytes());
         let record = self.table.refresh(&hash)?.ok_or_else(|| Error::unknown_token(false))?;
         let user_id =
             OwnedUserId::try_from(record.user_id).map_err(|e| Error::internal(format!("stored user id: {e}")))?;
-        let device = self.table.get(user_id.as_str(), &record.device_id)?;
-        if device.as_ref().and_then(|d| d.refresh_hash) != Some(hash) {
-            return Err(Error::unknown_token(false));
+        let device = self
+            .table
+            .get(user_id.as_str(), &record.device_id)?
+            .ok_or_else(|| Error::unknown_token(false))?;
+        let keep = match (device.refresh_hash, device.access_hash, device.superseded) {
+            // The current refresh token: it is now in use, so what it superseded goes, and it
+            // becomes the superseded pair itself.
+            (Some(current), Some(access_hash), _) if current == hash => Some(TokenPair {
+                access_hash,
+                refresh_hash: current,
+            }),
+            // The superseded one, retried: keep it superseded; the unused current pair goes.
+            (_, _, Some(old)) if old.refresh_hash == hash => Some(old),
+            _ => return Err(Error::unknown_token(false)),
+        };
+        let mut batch = self.db.batch();
+        let grant = self.queue_grant_keeping(
+            &mut batch,
+            &user_id,
+            Some(OwnedDeviceId::from(record.device_id)),
+            None,
+            true,
+            None,
+            keep,
+        )?;
+        batch.commit().await?;
+        Ok(grant)
+    }
+
+    fn queue_retire_superseded(&self, batch: &mut Batch, user_id: &str, device_id: &str) -> Result<()> {
+        if let Some(mut device) = self.table.get(user_id, device_id)?
+            && let Some(pair) = device.superseded.take()
+        {
+            self.table.retire_superseded(batch, pair);
+            self.table.put(batch, user_id, device_id, &device)?;
         }
-        self.login(&user_id, Some(OwnedDeviceId::from(record.device_id)), None, true, None)
-            .await
+        Ok(())
     }
 
     /// Deletes one device and its tokens.

@@ -583,3 +583,44 @@ fn login_ignores_a_stale_token() {
     alice.adopt(r.ok());
     alice.whoami().ok();
 }
+
+/// Spec "Refreshing access tokens": the old refresh token stays valid until the new tokens are
+/// used, so a client that lost the `/refresh` answer can retry with the old one.
+#[test]
+fn a_lost_refresh_answer_can_be_retried() {
+    let server = TestServer::start();
+    let _alice = server.user("alice", "pw");
+    let c = server.client();
+    let b = c.login_with("alice", "pw", json!({"refresh_token": true})).ok().clone();
+    let refresh1 = b["refresh_token"].as_str().unwrap().to_owned();
+    let old_access = b["access_token"].as_str().unwrap().to_owned();
+
+    // First answer "lost": the client retries with the same refresh token.
+    let lost = c
+        .post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh1}))
+        .ok()
+        .clone();
+    let retry = c
+        .post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh1}))
+        .ok()
+        .clone();
+    assert_ne!(lost["access_token"], retry["access_token"]);
+    // The tokens of the lost answer were replaced by the retry's; the old access token still works.
+    c.with_token(lost["access_token"].as_str())
+        .whoami()
+        .expect_err(401, "M_UNKNOWN_TOKEN");
+    c.with_token(Some(&old_access)).whoami().ok();
+
+    // Using the new access token retires the old pair.
+    c.with_token(retry["access_token"].as_str()).whoami().ok();
+    c.with_token(Some(&old_access))
+        .whoami()
+        .expect_err(401, "M_UNKNOWN_TOKEN");
+    c.post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh1}))
+        .expect_err(401, "M_UNKNOWN_TOKEN");
+    c.post(
+        "/_matrix/client/v3/refresh",
+        json!({"refresh_token": retry["refresh_token"]}),
+    )
+    .ok();
+}

@@ -25,6 +25,18 @@ pub struct DeviceRecord {
     pub access_hash: Option<[u8; 32]>,
     /// SHA-256 of the current refresh token.
     pub refresh_hash: Option<[u8; 32]>,
+    /// Tokens replaced by a refresh, still valid until the current ones are first used (so a
+    /// client that lost the `/refresh` answer can retry).
+    pub superseded: Option<TokenPair>,
+}
+
+/// The hashes of an access token and the refresh token issued with it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenPair {
+    /// SHA-256 of the access token.
+    pub access_hash: [u8; 32],
+    /// SHA-256 of the refresh token.
+    pub refresh_hash: [u8; 32],
 }
 
 /// What an access token grants.
@@ -36,6 +48,8 @@ pub struct AccessRecord {
     pub device_id: String,
     /// Expiry (ms since the epoch) for refreshable tokens.
     pub expires_ms: Option<u64>,
+    /// Issued by a refresh and not used yet: its first use retires the superseded tokens.
+    pub unused_refresh_grant: bool,
 }
 
 /// What a refresh token grants.
@@ -96,18 +110,27 @@ impl DevicesTable {
 
     /// Queues removal of a device and of the tokens it holds.
     pub fn delete(&self, batch: &mut Batch, user_id: &str, device_id: &str, record: &DeviceRecord) {
-        self.revoke_tokens(batch, record);
+        self.revoke_tokens(batch, record, None);
         batch.delete(USERDEVICEID_DEVICE, &device_key(user_id, device_id));
     }
 
-    /// Queues removal of the tokens a device record points at.
-    pub fn revoke_tokens(&self, batch: &mut Batch, record: &DeviceRecord) {
-        if let Some(hash) = record.access_hash {
+    /// Queues removal of every token a device record points at, except those in `keep`.
+    pub fn revoke_tokens(&self, batch: &mut Batch, record: &DeviceRecord, keep: Option<TokenPair>) {
+        let superseded = record.superseded.map(|p| (p.access_hash, p.refresh_hash));
+        let access = record.access_hash.into_iter().chain(superseded.map(|p| p.0));
+        let refresh = record.refresh_hash.into_iter().chain(superseded.map(|p| p.1));
+        for hash in access.filter(|h| keep.is_none_or(|k| k.access_hash != *h)) {
             batch.delete(TOKENHASH_ACCESS, &hash);
         }
-        if let Some(hash) = record.refresh_hash {
+        for hash in refresh.filter(|h| keep.is_none_or(|k| k.refresh_hash != *h)) {
             batch.delete(TOKENHASH_REFRESH, &hash);
         }
+    }
+
+    /// Queues removal of the superseded tokens of a device.
+    pub fn retire_superseded(&self, batch: &mut Batch, pair: TokenPair) {
+        batch.delete(TOKENHASH_ACCESS, &pair.access_hash);
+        batch.delete(TOKENHASH_REFRESH, &pair.refresh_hash);
     }
 
     /// The grant of an access token, by its hash.
@@ -156,6 +179,10 @@ mod tests {
             last_seen_ip: None,
             access_hash: Some([7; 32]),
             refresh_hash: None,
+            superseded: Some(TokenPair {
+                access_hash: [1; 32],
+                refresh_hash: [2; 32],
+            }),
         };
         let bytes = codec::encode("t", &r).unwrap();
         assert_eq!(codec::decode::<DeviceRecord>("t", &bytes).unwrap(), r);
@@ -163,6 +190,7 @@ mod tests {
             user_id: "@a:b".into(),
             device_id: "D".into(),
             expires_ms: Some(9),
+            unused_refresh_grant: true,
         };
         assert_eq!(
             codec::decode::<AccessRecord>("t", &codec::encode("t", &a).unwrap()).unwrap(),

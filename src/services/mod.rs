@@ -10,6 +10,7 @@ pub mod passwords;
 pub mod profile;
 pub mod rate_limit;
 pub mod registration;
+pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
 pub mod uiaa;
@@ -41,7 +42,9 @@ pub struct Services {
     /// Request rate limits.
     pub rate_limit: rate_limit::RateLimiter,
     /// The server's signing key.
-    pub server_keys: server_keys::ServerKeys,
+    pub server_keys: Arc<server_keys::ServerKeys>,
+    /// Rooms: the event graph, state and timelines.
+    pub rooms: rooms::Rooms,
 }
 
 impl Services {
@@ -54,8 +57,17 @@ impl Services {
     /// Builds the services over an open database.
     pub fn build(config: Config, db: Arc<Db>) -> Result<Arc<Services>, crate::Error> {
         let config = Arc::new(config);
-        let server_keys =
-            server_keys::ServerKeys::load_or_create(&config.signing_key_path, config.server_name.as_str())?;
+        let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(
+            &config.signing_key_path,
+            config.server_name.as_str(),
+        )?);
+        let positions = Arc::new(crate::storage::positions::Positions::open(Arc::clone(&db))?);
+        let rooms = rooms::Rooms::new(
+            Arc::clone(&db),
+            positions,
+            Arc::clone(&server_keys),
+            config.server_name.clone(),
+        );
         let accounts = accounts::Accounts::new(Arc::clone(&db), Arc::clone(&config))?;
         let sessions = sessions::Sessions::new(Arc::clone(&db), Arc::clone(&config));
         let registration = registration::Registration::new(Arc::clone(&db), config.registration);
@@ -72,6 +84,7 @@ impl Services {
             account_data,
             rate_limit,
             server_keys,
+            rooms,
             config,
         }))
     }

@@ -6,6 +6,7 @@
 //! sync through RocksDB's write-group leader, so durability does not cost one fsync per writer.
 
 pub mod codec;
+pub mod positions;
 pub mod schema;
 pub mod tables;
 
@@ -155,6 +156,31 @@ impl Db {
         Ok(out)
     }
 
+    /// Up to `limit` entries with `start <= key < end`, ascending, or descending from just
+    /// below `end` when `reverse` is set.
+    pub fn scan_range(
+        &self,
+        table: &'static str,
+        start: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(Box<[u8]>, Box<[u8]>)>> {
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_lower_bound(start.to_vec());
+        opts.set_iterate_upper_bound(end.to_vec());
+        let mode = if reverse {
+            rocksdb::IteratorMode::End
+        } else {
+            rocksdb::IteratorMode::Start
+        };
+        let mut out = Vec::new();
+        for item in self.rocks.iterator_cf_opt(self.cf(table), opts, mode).take(limit) {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
     /// Number of keys in a table (a full scan; for admin reports and tests).
     pub fn count(&self, table: &'static str) -> StorageResult<u64> {
         let mut n = 0;
@@ -215,6 +241,15 @@ impl Batch {
     /// Writes the batch on the calling thread; durable on return when `sync_writes` is on.
     pub fn commit_blocking(self) -> StorageResult<()> {
         self.db.write(self.inner)
+    }
+
+    /// Writes the batch without syncing the WAL, for bookkeeping (id interning) that only has
+    /// to be durable once a later synced batch that depends on it is: the WAL is sequential, so
+    /// syncing that batch makes this one durable too.
+    pub fn commit_unsynced(self) -> StorageResult<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(false);
+        Ok(self.db.rocks.write_opt(self.inner, &opts)?)
     }
 
     /// Writes the batch from a blocking-pool thread, so concurrent async callers can share one WAL

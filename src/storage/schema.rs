@@ -51,41 +51,61 @@ pub const USERROOMTYPE_ACCOUNTDATA: &str = "userroomtype_accountdata";
 /// registration token → postcard `RegistrationTokenRecord`.
 pub const TOKEN_REGISTRATION: &str = "token_registration";
 
+/// event id → u64 short event id.
+pub const EVENTID_SHORTEVENTID: &str = "eventid_shorteventid";
+/// u64 short event id → event id.
+pub const SHORTEVENTID_EVENTID: &str = "shorteventid_eventid";
+/// room id → u64 short room id.
+pub const ROOMID_SHORTROOMID: &str = "roomid_shortroomid";
+/// event type SEP state key → u64 short state key.
+pub const STATEKEY_SHORTSTATEKEY: &str = "statekey_shortstatekey";
+/// u64 short state key → event type SEP state key.
+pub const SHORTSTATEKEY_STATEKEY: &str = "shortstatekey_statekey";
+/// u64 short event id → the event's canonical JSON bytes.
+pub const SHORTEVENTID_PDU: &str = "shorteventid_pdu";
+/// u64 short room id ++ u64 stream position → u64 short event id.
+pub const ROOMPOS_SHORTEVENTID: &str = "roompos_shorteventid";
+/// u64 short event id → u64 short room id ++ u64 stream position.
+pub const SHORTEVENTID_ROOMPOS: &str = "shorteventid_roompos";
+/// u64 short room id → postcard `Vec<u64>` of forward extremities.
+pub const SHORTROOMID_EXTREMITIES: &str = "shortroomid_extremities";
+/// u64 snapshot id → postcard `Snapshot` (a state set or a diff against a parent).
+pub const SHORTSTATEHASH_SNAPSHOT: &str = "shortstatehash_snapshot";
+/// u64 short event id → u64 snapshot id of the state before the event.
+pub const SHORTEVENTID_SHORTSTATEHASH: &str = "shorteventid_shortstatehash";
+/// u64 short room id → u64 snapshot id of the room's current state.
+pub const SHORTROOMID_SHORTSTATEHASH: &str = "shortroomid_shortstatehash";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
-    TableDef {
-        name: GLOBAL,
-        preset: Preset::Small,
-    },
-    TableDef {
-        name: USERID_ACCOUNT,
-        preset: Preset::Small,
-    },
-    TableDef {
-        name: USERID_PROFILE,
-        preset: Preset::Small,
-    },
-    TableDef {
-        name: USERDEVICEID_DEVICE,
-        preset: Preset::Small,
-    },
-    TableDef {
-        name: TOKENHASH_ACCESS,
-        preset: Preset::Small,
-    },
-    TableDef {
-        name: TOKENHASH_REFRESH,
-        preset: Preset::Small,
-    },
-    TableDef {
-        name: USERROOMTYPE_ACCOUNTDATA,
-        preset: Preset::Small,
-    },
-    TableDef {
-        name: TOKEN_REGISTRATION,
-        preset: Preset::Small,
-    },
+    small(GLOBAL),
+    small(USERID_ACCOUNT),
+    small(USERID_PROFILE),
+    small(USERDEVICEID_DEVICE),
+    small(TOKENHASH_ACCESS),
+    small(TOKENHASH_REFRESH),
+    small(USERROOMTYPE_ACCOUNTDATA),
+    small(TOKEN_REGISTRATION),
+    small(EVENTID_SHORTEVENTID),
+    small(SHORTEVENTID_EVENTID),
+    small(ROOMID_SHORTROOMID),
+    small(STATEKEY_SHORTSTATEKEY),
+    small(SHORTSTATEKEY_STATEKEY),
+    small(SHORTEVENTID_PDU),
+    small(ROOMPOS_SHORTEVENTID),
+    small(SHORTEVENTID_ROOMPOS),
+    small(SHORTROOMID_EXTREMITIES),
+    small(SHORTSTATEHASH_SNAPSHOT),
+    small(SHORTEVENTID_SHORTSTATEHASH),
+    small(SHORTROOMID_SHORTSTATEHASH),
 ];
+
+const fn small(name: &'static str) -> TableDef {
+    TableDef {
+        name,
+        preset: Preset::Small,
+    }
+}
 
 /// The schema version this build writes. Bump it with a migration in [`check_and_migrate`].
 pub const SCHEMA_VERSION: u64 = 1;

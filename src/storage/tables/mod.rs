@@ -5,4 +5,8 @@
 pub mod account_data;
 pub mod accounts;
 pub mod devices;
+pub mod pdus;
 pub mod registration_tokens;
+pub mod shortids;
+pub mod state;
+pub mod timeline;

@@ -1,0 +1,380 @@
+//! Rooms: the signed event DAG, its state and its timeline.
+//!
+//! Every event, local or (later) remote, is a full PDU. Creating one for a room is serialised
+//! by a per-room lock so local sends never fork the DAG: under the lock the event is built on
+//! the room's forward extremities, checked against the authorization rules of the room version
+//! (ruma-state-res, the same check a remote event gets), and written in one batch with its
+//! timeline position, its state-before pointer and, for state events, the new current state.
+//!
+//! The lock is held until the batch is durable. Releasing it earlier (so that concurrent
+//! senders share one WAL sync) needs the room's pending state kept in memory; that is the next
+//! step for throughput, and DESIGN.md's target.
+
+pub mod pdu;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use ruma::{
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+    state_res,
+};
+use serde_json::value::RawValue;
+
+use self::pdu::Pdu;
+use super::{events, server_keys::ServerKeys};
+use crate::{
+    Error, Result,
+    storage::{
+        Db,
+        positions::Positions,
+        tables::{
+            pdus::PdusTable,
+            shortids::ShortIds,
+            state::{Loaded, StateMap, StateTable},
+            timeline::TimelineTable,
+        },
+    },
+    util,
+};
+
+/// A new event, before it is placed in the DAG.
+pub struct NewEvent<'a> {
+    /// Type.
+    pub kind: &'a str,
+    /// State key, for state events.
+    pub state_key: Option<&'a str>,
+    /// Content object.
+    pub content: CanonicalJsonObject,
+    /// For redactions before room version 11: the redacted event.
+    pub redacts: Option<&'a EventId>,
+}
+
+/// An event once it is stored.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    /// Its id.
+    pub event_id: OwnedEventId,
+    /// Its room (new for a create event).
+    pub room_id: OwnedRoomId,
+    /// Its stream position.
+    pub position: u64,
+}
+
+/// The rooms service.
+pub struct Rooms {
+    db: Arc<Db>,
+    ids: ShortIds,
+    pdus: PdusTable,
+    timeline: TimelineTable,
+    state: StateTable,
+    positions: Arc<Positions>,
+    keys: Arc<ServerKeys>,
+    server_name: OwnedServerName,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Rooms {
+    /// Builds the service.
+    pub fn new(db: Arc<Db>, positions: Arc<Positions>, keys: Arc<ServerKeys>, server_name: OwnedServerName) -> Self {
+        Self {
+            ids: ShortIds::new(Arc::clone(&db)),
+            pdus: PdusTable::new(Arc::clone(&db)),
+            timeline: TimelineTable::new(Arc::clone(&db)),
+            state: StateTable::new(Arc::clone(&db)),
+            db,
+            positions,
+            keys,
+            server_name,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(locks.entry(room_id.to_owned()).or_default())
+    }
+
+    /// Loads a stored event by id.
+    pub fn event(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        let Some(short) = self.ids.event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        self.event_by_short(short, event_id.to_owned()).map(Some)
+    }
+
+    fn event_by_short(&self, short: u64, event_id: OwnedEventId) -> Result<Pdu> {
+        let bytes = self
+            .pdus
+            .get(short)?
+            .ok_or_else(|| Error::internal(format!("event {event_id} has no PDU")))?;
+        Pdu::parse(event_id, &bytes)
+    }
+
+    /// The canonical JSON of a stored event.
+    pub fn event_json(&self, event_id: &EventId) -> Result<Option<Vec<u8>>> {
+        let Some(short) = self.ids.event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        Ok(self.pdus.get(short)?)
+    }
+
+    /// The room's version, from its create event.
+    pub fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
+        let Some(create) = self.state_event(room_id, &StateEventType::RoomCreate, "")? else {
+            return Ok(None);
+        };
+        #[derive(serde::Deserialize)]
+        struct Create {
+            #[serde(default)]
+            room_version: Option<RoomVersionId>,
+        }
+        let content: Create = serde_json::from_str(create.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(Some(content.room_version.unwrap_or(RoomVersionId::V1)))
+    }
+
+    /// The current state of a room (`None` if Hearth has no such room).
+    fn current_state(&self, short_room: u64) -> Result<Option<Loaded>> {
+        match self.state.current(short_room)? {
+            Some(id) => Ok(Some(self.state.load(id)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn lookup(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+        let Some(key) = self.ids.state_key(kind, state_key)? else {
+            return Ok(None);
+        };
+        let Some(&short_event) = state.get(&key) else {
+            return Ok(None);
+        };
+        let event_id = self
+            .ids
+            .event_id(short_event)?
+            .ok_or_else(|| Error::internal("state names an unknown event"))?;
+        let event_id = EventId::parse(event_id).map_err(|e| Error::internal(e.to_string()))?;
+        self.event_by_short(short_event, event_id).map(Some)
+    }
+
+    /// One event of the room's current state.
+    pub fn state_event(&self, room_id: &RoomId, kind: &StateEventType, state_key: &str) -> Result<Option<Pdu>> {
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
+            return Ok(None);
+        };
+        let Some(current) = self.current_state(short_room)? else {
+            return Ok(None);
+        };
+        self.lookup(&current.state, &kind.to_string(), state_key)
+    }
+
+    /// Every event of the room's current state.
+    pub fn full_state(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
+            return Ok(Vec::new());
+        };
+        let Some(current) = self.current_state(short_room)? else {
+            return Ok(Vec::new());
+        };
+        let shorts: Vec<u64> = current.state.values().copied().collect();
+        let ids = self.ids.event_ids(&shorts)?;
+        let jsons = self.pdus.get_many(&shorts)?;
+        ids.into_iter()
+            .zip(jsons)
+            .map(|(id, json)| {
+                let (Some(id), Some(json)) = (id, json) else {
+                    return Err(Error::internal("state names an unknown event"));
+                };
+                Pdu::parse(EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?, &json)
+            })
+            .collect()
+    }
+
+    /// Creates a room: builds and stores its `m.room.create` event, returning the new room id
+    /// (derived from the event in room version 12, `!random:server` before).
+    pub async fn create(
+        &self,
+        version: &RoomVersionId,
+        creator: &UserId,
+        content: CanonicalJsonObject,
+    ) -> Result<Appended> {
+        let rules = events::rules(version)?;
+        let room_id = if rules.authorization.room_create_event_id_as_room_id {
+            None
+        } else {
+            Some(
+                RoomId::parse(format!("!{}:{}", util::random_string(18), self.server_name))
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            )
+        };
+        let event = NewEvent {
+            kind: "m.room.create",
+            state_key: Some(""),
+            content,
+            redacts: None,
+        };
+        self.append_locked(version, room_id.as_deref(), creator, event).await
+    }
+
+    /// Builds, authorizes and stores an event in an existing room.
+    pub async fn append(&self, room_id: &RoomId, sender: &UserId, event: NewEvent<'_>) -> Result<Appended> {
+        let lock = self.room_lock(room_id);
+        let _guard = lock.lock().await;
+        let version = self
+            .room_version(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        self.append_locked(&version, Some(room_id), sender, event).await
+    }
+
+    /// The write path proper; the caller holds the room's lock (or the room is new).
+    async fn append_locked(
+        &self,
+        version: &RoomVersionId,
+        room_id: Option<&RoomId>,
+        sender: &UserId,
+        event: NewEvent<'_>,
+    ) -> Result<Appended> {
+        let rules = events::rules(version)?;
+        let short_room = match room_id {
+            Some(room) => self.ids.room(room.as_str())?,
+            None => None,
+        };
+        let current = match short_room {
+            Some(short) => self.current_state(short)?,
+            None => None,
+        };
+        let empty = StateMap::new();
+        let state = current.as_ref().map_or(&empty, |c| &c.state);
+
+        // Auth events: the relevant subset of the current state.
+        let content_raw = RawValue::from_string(ruma::CanonicalJsonValue::Object(event.content.clone()).to_string())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let kind = TimelineEventType::from(event.kind);
+        let auth_types =
+            state_res::auth_types_for_event(&kind, sender, event.state_key, &content_raw, &rules.authorization)
+                .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+        let mut auth_events = Vec::new();
+        for (auth_kind, auth_key) in &auth_types {
+            if let Some(pdu) = self.lookup(state, &auth_kind.to_string(), auth_key)? {
+                auth_events.push(pdu.event_id);
+            }
+        }
+
+        // Prev events: the room's forward extremities; depth one past the deepest.
+        let extremities = match short_room {
+            Some(short) => self.timeline.extremities(short)?,
+            None => Vec::new(),
+        };
+        let mut prev_events = Vec::new();
+        let mut depth = 0u64;
+        for (short, id) in extremities.iter().zip(self.ids.event_ids(&extremities)?) {
+            let id = EventId::parse(id.ok_or_else(|| Error::internal("unknown extremity"))?)
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let prev = self.event_by_short(*short, id.clone())?;
+            depth = depth.max(u64::from(prev.depth));
+            prev_events.push(id);
+        }
+
+        let signed = events::build(
+            &self.keys,
+            self.server_name.as_str(),
+            events::NewPdu {
+                room_version: version,
+                room_id,
+                sender,
+                kind: event.kind,
+                state_key: event.state_key,
+                content: event.content,
+                prev_events,
+                auth_events,
+                depth: depth + 1,
+                origin_server_ts: util::now_ms(),
+                redacts: event.redacts,
+            },
+        )?;
+        let pdu = Pdu::parse(signed.event_id.clone(), &signed.bytes)?;
+
+        // The same checks a remote event gets: against its auth events, then the current state.
+        let fetch_event = |id: &EventId| self.event(id).ok().flatten();
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, fetch_event)
+            .map_err(|reason| Error::forbidden(format!("Event is not authorized: {reason}")))?;
+        let fetch_state = |kind: &StateEventType, key: &str| self.lookup(state, &kind.to_string(), key).ok().flatten();
+        state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
+            .map_err(|reason| Error::forbidden(format!("Event is not authorized: {reason}")))?;
+
+        // One batch: the event, its place in the timeline and the state around it.
+        let short_room = match short_room {
+            Some(short) => short,
+            None => self.ids.room_or_create(signed.room_id.as_str())?,
+        };
+        let short_event = self.ids.event_or_create(signed.event_id.as_str())?;
+        let mut batch = self.db.batch();
+        self.pdus.put(&mut batch, short_event, &signed.bytes);
+        let before = match current {
+            Some(current) => current,
+            None => self.state.queue_snapshot(&mut batch, None, StateMap::new())?,
+        };
+        self.state.queue_before_event(&mut batch, short_event, before.id);
+        if let Some(state_key) = event.state_key {
+            let key = self.ids.state_key_or_create(event.kind, state_key)?;
+            let mut after = before.state.clone();
+            after.insert(key, short_event);
+            let after = self.state.queue_snapshot(&mut batch, Some(&before), after)?;
+            self.state.queue_current(&mut batch, short_room, after.id);
+        } else if self.state.current(short_room)?.is_none() {
+            self.state.queue_current(&mut batch, short_room, before.id);
+        }
+        self.timeline
+            .queue_set_extremities(&mut batch, short_room, &[short_event])?;
+        let ticket = self.positions.allocate()?;
+        let position = ticket.position();
+        self.timeline
+            .queue_append(&mut batch, short_room, position, short_event);
+        batch.commit().await?;
+        ticket.complete();
+        Ok(Appended {
+            event_id: signed.event_id,
+            room_id: signed.room_id,
+            position,
+        })
+    }
+
+    /// Up to `limit` events of a room with `after < position <= up_to`, oldest first or newest
+    /// first when `backwards`, with their positions.
+    pub fn timeline(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<(u64, Pdu)>> {
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
+            return Ok(Vec::new());
+        };
+        let entries = self.timeline.range(short_room, after, up_to, backwards, limit)?;
+        let shorts: Vec<u64> = entries.iter().map(|(_, e)| *e).collect();
+        let ids = self.ids.event_ids(&shorts)?;
+        let jsons = self.pdus.get_many(&shorts)?;
+        entries
+            .into_iter()
+            .zip(ids.into_iter().zip(jsons))
+            .map(|((pos, _), (id, json))| {
+                let (Some(id), Some(json)) = (id, json) else {
+                    return Err(Error::internal("timeline names an unknown event"));
+                };
+                Ok((
+                    pos,
+                    Pdu::parse(EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?, &json)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The highest stream position every writer has finished.
+    pub fn watermark(&self) -> u64 {
+        self.positions.watermark()
+    }
+}

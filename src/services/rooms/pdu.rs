@@ -1,0 +1,123 @@
+//! A stored event, parsed: the fields authorization, state and clients need, read lazily from
+//! the canonical JSON (content stays raw). Implements ruma-state-res's `Event`, so the same type
+//! goes through the authorization rules and state resolution.
+
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    events::TimelineEventType,
+};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::{Error, Result};
+
+/// A parsed PDU.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Pdu {
+    /// Event id (not part of the v3+ formats; set from the stored mapping).
+    #[serde(skip, default = "placeholder_id")]
+    pub event_id: OwnedEventId,
+    /// Room; absent only on a v12 create event (then the room id comes from its event id).
+    #[serde(default)]
+    pub room_id: Option<OwnedRoomId>,
+    /// Sender.
+    pub sender: OwnedUserId,
+    /// Origin timestamp.
+    pub origin_server_ts: MilliSecondsSinceUnixEpoch,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub kind: TimelineEventType,
+    /// Content, unparsed.
+    pub content: Box<RawValue>,
+    /// State key for state events.
+    #[serde(default)]
+    pub state_key: Option<String>,
+    /// The events this one follows.
+    pub prev_events: Vec<OwnedEventId>,
+    /// The events that authorise it.
+    pub auth_events: Vec<OwnedEventId>,
+    /// Depth in the DAG.
+    pub depth: UInt,
+    /// Redacted event (top level, room versions before 11).
+    #[serde(default)]
+    pub redacts: Option<OwnedEventId>,
+    /// Rejected by the authorization rules (never set for events Hearth stores as accepted).
+    #[serde(skip)]
+    pub rejected: bool,
+}
+
+fn placeholder_id() -> OwnedEventId {
+    EventId::parse("$unset").expect("valid placeholder")
+}
+
+impl Pdu {
+    /// Parses canonical JSON bytes of the event `event_id`.
+    pub fn parse(event_id: OwnedEventId, bytes: &[u8]) -> Result<Pdu> {
+        let mut pdu: Pdu =
+            serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("stored event {event_id}: {e}")))?;
+        pdu.event_id = event_id;
+        Ok(pdu)
+    }
+
+    /// The event's room (for a v12 create event, derived from its id).
+    pub fn room(&self) -> Result<OwnedRoomId> {
+        match &self.room_id {
+            Some(room) => Ok(room.clone()),
+            None => RoomId::parse(format!("!{}", &self.event_id.as_str()[1..]))
+                .map_err(|e| Error::internal(format!("room id of {}: {e}", self.event_id))),
+        }
+    }
+
+    /// Whether this is a state event.
+    pub fn is_state(&self) -> bool {
+        self.state_key.is_some()
+    }
+}
+
+impl ruma::state_res::Event for Pdu {
+    type Id = OwnedEventId;
+
+    fn event_id(&self) -> &Self::Id {
+        &self.event_id
+    }
+
+    fn room_id(&self) -> Option<&RoomId> {
+        self.room_id.as_deref()
+    }
+
+    fn sender(&self) -> &UserId {
+        &self.sender
+    }
+
+    fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        self.origin_server_ts
+    }
+
+    fn event_type(&self) -> &TimelineEventType {
+        &self.kind
+    }
+
+    fn content(&self) -> &RawValue {
+        &self.content
+    }
+
+    fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+
+    fn prev_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.prev_events.iter())
+    }
+
+    fn auth_events(&self) -> Box<dyn DoubleEndedIterator<Item = &Self::Id> + '_> {
+        Box::new(self.auth_events.iter())
+    }
+
+    fn redacts(&self) -> Option<&Self::Id> {
+        self.redacts.as_ref()
+    }
+
+    fn rejected(&self) -> bool {
+        self.rejected
+    }
+}

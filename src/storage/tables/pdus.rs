@@ -1,0 +1,35 @@
+//! Events as stored: `shorteventid_pdu` maps a short event id to the canonical JSON bytes that
+//! were hashed and signed. Parsed forms are built (and cached) above this layer.
+
+use std::sync::Arc;
+
+use crate::storage::{Batch, Db, StorageResult, codec, schema::SHORTEVENTID_PDU};
+
+/// Typed access to stored PDUs.
+#[derive(Clone)]
+pub struct PdusTable {
+    db: Arc<Db>,
+}
+
+impl PdusTable {
+    /// Wraps the database.
+    pub fn new(db: Arc<Db>) -> Self {
+        Self { db }
+    }
+
+    /// One event's canonical JSON.
+    pub fn get(&self, short: u64) -> StorageResult<Option<Vec<u8>>> {
+        self.db.get(SHORTEVENTID_PDU, &codec::u64_bytes(short))
+    }
+
+    /// Many events at once, in the order of `shorts`.
+    pub fn get_many(&self, shorts: &[u64]) -> StorageResult<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<[u8; 8]> = shorts.iter().map(|s| codec::u64_bytes(*s)).collect();
+        self.db.multi_get(SHORTEVENTID_PDU, keys.iter().map(|k| &k[..]))
+    }
+
+    /// Queues an event's canonical JSON.
+    pub fn put(&self, batch: &mut Batch, short: u64, canonical_json: &[u8]) {
+        batch.put(SHORTEVENTID_PDU, &codec::u64_bytes(short), canonical_json);
+    }
+}

@@ -205,12 +205,18 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
 }
 
 /// The values of the `{variables}` of `template` in the raw request path, percent-decoded.
+///
+/// A trailing `{state_key}` may be empty or left out entirely (`…/state/m.room.name/` and
+/// `…/state/m.room.name` both mean the empty state key), as the spec and Synapse allow.
 fn path_args(template: &str, path: &str) -> Result<Vec<String>> {
+    let mut segments = path.split('/');
     template
         .split('/')
-        .zip(path.split('/'))
-        .filter(|(t, _)| t.starts_with('{'))
-        .map(|(_, value)| percent_decode(value).map_err(|_| Error::invalid_param("Path parameters must be UTF-8")))
+        .filter_map(|t| {
+            let value = segments.next();
+            t.starts_with('{').then(|| value.unwrap_or(""))
+        })
+        .map(|value| percent_decode(value).map_err(|_| Error::invalid_param("Path parameters must be UTF-8")))
         .collect()
 }
 
@@ -285,6 +291,15 @@ mod tests {
         .unwrap();
         assert_eq!(args, vec!["@a:hs", "displayname"]);
         assert_eq!(percent_decode("a%2Fb%25%zz%4").unwrap(), "a/b%%zz%4");
+        let state = "/_matrix/client/v3/rooms/{room_id}/state/{event_type}/{state_key}";
+        assert_eq!(
+            path_args(state, "/_matrix/client/v3/rooms/!r/state/m.room.name/").unwrap(),
+            vec!["!r", "m.room.name", ""]
+        );
+        assert_eq!(
+            path_args(state, "/_matrix/client/v3/rooms/!r/state/m.room.name").unwrap(),
+            vec!["!r", "m.room.name", ""]
+        );
         assert!(percent_decode("%ff").is_err());
     }
 }

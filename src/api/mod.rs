@@ -61,5 +61,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::account_data::get_global_account_data);
     t.add(LimitClass::Client, client::account_data::set_global_account_data);
 
+    // Rooms.
+    t.add(LimitClass::Client, client::room::create_room);
+    t.add(LimitClass::Client, client::room::get_room_event);
+    t.add(LimitClass::Client, client::room::get_message_events);
+    t.add(LimitClass::Client, client::message::send_message_event);
+    t.add(LimitClass::Client, client::state::get_state_events);
+    t.add(LimitClass::Client, client::state::get_state_event_for_key);
+    t.add(LimitClass::Client, client::state::send_state_event);
+    t.add(LimitClass::Client, client::membership::join_room_by_id);
+    t.add(LimitClass::Client, client::membership::invite_user);
+    t.add(LimitClass::Client, client::membership::leave_room);
+
     t.mount(cfg);
 }

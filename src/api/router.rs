@@ -79,14 +79,25 @@ impl RouteTable {
 
     /// Adds every route to the app, each path with a 405 `M_UNRECOGNIZED` for other methods.
     /// Paths with fewer variables go first, so a literal segment wins over a `{variable}`.
+    ///
+    /// A trailing `{state_key}` also matches the empty string and its absence.
     pub fn mount(self, cfg: &mut web::ServiceConfig) {
-        let mut paths: Vec<_> = self.paths.into_iter().collect();
-        paths.sort_by_key(|(path, _)| path.matches('{').count());
-        for (path, routes) in paths {
-            let mut resource = web::resource(path);
-            for make in routes {
-                resource = resource.route(make());
+        let mut resources: Vec<(String, &[Handler])> = Vec::new();
+        for (path, routes) in &self.paths {
+            match path.strip_suffix("/{state_key}") {
+                Some(prefix) => {
+                    resources.push((format!("{prefix}/{{state_key:[^/]*}}"), routes));
+                    // Without the segment: `extract::path_args` reads the missing key as "".
+                    resources.push((prefix.to_owned(), routes));
+                }
+                None => resources.push(((*path).to_owned(), routes)),
             }
+        }
+        resources.sort_by_key(|(path, _)| path.matches('{').count());
+        for (path, routes) in resources {
+            let resource = routes
+                .iter()
+                .fold(web::resource(path), |resource, make| resource.route(make()));
             cfg.service(resource.default_service(web::to(respond::method_not_allowed)));
         }
     }

@@ -76,6 +76,9 @@ pub const SHORTEVENTID_SHORTSTATEHASH: &str = "shorteventid_shortstatehash";
 /// u64 short room id → u64 snapshot id of the room's current state.
 pub const SHORTROOMID_SHORTSTATEHASH: &str = "shortroomid_shortstatehash";
 
+/// user id SEP device id SEP transaction id → event id.
+pub const USERDEVICETXN_EVENTID: &str = "userdevicetxn_eventid";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -98,6 +101,7 @@ pub const TABLES: &[TableDef] = &[
     small(SHORTSTATEHASH_SNAPSHOT),
     small(SHORTEVENTID_SHORTSTATEHASH),
     small(SHORTROOMID_SHORTSTATEHASH),
+    small(USERDEVICETXN_EVENTID),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -13,5 +13,7 @@ mod client_devices_profile;
 mod crash;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
+/// Rooms: events, state, membership, authorization, pagination.
+mod rooms;
 /// Architecture invariants of the source tree.
 mod tidy;

@@ -5,8 +5,12 @@
 pub mod account;
 pub mod account_data;
 pub mod device;
+pub mod membership;
+pub mod message;
 pub mod profile;
 pub mod register;
+pub mod room;
 pub mod session;
+pub mod state;
 pub mod versions;
 pub mod well_known;

@@ -10,6 +10,7 @@
 //! senders share one WAL sync) needs the room's pending state kept in memory; that is the next
 //! step for throughput, and DESIGN.md's target.
 
+pub mod create;
 pub mod pdu;
 
 use std::{
@@ -36,6 +37,7 @@ use crate::{
             shortids::ShortIds,
             state::{Loaded, StateMap, StateTable},
             timeline::TimelineTable,
+            transactions::TransactionsTable,
         },
     },
     util,
@@ -51,6 +53,21 @@ pub struct NewEvent<'a> {
     pub content: CanonicalJsonObject,
     /// For redactions before room version 11: the redacted event.
     pub redacts: Option<&'a EventId>,
+    /// The client transaction that sends it: (user id, device id, transaction id).
+    pub txn: Option<(&'a str, &'a str, &'a str)>,
+}
+
+impl<'a> NewEvent<'a> {
+    /// A state event.
+    pub fn state(kind: &'a str, state_key: &'a str, content: CanonicalJsonObject) -> Self {
+        Self {
+            kind,
+            state_key: Some(state_key),
+            content,
+            redacts: None,
+            txn: None,
+        }
+    }
 }
 
 /// An event once it is stored.
@@ -71,6 +88,7 @@ pub struct Rooms {
     pdus: PdusTable,
     timeline: TimelineTable,
     state: StateTable,
+    transactions: TransactionsTable,
     positions: Arc<Positions>,
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
@@ -85,6 +103,7 @@ impl Rooms {
             pdus: PdusTable::new(Arc::clone(&db)),
             timeline: TimelineTable::new(Arc::clone(&db)),
             state: StateTable::new(Arc::clone(&db)),
+            transactions: TransactionsTable::new(Arc::clone(&db)),
             db,
             positions,
             keys,
@@ -209,12 +228,7 @@ impl Rooms {
                     .map_err(|e| Error::internal(e.to_string()))?,
             )
         };
-        let event = NewEvent {
-            kind: "m.room.create",
-            state_key: Some(""),
-            content,
-            redacts: None,
-        };
+        let event = NewEvent::state("m.room.create", "", content);
         self.append_locked(version, room_id.as_deref(), creator, event).await
     }
 
@@ -225,6 +239,17 @@ impl Rooms {
         let version = self
             .room_version(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
+        // A retried transaction gets the event it produced the first time.
+        if let Some((user, device, txn)) = event.txn
+            && let Some(event_id) = self.transactions.get(user, device, txn)?
+        {
+            let event_id = EventId::parse(event_id).map_err(|e| Error::internal(e.to_string()))?;
+            return Ok(Appended {
+                event_id,
+                room_id: room_id.to_owned(),
+                position: 0,
+            });
+        }
         self.append_locked(&version, Some(room_id), sender, event).await
     }
 
@@ -312,6 +337,10 @@ impl Rooms {
         let short_event = self.ids.event_or_create(signed.event_id.as_str())?;
         let mut batch = self.db.batch();
         self.pdus.put(&mut batch, short_event, &signed.bytes);
+        if let Some((user, device, txn)) = event.txn {
+            self.transactions
+                .put(&mut batch, user, device, txn, signed.event_id.as_str());
+        }
         let before = match current {
             Some(current) => current,
             None => self.state.queue_snapshot(&mut batch, None, StateMap::new())?,
@@ -371,6 +400,57 @@ impl Rooms {
                 ))
             })
             .collect()
+    }
+
+    /// A user's membership in a room (`join`, `invite`, `leave`, `ban`, `knock`), if any.
+    pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+        let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? else {
+            return Ok(None);
+        };
+        #[derive(serde::Deserialize)]
+        struct Member {
+            membership: String,
+        }
+        let content: Member = serde_json::from_str(member.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(Some(content.membership))
+    }
+
+    /// Fails with 403 unless the user is joined to the room. (History-visibility rules that
+    /// let former members read what they saw come with the rest of the rooms work.)
+    pub fn ensure_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        match self.membership(room_id, user_id)?.as_deref() {
+            Some("join") => Ok(()),
+            _ => Err(Error::forbidden(format!("{user_id} is not in the room {room_id}"))),
+        }
+    }
+
+    /// Changes a user's membership (join, leave, invite, kick, ban…): an `m.room.member` event
+    /// about `target` sent by `sender`, authorized like any other event.
+    pub async fn set_membership(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<Appended> {
+        let mut content = CanonicalJsonObject::new();
+        content.insert(
+            "membership".into(),
+            ruma::CanonicalJsonValue::String(membership.to_owned()),
+        );
+        if let Some(reason) = reason {
+            content.insert("reason".into(), ruma::CanonicalJsonValue::String(reason.to_owned()));
+        }
+        if self.room_version(room_id)?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        self.append(
+            room_id,
+            sender,
+            NewEvent::state("m.room.member", target.as_str(), content),
+        )
+        .await
     }
 
     /// The highest stream position every writer has finished.

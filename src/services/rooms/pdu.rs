@@ -121,3 +121,27 @@ impl ruma::state_res::Event for Pdu {
         self.rejected
     }
 }
+
+impl Pdu {
+    /// The event in the client format (`ClientEvent` of the Client-Server API).
+    pub fn to_client(&self) -> Result<serde_json::Value> {
+        let mut event = serde_json::Map::new();
+        event.insert(
+            "content".into(),
+            serde_json::from_str(self.content.get()).map_err(|e| Error::internal(e.to_string()))?,
+        );
+        event.insert("event_id".into(), self.event_id.as_str().into());
+        event.insert("origin_server_ts".into(), u64::from(self.origin_server_ts.0).into());
+        event.insert("room_id".into(), self.room()?.as_str().into());
+        event.insert("sender".into(), self.sender.as_str().into());
+        event.insert("type".into(), self.kind.to_string().into());
+        if let Some(key) = &self.state_key {
+            event.insert("state_key".into(), key.as_str().into());
+        }
+        if let Some(redacts) = &self.redacts {
+            event.insert("redacts".into(), redacts.as_str().into());
+        }
+        event.insert("unsigned".into(), serde_json::json!({}));
+        Ok(serde_json::Value::Object(event))
+    }
+}

@@ -10,3 +10,4 @@ pub mod registration_tokens;
 pub mod shortids;
 pub mod state;
 pub mod timeline;
+pub mod transactions;

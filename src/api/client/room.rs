@@ -1,0 +1,180 @@
+//! Rooms: creation, single events, history.
+//!
+//! - `POST /_matrix/client/v3/createRoom`
+//! - `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
+//! - `GET /_matrix/client/v3/rooms/{roomId}/messages`
+//!
+//! Spec: client-server-api "Rooms" and "Getting events for a room"
+//! (`data/api/client-server/create_room.yaml`, `rooms.yaml`, `message_pagination.yaml`).
+
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, RoomVersionId,
+    api::{
+        Direction,
+        client::{
+            message::get_message_events,
+            room::{Visibility, create_room, get_room_event},
+        },
+    },
+    serde::Raw,
+};
+
+use crate::{
+    Error, Result,
+    api::extract::Ctx,
+    services::rooms::{
+        create::{CreateRoom, Preset},
+        pdu::Pdu,
+    },
+};
+
+fn canonical_object<T>(raw: &Raw<T>, what: &str) -> Result<CanonicalJsonObject> {
+    match serde_json::from_str::<CanonicalJsonValue>(raw.json().get()) {
+        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
+        _ => Err(Error::bad_json(format!(
+            "{what} must be a JSON object within the canonical JSON limits"
+        ))),
+    }
+}
+
+/// A client-format event as ruma's raw type.
+pub(crate) fn raw_event<T>(pdu: &Pdu) -> Result<Raw<T>> {
+    let value = pdu.to_client()?;
+    Ok(Raw::from_json(
+        serde_json::value::to_raw_value(&value).map_err(|e| Error::internal(e.to_string()))?,
+    ))
+}
+
+/// `POST /_matrix/client/v3/createRoom`
+pub async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<create_room::v3::Response> {
+    let creator = ctx.owned_user_id()?;
+    if req.room_alias_name.is_some() {
+        return Err(Error::invalid_param("Room aliases are not supported yet"));
+    }
+    if !req.invite_3pid.is_empty() {
+        return Err(Error::invalid_param("Third-party invites are not supported"));
+    }
+    let version = req.room_version.clone().unwrap_or(RoomVersionId::V12);
+    if !matches!(version, RoomVersionId::V10 | RoomVersionId::V11 | RoomVersionId::V12) {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+            format!("Room version {version} is not supported for new rooms (10, 11, 12 are)"),
+        ));
+    }
+    let preset = match req.preset {
+        Some(create_room::v3::RoomPreset::PublicChat) => Preset::PublicChat,
+        Some(create_room::v3::RoomPreset::TrustedPrivateChat) => Preset::TrustedPrivateChat,
+        Some(create_room::v3::RoomPreset::PrivateChat) => Preset::PrivateChat,
+        None if req.visibility == Visibility::Public => Preset::PublicChat,
+        _ => Preset::PrivateChat,
+    };
+    let mut initial_state = Vec::new();
+    for event in &req.initial_state {
+        #[derive(serde::Deserialize)]
+        struct Initial {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            state_key: String,
+            content: serde_json::Value,
+        }
+        let initial: Initial =
+            serde_json::from_str(event.json().get()).map_err(|e| Error::bad_json(format!("initial_state: {e}")))?;
+        let content = match CanonicalJsonValue::try_from(initial.content) {
+            Ok(CanonicalJsonValue::Object(o)) => o,
+            _ => return Err(Error::bad_json("initial_state content must be an object")),
+        };
+        initial_state.push((initial.kind, initial.state_key, content));
+    }
+    let request = CreateRoom {
+        version,
+        preset,
+        creation_content: req
+            .creation_content
+            .as_ref()
+            .map(|c| canonical_object(c, "creation_content"))
+            .transpose()?
+            .unwrap_or_default(),
+        power_level_override: req
+            .power_level_content_override
+            .as_ref()
+            .map(|c| canonical_object(c, "power_level_content_override"))
+            .transpose()?
+            .unwrap_or_default(),
+        initial_state,
+        name: req.name,
+        topic: req.topic,
+        invite: req.invite,
+        is_direct: req.is_direct,
+    };
+    let room_id = ctx.services.rooms.create_room(&creator, request).await?;
+    tracing::info!(%room_id, %creator, "room created");
+    Ok(create_room::v3::Response::new(room_id))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
+pub async fn get_room_event(ctx: Ctx, req: get_room_event::v3::Request) -> Result<get_room_event::v3::Response> {
+    let rooms = &ctx.services.rooms;
+    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let pdu = rooms
+        .event(&req.event_id)?
+        .filter(|p| p.room().is_ok_and(|r| r == req.room_id));
+    let pdu = pdu.ok_or_else(|| Error::not_found("Event not found"))?;
+    Ok(get_room_event::v3::Response::new(raw_event(&pdu)?))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+///
+/// Tokens are stream positions: `from` is where reading starts (exclusive going forwards,
+/// inclusive going backwards), `end` where the next page starts.
+pub async fn get_message_events(
+    ctx: Ctx,
+    req: get_message_events::v3::Request,
+) -> Result<get_message_events::v3::Response> {
+    let rooms = &ctx.services.rooms;
+    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let parse = |token: &str| {
+        token
+            .parse::<u64>()
+            .map_err(|_| Error::invalid_param(format!("Invalid pagination token {token}")))
+    };
+    let limit = u64::from(req.limit).clamp(1, 1000) as usize;
+    let watermark = rooms.watermark();
+    let (start, events, end) = match req.dir {
+        Direction::Backward => {
+            let from = req
+                .from
+                .as_deref()
+                .map(parse)
+                .transpose()?
+                .unwrap_or(watermark)
+                .min(watermark);
+            let to = req.to.as_deref().map(parse).transpose()?.unwrap_or(0);
+            let events = rooms.timeline(&req.room_id, to, from, true, limit)?;
+            let end = match events.last() {
+                Some((pos, _)) if events.len() == limit => Some(pos.saturating_sub(1)),
+                _ => None,
+            };
+            (from, events, end)
+        }
+        Direction::Forward => {
+            let from = req.from.as_deref().map(parse).transpose()?.unwrap_or(0);
+            let to = req
+                .to
+                .as_deref()
+                .map(parse)
+                .transpose()?
+                .unwrap_or(watermark)
+                .min(watermark);
+            let events = rooms.timeline(&req.room_id, from, to, false, limit)?;
+            let end = events.last().map(|(pos, _)| *pos);
+            (from, events, end)
+        }
+    };
+    let mut response = get_message_events::v3::Response::new();
+    response.start = start.to_string();
+    response.end = end.map(|e| e.to_string());
+    response.chunk = events.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
+    Ok(response)
+}

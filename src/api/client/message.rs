@@ -5,9 +5,10 @@
 //!
 //! Spec: client-server-api "Sending events to a room" (`data/api/client-server/room_send.yaml`).
 
-use ruma::{CanonicalJsonValue, api::client::message::send_message_event};
+use ruma::api::client::message::send_message_event;
 
-use crate::{Error, Result, api::extract::Ctx, services::rooms::NewEvent};
+use super::room::canonical_object;
+use crate::{Result, api::extract::Ctx, services::rooms::NewEvent};
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
 pub async fn send_message_event(
@@ -15,14 +16,7 @@ pub async fn send_message_event(
     req: send_message_event::v3::Request,
 ) -> Result<send_message_event::v3::Response> {
     let session = ctx.session()?;
-    let content = match serde_json::from_str::<CanonicalJsonValue>(req.body.json().get()) {
-        Ok(CanonicalJsonValue::Object(o)) => o,
-        _ => {
-            return Err(Error::bad_json(
-                "Event content must be a JSON object within the canonical JSON limits",
-            ));
-        }
-    };
+    let content = canonical_object(&req.body, "Event content")?;
     let kind = req.event_type.to_string();
     let event = NewEvent {
         kind: &kind,

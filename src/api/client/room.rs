@@ -28,7 +28,8 @@ use crate::{
     },
 };
 
-fn canonical_object<T>(raw: &Raw<T>, what: &str) -> Result<CanonicalJsonObject> {
+/// Event content (or a content-like body) as a canonical JSON object, or 400 `M_BAD_JSON`.
+pub(crate) fn canonical_object<T>(raw: &Raw<T>, what: &str) -> Result<CanonicalJsonObject> {
     match serde_json::from_str::<CanonicalJsonValue>(raw.json().get()) {
         Ok(CanonicalJsonValue::Object(o)) => Ok(o),
         _ => Err(Error::bad_json(format!(

@@ -6,12 +6,9 @@
 //! Spec: client-server-api "Getting events for a room", "Sending events to a room"
 //! (`data/api/client-server/room_state.yaml`, `rooms.yaml`).
 
-use ruma::{
-    CanonicalJsonValue,
-    api::client::state::{get_state_event_for_key, get_state_events, send_state_event},
-};
+use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 
-use super::room::raw_event;
+use super::room::{canonical_object, raw_event};
 use crate::{Error, Result, api::extract::Ctx, services::rooms::NewEvent};
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
@@ -48,14 +45,7 @@ pub async fn get_state_event_for_key(
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
 pub async fn send_state_event(ctx: Ctx, req: send_state_event::v3::Request) -> Result<send_state_event::v3::Response> {
     let user_id = ctx.user_id()?;
-    let content = match serde_json::from_str::<CanonicalJsonValue>(req.body.json().get()) {
-        Ok(CanonicalJsonValue::Object(o)) => o,
-        _ => {
-            return Err(Error::bad_json(
-                "Event content must be a JSON object within the canonical JSON limits",
-            ));
-        }
-    };
+    let content = canonical_object(&req.body, "Event content")?;
     let kind = req.event_type.to_string();
     let rooms = &ctx.services.rooms;
     rooms.ensure_joined(&req.room_id, user_id)?;

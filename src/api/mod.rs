@@ -72,6 +72,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::membership::join_room_by_id);
     t.add(LimitClass::Client, client::membership::invite_user);
     t.add(LimitClass::Client, client::membership::leave_room);
+    t.add(LimitClass::Client, client::membership::kick_user);
+    t.add(LimitClass::Client, client::membership::ban_user);
+    t.add(LimitClass::Client, client::membership::unban_user);
+    t.add(LimitClass::Client, client::membership::joined_members);
+    t.add(LimitClass::Client, client::membership::get_member_events);
 
     t.mount(cfg);
 }

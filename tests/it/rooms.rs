@@ -349,3 +349,54 @@ fn concurrent_senders_make_one_linear_signed_dag() {
         );
     }
 }
+
+#[test]
+fn kick_ban_unban_and_member_lists() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let eve = server.user("eve", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    let r = |path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(&room));
+    bob.post(&r("join"), json!({})).ok();
+    eve.post(&r("join"), json!({})).ok();
+
+    let joined = alice.get(&r("joined_members")).ok().clone();
+    let mut names: Vec<&String> = joined["joined"].as_object().unwrap().keys().collect();
+    names.sort();
+    assert_eq!(names, vec![&alice.uid(), &bob.uid(), &eve.uid()]);
+
+    // Without power, bob can neither kick nor ban.
+    bob.post(&r("kick"), json!({"user_id": eve.uid()}))
+        .expect_err(403, "M_FORBIDDEN");
+    bob.post(&r("ban"), json!({"user_id": eve.uid()}))
+        .expect_err(403, "M_FORBIDDEN");
+
+    // Alice kicks bob (he may come back) and bans eve (she may not).
+    alice
+        .post(&r("kick"), json!({"user_id": bob.uid(), "reason": "cool off"}))
+        .ok();
+    bob.get(&r("messages?dir=b")).expect_err(403, "M_FORBIDDEN");
+    bob.post(&r("join"), json!({})).ok();
+    alice.post(&r("ban"), json!({"user_id": eve.uid()})).ok();
+    eve.post(&r("join"), json!({})).expect_err(403, "M_FORBIDDEN");
+
+    let banned = alice.get(&r("members?membership=ban")).ok().clone();
+    let banned: Vec<&str> = banned["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(banned, vec![eve.uid().as_str()]);
+    let not_joined = alice.get(&r("members?not_membership=join")).ok().clone();
+    assert_eq!(not_joined["chunk"].as_array().unwrap().len(), 1);
+    assert_eq!(alice.get(&r("members")).ok()["chunk"].as_array().unwrap().len(), 3);
+
+    alice
+        .post(&r("unban"), json!({"user_id": bob.uid()}))
+        .expect_err(403, "M_FORBIDDEN");
+    alice.post(&r("unban"), json!({"user_id": eve.uid()})).ok();
+    eve.post(&r("join"), json!({})).ok();
+    alice.get(&r("members?at=5")).expect_err(400, "M_INVALID_PARAM");
+}

@@ -3,13 +3,23 @@
 //! - `POST /_matrix/client/v3/rooms/{roomId}/join`
 //! - `POST /_matrix/client/v3/rooms/{roomId}/invite`
 //! - `POST /_matrix/client/v3/rooms/{roomId}/leave`
+//! - `POST /_matrix/client/v3/rooms/{roomId}/kick`, `…/ban`, `…/unban`
+//! - `GET /_matrix/client/v3/rooms/{roomId}/joined_members`, `…/members`
 //!
 //! Spec: client-server-api "Room membership" (`data/api/client-server/joining.yaml`,
 //! `inviting.yaml`, `leaving.yaml`). Whether a change is allowed is decided by the room's
 //! authorization rules, like any other event.
 
-use ruma::api::client::membership::{invite_user, join_room_by_id, leave_room};
+use std::collections::BTreeMap;
 
+use ruma::{
+    RoomId, UserId,
+    api::client::membership::{
+        ban_user, get_member_events, invite_user, join_room_by_id, joined_members, kick_user, leave_room, unban_user,
+    },
+};
+
+use super::room::raw_event;
 use crate::{Error, Result, api::extract::Ctx};
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
@@ -62,4 +72,109 @@ pub async fn leave_room(ctx: Ctx, req: leave_room::v3::Request) -> Result<leave_
         .set_membership(&req.room_id, user_id, user_id, "leave", req.reason.as_deref())
         .await?;
     Ok(leave_room::v3::Response::new())
+}
+
+/// Kick, ban and unban share one shape: a membership change about someone else, decided by the
+/// room's power levels through the authorization rules.
+async fn moderate(ctx: &Ctx, room_id: &RoomId, target: &UserId, membership: &str, reason: Option<&str>) -> Result<()> {
+    let user_id = ctx.user_id()?;
+    let rooms = &ctx.services.rooms;
+    rooms.ensure_joined(room_id, user_id)?;
+    rooms
+        .set_membership(room_id, user_id, target, membership, reason)
+        .await?;
+    Ok(())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/kick`
+pub async fn kick_user(ctx: Ctx, req: kick_user::v3::Request) -> Result<kick_user::v3::Response> {
+    if !matches!(
+        ctx.services.rooms.membership(&req.room_id, &req.user_id)?.as_deref(),
+        Some("join" | "invite" | "knock")
+    ) {
+        return Err(Error::forbidden(format!("{} is not in the room", req.user_id)));
+    }
+    moderate(&ctx, &req.room_id, &req.user_id, "leave", req.reason.as_deref()).await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/ban`
+pub async fn ban_user(ctx: Ctx, req: ban_user::v3::Request) -> Result<ban_user::v3::Response> {
+    moderate(&ctx, &req.room_id, &req.user_id, "ban", req.reason.as_deref()).await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/unban`
+pub async fn unban_user(ctx: Ctx, req: unban_user::v3::Request) -> Result<unban_user::v3::Response> {
+    if ctx.services.rooms.membership(&req.room_id, &req.user_id)?.as_deref() != Some("ban") {
+        return Err(Error::forbidden(format!("{} is not banned", req.user_id)));
+    }
+    moderate(&ctx, &req.room_id, &req.user_id, "leave", req.reason.as_deref()).await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
+pub async fn joined_members(ctx: Ctx, req: joined_members::v3::Request) -> Result<joined_members::v3::Response> {
+    let rooms = &ctx.services.rooms;
+    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let mut joined = BTreeMap::new();
+    for pdu in rooms.full_state(&req.room_id)? {
+        #[derive(serde::Deserialize)]
+        struct Member {
+            membership: String,
+            displayname: Option<String>,
+            avatar_url: Option<ruma::OwnedMxcUri>,
+        }
+        let (Some(key), true) = (&pdu.state_key, pdu.kind.to_string() == "m.room.member") else {
+            continue;
+        };
+        let Ok(member) = serde_json::from_str::<Member>(pdu.content.get()) else {
+            continue;
+        };
+        if member.membership == "join"
+            && let Ok(user) = ruma::OwnedUserId::try_from(key.as_str())
+        {
+            let mut entry = joined_members::v3::RoomMember::new();
+            entry.display_name = member.displayname;
+            entry.avatar_url = member.avatar_url;
+            joined.insert(user, entry);
+        }
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/members`
+pub async fn get_member_events(
+    ctx: Ctx,
+    req: get_member_events::v3::Request,
+) -> Result<get_member_events::v3::Response> {
+    if req.at.is_some() {
+        return Err(Error::invalid_param(
+            "`at` is not supported yet; members are those of the current state",
+        ));
+    }
+    let rooms = &ctx.services.rooms;
+    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let wanted = req.membership.as_ref().map(|m| m.to_string());
+    let unwanted = req.not_membership.as_ref().map(|m| m.to_string());
+    let mut chunk = Vec::new();
+    for pdu in rooms.full_state(&req.room_id)? {
+        if pdu.kind.to_string() != "m.room.member" {
+            continue;
+        }
+        #[derive(serde::Deserialize)]
+        struct Member {
+            membership: String,
+        }
+        let Ok(member) = serde_json::from_str::<Member>(pdu.content.get()) else {
+            continue;
+        };
+        if wanted.as_ref().is_some_and(|w| *w != member.membership)
+            || unwanted.as_ref().is_some_and(|u| *u == member.membership)
+        {
+            continue;
+        }
+        chunk.push(raw_event(&pdu)?);
+    }
+    Ok(get_member_events::v3::Response::new(chunk))
 }

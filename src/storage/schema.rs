@@ -79,6 +79,11 @@ pub const SHORTROOMID_SHORTSTATEHASH: &str = "shortroomid_shortstatehash";
 /// user id SEP device id SEP transaction id → event id.
 pub const USERDEVICETXN_EVENTID: &str = "userdevicetxn_eventid";
 
+/// user id SEP room id → membership (`join`, `invite`, `leave`, `ban`, `knock`).
+pub const USERROOM_MEMBERSHIP: &str = "userroom_membership";
+/// room id SEP user id → membership.
+pub const ROOMUSER_MEMBERSHIP: &str = "roomuser_membership";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -102,6 +107,8 @@ pub const TABLES: &[TableDef] = &[
     small(SHORTEVENTID_SHORTSTATEHASH),
     small(SHORTROOMID_SHORTSTATEHASH),
     small(USERDEVICETXN_EVENTID),
+    small(USERROOM_MEMBERSHIP),
+    small(ROOMUSER_MEMBERSHIP),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -400,3 +400,34 @@ fn kick_ban_unban_and_member_lists() {
     eve.post(&r("join"), json!({})).ok();
     alice.get(&r("members?at=5")).expect_err(400, "M_INVALID_PARAM");
 }
+
+#[test]
+fn joined_rooms_follows_membership() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let one = create_room(&alice, json!({"preset": "public_chat"}));
+    let two = create_room(&alice, json!({"preset": "public_chat"}));
+    let rooms = |c: &Client| {
+        let mut r: Vec<String> = c.get("/_matrix/client/v3/joined_rooms").ok()["joined_rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        r.sort();
+        r
+    };
+    let mut both = vec![one.clone(), two.clone()];
+    both.sort();
+    assert_eq!(rooms(&alice), both);
+    assert!(rooms(&bob).is_empty());
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&one)), json!({}))
+        .ok();
+    assert_eq!(rooms(&bob), vec![one.clone()]);
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&one)), json!({}))
+        .ok();
+    assert!(rooms(&bob).is_empty());
+    bob.post("/_matrix/client/v3/join/%23nowhere%3Ahearth.test", json!({}))
+        .expect_err(404, "M_NOT_FOUND");
+}

@@ -5,6 +5,7 @@
 //! - `POST /_matrix/client/v3/rooms/{roomId}/leave`
 //! - `POST /_matrix/client/v3/rooms/{roomId}/kick`, `…/ban`, `…/unban`
 //! - `GET /_matrix/client/v3/rooms/{roomId}/joined_members`, `…/members`
+//! - `POST /_matrix/client/v3/join/{roomIdOrAlias}`, `GET /_matrix/client/v3/joined_rooms`
 //!
 //! Spec: client-server-api "Room membership" (`data/api/client-server/joining.yaml`,
 //! `inviting.yaml`, `leaving.yaml`). Whether a change is allowed is decided by the room's
@@ -15,7 +16,8 @@ use std::collections::BTreeMap;
 use ruma::{
     RoomId, UserId,
     api::client::membership::{
-        ban_user, get_member_events, invite_user, join_room_by_id, joined_members, kick_user, leave_room, unban_user,
+        ban_user, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members,
+        joined_rooms, kick_user, leave_room, unban_user,
     },
 };
 
@@ -177,4 +179,27 @@ pub async fn get_member_events(
         chunk.push(raw_event(&pdu)?);
     }
     Ok(get_member_events::v3::Response::new(chunk))
+}
+
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}` (room ids; aliases arrive with the room
+/// directory)
+pub async fn join_room_by_id_or_alias(
+    ctx: Ctx,
+    req: join_room_by_id_or_alias::v3::Request,
+) -> Result<join_room_by_id_or_alias::v3::Response> {
+    let room_id = ruma::OwnedRoomId::try_from(req.room_id_or_alias.as_str())
+        .map_err(|_| Error::not_found(format!("Room alias {} not found", req.room_id_or_alias)))?;
+    let user_id = ctx.user_id()?;
+    ctx.services
+        .rooms
+        .set_membership(&room_id, user_id, user_id, "join", req.reason.as_deref())
+        .await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+/// `GET /_matrix/client/v3/joined_rooms`
+pub async fn joined_rooms(ctx: Ctx, _req: joined_rooms::v3::Request) -> Result<joined_rooms::v3::Response> {
+    Ok(joined_rooms::v3::Response::new(
+        ctx.services.rooms.joined_rooms(ctx.user_id()?)?,
+    ))
 }

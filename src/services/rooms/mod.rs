@@ -19,7 +19,8 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId,
+    RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
     state_res,
 };
@@ -33,6 +34,7 @@ use crate::{
         Db,
         positions::Positions,
         tables::{
+            membership::MembershipTable,
             pdus::PdusTable,
             shortids::ShortIds,
             state::{Loaded, StateMap, StateTable},
@@ -89,6 +91,7 @@ pub struct Rooms {
     timeline: TimelineTable,
     state: StateTable,
     transactions: TransactionsTable,
+    memberships: MembershipTable,
     positions: Arc<Positions>,
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
@@ -104,6 +107,7 @@ impl Rooms {
             timeline: TimelineTable::new(Arc::clone(&db)),
             state: StateTable::new(Arc::clone(&db)),
             transactions: TransactionsTable::new(Arc::clone(&db)),
+            memberships: MembershipTable::new(Arc::clone(&db)),
             db,
             positions,
             keys,
@@ -346,6 +350,18 @@ impl Rooms {
             None => self.state.queue_snapshot(&mut batch, None, StateMap::new())?,
         };
         self.state.queue_before_event(&mut batch, short_event, before.id);
+        if event.kind == "m.room.member"
+            && let (Some(target), Some(CanonicalJsonValue::String(membership))) = (
+                event.state_key,
+                signed.object.get("content").and_then(|c| match c {
+                    CanonicalJsonValue::Object(o) => o.get("membership"),
+                    _ => None,
+                }),
+            )
+        {
+            self.memberships
+                .queue_set(&mut batch, target, signed.room_id.as_str(), membership);
+        }
         if let Some(state_key) = event.state_key {
             let key = self.ids.state_key_or_create(event.kind, state_key)?;
             let mut after = before.state.clone();
@@ -451,6 +467,17 @@ impl Rooms {
             NewEvent::state("m.room.member", target.as_str(), content),
         )
         .await
+    }
+
+    /// The rooms a user has joined.
+    pub fn joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .memberships
+            .rooms_of(user_id.as_str())?
+            .into_iter()
+            .filter(|(_, membership)| membership == "join")
+            .filter_map(|(room, _)| OwnedRoomId::try_from(room).ok())
+            .collect())
     }
 
     /// The highest stream position every writer has finished.

@@ -5,6 +5,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod devices;
+pub mod membership;
 pub mod pdus;
 pub mod registration_tokens;
 pub mod shortids;

@@ -84,6 +84,9 @@ pub const USERROOM_MEMBERSHIP: &str = "userroom_membership";
 /// room id SEP user id → membership.
 pub const ROOMUSER_MEMBERSHIP: &str = "roomuser_membership";
 
+/// u64 short event id → id of the event that redacted it.
+pub const SHORTEVENTID_REDACTEDBY: &str = "shorteventid_redactedby";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -109,6 +112,7 @@ pub const TABLES: &[TableDef] = &[
     small(USERDEVICETXN_EVENTID),
     small(USERROOM_MEMBERSHIP),
     small(ROOMUSER_MEMBERSHIP),
+    small(SHORTEVENTID_REDACTEDBY),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -431,3 +431,53 @@ fn joined_rooms_follows_membership() {
     bob.post("/_matrix/client/v3/join/%23nowhere%3Ahearth.test", json!({}))
         .expect_err(404, "M_NOT_FOUND");
 }
+
+/// Spec "Redactions": own events can always be redacted, others' need the `redact` level; the
+/// served event loses its content (per the room version's algorithm) and carries
+/// `unsigned.redacted_because`; a retried redaction transaction is idempotent.
+#[test]
+fn redactions() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat", "name": "Named"}));
+    let r = |path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(&room));
+    bob.post(&r("join"), json!({})).ok();
+    let alices = send(&alice, &room, "a1", "alice's secret");
+    let bobs = send(&bob, &room, "b1", "bob's oops");
+
+    // Bob may not redact Alice's event; he may redact his own.
+    bob.put(&r(&format!("redact/{}/x1", enc(&alices))), json!({}))
+        .expect_err(403, "M_FORBIDDEN");
+    let redaction = bob
+        .put(&r(&format!("redact/{}/x2", enc(&bobs))), json!({"reason": "typo"}))
+        .ok()["event_id"]
+        .clone();
+    let again = bob
+        .put(&r(&format!("redact/{}/x2", enc(&bobs))), json!({"reason": "typo"}))
+        .ok()["event_id"]
+        .clone();
+    assert_eq!(redaction, again, "same transaction, same redaction");
+
+    let served = alice.get(&r(&format!("event/{}", enc(&bobs)))).ok().clone();
+    assert_eq!(served["content"], json!({}), "content is redacted: {served}");
+    assert_eq!(served["unsigned"]["redacted_because"]["event_id"], redaction);
+    assert_eq!(served["unsigned"]["redacted_because"]["content"]["reason"], "typo");
+    // Alice (the creator) may redact anyone's event, and state keeps its name key.
+    alice.put(&r(&format!("redact/{}/y1", enc(&alices))), json!({})).ok();
+    let name_id = alice.get(&r("state/m.room.name/?format=event")).ok()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.put(&r(&format!("redact/{}/y2", enc(&name_id))), json!({})).ok();
+    assert_eq!(
+        alice.get(&r("state/m.room.name/")).ok().clone(),
+        json!({}),
+        "m.room.name keeps no content keys"
+    );
+    // The create event keeps what the room version needs: the room still works.
+    send(&alice, &room, "a2", "still works");
+    alice
+        .put(&r("redact/%24unknown/z1"), json!({}))
+        .expect_err(404, "M_NOT_FOUND");
+}

@@ -2,10 +2,12 @@
 //!
 //! - `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}` (idempotent per device
 //!   and transaction id)
+//! - `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}` (spec "Redactions": the
+//!   original stays stored; the redacted form is what is served from then on)
 //!
 //! Spec: client-server-api "Sending events to a room" (`data/api/client-server/room_send.yaml`).
 
-use ruma::api::client::message::send_message_event;
+use ruma::api::client::{message::send_message_event, redact::redact_event};
 
 use super::room::canonical_object;
 use crate::{Result, api::extract::Ctx, services::rooms::NewEvent};
@@ -33,4 +35,26 @@ pub async fn send_message_event(
     rooms.ensure_joined(&req.room_id, &session.user_id)?;
     let appended = rooms.append(&req.room_id, &session.user_id, event).await?;
     Ok(send_message_event::v3::Response::new(appended.event_id))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
+pub async fn redact_event(ctx: Ctx, req: redact_event::v3::Request) -> Result<redact_event::v3::Response> {
+    let session = ctx.session()?;
+    let rooms = &ctx.services.rooms;
+    rooms.ensure_joined(&req.room_id, &session.user_id)?;
+    let txn = (
+        session.user_id.as_str(),
+        session.device_id.as_str(),
+        req.txn_id.as_str(),
+    );
+    let appended = rooms
+        .redact(
+            &req.room_id,
+            &session.user_id,
+            &req.event_id,
+            req.reason.as_deref(),
+            txn,
+        )
+        .await?;
+    Ok(redact_event::v3::Response::new(appended.event_id))
 }

@@ -129,7 +129,30 @@ impl Rooms {
         self.event_by_short(short, event_id.to_owned()).map(Some)
     }
 
+    /// An event as it stands: redacted (per its room version's rules) when a redaction of it
+    /// was accepted.
     fn event_by_short(&self, short: u64, event_id: OwnedEventId) -> Result<Pdu> {
+        let mut pdu = self.raw_event_by_short(short, event_id)?;
+        if let Some(redaction_id) = self.pdus.redacted_by(short)? {
+            let version = self.room_version(&pdu.room()?)?.unwrap_or(RoomVersionId::V1);
+            let rules = events::rules(&version)?;
+            let mut content = match serde_json::from_str::<CanonicalJsonValue>(pdu.content.get()) {
+                Ok(CanonicalJsonValue::Object(o)) => o,
+                _ => CanonicalJsonObject::new(),
+            };
+            ruma::canonical_json::redact_content_in_place(&mut content, &rules.redaction, pdu.kind.to_string());
+            pdu.content = RawValue::from_string(CanonicalJsonValue::Object(content).to_string())
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let redaction_id = EventId::parse(redaction_id).map_err(|e| Error::internal(e.to_string()))?;
+            if let Some(short) = self.ids.event(redaction_id.as_str())? {
+                pdu.redacted_because = Some(self.raw_event_by_short(short, redaction_id)?.to_client()?);
+            }
+        }
+        Ok(pdu)
+    }
+
+    /// An event exactly as stored, never redacted.
+    fn raw_event_by_short(&self, short: u64, event_id: OwnedEventId) -> Result<Pdu> {
         let bytes = self
             .pdus
             .get(short)?
@@ -147,9 +170,23 @@ impl Rooms {
 
     /// The room's version, from its create event.
     pub fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
-        let Some(create) = self.state_event(room_id, &StateEventType::RoomCreate, "")? else {
+        // The create event as stored: a redaction of it must not hide the room version.
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
             return Ok(None);
         };
+        let Some(current) = self.state.current(short_room)? else {
+            return Ok(None);
+        };
+        let state = self.state.load(current)?.state;
+        let Some(key) = self.ids.state_key("m.room.create", "")? else {
+            return Ok(None);
+        };
+        let Some(&short) = state.get(&key) else { return Ok(None) };
+        let id = self
+            .ids
+            .event_id(short)?
+            .ok_or_else(|| Error::internal("create event without id"))?;
+        let create = self.raw_event_by_short(short, EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?)?;
         #[derive(serde::Deserialize)]
         struct Create {
             #[serde(default)]
@@ -350,6 +387,20 @@ impl Rooms {
             None => self.state.queue_snapshot(&mut batch, None, StateMap::new())?,
         };
         self.state.queue_before_event(&mut batch, short_event, before.id);
+        if event.kind == "m.room.redaction" {
+            let in_content = match signed.object.get("content") {
+                Some(CanonicalJsonValue::Object(o)) => match o.get("redacts") {
+                    Some(CanonicalJsonValue::String(id)) => Some(id.clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let target = event.redacts.map(|id| id.to_string()).or(in_content);
+            if let Some(target_short) = target.map(|t| self.ids.event(&t)).transpose()?.flatten() {
+                self.pdus
+                    .queue_redacted_by(&mut batch, target_short, signed.event_id.as_str());
+            }
+        }
         if event.kind == "m.room.member"
             && let (Some(target), Some(CanonicalJsonValue::String(membership))) = (
                 event.state_key,
@@ -469,6 +520,95 @@ impl Rooms {
         .await
     }
 
+    /// Redacts an event (spec "Redactions"): anyone may redact their own events, others need
+    /// the room's `redact` power level.
+    pub async fn redact(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &EventId,
+        reason: Option<&str>,
+        txn: (&str, &str, &str),
+    ) -> Result<Appended> {
+        let version = self
+            .room_version(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = events::rules(&version)?;
+        let original = self.event(target)?.filter(|p| p.room().is_ok_and(|r| r == room_id));
+        let original = original.ok_or_else(|| Error::not_found("Event not found"))?;
+        if original.sender != sender
+            && self.power_level(room_id, sender)? < self.required_level(room_id, "redact", 50)?
+        {
+            return Err(Error::forbidden("You may only redact your own events in this room"));
+        }
+        let mut content = CanonicalJsonObject::new();
+        if let Some(reason) = reason {
+            content.insert("reason".into(), CanonicalJsonValue::String(reason.to_owned()));
+        }
+        let top_level = if rules.redaction.content_field_redacts {
+            content.insert("redacts".into(), CanonicalJsonValue::String(target.to_string()));
+            None
+        } else {
+            Some(target)
+        };
+        let event = NewEvent {
+            kind: "m.room.redaction",
+            state_key: None,
+            content,
+            redacts: top_level,
+            txn: Some(txn),
+        };
+        self.append(room_id, sender, event).await
+    }
+
+    /// A user's power level: from `m.room.power_levels`, unbounded for the creators of rooms whose
+    /// version privileges them (v12), 100 for the creator of a room without power levels.
+    pub fn power_level(&self, room_id: &RoomId, user_id: &UserId) -> Result<i64> {
+        let version = self
+            .room_version(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = events::rules(&version)?;
+        let create = self
+            .state_event(room_id, &StateEventType::RoomCreate, "")?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        if rules.authorization.explicitly_privilege_room_creators {
+            #[derive(serde::Deserialize)]
+            struct Create {
+                #[serde(default)]
+                additional_creators: Vec<String>,
+            }
+            let extra: Create = serde_json::from_str(create.content.get()).unwrap_or(Create {
+                additional_creators: Vec::new(),
+            });
+            if create.sender == user_id || extra.additional_creators.iter().any(|c| c == user_id.as_str()) {
+                return Ok(i64::MAX);
+            }
+        }
+        let Some(levels) = self.power_levels(room_id)? else {
+            return Ok(if create.sender == user_id { 100 } else { 0 });
+        };
+        let level = levels
+            .get("users")
+            .and_then(|u| u.get(user_id.as_str()))
+            .or_else(|| levels.get("users_default"));
+        Ok(level.and_then(as_level).unwrap_or(0))
+    }
+
+    /// The level an action (`redact`, `kick`, `ban`, `invite`…) needs in the room.
+    pub fn required_level(&self, room_id: &RoomId, action: &str, default: i64) -> Result<i64> {
+        Ok(self
+            .power_levels(room_id)?
+            .and_then(|l| l.get(action).and_then(as_level))
+            .unwrap_or(default))
+    }
+
+    fn power_levels(&self, room_id: &RoomId) -> Result<Option<serde_json::Value>> {
+        let Some(pdu) = self.state_event(room_id, &StateEventType::RoomPowerLevels, "")? else {
+            return Ok(None);
+        };
+        Ok(serde_json::from_str(pdu.content.get()).ok())
+    }
+
     /// The rooms a user has joined.
     pub fn joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
         Ok(self
@@ -484,4 +624,9 @@ impl Rooms {
     pub fn watermark(&self) -> u64 {
         self.positions.watermark()
     }
+}
+
+/// A power level from JSON: an integer, or (in old room versions) a string holding one.
+fn as_level(value: &serde_json::Value) -> Option<i64> {
+    value.as_i64().or_else(|| value.as_str().and_then(|s| s.parse().ok()))
 }

@@ -44,6 +44,10 @@ pub struct Pdu {
     /// Rejected by the authorization rules (never set for events Hearth stores as accepted).
     #[serde(skip)]
     pub rejected: bool,
+    /// The redaction event (client format) when this event was redacted; `content` is then
+    /// already the redacted content.
+    #[serde(skip)]
+    pub redacted_because: Option<serde_json::Value>,
 }
 
 fn placeholder_id() -> OwnedEventId {
@@ -141,7 +145,11 @@ impl Pdu {
         if let Some(redacts) = &self.redacts {
             event.insert("redacts".into(), redacts.as_str().into());
         }
-        event.insert("unsigned".into(), serde_json::json!({}));
+        let mut unsigned = serde_json::Map::new();
+        if let Some(because) = &self.redacted_because {
+            unsigned.insert("redacted_because".into(), because.clone());
+        }
+        event.insert("unsigned".into(), serde_json::Value::Object(unsigned));
         Ok(serde_json::Value::Object(event))
     }
 }

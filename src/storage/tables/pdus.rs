@@ -1,9 +1,14 @@
 //! Events as stored: `shorteventid_pdu` maps a short event id to the canonical JSON bytes that
-//! were hashed and signed. Parsed forms are built (and cached) above this layer.
+//! were hashed and signed (never rewritten, not even by a redaction); `shorteventid_redactedby`
+//! records which event redacted it, so the redacted form is produced when the event is read.
+//! Parsed forms are built (and cached) above this layer.
 
 use std::sync::Arc;
 
-use crate::storage::{Batch, Db, StorageResult, codec, schema::SHORTEVENTID_PDU};
+use crate::storage::{
+    Batch, Db, StorageResult, codec,
+    schema::{SHORTEVENTID_PDU, SHORTEVENTID_REDACTEDBY},
+};
 
 /// Typed access to stored PDUs.
 #[derive(Clone)]
@@ -31,5 +36,18 @@ impl PdusTable {
     /// Queues an event's canonical JSON.
     pub fn put(&self, batch: &mut Batch, short: u64, canonical_json: &[u8]) {
         batch.put(SHORTEVENTID_PDU, &codec::u64_bytes(short), canonical_json);
+    }
+
+    /// The id of the event that redacted this one, if any.
+    pub fn redacted_by(&self, short: u64) -> StorageResult<Option<String>> {
+        Ok(self
+            .db
+            .get(SHORTEVENTID_REDACTEDBY, &codec::u64_bytes(short))?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Queues the mark that `redaction` redacted the event `short`.
+    pub fn queue_redacted_by(&self, batch: &mut Batch, short: u64, redaction: &str) {
+        batch.put(SHORTEVENTID_REDACTEDBY, &codec::u64_bytes(short), redaction.as_bytes());
     }
 }

@@ -56,6 +56,16 @@ pub struct StorageOptions {
     pub sync_writes: bool,
 }
 
+impl StorageOptions {
+    /// A small cache and no WAL sync: for tests and examples on temporary directories.
+    pub fn for_tests() -> Self {
+        Self {
+            cache_bytes: 1 << 20,
+            sync_writes: false,
+        }
+    }
+}
+
 /// The open database: one RocksDB instance with every column family from [`schema::TABLES`].
 pub struct Db {
     rocks: rocksdb::DB,

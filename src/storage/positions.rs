@@ -49,7 +49,7 @@
 //! use hearth::storage::{Db, StorageOptions, positions::Positions};
 //!
 //! let dir = tempfile::tempdir().unwrap();
-//! let db = Db::open(dir.path(), &StorageOptions { cache_bytes: 1 << 20, sync_writes: false }).unwrap();
+//! let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
 //! let positions = Positions::open(db).unwrap();
 //!
 //! let first = positions.allocate().unwrap();
@@ -304,10 +304,7 @@ mod tests {
     use crate::storage::StorageOptions;
 
     fn open_db(dir: &Path) -> Arc<Db> {
-        let options = StorageOptions {
-            cache_bytes: 1 << 20,
-            sync_writes: false,
-        };
+        let options = StorageOptions::for_tests();
         Db::open(dir, &options).unwrap()
     }
 

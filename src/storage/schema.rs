@@ -169,10 +169,7 @@ mod tests {
     use crate::storage::{StorageError, StorageOptions};
 
     fn options() -> StorageOptions {
-        StorageOptions {
-            cache_bytes: 1 << 20,
-            sync_writes: false,
-        }
+        StorageOptions::for_tests()
     }
 
     #[test]

@@ -69,14 +69,7 @@ mod tests {
     #[test]
     fn both_directions_follow_the_latest_membership() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(
-            dir.path(),
-            &StorageOptions {
-                cache_bytes: 1 << 20,
-                sync_writes: false,
-            },
-        )
-        .unwrap();
+        let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
         let t = MembershipTable::new(Arc::clone(&db));
         let mut batch = db.batch();
         t.queue_set(&mut batch, "@a:x", "!r1", "join");

@@ -174,14 +174,7 @@ mod tests {
     use crate::storage::{Db, StorageOptions};
 
     fn db(dir: &std::path::Path) -> Arc<Db> {
-        Db::open(
-            dir,
-            &StorageOptions {
-                cache_bytes: 1 << 20,
-                sync_writes: false,
-            },
-        )
-        .unwrap()
+        Db::open(dir, &StorageOptions::for_tests()).unwrap()
     }
 
     #[test]

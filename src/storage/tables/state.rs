@@ -220,14 +220,7 @@ mod tests {
     use crate::storage::StorageOptions;
 
     fn open(dir: &std::path::Path) -> (Arc<Db>, StateTable) {
-        let db = Db::open(
-            dir,
-            &StorageOptions {
-                cache_bytes: 1 << 20,
-                sync_writes: false,
-            },
-        )
-        .unwrap();
+        let db = Db::open(dir, &StorageOptions::for_tests()).unwrap();
         let table = StateTable::new(Arc::clone(&db));
         (db, table)
     }

@@ -120,14 +120,7 @@ mod tests {
     #[test]
     fn ranges_stay_inside_one_room_in_both_directions() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(
-            dir.path(),
-            &StorageOptions {
-                cache_bytes: 1 << 20,
-                sync_writes: false,
-            },
-        )
-        .unwrap();
+        let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
         let t = TimelineTable::new(Arc::clone(&db));
         let mut batch = db.batch();
         for pos in 1..=10u64 {

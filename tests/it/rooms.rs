@@ -481,3 +481,37 @@ fn redactions() {
         .put(&r("redact/%24unknown/z1"), json!({}))
         .expect_err(404, "M_NOT_FOUND");
 }
+
+#[test]
+fn invalid_power_levels_are_bad_json() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let room = create_room(&alice, json!({}));
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&room));
+    let current = alice.get(&path).ok().clone();
+    for (key, value) in [
+        ("ban", json!("50")),
+        ("users", json!({"not-a-user": 10})),
+        ("events", json!({"m.room.name": 1.5})),
+        ("users", json!([])),
+    ] {
+        let mut content = current.clone();
+        content[key] = value;
+        alice.put(&path, content).expect_err(400, "M_BAD_JSON");
+    }
+    alice
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({"power_level_content_override": {"kick": "high"}}),
+        )
+        .expect_err(400, "M_BAD_JSON");
+    let joined = alice.get("/_matrix/client/v3/joined_rooms").ok()["joined_rooms"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(joined, 1, "a refused createRoom leaves no half-made room behind");
+    let mut fine = current.clone();
+    fine["kick"] = json!(60);
+    alice.put(&path, fine).ok();
+    assert_eq!(alice.get(&path).ok()["kick"], 60);
+}

@@ -61,22 +61,6 @@ impl Rooms {
                 .entry("creator".into())
                 .or_insert_with(|| CanonicalJsonValue::String(creator.to_string()));
         }
-        let room_id = self.create(&request.version, creator, create).await?.room_id;
-        let send = |kind: &'static str, key: String, content: CanonicalJsonObject| {
-            let room_id = room_id.clone();
-            async move {
-                self.append(&room_id, creator, NewEvent::state(kind, &key, content))
-                    .await
-                    .map(|_| ())
-            }
-        };
-        send(
-            "m.room.member",
-            creator.to_string(),
-            object(serde_json::json!({"membership": "join"})),
-        )
-        .await?;
-
         let mut users = serde_json::Map::new();
         if !rules.authorization.explicitly_privilege_room_creators {
             users.insert(creator.to_string(), 100.into());
@@ -97,6 +81,24 @@ impl Rooms {
             "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
         }));
         power_levels.extend(request.power_level_override);
+        // Checked before anything is written, so a bad override leaves no half-made room.
+        super::validate_power_levels(&power_levels)?;
+        let room_id = self.create(&request.version, creator, create).await?.room_id;
+        let send = |kind: &'static str, key: String, content: CanonicalJsonObject| {
+            let room_id = room_id.clone();
+            async move {
+                self.append(&room_id, creator, NewEvent::state(kind, &key, content))
+                    .await
+                    .map(|_| ())
+            }
+        };
+        send(
+            "m.room.member",
+            creator.to_string(),
+            object(serde_json::json!({"membership": "join"})),
+        )
+        .await?;
+
         send("m.room.power_levels", String::new(), power_levels).await?;
 
         let join_rule = if request.preset == Preset::PublicChat {

@@ -303,6 +303,9 @@ impl Rooms {
         event: NewEvent<'_>,
     ) -> Result<Appended> {
         let rules = events::rules(version)?;
+        if event.kind == "m.room.power_levels" {
+            validate_power_levels(&event.content)?;
+        }
         let short_room = match room_id {
             Some(room) => self.ids.room(room.as_str())?,
             None => None,
@@ -629,4 +632,42 @@ impl Rooms {
 /// A power level from JSON: an integer, or (in old room versions) a string holding one.
 fn as_level(value: &serde_json::Value) -> Option<i64> {
     value.as_i64().or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// Rejects malformed `m.room.power_levels` content with 400 before it reaches the authorization
+/// rules (which would answer 403): levels are integers, `users` keys are user ids.
+pub(crate) fn validate_power_levels(content: &CanonicalJsonObject) -> Result<()> {
+    let bad = |what: String| Err(Error::bad_json(format!("Invalid power levels: {what}")));
+    for key in [
+        "ban",
+        "kick",
+        "redact",
+        "invite",
+        "events_default",
+        "state_default",
+        "users_default",
+    ] {
+        if let Some(value) = content.get(key)
+            && !matches!(value, CanonicalJsonValue::Integer(_))
+        {
+            return bad(format!("`{key}` must be an integer"));
+        }
+    }
+    for map in ["users", "events", "notifications"] {
+        match content.get(map) {
+            None => {}
+            Some(CanonicalJsonValue::Object(entries)) => {
+                for (key, value) in entries {
+                    if !matches!(value, CanonicalJsonValue::Integer(_)) {
+                        return bad(format!("`{map}.{key}` must be an integer"));
+                    }
+                    if map == "users" && UserId::parse(key.as_str()).is_err() {
+                        return bad(format!("`users` key {key} is not a user id"));
+                    }
+                }
+            }
+            Some(_) => return bad(format!("`{map}` must be an object")),
+        }
+    }
+    Ok(())
 }

@@ -515,3 +515,66 @@ fn invalid_power_levels_are_bad_json() {
     alice.put(&path, fine).ok();
     assert_eq!(alice.get(&path).ok()["kick"], 60);
 }
+
+#[test]
+fn messages_filter_by_type_and_sender() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({}))
+        .ok();
+    for i in 0..30 {
+        let who = if i % 3 == 0 { &bob } else { &alice };
+        send(who, &room, &format!("t{i}"), &format!("m{i}"));
+    }
+    let page = |filter: serde_json::Value, extra: &str| {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5{extra}&filter={}",
+            enc(&room),
+            enc(&filter.to_string())
+        );
+        alice.get(&path).ok().clone()
+    };
+    // Only bob's messages, newest first, paged across the filtered-out events in between.
+    let first = page(json!({"types": ["m.room.message"], "senders": [bob.uid()]}), "");
+    let bodies: Vec<&str> = first["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["m27", "m24", "m21", "m18", "m15"]);
+    let from = format!("&from={}", first["end"].as_str().unwrap());
+    let second = page(json!({"types": ["m.room.message"], "senders": [bob.uid()]}), &from);
+    let bodies: Vec<&str> = second["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["m12", "m9", "m6", "m3", "m0"]);
+    // Wildcards and exclusions.
+    let state_only = page(json!({"types": ["m.room.*"], "not_types": ["m.room.message"]}), "");
+    assert!(
+        state_only["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["type"] != "m.room.message" && e.get("state_key").is_some())
+    );
+    let not_alice = page(json!({"not_senders": [alice.uid()], "types": ["m.room.message"]}), "");
+    assert!(
+        not_alice["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["sender"] == bob.uid())
+    );
+    alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&filter=%7Bnope",
+            enc(&room)
+        ))
+        .expect_err(400, "M_NOT_JSON");
+}

@@ -142,37 +142,29 @@ pub async fn get_message_events(
     };
     let limit = u64::from(req.limit).clamp(1, 1000) as usize;
     let watermark = rooms.watermark();
-    let (start, events, end) = match req.dir {
-        Direction::Backward => {
-            let from = req
-                .from
-                .as_deref()
-                .map(parse)
-                .transpose()?
-                .unwrap_or(watermark)
-                .min(watermark);
-            let to = req.to.as_deref().map(parse).transpose()?.unwrap_or(0);
-            let events = rooms.timeline(&req.room_id, to, from, true, limit)?;
-            let end = match events.last() {
-                Some((pos, _)) if events.len() == limit => Some(pos.saturating_sub(1)),
-                _ => None,
-            };
-            (from, events, end)
-        }
-        Direction::Forward => {
-            let from = req.from.as_deref().map(parse).transpose()?.unwrap_or(0);
-            let to = req
-                .to
-                .as_deref()
-                .map(parse)
-                .transpose()?
-                .unwrap_or(watermark)
-                .min(watermark);
-            let events = rooms.timeline(&req.room_id, from, to, false, limit)?;
-            let end = events.last().map(|(pos, _)| *pos);
-            (from, events, end)
-        }
+    let backwards = req.dir == Direction::Backward;
+    let (start, range) = if backwards {
+        let from = req
+            .from
+            .as_deref()
+            .map(parse)
+            .transpose()?
+            .unwrap_or(watermark)
+            .min(watermark);
+        let to = req.to.as_deref().map(parse).transpose()?.unwrap_or(0);
+        (from, (to, from))
+    } else {
+        let from = req.from.as_deref().map(parse).transpose()?.unwrap_or(0);
+        let to = req
+            .to
+            .as_deref()
+            .map(parse)
+            .transpose()?
+            .unwrap_or(watermark)
+            .min(watermark);
+        (from, (from, to))
     };
+    let (events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, |pdu| pdu.matches(&req.filter))?;
     let mut response = get_message_events::v3::Response::new();
     response.start = start.to_string();
     response.end = end.map(|e| e.to_string());

@@ -472,6 +472,47 @@ impl Rooms {
             .collect()
     }
 
+    /// A page of a room's timeline between two stream positions (`after < position <= up_to`),
+    /// holding up to `limit` events that `keep` accepts, newest first when `backwards`. Returns
+    /// the page and the token where the next page starts (`None` when the range is exhausted).
+    /// Scans at most 20 raw pages per call, so a filter matching nothing cannot make one request
+    /// walk a whole room.
+    pub fn timeline_page(
+        &self,
+        room_id: &RoomId,
+        (after, up_to): (u64, u64),
+        backwards: bool,
+        limit: usize,
+        keep: impl Fn(&Pdu) -> bool,
+    ) -> Result<(Vec<(u64, Pdu)>, Option<u64>)> {
+        let (mut low, mut high) = (after, up_to);
+        let batch = limit.max(50);
+        let mut page = Vec::new();
+        for _ in 0..20 {
+            let raw = self.timeline(room_id, low, high, backwards, batch)?;
+            let exhausted = raw.len() < batch;
+            for (pos, pdu) in raw {
+                // The cursor moves past every scanned event, kept or not.
+                if backwards {
+                    high = pos - 1
+                } else {
+                    low = pos
+                }
+                if keep(&pdu) {
+                    page.push((pos, pdu));
+                    if page.len() == limit {
+                        let more = low < high;
+                        return Ok((page, more.then_some(if backwards { high } else { low })));
+                    }
+                }
+            }
+            if exhausted || low >= high {
+                return Ok((page, None));
+            }
+        }
+        Ok((page, Some(if backwards { high } else { low })))
+    }
+
     /// A user's membership in a room (`join`, `invite`, `leave`, `ban`, `knock`), if any.
     pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
         let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? else {

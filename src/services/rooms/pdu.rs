@@ -153,3 +153,60 @@ impl Pdu {
         Ok(serde_json::Value::Object(event))
     }
 }
+
+impl Pdu {
+    /// Whether the event passes a room event filter's event criteria (`types`, `not_types`,
+    /// `senders`, `not_senders`, `contains_url`; `*` is a wildcard in types).
+    pub fn matches(&self, filter: &ruma::api::client::filter::RoomEventFilter) -> bool {
+        let kind = self.kind.to_string();
+        let type_matches = |patterns: &[String]| patterns.iter().any(|p| glob(p, &kind));
+        if filter.types.as_deref().is_some_and(|t| !type_matches(t)) || type_matches(&filter.not_types) {
+            return false;
+        }
+        if filter.senders.as_ref().is_some_and(|s| !s.contains(&self.sender))
+            || filter.not_senders.contains(&self.sender)
+        {
+            return false;
+        }
+        match filter.url_filter {
+            Some(ruma::api::client::filter::UrlFilter::EventsWithUrl) => self.has_url(),
+            Some(ruma::api::client::filter::UrlFilter::EventsWithoutUrl) => !self.has_url(),
+            _ => true,
+        }
+    }
+
+    fn has_url(&self) -> bool {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(self.content.get())
+            .is_ok_and(|c| c.get("url").is_some_and(|u| u.is_string()))
+    }
+}
+
+/// Matches `text` against a pattern where `*` stands for any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| glob(rest, &tail[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn wildcards() {
+        assert!(glob("m.room.*", "m.room.message"));
+        assert!(glob("*", "anything"));
+        assert!(glob("m.*.message", "m.room.message"));
+        assert!(!glob("m.room.*", "m.call.invite"));
+        assert!(glob("m.room.message", "m.room.message"));
+        assert!(!glob("m.room.message", "m.room.messages"));
+    }
+}

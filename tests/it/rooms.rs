@@ -576,5 +576,5 @@ fn messages_filter_by_type_and_sender() {
             "/_matrix/client/v3/rooms/{}/messages?dir=b&filter=%7Bnope",
             enc(&room)
         ))
-        .expect_err(400, "M_NOT_JSON");
+        .expect_err(400, "M_INVALID_PARAM");
 }

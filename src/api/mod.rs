@@ -65,6 +65,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::room::create_room);
     t.add(LimitClass::Client, client::room::get_room_event);
     t.add(LimitClass::Client, client::room::get_message_events);
+    t.add(LimitClass::Client, client::room::get_context);
     t.add(LimitClass::Client, client::message::send_message_event);
     t.add(LimitClass::Client, client::message::redact_event);
     t.add(LimitClass::Client, client::state::get_state_events);

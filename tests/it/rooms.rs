@@ -578,3 +578,64 @@ fn messages_filter_by_type_and_sender() {
         ))
         .expect_err(400, "M_INVALID_PARAM");
 }
+
+/// `/context`: events around one, and the state as it was after the last one returned (not
+/// the current state).
+#[test]
+fn context_around_an_event() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let room = create_room(&alice, json!({"name": "Before"}));
+    let ids: Vec<String> = (0..10)
+        .map(|i| send(&alice, &room, &format!("t{i}"), &format!("m{i}")))
+        .collect();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            json!({"name": "After"}),
+        )
+        .ok();
+
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/context/{}?limit=4",
+        enc(&room),
+        enc(&ids[4])
+    );
+    let c = alice.get(&path).ok().clone();
+    assert_eq!(c["event"]["event_id"], ids[4]);
+    let before: Vec<&str> = c["events_before"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    let after: Vec<&str> = c["events_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(before, vec!["m3", "m2"], "newest first before the event");
+    assert_eq!(after, vec!["m5", "m6"]);
+    let name = c["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.name")
+        .unwrap();
+    assert_eq!(
+        name["content"]["name"], "Before",
+        "state at the last returned event, not the current one"
+    );
+    assert!(c["start"].is_string() && c["end"].is_string());
+    // The end token continues /messages right after the window.
+    let next = alice.get(&format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1&from={}",
+        enc(&room),
+        c["end"].as_str().unwrap()
+    ));
+    assert_eq!(next.ok()["chunk"][0]["content"]["body"], "m7");
+    alice
+        .get(&format!("/_matrix/client/v3/rooms/{}/context/%24nope", enc(&room)))
+        .expect_err(404, "M_NOT_FOUND");
+}

@@ -3,6 +3,7 @@
 //! - `POST /_matrix/client/v3/createRoom`
 //! - `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
 //! - `GET /_matrix/client/v3/rooms/{roomId}/messages`
+//! - `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
 //!
 //! Spec: client-server-api "Rooms" and "Getting events for a room"
 //! (`data/api/client-server/create_room.yaml`, `rooms.yaml`, `message_pagination.yaml`).
@@ -12,6 +13,7 @@ use ruma::{
     api::{
         Direction,
         client::{
+            context::get_context,
             message::get_message_events,
             room::{Visibility, create_room, get_room_event},
         },
@@ -169,5 +171,46 @@ pub async fn get_message_events(
     response.start = start.to_string();
     response.end = end.map(|e| e.to_string());
     response.chunk = events.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
+    Ok(response)
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
+///
+/// Up to `limit` events around the event (about half before, half after), filtered like
+/// `/messages`, with the room state after the last event returned.
+pub async fn get_context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_context::v3::Response> {
+    let rooms = &ctx.services.rooms;
+    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let event = rooms
+        .event(&req.event_id)?
+        .filter(|p| p.room().is_ok_and(|r| r == req.room_id));
+    let event = event.ok_or_else(|| Error::not_found("Event not found"))?;
+    let position = rooms
+        .position_of(&req.event_id)?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let limit = u64::from(req.limit).min(100) as usize;
+    let keep = |pdu: &Pdu| pdu.matches(&req.filter);
+    let (before, _) = rooms.timeline_page(&req.room_id, (0, position - 1), true, limit / 2, keep)?;
+    let (after, _) = rooms.timeline_page(
+        &req.room_id,
+        (position, rooms.watermark()),
+        false,
+        limit - limit / 2,
+        keep,
+    )?;
+    let last = after.last().map_or(&event, |(_, pdu)| pdu);
+    let mut response = get_context::v3::Response::new();
+    response.start = Some(
+        before
+            .last()
+            .map_or(position, |(pos, _)| *pos)
+            .saturating_sub(1)
+            .to_string(),
+    );
+    response.end = Some(after.last().map_or(position, |(pos, _)| *pos).to_string());
+    response.state = rooms.state_after(last)?.iter().map(raw_event).collect::<Result<_>>()?;
+    response.events_before = before.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
+    response.events_after = after.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
+    response.event = Some(raw_event(&event)?);
     Ok(response)
 }

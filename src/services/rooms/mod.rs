@@ -513,6 +513,42 @@ impl Rooms {
         Ok((page, Some(if backwards { high } else { low })))
     }
 
+    /// Where an event sits in its room's timeline: its stream position.
+    pub fn position_of(&self, event_id: &EventId) -> Result<Option<u64>> {
+        let Some(short) = self.ids.event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        Ok(self.timeline.position_of(short)?.map(|(_, pos)| pos))
+    }
+
+    /// The room state right after an event (the state before it, plus the event itself when
+    /// it is a state event).
+    pub fn state_after(&self, pdu: &Pdu) -> Result<Vec<Pdu>> {
+        let short = self
+            .ids
+            .event(pdu.event_id.as_str())?
+            .ok_or_else(|| Error::not_found("Event not found"))?;
+        let before = self
+            .state
+            .before_event(short)?
+            .ok_or_else(|| Error::internal("event without state"))?;
+        let mut state = self.state.load(before)?.state;
+        if let Some(key) = &pdu.state_key {
+            state.insert(self.ids.state_key_or_create(&pdu.kind.to_string(), key)?, short);
+        }
+        let shorts: Vec<u64> = state.values().copied().collect();
+        self.ids
+            .event_ids(&shorts)?
+            .into_iter()
+            .zip(shorts)
+            .map(|(id, short)| {
+                let id = EventId::parse(id.ok_or_else(|| Error::internal("state names an unknown event"))?)
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                self.event_by_short(short, id)
+            })
+            .collect()
+    }
+
     /// A user's membership in a room (`join`, `invite`, `leave`, `ban`, `knock`), if any.
     pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
         let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? else {

@@ -79,7 +79,7 @@ pub struct Appended {
     pub event_id: OwnedEventId,
     /// Its room (new for a create event).
     pub room_id: OwnedRoomId,
-    /// Its stream position.
+    /// Its stream position (0 when a retried transaction returned an earlier event).
     pub position: u64,
 }
 

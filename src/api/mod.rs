@@ -82,5 +82,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::membership::join_room_by_id_or_alias);
     t.add(LimitClass::Client, client::membership::joined_rooms);
 
+    // Reporting content.
+    t.add(LimitClass::Client, client::reporting::report_content);
+    t.add(LimitClass::Client, client::reporting::report_room);
+    t.add(LimitClass::Client, client::reporting::report_user);
+
     t.mount(cfg);
 }

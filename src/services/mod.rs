@@ -10,6 +10,7 @@ pub mod passwords;
 pub mod profile;
 pub mod rate_limit;
 pub mod registration;
+pub mod reports;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
@@ -45,6 +46,8 @@ pub struct Services {
     pub server_keys: Arc<server_keys::ServerKeys>,
     /// Rooms: the event graph, state and timelines.
     pub rooms: rooms::Rooms,
+    /// Abuse reports.
+    pub reports: reports::Reports,
 }
 
 impl Services {
@@ -74,8 +77,10 @@ impl Services {
         let profile = profile::Profiles::new(Arc::clone(&db));
         let account_data = account_data::AccountData::new(Arc::clone(&db));
         let rate_limit = rate_limit::RateLimiter::new(&config);
+        let reports = reports::Reports::new(Arc::clone(&db));
         Ok(Arc::new(Services {
             db,
+            reports,
             uiaa: uiaa::Uiaa::new(),
             accounts,
             sessions,

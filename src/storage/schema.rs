@@ -87,6 +87,9 @@ pub const ROOMUSER_MEMBERSHIP: &str = "roomuser_membership";
 /// u64 short event id → id of the event that redacted it.
 pub const SHORTEVENTID_REDACTEDBY: &str = "shorteventid_redactedby";
 
+/// u64 ms ++ u32 nonce → postcard `ReportRecord` (abuse reports).
+pub const REPORTID_REPORT: &str = "reportid_report";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -113,6 +116,7 @@ pub const TABLES: &[TableDef] = &[
     small(USERROOM_MEMBERSHIP),
     small(ROOMUSER_MEMBERSHIP),
     small(SHORTEVENTID_REDACTEDBY),
+    small(REPORTID_REPORT),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -639,3 +639,52 @@ fn context_around_an_event() {
         .get(&format!("/_matrix/client/v3/rooms/{}/context/%24nope", enc(&room)))
         .expect_err(404, "M_NOT_FOUND");
 }
+
+/// Spec "Reporting content": reports about rooms, events and users are accepted only for
+/// things the reporter can see, and are kept in the database (read back after the server
+/// stops).
+#[test]
+fn reports_are_checked_and_stored() {
+    let mut server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    let event = send(&alice, &room, "t1", "rude");
+    let r = |path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(&room));
+    // Bob is not in the room: the event is not his to report.
+    bob.post(&r(&format!("report/{}", enc(&event))), json!({"reason": "spam"}))
+        .expect_err(404, "M_NOT_FOUND");
+    bob.post(&r("join"), json!({})).ok();
+    bob.post(&r(&format!("report/{}", enc(&event))), json!({"reason": "spam"}))
+        .ok();
+    bob.post(&r("report"), json!({"reason": "bad room"})).ok();
+    bob.post(
+        "/_matrix/client/v3/rooms/!nope:hearth.test/report",
+        json!({"reason": "x"}),
+    )
+    .expect_err(404, "M_NOT_FOUND");
+    bob.post(
+        &format!("/_matrix/client/v3/users/{}/report", enc(&alice.uid())),
+        json!({"reason": "rude"}),
+    )
+    .ok();
+    bob.post(
+        "/_matrix/client/v3/users/%40ghost%3Ahearth.test/report",
+        json!({"reason": "x"}),
+    )
+    .expect_err(404, "M_NOT_FOUND");
+    server.stop();
+
+    let env = vec![
+        (
+            "HEARTH_DATABASE__PATH".to_owned(),
+            server.data_dir.display().to_string(),
+        ),
+        ("HEARTH_SERVER_NAME".to_owned(), "hearth.test".to_owned()),
+    ];
+    let config = hearth::config::load(None, env, &hearth::config::Overrides::default()).unwrap();
+    let services = hearth::services::Services::open(config).unwrap();
+    let mut kinds: Vec<String> = services.reports.list().unwrap().into_iter().map(|r| r.kind).collect();
+    kinds.sort();
+    assert_eq!(kinds, vec!["event", "room", "user"]);
+}

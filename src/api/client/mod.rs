@@ -9,6 +9,7 @@ pub mod membership;
 pub mod message;
 pub mod profile;
 pub mod register;
+pub mod reporting;
 pub mod room;
 pub mod session;
 pub mod state;

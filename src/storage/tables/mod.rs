@@ -8,6 +8,7 @@ pub mod devices;
 pub mod membership;
 pub mod pdus;
 pub mod registration_tokens;
+pub mod reports;
 pub mod shortids;
 pub mod state;
 pub mod timeline;

@@ -299,15 +299,7 @@ fn concurrent_senders_make_one_linear_signed_dag() {
     let mut acknowledged: Vec<String> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
     server.stop();
 
-    let env = vec![
-        (
-            "HEARTH_DATABASE__PATH".to_owned(),
-            server.data_dir.display().to_string(),
-        ),
-        ("HEARTH_SERVER_NAME".to_owned(), "hearth.test".to_owned()),
-    ];
-    let config = hearth::config::load(None, env, &hearth::config::Overrides::default()).unwrap();
-    let services = hearth::services::Services::open(config).unwrap();
+    let services = server.open_services();
     let room_id = ruma::RoomId::parse(&room).unwrap();
     let timeline = services.rooms.timeline(&room_id, 0, u64::MAX, false, 100_000).unwrap();
     for pair in timeline.windows(2) {
@@ -675,15 +667,7 @@ fn reports_are_checked_and_stored() {
     .expect_err(404, "M_NOT_FOUND");
     server.stop();
 
-    let env = vec![
-        (
-            "HEARTH_DATABASE__PATH".to_owned(),
-            server.data_dir.display().to_string(),
-        ),
-        ("HEARTH_SERVER_NAME".to_owned(), "hearth.test".to_owned()),
-    ];
-    let config = hearth::config::load(None, env, &hearth::config::Overrides::default()).unwrap();
-    let services = hearth::services::Services::open(config).unwrap();
+    let services = server.open_services();
     let mut kinds: Vec<String> = services.reports.list().unwrap().into_iter().map(|r| r.kind).collect();
     kinds.sort();
     assert_eq!(kinds, vec!["event", "room", "user"]);

@@ -155,6 +155,20 @@ impl TestServer {
         }
     }
 
+    /// Opens the (stopped) server's data directory in-process, to inspect what it stored.
+    pub fn open_services(&self) -> std::sync::Arc<hearth::services::Services> {
+        assert!(
+            self.child.is_none(),
+            "stop the server first: it holds the database lock"
+        );
+        let env = vec![
+            ("HEARTH_DATABASE__PATH".to_owned(), self.data_dir.display().to_string()),
+            ("HEARTH_SERVER_NAME".to_owned(), "hearth.test".to_owned()),
+        ];
+        let config = hearth::config::load(None, env, &hearth::config::Overrides::default()).unwrap();
+        hearth::services::Services::open(config).unwrap()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()

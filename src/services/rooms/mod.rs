@@ -96,6 +96,7 @@ pub struct Rooms {
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
 }
 
 impl Rooms {
@@ -113,6 +114,7 @@ impl Rooms {
             keys,
             server_name,
             locks: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -169,7 +171,23 @@ impl Rooms {
     }
 
     /// The room's version, from its create event.
+    ///
+    /// A room's version never changes, so it is cached after the first read.
     pub fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
+        if let Some(version) = self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(room_id) {
+            return Ok(Some(version.clone()));
+        }
+        let version = self.read_room_version(room_id)?;
+        if let Some(version) = &version {
+            self.versions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(room_id.to_owned(), version.clone());
+        }
+        Ok(version)
+    }
+
+    fn read_room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
         // The create event as stored: a redaction of it must not hide the room version.
         let Some(short_room) = self.ids.room(room_id.as_str())? else {
             return Ok(None);
@@ -550,16 +568,11 @@ impl Rooms {
     }
 
     /// A user's membership in a room (`join`, `invite`, `leave`, `ban`, `knock`), if any.
+    ///
+    /// A point lookup in the membership index, which is written in the same batch as the
+    /// `m.room.member` event, so it always agrees with the current state.
     pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
-        let Some(member) = self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? else {
-            return Ok(None);
-        };
-        #[derive(serde::Deserialize)]
-        struct Member {
-            membership: String,
-        }
-        let content: Member = serde_json::from_str(member.content.get()).map_err(|e| Error::internal(e.to_string()))?;
-        Ok(Some(content.membership))
+        Ok(self.memberships.get(user_id.as_str(), room_id.as_str())?)
     }
 
     /// Fails with 403 unless the user is joined to the room. (History-visibility rules that

@@ -35,6 +35,15 @@ impl MembershipTable {
         );
     }
 
+    /// One user's membership of one room (a point lookup).
+    pub fn get(&self, user_id: &str, room_id: &str) -> StorageResult<Option<String>> {
+        let key = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        Ok(self
+            .db
+            .get(USERROOM_MEMBERSHIP, &key)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     fn scan(&self, table: &'static str, first: &str) -> StorageResult<Vec<(String, String)>> {
         let prefix = codec::prefix(&[first.as_bytes()]);
         Ok(self
@@ -86,5 +95,7 @@ mod tests {
             vec![("@a:x".into(), "leave".into()), ("@b:x".into(), "join".into())]
         );
         assert_eq!(t.rooms_of("@a:x2").unwrap(), vec![]);
+        assert_eq!(t.get("@a:x", "!r2").unwrap().as_deref(), Some("invite"));
+        assert_eq!(t.get("@b:x", "!r2").unwrap(), None);
     }
 }

@@ -70,6 +70,7 @@ impl StorageOptions {
 pub struct Db {
     rocks: rocksdb::DB,
     sync_writes: bool,
+    cache_bytes: usize,
 }
 
 impl Db {
@@ -119,9 +120,16 @@ impl Db {
         let db = Arc::new(Db {
             rocks,
             sync_writes: options.sync_writes,
+            cache_bytes: options.cache_bytes,
         });
         schema::check_and_migrate(&db)?;
         Ok(db)
+    }
+
+    /// The configured cache budget, in bytes; in-memory caches of decoded records size
+    /// themselves from it.
+    pub fn cache_bytes(&self) -> usize {
+        self.cache_bytes
     }
 
     fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {

@@ -13,6 +13,8 @@ mod client_devices_profile;
 mod crash;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
+/// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
+mod room_access;
 /// Rooms: events, state, membership, authorization, pagination.
 mod rooms;
 /// Architecture invariants of the source tree.

@@ -5,12 +5,12 @@ use serde_json::json;
 
 use crate::support::{Client, TestServer, enc};
 
-fn create_room(c: &Client, body: serde_json::Value) -> String {
+pub(crate) fn create_room(c: &Client, body: serde_json::Value) -> String {
     let r = c.post("/_matrix/client/v3/createRoom", body);
     r.ok()["room_id"].as_str().expect("room_id").to_owned()
 }
 
-fn send(c: &Client, room: &str, txn: &str, body: &str) -> String {
+pub(crate) fn send(c: &Client, room: &str, txn: &str, body: &str) -> String {
     let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room));
     c.put(&path, json!({"msgtype": "m.text", "body": body})).ok()["event_id"]
         .as_str()

@@ -150,17 +150,21 @@ pub async fn get_member_events(
     ctx: Ctx,
     req: get_member_events::v3::Request,
 ) -> Result<get_member_events::v3::Response> {
-    if req.at.is_some() {
-        return Err(Error::invalid_param(
-            "`at` is not supported yet; members are those of the current state",
-        ));
-    }
     let rooms = &ctx.services.rooms;
-    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let scope = rooms.read_scope(&req.room_id, ctx.user_id()?)?;
+    let state = match req.at.as_deref() {
+        None => rooms.visible_state(&req.room_id, &scope)?,
+        Some(token) => {
+            let at: u64 = token
+                .parse()
+                .map_err(|_| Error::invalid_param(format!("Invalid pagination token {token}")))?;
+            rooms.state_at_position(&req.room_id, at.min(scope.up_to))?
+        }
+    };
     let wanted = req.membership.as_ref().map(|m| m.to_string());
     let unwanted = req.not_membership.as_ref().map(|m| m.to_string());
     let mut chunk = Vec::new();
-    for pdu in rooms.full_state(&req.room_id)? {
+    for pdu in state {
         if pdu.kind.to_string() != "m.room.member" {
             continue;
         }

@@ -119,11 +119,16 @@ pub async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<crea
 /// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
 pub async fn get_room_event(ctx: Ctx, req: get_room_event::v3::Request) -> Result<get_room_event::v3::Response> {
     let rooms = &ctx.services.rooms;
-    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let user_id = ctx.user_id()?;
+    let history = rooms.history_filter(user_id, rooms.read_scope(&req.room_id, user_id)?);
     let pdu = rooms
         .event(&req.event_id)?
         .filter(|p| p.room().is_ok_and(|r| r == req.room_id));
     let pdu = pdu.ok_or_else(|| Error::not_found("Event not found"))?;
+    let position = rooms.position_of(&req.event_id)?.unwrap_or(u64::MAX);
+    if !history.allows(position, &pdu) {
+        return Err(Error::forbidden("You don't have permission to access that event"));
+    }
     Ok(get_room_event::v3::Response::new(raw_event(&pdu)?))
 }
 
@@ -136,14 +141,16 @@ pub async fn get_message_events(
     req: get_message_events::v3::Request,
 ) -> Result<get_message_events::v3::Response> {
     let rooms = &ctx.services.rooms;
-    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let user_id = ctx.user_id()?;
+    let history = rooms.history_filter(user_id, rooms.read_scope(&req.room_id, user_id)?);
     let parse = |token: &str| {
         token
             .parse::<u64>()
             .map_err(|_| Error::invalid_param(format!("Invalid pagination token {token}")))
     };
     let limit = u64::from(req.limit).clamp(1, 1000) as usize;
-    let watermark = rooms.watermark();
+    // Former members read up to their departure.
+    let watermark = history.scope().up_to;
     let backwards = req.dir == Direction::Backward;
     let (start, range) = if backwards {
         let from = req
@@ -166,7 +173,8 @@ pub async fn get_message_events(
             .min(watermark);
         (from, (from, to))
     };
-    let (events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, |pdu| pdu.matches(&req.filter))?;
+    let keep = |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && history.allows(pos, pdu);
+    let (events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, keep)?;
     let mut response = get_message_events::v3::Response::new();
     response.start = start.to_string();
     response.end = end.map(|e| e.to_string());
@@ -180,7 +188,8 @@ pub async fn get_message_events(
 /// `/messages`, with the room state after the last event returned.
 pub async fn get_context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_context::v3::Response> {
     let rooms = &ctx.services.rooms;
-    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let user_id = ctx.user_id()?;
+    let history = rooms.history_filter(user_id, rooms.read_scope(&req.room_id, user_id)?);
     let event = rooms
         .event(&req.event_id)?
         .filter(|p| p.room().is_ok_and(|r| r == req.room_id));
@@ -188,12 +197,15 @@ pub async fn get_context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_
     let position = rooms
         .position_of(&req.event_id)?
         .ok_or_else(|| Error::not_found("Event not found"))?;
+    if !history.allows(position, &event) {
+        return Err(Error::forbidden("You don't have permission to access that event"));
+    }
     let limit = u64::from(req.limit).min(100) as usize;
-    let keep = |pdu: &Pdu| pdu.matches(&req.filter);
+    let keep = |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && history.allows(pos, pdu);
     let (before, _) = rooms.timeline_page(&req.room_id, (0, position - 1), true, limit / 2, keep)?;
     let (after, _) = rooms.timeline_page(
         &req.room_id,
-        (position, rooms.watermark()),
+        (position, history.scope().up_to),
         false,
         limit - limit / 2,
         keep,

@@ -14,9 +14,9 @@ use crate::{Error, Result, api::extract::Ctx, services::rooms::NewEvent};
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
 pub async fn get_state_events(ctx: Ctx, req: get_state_events::v3::Request) -> Result<get_state_events::v3::Response> {
     let rooms = &ctx.services.rooms;
-    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
+    let scope = rooms.read_scope(&req.room_id, ctx.user_id()?)?;
     let events = rooms
-        .full_state(&req.room_id)?
+        .visible_state(&req.room_id, &scope)?
         .iter()
         .map(raw_event)
         .collect::<Result<_>>()?;
@@ -29,10 +29,18 @@ pub async fn get_state_event_for_key(
     req: get_state_event_for_key::v3::Request,
 ) -> Result<get_state_event_for_key::v3::Response> {
     let rooms = &ctx.services.rooms;
-    rooms.ensure_joined(&req.room_id, ctx.user_id()?)?;
-    let pdu = rooms
-        .state_event(&req.room_id, &req.event_type, &req.state_key)?
-        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let scope = rooms.read_scope(&req.room_id, ctx.user_id()?)?;
+    let pdu = match scope.departed_with {
+        None => rooms.state_event(&req.room_id, &req.event_type, &req.state_key)?,
+        Some(_) => {
+            let kind = req.event_type.to_string();
+            let state = rooms.visible_state(&req.room_id, &scope)?;
+            state
+                .into_iter()
+                .find(|p| p.kind.to_string() == kind && p.state_key.as_deref() == Some(req.state_key.as_str()))
+        }
+    };
+    let pdu = pdu.ok_or_else(|| Error::not_found("Event not found"))?;
     let body = match req.format {
         get_state_event_for_key::v3::StateEventFormat::Event => {
             serde_json::value::to_raw_value(&pdu.to_client()?).map_err(|e| Error::internal(e.to_string()))?

@@ -12,6 +12,7 @@
 
 pub mod create;
 pub mod pdu;
+pub mod visibility;
 
 use std::{
     collections::HashMap,
@@ -195,7 +196,8 @@ impl Rooms {
         let Some(current) = self.state.current(short_room)? else {
             return Ok(None);
         };
-        let state = self.state.load(current)?.state;
+        let loaded = self.state.load(current)?;
+        let state = &loaded.state;
         let Some(key) = self.ids.state_key("m.room.create", "")? else {
             return Ok(None);
         };
@@ -215,7 +217,7 @@ impl Rooms {
     }
 
     /// The current state of a room (`None` if Hearth has no such room).
-    fn current_state(&self, short_room: u64) -> Result<Option<Loaded>> {
+    fn current_state(&self, short_room: u64) -> Result<Option<Arc<Loaded>>> {
         match self.state.current(short_room)? {
             Some(id) => Ok(Some(self.state.load(id)?)),
             None => Ok(None),
@@ -438,7 +440,7 @@ impl Rooms {
             let key = self.ids.state_key_or_create(event.kind, state_key)?;
             let mut after = before.state.clone();
             after.insert(key, short_event);
-            let after = self.state.queue_snapshot(&mut batch, Some(&before), after)?;
+            let after = self.state.queue_snapshot(&mut batch, Some(&*before), after)?;
             self.state.queue_current(&mut batch, short_room, after.id);
         } else if self.state.current(short_room)?.is_none() {
             self.state.queue_current(&mut batch, short_room, before.id);
@@ -501,7 +503,7 @@ impl Rooms {
         (after, up_to): (u64, u64),
         backwards: bool,
         limit: usize,
-        keep: impl Fn(&Pdu) -> bool,
+        keep: impl Fn(u64, &Pdu) -> bool,
     ) -> Result<(Vec<(u64, Pdu)>, Option<u64>)> {
         let (mut low, mut high) = (after, up_to);
         let batch = limit.max(50);
@@ -516,7 +518,7 @@ impl Rooms {
                 } else {
                     low = pos
                 }
-                if keep(&pdu) {
+                if keep(pos, &pdu) {
                     page.push((pos, pdu));
                     if page.len() == limit {
                         let more = low < high;
@@ -550,7 +552,7 @@ impl Rooms {
             .state
             .before_event(short)?
             .ok_or_else(|| Error::internal("event without state"))?;
-        let mut state = self.state.load(before)?.state;
+        let mut state = self.state.load(before)?.state.clone();
         if let Some(key) = &pdu.state_key {
             state.insert(self.ids.state_key_or_create(&pdu.kind.to_string(), key)?, short);
         }

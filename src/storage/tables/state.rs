@@ -11,6 +11,10 @@
 //!   event (the state after a state event is that plus the event itself).
 //! - `shortroomid_shortstatehash`: short room id → the room's current state snapshot.
 //! - `global` `last_shortstatehash`: the last snapshot id handed out.
+//!
+//! Snapshots never change once written, so decoded sets are kept in a bounded in-memory cache
+//! (weighted by entries, sized from `database.cache_size_mb`); a diff whose parent is cached
+//! costs one read and the replay of the diff.
 
 use std::{
     collections::BTreeMap,
@@ -58,16 +62,33 @@ pub struct Loaded {
 pub struct StateTable {
     db: Arc<Db>,
     id_lock: Mutex<()>,
+    cache: quick_cache::sync::Cache<u64, Arc<Loaded>, EntryWeight>,
 }
+
+/// Weighs a cached state set by its entries.
+#[derive(Clone)]
+struct EntryWeight;
+
+impl quick_cache::Weighter<u64, Arc<Loaded>> for EntryWeight {
+    fn weight(&self, _id: &u64, loaded: &Arc<Loaded>) -> u64 {
+        loaded.state.len() as u64 + 1
+    }
+}
+
+/// Approximate memory of one cached state entry (map node share included), in bytes.
+const BYTES_PER_ENTRY: usize = 48;
 
 const COUNTER: &[u8] = b"last_shortstatehash";
 
 impl StateTable {
     /// Wraps the database.
     pub fn new(db: Arc<Db>) -> Self {
+        // Half the configured cache budget again, for decoded state.
+        let entries = (db.cache_bytes() / 2 / BYTES_PER_ENTRY).max(1024) as u64;
         Self {
             db,
             id_lock: Mutex::new(()),
+            cache: quick_cache::sync::Cache::with_weighter(4096, entries, EntryWeight),
         }
     }
 
@@ -83,33 +104,44 @@ impl StateTable {
     }
 
     /// Loads a full state set.
-    pub fn load(&self, id: u64) -> StorageResult<Loaded> {
-        let mut chain = Vec::new();
-        let mut next = Some(id);
-        while let Some(current) = next {
-            let snapshot = self.snapshot(current)?;
-            next = snapshot.parent;
-            chain.push(snapshot);
-            if chain.len() > MAX_CHAIN as usize + 1 {
+    pub fn load(&self, id: u64) -> StorageResult<Arc<Loaded>> {
+        self.load_within(id, MAX_CHAIN + 1)
+    }
+
+    fn load_within(&self, id: u64, links_left: u32) -> StorageResult<Arc<Loaded>> {
+        if let Some(loaded) = self.cache.get(&id) {
+            return Ok(loaded);
+        }
+        let snapshot = self.snapshot(id)?;
+        let loaded = match snapshot.parent {
+            None => Loaded {
+                id,
+                chain: 0,
+                state: snapshot.set.into_iter().collect(),
+            },
+            Some(_) if links_left == 0 => {
                 return Err(StorageError::Corrupt {
                     table: SHORTSTATEHASH_SNAPSHOT,
                     reason: format!("chain of {id} too long"),
                 });
             }
-        }
-        let length = chain.len() as u32 - 1;
-        let mut state = StateMap::new();
-        for snapshot in chain.into_iter().rev() {
-            for key in snapshot.removed {
-                state.remove(&key);
+            Some(parent) => {
+                let parent = self.load_within(parent, links_left - 1)?;
+                let mut state = parent.state.clone();
+                for key in snapshot.removed {
+                    state.remove(&key);
+                }
+                state.extend(snapshot.set);
+                Loaded {
+                    id,
+                    chain: parent.chain + 1,
+                    state,
+                }
             }
-            state.extend(snapshot.set);
-        }
-        Ok(Loaded {
-            id,
-            chain: length,
-            state,
-        })
+        };
+        let loaded = Arc::new(loaded);
+        self.cache.insert(id, Arc::clone(&loaded));
+        Ok(loaded)
     }
 
     /// Hands out a new snapshot id (written at once, unsynced; see `shortids` for why that is
@@ -130,7 +162,12 @@ impl StateTable {
 
     /// Queues a new snapshot of `state`, as a diff against `parent` when that is worth it, and
     /// returns it loaded (so the caller can chain the next one without reading it back).
-    pub fn queue_snapshot(&self, batch: &mut Batch, parent: Option<&Loaded>, state: StateMap) -> StorageResult<Loaded> {
+    pub fn queue_snapshot(
+        &self,
+        batch: &mut Batch,
+        parent: Option<&Loaded>,
+        state: StateMap,
+    ) -> StorageResult<Arc<Loaded>> {
         let id = self.next_id()?;
         let snapshot = match parent {
             Some(parent) if parent.chain < MAX_CHAIN => {
@@ -163,11 +200,13 @@ impl StateTable {
             &codec::u64_bytes(id),
             &codec::encode(SHORTSTATEHASH_SNAPSHOT, &snapshot)?,
         );
-        Ok(Loaded {
+        let loaded = Arc::new(Loaded {
             id,
             chain: snapshot.chain,
             state,
-        })
+        });
+        self.cache.insert(id, Arc::clone(&loaded));
+        Ok(loaded)
     }
 
     /// The snapshot id of the state before an event.
@@ -246,7 +285,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (db, table) = open(dir.path());
         let mut expected = StateMap::new();
-        let mut parent: Option<Loaded> = None;
+        let mut parent: Option<Arc<Loaded>> = None;
         let mut ids = Vec::new();
         for step in 0..200u64 {
             match step % 3 {
@@ -263,7 +302,7 @@ mod tests {
             }
             let mut batch = db.batch();
             let loaded = table
-                .queue_snapshot(&mut batch, parent.as_ref(), expected.clone())
+                .queue_snapshot(&mut batch, parent.as_deref(), expected.clone())
                 .unwrap();
             batch.commit_blocking().unwrap();
             assert!(loaded.chain <= MAX_CHAIN);

@@ -1,0 +1,208 @@
+//! Who may read what in a room: read access for members, former members and (in
+//! `world_readable` rooms) everyone, and the history-visibility rules applied to each event
+//! (spec "Room History Visibility", server behaviour).
+//!
+//! Visibility is decided by the room state *before* each event. Consecutive events share that
+//! state until a state event changes it, so the decision is made once per state snapshot and
+//! remembered for the rest of the request.
+
+use std::{cell::RefCell, collections::HashMap};
+
+use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId, events::StateEventType};
+
+use super::{Rooms, pdu::Pdu};
+use crate::{Error, Result};
+
+/// How far a user may read a room.
+#[derive(Clone, Debug)]
+pub struct ReadScope {
+    /// The last stream position they may read: the live end, or their departure.
+    pub up_to: u64,
+    /// Whether they are or were a member (history shared with members is open to them).
+    pub member: bool,
+    /// For a former member: the event by which they left (or were kicked or banned). State
+    /// reads then see the room as it was right after it.
+    pub departed_with: Option<OwnedEventId>,
+}
+
+/// The history-visibility check for one reader, remembering decisions per state snapshot.
+pub struct HistoryFilter<'a> {
+    rooms: &'a Rooms,
+    user_id: OwnedUserId,
+    scope: ReadScope,
+    /// state-before snapshot id → (history visibility, the reader's membership).
+    seen: RefCell<HashMap<u64, (String, Option<String>)>>,
+}
+
+impl Rooms {
+    /// What `user_id` may read of a room: members read everything up to the live end; former
+    /// members read up to their departure (Synapse's rule for departed users); anyone reads a
+    /// room whose history is `world_readable`. Everyone else gets 403.
+    pub fn read_scope(&self, room_id: &RoomId, user_id: &UserId) -> Result<ReadScope> {
+        let watermark = self.watermark();
+        let world_readable = || -> Result<bool> { Ok(self.history_visibility(room_id)? == "world_readable") };
+        match self.membership(room_id, user_id)?.as_deref() {
+            Some("join") => {
+                return Ok(ReadScope {
+                    up_to: watermark,
+                    member: true,
+                    departed_with: None,
+                });
+            }
+            Some("leave" | "ban") => {
+                if world_readable()? {
+                    return Ok(ReadScope {
+                        up_to: watermark,
+                        member: true,
+                        departed_with: None,
+                    });
+                }
+                if let Some(departure) = self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? {
+                    let up_to = self.position_of(&departure.event_id)?.unwrap_or(0);
+                    return Ok(ReadScope {
+                        up_to,
+                        member: true,
+                        departed_with: Some(departure.event_id),
+                    });
+                }
+            }
+            _ => {}
+        }
+        if self.room_version(room_id)?.is_some() && world_readable()? {
+            return Ok(ReadScope {
+                up_to: watermark,
+                member: false,
+                departed_with: None,
+            });
+        }
+        Err(Error::forbidden(format!("{user_id} is not in the room {room_id}")))
+    }
+
+    /// The room's current `history_visibility` (`shared` when unset or not understood).
+    pub fn history_visibility(&self, room_id: &RoomId) -> Result<String> {
+        let event = self.state_event(room_id, &StateEventType::RoomHistoryVisibility, "")?;
+        Ok(normalise(
+            event.as_ref().and_then(|e| content_field(e, "history_visibility")),
+        ))
+    }
+
+    /// The room state a reader sees: the current state, or for a former member the state
+    /// right after their departure.
+    pub fn visible_state(&self, room_id: &RoomId, scope: &ReadScope) -> Result<Vec<Pdu>> {
+        match &scope.departed_with {
+            None => self.full_state(room_id),
+            Some(departure) => {
+                let pdu = self
+                    .event(departure)?
+                    .ok_or_else(|| Error::internal("departure event missing"))?;
+                self.state_after(&pdu)
+            }
+        }
+    }
+
+    /// The room state right after the last event at or before stream position `position`
+    /// (the state a sync token or pagination token points at).
+    pub fn state_at_position(&self, room_id: &RoomId, position: u64) -> Result<Vec<Pdu>> {
+        match self.timeline(room_id, 0, position, true, 1)?.pop() {
+            Some((_, pdu)) => self.state_after(&pdu),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The history-visibility check for `user_id` reading with `scope`.
+    pub fn history_filter(&self, user_id: &UserId, scope: ReadScope) -> HistoryFilter<'_> {
+        HistoryFilter {
+            rooms: self,
+            user_id: user_id.to_owned(),
+            scope,
+            seen: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+impl HistoryFilter<'_> {
+    /// The scope the filter reads with.
+    pub fn scope(&self) -> &ReadScope {
+        &self.scope
+    }
+
+    /// Whether the reader may see `pdu` (which must be in the timeline at `position`).
+    /// A storage error hides the event (and is logged) rather than failing the whole page.
+    pub fn allows(&self, position: u64, pdu: &Pdu) -> bool {
+        if position > self.scope.up_to {
+            return false;
+        }
+        match self.decide(pdu) {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                tracing::error!(event_id = %pdu.event_id, error = %e, "history visibility check failed");
+                false
+            }
+        }
+    }
+
+    fn decide(&self, pdu: &Pdu) -> Result<bool> {
+        let (visibility, membership) = self.before(pdu)?;
+        if self.allowed(&visibility, membership.as_deref()) {
+            return Ok(true);
+        }
+        // A change of visibility, or of the reader's own membership, is visible when the state
+        // before *or after* it allows it.
+        let kind = pdu.kind.to_string();
+        if kind == "m.room.history_visibility" {
+            let after = normalise(content_field(pdu, "history_visibility"));
+            return Ok(self.allowed(&after, membership.as_deref()));
+        }
+        if kind == "m.room.member" && pdu.state_key.as_deref() == Some(self.user_id.as_str()) {
+            let after = content_field(pdu, "membership");
+            return Ok(self.allowed(&visibility, after.as_deref()));
+        }
+        Ok(false)
+    }
+
+    /// The spec's rules 1–5 for one state.
+    fn allowed(&self, visibility: &str, membership: Option<&str>) -> bool {
+        visibility == "world_readable"
+            || membership == Some("join")
+            || (visibility == "shared" && self.scope.member)
+            || (visibility == "invited" && membership == Some("invite"))
+    }
+
+    /// History visibility and the reader's membership in the state before `pdu`.
+    fn before(&self, pdu: &Pdu) -> Result<(String, Option<String>)> {
+        let rooms = self.rooms;
+        let Some(short) = rooms.ids.event(pdu.event_id.as_str())? else {
+            return Err(Error::internal("event without short id"));
+        };
+        let Some(snapshot) = rooms.state.before_event(short)? else {
+            // The create event: nothing precedes it.
+            return Ok(("shared".to_owned(), None));
+        };
+        if let Some(known) = self.seen.borrow().get(&snapshot) {
+            return Ok(known.clone());
+        }
+        let state = rooms.state.load(snapshot)?;
+        let visibility = rooms.lookup(&state.state, "m.room.history_visibility", "")?;
+        let visibility = normalise(visibility.as_ref().and_then(|e| content_field(e, "history_visibility")));
+        let membership = rooms
+            .lookup(&state.state, "m.room.member", self.user_id.as_str())?
+            .and_then(|e| content_field(&e, "membership"));
+        let decided = (visibility, membership);
+        self.seen.borrow_mut().insert(snapshot, decided.clone());
+        Ok(decided)
+    }
+}
+
+/// A string field of an event's content.
+fn content_field(pdu: &Pdu, field: &str) -> Option<String> {
+    let content: serde_json::Value = serde_json::from_str(pdu.content.get()).ok()?;
+    content.get(field)?.as_str().map(str::to_owned)
+}
+
+/// Unset or unknown history visibility counts as `shared`.
+fn normalise(visibility: Option<String>) -> String {
+    match visibility.as_deref() {
+        Some("world_readable" | "shared" | "invited" | "joined") => visibility.unwrap_or_default(),
+        _ => "shared".to_owned(),
+    }
+}

@@ -1,0 +1,221 @@
+//! Who may read and enter a room: history visibility for members who joined late, former
+//! members and strangers; `members?at=`; forgetting; knocking and restricted join rules.
+
+use serde_json::{Value, json};
+
+use crate::{
+    rooms::{create_room, send},
+    support::{Client, TestServer, enc},
+};
+
+fn messages(c: &Client, room: &str) -> Vec<String> {
+    let page = c.get(&format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000",
+        enc(room)
+    ));
+    bodies(&page.ok()["chunk"])
+}
+
+fn bodies(chunk: &Value) -> Vec<String> {
+    chunk
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn set_visibility(c: &Client, room: &str, visibility: &str) {
+    c.put(
+        &format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/",
+            enc(room)
+        ),
+        json!({"history_visibility": visibility}),
+    )
+    .ok();
+}
+
+fn join(c: &Client, room: &str) {
+    c.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(room)), json!({}))
+        .ok();
+}
+
+fn event_path(room: &str, event: &str) -> String {
+    format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(event))
+}
+
+#[test]
+fn joined_visibility_hides_what_came_before_the_join() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    set_visibility(&alice, &room, "joined");
+    let secret = send(&alice, &room, "t1", "before bob");
+    join(&bob, &room);
+    send(&alice, &room, "t2", "after bob");
+
+    assert_eq!(messages(&bob, &room), ["after bob"]);
+    assert_eq!(messages(&alice, &room), ["before bob", "after bob"]);
+    bob.get(&event_path(&room, &secret)).expect_err(403, "M_FORBIDDEN");
+    bob.get(&format!(
+        "/_matrix/client/v3/rooms/{}/context/{}",
+        enc(&room),
+        enc(&secret)
+    ))
+    .expect_err(403, "M_FORBIDDEN");
+    // Events from while the room was still "shared" stay visible to him, his own join too.
+    let page = bob.get(&format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000",
+        enc(&room)
+    ));
+    let chunk = page.ok()["chunk"].as_array().unwrap().clone();
+    assert!(chunk.iter().any(|e| e["type"] == "m.room.create"));
+    assert!(
+        chunk
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.uid())
+    );
+    assert!(!chunk.iter().any(|e| e["event_id"] == secret.as_str()));
+}
+
+#[test]
+fn shared_and_invited_visibility() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let carol = server.user("carol", "pw");
+    let dave = server.user("dave", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    set_visibility(&alice, &room, "shared");
+    send(&alice, &room, "s1", "shared history");
+    join(&carol, &room);
+    assert_eq!(
+        messages(&carol, &room),
+        ["shared history"],
+        "shared: all history after joining"
+    );
+
+    set_visibility(&alice, &room, "invited");
+    send(&alice, &room, "i1", "before the invite");
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": dave.uid()}),
+        )
+        .ok();
+    send(&alice, &room, "i2", "after the invite");
+    // An invitee is not a member yet: no reading.
+    dave.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room)))
+        .expect_err(403, "M_FORBIDDEN");
+    join(&dave, &room);
+    send(&alice, &room, "i3", "after the join");
+    let seen = messages(&dave, &room);
+    assert!(!seen.contains(&"before the invite".to_owned()), "{seen:?}");
+    assert!(
+        seen.ends_with(&["after the invite".to_owned(), "after the join".to_owned()]),
+        "{seen:?}"
+    );
+    // Events sent while the room was "shared" stay visible to those who joined since.
+    assert!(seen.contains(&"shared history".to_owned()), "{seen:?}");
+}
+
+#[test]
+fn world_readable_rooms_are_open_to_strangers_and_others_are_not() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let eve = server.user("eve", "pw");
+    let open = create_room(&alice, json!({"preset": "public_chat"}));
+    set_visibility(&alice, &open, "world_readable");
+    let event = send(&alice, &open, "w1", "for everyone");
+    assert_eq!(messages(&eve, &open), ["for everyone"]);
+    eve.get(&event_path(&open, &event)).ok();
+    let state = eve.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&open)));
+    assert!(state.ok().as_array().unwrap().len() > 3);
+    // A stranger still cannot write.
+    eve.put(
+        &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/x", enc(&open)),
+        json!({"msgtype": "m.text", "body": "hi"}),
+    )
+    .expect_err(403, "M_FORBIDDEN");
+
+    let closed = create_room(&alice, json!({"preset": "public_chat"}));
+    let event = send(&alice, &closed, "c1", "members only");
+    for path in [
+        format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&closed)),
+        format!("/_matrix/client/v3/rooms/{}/state", enc(&closed)),
+        format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&closed)),
+        format!("/_matrix/client/v3/rooms/{}/members", enc(&closed)),
+        event_path(&closed, &event),
+    ] {
+        eve.get(&path).expect_err(403, "M_FORBIDDEN");
+    }
+}
+
+#[test]
+fn former_members_read_up_to_their_departure() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat", "name": "Before"}));
+    join(&bob, &room);
+    send(&alice, &room, "1", "while bob was here");
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
+        .ok();
+    let later = send(&alice, &room, "2", "after bob left");
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            json!({"name": "After"}),
+        )
+        .ok();
+
+    assert_eq!(messages(&bob, &room), ["while bob was here"]);
+    bob.get(&event_path(&room, &later)).expect_err(403, "M_FORBIDDEN");
+    let name = bob.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)));
+    assert_eq!(name.ok()["name"], "Before", "state as of the departure");
+    let members = bob.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)));
+    let bob_member = members.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["state_key"] == bob.uid())
+        .cloned()
+        .unwrap();
+    assert_eq!(bob_member["content"]["membership"], "leave");
+}
+
+#[test]
+fn members_at_a_pagination_token() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    send(&alice, &room, "1", "one");
+    let page = alice.get(&format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+        enc(&room)
+    ));
+    let token = page.ok()["start"].as_str().unwrap().to_owned();
+    join(&bob, &room);
+
+    let members = |query: &str| -> Vec<String> {
+        let r = alice.get(&format!("/_matrix/client/v3/rooms/{}/members{query}", enc(&room)));
+        r.ok()["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["state_key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(members(&format!("?at={token}")), [alice.uid()]);
+    let mut now = members("");
+    now.sort();
+    let mut expected = vec![alice.uid(), bob.uid()];
+    expected.sort();
+    assert_eq!(now, expected);
+    alice
+        .get(&format!("/_matrix/client/v3/rooms/{}/members?at=nonsense", enc(&room)))
+        .expect_err(400, "M_INVALID_PARAM");
+}

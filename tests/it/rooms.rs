@@ -186,15 +186,22 @@ fn authorization_rules_refuse() {
         )
         .ok();
 
-    // Public room: anyone joins, and a member who leaves can no longer read.
+    // Public room: anyone joins, and a member who leaves reads nothing sent after.
     let public = create_room(&alice, json!({"preset": "public_chat"}));
     eve.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&public)), json!({}))
         .ok();
     send(&eve, &public, "e1", "hello");
     eve.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&public)), json!({}))
         .ok();
-    eve.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&public)))
-        .expect_err(403, "M_FORBIDDEN");
+    let after = send(&alice, &public, "a1", "after eve left");
+    let page = eve.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&public)));
+    assert!(
+        !page.ok()["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event_id"] == after.as_str())
+    );
     eve.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&public)), json!({}))
         .expect_err(403, "M_FORBIDDEN");
 }
@@ -368,7 +375,11 @@ fn kick_ban_unban_and_member_lists() {
     alice
         .post(&r("kick"), json!({"user_id": bob.uid(), "reason": "cool off"}))
         .ok();
-    bob.get(&r("messages?dir=b")).expect_err(403, "M_FORBIDDEN");
+    bob.put(
+        &r("send/m.room.message/kicked"),
+        json!({"msgtype": "m.text", "body": "x"}),
+    )
+    .expect_err(403, "M_FORBIDDEN");
     bob.post(&r("join"), json!({})).ok();
     alice.post(&r("ban"), json!({"user_id": eve.uid()})).ok();
     eve.post(&r("join"), json!({})).expect_err(403, "M_FORBIDDEN");
@@ -390,7 +401,6 @@ fn kick_ban_unban_and_member_lists() {
         .expect_err(403, "M_FORBIDDEN");
     alice.post(&r("unban"), json!({"user_id": eve.uid()})).ok();
     eve.post(&r("join"), json!({})).ok();
-    alice.get(&r("members?at=5")).expect_err(400, "M_INVALID_PARAM");
 }
 
 #[test]

@@ -78,6 +78,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::membership::ban_user);
     t.add(LimitClass::Client, client::membership::unban_user);
     t.add(LimitClass::Client, client::membership::joined_members);
+    t.add(LimitClass::Client, client::membership::knock_room);
+    t.add(LimitClass::Client, client::membership::forget_room);
     t.add(LimitClass::Client, client::membership::get_member_events);
     t.add(LimitClass::Client, client::membership::join_room_by_id_or_alias);
     t.add(LimitClass::Client, client::membership::joined_rooms);

@@ -83,6 +83,8 @@ pub const USERDEVICETXN_EVENTID: &str = "userdevicetxn_eventid";
 pub const USERROOM_MEMBERSHIP: &str = "userroom_membership";
 /// room id SEP user id → membership.
 pub const ROOMUSER_MEMBERSHIP: &str = "roomuser_membership";
+/// user id SEP room id → empty: rooms the user has forgotten (cleared by their next membership).
+pub const USERROOM_FORGOTTEN: &str = "userroom_forgotten";
 
 /// u64 short event id → id of the event that redacted it.
 pub const SHORTEVENTID_REDACTEDBY: &str = "shorteventid_redactedby";
@@ -115,6 +117,7 @@ pub const TABLES: &[TableDef] = &[
     small(USERDEVICETXN_EVENTID),
     small(USERROOM_MEMBERSHIP),
     small(ROOMUSER_MEMBERSHIP),
+    small(USERROOM_FORGOTTEN),
     small(SHORTEVENTID_REDACTEDBY),
     small(REPORTID_REPORT),
 ];

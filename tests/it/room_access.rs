@@ -219,3 +219,119 @@ fn members_at_a_pagination_token() {
         .get(&format!("/_matrix/client/v3/rooms/{}/members?at=nonsense", enc(&room)))
         .expect_err(400, "M_INVALID_PARAM");
 }
+
+fn state_path(room: &str, kind: &str, key: &str) -> String {
+    format!("/_matrix/client/v3/rooms/{}/state/{kind}/{}", enc(room), enc(key))
+}
+
+fn membership_of(c: &Client, room: &str, user: &str) -> Value {
+    c.get(&state_path(room, "m.room.member", user)).ok().clone()
+}
+
+#[test]
+fn forgetting_a_room() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    let forget = format!("/_matrix/client/v3/rooms/{}/forget", enc(&room));
+    bob.post(&forget, json!({})).expect_err(404, "M_NOT_FOUND");
+    join(&bob, &room);
+    send(&alice, &room, "1", "hello bob");
+    bob.post(&forget, json!({})).expect_err(400, "M_UNKNOWN");
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
+        .ok();
+    assert_eq!(messages(&bob, &room), ["hello bob"]);
+    bob.post(&forget, json!({})).ok();
+    bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room)))
+        .expect_err(403, "M_FORBIDDEN");
+    // Joining again remembers the room.
+    join(&bob, &room);
+    assert_eq!(messages(&bob, &room), ["hello bob"]);
+}
+
+#[test]
+fn knocking() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let carol = server.user("carol", "pw");
+    let room = create_room(&alice, json!({"preset": "private_chat"}));
+    let knock = format!("/_matrix/client/v3/knock/{}", enc(&room));
+    // An invite-only room refuses knocks.
+    bob.post(&knock, json!({})).expect_err(403, "M_FORBIDDEN");
+    alice
+        .put(
+            &state_path(&room, "m.room.join_rules", ""),
+            json!({"join_rule": "knock"}),
+        )
+        .ok();
+    let r = bob.post(&knock, json!({"reason": "let me in"}));
+    assert_eq!(r.ok()["room_id"], room.as_str());
+    let member = membership_of(&alice, &room, &bob.uid());
+    assert_eq!(member["membership"], "knock");
+    assert_eq!(member["reason"], "let me in");
+    // Knocking is not joining; a second knock is refused only once invited or joined.
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({}))
+        .expect_err(403, "M_FORBIDDEN");
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.uid()}),
+        )
+        .ok();
+    join(&bob, &room);
+    bob.post(&knock, json!({})).expect_err(403, "M_FORBIDDEN");
+    // A knock can be withdrawn by leaving.
+    carol.post(&knock, json!({})).ok();
+    carol
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
+        .ok();
+    assert_eq!(membership_of(&alice, &room, &carol.uid())["membership"], "leave");
+    // Unknown rooms and malformed ids.
+    bob.post("/_matrix/client/v3/knock/!nope:localhost", json!({}))
+        .expect_err(404, "M_NOT_FOUND");
+}
+
+#[test]
+fn restricted_rooms_admit_members_of_allowed_rooms() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let carol = server.user("carol", "pw");
+    let space = create_room(&alice, json!({"preset": "public_chat", "name": "Space"}));
+    join(&bob, &space);
+    let room = create_room(
+        &alice,
+        json!({
+            "preset": "private_chat",
+            "initial_state": [{
+                "type": "m.room.join_rules",
+                "state_key": "",
+                "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}
+            }]
+        }),
+    );
+    join(&bob, &room);
+    let member = membership_of(&alice, &room, &bob.uid());
+    assert_eq!(member["membership"], "join");
+    assert_eq!(member["join_authorised_via_users_server"], alice.uid());
+    carol
+        .post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({}))
+        .expect_err(403, "M_FORBIDDEN");
+}
+
+#[test]
+fn member_events_carry_the_profile() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    bob.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.uid())),
+        json!({"displayname": "Bobby"}),
+    )
+    .ok();
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    join(&bob, &room);
+    assert_eq!(membership_of(&alice, &room, &bob.uid())["displayname"], "Bobby");
+}

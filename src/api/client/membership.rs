@@ -6,6 +6,7 @@
 //! - `POST /_matrix/client/v3/rooms/{roomId}/kick`, `…/ban`, `…/unban`
 //! - `GET /_matrix/client/v3/rooms/{roomId}/joined_members`, `…/members`
 //! - `POST /_matrix/client/v3/join/{roomIdOrAlias}`, `GET /_matrix/client/v3/joined_rooms`
+//! - `POST /_matrix/client/v3/knock/{roomIdOrAlias}`, `POST /_matrix/client/v3/rooms/{roomId}/forget`
 //!
 //! Spec: client-server-api "Room membership" (`data/api/client-server/joining.yaml`,
 //! `inviting.yaml`, `leaving.yaml`). Whether a change is allowed is decided by the room's
@@ -15,23 +16,55 @@ use std::collections::BTreeMap;
 
 use ruma::{
     RoomId, UserId,
-    api::client::membership::{
-        ban_user, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members,
-        joined_rooms, kick_user, leave_room, unban_user,
+    api::client::{
+        knock::knock_room,
+        membership::{
+            ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+            joined_members, joined_rooms, kick_user, leave_room, unban_user,
+        },
     },
 };
 
 use super::room::raw_event;
-use crate::{Error, Result, api::extract::Ctx};
+use crate::{Error, Result, api::extract::Ctx, services::rooms::membership::MemberProfile};
+
+/// The requester's display name and avatar, copied into their member events.
+fn member_profile(ctx: &Ctx) -> Result<MemberProfile> {
+    let profile = ctx.services.profile.get(ctx.user_id()?)?.unwrap_or_default();
+    let field = |key: &str| profile.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    Ok(MemberProfile {
+        displayname: field("displayname"),
+        avatar_url: field("avatar_url"),
+    })
+}
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 pub async fn join_room_by_id(ctx: Ctx, req: join_room_by_id::v3::Request) -> Result<join_room_by_id::v3::Response> {
-    let user_id = ctx.user_id()?;
+    let profile = member_profile(&ctx)?;
     ctx.services
         .rooms
-        .set_membership(&req.room_id, user_id, user_id, "join", req.reason.as_deref())
+        .join(&req.room_id, ctx.user_id()?, req.reason.as_deref(), &profile)
         .await?;
     Ok(join_room_by_id::v3::Response::new(req.room_id))
+}
+
+/// `POST /_matrix/client/v3/knock/{roomIdOrAlias}` (room ids; aliases arrive with the room
+/// directory)
+pub async fn knock_room(ctx: Ctx, req: knock_room::v3::Request) -> Result<knock_room::v3::Response> {
+    let room_id = ruma::OwnedRoomId::try_from(req.room_id_or_alias.as_str())
+        .map_err(|_| Error::not_found(format!("Room alias {} not found", req.room_id_or_alias)))?;
+    let profile = member_profile(&ctx)?;
+    ctx.services
+        .rooms
+        .knock(&room_id, ctx.user_id()?, req.reason.as_deref(), &profile)
+        .await?;
+    Ok(knock_room::v3::Response::new(room_id))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/forget`
+pub async fn forget_room(ctx: Ctx, req: forget_room::v3::Request) -> Result<forget_room::v3::Response> {
+    ctx.services.rooms.forget(&req.room_id, ctx.user_id()?).await?;
+    Ok(forget_room::v3::Response::new())
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`
@@ -193,10 +226,10 @@ pub async fn join_room_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let room_id = ruma::OwnedRoomId::try_from(req.room_id_or_alias.as_str())
         .map_err(|_| Error::not_found(format!("Room alias {} not found", req.room_id_or_alias)))?;
-    let user_id = ctx.user_id()?;
+    let profile = member_profile(&ctx)?;
     ctx.services
         .rooms
-        .set_membership(&room_id, user_id, user_id, "join", req.reason.as_deref())
+        .join(&room_id, ctx.user_id()?, req.reason.as_deref(), &profile)
         .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }

@@ -11,6 +11,7 @@
 //! step for throughput, and DESIGN.md's target.
 
 pub mod create;
+pub mod membership;
 pub mod pdu;
 pub mod visibility;
 
@@ -596,7 +597,20 @@ impl Rooms {
         membership: &str,
         reason: Option<&str>,
     ) -> Result<Appended> {
-        let mut content = CanonicalJsonObject::new();
+        self.change_membership(room_id, sender, target, membership, reason, CanonicalJsonObject::new())
+            .await
+    }
+
+    /// [`Self::set_membership`] with more content fields (profile, join authorisation).
+    async fn change_membership(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+        mut content: CanonicalJsonObject,
+    ) -> Result<Appended> {
         content.insert(
             "membership".into(),
             ruma::CanonicalJsonValue::String(membership.to_owned()),

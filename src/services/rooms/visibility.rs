@@ -49,7 +49,7 @@ impl Rooms {
                     departed_with: None,
                 });
             }
-            Some("leave" | "ban") => {
+            Some("leave" | "ban") if !self.is_forgotten(room_id, user_id)? => {
                 if world_readable()? {
                     return Ok(ReadScope {
                         up_to: watermark,

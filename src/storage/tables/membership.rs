@@ -1,12 +1,13 @@
 //! Membership indexed both ways: `userroom_membership` (user id SEP room id → membership) for
 //! "which rooms is this user in", and `roomuser_membership` (room id SEP user id → membership)
-//! for "who is in this room", both kept in the batch of the `m.room.member` event.
+//! for "who is in this room", both kept in the batch of the `m.room.member` event; and
+//! `userroom_forgotten`, the rooms a user has forgotten, which their next membership clears.
 
 use std::sync::Arc;
 
 use crate::storage::{
     Batch, Db, StorageResult, codec,
-    schema::{ROOMUSER_MEMBERSHIP, USERROOM_MEMBERSHIP},
+    schema::{ROOMUSER_MEMBERSHIP, USERROOM_FORGOTTEN, USERROOM_MEMBERSHIP},
 };
 
 /// Typed access to the membership indexes.
@@ -21,13 +22,12 @@ impl MembershipTable {
         Self { db }
     }
 
-    /// Queues a user's new membership of a room in both indexes.
+    /// Queues a user's new membership of a room in both indexes (a room once forgotten is
+    /// remembered again).
     pub fn queue_set(&self, batch: &mut Batch, user_id: &str, room_id: &str, membership: &str) {
-        batch.put(
-            USERROOM_MEMBERSHIP,
-            &codec::key(&[user_id.as_bytes(), room_id.as_bytes()]),
-            membership.as_bytes(),
-        );
+        let user_room = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        batch.delete(USERROOM_FORGOTTEN, &user_room);
+        batch.put(USERROOM_MEMBERSHIP, &user_room, membership.as_bytes());
         batch.put(
             ROOMUSER_MEMBERSHIP,
             &codec::key(&[room_id.as_bytes(), user_id.as_bytes()]),
@@ -42,6 +42,21 @@ impl MembershipTable {
             .db
             .get(USERROOM_MEMBERSHIP, &key)?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Queues forgetting a room for a user.
+    pub fn queue_forget(&self, batch: &mut Batch, user_id: &str, room_id: &str) {
+        batch.put(
+            USERROOM_FORGOTTEN,
+            &codec::key(&[user_id.as_bytes(), room_id.as_bytes()]),
+            &[],
+        );
+    }
+
+    /// Whether the user has forgotten the room.
+    pub fn is_forgotten(&self, user_id: &str, room_id: &str) -> StorageResult<bool> {
+        let key = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        Ok(self.db.get(USERROOM_FORGOTTEN, &key)?.is_some())
     }
 
     fn scan(&self, table: &'static str, first: &str) -> StorageResult<Vec<(String, String)>> {

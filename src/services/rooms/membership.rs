@@ -1,0 +1,158 @@
+//! Membership changes a user makes for themself, with the rules around them that the
+//! authorization rules leave to the server: joining (with the profile copied into the member
+//! event, and for `restricted` rooms a member chosen to authorise the join), knocking, and
+//! forgetting a room.
+
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedUserId, RoomId, UserId, events::StateEventType};
+
+use super::{Appended, Rooms};
+use crate::{Error, Result};
+
+/// What a member event shows of its user.
+#[derive(Clone, Debug, Default)]
+pub struct MemberProfile {
+    /// Display name.
+    pub displayname: Option<String>,
+    /// Avatar.
+    pub avatar_url: Option<String>,
+}
+
+impl MemberProfile {
+    fn content(&self) -> CanonicalJsonObject {
+        let mut content = CanonicalJsonObject::new();
+        if let Some(name) = &self.displayname {
+            content.insert("displayname".into(), CanonicalJsonValue::String(name.clone()));
+        }
+        if let Some(avatar) = &self.avatar_url {
+            content.insert("avatar_url".into(), CanonicalJsonValue::String(avatar.clone()));
+        }
+        content
+    }
+}
+
+impl Rooms {
+    /// Joins `user_id` to a room. In a `restricted` or `knock_restricted` room a user who is
+    /// not invited may join only as a member of one of the rooms its join rule allows; the join
+    /// then names a member with the power to invite who authorises it
+    /// (`join_authorised_via_users_server`).
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<&str>,
+        profile: &MemberProfile,
+    ) -> Result<Appended> {
+        let mut content = profile.content();
+        let current = self.membership(room_id, user_id)?;
+        if !matches!(current.as_deref(), Some("join" | "invite"))
+            && let Some(authoriser) = self.restricted_join_authoriser(room_id, user_id)?
+        {
+            content.insert(
+                "join_authorised_via_users_server".into(),
+                CanonicalJsonValue::String(authoriser.to_string()),
+            );
+        }
+        self.change_membership(room_id, user_id, user_id, "join", reason, content)
+            .await
+    }
+
+    /// Asks to join a room whose join rule is `knock` or `knock_restricted`.
+    pub async fn knock(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        reason: Option<&str>,
+        profile: &MemberProfile,
+    ) -> Result<Appended> {
+        match self.membership(room_id, user_id)?.as_deref() {
+            Some("join") => return Err(Error::forbidden(format!("{user_id} is already in the room"))),
+            Some("invite") => return Err(Error::forbidden(format!("{user_id} is already invited"))),
+            Some("ban") => return Err(Error::forbidden(format!("{user_id} is banned from the room"))),
+            _ => {}
+        }
+        self.change_membership(room_id, user_id, user_id, "knock", reason, profile.content())
+            .await
+    }
+
+    /// Forgets a room the user has left: its history is no longer readable to them (unless
+    /// world-readable) until they are a member again.
+    pub async fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        match self.membership(room_id, user_id)?.as_deref() {
+            Some("leave" | "ban") => {}
+            None => return Err(Error::not_found(format!("{user_id} has never been in {room_id}"))),
+            Some(_) => {
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::Unknown,
+                    format!("{user_id} has not left {room_id}"),
+                ));
+            }
+        }
+        let mut batch = self.db.batch();
+        self.memberships
+            .queue_forget(&mut batch, user_id.as_str(), room_id.as_str());
+        batch.commit().await?;
+        Ok(())
+    }
+
+    /// Whether the user has forgotten the room.
+    pub fn is_forgotten(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        Ok(self.memberships.is_forgotten(user_id.as_str(), room_id.as_str())?)
+    }
+
+    /// For a join under a `restricted`/`knock_restricted` rule: a joined local member who may
+    /// invite, provided the user is in one of the allowed rooms (`None` under other rules).
+    fn restricted_join_authoriser(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<OwnedUserId>> {
+        #[derive(serde::Deserialize)]
+        struct JoinRules {
+            join_rule: String,
+            #[serde(default)]
+            allow: Vec<Allow>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Allow {
+            #[serde(rename = "type")]
+            kind: String,
+            room_id: Option<ruma::OwnedRoomId>,
+        }
+        let Some(event) = self.state_event(room_id, &StateEventType::RoomJoinRules, "")? else {
+            return Ok(None);
+        };
+        let Ok(rules) = serde_json::from_str::<JoinRules>(event.content.get()) else {
+            return Ok(None);
+        };
+        if !matches!(rules.join_rule.as_str(), "restricted" | "knock_restricted") {
+            return Ok(None);
+        }
+        let member_of_allowed = rules
+            .allow
+            .iter()
+            .filter(|a| a.kind == "m.room_membership")
+            .filter_map(|a| a.room_id.as_deref())
+            .map(|allowed| self.membership(allowed, user_id))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .any(|m| m.as_deref() == Some("join"));
+        if !member_of_allowed {
+            return Err(Error::forbidden(
+                "You are not a member of any room whose members may join this one",
+            ));
+        }
+        let invite_level = self.required_level(room_id, "invite", 0)?;
+        let mut best: Option<(i64, OwnedUserId)> = None;
+        for (member, membership) in self.memberships.members_of(room_id.as_str())? {
+            let Ok(member) = OwnedUserId::try_from(member) else {
+                continue;
+            };
+            if membership != "join" || member.server_name() != self.server_name {
+                continue;
+            }
+            let level = self.power_level(room_id, &member)?;
+            if level >= invite_level && best.as_ref().is_none_or(|(l, _)| level > *l) {
+                best = Some((level, member));
+            }
+        }
+        best.map(|(_, member)| Some(member))
+            .ok_or_else(|| Error::forbidden("No member of this server may authorise the join"))
+    }
+}

@@ -66,6 +66,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::room::get_room_event);
     t.add(LimitClass::Client, client::room::get_message_events);
     t.add(LimitClass::Client, client::room::get_context);
+    t.add(LimitClass::Client, client::room::get_event_by_timestamp);
+    t.add(LimitClass::Client, client::room_upgrade::upgrade_room);
     t.add(LimitClass::Client, client::message::send_message_event);
     t.add(LimitClass::Client, client::message::redact_event);
     t.add(LimitClass::Client, client::state::get_state_events);

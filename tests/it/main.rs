@@ -15,6 +15,8 @@ mod crash;
 mod http_layer;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
+/// Room upgrades.
+mod room_upgrade;
 /// Rooms: events, state, membership, authorization, pagination.
 mod rooms;
 /// Architecture invariants of the source tree.

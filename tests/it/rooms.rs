@@ -682,3 +682,38 @@ fn reports_are_checked_and_stored() {
     kinds.sort();
     assert_eq!(kinds, vec!["event", "room", "user"]);
 }
+
+#[test]
+fn timestamp_to_event_finds_the_nearest_event() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let room = create_room(&alice, json!({}));
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let id = send(&alice, &room, &format!("t{i}"), &format!("m{i}"));
+        let event = alice.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&id)));
+        sent.push((id, event.ok()["origin_server_ts"].as_u64().unwrap()));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let find = |ts: u64, dir: &str| {
+        alice.get(&format!(
+            "/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={ts}&dir={dir}",
+            enc(&room)
+        ))
+    };
+    let (third, third_ts) = &sent[2];
+    assert_eq!(find(*third_ts, "f").ok()["event_id"], third.as_str());
+    assert_eq!(find(*third_ts, "b").ok()["event_id"], third.as_str());
+    assert_eq!(find(third_ts - 1, "b").ok()["event_id"], sent[1].0.as_str());
+    assert_eq!(find(third_ts + 1, "f").ok()["event_id"], sent[3].0.as_str());
+    assert_eq!(find(sent[4].1 + 60_000, "b").ok()["event_id"], sent[4].0.as_str());
+    find(sent[4].1 + 60_000, "f").expect_err(404, "M_NOT_FOUND");
+    find(1, "b").expect_err(404, "M_NOT_FOUND");
+    let stranger = server.user("eve", "pw");
+    stranger
+        .get(&format!(
+            "/_matrix/client/v1/rooms/{}/timestamp_to_event?ts=1&dir=f",
+            enc(&room)
+        ))
+        .expect_err(403, "M_FORBIDDEN");
+}

@@ -11,6 +11,7 @@ pub mod profile;
 pub mod register;
 pub mod reporting;
 pub mod room;
+pub mod room_upgrade;
 pub mod session;
 pub mod state;
 pub mod versions;

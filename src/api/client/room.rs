@@ -4,6 +4,7 @@
 //! - `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
 //! - `GET /_matrix/client/v3/rooms/{roomId}/messages`
 //! - `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
+//! - `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event`
 //!
 //! Spec: client-server-api "Rooms" and "Getting events for a room"
 //! (`data/api/client-server/create_room.yaml`, `rooms.yaml`, `message_pagination.yaml`).
@@ -15,7 +16,7 @@ use ruma::{
         client::{
             context::get_context,
             message::get_message_events,
-            room::{Visibility, create_room, get_room_event},
+            room::{Visibility, create_room, get_event_by_timestamp, get_room_event},
         },
     },
     serde::Raw,
@@ -225,4 +226,42 @@ pub async fn get_context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_
     response.events_after = after.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
     response.event = Some(raw_event(&event)?);
     Ok(response)
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/timestamp_to_event`
+///
+/// The event nearest to `ts` in direction `dir` among those the requester may read.
+pub async fn get_event_by_timestamp(
+    ctx: Ctx,
+    req: get_event_by_timestamp::v1::Request,
+) -> Result<get_event_by_timestamp::v1::Response> {
+    let rooms = &ctx.services.rooms;
+    let user_id = ctx.user_id()?;
+    let scope = rooms.read_scope(&req.room_id, user_id)?;
+    let ts = u64::from(req.ts.get());
+    let forwards = req.dir == Direction::Forward;
+    let (_, pdu) = rooms
+        .event_near_timestamp(&req.room_id, ts, forwards, scope.up_to)?
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "No event found {} {ts}",
+                if forwards { "after" } else { "before" }
+            ))
+        })?;
+    Ok(get_event_by_timestamp::v1::Response::new(
+        pdu.event_id,
+        pdu.origin_server_ts,
+    ))
+}
+
+/// 400 `M_UNSUPPORTED_ROOM_VERSION` unless new rooms may be created in `version`.
+pub(crate) fn check_new_room_version(version: &RoomVersionId) -> Result<()> {
+    if matches!(version, RoomVersionId::V10 | RoomVersionId::V11 | RoomVersionId::V12) {
+        return Ok(());
+    }
+    Err(Error::new(
+        http::StatusCode::BAD_REQUEST,
+        ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+        format!("Room version {version} is not supported for new rooms (10, 11, 12 are)"),
+    ))
 }

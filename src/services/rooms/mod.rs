@@ -13,6 +13,7 @@
 pub mod create;
 pub mod membership;
 pub mod pdu;
+pub mod upgrade;
 pub mod visibility;
 
 use std::{
@@ -532,6 +533,54 @@ impl Rooms {
             }
         }
         Ok((page, Some(if backwards { high } else { low })))
+    }
+
+    /// The event closest to `ts` at or after it (`forwards`) or at or before it, among
+    /// positions up to `up_to`. Local events are stamped in stream order, so timestamps grow
+    /// with positions and a binary search over positions finds it in a few dozen reads.
+    pub fn event_near_timestamp(
+        &self,
+        room_id: &RoomId,
+        ts: u64,
+        forwards: bool,
+        up_to: u64,
+    ) -> Result<Option<(u64, Pdu)>> {
+        let first_after = |position: u64| -> Result<Option<(u64, Pdu)>> {
+            Ok(self.timeline(room_id, position, up_to, false, 1)?.pop())
+        };
+        // P(x): the first event after x is at or past ts (or there is none). P is monotone, so
+        // the smallest x with P(x) is found by bisection, and the first event after it is the
+        // first event at or past ts.
+        let at_or_past = |event: &Option<(u64, Pdu)>| {
+            event
+                .as_ref()
+                .is_none_or(|(_, pdu)| u64::from(pdu.origin_server_ts.get()) >= ts)
+        };
+        let (mut low, mut high) = (0u64, up_to);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let event = first_after(mid)?;
+            if at_or_past(&event) {
+                high = mid;
+            } else {
+                // P is false up to that event's position too.
+                low = (mid + 1).max(event.map_or(0, |(pos, _)| pos));
+            }
+        }
+        let found = first_after(low)?;
+        if forwards {
+            return Ok(found);
+        }
+        // Backwards: that event if it is exactly at ts, else the one before it.
+        let before = found.as_ref().map_or(up_to, |(pos, _)| *pos);
+        if let Some((_, pdu)) = &found
+            && u64::from(pdu.origin_server_ts.get()) == ts
+        {
+            return Ok(found);
+        }
+        Ok(self
+            .timeline(room_id, 0, before.saturating_sub(u64::from(found.is_some())), true, 1)?
+            .pop())
     }
 
     /// Where an event sits in its room's timeline: its stream position.

@@ -70,7 +70,7 @@ impl Services {
             positions,
             Arc::clone(&server_keys),
             config.server_name.clone(),
-        );
+        )?;
         let accounts = accounts::Accounts::new(Arc::clone(&db), Arc::clone(&config))?;
         let sessions = sessions::Sessions::new(Arc::clone(&db), Arc::clone(&config));
         let registration = registration::Registration::new(Arc::clone(&db), config.registration);

@@ -4,8 +4,11 @@
 //! One logical change is one [`Batch`], committed atomically. By default a commit syncs the
 //! write-ahead log before it returns (`database.sync_writes`); concurrent committers share one
 //! sync through RocksDB's write-group leader, so durability does not cost one fsync per writer.
+//! Writers whose batches depend on each other's (room events) use the [`commit_queue`]
+//! instead, which keeps their order and syncs each group of queued batches once.
 
 pub mod codec;
+pub mod commit_queue;
 pub mod positions;
 pub mod schema;
 pub mod tables;

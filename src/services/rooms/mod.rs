@@ -6,9 +6,13 @@
 //! (ruma-state-res, the same check a remote event gets), and written in one batch with its
 //! timeline position, its state-before pointer and, for state events, the new current state.
 //!
-//! The lock is held until the batch is durable. Releasing it earlier (so that concurrent
-//! senders share one WAL sync) needs the room's pending state kept in memory; that is the next
-//! step for throughput, and DESIGN.md's target.
+//! The lock is held while the event is built, checked and queued for writing, not across the
+//! disk sync: the lock guards the room's *head* (forward extremities, depth, current state) in
+//! memory, so the next sender builds on an event that is still being written. Batches go
+//! through the ordered [`CommitQueue`], which syncs every group of queued events once, so
+//! concurrent senders share a WAL sync and a crash keeps a prefix of the room's events. Until
+//! an event is durable its bytes are served from memory (`pending`), and its stream position
+//! stays above the readers' watermark.
 
 pub mod create;
 pub mod membership;
@@ -20,6 +24,8 @@ use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
+
+use tokio::sync::Mutex as AsyncMutex;
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId,
@@ -35,7 +41,8 @@ use crate::{
     Error, Result,
     storage::{
         Db,
-        positions::Positions,
+        commit_queue::{CommitQueue, Queued},
+        positions::{Positions, Ticket},
         tables::{
             membership::MembershipTable,
             pdus::PdusTable,
@@ -86,6 +93,25 @@ pub struct Appended {
     pub position: u64,
 }
 
+/// What the next event of a room builds on, kept in memory under the room's lock.
+struct Head {
+    /// Forward extremities: short id and event id.
+    extremities: Vec<(u64, OwnedEventId)>,
+    /// The greatest depth among them.
+    depth: u64,
+    /// The current state.
+    current: Arc<Loaded>,
+}
+
+/// An event built and queued, not yet durable.
+struct Staged {
+    appended: Appended,
+    short_event: u64,
+    txn: Option<(String, String, String)>,
+    ticket: Ticket,
+    queued: Queued,
+}
+
 /// The rooms service.
 pub struct Rooms {
     db: Arc<Db>,
@@ -98,14 +124,31 @@ pub struct Rooms {
     positions: Arc<Positions>,
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
-    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<AsyncMutex<Option<Head>>>>>,
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
+    commits: CommitQueue,
+    /// Canonical bytes of queued events, by short event id, until they are durable.
+    pending: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
+    /// Client transactions of queued events: (user, device, txn) → event id.
+    pending_txns: Mutex<HashMap<(String, String, String), OwnedEventId>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Rooms {
     /// Builds the service.
-    pub fn new(db: Arc<Db>, positions: Arc<Positions>, keys: Arc<ServerKeys>, server_name: OwnedServerName) -> Self {
-        Self {
+    pub fn new(
+        db: Arc<Db>,
+        positions: Arc<Positions>,
+        keys: Arc<ServerKeys>,
+        server_name: OwnedServerName,
+    ) -> Result<Self> {
+        Ok(Self {
+            commits: CommitQueue::start(Arc::clone(&db))?,
+            pending: Mutex::new(HashMap::new()),
+            pending_txns: Mutex::new(HashMap::new()),
             ids: ShortIds::new(Arc::clone(&db)),
             pdus: PdusTable::new(Arc::clone(&db)),
             timeline: TimelineTable::new(Arc::clone(&db)),
@@ -118,12 +161,11 @@ impl Rooms {
             server_name,
             locks: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
-    fn room_lock(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(locks.entry(room_id.to_owned()).or_default())
+    fn room_lock(&self, room_id: &RoomId) -> Arc<AsyncMutex<Option<Head>>> {
+        Arc::clone(locked(&self.locks).entry(room_id.to_owned()).or_default())
     }
 
     /// Loads a stored event by id.
@@ -158,6 +200,9 @@ impl Rooms {
 
     /// An event exactly as stored, never redacted.
     fn raw_event_by_short(&self, short: u64, event_id: OwnedEventId) -> Result<Pdu> {
+        if let Some(bytes) = locked(&self.pending).get(&short).cloned() {
+            return Pdu::parse(event_id, &bytes);
+        }
         let bytes = self
             .pdus
             .get(short)?
@@ -292,52 +337,109 @@ impl Rooms {
             )
         };
         let event = NewEvent::state("m.room.create", "", content);
-        self.append_locked(version, room_id.as_deref(), creator, event).await
+        let staged = self.stage(version, room_id.as_deref(), creator, event, &mut None)?;
+        self.finish(staged, None).await
     }
 
     /// Builds, authorizes and stores an event in an existing room.
     pub async fn append(&self, room_id: &RoomId, sender: &UserId, event: NewEvent<'_>) -> Result<Appended> {
         let lock = self.room_lock(room_id);
-        let _guard = lock.lock().await;
+        let mut head = lock.lock().await;
         let version = self
             .room_version(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         // A retried transaction gets the event it produced the first time.
-        if let Some((user, device, txn)) = event.txn
-            && let Some(event_id) = self.transactions.get(user, device, txn)?
-        {
-            let event_id = EventId::parse(event_id).map_err(|e| Error::internal(e.to_string()))?;
-            return Ok(Appended {
-                event_id,
-                room_id: room_id.to_owned(),
-                position: 0,
-            });
+        if let Some((user, device, txn)) = event.txn {
+            let key = (user.to_owned(), device.to_owned(), txn.to_owned());
+            let queued = locked(&self.pending_txns).get(&key).cloned();
+            let stored = match queued {
+                Some(id) => Some(id),
+                None => self
+                    .transactions
+                    .get(user, device, txn)?
+                    .map(|id| EventId::parse(id).map_err(|e| Error::internal(e.to_string())))
+                    .transpose()?,
+            };
+            if let Some(event_id) = stored {
+                return Ok(Appended {
+                    event_id,
+                    room_id: room_id.to_owned(),
+                    position: 0,
+                });
+            }
         }
-        self.append_locked(&version, Some(room_id), sender, event).await
+        let staged = self.stage(&version, Some(room_id), sender, event, &mut head)?;
+        drop(head);
+        self.finish(staged, Some(&lock)).await
     }
 
-    /// The write path proper; the caller holds the room's lock (or the room is new).
-    async fn append_locked(
+    /// The room's head as stored (used when no head is in memory).
+    fn load_head(&self, room_id: &RoomId) -> Result<Option<Head>> {
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
+            return Ok(None);
+        };
+        let Some(current) = self.current_state(short_room)? else {
+            return Ok(None);
+        };
+        let shorts = self.timeline.extremities(short_room)?;
+        let mut extremities = Vec::new();
+        let mut depth = 0u64;
+        for (short, id) in shorts.iter().zip(self.ids.event_ids(&shorts)?) {
+            let id = EventId::parse(id.ok_or_else(|| Error::internal("unknown extremity"))?)
+                .map_err(|e| Error::internal(e.to_string()))?;
+            depth = depth.max(u64::from(self.raw_event_by_short(*short, id.clone())?.depth));
+            extremities.push((*short, id));
+        }
+        Ok(Some(Head {
+            extremities,
+            depth,
+            current,
+        }))
+    }
+
+    /// Waits until a staged event is durable, then publishes its position. If the write failed,
+    /// the room's head is dropped so the next sender rebuilds it from what is stored.
+    async fn finish(&self, staged: Staged, lock: Option<&AsyncMutex<Option<Head>>>) -> Result<Appended> {
+        let written = staged.queued.durable().await;
+        locked(&self.pending).remove(&staged.short_event);
+        if let Some(txn) = &staged.txn {
+            locked(&self.pending_txns).remove(txn);
+        }
+        match written {
+            Ok(()) => {
+                staged.ticket.complete();
+                Ok(staged.appended)
+            }
+            Err(e) => {
+                if let Some(lock) = lock {
+                    *lock.lock().await = None;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The write path proper, under the room's lock (or for a new room): builds the event on
+    /// `head`, checks it, queues its batch and moves `head` past it. Nothing here waits.
+    fn stage(
         &self,
         version: &RoomVersionId,
         room_id: Option<&RoomId>,
         sender: &UserId,
         event: NewEvent<'_>,
-    ) -> Result<Appended> {
+        head: &mut Option<Head>,
+    ) -> Result<Staged> {
         let rules = events::rules(version)?;
         if event.kind == "m.room.power_levels" {
             validate_power_levels(&event.content)?;
         }
-        let short_room = match room_id {
-            Some(room) => self.ids.room(room.as_str())?,
-            None => None,
-        };
-        let current = match short_room {
-            Some(short) => self.current_state(short)?,
-            None => None,
-        };
+        if head.is_none()
+            && let Some(room) = room_id
+        {
+            *head = self.load_head(room)?;
+        }
         let empty = StateMap::new();
-        let state = current.as_ref().map_or(&empty, |c| &c.state);
+        let state = head.as_ref().map_or(&empty, |h| &h.current.state);
 
         // Auth events: the relevant subset of the current state.
         let content_raw = RawValue::from_string(ruma::CanonicalJsonValue::Object(event.content.clone()).to_string())
@@ -354,19 +456,11 @@ impl Rooms {
         }
 
         // Prev events: the room's forward extremities; depth one past the deepest.
-        let extremities = match short_room {
-            Some(short) => self.timeline.extremities(short)?,
-            None => Vec::new(),
-        };
-        let mut prev_events = Vec::new();
-        let mut depth = 0u64;
-        for (short, id) in extremities.iter().zip(self.ids.event_ids(&extremities)?) {
-            let id = EventId::parse(id.ok_or_else(|| Error::internal("unknown extremity"))?)
-                .map_err(|e| Error::internal(e.to_string()))?;
-            let prev = self.event_by_short(*short, id.clone())?;
-            depth = depth.max(u64::from(prev.depth));
-            prev_events.push(id);
-        }
+        let prev_events: Vec<OwnedEventId> = head
+            .as_ref()
+            .map(|h| h.extremities.iter().map(|(_, id)| id.clone()).collect())
+            .unwrap_or_default();
+        let depth = head.as_ref().map_or(0, |h| h.depth);
 
         let signed = events::build(
             &self.keys,
@@ -396,10 +490,7 @@ impl Rooms {
             .map_err(|reason| Error::forbidden(format!("Event is not authorized: {reason}")))?;
 
         // One batch: the event, its place in the timeline and the state around it.
-        let short_room = match short_room {
-            Some(short) => short,
-            None => self.ids.room_or_create(signed.room_id.as_str())?,
-        };
+        let short_room = self.ids.room_or_create(signed.room_id.as_str())?;
         let short_event = self.ids.event_or_create(signed.event_id.as_str())?;
         let mut batch = self.db.batch();
         self.pdus.put(&mut batch, short_event, &signed.bytes);
@@ -407,8 +498,8 @@ impl Rooms {
             self.transactions
                 .put(&mut batch, user, device, txn, signed.event_id.as_str());
         }
-        let before = match current {
-            Some(current) => current,
+        let before = match head.as_ref() {
+            Some(head) => Arc::clone(&head.current),
             None => self.state.queue_snapshot(&mut batch, None, StateMap::new())?,
         };
         self.state.queue_before_event(&mut batch, short_event, before.id);
@@ -438,27 +529,50 @@ impl Rooms {
             self.memberships
                 .queue_set(&mut batch, target, signed.room_id.as_str(), membership);
         }
-        if let Some(state_key) = event.state_key {
+        let after = if let Some(state_key) = event.state_key {
             let key = self.ids.state_key_or_create(event.kind, state_key)?;
             let mut after = before.state.clone();
             after.insert(key, short_event);
             let after = self.state.queue_snapshot(&mut batch, Some(&*before), after)?;
             self.state.queue_current(&mut batch, short_room, after.id);
-        } else if self.state.current(short_room)?.is_none() {
-            self.state.queue_current(&mut batch, short_room, before.id);
-        }
+            after
+        } else {
+            if head.is_none() {
+                self.state.queue_current(&mut batch, short_room, before.id);
+            }
+            before
+        };
         self.timeline
             .queue_set_extremities(&mut batch, short_room, &[short_event])?;
         let ticket = self.positions.allocate()?;
         let position = ticket.position();
         self.timeline
             .queue_append(&mut batch, short_room, position, short_event);
-        batch.commit().await?;
-        ticket.complete();
-        Ok(Appended {
-            event_id: signed.event_id,
-            room_id: signed.room_id,
-            position,
+
+        // Until it is durable, the event is served from memory and its transaction remembered.
+        locked(&self.pending).insert(short_event, Arc::new(signed.bytes.clone()));
+        let txn = event
+            .txn
+            .map(|(user, device, txn)| (user.to_owned(), device.to_owned(), txn.to_owned()));
+        if let Some(txn) = &txn {
+            locked(&self.pending_txns).insert(txn.clone(), signed.event_id.clone());
+        }
+        let queued = self.commits.enqueue(batch);
+        *head = Some(Head {
+            extremities: vec![(short_event, signed.event_id.clone())],
+            depth: depth + 1,
+            current: after,
+        });
+        Ok(Staged {
+            appended: Appended {
+                event_id: signed.event_id,
+                room_id: signed.room_id,
+                position,
+            },
+            short_event,
+            txn,
+            ticket,
+            queued,
         })
     }
 

@@ -1,0 +1,125 @@
+//! Ordered group commit for writers that build on each other's unsynced writes (the events of
+//! one room: each names the previous one in `prev_events`).
+//!
+//! Batches are written by one thread in exactly the order they were queued. Whatever queued up
+//! while the previous group was being synced becomes the next group: each batch is written to
+//! the WAL unsynced, then one sync makes the whole group durable, and only then is each writer
+//! told. Because the WAL is sequential, a crash keeps a prefix of the queue: an event can never
+//! survive without the events it was built on.
+
+use std::{
+    sync::{Arc, mpsc},
+    thread,
+};
+
+use rocksdb::WriteOptions;
+use tokio::sync::oneshot;
+
+use super::{Batch, Db, StorageError, StorageResult};
+
+/// Most batches written under one sync.
+const MAX_GROUP: usize = 512;
+
+struct Job {
+    batch: rocksdb::WriteBatch,
+    done: oneshot::Sender<StorageResult<()>>,
+}
+
+/// The queue; cloning shares it.
+#[derive(Clone)]
+pub struct CommitQueue {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// A queued batch; [`Queued::durable`] resolves once it is on disk.
+pub struct Queued(oneshot::Receiver<StorageResult<()>>);
+
+impl Queued {
+    /// Waits until the batch is written and (with `sync_writes`) its WAL synced.
+    pub async fn durable(self) -> StorageResult<()> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(StorageError::Io("the commit thread stopped".into())))
+    }
+}
+
+impl CommitQueue {
+    /// Starts the commit thread; it stops when the last handle is dropped.
+    pub fn start(db: Arc<Db>) -> StorageResult<CommitQueue> {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("hearth-commit".into())
+            .spawn(move || run(&db, &inbox))
+            .map_err(|e| StorageError::Io(format!("cannot start the commit thread: {e}")))?;
+        Ok(CommitQueue { jobs })
+    }
+
+    /// Queues a batch behind every batch queued before it. Never blocks.
+    pub fn enqueue(&self, batch: Batch) -> Queued {
+        let (done, wait) = oneshot::channel();
+        if let Err(mpsc::SendError(job)) = self.jobs.send(Job {
+            batch: batch.inner,
+            done,
+        }) {
+            let _ = job.done.send(Err(StorageError::Io("the commit thread stopped".into())));
+        }
+        Queued(wait)
+    }
+}
+
+fn run(db: &Db, inbox: &mpsc::Receiver<Job>) {
+    let mut unsynced = WriteOptions::default();
+    unsynced.set_sync(false);
+    while let Ok(first) = inbox.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP
+            && let Ok(next) = inbox.try_recv()
+        {
+            group.push(next);
+        }
+        let mut results = Vec::with_capacity(group.len());
+        let mut waiting = Vec::with_capacity(group.len());
+        for job in group {
+            results.push(db.rocks.write_opt(job.batch, &unsynced).map_err(StorageError::from));
+            waiting.push(job.done);
+        }
+        let synced = if db.sync_writes {
+            db.rocks.flush_wal(true).map_err(StorageError::from)
+        } else {
+            Ok(())
+        };
+        for (result, done) in results.into_iter().zip(waiting) {
+            let result = match (&synced, result) {
+                (Err(e), Ok(())) => Err(StorageError::Io(format!("WAL sync failed: {e}"))),
+                (_, result) => result,
+            };
+            let _ = done.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{StorageOptions, schema::GLOBAL};
+
+    /// Many writers queued at once all land, in order, and each hears back.
+    #[tokio::test]
+    async fn queued_batches_land_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
+        let queue = CommitQueue::start(Arc::clone(&db)).unwrap();
+        let mut waits = Vec::new();
+        for i in 0u32..200 {
+            let mut batch = db.batch();
+            batch.put(GLOBAL, b"test_last", &i.to_be_bytes());
+            batch.put(GLOBAL, format!("test_{i}").as_bytes(), b"x");
+            waits.push(queue.enqueue(batch));
+        }
+        for wait in waits {
+            wait.durable().await.unwrap();
+        }
+        assert_eq!(db.get(GLOBAL, b"test_last").unwrap().unwrap(), 199u32.to_be_bytes());
+        assert!(db.get(GLOBAL, b"test_150").unwrap().is_some());
+    }
+}

@@ -195,6 +195,25 @@ pub async fn delete_token(services: &Services, token: &str) -> Result<(), String
     }
 }
 
+/// `hearth reports`: every abuse report, oldest first, one per line.
+pub fn list_reports(services: &Services) -> Result<(), String> {
+    let reports = services.reports.list().map_err(|e| e.to_string())?;
+    if reports.is_empty() {
+        println!("no reports");
+    }
+    for r in reports {
+        let when = std::time::UNIX_EPOCH + Duration::from_millis(r.received_ms);
+        let age = when.elapsed().map_or(0, |d| d.as_secs() / 60);
+        let room = r.room_id.map(|room| format!(" in {room}")).unwrap_or_default();
+        let reason = r.reason.unwrap_or_default();
+        println!(
+            "{age} min ago\t{} reported {} {}{room}\t{reason}",
+            r.reporter, r.kind, r.target
+        );
+    }
+    Ok(())
+}
+
 /// `hearth generate-config`: the commented example with `server_name` set and a new signing key.
 pub fn generate_config(server_name: &str, out: Option<&Path>) -> Result<(), String> {
     <&ruma::ServerName>::try_from(server_name)

@@ -61,6 +61,11 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// List the abuse reports users sent (works on the data directory; stop the server first).
+    Reports {
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +227,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     TokenAction::Delete { token } => admin::delete_token(&services, &token).await,
                 }
             })
+        }
+        Command::Reports { common } => {
+            let config = load(&common, Overrides::default())?;
+            init_logging_quiet();
+            admin::list_reports(&*admin::open(config)?)
         }
     }
 }

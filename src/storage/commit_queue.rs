@@ -25,10 +25,11 @@ struct Job {
     done: oneshot::Sender<StorageResult<()>>,
 }
 
-/// The queue; cloning shares it.
-#[derive(Clone)]
+/// The queue. Dropping it writes what is queued, then stops the thread (and releases its
+/// handle on the database).
 pub struct CommitQueue {
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<thread::JoinHandle<()>>,
 }
 
 /// A queued batch; [`Queued::durable`] resolves once it is on disk.
@@ -44,26 +45,43 @@ impl Queued {
 }
 
 impl CommitQueue {
-    /// Starts the commit thread; it stops when the last handle is dropped.
+    /// Starts the commit thread.
     pub fn start(db: Arc<Db>) -> StorageResult<CommitQueue> {
         let (jobs, inbox) = mpsc::channel::<Job>();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("hearth-commit".into())
             .spawn(move || run(&db, &inbox))
             .map_err(|e| StorageError::Io(format!("cannot start the commit thread: {e}")))?;
-        Ok(CommitQueue { jobs })
+        Ok(CommitQueue {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
     }
 
     /// Queues a batch behind every batch queued before it. Never blocks.
     pub fn enqueue(&self, batch: Batch) -> Queued {
         let (done, wait) = oneshot::channel();
-        if let Err(mpsc::SendError(job)) = self.jobs.send(Job {
+        let job = Job {
             batch: batch.inner,
             done,
-        }) {
+        };
+        let refused = match &self.jobs {
+            Some(jobs) => jobs.send(job).err().map(|mpsc::SendError(job)| job),
+            None => Some(job),
+        };
+        if let Some(job) = refused {
             let _ = job.done.send(Err(StorageError::Io("the commit thread stopped".into())));
         }
         Queued(wait)
+    }
+}
+
+impl Drop for CommitQueue {
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

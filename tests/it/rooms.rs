@@ -681,6 +681,14 @@ fn reports_are_checked_and_stored() {
     let mut kinds: Vec<String> = services.reports.list().unwrap().into_iter().map(|r| r.kind).collect();
     kinds.sort();
     assert_eq!(kinds, vec!["event", "room", "user"]);
+    drop(services);
+
+    // The operator reads them with `hearth reports`.
+    let listed = server.admin(&["reports"], None);
+    let (out, err) = crate::support::out_text(&listed);
+    assert!(listed.status.success(), "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains("reported user") && out.contains("rude"), "{out}");
 }
 
 #[test]

@@ -26,7 +26,8 @@ HEARTH=$CARGO_TARGET_DIR/release/hearth
 MX=${MXBENCH_BIN:-$CARGO_TARGET_DIR/release/mxbench}
 [ -x "$MX" ] || cargo build --release -q --manifest-path "$TOOLS/mxbench/Cargo.toml"
 LOAD=$(cd "$ROOT" && cargo bench --locked --bench rooms_load --no-run --message-format=json 2>/dev/null |
-    jq -r 'select(.executable != null) | .executable' | tail -n1)
+    jq -r 'select(.executable != null and (.target.kind | index("bench"))) | .executable' | tail -n1)
+[ -x "$LOAD" ] || { log "could not build benches/rooms_load.rs"; exit 1; }
 
 HPID=""
 cleanup() {

@@ -334,4 +334,15 @@ fn member_events_carry_the_profile() {
     let room = create_room(&alice, json!({"preset": "public_chat"}));
     join(&bob, &room);
     assert_eq!(membership_of(&alice, &room, &bob.uid())["displayname"], "Bobby");
+    // A new name reaches the rooms the user is in.
+    bob.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.uid())),
+        json!({"displayname": "Robert"}),
+    )
+    .ok();
+    let member = membership_of(&alice, &room, &bob.uid());
+    assert_eq!(
+        (member["displayname"].as_str(), member["membership"].as_str()),
+        (Some("Robert"), Some("join"))
+    );
 }

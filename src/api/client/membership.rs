@@ -31,11 +31,7 @@ use crate::{Error, Result, api::extract::Ctx, services::rooms::membership::Membe
 /// The requester's display name and avatar, copied into their member events.
 fn member_profile(ctx: &Ctx) -> Result<MemberProfile> {
     let profile = ctx.services.profile.get(ctx.user_id()?)?.unwrap_or_default();
-    let field = |key: &str| profile.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-    Ok(MemberProfile {
-        displayname: field("displayname"),
-        avatar_url: field("avatar_url"),
-    })
+    Ok(MemberProfile::from_profile(&profile))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`

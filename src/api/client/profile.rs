@@ -13,7 +13,7 @@ use ruma::{
     },
 };
 
-use crate::{Error, Result, api::extract::Ctx};
+use crate::{Error, Result, api::extract::Ctx, services::rooms::membership::MemberProfile};
 
 fn profile_of(ctx: &Ctx, user_id: &UserId) -> Result<serde_json::Map<String, serde_json::Value>> {
     ctx.services
@@ -25,6 +25,20 @@ fn profile_of(ctx: &Ctx, user_id: &UserId) -> Result<serde_json::Map<String, ser
 fn ensure_own(ctx: &Ctx, user_id: &UserId) -> Result<()> {
     if ctx.user_id()? != user_id {
         return Err(Error::forbidden("Cannot change another user's profile"));
+    }
+    Ok(())
+}
+
+/// A new display name or avatar is announced in the user's rooms.
+async fn shown_in_rooms(
+    ctx: &Ctx,
+    user_id: &UserId,
+    field: &str,
+    profile: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    if matches!(field, "displayname" | "avatar_url") {
+        let profile = MemberProfile::from_profile(profile);
+        ctx.services.rooms.refresh_member_profile(user_id, &profile).await?;
     }
     Ok(())
 }
@@ -62,10 +76,12 @@ pub async fn set_profile_field(
     ensure_own(&ctx, &req.user_id)?;
     let field = req.value.field_name();
     let value = req.value.value().into_owned();
-    ctx.services
+    let profile = ctx
+        .services
         .profile
         .set_field(&req.user_id, field.as_str(), Some(value))
         .await?;
+    shown_in_rooms(&ctx, &req.user_id, field.as_str(), &profile).await?;
     Ok(set_profile_field::v3::Response::new())
 }
 
@@ -75,9 +91,11 @@ pub async fn delete_profile_field(
     req: delete_profile_field::v3::Request,
 ) -> Result<delete_profile_field::v3::Response> {
     ensure_own(&ctx, &req.user_id)?;
-    ctx.services
+    let profile = ctx
+        .services
         .profile
         .set_field(&req.user_id, req.field.as_str(), None)
         .await?;
+    shown_in_rooms(&ctx, &req.user_id, req.field.as_str(), &profile).await?;
     Ok(delete_profile_field::v3::Response::new())
 }

@@ -18,6 +18,15 @@ pub struct MemberProfile {
 }
 
 impl MemberProfile {
+    /// The member-event fields of a stored profile.
+    pub fn from_profile(profile: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let field = |key: &str| profile.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        MemberProfile {
+            displayname: field("displayname"),
+            avatar_url: field("avatar_url"),
+        }
+    }
+
     fn content(&self) -> CanonicalJsonObject {
         let mut content = CanonicalJsonObject::new();
         if let Some(name) = &self.displayname {
@@ -92,6 +101,30 @@ impl Rooms {
         self.memberships
             .queue_forget(&mut batch, user_id.as_str(), room_id.as_str());
         batch.commit().await?;
+        Ok(())
+    }
+
+    /// After a profile change: a new member event in every room the user has joined, carrying
+    /// the new display name and avatar (as Synapse does). A room that refuses it (for example
+    /// one where the user may no longer change their membership) is logged and skipped.
+    pub async fn refresh_member_profile(&self, user_id: &UserId, profile: &MemberProfile) -> Result<()> {
+        for room_id in self.joined_rooms(user_id)? {
+            let Some(current) = self.state_event(&room_id, &StateEventType::RoomMember, user_id.as_str())? else {
+                continue;
+            };
+            let mut content = match serde_json::from_str::<CanonicalJsonValue>(current.content.get()) {
+                Ok(CanonicalJsonValue::Object(o)) => o,
+                _ => continue,
+            };
+            content.remove("displayname");
+            content.remove("avatar_url");
+            content.remove("reason");
+            content.extend(profile.content());
+            let event = super::NewEvent::state("m.room.member", user_id.as_str(), content);
+            if let Err(e) = self.append(&room_id, user_id, event).await {
+                tracing::info!(%room_id, %user_id, error = %e, "profile change not sent to room");
+            }
+        }
         Ok(())
     }
 

@@ -13,6 +13,8 @@ mod client_devices_profile;
 mod crash;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
+/// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.
+mod media;
 /// Rooms: events, state, membership, authorization, pagination.
 mod rooms;
 /// Architecture invariants of the source tree.

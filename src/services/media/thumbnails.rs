@@ -110,14 +110,13 @@ impl Thumbnailer {
         }
     }
 
-    /// Runs `f` on the blocking pool once a decoding slot is free.
-    async fn decode<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-        let _slot = self
-            .slots
+    /// Waits for a decoding slot: held while the original is in memory and decoded, so
+    /// concurrent requests cannot pile up originals.
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.slots
             .acquire()
             .await
-            .map_err(|_| Error::internal("thumbnail slots closed"))?;
-        store::blocking(f).await
+            .map_err(|_| Error::internal("thumbnail slots closed"))
     }
 }
 
@@ -239,26 +238,26 @@ impl Media {
                 bytes: cached.bytes,
             });
         }
+        let slot = self.thumbnails.slot().await?;
         let bytes = store::read_all(&self.table, &info.blob, MAX_SOURCE_BYTES).await?;
         let max_pixels = self.thumbnails.max_pixels;
         let original_type = info.content_type.clone().unwrap_or_default();
-        let made = self
-            .thumbnails
-            .decode(move || {
-                let (format, ow, oh) = checked_header(&bytes, max_pixels)?;
-                if animated && ow <= width && oh <= height && is_animated(&bytes, format) {
-                    return Ok((
-                        Thumbnail {
-                            content_type: original_type,
-                            bytes,
-                        },
-                        false,
-                    ));
-                }
-                let image = decode(&bytes, ow, oh)?;
-                Ok((render(&image, format, w, h, method)?, true))
-            })
-            .await?;
+        let made = store::blocking(move || {
+            let (format, ow, oh) = checked_header(&bytes, max_pixels)?;
+            if animated && ow <= width && oh <= height && is_animated(&bytes, format) {
+                return Ok((
+                    Thumbnail {
+                        content_type: original_type,
+                        bytes,
+                    },
+                    false,
+                ));
+            }
+            let image = decode(&bytes, ow, oh)?;
+            Ok((render(&image, format, w, h, method)?, true))
+        })
+        .await?;
+        drop(slot);
         let (thumb, cache) = made;
         if cache {
             let record = ThumbnailRecord {
@@ -295,29 +294,29 @@ async fn pregenerate(table: &MediaTable, thumbnailer: &Thumbnailer, server: &str
     let Some(blob) = table.blob(&content.hash)? else {
         return Ok(());
     };
+    let _slot = thumbnailer.slot().await?;
     let bytes = store::read_all(table, &blob, MAX_SOURCE_BYTES).await?;
     let max_pixels = thumbnailer.max_pixels;
     let (table, server, media_id) = (table.clone(), server.to_owned(), media_id.to_owned());
-    thumbnailer
-        .decode(move || {
-            let (format, ow, oh) = checked_header(&bytes, max_pixels)?;
-            let image = decode(&bytes, ow, oh)?;
-            drop(bytes);
-            for (w, h, method) in PREGENERATED {
-                let thumb = render(&image, format, w, h, method)?;
-                table.put_thumbnail(
-                    &server,
-                    &media_id,
-                    &spec_key(w, h, method),
-                    &ThumbnailRecord {
-                        content_type: thumb.content_type,
-                        bytes: thumb.bytes,
-                    },
-                )?;
-            }
-            Ok(())
-        })
-        .await
+    store::blocking(move || {
+        let (format, ow, oh) = checked_header(&bytes, max_pixels)?;
+        let image = decode(&bytes, ow, oh)?;
+        drop(bytes);
+        for (w, h, method) in PREGENERATED {
+            let thumb = render(&image, format, w, h, method)?;
+            table.put_thumbnail(
+                &server,
+                &media_id,
+                &spec_key(w, h, method),
+                &ThumbnailRecord {
+                    content_type: thumb.content_type,
+                    bytes: thumb.bytes,
+                },
+            )?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]

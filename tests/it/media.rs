@@ -578,6 +578,10 @@ fn page_server(addr: &str, redirect_to: Option<String>) -> (String, Arc<AtomicUs
                 (Some(target), "/redirect") => {
                     format!("HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n")
                 }
+                (_, "/slow") => {
+                    std::thread::sleep(Duration::from_secs(4));
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n".to_owned()
+                }
                 (_, "/big") => {
                     let body = format!(
                         "<html><head><title>Big</title></head><body>{}</body></html>",
@@ -609,7 +613,11 @@ fn url_previews_reach_only_permitted_addresses() {
     let denied_port = denied.rsplit(':').next().unwrap().to_owned();
     let (denied6, denied6_hits) = page_server("[::1]:0", None);
     let (allowed, allowed_hits) = page_server("127.0.0.2:0", Some(format!("http://127.0.0.1:{denied_port}/")));
-    let server = TestServer::start_with(&[("HEARTH_MEDIA__URL_PREVIEW_IP_ALLOW", "[\"127.0.0.2/32\"]")]);
+    let server = TestServer::start_with(&[
+        ("HEARTH_MEDIA__URL_PREVIEW_IP_ALLOW", "[\"127.0.0.2/32\"]"),
+        ("HEARTH_MEDIA__URL_PREVIEW_MAX_BYTES", "50000"),
+        ("HEARTH_MEDIA__URL_PREVIEW_TIMEOUT_SECS", "1"),
+    ]);
     let alice = server.user("alice", "pw");
     let preview = |url: &str| alice.get(&format!("/_matrix/client/v1/media/preview_url?url={}", enc(url)));
 
@@ -623,6 +631,7 @@ fn url_previews_reach_only_permitted_addresses() {
         hits,
         "the second preview comes from the cache"
     );
+    // A 100 kB page is cut at 50 kB (its head is still read).
     assert_eq!(preview(&format!("http://{allowed}/big")).ok()["og:title"], "Big");
 
     for url in [
@@ -647,6 +656,10 @@ fn url_previews_reach_only_permitted_addresses() {
         "the denied address was never contacted"
     );
     assert_eq!(denied6_hits.load(Ordering::SeqCst), 0, "[::1] was never contacted");
+    // A page that stalls runs into the time limit (last: it blocks the page server).
+    let started = std::time::Instant::now();
+    preview(&format!("http://{allowed}/slow")).expect_err(502, "M_UNKNOWN");
+    assert!(started.elapsed() < Duration::from_secs(3), "the time limit held");
     preview("file:///etc/passwd").expect_err(400, "M_INVALID_PARAM");
     alice
         .with_token(None)

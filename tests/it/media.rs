@@ -318,6 +318,48 @@ fn asynchronous_uploads_and_their_errors() {
 }
 
 #[test]
+fn expired_media_ids_refuse_uploads_and_are_deleted_at_start() {
+    let mut server = TestServer::start_with(&[("HEARTH_MEDIA__UNUSED_EXPIRATION_SECS", "1")]);
+    let alice = server.user("alice", "pw");
+    let kept = alice.post("/_matrix/media/v1/create", json!({})).ok()["content_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .raw(
+            "PUT",
+            &format!("/_matrix/media/v3/upload/{}", path_of(&kept)),
+            Some(b"in time"),
+            Some("text/plain"),
+        )
+        .ok();
+    let late = alice.post("/_matrix/media/v1/create", json!({})).ok()["content_uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(1200));
+    alice
+        .raw(
+            "PUT",
+            &format!("/_matrix/media/v3/upload/{}", path_of(&late)),
+            Some(b"late"),
+            Some("text/plain"),
+        )
+        .expect_err(404, "M_NOT_FOUND");
+    alice
+        .get(&format!(
+            "/_matrix/client/v1/media/download/{}?timeout_ms=100",
+            path_of(&late)
+        ))
+        .expect_err(404, "M_NOT_FOUND");
+    server.stop();
+    server.launch();
+    server.stop();
+    let stats = server.open_services().media.stats().unwrap();
+    assert_eq!((stats.media, stats.pending), (1, 0), "{stats:?}");
+}
+
+#[test]
 fn legacy_unauthenticated_endpoints_are_frozen_unless_configured() {
     let png = encode(&picture(20, 20), ImageFormat::Png);
     let server = TestServer::start();

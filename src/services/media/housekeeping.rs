@@ -9,10 +9,17 @@ use crate::{
     util,
 };
 
-/// Deletes blobs left pending by interrupted uploads (run at start, before any upload).
-pub(super) fn delete_orphans(table: &MediaTable) -> Result<()> {
+/// Deletes blobs left pending by interrupted uploads and `/create`d ids that expired without
+/// content (run at start, before any upload).
+pub(super) fn delete_orphans(table: &MediaTable, server: &str) -> Result<()> {
     let pending = table.pending_blobs()?;
-    if pending.is_empty() {
+    let now = util::now_ms();
+    let expired: Vec<_> = table
+        .all_user_pending()?
+        .into_iter()
+        .filter(|(_, _, expires)| *expires <= now)
+        .collect();
+    if pending.is_empty() && expired.is_empty() {
         return Ok(());
     }
     let mut batch = table.batch();
@@ -20,8 +27,18 @@ pub(super) fn delete_orphans(table: &MediaTable) -> Result<()> {
         table.queue_delete_chunks(&mut batch, *blob_id);
         table.queue_pending_blob_done(&mut batch, *blob_id);
     }
+    for (user, media_id, _) in &expired {
+        if table.get(server, media_id)?.is_some_and(|r| r.content.is_none()) {
+            table.queue_delete(&mut batch, server, media_id)?;
+        }
+        table.queue_user_pending_done(&mut batch, user, media_id);
+    }
     batch.commit_blocking()?;
-    tracing::info!(count = pending.len(), "deleted the chunks of interrupted uploads");
+    tracing::info!(
+        interrupted = pending.len(),
+        expired = expired.len(),
+        "deleted interrupted uploads and expired media ids"
+    );
     Ok(())
 }
 

@@ -5,7 +5,8 @@
 //! the batch that makes the media visible is committed last: the media record, the content-hash
 //! entry (a second upload of the same bytes only gains a reference, and its chunks are dropped)
 //! and the end of the blob's pending mark. A crash before that batch leaves nothing visible;
-//! the orphaned chunks are deleted at the next start ([`housekeeping`]).
+//! the orphaned chunks are deleted at the next start ([`housekeeping`]), as are `/create`d ids
+//! that expired without content.
 
 pub mod housekeeping;
 pub mod preview;
@@ -89,7 +90,7 @@ impl Media {
     /// Builds the service and deletes what interrupted uploads left behind.
     pub fn new(db: Arc<Db>, config: MediaConfig, server_name: OwnedServerName) -> Result<Self> {
         let table = MediaTable::new(db);
-        housekeeping::delete_orphans(&table)?;
+        housekeeping::delete_orphans(&table, server_name.as_str())?;
         let policy = ssrf::AddressPolicy {
             allow: config.url_preview_ip_allow.clone(),
             deny: config.url_preview_ip_deny.clone(),

@@ -191,6 +191,20 @@ impl MediaTable {
             .collect()
     }
 
+    /// Every pending upload as (user, media id, expiry ms).
+    pub fn all_user_pending(&self) -> StorageResult<Vec<(String, String, u64)>> {
+        self.db
+            .scan_prefix(USERMEDIA_PENDING, b"")?
+            .into_iter()
+            .map(|(k, v)| {
+                let mut parts = codec::split(&k);
+                let user = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let id = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                Ok((user, id, codec::read_u64(USERMEDIA_PENDING, &v)?))
+            })
+            .collect()
+    }
+
     /// Marks a blob id as being written (its chunks are not referenced yet).
     pub fn mark_pending_blob(&self, blob_id: u64, started_ms: u64) -> StorageResult<()> {
         let mut batch = self.db.batch();

@@ -294,10 +294,8 @@ impl Upload<'_> {
     pub async fn finish(self, content_type: Option<String>, filename: Option<String>) -> Result<OwnedMxcUri> {
         let media = self.media;
         let table = &media.table;
-        let written = match self.writer.finish().await {
-            Ok(w) => w,
-            Err(e) => return Err(e),
-        };
+        // On failure the writer's drop deletes what it wrote.
+        let written = self.writer.finish().await?;
         let server = media.server_name.as_str();
         let guard = media.commit_lock.lock().await;
         let outcome = async {

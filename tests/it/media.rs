@@ -634,8 +634,28 @@ fn page_server(addr: &str, redirect_to: Option<String>) -> (String, Arc<AtomicUs
                         body.len()
                     )
                 }
+                (_, "/image.png") => {
+                    let png = encode(&picture(8, 8), ImageFormat::Png);
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+                        png.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(&png);
+                    let _ = stream.write_all(&r);
+                    continue;
+                }
+                (Some(target), "/denied-image") => {
+                    let body = format!(
+                        "<html><head><title>Denied image</title><meta property=\"og:image\" content=\"{target}x.png\"></head></html>"
+                    );
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
                 _ => {
-                    let body = "<html><head><meta property=\"og:title\" content=\"Hearth test page\"><meta property=\"og:description\" content=\"Served on loopback\"></head></html>";
+                    let body = "<html><head><meta property=\"og:title\" content=\"Hearth test page\"><meta property=\"og:description\" content=\"Served on loopback\"><meta property=\"og:image\" content=\"/image.png\"></head></html>";
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
                         body.len()
@@ -666,6 +686,16 @@ fn url_previews_reach_only_permitted_addresses() {
     let r = preview(&format!("http://{allowed}/page"));
     assert_eq!(r.ok()["og:title"], "Hearth test page");
     assert_eq!(r.body["og:description"], "Served on loopback");
+    // The page's image was fetched (through the same policy) and stored as media.
+    let image = r.body["og:image"].as_str().expect("og:image").to_owned();
+    assert!(image.starts_with("mxc://hearth.test/"), "{}", r.text);
+    assert_eq!(r.body["og:image:type"], "image/png");
+    let stored = download(&alice, &image);
+    assert_eq!(dimensions(&stored.body), (8, 8));
+    // An image on a denied address is dropped without being contacted.
+    let r = preview(&format!("http://{allowed}/denied-image"));
+    assert_eq!(r.ok()["og:title"], "Denied image");
+    assert!(r.body.get("og:image").is_none(), "{}", r.text);
     let hits = allowed_hits.load(Ordering::SeqCst);
     preview(&format!("http://{allowed}/page")).ok();
     assert_eq!(

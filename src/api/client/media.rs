@@ -111,8 +111,7 @@ pub async fn create(ctx: Ctx, _: create_mxc_uri::v1::Request) -> Result<create_m
 
 /// `GET /_matrix/client/v1/media/preview_url`.
 pub async fn preview_url(ctx: Ctx, request: auth_preview::v1::Request) -> Result<auth_preview::v1::Response> {
-    ctx.user_id()?;
-    let data = ctx.services.media.preview_url(&request.url).await?;
+    let data = ctx.services.media.preview_url(&request.url, ctx.user_id()?).await?;
     auth_preview::v1::Response::from_serialize(&data).map_err(|e| Error::internal(e.to_string()))
 }
 

@@ -140,6 +140,11 @@ async fn fetch_inner(url: &str, policy: &AddressPolicy, max_bytes: usize) -> Res
     Err(failed("Too many redirects"))
 }
 
+/// Resolves a link found on the page at `base` (absolute, root-relative or relative).
+pub(super) fn resolve(base: &str, link: &str) -> Result<String> {
+    Ok(join(&parse_url(base)?, link))
+}
+
 /// Resolves a `Location` against the URL that answered with it.
 fn join(base: &Target, location: &str) -> String {
     if location.contains("://") {

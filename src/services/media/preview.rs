@@ -1,6 +1,7 @@
 //! URL previews (`/preview_url`): the page is fetched through [`super::fetch`] (which applies
 //! the [`super::ssrf`] address policy on every hop), its OpenGraph tags are read (falling back
-//! to `<title>` and the description meta tag), and the result is cached for an hour.
+//! to `<title>` and the description meta tag), its `og:image` is fetched the same way and stored
+//! as media (the preview carries its `mxc://` URI), and the result is cached for an hour.
 
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ impl Previews {
 
 impl Media {
     /// The OpenGraph data of a page, from the cache when fresh.
-    pub async fn preview_url(&self, url: &str) -> Result<Value> {
+    pub async fn preview_url(&self, url: &str, user: &ruma::UserId) -> Result<Value> {
         let p = &self.previews;
         if !p.enabled {
             return Err(Error::new(
@@ -68,6 +69,16 @@ impl Media {
             Map::new()
         };
         og.entry("og:url").or_insert_with(|| url.into());
+        if let Some(Value::String(image)) = og.remove("og:image") {
+            match self.preview_image(url, &image, user).await {
+                Ok((mxc, content_type, size)) => {
+                    og.insert("og:image".into(), mxc.to_string().into());
+                    og.insert("og:image:type".into(), content_type.into());
+                    og.insert("matrix:image:size".into(), size.into());
+                }
+                Err(e) => tracing::debug!(%image, "preview image skipped: {e}"),
+            }
+        }
         let value = Value::Object(og);
         let record = PreviewRecord {
             fetched_ms: util::now_ms(),
@@ -76,6 +87,29 @@ impl Media {
         let (table, key) = (p.table.clone(), url.to_owned());
         super::store::blocking(move || Ok(table.put_preview(&key, &record)?)).await?;
         Ok(value)
+    }
+}
+
+impl Media {
+    /// Fetches a preview's image (same address policy and limits) and stores it as media.
+    async fn preview_image(
+        &self,
+        page: &str,
+        image: &str,
+        user: &ruma::UserId,
+    ) -> Result<(ruma::OwnedMxcUri, String, u64)> {
+        let p = &self.previews;
+        let url = fetch::resolve(page, image)?;
+        let fetched = fetch::fetch(&url, &p.policy, p.max_bytes, p.timeout).await?;
+        let content_type = fetched.content_type.unwrap_or_default();
+        if !content_type.to_ascii_lowercase().starts_with("image/") || fetched.body.len() >= p.max_bytes {
+            return Err(Error::invalid_param("not an image, or too large"));
+        }
+        let size = fetched.body.len() as u64;
+        let mut upload = self.begin_upload(user, super::UploadTarget::New)?;
+        upload.write(&fetched.body).await?;
+        let mxc = upload.finish(Some(content_type.clone()), None).await?;
+        Ok((mxc, content_type, size))
     }
 }
 
@@ -99,7 +133,7 @@ pub(super) fn opengraph(html: &str) -> Map<String, Value> {
         };
         let content: String = content.chars().take(MAX_VALUE_CHARS).collect();
         match get("property").or_else(|| get("name")) {
-            Some(key) if key.starts_with("og:") && key != "og:image" && !key.starts_with("og:image:") => {
+            Some(key) if key.starts_with("og:") && !key.starts_with("og:image:") => {
                 og.entry(key).or_insert(Value::String(content));
             }
             Some(key) if key.eq_ignore_ascii_case("description") => description = Some(content),
@@ -201,7 +235,10 @@ mod tests {
         assert_eq!(og["og:title"], "The \"Title\"");
         assert_eq!(og["og:type"], "website");
         assert_eq!(og["og:description"], "A page");
-        assert!(!og.contains_key("og:image"), "remote images are not proxied");
+        assert_eq!(
+            og["og:image"], "http://10.0.0.1/x.png",
+            "fetched later, through the policy"
+        );
         let og = opengraph("<title>Only a title</title>");
         assert_eq!(og["og:title"], "Only a title");
     }

@@ -795,3 +795,29 @@ fn sigkill_during_an_upload_leaves_nothing_half_written() {
     );
     assert!(table.chunk(pending[0], 0).unwrap().is_none());
 }
+
+#[test]
+fn an_upload_abandoned_by_its_client_is_cleaned_up() {
+    let mut server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let addr = server.base.strip_prefix("http://").unwrap().to_owned();
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        alice.token.as_deref().unwrap(),
+        10 << 20
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&noise(2 << 20, 5)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(700));
+    server.stop();
+    let db = hearth::storage::Db::open(&server.data_dir, &hearth::storage::StorageOptions::for_tests()).unwrap();
+    let table = hearth::storage::tables::media::MediaTable::new(db);
+    assert!(
+        table.pending_blobs().unwrap().is_empty(),
+        "the server deleted the partial upload"
+    );
+    assert!(table.all().unwrap().is_empty());
+}

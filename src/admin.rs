@@ -214,6 +214,49 @@ pub fn list_reports(services: &Services) -> Result<(), String> {
     Ok(())
 }
 
+/// `hearth media stats`.
+pub fn media_stats(services: &Services) -> Result<(), String> {
+    let s = services.media.stats().map_err(|e| e.to_string())?;
+    println!("media: {} ({} bytes as uploaded)", s.media, s.logical_bytes);
+    println!(
+        "stored contents: {} ({} bytes after deduplication)",
+        s.blobs, s.blob_bytes
+    );
+    println!("thumbnails: {} ({} bytes)", s.thumbnails, s.thumbnail_bytes);
+    println!("pending uploads: {}", s.pending);
+    println!("store size: {} bytes", s.blob_bytes + s.thumbnail_bytes);
+    Ok(())
+}
+
+/// `hearth media purge`.
+pub async fn media_purge(
+    services: &Services,
+    older_than_days: Option<u64>,
+    user: Option<String>,
+) -> Result<(), String> {
+    use crate::services::media::housekeeping::PurgeFilter;
+    let filter = match (older_than_days, user) {
+        (Some(days), None) => PurgeFilter::UnusedForDays(days),
+        (None, Some(user)) => PurgeFilter::User(
+            ruma::UserId::parse(&user)
+                .map_err(|e| format!("\"{user}\" is not a user id: {e}"))?
+                .to_string(),
+        ),
+        _ => return Err("give exactly one of --older-than-days and --user".into()),
+    };
+    let (removed, freed) = services
+        .media
+        .purge(&filter, |done, total| {
+            if done % 100 == 0 || done == total {
+                eprintln!("purged {done}/{total}");
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("purged {removed} media, freed {freed} bytes of content");
+    Ok(())
+}
+
 /// `hearth generate-config`: the commented example with `server_name` set and a new signing key.
 pub fn generate_config(server_name: &str, out: Option<&Path>) -> Result<(), String> {
     <&ruma::ServerName>::try_from(server_name)

@@ -66,6 +66,28 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Media repository housekeeping (works on the data directory; stop the server first).
+    Media {
+        #[command(subcommand)]
+        action: MediaAction,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MediaAction {
+    /// Report the media store's size: media, distinct contents after deduplication, thumbnails.
+    Stats,
+    /// Delete media (and content no other media uses) unused for N days or uploaded by a user.
+    Purge {
+        /// Media neither uploaded nor downloaded during the last N days.
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        older_than_days: Option<u64>,
+        /// Media uploaded by this user (full user id).
+        #[arg(long)]
+        user: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +254,19 @@ fn run(cli: Cli) -> Result<(), String> {
             let config = load(&common, Overrides::default())?;
             init_logging_quiet();
             admin::list_reports(&*admin::open(config)?)
+        }
+        Command::Media { action, common } => {
+            let config = load(&common, Overrides::default())?;
+            init_logging_quiet();
+            admin::block_on(async move {
+                let services = admin::open(config)?;
+                match action {
+                    MediaAction::Stats => admin::media_stats(&services),
+                    MediaAction::Purge { older_than_days, user } => {
+                        admin::media_purge(&services, older_than_days, user).await
+                    }
+                }
+            })
         }
     }
 }

@@ -106,6 +106,20 @@ pub async fn prepare(
     limit: Option<LimitClass>,
     template: &'static str,
 ) -> Result<Prepared> {
+    let mut prepared = prepare_head(req, services, auth, limit, template).await?;
+    prepared.body = read_body(req, payload, services.config.max_request_size).await?;
+    Ok(prepared)
+}
+
+/// Authenticates and rate-limits a request without reading its body, for handlers that stream
+/// the body themselves (media uploads); ruma sees an empty body.
+pub async fn prepare_head(
+    req: &HttpRequest,
+    services: &Arc<Services>,
+    auth: AuthRequirement,
+    limit: Option<LimitClass>,
+    template: &str,
+) -> Result<Prepared> {
     let ip = req.connection_info().realip_remote_addr().map(|a| {
         a.rsplit_once(':')
             .map_or(a, |(host, _)| host)
@@ -125,7 +139,6 @@ pub async fn prepare(
         };
         services.rate_limit.check(class, &key)?;
     }
-    let body = read_body(req, payload, services.config.max_request_size).await?;
     let path_args = path_args(template, req.uri().path())?;
     let uri: http::Uri = req
         .uri()
@@ -152,7 +165,7 @@ pub async fn prepare(
         method,
         uri,
         headers,
-        body,
+        body: bytes::Bytes::new(),
     })
 }
 

@@ -91,5 +91,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::reporting::report_room);
     t.add(LimitClass::Client, client::reporting::report_user);
 
+    // Content repository: JSON endpoints here, streaming ones (upload, download, thumbnail) as
+    // raw handlers.
+    t.add(LimitClass::Client, client::media::config);
+    t.add(LimitClass::Client, client::media::legacy_config);
+    t.add(LimitClass::Client, client::media::create);
+    t.add(LimitClass::Client, client::media::preview_url);
+    client::media::configure_streaming(cfg);
+
     t.mount(cfg);
 }

@@ -6,6 +6,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod events;
+pub mod media;
 pub mod passwords;
 pub mod profile;
 pub mod rate_limit;
@@ -48,6 +49,8 @@ pub struct Services {
     pub rooms: rooms::Rooms,
     /// Abuse reports.
     pub reports: reports::Reports,
+    /// The media repository.
+    pub media: media::Media,
 }
 
 impl Services {
@@ -78,9 +81,11 @@ impl Services {
         let account_data = account_data::AccountData::new(Arc::clone(&db));
         let rate_limit = rate_limit::RateLimiter::new(&config);
         let reports = reports::Reports::new(Arc::clone(&db));
+        let media = media::Media::new(Arc::clone(&db), config.media.clone(), config.server_name.clone())?;
         Ok(Arc::new(Services {
             db,
             reports,
+            media,
             uiaa: uiaa::Uiaa::new(),
             accounts,
             sessions,

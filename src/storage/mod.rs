@@ -104,6 +104,8 @@ impl Db {
                 cf.set_enable_blob_files(true);
                 cf.set_min_blob_size(4096);
                 cf.set_blob_compression_type(DBCompressionType::None);
+                // Deleted media must give its space back: rewrite old blob files' live values.
+                cf.set_enable_blob_gc(true);
             }
             ColumnFamilyDescriptor::new(table.name, cf)
         });
@@ -252,6 +254,12 @@ impl Batch {
     pub fn delete(&mut self, table: &'static str, key: &[u8]) {
         let cf = self.db.cf(table);
         self.inner.delete_cf(cf, key);
+    }
+
+    /// Queues the deletion of every key in `from..to`.
+    pub fn delete_range(&mut self, table: &'static str, from: &[u8], to: &[u8]) {
+        let cf = self.db.cf(table);
+        self.inner.delete_range_cf(cf, from, to);
     }
 
     /// True when nothing is queued.

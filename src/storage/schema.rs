@@ -92,6 +92,24 @@ pub const SHORTEVENTID_REDACTEDBY: &str = "shorteventid_redactedby";
 /// u64 ms ++ u32 nonce → postcard `ReportRecord` (abuse reports).
 pub const REPORTID_REPORT: &str = "reportid_report";
 
+/// server name SEP media id → postcard `MediaRecord` (uploader, type, name, content hash or
+/// pending).
+pub const MEDIAID_MEDIA: &str = "mediaid_media";
+/// u64 blob id ++ u32 chunk index → up to 512 KiB of media bytes (BlobDB: out of the LSM).
+pub const BLOBCHUNK_BYTES: &str = "blobchunk_bytes";
+/// SHA-256 of content → postcard `BlobRecord` (blob id, size, reference count): dedup index.
+pub const CONTENTHASH_BLOB: &str = "contenthash_blob";
+/// u64 blob id → u64 ms: blobs whose chunks are being written; leftovers are deleted at start.
+pub const BLOBID_PENDING: &str = "blobid_pending";
+/// user id SEP media id → u64 expiry ms: asynchronous uploads created but not yet uploaded.
+pub const USERMEDIA_PENDING: &str = "usermedia_pending";
+/// server name SEP media id SEP thumbnail spec → postcard `ThumbnailRecord` (BlobDB).
+pub const MEDIATHUMB_THUMBNAIL: &str = "mediathumb_thumbnail";
+/// server name SEP media id → u64 ms of the last download.
+pub const MEDIAID_LASTACCESS: &str = "mediaid_lastaccess";
+/// URL → postcard `PreviewRecord` (cached OpenGraph JSON).
+pub const URL_PREVIEW: &str = "url_preview";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -120,12 +138,27 @@ pub const TABLES: &[TableDef] = &[
     small(USERROOM_FORGOTTEN),
     small(SHORTEVENTID_REDACTEDBY),
     small(REPORTID_REPORT),
+    small(MEDIAID_MEDIA),
+    blobs(BLOBCHUNK_BYTES),
+    small(CONTENTHASH_BLOB),
+    small(BLOBID_PENDING),
+    small(USERMEDIA_PENDING),
+    blobs(MEDIATHUMB_THUMBNAIL),
+    small(MEDIAID_LASTACCESS),
+    small(URL_PREVIEW),
 ];
 
 const fn small(name: &'static str) -> TableDef {
     TableDef {
         name,
         preset: Preset::Small,
+    }
+}
+
+const fn blobs(name: &'static str) -> TableDef {
+    TableDef {
+        name,
+        preset: Preset::Blobs,
     }
 }
 

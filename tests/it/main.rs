@@ -13,6 +13,8 @@ mod client_devices_profile;
 mod crash;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
+/// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.
+mod media;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
 /// Room upgrades.

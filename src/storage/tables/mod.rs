@@ -5,6 +5,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod devices;
+pub mod media;
 pub mod membership;
 pub mod pdus;
 pub mod registration_tokens;

@@ -1,0 +1,268 @@
+//! Media benchmark (`cargo bench --bench media`): upload and download throughput for 1 MB and
+//! 50 MB files, thumbnail latency (on demand and cached), and the server's resident memory
+//! while 1 GB is uploaded in 50 MB files, measured on the real binary over loopback HTTP.
+//! Prints a markdown table; no timing is asserted.
+//!
+//! Knobs (environment): `BENCH_SMALL_FILES` 1 MB files (default 50), `BENCH_LARGE_FILES` 50 MB
+//! files (default 4), `BENCH_TOTAL_MB` for the memory run (default 1024), `BENCH_DURABLE`
+//! (`false` turns off the WAL sync; default on, as deployed).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path) -> Server {
+    let durable = std::env::var("BENCH_DURABLE").map_or(true, |v| v != "false");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--server-name",
+        "bench.local",
+        "--data-dir",
+    ])
+    .arg(dir)
+    .env("HEARTH_RATE_LIMITS__ENABLED", "false")
+    .env("HEARTH_PASSWORDS__MEMORY_KIB", "64")
+    .env("HEARTH_PASSWORDS__ITERATIONS", "1")
+    .env("HEARTH_MEDIA__MAX_UPLOAD_SIZE", (200u64 << 20).to_string())
+    .env("HEARTH_DATABASE__SYNC_WRITES", durable.to_string())
+    .env("HEARTH_LOGGING__LEVEL", "warn,hearth=info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn hearth");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("hearth exited before listening").unwrap();
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .into()
+}
+
+fn register(agent: &ureq::Agent, base: &str) -> String {
+    let url = format!("{base}/_matrix/client/v3/register");
+    let body = json!({"username": "bench", "password": "bench-password"});
+    let first: Value = agent
+        .post(&url)
+        .send_json(&body)
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    let mut body = body;
+    body["auth"] = json!({"type": "m.login.dummy", "session": first["session"]});
+    let done: Value = agent
+        .post(&url)
+        .send_json(&body)
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    done["access_token"].as_str().expect("token").to_owned()
+}
+
+fn upload(agent: &ureq::Agent, base: &str, token: &str, bytes: &[u8], content_type: &str) -> String {
+    let response = agent
+        .post(format!("{base}/_matrix/media/v3/upload"))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Content-Type", content_type)
+        .send(bytes)
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.into_body().read_json().unwrap();
+    body["content_uri"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("mxc://")
+        .to_owned()
+}
+
+fn get(agent: &ureq::Agent, url: &str, token: &str) -> u64 {
+    let response = agent
+        .get(url)
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{url}");
+    std::io::copy(&mut response.into_body().into_reader(), &mut std::io::sink()).unwrap()
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn status_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Uploads then downloads `count` files of `size` bytes; returns (upload MB/s, download MB/s).
+fn throughput(agent: &ureq::Agent, base: &str, token: &str, size: usize, count: usize, seed: u64) -> (f64, f64) {
+    let mut data = noise(size, seed);
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..count {
+        data[..8].copy_from_slice(&(seed * 1000 + i as u64).to_be_bytes());
+        ids.push(upload(agent, base, token, &data, "application/octet-stream"));
+    }
+    let up = (size * count) as f64 / 1e6 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for id in &ids {
+        let n = get(agent, &format!("{base}/_matrix/client/v1/media/download/{id}"), token);
+        assert_eq!(n, size as u64);
+    }
+    let down = (size * count) as f64 / 1e6 / started.elapsed().as_secs_f64();
+    (up, down)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("media: bench");
+        return;
+    }
+    let env_num = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let small_files = env_num("BENCH_SMALL_FILES", 50);
+    let large_files = env_num("BENCH_LARGE_FILES", 4);
+    let total_mb = env_num("BENCH_TOTAL_MB", 1024);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(&tmp.path().join("data"));
+    let base = server.base.clone();
+    let agent = agent();
+    let token = register(&agent, &base);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = status_mb(server.child.id(), "VmRSS:");
+
+    let (small_up, small_down) = throughput(&agent, &base, &token, 1 << 20, small_files, 1);
+    let (large_up, large_down) = throughput(&agent, &base, &token, 50 << 20, large_files, 2);
+
+    // Thumbnails of a 1600x1200 JPEG: made on demand (boxes larger than the pre-generated
+    // 800x600, so each is decoded and resized), then cached.
+    let image = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(1600, 1200, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 255) as u8])
+    }));
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let id = upload(&agent, &base, &token, jpeg.get_ref(), "image/jpeg");
+    let thumb = |query: &str| {
+        let started = Instant::now();
+        get(
+            &agent,
+            &format!("{base}/_matrix/client/v1/media/thumbnail/{id}?{query}"),
+            &token,
+        );
+        started.elapsed().as_secs_f64() * 1000.0
+    };
+    let on_demand = median(
+        (0..9)
+            .map(|i| thumb(&format!("width={}&height=700&method=scale", 900 + i)))
+            .collect(),
+    );
+    std::thread::sleep(Duration::from_secs(2)); // let the background pre-generation finish
+    let cached = median((0..20).map(|_| thumb("width=96&height=96&method=crop")).collect());
+
+    // Resident memory while `total_mb` is uploaded in 50 MB files.
+    let pid = server.child.id();
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let running = Arc::clone(&running);
+        std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while running.load(Ordering::Relaxed) {
+                peak = peak.max(status_mb(pid, "VmRSS:"));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        })
+    };
+    let before = status_mb(pid, "VmRSS:");
+    let files = total_mb.div_ceil(50);
+    let started = Instant::now();
+    let mut data = noise(50 << 20, 3);
+    for i in 0..files {
+        data[..8].copy_from_slice(&(9_000_000 + i as u64).to_be_bytes());
+        upload(&agent, &base, &token, &data, "application/octet-stream");
+    }
+    let bulk_rate = (files * 50) as f64 * 1.048_576 / started.elapsed().as_secs_f64();
+    running.store(false, Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let after = status_mb(pid, "VmRSS:");
+
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| upload, 1 MB files x {small_files}, sequential | {small_up:.1} MB/s |");
+    println!("| download, 1 MB files x {small_files}, sequential | {small_down:.1} MB/s |");
+    println!("| upload, 50 MB files x {large_files}, sequential | {large_up:.1} MB/s |");
+    println!("| download, 50 MB files x {large_files}, sequential | {large_down:.1} MB/s |");
+    println!("| thumbnail of a 1600x1200 JPEG, made on demand (median of 9) | {on_demand:.1} ms |");
+    println!("| thumbnail, cached (median of 20) | {cached:.1} ms |");
+    println!("| idle RSS after start | {idle:.1} MB |");
+    println!(
+        "| RSS uploading {} MB in 50 MB files: before / peak (sampled every 20 ms) / after | {before:.1} / {peak:.1} / {after:.1} MB |",
+        files * 50
+    );
+    println!("| upload rate during that run | {bulk_rate:.1} MB/s |");
+}

@@ -90,6 +90,13 @@ pub const SHORTEVENTID_REDACTEDBY: &str = "shorteventid_redactedby";
 /// u64 ms ++ u32 nonce → postcard `ReportRecord` (abuse reports).
 pub const REPORTID_REPORT: &str = "reportid_report";
 
+/// local room alias → postcard `AliasRecord` (room id, creator).
+pub const ALIAS_ALIASRECORD: &str = "alias_aliasrecord";
+/// room id SEP local room alias → empty (a room's local aliases).
+pub const ROOMALIAS_EMPTY: &str = "roomalias_empty";
+/// room id → empty: the rooms published in the room directory.
+pub const ROOMID_PUBLISHED: &str = "roomid_published";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -117,6 +124,9 @@ pub const TABLES: &[TableDef] = &[
     small(ROOMUSER_MEMBERSHIP),
     small(SHORTEVENTID_REDACTEDBY),
     small(REPORTID_REPORT),
+    small(ALIAS_ALIASRECORD),
+    small(ROOMALIAS_EMPTY),
+    small(ROOMID_PUBLISHED),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -4,6 +4,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod aliases;
 pub mod devices;
 pub mod membership;
 pub mod pdus;

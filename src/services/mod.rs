@@ -5,6 +5,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod directory;
 pub mod events;
 pub mod passwords;
 pub mod profile;
@@ -46,6 +47,8 @@ pub struct Services {
     pub server_keys: Arc<server_keys::ServerKeys>,
     /// Rooms: the event graph, state and timelines.
     pub rooms: rooms::Rooms,
+    /// Room aliases, the published room list and room summaries.
+    pub directory: Arc<directory::Directory>,
     /// Abuse reports.
     pub reports: reports::Reports,
 }
@@ -65,11 +68,13 @@ impl Services {
             config.server_name.as_str(),
         )?);
         let positions = Arc::new(crate::storage::positions::Positions::open(Arc::clone(&db))?);
+        let directory = Arc::new(directory::Directory::new(Arc::clone(&db), config.server_name.clone()));
         let rooms = rooms::Rooms::new(
             Arc::clone(&db),
             positions,
             Arc::clone(&server_keys),
             config.server_name.clone(),
+            Arc::clone(&directory),
         );
         let accounts = accounts::Accounts::new(Arc::clone(&db), Arc::clone(&config))?;
         let sessions = sessions::Sessions::new(Arc::clone(&db), Arc::clone(&config));
@@ -90,6 +95,7 @@ impl Services {
             rate_limit,
             server_keys,
             rooms,
+            directory,
             config,
         }))
     }

@@ -181,14 +181,13 @@ pub async fn get_member_events(
     Ok(get_member_events::v3::Response::new(chunk))
 }
 
-/// `POST /_matrix/client/v3/join/{roomIdOrAlias}` (room ids; aliases arrive with the room
-/// directory)
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}` (local aliases are resolved through the
+/// directory; remote ones need federation)
 pub async fn join_room_by_id_or_alias(
     ctx: Ctx,
     req: join_room_by_id_or_alias::v3::Request,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
-    let room_id = ruma::OwnedRoomId::try_from(req.room_id_or_alias.as_str())
-        .map_err(|_| Error::not_found(format!("Room alias {} not found", req.room_id_or_alias)))?;
+    let room_id = ctx.services.directory.resolve_room(&req.room_id_or_alias)?;
     let user_id = ctx.user_id()?;
     ctx.services
         .rooms

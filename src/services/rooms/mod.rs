@@ -27,7 +27,7 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use self::pdu::Pdu;
-use super::{events, server_keys::ServerKeys};
+use super::{directory::Directory, events, server_keys::ServerKeys};
 use crate::{
     Error, Result,
     storage::{
@@ -97,11 +97,19 @@ pub struct Rooms {
     server_name: OwnedServerName,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
+    /// Consulted to validate `m.room.canonical_alias` content.
+    directory: Arc<Directory>,
 }
 
 impl Rooms {
     /// Builds the service.
-    pub fn new(db: Arc<Db>, positions: Arc<Positions>, keys: Arc<ServerKeys>, server_name: OwnedServerName) -> Self {
+    pub fn new(
+        db: Arc<Db>,
+        positions: Arc<Positions>,
+        keys: Arc<ServerKeys>,
+        server_name: OwnedServerName,
+        directory: Arc<Directory>,
+    ) -> Self {
         Self {
             ids: ShortIds::new(Arc::clone(&db)),
             pdus: PdusTable::new(Arc::clone(&db)),
@@ -115,6 +123,7 @@ impl Rooms {
             server_name,
             locks: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
+            directory,
         }
     }
 
@@ -334,6 +343,14 @@ impl Rooms {
         };
         let empty = StateMap::new();
         let state = current.as_ref().map_or(&empty, |c| &c.state);
+        if event.kind == "m.room.canonical_alias"
+            && let Some(room_id) = room_id
+        {
+            let previous = self.lookup(state, event.kind, event.state_key.unwrap_or_default())?;
+            let previous = previous.as_ref().map(|p| p.content.get());
+            self.directory
+                .check_canonical_alias(room_id, &event.content, previous)?;
+        }
 
         // Auth events: the relevant subset of the current state.
         let content_raw = RawValue::from_string(ruma::CanonicalJsonValue::Object(event.content.clone()).to_string())

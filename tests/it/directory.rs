@@ -468,6 +468,12 @@ fn room_summaries_follow_visibility() {
     );
     let r = server.client().get(&summary_path(&readable));
     assert_eq!(r.ok()["world_readable"], true);
+    // …and so are its local aliases, to outsiders too.
+    alice
+        .put(&alias_path("#readable:hearth.test"), json!({"room_id": readable}))
+        .ok();
+    let aliases = bob.get(&format!("/_matrix/client/v3/rooms/{}/aliases", enc(&readable)));
+    assert_eq!(aliases.ok()["aliases"], json!(["#readable:hearth.test"]));
 
     for missing in ["!nowhere:hearth.test", "#nowhere:hearth.test"] {
         bob.get(&summary_path(missing)).expect_err(404, "M_NOT_FOUND");

@@ -86,6 +86,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::membership::join_room_by_id_or_alias);
     t.add(LimitClass::Client, client::membership::joined_rooms);
 
+    // Room directory: aliases, the published room list, room summaries.
+    t.add(LimitClass::Client, client::directory::create_alias);
+    t.add(LimitClass::Client, client::directory::get_alias);
+    t.add(LimitClass::Client, client::directory::delete_alias);
+    t.add(LimitClass::Client, client::directory::room_aliases);
+    t.add(LimitClass::Client, client::directory::get_public_rooms);
+    t.add(LimitClass::Client, client::directory::get_public_rooms_filtered);
+    t.add(LimitClass::Client, client::directory::get_room_visibility);
+    t.add(LimitClass::Client, client::directory::set_room_visibility);
+    t.add(LimitClass::Client, client::directory::get_summary);
+
     // Reporting content.
     t.add(LimitClass::Client, client::reporting::report_content);
     t.add(LimitClass::Client, client::reporting::report_room);

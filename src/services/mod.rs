@@ -5,6 +5,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod directory;
 pub mod events;
 pub mod media;
 pub mod passwords;
@@ -47,6 +48,8 @@ pub struct Services {
     pub server_keys: Arc<server_keys::ServerKeys>,
     /// Rooms: the event graph, state and timelines.
     pub rooms: rooms::Rooms,
+    /// Room aliases, the published room list and room summaries.
+    pub directory: Arc<directory::Directory>,
     /// Abuse reports.
     pub reports: reports::Reports,
     /// The media repository.
@@ -68,11 +71,13 @@ impl Services {
             config.server_name.as_str(),
         )?);
         let positions = Arc::new(crate::storage::positions::Positions::open(Arc::clone(&db))?);
+        let directory = Arc::new(directory::Directory::new(Arc::clone(&db), config.server_name.clone()));
         let rooms = rooms::Rooms::new(
             Arc::clone(&db),
             positions,
             Arc::clone(&server_keys),
             config.server_name.clone(),
+            Arc::clone(&directory),
         )?;
         let accounts = accounts::Accounts::new(Arc::clone(&db), Arc::clone(&config))?;
         let sessions = sessions::Sessions::new(Arc::clone(&db), Arc::clone(&config));
@@ -95,6 +100,7 @@ impl Services {
             rate_limit,
             server_keys,
             rooms,
+            directory,
             config,
         }))
     }

@@ -109,6 +109,12 @@ pub const MEDIATHUMB_THUMBNAIL: &str = "mediathumb_thumbnail";
 pub const MEDIAID_LASTACCESS: &str = "mediaid_lastaccess";
 /// URL → postcard `PreviewRecord` (cached OpenGraph JSON).
 pub const URL_PREVIEW: &str = "url_preview";
+/// local room alias → postcard `AliasRecord` (room id, creator).
+pub const ALIAS_ALIASRECORD: &str = "alias_aliasrecord";
+/// room id SEP local room alias → empty (a room's local aliases).
+pub const ROOMALIAS_EMPTY: &str = "roomalias_empty";
+/// room id → empty: the rooms published in the room directory.
+pub const ROOMID_PUBLISHED: &str = "roomid_published";
 
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
@@ -146,6 +152,9 @@ pub const TABLES: &[TableDef] = &[
     blobs(MEDIATHUMB_THUMBNAIL),
     small(MEDIAID_LASTACCESS),
     small(URL_PREVIEW),
+    small(ALIAS_ALIASRECORD),
+    small(ROOMALIAS_EMPTY),
+    small(ROOMID_PUBLISHED),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -11,6 +11,8 @@ mod client_account;
 mod client_devices_profile;
 /// Durability: SIGKILL and restart.
 mod crash;
+/// The room directory: aliases, canonical aliases, the public room list, room summaries.
+mod directory;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.

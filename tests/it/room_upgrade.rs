@@ -25,7 +25,8 @@ fn upgrade_replaces_the_room() {
     let eve = server.user("eve", "pw");
     let old = create_room(
         &alice,
-        json!({"preset": "public_chat", "room_version": "11", "name": "Old", "topic": "Plans"}),
+        json!({"preset": "public_chat", "room_version": "11", "name": "Old", "topic": "Plans",
+               "room_alias_name": "team", "visibility": "public"}),
     );
     let r = |path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(&old));
     bob.post(&r("join"), json!({})).ok();
@@ -63,6 +64,16 @@ fn upgrade_replaces_the_room() {
         json!({"msgtype": "m.text", "body": "hello?"}),
     )
     .expect_err(403, "M_FORBIDDEN");
+
+    // The alias, the canonical alias and the directory listing moved with it.
+    let alias = alice.get("/_matrix/client/v3/directory/room/%23team%3Ahearth.test");
+    assert_eq!(alias.ok()["room_id"], new.as_str());
+    assert_eq!(
+        state(&alice, &new, "m.room.canonical_alias", "")["alias"],
+        "#team:hearth.test"
+    );
+    let listed = alice.get(&format!("/_matrix/client/v3/directory/list/room/{}", enc(&new)));
+    assert_eq!(listed.ok()["visibility"], "public");
 
     // Members follow by joining the new room; the banned stay out.
     bob.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&new)), json!({}))

@@ -44,11 +44,10 @@ pub async fn join_room_by_id(ctx: Ctx, req: join_room_by_id::v3::Request) -> Res
     Ok(join_room_by_id::v3::Response::new(req.room_id))
 }
 
-/// `POST /_matrix/client/v3/knock/{roomIdOrAlias}` (room ids; aliases arrive with the room
+/// `POST /_matrix/client/v3/knock/{roomIdOrAlias}` (local aliases are resolved through the
 /// directory)
 pub async fn knock_room(ctx: Ctx, req: knock_room::v3::Request) -> Result<knock_room::v3::Response> {
-    let room_id = ruma::OwnedRoomId::try_from(req.room_id_or_alias.as_str())
-        .map_err(|_| Error::not_found(format!("Room alias {} not found", req.room_id_or_alias)))?;
+    let room_id = ctx.services.directory.resolve_room(&req.room_id_or_alias)?;
     let profile = member_profile(&ctx)?;
     ctx.services
         .rooms
@@ -214,14 +213,13 @@ pub async fn get_member_events(
     Ok(get_member_events::v3::Response::new(chunk))
 }
 
-/// `POST /_matrix/client/v3/join/{roomIdOrAlias}` (room ids; aliases arrive with the room
-/// directory)
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}` (local aliases are resolved through the
+/// directory; remote ones need federation)
 pub async fn join_room_by_id_or_alias(
     ctx: Ctx,
     req: join_room_by_id_or_alias::v3::Request,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
-    let room_id = ruma::OwnedRoomId::try_from(req.room_id_or_alias.as_str())
-        .map_err(|_| Error::not_found(format!("Room alias {} not found", req.room_id_or_alias)))?;
+    let room_id = ctx.services.directory.resolve_room(&req.room_id_or_alias)?;
     let profile = member_profile(&ctx)?;
     ctx.services
         .rooms

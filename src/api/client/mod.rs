@@ -5,6 +5,7 @@
 pub mod account;
 pub mod account_data;
 pub mod device;
+pub mod directory;
 pub mod media;
 pub mod membership;
 pub mod message;

@@ -52,9 +52,6 @@ pub(crate) fn raw_event<T>(pdu: &Pdu) -> Result<Raw<T>> {
 /// `POST /_matrix/client/v3/createRoom`
 pub async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<create_room::v3::Response> {
     let creator = ctx.owned_user_id()?;
-    if req.room_alias_name.is_some() {
-        return Err(Error::invalid_param("Room aliases are not supported yet"));
-    }
     if !req.invite_3pid.is_empty() {
         return Err(Error::invalid_param("Third-party invites are not supported"));
     }
@@ -111,6 +108,8 @@ pub async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<crea
         topic: req.topic,
         invite: req.invite,
         is_direct: req.is_direct,
+        alias_localpart: req.room_alias_name,
+        publish: req.visibility == Visibility::Public,
     };
     let room_id = ctx.services.rooms.create_room(&creator, request).await?;
     tracing::info!(%room_id, %creator, "room created");

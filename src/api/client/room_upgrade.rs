@@ -15,6 +15,11 @@ pub async fn upgrade_room(ctx: Ctx, req: upgrade_room::v3::Request) -> Result<up
     let replacement = rooms
         .upgrade(&req.room_id, user_id, &req.new_version, &req.additional_creators)
         .await?;
+    ctx.services
+        .directory
+        .move_room(&req.room_id, &replacement.room_id)
+        .await?;
+    rooms.move_canonical_alias(&replacement).await?;
     rooms.finish_upgrade(&replacement).await?;
     tracing::info!(old = %req.room_id, new = %replacement.room_id, version = %req.new_version, "room upgraded");
     Ok(upgrade_room::v3::Response::new(replacement.room_id))

@@ -1,6 +1,8 @@
 //! `createRoom`: the events that make a room, in the spec's order (client-server-api "Creation"):
 //! create, the creator's join, power levels (with the override), join rules, history
-//! visibility, guest access, `initial_state`, name, topic, then invites.
+//! visibility, guest access, `initial_state`, name, topic, then invites. With `room_alias_name`
+//! the alias is reserved before anything is written (400 `M_ROOM_IN_USE` when taken), stored
+//! once the room has its id, and named in `m.room.canonical_alias` after the power levels.
 
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
 
@@ -38,6 +40,10 @@ pub struct CreateRoom {
     pub invite: Vec<OwnedUserId>,
     /// Mark invites as direct chats.
     pub is_direct: bool,
+    /// `room_alias_name`: the localpart of a local alias for the room.
+    pub alias_localpart: Option<String>,
+    /// `visibility: public`: publish the room in the room directory.
+    pub publish: bool,
 }
 
 fn object(value: serde_json::Value) -> CanonicalJsonObject {
@@ -83,7 +89,29 @@ impl Rooms {
         power_levels.extend(request.power_level_override);
         // Checked before anything is written, so a bad override leaves no half-made room.
         super::validate_power_levels(&power_levels)?;
+        let alias = match &request.alias_localpart {
+            Some(localpart) => {
+                let alias = self.directory.local_alias(localpart)?;
+                let reservation = self.directory.reserve(&alias)?.ok_or_else(|| {
+                    Error::new(
+                        http::StatusCode::BAD_REQUEST,
+                        ruma::api::error::ErrorKind::RoomInUse,
+                        format!("Room alias {alias} is already taken"),
+                    )
+                })?;
+                Some(reservation)
+            }
+            None => None,
+        };
         let room_id = self.create(&request.version, creator, create).await?.room_id;
+        let alias = match alias {
+            Some(reservation) => {
+                let alias = reservation.alias().to_owned();
+                reservation.commit(&room_id, creator).await?;
+                Some(alias)
+            }
+            None => None,
+        };
         let send = |kind: &'static str, key: String, content: CanonicalJsonObject| {
             let room_id = room_id.clone();
             async move {
@@ -100,6 +128,14 @@ impl Rooms {
         .await?;
 
         send("m.room.power_levels", String::new(), power_levels).await?;
+        if let Some(alias) = alias {
+            send(
+                "m.room.canonical_alias",
+                String::new(),
+                object(serde_json::json!({"alias": alias})),
+            )
+            .await?;
+        }
 
         let join_rule = if request.preset == Preset::PublicChat {
             "public"
@@ -157,6 +193,9 @@ impl Rooms {
                 Error::Matrix { .. } => Error::forbidden(format!("Could not invite {invitee}: {e}")),
                 other => other,
             })?;
+        }
+        if request.publish {
+            self.directory.publish(&room_id, true).await?;
         }
         Ok(room_id)
     }

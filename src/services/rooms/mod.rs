@@ -36,7 +36,7 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use self::pdu::Pdu;
-use super::{events, server_keys::ServerKeys};
+use super::{directory::Directory, events, server_keys::ServerKeys};
 use crate::{
     Error, Result,
     storage::{
@@ -131,6 +131,8 @@ pub struct Rooms {
     pending: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
     /// Client transactions of queued events: (user, device, txn) → event id.
     pending_txns: Mutex<HashMap<(String, String, String), OwnedEventId>>,
+    /// Consulted to validate `m.room.canonical_alias` content.
+    directory: Arc<Directory>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -144,6 +146,7 @@ impl Rooms {
         positions: Arc<Positions>,
         keys: Arc<ServerKeys>,
         server_name: OwnedServerName,
+        directory: Arc<Directory>,
     ) -> Result<Self> {
         Ok(Self {
             commits: CommitQueue::start(Arc::clone(&db))?,
@@ -161,6 +164,7 @@ impl Rooms {
             server_name,
             locks: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
+            directory,
         })
     }
 
@@ -440,6 +444,14 @@ impl Rooms {
         }
         let empty = StateMap::new();
         let state = head.as_ref().map_or(&empty, |h| &h.current.state);
+        if event.kind == "m.room.canonical_alias"
+            && let Some(room_id) = room_id
+        {
+            let previous = self.lookup(state, event.kind, event.state_key.unwrap_or_default())?;
+            let previous = previous.as_ref().map(|p| p.content.get());
+            self.directory
+                .check_canonical_alias(room_id, &event.content, previous)?;
+        }
 
         // Auth events: the relevant subset of the current state.
         let content_raw = RawValue::from_string(ruma::CanonicalJsonValue::Object(event.content.clone()).to_string())

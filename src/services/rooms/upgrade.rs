@@ -1,7 +1,8 @@
 //! Room upgrades (spec "Room Upgrades", server behaviour): a replacement room in the new
 //! version whose create event links its predecessor, the transferable state carried over, a
 //! tombstone in the old room, and the old room's power levels raised so that it falls silent.
-//! Moving local aliases is the directory's part of the job; the caller does it in between.
+//! Moving local aliases is the directory's part of the job; the caller does it between
+//! [`Rooms::upgrade`] and [`Rooms::move_canonical_alias`].
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId,
@@ -139,6 +140,30 @@ impl Rooms {
             sender: sender.to_owned(),
             old_room: old_room.to_owned(),
         })
+    }
+
+    /// After the directory moved the local aliases: the canonical alias moves to the new room
+    /// (and is cleared in the old one, where it would now point elsewhere).
+    pub async fn move_canonical_alias(&self, replacement: &Replacement) -> Result<()> {
+        let (old_room, sender) = (&replacement.old_room, &replacement.sender);
+        let Some(alias) = self.state_event(old_room, &StateEventType::RoomCanonicalAlias, "")? else {
+            return Ok(());
+        };
+        let content = content_object(&alias)?;
+        if content.is_empty() {
+            return Ok(());
+        }
+        self.append(
+            &replacement.room_id,
+            sender,
+            NewEvent::state("m.room.canonical_alias", "", content),
+        )
+        .await?;
+        let cleared = NewEvent::state("m.room.canonical_alias", "", CanonicalJsonObject::new());
+        if let Err(e) = self.append(old_room, sender, cleared).await {
+            tracing::info!(%old_room, error = %e, "could not clear the old room's canonical alias");
+        }
+        Ok(())
     }
 
     /// Steps 5 and 6: the tombstone in the old room, then its power levels raised so ordinary

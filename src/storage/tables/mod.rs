@@ -4,6 +4,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod aliases;
 pub mod devices;
 pub mod media;
 pub mod membership;

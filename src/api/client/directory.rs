@@ -1,0 +1,195 @@
+//! The room directory: aliases, the published room list and room summaries.
+//!
+//! - `PUT/GET/DELETE /_matrix/client/v3/directory/room/{roomAlias}`
+//! - `GET /_matrix/client/v3/rooms/{roomId}/aliases`
+//! - `GET/POST /_matrix/client/v3/publicRooms`
+//! - `GET/PUT /_matrix/client/v3/directory/list/room/{roomId}`
+//! - `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}`
+//!
+//! Spec: client-server-api "Room aliases", "Listing rooms", "Room summary"
+//! (`data/api/client-server/directory.yaml`, `list_public_rooms.yaml`, `room_summary.yaml`).
+
+use ruma::{
+    ServerName,
+    api::{
+        IncomingRequest, Metadata, auth_scheme,
+        client::{
+            alias::{create_alias, delete_alias, get_alias},
+            directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
+            room::{Visibility, aliases, get_summary},
+        },
+    },
+    events::room::member::MembershipState,
+};
+
+use crate::{
+    Error, Result,
+    api::extract::Ctx,
+    services::directory::{ListPage, ListQuery},
+};
+
+/// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
+pub async fn create_alias(ctx: Ctx, req: create_alias::v3::Request) -> Result<create_alias::v3::Response> {
+    let s = &ctx.services;
+    s.directory
+        .create_alias(&s.rooms, &s.accounts, ctx.user_id()?, &req.room_alias, &req.room_id)
+        .await?;
+    Ok(create_alias::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/directory/room/{roomAlias}`
+pub async fn get_alias(ctx: Ctx, req: get_alias::v3::Request) -> Result<get_alias::v3::Response> {
+    let (room_id, servers) = ctx.services.directory.resolve(&req.room_alias)?;
+    Ok(get_alias::v3::Response::new(room_id, servers))
+}
+
+/// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
+pub async fn delete_alias(ctx: Ctx, req: delete_alias::v3::Request) -> Result<delete_alias::v3::Response> {
+    let s = &ctx.services;
+    s.directory
+        .delete_alias(&s.rooms, &s.accounts, ctx.user_id()?, &req.room_alias)
+        .await?;
+    Ok(delete_alias::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
+pub async fn room_aliases(ctx: Ctx, req: aliases::v3::Request) -> Result<aliases::v3::Response> {
+    let s = &ctx.services;
+    let aliases = s
+        .directory
+        .room_aliases(&s.rooms, &s.accounts, ctx.user_id()?, &req.room_id)?;
+    Ok(aliases::v3::Response::new(aliases))
+}
+
+/// `GET /_matrix/client/v3/publicRooms` with an access token required.
+///
+/// The spec lets servers serve the list without authentication; Synapse does not by default
+/// (`allow_public_rooms_without_auth: false`), and neither does Hearth. ruma declares the
+/// endpoint unauthenticated, so this wrapper changes only the authentication scheme.
+pub struct PublicRoomsRequest(get_public_rooms::v3::Request);
+
+impl Metadata for PublicRoomsRequest {
+    const METHOD: http::Method = <get_public_rooms::v3::Request as Metadata>::METHOD;
+    const RATE_LIMITED: bool = <get_public_rooms::v3::Request as Metadata>::RATE_LIMITED;
+    type Authentication = auth_scheme::AccessToken;
+    type PathBuilder = <get_public_rooms::v3::Request as Metadata>::PathBuilder;
+    const PATH_BUILDER: Self::PathBuilder = <get_public_rooms::v3::Request as Metadata>::PATH_BUILDER;
+}
+
+impl IncomingRequest for PublicRoomsRequest {
+    type EndpointError = <get_public_rooms::v3::Request as IncomingRequest>::EndpointError;
+    type OutgoingResponse = get_public_rooms::v3::Response;
+
+    fn try_from_http_request_inner(
+        request: http::Request<&[u8]>,
+        path_args: &[&str],
+    ) -> Result<Self, ruma::api::error::DeserializationError> {
+        get_public_rooms::v3::Request::try_from_http_request_inner(request, path_args).map(Self)
+    }
+}
+
+/// Another server's list needs federation, which Hearth does not speak yet: refused as Synapse
+/// refuses a server its federation settings exclude (403 `M_FORBIDDEN`).
+fn check_server(ctx: &Ctx, server: Option<&ServerName>) -> Result<()> {
+    match server {
+        Some(server) if server.as_str() != ctx.services.config.server_name.as_str() => Err(Error::forbidden(format!(
+            "Federation is not available: cannot list the rooms of {server}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A `limit` as the service takes it: 0 means no limit (Synapse).
+fn limit(value: Option<ruma::UInt>, default: Option<usize>) -> Option<usize> {
+    match value.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX)) {
+        Some(0) => None,
+        Some(l) => Some(l),
+        None => default,
+    }
+}
+
+/// `GET /_matrix/client/v3/publicRooms`
+pub async fn get_public_rooms(ctx: Ctx, req: PublicRoomsRequest) -> Result<get_public_rooms::v3::Response> {
+    let req = req.0;
+    check_server(&ctx, req.server.as_deref())?;
+    let query = ListQuery {
+        limit: limit(req.limit, None),
+        since: req.since.as_deref(),
+        ..ListQuery::default()
+    };
+    let page = ctx.services.directory.public_rooms(&ctx.services.rooms, &query)?;
+    let ListPage {
+        chunk,
+        next_batch,
+        prev_batch,
+        total,
+    } = page;
+    let mut response = get_public_rooms::v3::Response::new(chunk);
+    response.next_batch = next_batch;
+    response.prev_batch = prev_batch;
+    response.total_room_count_estimate = Some(ruma::UInt::new_saturating(total));
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/publicRooms` (default page size 100, as in Synapse)
+pub async fn get_public_rooms_filtered(
+    ctx: Ctx,
+    req: get_public_rooms_filtered::v3::Request,
+) -> Result<get_public_rooms_filtered::v3::Response> {
+    check_server(&ctx, req.server.as_deref())?;
+    let query = ListQuery {
+        limit: limit(req.limit, Some(100)),
+        since: req.since.as_deref(),
+        search: req.filter.generic_search_term.as_deref(),
+        room_types: &req.filter.room_types,
+    };
+    let page = ctx.services.directory.public_rooms(&ctx.services.rooms, &query)?;
+    let mut response = get_public_rooms_filtered::v3::Response::new();
+    response.chunk = page.chunk;
+    response.next_batch = page.next_batch;
+    response.prev_batch = page.prev_batch;
+    response.total_room_count_estimate = Some(ruma::UInt::new_saturating(page.total));
+    Ok(response)
+}
+
+/// `GET /_matrix/client/v3/directory/list/room/{roomId}`
+pub async fn get_room_visibility(
+    ctx: Ctx,
+    req: get_room_visibility::v3::Request,
+) -> Result<get_room_visibility::v3::Response> {
+    let published = ctx.services.directory.is_published(&ctx.services.rooms, &req.room_id)?;
+    Ok(get_room_visibility::v3::Response::new(if published {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    }))
+}
+
+/// `PUT /_matrix/client/v3/directory/list/room/{roomId}`
+pub async fn set_room_visibility(
+    ctx: Ctx,
+    req: set_room_visibility::v3::Request,
+) -> Result<set_room_visibility::v3::Response> {
+    let published = match req.visibility {
+        Visibility::Public => true,
+        Visibility::Private => false,
+        _ => return Err(Error::invalid_param("visibility must be `public` or `private`")),
+    };
+    let s = &ctx.services;
+    s.directory
+        .set_published(&s.rooms, &s.accounts, ctx.user_id()?, &req.room_id, published)
+        .await?;
+    Ok(set_room_visibility::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}`
+pub async fn get_summary(ctx: Ctx, req: get_summary::v1::Request) -> Result<get_summary::v1::Response> {
+    let requester = ctx.session.as_ref().map(|s| &*s.user_id);
+    let (summary, membership) =
+        ctx.services
+            .directory
+            .summary(&ctx.services.rooms, requester, &req.room_id_or_alias)?;
+    let mut response = get_summary::v1::Response::new(summary);
+    response.membership = membership.map(|m| MembershipState::from(m.as_str()));
+    Ok(response)
+}

@@ -1,0 +1,792 @@
+//! The room directory: local room aliases (`#name:server` → room id), the set of rooms published
+//! in the public room directory, the public room list itself, room summaries, and the check of
+//! `m.room.canonical_alias` content against the aliases (spec client-server-api "Room aliases",
+//! "Listing rooms", "Room summary").
+//!
+//! An alias is taken in two steps so that no two requests can win the same one: a
+//! [`Reservation`] (an in-memory claim, checked together with the stored aliases under one
+//! lock) and its commit (the durable write). `createRoom` reserves its alias before the room
+//! exists and commits it once the room has an id, so a taken alias leaves no half-made room.
+//!
+//! Where the spec leaves the rules open this follows Synapse: aliases are created by members of
+//! the room, deleted by their creator, a server admin or a member allowed to send
+//! `m.room.canonical_alias`; the same power publishes a room; the list holds published rooms
+//! that are public, knockable or world-readable and have members, largest first.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use base64::Engine as _;
+use http::StatusCode;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, EventEncryptionAlgorithm, OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId,
+    OwnedServerName, RoomAliasId, RoomId, RoomOrAliasId, RoomVersionId, UInt, UserId,
+    api::error::ErrorKind,
+    directory::{PublicRoomsChunk, PublicRoomsChunkInit, RoomTypeFilter},
+    events::StateEventType,
+    room::{JoinRule, RestrictedSummary, RoomSummary, RoomType},
+};
+use serde_json::Value;
+
+use super::{
+    accounts::Accounts,
+    rooms::{NewEvent, Rooms},
+};
+use crate::{
+    Error, Result,
+    storage::{
+        Db,
+        tables::aliases::{AliasRecord, AliasesTable},
+    },
+};
+
+/// The directory service.
+pub struct Directory {
+    table: AliasesTable,
+    server_name: OwnedServerName,
+    /// Aliases claimed by a request that has not stored them yet.
+    reserved: Mutex<HashSet<OwnedRoomAliasId>>,
+}
+
+/// A claim on a free alias; released when dropped, stored by [`Reservation::commit`].
+pub struct Reservation<'a> {
+    directory: &'a Directory,
+    alias: OwnedRoomAliasId,
+}
+
+impl Reservation<'_> {
+    /// The alias claimed.
+    pub fn alias(&self) -> &RoomAliasId {
+        &self.alias
+    }
+
+    /// Stores the alias, pointing at `room_id`, made by `creator`.
+    pub async fn commit(self, room_id: &RoomId, creator: &UserId) -> Result<()> {
+        let record = AliasRecord {
+            room_id: room_id.to_string(),
+            creator: creator.to_string(),
+        };
+        self.directory.table.put(self.alias.as_str(), &record).await?;
+        tracing::info!(alias = %self.alias, %room_id, %creator, "room alias created");
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.directory
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.alias);
+    }
+}
+
+/// What the public room list is asked for.
+#[derive(Default)]
+pub struct ListQuery<'a> {
+    /// Page size (`None`: everything).
+    pub limit: Option<usize>,
+    /// A `next_batch` or `prev_batch` token of an earlier page.
+    pub since: Option<&'a str>,
+    /// Case-insensitive substring of the name, topic or canonical alias.
+    pub search: Option<&'a str>,
+    /// Room types to keep (empty: all).
+    pub room_types: &'a [RoomTypeFilter],
+}
+
+/// One page of the public room list.
+pub struct ListPage {
+    /// The rooms.
+    pub chunk: Vec<PublicRoomsChunk>,
+    /// Token of the following page.
+    pub next_batch: Option<String>,
+    /// Token of the preceding page.
+    pub prev_batch: Option<String>,
+    /// How many rooms match the query in all.
+    pub total: u64,
+}
+
+/// A room's directory-relevant state.
+struct RoomInfo {
+    room_id: OwnedRoomId,
+    name: Option<String>,
+    topic: Option<String>,
+    canonical_alias: Option<OwnedRoomAliasId>,
+    avatar_url: Option<OwnedMxcUri>,
+    join_rule: JoinRule,
+    world_readable: bool,
+    guest_can_join: bool,
+    room_type: Option<RoomType>,
+    room_version: Option<RoomVersionId>,
+    encryption: Option<EventEncryptionAlgorithm>,
+    joined: u64,
+}
+
+impl RoomInfo {
+    fn listable(&self) -> bool {
+        let open = matches!(
+            self.join_rule,
+            JoinRule::Public | JoinRule::Knock | JoinRule::KnockRestricted(_)
+        );
+        (open || self.world_readable) && self.joined > 0
+    }
+
+    fn matches(&self, query: &ListQuery<'_>) -> bool {
+        if let Some(term) = query.search.map(str::to_lowercase).filter(|t| !t.is_empty()) {
+            let found = [
+                self.name.as_deref(),
+                self.topic.as_deref(),
+                self.canonical_alias.as_ref().map(|a| a.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|field| field.to_lowercase().contains(&term));
+            if !found {
+                return false;
+            }
+        }
+        query.room_types.is_empty()
+            || query.room_types.iter().any(|wanted| match (wanted, &self.room_type) {
+                (RoomTypeFilter::Default, None) => true,
+                (wanted, Some(kind)) => wanted.as_str() == Some(kind.as_str()),
+                _ => false,
+            })
+    }
+
+    fn chunk(&self) -> PublicRoomsChunk {
+        let mut chunk: PublicRoomsChunk = PublicRoomsChunkInit {
+            num_joined_members: UInt::new_saturating(self.joined),
+            room_id: self.room_id.clone(),
+            world_readable: self.world_readable,
+            guest_can_join: self.guest_can_join,
+        }
+        .into();
+        chunk.name = self.name.clone();
+        chunk.topic = self.topic.clone();
+        chunk.canonical_alias = self.canonical_alias.clone();
+        chunk.avatar_url = self.avatar_url.clone();
+        chunk.join_rule = self.join_rule.kind();
+        chunk.room_type = self.room_type.clone();
+        chunk
+    }
+}
+
+/// Where a page of the list starts: after (forwards) or before (backwards) the room with this
+/// member count and id, in the list's order (members descending, then room id descending).
+#[derive(Debug, PartialEq, Eq)]
+struct Cursor {
+    forwards: bool,
+    joined: u64,
+    room_id: String,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let dir = if self.forwards { 'n' } else { 'p' };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{dir}{}|{}", self.joined, self.room_id))
+    }
+
+    fn decode(token: &str) -> Result<Cursor> {
+        let bad = || Error::invalid_param("Invalid pagination token");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| bad())?;
+        let text = String::from_utf8(bytes).map_err(|_| bad())?;
+        let forwards = match text.chars().next() {
+            Some('n') => true,
+            Some('p') => false,
+            _ => return Err(bad()),
+        };
+        let (joined, room_id) = text[1..].split_once('|').ok_or_else(bad)?;
+        Ok(Cursor {
+            forwards,
+            joined: joined.parse().map_err(|_| bad())?,
+            room_id: room_id.to_owned(),
+        })
+    }
+
+    /// The list's sort key of a room: larger rooms first, then room id descending (Synapse).
+    fn key(joined: u64, room_id: &str) -> (std::cmp::Reverse<u64>, std::cmp::Reverse<String>) {
+        (std::cmp::Reverse(joined), std::cmp::Reverse(room_id.to_owned()))
+    }
+}
+
+/// A power level from JSON: an integer, or (in old room versions) a string holding one.
+fn as_level(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+}
+
+impl Directory {
+    /// Builds the service.
+    pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Self {
+        Self {
+            table: AliasesTable::new(db),
+            server_name,
+            reserved: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Builds `#localpart:server` for a new local alias, or 400 `M_INVALID_PARAM`.
+    pub fn local_alias(&self, localpart: &str) -> Result<OwnedRoomAliasId> {
+        let alias = RoomAliasId::parse(format!("#{localpart}:{}", self.server_name))
+            .map_err(|e| Error::invalid_param(format!("Invalid room alias name {localpart:?}: {e}")))?;
+        self.check_new(&alias)?;
+        Ok(alias)
+    }
+
+    /// The rules for an alias this server creates: local, and no whitespace in the localpart
+    /// (Synapse's rule; the grammar itself is checked when the alias is parsed).
+    fn check_new(&self, alias: &RoomAliasId) -> Result<()> {
+        if alias.server_name().as_str() != self.server_name.as_str() {
+            return Err(Error::invalid_param(format!(
+                "Room alias {alias} is not on this server ({})",
+                self.server_name
+            )));
+        }
+        if alias.alias().is_empty() {
+            return Err(Error::invalid_param("Room alias localparts may not be empty"));
+        }
+        if alias.alias().chars().any(char::is_whitespace) {
+            return Err(Error::invalid_param("Room aliases may not contain whitespace"));
+        }
+        Ok(())
+    }
+
+    /// Claims a free alias, or `None` when it is taken (stored or claimed by another request).
+    pub fn reserve(&self, alias: &RoomAliasId) -> Result<Option<Reservation<'_>>> {
+        self.check_new(alias)?;
+        let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        if reserved.contains(alias) || self.table.get(alias.as_str())?.is_some() {
+            return Ok(None);
+        }
+        reserved.insert(alias.to_owned());
+        Ok(Some(Reservation {
+            directory: self,
+            alias: alias.to_owned(),
+        }))
+    }
+
+    /// The room a local alias points at.
+    pub fn resolve_local(&self, alias: &RoomAliasId) -> Result<Option<OwnedRoomId>> {
+        self.table
+            .get(alias.as_str())?
+            .map(|r| OwnedRoomId::try_from(r.room_id).map_err(|e| Error::internal(e.to_string())))
+            .transpose()
+    }
+
+    /// Resolves an alias to its room and the servers to join through. Remote aliases need
+    /// federation, which Hearth does not speak yet: they fail as in Synapse when the other
+    /// server cannot be asked (502 `M_UNKNOWN`).
+    pub fn resolve(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+        if alias.server_name().as_str() != self.server_name.as_str() {
+            return Err(Error::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Unknown,
+                format!("Failed to fetch alias {alias}: federation is not available"),
+            ));
+        }
+        match self.resolve_local(alias)? {
+            Some(room_id) => Ok((room_id, vec![self.server_name.clone()])),
+            None => Err(Error::not_found(format!("Room alias {alias} not found"))),
+        }
+    }
+
+    /// A room id, or the room an alias points at.
+    pub fn resolve_room(&self, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
+        match <&RoomId>::try_from(target) {
+            Ok(room_id) => Ok(room_id.to_owned()),
+            Err(alias) => Ok(self.resolve(alias)?.0),
+        }
+    }
+
+    fn is_admin(accounts: &Accounts, user_id: &UserId) -> Result<bool> {
+        Ok(accounts.get(user_id)?.is_some_and(|a| a.admin))
+    }
+
+    /// Whether a user may manage a room's directory entries: joined, with the power to send
+    /// `m.room.canonical_alias` (Synapse's "moderator" test).
+    fn may_edit(rooms: &Rooms, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        if rooms.membership(room_id, user_id)?.as_deref() != Some("join") {
+            return Ok(false);
+        }
+        let levels = rooms
+            .state_event(room_id, &StateEventType::RoomPowerLevels, "")?
+            .and_then(|pdu| serde_json::from_str::<Value>(pdu.content.get()).ok());
+        let needed = levels
+            .as_ref()
+            .and_then(|l| {
+                l.get("events")
+                    .and_then(|e| e.get("m.room.canonical_alias"))
+                    .and_then(as_level)
+                    .or_else(|| l.get("state_default").and_then(as_level))
+            })
+            .unwrap_or(50);
+        Ok(rooms.power_level(room_id, user_id)? >= needed)
+    }
+
+    /// `PUT /directory/room/{alias}`: a joined member (or a server admin) points a new local
+    /// alias at a room.
+    pub async fn create_alias(
+        &self,
+        rooms: &Rooms,
+        accounts: &Accounts,
+        user_id: &UserId,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+    ) -> Result<()> {
+        self.check_new(alias)?;
+        if rooms.room_version(room_id)?.is_none() {
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::Unknown,
+                format!("Room {room_id} does not exist"),
+            ));
+        }
+        if rooms.membership(room_id, user_id)?.as_deref() != Some("join") && !Self::is_admin(accounts, user_id)? {
+            return Err(Error::forbidden("You must be in the room to create an alias for it"));
+        }
+        let reservation = self.reserve(alias)?.ok_or_else(|| {
+            Error::new(
+                StatusCode::CONFLICT,
+                ErrorKind::Unknown,
+                format!("Room alias {alias} already exists"),
+            )
+        })?;
+        reservation.commit(room_id, user_id).await
+    }
+
+    /// `DELETE /directory/room/{alias}`: by the alias's creator, a server admin or a member
+    /// allowed to send `m.room.canonical_alias`. The alias is also taken out of the room's
+    /// `m.room.canonical_alias` when the user may send that (as Synapse does; the spec
+    /// recommends deleting the alias even when they may not).
+    pub async fn delete_alias(
+        &self,
+        rooms: &Rooms,
+        accounts: &Accounts,
+        user_id: &UserId,
+        alias: &RoomAliasId,
+    ) -> Result<()> {
+        let not_found = || Error::not_found(format!("Room alias {alias} not found"));
+        let record = self.table.get(alias.as_str())?.ok_or_else(not_found)?;
+        let room_id = OwnedRoomId::try_from(record.room_id.as_str()).map_err(|e| Error::internal(e.to_string()))?;
+        let allowed = record.creator == user_id.as_str()
+            || Self::is_admin(accounts, user_id)?
+            || Self::may_edit(rooms, &room_id, user_id)?;
+        if !allowed {
+            return Err(Error::forbidden("You don't have permission to delete the alias"));
+        }
+        self.table.delete(alias.as_str(), &record.room_id).await?;
+        tracing::info!(%alias, %room_id, %user_id, "room alias deleted");
+        self.drop_from_canonical_alias(rooms, user_id, &room_id, alias).await
+    }
+
+    async fn drop_from_canonical_alias(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        room_id: &RoomId,
+        alias: &RoomAliasId,
+    ) -> Result<()> {
+        let Some(event) = rooms.state_event(room_id, &StateEventType::RoomCanonicalAlias, "")? else {
+            return Ok(());
+        };
+        let Ok(CanonicalJsonValue::Object(mut content)) =
+            serde_json::from_str::<CanonicalJsonValue>(event.content.get())
+        else {
+            return Ok(());
+        };
+        let gone = CanonicalJsonValue::String(alias.to_string());
+        let mut changed = false;
+        if content.get("alias") == Some(&gone) {
+            content.remove("alias");
+            changed = true;
+        }
+        let mut emptied = false;
+        if let Some(CanonicalJsonValue::Array(alt)) = content.get_mut("alt_aliases") {
+            let before = alt.len();
+            alt.retain(|a| *a != gone);
+            changed |= alt.len() != before;
+            emptied = changed && alt.is_empty();
+        }
+        if emptied {
+            content.remove("alt_aliases");
+        }
+        if !changed {
+            return Ok(());
+        }
+        let update = NewEvent::state("m.room.canonical_alias", "", content);
+        match rooms.append(room_id, user_id, update).await {
+            Ok(_) => Ok(()),
+            Err(e @ Error::Matrix { .. }) => {
+                tracing::info!(%alias, %room_id, %user_id, "alias deleted, canonical alias left as it was: {e}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /rooms/{roomId}/aliases`: the room's local aliases, for its members, anyone when its
+    /// history is world-readable, and server admins.
+    pub fn room_aliases(
+        &self,
+        rooms: &Rooms,
+        accounts: &Accounts,
+        user_id: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Vec<OwnedRoomAliasId>> {
+        let allowed = rooms.membership(room_id, user_id)?.as_deref() == Some("join")
+            || self.world_readable(rooms, room_id)?
+            || Self::is_admin(accounts, user_id)?;
+        if !allowed {
+            return Err(Error::forbidden(format!(
+                "{user_id} is not in the room {room_id}, and its history is not world-readable"
+            )));
+        }
+        self.table
+            .of_room(room_id.as_str())?
+            .into_iter()
+            .map(|a| OwnedRoomAliasId::try_from(a).map_err(|e| Error::internal(e.to_string())))
+            .collect()
+    }
+
+    fn world_readable(&self, rooms: &Rooms, room_id: &RoomId) -> Result<bool> {
+        let Some(event) = rooms.state_event(room_id, &StateEventType::RoomHistoryVisibility, "")? else {
+            return Ok(false);
+        };
+        let content: Value = serde_json::from_str(event.content.get()).unwrap_or_default();
+        Ok(content.get("history_visibility").and_then(Value::as_str) == Some("world_readable"))
+    }
+
+    /// Checks `m.room.canonical_alias` content before it is sent (spec `PUT …/state`): `alias`
+    /// and `alt_aliases` hold valid aliases (else 400 `M_INVALID_PARAM`), and each local one
+    /// that is new compared with `previous` (the content it replaces) exists and points at this
+    /// room (else 400 `M_BAD_ALIAS`). Aliases already there are not re-checked, so an alias
+    /// deleted later does not block other edits (Synapse's rule). Remote aliases cannot be
+    /// checked without federation and are accepted.
+    pub fn check_canonical_alias(
+        &self,
+        room_id: &RoomId,
+        content: &CanonicalJsonObject,
+        previous: Option<&str>,
+    ) -> Result<()> {
+        let previous: Value = previous.and_then(|p| serde_json::from_str(p).ok()).unwrap_or_default();
+        let old_alias = previous.get("alias").and_then(Value::as_str);
+        let old_alt: Vec<&str> = previous
+            .get("alt_aliases")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        match content.get("alias") {
+            None | Some(CanonicalJsonValue::Null) => {}
+            Some(CanonicalJsonValue::String(alias)) if alias.is_empty() => {}
+            Some(CanonicalJsonValue::String(alias)) => {
+                if Some(alias.as_str()) != old_alias {
+                    self.check_points_at(alias, room_id)?;
+                }
+            }
+            Some(_) => return Err(Error::invalid_param("`alias` must be a string")),
+        }
+        match content.get("alt_aliases") {
+            None => {}
+            Some(CanonicalJsonValue::Array(items)) => {
+                for item in items {
+                    let CanonicalJsonValue::String(alias) = item else {
+                        return Err(Error::invalid_param("`alt_aliases` must hold strings"));
+                    };
+                    if !old_alt.contains(&alias.as_str()) {
+                        self.check_points_at(alias, room_id)?;
+                    }
+                }
+            }
+            Some(_) => return Err(Error::invalid_param("`alt_aliases` must be a list")),
+        }
+        Ok(())
+    }
+
+    fn check_points_at(&self, alias: &str, room_id: &RoomId) -> Result<()> {
+        let alias =
+            RoomAliasId::parse(alias).map_err(|e| Error::invalid_param(format!("Invalid alias {alias}: {e}")))?;
+        if alias.server_name().as_str() != self.server_name.as_str() {
+            return Ok(());
+        }
+        match self.resolve_local(&alias)? {
+            Some(target) if target.as_str() == room_id.as_str() => Ok(()),
+            _ => Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::BadAlias,
+                format!("The alias {alias} does not point to this room"),
+            )),
+        }
+    }
+
+    /// Room upgrade, step 4: the old room's local aliases and its directory listing move to the
+    /// replacement room.
+    pub async fn move_room(&self, from: &RoomId, to: &RoomId) -> Result<()> {
+        let moved = self.table.move_room(from.as_str(), to.as_str()).await?;
+        tracing::info!(%from, %to, aliases = moved, "room directory entries moved");
+        Ok(())
+    }
+
+    /// Publishes a room in the directory or withdraws it, without permission checks (createRoom
+    /// with `visibility: public`).
+    pub async fn publish(&self, room_id: &RoomId, published: bool) -> Result<()> {
+        self.table.set_published(room_id.as_str(), published).await?;
+        Ok(())
+    }
+
+    /// `GET /directory/list/room/{roomId}`: whether the room is published (404 if unknown).
+    pub fn is_published(&self, rooms: &Rooms, room_id: &RoomId) -> Result<bool> {
+        if rooms.room_version(room_id)?.is_none() {
+            return Err(Error::not_found("Room not found"));
+        }
+        Ok(self.table.is_published(room_id.as_str())?)
+    }
+
+    /// `PUT /directory/list/room/{roomId}`: by a server admin or a member allowed to send
+    /// `m.room.canonical_alias`.
+    pub async fn set_published(
+        &self,
+        rooms: &Rooms,
+        accounts: &Accounts,
+        user_id: &UserId,
+        room_id: &RoomId,
+        published: bool,
+    ) -> Result<()> {
+        if rooms.room_version(room_id)?.is_none() {
+            return Err(Error::not_found("Room not found"));
+        }
+        if !Self::is_admin(accounts, user_id)? && !Self::may_edit(rooms, room_id, user_id)? {
+            return Err(Error::forbidden(
+                "You need the power to set the room's canonical alias to edit its directory entry",
+            ));
+        }
+        self.publish(room_id, published).await?;
+        tracing::info!(%room_id, %user_id, published, "room directory entry changed");
+        Ok(())
+    }
+
+    /// A page of the public room list: published rooms that are public, knockable or
+    /// world-readable and have a joined member, largest first (then by room id, descending).
+    /// Tokens name the room a page ends at, so pages stay stable while rooms come and go.
+    pub fn public_rooms(&self, rooms: &Rooms, query: &ListQuery<'_>) -> Result<ListPage> {
+        let cursor = query.since.map(Cursor::decode).transpose()?;
+        let mut listed = Vec::new();
+        for room_id in self.table.published()? {
+            let Ok(room_id) = OwnedRoomId::try_from(room_id) else {
+                continue;
+            };
+            if let Some(info) = room_info(rooms, &room_id)?
+                && info.listable()
+                && info.matches(query)
+            {
+                listed.push(info);
+            }
+        }
+        listed.sort_by_key(|info| Cursor::key(info.joined, info.room_id.as_str()));
+        let total = listed.len() as u64;
+        // The page is `start..end` of the sorted list.
+        let (start, end) = match &cursor {
+            None => (0, query.limit.map_or(listed.len(), |l| l.min(listed.len()))),
+            Some(c) => {
+                let at = Cursor::key(c.joined, &c.room_id);
+                let split = listed.partition_point(|i| Cursor::key(i.joined, i.room_id.as_str()) <= at);
+                if c.forwards {
+                    let end = query.limit.map_or(listed.len(), |l| (split + l).min(listed.len()));
+                    (split, end)
+                } else {
+                    // Strictly before the cursor's room.
+                    let before = listed.partition_point(|i| Cursor::key(i.joined, i.room_id.as_str()) < at);
+                    let start = query.limit.map_or(0, |l| before.saturating_sub(l));
+                    (start, before)
+                }
+            }
+        };
+        let cursor_at = |info: &RoomInfo, forwards| Cursor {
+            forwards,
+            joined: info.joined,
+            room_id: info.room_id.to_string(),
+        };
+        let next_batch = (end < listed.len() && end > 0).then(|| cursor_at(&listed[end - 1], true).encode());
+        let prev_batch = (start > 0 && start < listed.len()).then(|| cursor_at(&listed[start], false).encode());
+        Ok(ListPage {
+            chunk: listed[start..end].iter().map(RoomInfo::chunk).collect(),
+            next_batch,
+            prev_batch,
+            total,
+        })
+    }
+
+    /// `GET /room_summary/{roomIdOrAlias}` (spec v1.15, MSC3266): the summary of a room and the
+    /// requester's membership (`leave` when they have none; absent when unauthenticated).
+    ///
+    /// Visible when the room is public, knockable or world-readable, when the requester is
+    /// joined or invited, or (restricted rooms) joined to one of the rooms the join rule allows,
+    /// as Synapse decides; otherwise 404 `M_NOT_FOUND`, as for a room Hearth does not know.
+    pub fn summary(
+        &self,
+        rooms: &Rooms,
+        requester: Option<&UserId>,
+        target: &RoomOrAliasId,
+    ) -> Result<(RoomSummary, Option<String>)> {
+        let not_found = || Error::not_found(format!("Room {target} not found"));
+        let room_id = match self.resolve_room(target) {
+            Ok(room_id) => room_id,
+            Err(Error::Matrix { status, .. }) if status == StatusCode::NOT_FOUND => return Err(not_found()),
+            Err(e) => return Err(e),
+        };
+        let info = room_info(rooms, &room_id)?.ok_or_else(not_found)?;
+        let membership = requester
+            .map(|user| rooms.membership(&room_id, user))
+            .transpose()?
+            .flatten();
+        let open = matches!(
+            info.join_rule,
+            JoinRule::Public | JoinRule::Knock | JoinRule::KnockRestricted(_)
+        );
+        let member = matches!(membership.as_deref(), Some("join" | "invite"));
+        let mut via_allowed_room = false;
+        if let (JoinRule::Restricted(restricted), Some(user)) = (&info.join_rule, requester) {
+            for room in RestrictedSummary::from(restricted.clone()).allowed_room_ids {
+                if rooms.membership(&room, user)?.as_deref() == Some("join") {
+                    via_allowed_room = true;
+                    break;
+                }
+            }
+        }
+        if !(open || info.world_readable || member || via_allowed_room) {
+            return Err(not_found());
+        }
+        let mut summary = RoomSummary::new(
+            info.room_id.clone(),
+            info.join_rule.clone().into(),
+            info.guest_can_join,
+            UInt::new_saturating(info.joined),
+            info.world_readable,
+        );
+        summary.canonical_alias = info.canonical_alias;
+        summary.name = info.name;
+        summary.topic = info.topic;
+        summary.avatar_url = info.avatar_url;
+        summary.room_type = info.room_type;
+        summary.encryption = info.encryption;
+        summary.room_version = info.room_version;
+        let membership = requester.map(|_| membership.unwrap_or_else(|| "leave".to_owned()));
+        Ok((summary, membership))
+    }
+}
+
+/// The directory-relevant state of a room (`None` if Hearth does not know it). Display fields
+/// are read through [`Rooms::event`], so a redacted name or topic is not shown.
+fn room_info(rooms: &Rooms, room_id: &RoomId) -> Result<Option<RoomInfo>> {
+    let state = rooms.full_state(room_id)?;
+    if state.is_empty() {
+        return Ok(None);
+    }
+    let mut joined = 0u64;
+    let mut info = RoomInfo {
+        room_id: room_id.to_owned(),
+        name: None,
+        topic: None,
+        canonical_alias: None,
+        avatar_url: None,
+        join_rule: JoinRule::Invite,
+        world_readable: false,
+        guest_can_join: false,
+        room_type: None,
+        room_version: None,
+        encryption: None,
+        joined: 0,
+    };
+    for pdu in state {
+        let kind = pdu.kind.to_string();
+        if kind == "m.room.member" {
+            #[derive(serde::Deserialize)]
+            struct Member {
+                membership: String,
+            }
+            if serde_json::from_str::<Member>(pdu.content.get()).is_ok_and(|m| m.membership == "join") {
+                joined += 1;
+            }
+            continue;
+        }
+        if pdu.state_key.as_deref() != Some("") {
+            continue;
+        }
+        let wanted = matches!(
+            kind.as_str(),
+            "m.room.create"
+                | "m.room.name"
+                | "m.room.topic"
+                | "m.room.canonical_alias"
+                | "m.room.avatar"
+                | "m.room.join_rules"
+                | "m.room.history_visibility"
+                | "m.room.guest_access"
+                | "m.room.encryption"
+        );
+        if !wanted {
+            continue;
+        }
+        // As it stands now: redacted content if it was redacted.
+        let Some(pdu) = rooms.event(&pdu.event_id)? else {
+            continue;
+        };
+        let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+        let text = |field: &str| content.get(field).and_then(Value::as_str).map(str::to_owned);
+        match kind.as_str() {
+            "m.room.create" => {
+                info.room_type = text("type").map(RoomType::from);
+                info.room_version = Some(
+                    text("room_version")
+                        .and_then(|v| RoomVersionId::try_from(v).ok())
+                        .unwrap_or(RoomVersionId::V1),
+                );
+            }
+            "m.room.name" => info.name = text("name").filter(|n| !n.is_empty()),
+            "m.room.topic" => info.topic = text("topic").filter(|t| !t.is_empty()),
+            "m.room.canonical_alias" => {
+                info.canonical_alias = text("alias").and_then(|a| OwnedRoomAliasId::try_from(a).ok())
+            }
+            "m.room.avatar" => info.avatar_url = text("url").filter(|u| !u.is_empty()).map(OwnedMxcUri::from),
+            "m.room.join_rules" => {
+                info.join_rule = serde_json::from_value(content.clone()).unwrap_or(JoinRule::Invite);
+            }
+            "m.room.history_visibility" => {
+                info.world_readable = text("history_visibility").as_deref() == Some("world_readable")
+            }
+            "m.room.guest_access" => info.guest_can_join = text("guest_access").as_deref() == Some("can_join"),
+            "m.room.encryption" => info.encryption = text("algorithm").map(EventEncryptionAlgorithm::from),
+            _ => {}
+        }
+    }
+    info.joined = joined;
+    Ok(Some(info))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_bad_tokens_are_refused() {
+        for forwards in [true, false] {
+            let cursor = Cursor {
+                forwards,
+                joined: 42,
+                room_id: "!abc:hearth.test".into(),
+            };
+            assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
+        }
+        for bad in [
+            "",
+            "!!",
+            "eDE",
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("n12"),
+        ] {
+            assert!(Cursor::decode(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -92,6 +92,13 @@ pub const SHORTEVENTID_REDACTEDBY: &str = "shorteventid_redactedby";
 /// u64 ms ++ u32 nonce → postcard `ReportRecord` (abuse reports).
 pub const REPORTID_REPORT: &str = "reportid_report";
 
+/// user id SEP filter id → the filter definition as JSON bytes.
+pub const USERFILTERID_FILTER: &str = "userfilterid_filter";
+/// change-log kind SEP scope SEP item → u64 stream position ++ value (`tables::streams`).
+pub const SCOPEITEM_POSVALUE: &str = "scopeitem_posvalue";
+/// change-log kind SEP scope SEP u64 stream position → item (`tables::streams`).
+pub const SCOPEPOS_ITEM: &str = "scopepos_item";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -120,6 +127,9 @@ pub const TABLES: &[TableDef] = &[
     small(USERROOM_FORGOTTEN),
     small(SHORTEVENTID_REDACTEDBY),
     small(REPORTID_REPORT),
+    small(USERFILTERID_FILTER),
+    small(SCOPEITEM_POSVALUE),
+    small(SCOPEPOS_ITEM),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -17,6 +17,7 @@
 pub mod create;
 pub mod membership;
 pub mod pdu;
+mod sync_hooks;
 pub mod upgrade;
 pub mod visibility;
 
@@ -36,7 +37,7 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use self::pdu::Pdu;
-use super::{events, server_keys::ServerKeys};
+use super::{events, server_keys::ServerKeys, sync::notifier::Notifier};
 use crate::{
     Error, Result,
     storage::{
@@ -131,6 +132,8 @@ pub struct Rooms {
     pending: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
     /// Client transactions of queued events: (user, device, txn) → event id.
     pending_txns: Mutex<HashMap<(String, String, String), OwnedEventId>>,
+    /// Wakes long-polling syncs (see `sync_hooks`).
+    notifier: Arc<Notifier>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -149,6 +152,7 @@ impl Rooms {
             commits: CommitQueue::start(Arc::clone(&db))?,
             pending: Mutex::new(HashMap::new()),
             pending_txns: Mutex::new(HashMap::new()),
+            notifier: Arc::new(Notifier::new()),
             ids: ShortIds::new(Arc::clone(&db)),
             pdus: PdusTable::new(Arc::clone(&db)),
             timeline: TimelineTable::new(Arc::clone(&db)),
@@ -408,12 +412,15 @@ impl Rooms {
         match written {
             Ok(()) => {
                 staged.ticket.complete();
+                self.notifier.flush(self.positions.watermark());
                 Ok(staged.appended)
             }
             Err(e) => {
                 if let Some(lock) = lock {
                     *lock.lock().await = None;
                 }
+                drop(staged.ticket);
+                self.notifier.flush(self.positions.watermark());
                 Err(e.into())
             }
         }
@@ -546,6 +553,10 @@ impl Rooms {
             .queue_set_extremities(&mut batch, short_room, &[short_event])?;
         let ticket = self.positions.allocate()?;
         let position = ticket.position();
+        self.notifier.mark(
+            position,
+            sync_hooks::concerns(signed.room_id.as_str(), event.kind, event.state_key),
+        );
         self.timeline
             .queue_append(&mut batch, short_room, position, short_event);
 

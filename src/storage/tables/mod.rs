@@ -5,11 +5,13 @@
 pub mod account_data;
 pub mod accounts;
 pub mod devices;
+pub mod filters;
 pub mod membership;
 pub mod pdus;
 pub mod registration_tokens;
 pub mod reports;
 pub mod shortids;
 pub mod state;
+pub mod streams;
 pub mod timeline;
 pub mod transactions;

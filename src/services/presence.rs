@@ -165,3 +165,24 @@ impl super::Services {
         Ok(false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn online_turns_unavailable_when_idle() {
+        let record = Record {
+            state: PresenceState::Online,
+            status_msg: None,
+            last_active_ms: 1_000,
+            changed: 1,
+        };
+        let fresh = Presence::status_of(&record, 1_000 + 30_000);
+        assert_eq!(fresh.state, PresenceState::Online);
+        assert!(fresh.currently_active);
+        let idle = Presence::status_of(&record, 1_000 + IDLE_MS + 1);
+        assert_eq!(idle.state, PresenceState::Unavailable);
+        assert!(!idle.currently_active);
+    }
+}

@@ -730,3 +730,59 @@ fn many_senders_many_syncers_each_event_once_in_order() {
         assert_eq!(seen, &results[0], "every syncer sees the same order");
     }
 }
+
+#[test]
+fn knocks_profile_changes_and_redactions() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let carol = server.user("carol", "pw");
+    let room = create_room(
+        &alice,
+        json!({"initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}),
+    );
+    let token = next(&sync(&carol, None, ""));
+    carol
+        .post(&format!("/_matrix/client/v3/knock/{}", enc(&room)), json!({}))
+        .ok();
+    let body = sync(&carol, Some(&token), "");
+    let knock = &body["rooms"]["knock"][&room]["knock_state"]["events"];
+    assert!(types(knock).contains(&"m.room.join_rules".to_owned()), "{body}");
+    assert_eq!(
+        knock.as_array().unwrap().last().unwrap()["content"]["membership"],
+        "knock"
+    );
+
+    // A profile change is a member event, but the room is not sent again from the start.
+    let token = next(&sync(&alice, None, ""));
+    let message = send(&alice, &room, "m", "secret");
+    let token2 = next(&sync(&alice, Some(&token), ""));
+    alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&room),
+                enc(&alice.uid())
+            ),
+            json!({"membership": "join", "displayname": "Alice"}),
+        )
+        .ok();
+    let body = sync(&alice, Some(&token2), "");
+    let timeline = &body["rooms"]["join"][&room]["timeline"]["events"];
+    assert_eq!(types(timeline), vec!["m.room.member"], "{body}");
+    assert!(!timeline_ids(&body, &room).contains(&message));
+
+    // Redacted events are served redacted.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&room), enc(&message)),
+            json!({}),
+        )
+        .ok();
+    let body = sync(&alice, None, "");
+    let events = body["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let redacted = events.iter().find(|e| e["event_id"] == message.as_str()).unwrap();
+    assert_eq!(redacted["content"], json!({}), "{redacted}");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-use super::Rooms;
+use super::{Rooms, pdu::Pdu};
 use crate::{
     Result,
     services::sync::notifier::{Key, Notifier},
@@ -38,6 +38,26 @@ impl Rooms {
             .into_iter()
             .filter_map(|(room, m)| OwnedRoomId::try_from(room).ok().map(|r| (r, m)))
             .collect())
+    }
+
+    /// A user's member event as of stream position `position` (the one in the state right
+    /// after the last event of the room at or before it). One state snapshot lookup, not a
+    /// load of the whole state as events.
+    pub fn member_at(&self, room_id: &RoomId, user_id: &UserId, position: u64) -> Result<Option<Pdu>> {
+        let Some((_, last)) = self.timeline(room_id, 0, position, true, 1)?.pop() else {
+            return Ok(None);
+        };
+        if last.kind.to_string() == "m.room.member" && last.state_key.as_deref() == Some(user_id.as_str()) {
+            return Ok(Some(last));
+        }
+        let Some(short) = self.ids.event(last.event_id.as_str())? else {
+            return Ok(None);
+        };
+        let Some(before) = self.state.before_event(short)? else {
+            return Ok(None);
+        };
+        let state = self.state.load(before)?;
+        self.lookup(&state.state, "m.room.member", user_id.as_str())
     }
 
     /// Every user with a membership in the room, with it.

@@ -109,7 +109,12 @@ pub fn build(
         match membership.as_str() {
             "join" => {
                 shared_rooms.push(room_id.clone());
-                let room_since = if changed { None } else { since.map(|s| s.position) };
+                // Sent whole only when the user was not joined at the token (a profile change
+                // is a member event too, and must not resend what the client has).
+                let room_since = match since {
+                    Some(s) if !changed || ctx.was_joined(&room_id, s.position)? => Some(s.position),
+                    _ => None,
+                };
                 if let Some(joined) = ctx.joined(&room_id, room_since)? {
                     response.rooms.join.insert(room_id, joined);
                 }
@@ -159,16 +164,18 @@ impl Ctx<'_> {
             return Ok(Some((membership, member, position)));
         }
         // Rare: only while the member event is in flight.
-        let state = rooms.state_at_position(room_id, self.up_to)?;
-        let Some(member) = state
-            .into_iter()
-            .find(|p| p.kind.to_string() == "m.room.member" && p.state_key.as_deref() == Some(self.user_id.as_str()))
-        else {
+        let Some(member) = rooms.member_at(room_id, self.user_id, self.up_to)? else {
             return Ok(None);
         };
         let position = rooms.position_of(&member.event_id)?.unwrap_or(0);
         let membership = content_str(&member, "membership").unwrap_or_default();
         Ok(Some((membership, member, position)))
+    }
+
+    /// Whether the user was joined to the room at stream position `position`.
+    fn was_joined(&self, room_id: &RoomId, position: u64) -> Result<bool> {
+        let member = self.services.rooms.member_at(room_id, self.user_id, position)?;
+        Ok(member.is_some_and(|m| content_str(&m, "membership").as_deref() == Some("join")))
     }
 
     /// A page of the timeline in `(after, up_to]`, oldest first, and whether it was cut.
@@ -187,6 +194,12 @@ impl Ctx<'_> {
         let limit = tl.limit.map_or(DEFAULT_LIMIT, u64::from).clamp(1, MAX_LIMIT) as usize;
         let (mut page, _) = rooms.timeline_page(room_id, (after, up_to), true, limit, keep)?;
         page.reverse();
+        // As they stand now: redacted events in their redacted form.
+        for (_, pdu) in &mut page {
+            if let Some(current) = rooms.event(&pdu.event_id)? {
+                *pdu = current;
+            }
+        }
         let limited = match page.first() {
             Some((first, _)) if page.len() == limit => !rooms
                 .timeline_page(room_id, (after, first - 1), true, 1, keep)?
@@ -207,11 +220,11 @@ impl Ctx<'_> {
         let rooms = &self.services.rooms;
         let history = rooms.history_filter(self.user_id, rooms.read_scope(room_id, self.user_id)?);
         let keep = |pos: u64, pdu: &Pdu| self.event_kept(pdu) && history.allows(pos, pdu);
-        let after = room_since.unwrap_or(0);
-        let (events, limited) = self.timeline(room_id, after, self.up_to, &keep)?;
+        let (after, end) = (room_since.unwrap_or(0), self.up_to);
+        let (events, limited) = self.timeline(room_id, after, end, &keep)?;
         let start = events.first().map_or(self.up_to, |(pos, _)| pos - 1);
         let full = room_since.is_none() || self.full_state || limited;
-        let state = self.state(room_id, &events, full.then_some(start), after, &|pos, pdu| {
+        let state = self.state(room_id, &events, full.then_some(start), (after, end), &|pos, pdu| {
             history.allows(pos, pdu)
         })?;
 
@@ -264,7 +277,7 @@ impl Ctx<'_> {
         room_id: &RoomId,
         events: &[(u64, Pdu)],
         full_at: Option<u64>,
-        after: u64,
+        (after, end): (u64, u64),
         visible: &dyn Fn(u64, &Pdu) -> bool,
     ) -> Result<Vec<Pdu>> {
         let rooms = &self.services.rooms;
@@ -276,13 +289,14 @@ impl Ctx<'_> {
         let mut state = match full_at {
             Some(at) => rooms.state_at_position(room_id, at)?,
             None => {
-                let end = events.first().map_or(self.up_to, |(pos, _)| pos - 1);
+                // State changes since the token that the (filtered) timeline does not show,
+                // the latest per state key.
                 let keep = |pos: u64, pdu: &Pdu| pdu.is_state() && !shown.contains(&*pdu.event_id) && visible(pos, pdu);
-                let (changes, _) = rooms.timeline_page(room_id, (after, end), false, 100, keep)?;
-                // The latest event per state key.
+                let (changes, _) = rooms.timeline_page(room_id, (after, end), true, 100, keep)?;
                 let mut latest: BTreeMap<(String, String), Pdu> = BTreeMap::new();
                 for (_, pdu) in changes {
-                    latest.insert((pdu.kind.to_string(), pdu.state_key.clone().unwrap_or_default()), pdu);
+                    let key = (pdu.kind.to_string(), pdu.state_key.clone().unwrap_or_default());
+                    latest.entry(key).or_insert(pdu);
                 }
                 latest.into_values().collect()
             }
@@ -414,7 +428,7 @@ impl Ctx<'_> {
         let (events, limited) = self.timeline(room_id, after, end, &keep)?;
         let start = events.first().map_or(end, |(pos, _)| pos - 1);
         let full = self.since.is_none() || self.full_state || limited;
-        let state = self.state(room_id, &events, full.then_some(start), after, &|pos, pdu| {
+        let state = self.state(room_id, &events, full.then_some(start), (after, end), &|pos, pdu| {
             history.allows(pos, pdu)
         })?;
         let mut left = LeftRoom::new();

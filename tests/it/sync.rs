@@ -576,7 +576,27 @@ fn tags_and_account_data_reach_sync() {
     let tag = data.as_array().unwrap().iter().find(|e| e["type"] == "m.tag").unwrap();
     assert_eq!(tag["content"]["tags"], json!({"u.work": {"order": 0.5}}));
     assert_eq!(types(&body["account_data"]["events"]), vec!["org.example.global"]);
-    let token = next(&body);
+    // An account-data write wakes the user's long-poll.
+    let waiter = {
+        let alice = alice.clone();
+        let token = next(&body);
+        std::thread::spawn(move || sync(&alice, Some(&token), "timeout=5000"))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/org.example.late",
+                enc(&alice.uid())
+            ),
+            json!({}),
+        )
+        .ok();
+    let woken = waiter.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(types(&woken["account_data"]["events"]), vec!["org.example.late"]);
+    let token = next(&woken);
     let quiet = sync(&alice, Some(&token), "");
     assert!(
         quiet["rooms"]["join"].get(&room).is_none() && quiet.get("account_data").is_none(),

@@ -81,7 +81,7 @@ pub fn build(
         filter,
         full_state,
         up_to,
-        ignored: ignored_users(services, user_id)?,
+        ignored: services.ignored_users(user_id)?,
         room_changes: match since {
             Some(since) => services
                 .account_data
@@ -451,6 +451,10 @@ impl Ctx<'_> {
             return Ok(Vec::new());
         }
         let lists = Lists::of_room_events(af);
+        // Incremental and nothing written for this room: no read at all.
+        if room_since.is_some() && !self.room_changes.iter().any(|(room, _)| room == room_id.as_str()) {
+            return Ok(Vec::new());
+        }
         let data = self.services.account_data.list(self.user_id, Some(room_id.as_str()))?;
         let changed: Option<HashSet<&str>> = room_since.map(|_| {
             self.room_changes
@@ -527,19 +531,22 @@ impl Ctx<'_> {
     }
 }
 
-/// The user's `m.ignored_user_list`.
-pub(crate) fn ignored_users(services: &Services, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
-    let Some(raw) = services.account_data.get(user_id, None, "m.ignored_user_list")? else {
-        return Ok(HashSet::new());
-    };
-    #[derive(serde::Deserialize)]
-    struct List {
-        #[serde(default)]
-        ignored_users: BTreeMap<OwnedUserId, serde::de::IgnoredAny>,
+impl Services {
+    /// The users in `user_id`'s `m.ignored_user_list` (their events and invites are left out
+    /// of what `user_id` reads).
+    pub fn ignored_users(&self, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
+        let Some(raw) = self.account_data.get(user_id, None, "m.ignored_user_list")? else {
+            return Ok(HashSet::new());
+        };
+        #[derive(serde::Deserialize)]
+        struct List {
+            #[serde(default)]
+            ignored_users: BTreeMap<OwnedUserId, serde::de::IgnoredAny>,
+        }
+        Ok(serde_json::from_str::<List>(raw.get())
+            .map(|l| l.ignored_users.into_keys().collect())
+            .unwrap_or_default())
     }
-    Ok(serde_json::from_str::<List>(raw.get())
-        .map(|l| l.ignored_users.into_keys().collect())
-        .unwrap_or_default())
 }
 
 fn content_str(pdu: &Pdu, field: &str) -> Option<String> {

@@ -316,6 +316,19 @@ fn each_kind_of_filter_applies() {
     let kinds = types(&timeline(json!({"types": ["m.room.t*"], "limit": 50})));
     assert_eq!(kinds, vec!["m.room.topic"]);
 
+    // event_fields cuts events down to the listed paths.
+    let body = sync(
+        &alice,
+        None,
+        &filter_q(
+            json!({"event_fields": ["type", "content.body"], "room": {"timeline": {"types": ["m.room.message"]}}}),
+        ),
+    );
+    assert_eq!(
+        body["rooms"]["join"][&one]["timeline"]["events"][0],
+        json!({"type": "m.room.message", "content": {"body": "from alice"}})
+    );
+
     // State: only the listed types.
     let body = sync(
         &alice,

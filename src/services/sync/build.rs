@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::{
     Token,
-    filter::{Lists, event_filter_room, room_allowed},
+    filter::{Lists, event_filter_room, project, room_allowed},
 };
 use crate::{
     Error, Result,
@@ -147,6 +147,11 @@ pub fn build(
 }
 
 impl Ctx<'_> {
+    /// A room event in the client format, cut to the filter's `event_fields`.
+    fn client_event<T>(&self, pdu: &Pdu) -> Result<Raw<T>> {
+        raw(&project(pdu.to_client()?, self.filter.event_fields.as_deref()))
+    }
+
     fn after(&self) -> Option<u64> {
         self.since.map(|s| s.position)
     }
@@ -244,7 +249,7 @@ impl Ctx<'_> {
         }
         joined.timeline = self.timeline_section(events, limited, start)?;
         joined.state = State::Before(StateEvents::from(
-            state.iter().map(|p| raw(&p.to_client()?)).collect::<Result<Vec<_>>>()?,
+            state.iter().map(|p| self.client_event(p)).collect::<Result<Vec<_>>>()?,
         ));
         joined.account_data.events = account_data;
         joined.ephemeral.events = ephemeral;
@@ -264,7 +269,7 @@ impl Ctx<'_> {
         timeline.prev_batch = Some(start.to_string());
         timeline.events = events
             .iter()
-            .map(|(_, pdu)| raw(&pdu.to_client()?))
+            .map(|(_, pdu)| self.client_event(pdu))
             .collect::<Result<_>>()?;
         Ok(timeline)
     }
@@ -434,7 +439,7 @@ impl Ctx<'_> {
         let mut left = LeftRoom::new();
         left.timeline = self.timeline_section(events, limited, start)?;
         left.state = State::Before(StateEvents::from(
-            state.iter().map(|p| raw(&p.to_client()?)).collect::<Result<Vec<_>>>()?,
+            state.iter().map(|p| self.client_event(p)).collect::<Result<Vec<_>>>()?,
         ));
         left.account_data.events = self.room_account_data(room_id, self.after())?;
         Ok(Some(left))

@@ -168,6 +168,61 @@ impl<'a> Lists<'a> {
     }
 }
 
+/// Keeps only the listed fields of an event (`event_fields`: dotted paths, `\\.` for a literal
+/// dot). `None` keeps everything.
+pub fn project(event: serde_json::Value, fields: Option<&[String]>) -> serde_json::Value {
+    let Some(fields) = fields else { return event };
+    let mut out = serde_json::Map::new();
+    for field in fields {
+        let path = split_path(field);
+        let mut source = &event;
+        let found = path.iter().all(|part| match source.get(part) {
+            Some(next) => {
+                source = next;
+                true
+            }
+            None => false,
+        });
+        if !found {
+            continue;
+        }
+        let mut target = &mut out;
+        for (i, part) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                target.insert(part.clone(), source.clone());
+            } else {
+                let entry = target
+                    .entry(part.clone())
+                    .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                if !entry.is_object() {
+                    *entry = serde_json::Value::Object(serde_json::Map::new());
+                }
+                let serde_json::Value::Object(next) = entry else {
+                    unreachable!()
+                };
+                target = next;
+            }
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
+fn split_path(field: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = field.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&'.') => {
+                chars.next();
+                parts.last_mut().expect("non-empty").push('.');
+            }
+            '.' => parts.push(String::new()),
+            c => parts.last_mut().expect("non-empty").push(c),
+        }
+    }
+    parts
+}
+
 /// `*` matches any run of characters.
 fn glob(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
@@ -203,5 +258,24 @@ mod tests {
         assert!(!lists.allows("org.custom", None));
         let bad = OwnedUserId::try_from("@bad:x").unwrap();
         assert!(!lists.allows("m.presence", Some(&bad)));
+    }
+
+    #[test]
+    fn event_fields_keep_only_the_listed_paths() {
+        let event = serde_json::json!({
+            "type": "m.room.message",
+            "sender": "@a:x",
+            "content": {"body": "hi", "m.relates_to": {"rel_type": "x"}, "msgtype": "m.text"},
+        });
+        let fields = vec![
+            "type".to_owned(),
+            "content.body".to_owned(),
+            "content.m\\.relates_to".to_owned(),
+        ];
+        assert_eq!(
+            project(event.clone(), Some(&fields)),
+            serde_json::json!({"type": "m.room.message", "content": {"body": "hi", "m.relates_to": {"rel_type": "x"}}})
+        );
+        assert_eq!(project(event.clone(), None), event);
     }
 }

@@ -164,6 +164,17 @@ fn limited_timeline_prev_batch_pages_with_messages() {
     assert_eq!(bodies(&timeline["events"]), vec!["m10", "m11", "m12", "m13", "m14"]);
     // A limited incremental sync sends the state at the start of the timeline.
     assert!(types(&body["rooms"]["join"][&room]["state"]["events"]).contains(&"m.room.create".to_owned()));
+    let none = sync(
+        &alice,
+        Some(&token),
+        &filter_q(json!({"room": {"timeline": {"limit": 0}}})),
+    );
+    let empty = &none["rooms"]["join"][&room]["timeline"];
+    assert_eq!(
+        (empty["limited"].clone(), bodies(&empty["events"]).len()),
+        (json!(true), 0),
+        "{none}"
+    );
     let prev = timeline["prev_batch"].as_str().unwrap();
     let page = alice.get(&format!(
         "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5&from={}",
@@ -698,9 +709,9 @@ fn ignored_users_are_left_out() {
 
 #[test]
 fn many_senders_many_syncers_each_event_once_in_order() {
-    const SENDERS: usize = 3;
-    const PER_SENDER: usize = 15;
-    const SYNCERS: usize = 3;
+    const SENDERS: usize = 4;
+    const PER_SENDER: usize = 25;
+    const SYNCERS: usize = 4;
     let server = TestServer::start();
     let alice = server.user("alice", "pw");
     let room = public_room(&alice);
@@ -762,6 +773,17 @@ fn many_senders_many_syncers_each_event_once_in_order() {
         }
         assert_eq!(seen, &results[0], "every syncer sees the same order");
     }
+    // ... which is the room's stream order.
+    let page = alice.get(&format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1000",
+        enc(&room)
+    ));
+    let mut stream: Vec<String> = bodies(&page.ok()["chunk"])
+        .into_iter()
+        .filter(|b| b.contains(':'))
+        .collect();
+    stream.reverse();
+    assert_eq!(stream, results[0]);
 }
 
 #[test]

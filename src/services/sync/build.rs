@@ -196,7 +196,15 @@ impl Ctx<'_> {
         if !event_filter_room(tl, room_id) {
             return Ok((Vec::new(), false));
         }
-        let limit = tl.limit.map_or(DEFAULT_LIMIT, u64::from).clamp(1, MAX_LIMIT) as usize;
+        let limit = tl.limit.map_or(DEFAULT_LIMIT, u64::from).min(MAX_LIMIT) as usize;
+        if limit == 0 {
+            // No events, but say whether there were some.
+            let any = !rooms
+                .timeline_page(room_id, (after, up_to), true, 1, keep)?
+                .0
+                .is_empty();
+            return Ok((Vec::new(), any));
+        }
         let (mut page, _) = rooms.timeline_page(room_id, (after, up_to), true, limit, keep)?;
         page.reverse();
         // As they stand now: redacted events in their redacted form.

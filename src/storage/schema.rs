@@ -94,6 +94,9 @@ pub const REPORTID_REPORT: &str = "reportid_report";
 
 /// user id SEP filter id → the filter definition as JSON bytes.
 pub const USERFILTERID_FILTER: &str = "userfilterid_filter";
+/// u64 short event id → user id SEP device id SEP transaction id (the client transaction that
+/// sent it).
+pub const SHORTEVENTID_TXN: &str = "shorteventid_txn";
 /// change-log kind SEP scope SEP item → u64 stream position ++ value (`tables::streams`).
 pub const SCOPEITEM_POSVALUE: &str = "scopeitem_posvalue";
 /// change-log kind SEP scope SEP u64 stream position → item (`tables::streams`).
@@ -130,6 +133,7 @@ pub const TABLES: &[TableDef] = &[
     small(USERFILTERID_FILTER),
     small(SCOPEITEM_POSVALUE),
     small(SCOPEPOS_ITEM),
+    small(SHORTEVENTID_TXN),
 ];
 
 const fn small(name: &'static str) -> TableDef {

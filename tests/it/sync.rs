@@ -91,6 +91,17 @@ fn initial_then_incremental_sees_each_event_once() {
     let third = send(&alice, &room, "t3", "three");
     let inc = sync(&alice, Some(&token), "");
     assert_eq!(timeline_ids(&inc, &room), vec![second, third]);
+    // The sending device gets its transaction ids back; another device does not.
+    let events = &inc["rooms"]["join"][&room]["timeline"]["events"];
+    assert_eq!(events[0]["unsigned"]["transaction_id"], "t2");
+    let mut other = server.client();
+    other.login("alice", "pw");
+    let seen = sync(&other, Some(&token), "");
+    assert!(
+        seen["rooms"]["join"][&room]["timeline"]["events"][0]["unsigned"]
+            .get("transaction_id")
+            .is_none()
+    );
     assert_eq!(inc["rooms"]["join"][&room]["timeline"]["limited"], Value::Null);
     let token = next(&inc);
     let again = sync(&alice, Some(&token), "");

@@ -14,8 +14,10 @@ use crate::{
 
 /// `GET /_matrix/client/v3/sync`
 pub async fn sync_events(ctx: Ctx, req: sync_events::v3::Request) -> Result<sync_events::v3::Response> {
-    let user_id = ctx.user_id()?;
+    let session = ctx.session()?;
+    let user_id = &session.user_id;
     let params = Params {
+        device_id: Some(session.device_id.to_string()),
         since: req.since,
         full_state: req.full_state,
         timeout: req.timeout,

@@ -504,6 +504,7 @@ impl Rooms {
         if let Some((user, device, txn)) = event.txn {
             self.transactions
                 .put(&mut batch, user, device, txn, signed.event_id.as_str());
+            sync_hooks::queue_event_txn(&self.db, &mut batch, short_event, (user, device, txn));
         }
         let before = match head.as_ref() {
             Some(head) => Arc::clone(&head.current),

@@ -10,7 +10,18 @@ use super::{Rooms, pdu::Pdu};
 use crate::{
     Result,
     services::sync::notifier::{Key, Notifier},
+    storage::{Batch, Db, tables::event_txns::EventTxnsTable},
 };
+
+/// Queues the transaction that sent an event (for `unsigned.transaction_id` in `/sync`).
+pub(super) fn queue_event_txn(
+    db: &Arc<Db>,
+    batch: &mut Batch,
+    short_event: u64,
+    (user, device, txn): (&str, &str, &str),
+) {
+    EventTxnsTable::new(Arc::clone(db)).queue_put(batch, short_event, user, device, txn);
+}
 
 /// The keys an event wakes: its room, and for a membership event its target (who may not be
 /// waiting on the room yet: an invitee, a joiner).
@@ -58,6 +69,22 @@ impl Rooms {
         };
         let state = self.state.load(before)?;
         self.lookup(&state.state, "m.room.member", user_id.as_str())
+    }
+
+    /// The transaction id with which `device_id` of `user_id` sent an event, if it did.
+    pub fn transaction_of(
+        &self,
+        event_id: &ruma::EventId,
+        user_id: &UserId,
+        device_id: &str,
+    ) -> Result<Option<String>> {
+        let Some(short) = self.ids.event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        Ok(EventTxnsTable::new(Arc::clone(&self.db))
+            .get(short)?
+            .filter(|(user, device, _)| user == user_id.as_str() && device == device_id)
+            .map(|(_, _, txn)| txn))
     }
 
     /// Every user with a membership in the room, with it.

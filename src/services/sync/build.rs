@@ -53,6 +53,7 @@ fn raw<T>(value: &Value) -> Result<Raw<T>> {
 struct Ctx<'a> {
     services: &'a Services,
     user_id: &'a UserId,
+    device_id: Option<&'a str>,
     since: Option<Token>,
     filter: &'a FilterDefinition,
     full_state: bool,
@@ -65,7 +66,7 @@ struct Ctx<'a> {
 /// Builds the answer for `since` (initial when `None`).
 pub fn build(
     services: &Services,
-    user_id: &UserId,
+    (user_id, device_id): (&UserId, Option<&str>),
     since: Option<Token>,
     filter: &FilterDefinition,
     full_state: bool,
@@ -77,6 +78,7 @@ pub fn build(
     let ctx = Ctx {
         services,
         user_id,
+        device_id,
         since,
         filter,
         full_state,
@@ -149,7 +151,17 @@ pub fn build(
 impl Ctx<'_> {
     /// A room event in the client format, cut to the filter's `event_fields`.
     fn client_event<T>(&self, pdu: &Pdu) -> Result<Raw<T>> {
-        raw(&project(pdu.to_client()?, self.filter.event_fields.as_deref()))
+        let mut event = pdu.to_client()?;
+        if pdu.sender == self.user_id
+            && let Some(device) = self.device_id
+            && let Some(txn) = self
+                .services
+                .rooms
+                .transaction_of(&pdu.event_id, self.user_id, device)?
+        {
+            event["unsigned"]["transaction_id"] = txn.into();
+        }
+        raw(&project(event, self.filter.event_fields.as_deref()))
     }
 
     fn after(&self) -> Option<u64> {

@@ -77,6 +77,8 @@ impl std::fmt::Display for Token {
 
 /// The parameters of one `/sync`.
 pub struct Params {
+    /// The requesting device (its own events carry `unsigned.transaction_id`).
+    pub device_id: Option<String>,
     /// The token of the previous sync.
     pub since: Option<String>,
     /// Send full state even for an incremental sync.
@@ -135,7 +137,13 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
     let timeout = params.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let response = build::build(services, user_id, since, &filter, params.full_state)?;
+        let response = build::build(
+            services,
+            (user_id, params.device_id.as_deref()),
+            since,
+            &filter,
+            params.full_state,
+        )?;
         let empty = response.rooms.is_empty() && response.presence.is_empty() && response.account_data.is_empty();
         if since.is_none() || params.full_state || !empty || tokio::time::Instant::now() >= deadline {
             return Ok(response);

@@ -5,6 +5,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod devices;
+pub mod event_txns;
 pub mod filters;
 pub mod membership;
 pub mod pdus;

@@ -96,6 +96,21 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::directory::get_room_visibility);
     t.add(LimitClass::Client, client::directory::set_room_visibility);
     t.add(LimitClass::Client, client::directory::get_summary);
+    // Sync and what it carries (filters, typing, receipts, read markers, room account data,
+    // tags, presence).
+    t.add(LimitClass::Client, client::sync::sync_events);
+    t.add(LimitClass::Client, client::filter::create_filter);
+    t.add(LimitClass::Client, client::filter::get_filter);
+    t.add(LimitClass::Client, client::typing::create_typing_event);
+    t.add(LimitClass::Client, client::receipt::create_receipt);
+    t.add(LimitClass::Client, client::receipt::set_read_marker);
+    t.add(LimitClass::Client, client::tags::get_room_account_data);
+    t.add(LimitClass::Client, client::tags::set_room_account_data);
+    t.add(LimitClass::Client, client::tags::get_tags);
+    t.add(LimitClass::Client, client::tags::create_tag);
+    t.add(LimitClass::Client, client::tags::delete_tag);
+    t.add(LimitClass::Client, client::presence::get_presence);
+    t.add(LimitClass::Client, client::presence::set_presence);
 
     // Reporting content.
     t.add(LimitClass::Client, client::reporting::report_content);

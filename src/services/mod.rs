@@ -9,13 +9,18 @@ pub mod directory;
 pub mod events;
 pub mod media;
 pub mod passwords;
+pub mod presence;
 pub mod profile;
 pub mod rate_limit;
+pub mod receipts;
 pub mod registration;
 pub mod reports;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
+pub mod sync;
+pub mod tags;
+pub mod typing;
 pub mod uiaa;
 
 use std::sync::Arc;
@@ -54,6 +59,14 @@ pub struct Services {
     pub reports: reports::Reports,
     /// The media repository.
     pub media: media::Media,
+    /// Sync filters.
+    pub filters: sync::filter::Filters,
+    /// Typing notifications (in memory).
+    pub typing: typing::Typing,
+    /// Read receipts.
+    pub receipts: receipts::Receipts,
+    /// Presence (in memory).
+    pub presence: presence::Presence,
 }
 
 impl Services {
@@ -74,7 +87,7 @@ impl Services {
         let directory = Arc::new(directory::Directory::new(Arc::clone(&db), config.server_name.clone()));
         let rooms = rooms::Rooms::new(
             Arc::clone(&db),
-            positions,
+            Arc::clone(&positions),
             Arc::clone(&server_keys),
             config.server_name.clone(),
             Arc::clone(&directory),
@@ -83,7 +96,13 @@ impl Services {
         let sessions = sessions::Sessions::new(Arc::clone(&db), Arc::clone(&config));
         let registration = registration::Registration::new(Arc::clone(&db), config.registration);
         let profile = profile::Profiles::new(Arc::clone(&db));
-        let account_data = account_data::AccountData::new(Arc::clone(&db));
+        let notifier = Arc::clone(rooms.notifier());
+        let account_data =
+            account_data::AccountData::new(Arc::clone(&db), Arc::clone(&positions), Arc::clone(&notifier));
+        let filters = sync::filter::Filters::new(Arc::clone(&db));
+        let typing = typing::Typing::new(Arc::clone(&notifier));
+        let receipts = receipts::Receipts::new(Arc::clone(&db), positions, Arc::clone(&notifier));
+        let presence = presence::Presence::new(notifier);
         let rate_limit = rate_limit::RateLimiter::new(&config);
         let reports = reports::Reports::new(Arc::clone(&db));
         let media = media::Media::new(Arc::clone(&db), config.media.clone(), config.server_name.clone())?;
@@ -102,6 +121,10 @@ impl Services {
             rooms,
             directory,
             config,
+            filters,
+            typing,
+            receipts,
+            presence,
         }))
     }
 }

@@ -115,6 +115,15 @@ pub const ALIAS_ALIASRECORD: &str = "alias_aliasrecord";
 pub const ROOMALIAS_EMPTY: &str = "roomalias_empty";
 /// room id → empty: the rooms published in the room directory.
 pub const ROOMID_PUBLISHED: &str = "roomid_published";
+/// user id SEP filter id → the filter definition as JSON bytes.
+pub const USERFILTERID_FILTER: &str = "userfilterid_filter";
+/// u64 short event id → user id SEP device id SEP transaction id (the client transaction that
+/// sent it).
+pub const SHORTEVENTID_TXN: &str = "shorteventid_txn";
+/// change-log kind SEP scope SEP item → u64 stream position ++ value (`tables::streams`).
+pub const SCOPEITEM_POSVALUE: &str = "scopeitem_posvalue";
+/// change-log kind SEP scope SEP u64 stream position → item (`tables::streams`).
+pub const SCOPEPOS_ITEM: &str = "scopepos_item";
 
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
@@ -155,6 +164,10 @@ pub const TABLES: &[TableDef] = &[
     small(ALIAS_ALIASRECORD),
     small(ROOMALIAS_EMPTY),
     small(ROOMID_PUBLISHED),
+    small(USERFILTERID_FILTER),
+    small(SCOPEITEM_POSVALUE),
+    small(SCOPEPOS_ITEM),
+    small(SHORTEVENTID_TXN),
 ];
 
 const fn small(name: &'static str) -> TableDef {

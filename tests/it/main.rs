@@ -23,5 +23,7 @@ mod room_access;
 mod room_upgrade;
 /// Rooms: events, state, membership, authorization, pagination.
 mod rooms;
+/// Sync: tokens, long-polling, filters, typing, receipts, account data, presence.
+mod sync;
 /// Architecture invariants of the source tree.
 mod tidy;

@@ -17,6 +17,7 @@
 pub mod create;
 pub mod membership;
 pub mod pdu;
+mod sync_hooks;
 pub mod upgrade;
 pub mod visibility;
 
@@ -36,7 +37,7 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use self::pdu::Pdu;
-use super::{directory::Directory, events, server_keys::ServerKeys};
+use super::{directory::Directory, events, server_keys::ServerKeys, sync::notifier::Notifier};
 use crate::{
     Error, Result,
     storage::{
@@ -133,6 +134,8 @@ pub struct Rooms {
     pending_txns: Mutex<HashMap<(String, String, String), OwnedEventId>>,
     /// Consulted to validate `m.room.canonical_alias` content.
     directory: Arc<Directory>,
+    /// Wakes long-polling syncs (see `sync_hooks`).
+    notifier: Arc<Notifier>,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -152,6 +155,7 @@ impl Rooms {
             commits: CommitQueue::start(Arc::clone(&db))?,
             pending: Mutex::new(HashMap::new()),
             pending_txns: Mutex::new(HashMap::new()),
+            notifier: Arc::new(Notifier::new()),
             ids: ShortIds::new(Arc::clone(&db)),
             pdus: PdusTable::new(Arc::clone(&db)),
             timeline: TimelineTable::new(Arc::clone(&db)),
@@ -412,12 +416,15 @@ impl Rooms {
         match written {
             Ok(()) => {
                 staged.ticket.complete();
+                self.notifier.flush(self.positions.watermark());
                 Ok(staged.appended)
             }
             Err(e) => {
                 if let Some(lock) = lock {
                     *lock.lock().await = None;
                 }
+                drop(staged.ticket);
+                self.notifier.flush(self.positions.watermark());
                 Err(e.into())
             }
         }
@@ -509,6 +516,7 @@ impl Rooms {
         if let Some((user, device, txn)) = event.txn {
             self.transactions
                 .put(&mut batch, user, device, txn, signed.event_id.as_str());
+            sync_hooks::queue_event_txn(&self.db, &mut batch, short_event, (user, device, txn));
         }
         let before = match head.as_ref() {
             Some(head) => Arc::clone(&head.current),
@@ -558,6 +566,10 @@ impl Rooms {
             .queue_set_extremities(&mut batch, short_room, &[short_event])?;
         let ticket = self.positions.allocate()?;
         let position = ticket.position();
+        self.notifier.mark(
+            position,
+            sync_hooks::concerns(signed.room_id.as_str(), event.kind, event.state_key),
+        );
         self.timeline
             .queue_append(&mut batch, short_room, position, short_event);
 

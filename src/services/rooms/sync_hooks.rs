@@ -1,0 +1,99 @@
+//! What the sync service reads from rooms beyond events and state: the notifier the write path
+//! marks, and the membership index in both directions. Kept apart from the write path so the
+//! hook into it stays two lines (a mark when a position is taken, a flush when it completes).
+
+use std::sync::Arc;
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+use super::{Rooms, pdu::Pdu};
+use crate::{
+    Result,
+    services::sync::notifier::{Key, Notifier},
+    storage::{Batch, Db, tables::event_txns::EventTxnsTable},
+};
+
+/// Queues the transaction that sent an event (for `unsigned.transaction_id` in `/sync`).
+pub(super) fn queue_event_txn(
+    db: &Arc<Db>,
+    batch: &mut Batch,
+    short_event: u64,
+    (user, device, txn): (&str, &str, &str),
+) {
+    EventTxnsTable::new(Arc::clone(db)).queue_put(batch, short_event, user, device, txn);
+}
+
+/// The keys an event wakes: its room, and for a membership event its target (who may not be
+/// waiting on the room yet: an invitee, a joiner).
+pub(super) fn concerns(room_id: &str, kind: &str, state_key: Option<&str>) -> Vec<Key> {
+    let mut keys = vec![Key::Room(room_id.to_owned())];
+    if kind == "m.room.member"
+        && let Some(target) = state_key
+    {
+        keys.push(Key::User(target.to_owned()));
+    }
+    keys
+}
+
+impl Rooms {
+    /// The notifier the write path marks; other services with stream positions share it.
+    pub fn notifier(&self) -> &Arc<Notifier> {
+        &self.notifier
+    }
+
+    /// Every room the user has a membership in (`join`, `invite`, `leave`, `ban`, `knock`).
+    pub fn memberships_of(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, String)>> {
+        Ok(self
+            .memberships
+            .rooms_of(user_id.as_str())?
+            .into_iter()
+            .filter_map(|(room, m)| OwnedRoomId::try_from(room).ok().map(|r| (r, m)))
+            .collect())
+    }
+
+    /// A user's member event as of stream position `position` (the one in the state right
+    /// after the last event of the room at or before it). One state snapshot lookup, not a
+    /// load of the whole state as events.
+    pub fn member_at(&self, room_id: &RoomId, user_id: &UserId, position: u64) -> Result<Option<Pdu>> {
+        let Some((_, last)) = self.timeline(room_id, 0, position, true, 1)?.pop() else {
+            return Ok(None);
+        };
+        if last.kind.to_string() == "m.room.member" && last.state_key.as_deref() == Some(user_id.as_str()) {
+            return Ok(Some(last));
+        }
+        let Some(short) = self.ids.event(last.event_id.as_str())? else {
+            return Ok(None);
+        };
+        let Some(before) = self.state.before_event(short)? else {
+            return Ok(None);
+        };
+        let state = self.state.load(before)?;
+        self.lookup(&state.state, "m.room.member", user_id.as_str())
+    }
+
+    /// The transaction id with which `device_id` of `user_id` sent an event, if it did.
+    pub fn transaction_of(
+        &self,
+        event_id: &ruma::EventId,
+        user_id: &UserId,
+        device_id: &str,
+    ) -> Result<Option<String>> {
+        let Some(short) = self.ids.event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        Ok(EventTxnsTable::new(Arc::clone(&self.db))
+            .get(short)?
+            .filter(|(user, device, _)| user == user_id.as_str() && device == device_id)
+            .map(|(_, _, txn)| txn))
+    }
+
+    /// Every user with a membership in the room, with it.
+    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
+        Ok(self
+            .memberships
+            .members_of(room_id.as_str())?
+            .into_iter()
+            .filter_map(|(user, m)| OwnedUserId::try_from(user).ok().map(|u| (u, m)))
+            .collect())
+    }
+}

@@ -1,0 +1,580 @@
+//! Assembling one `/sync` answer at a fixed point of the stream: every read is bounded by the
+//! watermark taken at the start, which becomes the `next_batch` position.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    api::client::{
+        filter::{FilterDefinition, LazyLoadOptions, RoomEventFilter},
+        sync::sync_events::{
+            UnreadNotificationsCount,
+            v3::{
+                InviteState, InvitedRoom, JoinedRoom, KnockedRoom, LeftRoom, RoomSummary, State, StateEvents, Timeline,
+            },
+        },
+    },
+    events::StateEventType,
+    serde::Raw,
+};
+use serde_json::{Value, json};
+
+use super::{
+    Token,
+    filter::{Lists, event_filter_room, project, room_allowed},
+};
+use crate::{
+    Error, Result,
+    services::{Services, rooms::pdu::Pdu},
+};
+
+/// Default number of timeline events per room.
+const DEFAULT_LIMIT: u64 = 10;
+/// Largest timeline limit honoured.
+const MAX_LIMIT: u64 = 500;
+/// State types shown in an invite or knock (spec "Stripped state").
+const STRIPPED: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+fn raw<T>(value: &Value) -> Result<Raw<T>> {
+    Ok(Raw::from_json(
+        serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))?,
+    ))
+}
+
+/// One build's fixed inputs.
+struct Ctx<'a> {
+    services: &'a Services,
+    user_id: &'a UserId,
+    device_id: Option<&'a str>,
+    since: Option<Token>,
+    filter: &'a FilterDefinition,
+    full_state: bool,
+    up_to: u64,
+    ignored: HashSet<OwnedUserId>,
+    /// (room, type) of room account data written since the token.
+    room_changes: Vec<(String, String)>,
+}
+
+/// Builds the answer for `since` (initial when `None`).
+pub fn build(
+    services: &Services,
+    (user_id, device_id): (&UserId, Option<&str>),
+    since: Option<Token>,
+    filter: &FilterDefinition,
+    full_state: bool,
+) -> Result<ruma::api::client::sync::sync_events::v3::Response> {
+    let rooms = &services.rooms;
+    // Fixed first: nothing above these is read, and the token says so.
+    let up_to = rooms.watermark();
+    let ephemeral = rooms.notifier().ephemeral();
+    let ctx = Ctx {
+        services,
+        user_id,
+        device_id,
+        since,
+        filter,
+        full_state,
+        up_to,
+        ignored: services.ignored_users(user_id)?,
+        room_changes: match since {
+            Some(since) => services
+                .account_data
+                .changes(user_id, since.position, up_to)?
+                .into_iter()
+                .filter_map(|c| c.room_id.map(|r| (r, c.kind)))
+                .collect(),
+            None => Vec::new(),
+        },
+    };
+    let next = Token {
+        position: up_to.max(since.map_or(0, |s| s.position)),
+        ephemeral: ephemeral.max(since.map_or(0, |s| s.ephemeral)),
+    };
+    let mut response = ruma::api::client::sync::sync_events::v3::Response::new(next.to_string());
+    let mut shared_rooms = Vec::new();
+    for (room_id, membership) in rooms.memberships_of(user_id)? {
+        if !room_allowed(&filter.room, &room_id) {
+            continue;
+        }
+        let Some((membership, member, position)) = ctx.membership_at(&room_id, membership)? else {
+            continue;
+        };
+        let changed = since.is_none_or(|s| position > s.position);
+        match membership.as_str() {
+            "join" => {
+                shared_rooms.push(room_id.clone());
+                // Sent whole only when the user was not joined at the token (a profile change
+                // is a member event too, and must not resend what the client has).
+                let room_since = match since {
+                    Some(s) if !changed || ctx.was_joined(&room_id, s.position)? => Some(s.position),
+                    _ => None,
+                };
+                if let Some(joined) = ctx.joined(&room_id, room_since)? {
+                    response.rooms.join.insert(room_id, joined);
+                }
+            }
+            "invite" if changed && !ctx.ignored.contains(&member.sender) => {
+                let mut invited = InvitedRoom::new();
+                invited.invite_state = InviteState::from(ctx.stripped(&room_id, &member)?);
+                response.rooms.invite.insert(room_id, invited);
+            }
+            "knock" if changed => {
+                let mut knocked = KnockedRoom::new();
+                knocked.knock_state.events = ctx.stripped(&room_id, &member)?;
+                response.rooms.knock.insert(room_id, knocked);
+            }
+            "leave" | "ban" if (since.is_some() && changed) || (since.is_none() && filter.room.include_leave) => {
+                if rooms.is_forgotten(&room_id, user_id)? {
+                    continue;
+                }
+                if let Some(left) = ctx.left(&room_id, position)? {
+                    response.rooms.leave.insert(room_id, left);
+                }
+            }
+            _ => {}
+        }
+    }
+    response.account_data.events = ctx.global_account_data()?;
+    response.presence.events = ctx.presence(&shared_rooms)?;
+    response.device_unused_fallback_key_types = Some(Vec::new());
+    Ok(response)
+}
+
+impl Ctx<'_> {
+    /// A room event in the client format, cut to the filter's `event_fields`.
+    fn client_event<T>(&self, pdu: &Pdu) -> Result<Raw<T>> {
+        let mut event = pdu.to_client()?;
+        if pdu.sender == self.user_id
+            && let Some(device) = self.device_id
+            && let Some(txn) = self
+                .services
+                .rooms
+                .transaction_of(&pdu.event_id, self.user_id, device)?
+        {
+            event["unsigned"]["transaction_id"] = txn.into();
+        }
+        raw(&project(event, self.filter.event_fields.as_deref()))
+    }
+
+    fn after(&self) -> Option<u64> {
+        self.since.map(|s| s.position)
+    }
+
+    /// The user's membership of a room as of the build's watermark, with their member event
+    /// and its position. A member event above the watermark (still being written) is looked
+    /// past: the state at the watermark holds the membership that applies.
+    fn membership_at(&self, room_id: &RoomId, membership: String) -> Result<Option<(String, Pdu, u64)>> {
+        let rooms = &self.services.rooms;
+        let Some(member) = rooms.state_event(room_id, &StateEventType::RoomMember, self.user_id.as_str())? else {
+            return Ok(None);
+        };
+        let position = rooms.position_of(&member.event_id)?.unwrap_or(0);
+        if position <= self.up_to {
+            return Ok(Some((membership, member, position)));
+        }
+        // Rare: only while the member event is in flight.
+        let Some(member) = rooms.member_at(room_id, self.user_id, self.up_to)? else {
+            return Ok(None);
+        };
+        let position = rooms.position_of(&member.event_id)?.unwrap_or(0);
+        let membership = content_str(&member, "membership").unwrap_or_default();
+        Ok(Some((membership, member, position)))
+    }
+
+    /// Whether the user was joined to the room at stream position `position`.
+    fn was_joined(&self, room_id: &RoomId, position: u64) -> Result<bool> {
+        let member = self.services.rooms.member_at(room_id, self.user_id, position)?;
+        Ok(member.is_some_and(|m| content_str(&m, "membership").as_deref() == Some("join")))
+    }
+
+    /// A page of the timeline in `(after, up_to]`, oldest first, and whether it was cut.
+    fn timeline(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        keep: &dyn Fn(u64, &Pdu) -> bool,
+    ) -> Result<(Vec<(u64, Pdu)>, bool)> {
+        let rooms = &self.services.rooms;
+        let tl = &self.filter.room.timeline;
+        if !event_filter_room(tl, room_id) {
+            return Ok((Vec::new(), false));
+        }
+        let limit = tl.limit.map_or(DEFAULT_LIMIT, u64::from).min(MAX_LIMIT) as usize;
+        if limit == 0 {
+            // No events, but say whether there were some.
+            let any = !rooms
+                .timeline_page(room_id, (after, up_to), true, 1, keep)?
+                .0
+                .is_empty();
+            return Ok((Vec::new(), any));
+        }
+        let (mut page, _) = rooms.timeline_page(room_id, (after, up_to), true, limit, keep)?;
+        page.reverse();
+        // As they stand now: redacted events in their redacted form.
+        for (_, pdu) in &mut page {
+            if let Some(current) = rooms.event(&pdu.event_id)? {
+                *pdu = current;
+            }
+        }
+        let limited = match page.first() {
+            Some((first, _)) if page.len() == limit => !rooms
+                .timeline_page(room_id, (after, first - 1), true, 1, keep)?
+                .0
+                .is_empty(),
+            _ => false,
+        };
+        Ok((page, limited))
+    }
+
+    fn event_kept(&self, pdu: &Pdu) -> bool {
+        pdu.matches(&self.filter.room.timeline) && !self.ignored.contains(&pdu.sender)
+    }
+
+    /// A joined room; `room_since` is `None` when the room is sent whole (initial sync, or
+    /// joined since the token). `None` when an incremental sync has nothing for it.
+    fn joined(&self, room_id: &RoomId, room_since: Option<u64>) -> Result<Option<JoinedRoom>> {
+        let rooms = &self.services.rooms;
+        let history = rooms.history_filter(self.user_id, rooms.read_scope(room_id, self.user_id)?);
+        let keep = |pos: u64, pdu: &Pdu| self.event_kept(pdu) && history.allows(pos, pdu);
+        let (after, end) = (room_since.unwrap_or(0), self.up_to);
+        let (events, limited) = self.timeline(room_id, after, end, &keep)?;
+        let start = events.first().map_or(self.up_to, |(pos, _)| pos - 1);
+        let full = room_since.is_none() || self.full_state || limited;
+        let state = self.state(room_id, &events, full.then_some(start), (after, end), &|pos, pdu| {
+            history.allows(pos, pdu)
+        })?;
+
+        let mut joined = JoinedRoom::new();
+        let account_data = self.room_account_data(room_id, room_since)?;
+        let ephemeral = self.ephemeral(room_id, room_since)?;
+        let members_changed = full
+            || events.iter().any(|(_, p)| p.kind.to_string() == "m.room.member")
+            || state.iter().any(|p| p.kind.to_string() == "m.room.member");
+        if room_since.is_some()
+            && events.is_empty()
+            && state.is_empty()
+            && account_data.is_empty()
+            && ephemeral.is_empty()
+        {
+            return Ok(None);
+        }
+        joined.timeline = self.timeline_section(events, limited, start)?;
+        joined.state = State::Before(StateEvents::from(
+            state.iter().map(|p| self.client_event(p)).collect::<Result<Vec<_>>>()?,
+        ));
+        joined.account_data.events = account_data;
+        joined.ephemeral.events = ephemeral;
+        if members_changed {
+            joined.summary = self.summary(room_id)?;
+        }
+        let mut unread = UnreadNotificationsCount::new();
+        unread.highlight_count = Some(UInt::MIN);
+        unread.notification_count = Some(UInt::MIN);
+        joined.unread_notifications = unread;
+        Ok(Some(joined))
+    }
+
+    fn timeline_section(&self, events: Vec<(u64, Pdu)>, limited: bool, start: u64) -> Result<Timeline> {
+        let mut timeline = Timeline::new();
+        timeline.limited = limited;
+        timeline.prev_batch = Some(start.to_string());
+        timeline.events = events
+            .iter()
+            .map(|(_, pdu)| self.client_event(pdu))
+            .collect::<Result<_>>()?;
+        Ok(timeline)
+    }
+
+    /// The `state` section: the full state at `full_at` (the position before the timeline),
+    /// or for an incremental sync the state events after `after` the timeline does not show;
+    /// filtered by the state filter, with lazy-loaded members cut to the timeline's senders.
+    fn state(
+        &self,
+        room_id: &RoomId,
+        events: &[(u64, Pdu)],
+        full_at: Option<u64>,
+        (after, end): (u64, u64),
+        visible: &dyn Fn(u64, &Pdu) -> bool,
+    ) -> Result<Vec<Pdu>> {
+        let rooms = &self.services.rooms;
+        let sf: &RoomEventFilter = &self.filter.room.state;
+        if !event_filter_room(sf, room_id) {
+            return Ok(Vec::new());
+        }
+        let shown: HashSet<&ruma::EventId> = events.iter().map(|(_, p)| &*p.event_id).collect();
+        let mut state = match full_at {
+            Some(at) => rooms.state_at_position(room_id, at)?,
+            None => {
+                // State changes since the token that the (filtered) timeline does not show,
+                // the latest per state key.
+                let keep = |pos: u64, pdu: &Pdu| pdu.is_state() && !shown.contains(&*pdu.event_id) && visible(pos, pdu);
+                let (changes, _) = rooms.timeline_page(room_id, (after, end), true, 100, keep)?;
+                let mut latest: BTreeMap<(String, String), Pdu> = BTreeMap::new();
+                for (_, pdu) in changes {
+                    let key = (pdu.kind.to_string(), pdu.state_key.clone().unwrap_or_default());
+                    latest.entry(key).or_insert(pdu);
+                }
+                latest.into_values().collect()
+            }
+        };
+        state.retain(|p| p.matches(sf));
+        if let LazyLoadOptions::Enabled { .. } = sf.lazy_load_options {
+            let mut wanted: BTreeSet<String> = events.iter().map(|(_, p)| p.sender.to_string()).collect();
+            wanted.insert(self.user_id.to_string());
+            state.retain(|p| {
+                p.kind.to_string() != "m.room.member" || p.state_key.as_ref().is_some_and(|k| wanted.contains(k))
+            });
+            // Members of senders the state does not hold yet (an incremental sync).
+            let present: HashSet<String> = state
+                .iter()
+                .filter(|p| p.kind.to_string() == "m.room.member")
+                .filter_map(|p| p.state_key.clone())
+                .chain(
+                    events
+                        .iter()
+                        .filter(|(_, p)| p.kind.to_string() == "m.room.member")
+                        .filter_map(|(_, p)| p.state_key.clone()),
+                )
+                .collect();
+            if full_at.is_none() {
+                for user in wanted
+                    .iter()
+                    .filter(|u| !present.contains(*u) && **u != self.user_id.as_str())
+                {
+                    if let Some(member) = rooms.state_event(room_id, &StateEventType::RoomMember, user)? {
+                        state.push(member);
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// `m.heroes` and member counts.
+    fn summary(&self, room_id: &RoomId) -> Result<RoomSummary> {
+        let members = self.services.rooms.members(room_id)?;
+        let count = |m: &str| members.iter().filter(|(_, x)| x == m).count() as u32;
+        let mut summary = RoomSummary::new();
+        summary.joined_member_count = Some(UInt::from(count("join")));
+        summary.invited_member_count = Some(UInt::from(count("invite")));
+        let others = |wanted: &[&str]| -> Vec<OwnedUserId> {
+            members
+                .iter()
+                .filter(|(u, m)| u != self.user_id && wanted.contains(&m.as_str()))
+                .map(|(u, _)| u.clone())
+                .take(5)
+                .collect()
+        };
+        summary.heroes = others(&["join", "invite"]);
+        if summary.heroes.is_empty() {
+            summary.heroes = others(&["leave", "ban"]);
+        }
+        Ok(summary)
+    }
+
+    /// `m.typing` and `m.receipt` for a room, filtered by the ephemeral filter.
+    fn ephemeral(
+        &self,
+        room_id: &RoomId,
+        room_since: Option<u64>,
+    ) -> Result<Vec<Raw<ruma::events::AnySyncEphemeralRoomEvent>>> {
+        let ef = &self.filter.room.ephemeral;
+        if !event_filter_room(ef, room_id) {
+            return Ok(Vec::new());
+        }
+        let lists = Lists::of_room_events(ef);
+        let mut out = Vec::new();
+        let since_eph = if room_since.is_some() {
+            self.since.map(|s| s.ephemeral)
+        } else {
+            None
+        };
+        if lists.allows("m.typing", None)
+            && let Some(users) = self.services.typing.changed_since(room_id, since_eph)
+        {
+            let users: Vec<&OwnedUserId> = users.iter().filter(|u| !self.ignored.contains(*u)).collect();
+            out.push(raw(&json!({"type": "m.typing", "content": {"user_ids": users}}))?);
+        }
+        if lists.allows("m.receipt", None) {
+            let skip = |u: &UserId| self.ignored.contains(u) || !lists.allows("m.receipt", Some(u));
+            if let Some(content) =
+                self.services
+                    .receipts
+                    .content_since(room_id, self.user_id, room_since, self.up_to, &skip)?
+            {
+                out.push(raw(&json!({"type": "m.receipt", "content": content}))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stripped state for an invite or knock, ending with the member event itself.
+    fn stripped(&self, room_id: &RoomId, member: &Pdu) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+        let rooms = &self.services.rooms;
+        let mut out = Vec::new();
+        let strip = |p: &Pdu| -> Result<Value> {
+            let content: Value = serde_json::from_str(p.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+            Ok(json!({
+                "type": p.kind.to_string(),
+                "state_key": p.state_key.clone().unwrap_or_default(),
+                "content": content,
+                "sender": p.sender,
+            }))
+        };
+        for kind in STRIPPED {
+            if let Some(pdu) = rooms.state_event(room_id, &StateEventType::from(*kind), "")? {
+                out.push(raw(&strip(&pdu)?)?);
+            }
+        }
+        out.push(raw(&strip(member)?)?);
+        Ok(out)
+    }
+
+    /// A room left (or banned from) since the token, or for an initial sync with
+    /// `include_leave`: the timeline up to the departure.
+    fn left(&self, room_id: &RoomId, departure: u64) -> Result<Option<LeftRoom>> {
+        let rooms = &self.services.rooms;
+        let Ok(scope) = rooms.read_scope(room_id, self.user_id) else {
+            return Ok(None);
+        };
+        let end = departure.min(self.up_to);
+        let history = rooms.history_filter(self.user_id, scope);
+        let keep = |pos: u64, pdu: &Pdu| self.event_kept(pdu) && history.allows(pos, pdu);
+        let after = self.after().unwrap_or(0);
+        let (events, limited) = self.timeline(room_id, after, end, &keep)?;
+        let start = events.first().map_or(end, |(pos, _)| pos - 1);
+        let full = self.since.is_none() || self.full_state || limited;
+        let state = self.state(room_id, &events, full.then_some(start), (after, end), &|pos, pdu| {
+            history.allows(pos, pdu)
+        })?;
+        let mut left = LeftRoom::new();
+        left.timeline = self.timeline_section(events, limited, start)?;
+        left.state = State::Before(StateEvents::from(
+            state.iter().map(|p| self.client_event(p)).collect::<Result<Vec<_>>>()?,
+        ));
+        left.account_data.events = self.room_account_data(room_id, self.after())?;
+        Ok(Some(left))
+    }
+
+    /// Room account data changed since the token (all of it when the room is sent whole).
+    fn room_account_data(
+        &self,
+        room_id: &RoomId,
+        room_since: Option<u64>,
+    ) -> Result<Vec<Raw<ruma::events::AnyRoomAccountDataEvent>>> {
+        let af = &self.filter.room.account_data;
+        if !event_filter_room(af, room_id) {
+            return Ok(Vec::new());
+        }
+        let lists = Lists::of_room_events(af);
+        // Incremental and nothing written for this room: no read at all.
+        if room_since.is_some() && !self.room_changes.iter().any(|(room, _)| room == room_id.as_str()) {
+            return Ok(Vec::new());
+        }
+        let data = self.services.account_data.list(self.user_id, Some(room_id.as_str()))?;
+        let changed: Option<HashSet<&str>> = room_since.map(|_| {
+            self.room_changes
+                .iter()
+                .filter(|(room, _)| room == room_id.as_str())
+                .map(|(_, kind)| kind.as_str())
+                .collect()
+        });
+        data.into_iter()
+            .filter(|c| lists.allows(&c.kind, None))
+            .filter(|c| changed.as_ref().is_none_or(|set| set.contains(c.kind.as_str())))
+            .map(|c| {
+                let content: Value =
+                    serde_json::from_str(c.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+                raw(&json!({"type": c.kind, "content": content}))
+            })
+            .collect()
+    }
+
+    /// Global account data changed since the token (all of it for an initial sync).
+    fn global_account_data(&self) -> Result<Vec<Raw<ruma::events::AnyGlobalAccountDataEvent>>> {
+        let lists = Lists::of(&self.filter.account_data);
+        let data = match self.after() {
+            Some(after) => self
+                .services
+                .account_data
+                .changes(self.user_id, after, self.up_to)?
+                .into_iter()
+                .filter(|c| c.room_id.is_none())
+                .collect(),
+            None => self.services.account_data.list(self.user_id, None)?,
+        };
+        data.into_iter()
+            .filter(|c| lists.allows(&c.kind, None))
+            .map(|c| {
+                let content: Value =
+                    serde_json::from_str(c.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+                raw(&json!({"type": c.kind, "content": content}))
+            })
+            .collect()
+    }
+
+    /// Presence of users sharing a joined room with the user (and their own), changed since
+    /// the token.
+    fn presence(&self, shared_rooms: &[OwnedRoomId]) -> Result<Vec<Raw<ruma::events::presence::PresenceEvent>>> {
+        let lists = Lists::of(&self.filter.presence);
+        let rooms = &self.services.rooms;
+        let mut out = Vec::new();
+        for (user, status) in self.services.presence.changed_since(self.since.map(|s| s.ephemeral)) {
+            if self.ignored.contains(&user) || !lists.allows("m.presence", Some(&user)) {
+                continue;
+            }
+            let shares = user == self.user_id
+                || shared_rooms
+                    .iter()
+                    .map(|room| rooms.membership(room, &user))
+                    .collect::<Result<Vec<_>>>()?
+                    .iter()
+                    .any(|m| m.as_deref() == Some("join"));
+            if !shares {
+                continue;
+            }
+            let mut content = json!({
+                "presence": status.state.as_str(),
+                "last_active_ago": status.last_active_ago,
+                "currently_active": status.currently_active,
+            });
+            if let Some(msg) = status.status_msg {
+                content["status_msg"] = msg.into();
+            }
+            out.push(raw(&json!({"type": "m.presence", "sender": user, "content": content}))?);
+        }
+        Ok(out)
+    }
+}
+
+impl Services {
+    /// The users in `user_id`'s `m.ignored_user_list` (their events and invites are left out
+    /// of what `user_id` reads).
+    pub fn ignored_users(&self, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
+        let Some(raw) = self.account_data.get(user_id, None, "m.ignored_user_list")? else {
+            return Ok(HashSet::new());
+        };
+        #[derive(serde::Deserialize)]
+        struct List {
+            #[serde(default)]
+            ignored_users: BTreeMap<OwnedUserId, serde::de::IgnoredAny>,
+        }
+        Ok(serde_json::from_str::<List>(raw.get())
+            .map(|l| l.ignored_users.into_keys().collect())
+            .unwrap_or_default())
+    }
+}
+
+fn content_str(pdu: &Pdu, field: &str) -> Option<String> {
+    let content: Value = serde_json::from_str(pdu.content.get()).ok()?;
+    content.get(field)?.as_str().map(str::to_owned)
+}

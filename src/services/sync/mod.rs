@@ -1,0 +1,173 @@
+//! `/sync`: everything that changed for a user since their last sync, and the long-poll that
+//! waits for it (spec "Syncing").
+//!
+//! # Stream positions and the watermark
+//!
+//! Everything durable a client syncs (room events, receipts, account data) is stamped with one
+//! global stream position (`storage::positions`). Writers finish out of order, so a sync reads
+//! only up to the *watermark*, the highest position below which every write is done, and hands
+//! that back in its token: the next sync reads from there. An event committed out of order
+//! is therefore neither skipped (it is above the old token until the watermark passes it) nor
+//! sent twice (it is below the new token once it was sent). In-memory changes (typing,
+//! presence) have their own counter, the *ephemeral* value, and the token carries both:
+//! `s{position}_e{ephemeral}`.
+//!
+//! # Waking
+//!
+//! A sync with nothing to say waits (up to its `timeout`) on the [`notifier`], which wakes it
+//! only for changes that concern the user (their rooms, their account data, their invites).
+//!
+//! # Rooms
+//!
+//! The user's rooms come from the membership index; the position of the user's own member
+//! event says whether the membership changed since the token (a newly joined room is sent as in
+//! an initial sync; a room left since the token goes to `leave` with the timeline up to the
+//! departure). Building the answer is in [`build`].
+
+pub mod build;
+pub mod filter;
+pub mod notifier;
+
+use std::time::Duration;
+
+use ruma::{
+    UserId,
+    api::client::{filter::FilterDefinition, sync::sync_events::v3},
+    presence::PresenceState,
+};
+
+use self::notifier::{Key, Notifier};
+use super::Services;
+use crate::{
+    Error, Result,
+    storage::{Batch, Db, positions::Positions},
+};
+
+/// Longest wait of one long-poll.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where a sync token points: a stream position and an ephemeral value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// Everything durable up to here was sent.
+    pub position: u64,
+    /// Typing and presence up to here were sent.
+    pub ephemeral: u64,
+}
+
+impl Token {
+    /// Parses `s{position}_e{ephemeral}` (or a bare position).
+    pub fn parse(token: &str) -> Result<Token> {
+        let bad = || Error::invalid_param(format!("Invalid sync token {token}"));
+        if let Ok(position) = token.parse() {
+            return Ok(Token { position, ephemeral: 0 });
+        }
+        let (s, e) = token.split_once('_').ok_or_else(bad)?;
+        let position = s.strip_prefix('s').and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let ephemeral = e.strip_prefix('e').and_then(|e| e.parse().ok()).ok_or_else(bad)?;
+        Ok(Token { position, ephemeral })
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}_e{}", self.position, self.ephemeral)
+    }
+}
+
+/// The parameters of one `/sync`.
+pub struct Params {
+    /// The requesting device (its own events carry `unsigned.transaction_id`).
+    pub device_id: Option<String>,
+    /// The token of the previous sync.
+    pub since: Option<String>,
+    /// Send full state even for an incremental sync.
+    pub full_state: bool,
+    /// How long to wait for news.
+    pub timeout: Option<Duration>,
+    /// Presence to set.
+    pub set_presence: PresenceState,
+    /// The filter parameter.
+    pub filter: Option<v3::Filter>,
+}
+
+/// Commits one change on the global stream: takes a position, marks it for the notifier with
+/// `keys`, queues the change (`queue` gets the position) and commits; once durable the
+/// position completes and the notifier flushes. Returns the position.
+pub(crate) async fn commit_on_stream(
+    db: &std::sync::Arc<Db>,
+    positions: &Positions,
+    notifier: &Notifier,
+    keys: Vec<Key>,
+    queue: impl FnOnce(&mut Batch, u64) -> Result<()>,
+) -> Result<u64> {
+    let ticket = positions.allocate()?;
+    let position = ticket.position();
+    let mut batch = db.batch();
+    let written = match queue(&mut batch, position) {
+        Ok(()) => batch.commit().await.map_err(Error::from),
+        Err(e) => Err(e),
+    };
+    notifier.mark(position, keys);
+    match written {
+        Ok(()) => ticket.complete(),
+        Err(_) => drop(ticket),
+    }
+    notifier.flush(positions.watermark());
+    written.map(|()| position)
+}
+
+/// Runs one `/sync` for `user_id`: answers at once when there is news (or for an initial or
+/// `full_state` sync), else waits until there is or the timeout passes.
+pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Result<v3::Response> {
+    let since = params.since.as_deref().map(Token::parse).transpose()?;
+    let filter: FilterDefinition = services.filters.resolve(user_id, params.filter)?;
+    let rooms = &services.rooms;
+    let memberships = rooms.memberships_of(user_id)?;
+    let mut keys: Vec<Key> = memberships.iter().map(|(room, _)| Key::room(room)).collect();
+    let joined: Vec<Key> = memberships
+        .iter()
+        .filter(|(_, m)| m == "join")
+        .map(|(room, _)| Key::room(room))
+        .collect();
+    services.presence.seen(user_id, params.set_presence, &joined);
+    keys.push(Key::user(user_id));
+    // Registered before the first look, so nothing committed in between is missed.
+    let waiter = rooms.notifier().register(keys);
+    let timeout = params.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let response = build::build(
+            services,
+            (user_id, params.device_id.as_deref()),
+            since,
+            &filter,
+            params.full_state,
+        )?;
+        let empty = response.rooms.is_empty() && response.presence.is_empty() && response.account_data.is_empty();
+        if since.is_none() || params.full_state || !empty || tokio::time::Instant::now() >= deadline {
+            return Ok(response);
+        }
+        tokio::select! {
+            _ = waiter.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Token;
+
+    #[test]
+    fn tokens_round_trip() {
+        let t = Token {
+            position: 42,
+            ephemeral: 1_700_000_000_123,
+        };
+        assert_eq!(Token::parse(&t.to_string()).unwrap(), t);
+        assert_eq!(Token::parse("17").unwrap().position, 17);
+        assert!(Token::parse("s1").is_err());
+        assert!(Token::parse("x1_e2").is_err());
+    }
+}

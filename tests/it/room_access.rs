@@ -334,6 +334,9 @@ fn member_events_carry_the_profile() {
     let room = create_room(&alice, json!({"preset": "public_chat"}));
     join(&bob, &room);
     assert_eq!(membership_of(&alice, &room, &bob.uid())["displayname"], "Bobby");
+    // A room's creator shows with their profile too.
+    let own = create_room(&bob, json!({}));
+    assert_eq!(membership_of(&bob, &own, &bob.uid())["displayname"], "Bobby");
     // A new name reaches the rooms the user is in.
     bob.put(
         &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.uid())),
@@ -345,4 +348,44 @@ fn member_events_carry_the_profile() {
         (member["displayname"].as_str(), member["membership"].as_str()),
         (Some("Robert"), Some("join"))
     );
+}
+
+#[test]
+fn rejecting_an_invite_opens_no_history() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "private_chat"}));
+    send(&alice, &room, "1", "members only");
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.uid()}),
+        )
+        .ok();
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
+        .ok();
+    bob.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&room)))
+        .expect_err(403, "M_FORBIDDEN");
+}
+
+#[test]
+fn ignored_users_are_left_out_of_messages() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let troll = server.user("troll", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    join(&troll, &room);
+    send(&troll, &room, "1", "noise");
+    send(&alice, &room, "2", "signal");
+    alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                enc(&alice.uid())
+            ),
+            json!({"ignored_users": {troll.uid(): {}}}),
+        )
+        .ok();
+    assert_eq!(messages(&alice, &room), ["signal"]);
 }

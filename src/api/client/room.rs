@@ -27,6 +27,7 @@ use crate::{
     api::extract::Ctx,
     services::rooms::{
         create::{CreateRoom, Preset},
+        membership::MemberProfile,
         pdu::Pdu,
     },
 };
@@ -56,13 +57,7 @@ pub async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<crea
         return Err(Error::invalid_param("Third-party invites are not supported"));
     }
     let version = req.room_version.clone().unwrap_or(RoomVersionId::V12);
-    if !matches!(version, RoomVersionId::V10 | RoomVersionId::V11 | RoomVersionId::V12) {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ruma::api::error::ErrorKind::UnsupportedRoomVersion,
-            format!("Room version {version} is not supported for new rooms (10, 11, 12 are)"),
-        ));
-    }
+    check_new_room_version(&version)?;
     let preset = match req.preset {
         Some(create_room::v3::RoomPreset::PublicChat) => Preset::PublicChat,
         Some(create_room::v3::RoomPreset::TrustedPrivateChat) => Preset::TrustedPrivateChat,
@@ -88,7 +83,9 @@ pub async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<crea
         };
         initial_state.push((initial.kind, initial.state_key, content));
     }
+    let profile = ctx.services.profile.get(&creator)?.unwrap_or_default();
     let request = CreateRoom {
+        creator_profile: MemberProfile::from_profile(&profile),
         version,
         preset,
         creation_content: req
@@ -173,7 +170,9 @@ pub async fn get_message_events(
             .min(watermark);
         (from, (from, to))
     };
-    let keep = |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && history.allows(pos, pdu);
+    let ignored = ctx.services.ignored_users(user_id)?;
+    let keep =
+        |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && !ignored.contains(&pdu.sender) && history.allows(pos, pdu);
     let (events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, keep)?;
     let mut response = get_message_events::v3::Response::new();
     response.start = start.to_string();

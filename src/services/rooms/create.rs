@@ -22,6 +22,8 @@ pub enum Preset {
 
 /// What the client asked for.
 pub struct CreateRoom {
+    /// The creator's display name and avatar, for their member event.
+    pub creator_profile: super::membership::MemberProfile,
     /// Room version.
     pub version: RoomVersionId,
     /// Preset.
@@ -120,11 +122,11 @@ impl Rooms {
                     .map(|_| ())
             }
         };
-        send(
-            "m.room.member",
-            creator.to_string(),
-            object(serde_json::json!({"membership": "join"})),
-        )
+        send("m.room.member", creator.to_string(), {
+            let mut join = object(serde_json::json!({"membership": "join"}));
+            join.extend(request.creator_profile.content());
+            join
+        })
         .await?;
 
         send("m.room.power_levels", String::new(), power_levels).await?;

@@ -27,7 +27,7 @@ impl MemberProfile {
         }
     }
 
-    fn content(&self) -> CanonicalJsonObject {
+    pub(super) fn content(&self) -> CanonicalJsonObject {
         let mut content = CanonicalJsonObject::new();
         if let Some(name) = &self.displayname {
             content.insert("displayname".into(), CanonicalJsonValue::String(name.clone()));

@@ -50,14 +50,18 @@ impl Rooms {
                 });
             }
             Some("leave" | "ban") if !self.is_forgotten(room_id, user_id)? => {
-                if world_readable()? {
-                    return Ok(ReadScope {
-                        up_to: watermark,
-                        member: true,
-                        departed_with: None,
-                    });
-                }
-                if let Some(departure) = self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? {
+                // Only someone who was joined is a former member: rejecting an invite or
+                // withdrawing a knock opens no history.
+                if let Some(departure) = self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
+                    && self.was_joined_before(&departure)?
+                {
+                    if world_readable()? {
+                        return Ok(ReadScope {
+                            up_to: watermark,
+                            member: true,
+                            departed_with: None,
+                        });
+                    }
                     let up_to = self.position_of(&departure.event_id)?.unwrap_or(0);
                     return Ok(ReadScope {
                         up_to,
@@ -76,6 +80,22 @@ impl Rooms {
             });
         }
         Err(Error::forbidden(format!("{user_id} is not in the room {room_id}")))
+    }
+
+    /// Whether the target of a membership event was joined right before it.
+    fn was_joined_before(&self, member_event: &Pdu) -> Result<bool> {
+        let Some(user) = member_event.state_key.as_deref() else {
+            return Ok(false);
+        };
+        let Some(short) = self.ids.event(member_event.event_id.as_str())? else {
+            return Ok(false);
+        };
+        let Some(snapshot) = self.state.before_event(short)? else {
+            return Ok(false);
+        };
+        let before = self.state.load(snapshot)?;
+        let previous = self.lookup(&before.state, "m.room.member", user)?;
+        Ok(previous.and_then(|p| content_field(&p, "membership")).as_deref() == Some("join"))
     }
 
     /// The room's current `history_visibility` (`shared` when unset or not understood).

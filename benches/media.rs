@@ -5,7 +5,10 @@
 //!
 //! Knobs (environment): `BENCH_SMALL_FILES` 1 MB files (default 50), `BENCH_LARGE_FILES` 50 MB
 //! files (default 4), `BENCH_TOTAL_MB` for the memory run (default 1024), `BENCH_DURABLE`
-//! (`false` turns off the WAL sync; default on, as deployed).
+//! (`false` turns off the WAL sync; default on, as deployed). With `HS_URL` (a loopback URL)
+//! and `BENCH_SERVER_PID` it measures that server instead of starting Hearth, which is how
+//! `benches/vs_synapse.sh media` compares with Synapse. The last line printed is the figures as
+//! JSON.
 
 use std::{
     io::{BufRead, BufReader},
@@ -86,7 +89,8 @@ fn agent() -> ureq::Agent {
 
 fn register(agent: &ureq::Agent, base: &str) -> String {
     let url = format!("{base}/_matrix/client/v3/register");
-    let body = json!({"username": "bench", "password": "bench-password"});
+    let name = format!("mediabench{}", std::process::id());
+    let body = json!({"username": name, "password": "bench-password"});
     let first: Value = agent
         .post(&url)
         .send_json(&body)
@@ -189,12 +193,29 @@ fn main() {
     let large_files = env_num("BENCH_LARGE_FILES", 4);
     let total_mb = env_num("BENCH_TOTAL_MB", 1024);
     let tmp = tempfile::tempdir().unwrap();
-    let server = start(&tmp.path().join("data"));
-    let base = server.base.clone();
+    let (_server, base, pid) = match std::env::var("HS_URL") {
+        Ok(url) => {
+            let host = url.trim_start_matches("http://");
+            assert!(
+                host.starts_with("127.") || host.starts_with("[::1]"),
+                "HS_URL must be loopback"
+            );
+            let pid = std::env::var("BENCH_SERVER_PID")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .expect("BENCH_SERVER_PID names the server process with HS_URL");
+            (None, url, pid)
+        }
+        Err(_) => {
+            let server = start(&tmp.path().join("data"));
+            let (base, pid) = (server.base.clone(), server.child.id());
+            (Some(server), base, pid)
+        }
+    };
     let agent = agent();
     let token = register(&agent, &base);
     std::thread::sleep(Duration::from_secs(2));
-    let idle = status_mb(server.child.id(), "VmRSS:");
+    let idle = status_mb(pid, "VmRSS:");
 
     let (small_up, small_down) = throughput(&agent, &base, &token, 1 << 20, small_files, 1);
     let (large_up, large_down) = throughput(&agent, &base, &token, 50 << 20, large_files, 2);
@@ -225,7 +246,6 @@ fn main() {
     let cached = median((0..20).map(|_| thumb("width=96&height=96&method=crop")).collect());
 
     // Resident memory while `total_mb` is uploaded in 50 MB files.
-    let pid = server.child.id();
     let running = Arc::new(AtomicBool::new(true));
     let sampler = {
         let running = Arc::clone(&running);
@@ -265,4 +285,15 @@ fn main() {
         files * 50
     );
     println!("| upload rate during that run | {bulk_rate:.1} MB/s |");
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let line = json!({
+        "scenario": "media",
+        "metrics": {
+            "upload_1mb_mb_per_s": round(small_up), "download_1mb_mb_per_s": round(small_down),
+            "upload_50mb_mb_per_s": round(large_up), "download_50mb_mb_per_s": round(large_down),
+            "thumbnail_on_demand_ms": round(on_demand), "thumbnail_cached_ms": round(cached),
+            "rss_idle_mb": round(idle), "rss_peak_above_idle_during_1gb_mb": round(peak - before),
+        },
+    });
+    println!("{line}");
 }

@@ -1,4 +1,4 @@
-//! Tiny shared helpers: clock, random strings, token hashing.
+//! Tiny shared helpers: clock, random strings, token hashing, wildcard matching.
 
 use rand::{Rng, distributions::Alphanumeric};
 
@@ -27,6 +27,22 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Matches `text` against a pattern where `*` stands for any run of characters (event type
+/// filters).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| glob(rest, &tail[i..]))
+        }
+    }
+}
+
 /// Makes glibc return large freed blocks to the OS.
 ///
 /// glibc raises its mmap threshold after the first large block is freed, so later argon2
@@ -38,5 +54,20 @@ pub fn tune_allocator() {
     // SAFETY: mallopt only adjusts allocator parameters; it is called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn wildcards() {
+        assert!(glob("m.room.*", "m.room.message"));
+        assert!(glob("*", "anything"));
+        assert!(glob("m.*.message", "m.room.message"));
+        assert!(!glob("m.room.*", "m.call.invite"));
+        assert!(glob("m.room.message", "m.room.message"));
+        assert!(!glob("m.room.message", "m.room.messages"));
     }
 }

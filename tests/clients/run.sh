@@ -4,14 +4,19 @@
 # Builds nothing: takes the server binary from $HEARTH_BIN
 # (default: ${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}/debug/hearth).
 # Makes/uses a venv at ${HEARTH_CLIENTS_VENV:-$HOME/.cache/hearth-clients-venv},
-# starts hearth on a free loopback port with a temp data dir, runs nio_smoke.py,
-# always stops the server, and ends with `nio: N passed, N failed`.
+# starts hearth on a free loopback port with a temp data dir, runs each client script
+# (SCRIPTS below) against it, always stops the server, and ends with
+# `nio: N passed, N failed` counting the scripts.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="${HEARTH_CLIENTS_VENV:-$HOME/.cache/hearth-clients-venv}"
 HEARTH_BIN="${HEARTH_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}/debug/hearth}"
 READY_TIMEOUT_S=30
+# The client scripts, run in this order against the one server (each registers its own
+# random users). nio_smoke.py: account basics; nio_sync.py: two users chatting live.
+SCRIPTS=(nio_smoke.py nio_sync.py)
+SCRIPT_TIMEOUT_S=90  # hard bound per script (each also bounds itself)
 
 SERVER_PID=""
 WORK=""
@@ -34,17 +39,17 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+PASSED=0
+FAILED=0
 finish() { # finish STATUS: print the closing line and exit
-    if [ "$1" -eq 0 ]; then
-        echo "nio: 1 passed, 0 failed"
-    else
-        echo "nio: 0 passed, 1 failed"
-    fi
+    echo "nio: $PASSED passed, $FAILED failed"
     exit "$1"
 }
 
-die() {
+die() { # setup failed: every script counts as failed
     echo "nio setup: $*" >&2
+    PASSED=0
+    FAILED=${#SCRIPTS[@]}
     finish 1
 }
 
@@ -141,12 +146,24 @@ done
 [ -n "$HS" ] || die "hearth failed to start"
 echo "nio: hearth at $HS (pid $SERVER_PID), matrix-nio $("$PY" -c 'import importlib.metadata as m; print(m.version("matrix-nio"))')"
 
-# --- Run the client test -----------------------------------------------------------
-"$PY" "$HERE/nio_smoke.py" "$HS"
-status=$?
-if [ "$status" -ne 0 ]; then
-    echo "--- hearth log tail ---"
-    tail -n 30 "$LOG"
-fi
+# --- Run the client tests ----------------------------------------------------------
+for script in "${SCRIPTS[@]}"; do
+    echo "nio: --- $script ---"
+    if command -v timeout >/dev/null; then
+        timeout -k 5 "$SCRIPT_TIMEOUT_S" "$PY" "$HERE/$script" "$HS"
+    else
+        "$PY" "$HERE/$script" "$HS"
+    fi
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        PASSED=$((PASSED + 1))
+        echo "nio: $script passed"
+    else
+        FAILED=$((FAILED + 1))
+        echo "nio: $script FAILED (exit $rc); hearth log tail:"
+        tail -n 30 "$LOG"
+    fi
+done
 cleanup
-finish "$status"
+[ "$FAILED" -eq 0 ]
+finish $?

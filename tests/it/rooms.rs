@@ -725,3 +725,35 @@ fn timestamp_to_event_finds_the_nearest_event() {
         ))
         .expect_err(403, "M_FORBIDDEN");
 }
+
+/// /messages serves events as they stand: redacted ones redacted, state events with what they
+/// replaced; and an empty POST body (as clients send to `join`) reads as `{}`.
+#[test]
+fn messages_show_redactions_and_prev_content() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat", "name": "First"}));
+    let r = |path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(&room));
+    bob.raw(
+        "POST",
+        &format!("/_matrix/client/v3/join/{}", enc(&room)),
+        None,
+        Some("application/json"),
+    )
+    .ok();
+    let secret = send(&alice, &room, "t1", "oops");
+    alice.put(&r(&format!("redact/{}/r1", enc(&secret))), json!({})).ok();
+    alice.put(&r("state/m.room.name/"), json!({"name": "Second"})).ok();
+    let page = bob.get(&r("messages?dir=b&limit=20"));
+    let chunk = page.ok()["chunk"].as_array().unwrap().clone();
+    let redacted = chunk.iter().find(|e| e["event_id"] == secret.as_str()).unwrap();
+    assert_eq!(redacted["content"], json!({}), "{redacted}");
+    assert!(redacted["unsigned"]["redacted_because"].is_object());
+    let rename = chunk
+        .iter()
+        .find(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Second")
+        .unwrap();
+    assert_eq!(rename["unsigned"]["prev_content"]["name"], "First", "{rename}");
+    assert_eq!(rename["unsigned"]["prev_sender"], alice.uid());
+}

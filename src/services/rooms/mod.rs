@@ -187,7 +187,12 @@ impl Rooms {
     /// An event as it stands: redacted (per its room version's rules) when a redaction of it
     /// was accepted.
     fn event_by_short(&self, short: u64, event_id: OwnedEventId) -> Result<Pdu> {
-        let mut pdu = self.raw_event_by_short(short, event_id)?;
+        let pdu = self.raw_event_by_short(short, event_id)?;
+        self.apply_redaction(short, pdu)
+    }
+
+    /// The event's redacted form when a redaction of it was accepted.
+    fn apply_redaction(&self, short: u64, mut pdu: Pdu) -> Result<Pdu> {
         if let Some(redaction_id) = self.pdus.redacted_by(short)? {
             let version = self.room_version(&pdu.room()?)?.unwrap_or(RoomVersionId::V1);
             let rules = events::rules(&version)?;
@@ -610,6 +615,53 @@ impl Rooms {
         backwards: bool,
         limit: usize,
     ) -> Result<Vec<(u64, Pdu)>> {
+        self.timeline_raw(room_id, after, up_to, backwards, limit)?
+            .into_iter()
+            .map(|(pos, short, pdu)| Ok((pos, self.for_client(short, pdu)?)))
+            .collect()
+    }
+
+    /// An event as a client sees it in a timeline: redacted when it was, and a state event
+    /// with what it replaced (`unsigned.prev_content`, `prev_sender`, `replaces_state`).
+    fn for_client(&self, short: u64, pdu: Pdu) -> Result<Pdu> {
+        let mut pdu = self.apply_redaction(short, pdu)?;
+        let Some(state_key) = pdu.state_key.clone() else {
+            return Ok(pdu);
+        };
+        let Some(key) = self.ids.state_key(&pdu.kind.to_string(), &state_key)? else {
+            return Ok(pdu);
+        };
+        let Some(snapshot) = self.state.before_event(short)? else {
+            return Ok(pdu);
+        };
+        let Some(&previous) = self.state.load(snapshot)?.state.get(&key) else {
+            return Ok(pdu);
+        };
+        let id = self
+            .ids
+            .event_id(previous)?
+            .ok_or_else(|| Error::internal("state names an unknown event"))?;
+        let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
+        let previous = self.event_by_short(previous, id)?;
+        let content: serde_json::Value =
+            serde_json::from_str(previous.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+        pdu.unsigned_extra.insert("prev_content".into(), content);
+        pdu.unsigned_extra
+            .insert("prev_sender".into(), previous.sender.as_str().into());
+        pdu.unsigned_extra
+            .insert("replaces_state".into(), previous.event_id.as_str().into());
+        Ok(pdu)
+    }
+
+    /// [`Self::timeline`] as stored: position, short event id, event.
+    fn timeline_raw(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, Pdu)>> {
         let Some(short_room) = self.ids.room(room_id.as_str())? else {
             return Ok(Vec::new());
         };
@@ -620,14 +672,12 @@ impl Rooms {
         entries
             .into_iter()
             .zip(ids.into_iter().zip(jsons))
-            .map(|((pos, _), (id, json))| {
+            .map(|((pos, short), (id, json))| {
                 let (Some(id), Some(json)) = (id, json) else {
                     return Err(Error::internal("timeline names an unknown event"));
                 };
-                Ok((
-                    pos,
-                    Pdu::parse(EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?, &json)?,
-                ))
+                let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
+                Ok((pos, short, Pdu::parse(id, &json)?))
             })
             .collect()
     }

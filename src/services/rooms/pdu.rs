@@ -9,7 +9,7 @@ use ruma::{
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::{Error, Result};
+use crate::{Error, Result, util::glob};
 
 /// A parsed PDU.
 #[derive(Clone, Debug, Deserialize)]
@@ -48,6 +48,9 @@ pub struct Pdu {
     /// already the redacted content.
     #[serde(skip)]
     pub redacted_because: Option<serde_json::Value>,
+    /// More `unsigned` fields for clients (`prev_content` of a state event…).
+    #[serde(skip)]
+    pub unsigned_extra: serde_json::Map<String, serde_json::Value>,
 }
 
 fn placeholder_id() -> OwnedEventId {
@@ -145,7 +148,7 @@ impl Pdu {
         if let Some(redacts) = &self.redacts {
             event.insert("redacts".into(), redacts.as_str().into());
         }
-        let mut unsigned = serde_json::Map::new();
+        let mut unsigned = self.unsigned_extra.clone();
         if let Some(because) = &self.redacted_because {
             unsigned.insert("redacted_because".into(), because.clone());
         }
@@ -178,35 +181,5 @@ impl Pdu {
     fn has_url(&self) -> bool {
         serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(self.content.get())
             .is_ok_and(|c| c.get("url").is_some_and(|u| u.is_string()))
-    }
-}
-
-/// Matches `text` against a pattern where `*` stands for any run of characters.
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(tail) = text.strip_prefix(head) else {
-                return false;
-            };
-            (0..=tail.len())
-                .filter(|i| tail.is_char_boundary(*i))
-                .any(|i| glob(rest, &tail[i..]))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob;
-
-    #[test]
-    fn wildcards() {
-        assert!(glob("m.room.*", "m.room.message"));
-        assert!(glob("*", "anything"));
-        assert!(glob("m.*.message", "m.room.message"));
-        assert!(!glob("m.room.*", "m.call.invite"));
-        assert!(glob("m.room.message", "m.room.message"));
-        assert!(!glob("m.room.message", "m.room.messages"));
     }
 }

@@ -218,13 +218,9 @@ impl Ctx<'_> {
             return Ok((Vec::new(), any));
         }
         let (mut page, _) = rooms.timeline_page(room_id, (after, up_to), true, limit, keep)?;
+        // (The timeline serves events as they stand: redacted ones redacted, state events with
+        // what they replaced.)
         page.reverse();
-        // As they stand now: redacted events in their redacted form.
-        for (_, pdu) in &mut page {
-            if let Some(current) = rooms.event(&pdu.event_id)? {
-                *pdu = current;
-            }
-        }
         let limited = match page.first() {
             Some((first, _)) if page.len() == limit => !rooms
                 .timeline_page(room_id, (after, first - 1), true, 1, keep)?

@@ -16,7 +16,7 @@ use ruma::{
 use crate::{
     Error, Result,
     storage::{Db, tables::filters::FiltersTable},
-    util,
+    util::{self, glob},
 };
 
 /// The filters service.
@@ -221,21 +221,6 @@ fn split_path(field: &str) -> Vec<String> {
         }
     }
     parts
-}
-
-/// `*` matches any run of characters.
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(tail) = text.strip_prefix(head) else {
-                return false;
-            };
-            (0..=tail.len())
-                .filter(|i| tail.is_char_boundary(*i))
-                .any(|i| glob(rest, &tail[i..]))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,26 @@ impl Receipts {
         Ok(())
     }
 
+    /// The events the user's own read receipts (`m.read`, `m.read.private`; unthreaded or on
+    /// the main timeline) point at.
+    pub fn read_marks(&self, room_id: &RoomId, user_id: &UserId) -> Result<Vec<ruma::OwnedEventId>> {
+        let mut marks = Vec::new();
+        for kind in ["m.read", READ_PRIVATE] {
+            for thread in ["", "main"] {
+                let item = codec::key(&[user_id.as_bytes(), kind.as_bytes(), thread.as_bytes()]);
+                let Some(entry) = self.stream.get(room_id.as_str(), &item)? else {
+                    continue;
+                };
+                if let Ok(stored) = serde_json::from_slice::<Stored>(&entry.value)
+                    && let Ok(event_id) = ruma::OwnedEventId::try_from(stored.event_id)
+                {
+                    marks.push(event_id);
+                }
+            }
+        }
+        Ok(marks)
+    }
+
     /// The `m.receipt` event content for receipts of the room that `viewer` may see, moved
     /// after `after` (all when `None`) up to `up_to`; `None` when there are none.
     /// `skip` hides receipts of some users (ignored ones).

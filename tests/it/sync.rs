@@ -852,3 +852,48 @@ fn knocks_profile_changes_and_redactions() {
     let redacted = events.iter().find(|e| e["event_id"] == message.as_str()).unwrap();
     assert_eq!(redacted["content"], json!({}), "{redacted}");
 }
+
+/// `unread_notifications`: messages from others after the user's read receipt notify (default
+/// push rules); one that mentions the user (`m.mentions`) also highlights; a receipt at the
+/// latest event clears both.
+#[test]
+fn unread_counts_follow_push_rules_and_receipts() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    bob.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.uid())),
+        json!({"displayname": "Bobby"}),
+    )
+    .ok();
+    let room = public_room(&alice);
+    join(&bob, &room);
+    send(&alice, &room, "u1", "hello all");
+    send(&bob, &room, "u2", "my own message does not count");
+    send(&alice, &room, "u3", "again");
+    let mention = alice.put(
+        &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/u4", enc(&room)),
+        json!({"msgtype": "m.text", "body": "Bobby, look", "m.mentions": {"user_ids": [bob.uid()]}}),
+    );
+    let last = mention.ok()["event_id"].as_str().unwrap().to_owned();
+    let counts = |c: &Client| {
+        let body = sync(c, None, "");
+        let unread = body["rooms"]["join"][&room]["unread_notifications"].clone();
+        (
+            unread["notification_count"].as_u64(),
+            unread["highlight_count"].as_u64(),
+        )
+    };
+    assert_eq!(counts(&bob), (Some(3), Some(1)));
+    assert_eq!(
+        counts(&alice),
+        (Some(1), Some(0)),
+        "bob's message is alice's only unread one"
+    );
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&last)),
+        json!({}),
+    )
+    .ok();
+    assert_eq!(counts(&bob), (Some(0), Some(0)));
+}

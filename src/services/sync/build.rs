@@ -272,9 +272,10 @@ impl Ctx<'_> {
         if members_changed {
             joined.summary = self.summary(room_id)?;
         }
+        let (notify, highlight) = self.services.unread_counts(room_id, self.user_id, self.up_to)?;
         let mut unread = UnreadNotificationsCount::new();
-        unread.highlight_count = Some(UInt::MIN);
-        unread.notification_count = Some(UInt::MIN);
+        unread.highlight_count = Some(UInt::try_from(highlight).unwrap_or(UInt::MAX));
+        unread.notification_count = Some(UInt::try_from(notify).unwrap_or(UInt::MAX));
         joined.unread_notifications = unread;
         Ok(Some(joined))
     }

@@ -27,6 +27,7 @@
 pub mod build;
 pub mod filter;
 pub mod notifier;
+pub mod unread;
 
 use std::time::Duration;
 

@@ -757,3 +757,21 @@ fn messages_show_redactions_and_prev_content() {
     assert_eq!(rename["unsigned"]["prev_content"]["name"], "First", "{rename}");
     assert_eq!(rename["unsigned"]["prev_sender"], alice.uid());
 }
+
+/// In room version 12 a room id is the hash of its create event: one user creating rooms with
+/// the same content at the same moment must still get distinct rooms, each fully set up.
+#[test]
+fn concurrent_room_creation_gives_distinct_rooms() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let rooms: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..24)
+            .map(|_| scope.spawn(|| create_room(&alice, json!({"preset": "private_chat"}))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: std::collections::HashSet<&String> = rooms.iter().collect();
+    assert_eq!(distinct.len(), rooms.len(), "{rooms:?}");
+    let joined = alice.get("/_matrix/client/v3/joined_rooms");
+    assert_eq!(joined.ok()["joined_rooms"].as_array().unwrap().len(), rooms.len());
+}

@@ -30,6 +30,7 @@ pub async fn send_message_event(
             session.device_id.as_str(),
             req.txn_id.as_str(),
         )),
+        origin_server_ts: None,
     };
     let rooms = &ctx.services.rooms;
     rooms.ensure_joined(&req.room_id, &session.user_id)?;

@@ -68,6 +68,8 @@ pub struct NewEvent<'a> {
     pub redacts: Option<&'a EventId>,
     /// The client transaction that sends it: (user id, device id, transaction id).
     pub txn: Option<(&'a str, &'a str, &'a str)>,
+    /// Its timestamp (`None`: now).
+    pub origin_server_ts: Option<u64>,
 }
 
 impl<'a> NewEvent<'a> {
@@ -79,6 +81,7 @@ impl<'a> NewEvent<'a> {
             content,
             redacts: None,
             txn: None,
+            origin_server_ts: None,
         }
     }
 }
@@ -128,6 +131,8 @@ pub struct Rooms {
     locks: Mutex<HashMap<OwnedRoomId, Arc<AsyncMutex<Option<Head>>>>>,
     versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
     commits: CommitQueue,
+    /// Timestamp of the last create event (see [`Rooms::create`]).
+    last_create_ts: Mutex<u64>,
     /// Canonical bytes of queued events, by short event id, until they are durable.
     pending: Mutex<HashMap<u64, Arc<Vec<u8>>>>,
     /// Client transactions of queued events: (user, device, txn) → event id.
@@ -153,6 +158,7 @@ impl Rooms {
     ) -> Result<Self> {
         Ok(Self {
             commits: CommitQueue::start(Arc::clone(&db))?,
+            last_create_ts: Mutex::new(0),
             pending: Mutex::new(HashMap::new()),
             pending_txns: Mutex::new(HashMap::new()),
             notifier: Arc::new(Notifier::new()),
@@ -349,7 +355,16 @@ impl Rooms {
                     .map_err(|e| Error::internal(e.to_string()))?,
             )
         };
-        let event = NewEvent::state("m.room.create", "", content);
+        // In room version 12 the room id is the create event's hash: two rooms created by one
+        // user with the same content in the same millisecond would be one room. Create events
+        // get strictly increasing timestamps, and an id already taken is refused below.
+        let ts = {
+            let mut last = locked(&self.last_create_ts);
+            *last = util::now_ms().max(*last + 1);
+            *last
+        };
+        let mut event = NewEvent::state("m.room.create", "", content);
+        event.origin_server_ts = Some(ts);
         let staged = self.stage(version, room_id.as_deref(), creator, event, &mut None)?;
         self.finish(staged, None).await
     }
@@ -499,19 +514,22 @@ impl Rooms {
                 prev_events,
                 auth_events,
                 depth: depth + 1,
-                origin_server_ts: util::now_ms(),
+                origin_server_ts: event.origin_server_ts.unwrap_or_else(util::now_ms),
                 redacts: event.redacts,
             },
         )?;
         let pdu = Pdu::parse(signed.event_id.clone(), &signed.bytes)?;
+        if event.kind == "m.room.create" && self.ids.room(signed.room_id.as_str())?.is_some() {
+            return Err(Error::internal(format!("room id {} is already taken", signed.room_id)));
+        }
 
         // The same checks a remote event gets: against its auth events, then the current state.
         let fetch_event = |id: &EventId| self.event(id).ok().flatten();
         state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, fetch_event)
-            .map_err(|reason| Error::forbidden(format!("Event is not authorized: {reason}")))?;
+            .map_err(|reason| Error::forbidden(format!("{} event is not authorized: {reason}", event.kind)))?;
         let fetch_state = |kind: &StateEventType, key: &str| self.lookup(state, &kind.to_string(), key).ok().flatten();
         state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
-            .map_err(|reason| Error::forbidden(format!("Event is not authorized: {reason}")))?;
+            .map_err(|reason| Error::forbidden(format!("{} event is not authorized: {reason}", event.kind)))?;
 
         // One batch: the event, its place in the timeline and the state around it.
         let short_room = self.ids.room_or_create(signed.room_id.as_str())?;
@@ -903,6 +921,7 @@ impl Rooms {
             content,
             redacts: top_level,
             txn: Some(txn),
+            origin_server_ts: None,
         };
         self.append(room_id, sender, event).await
     }

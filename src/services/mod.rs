@@ -65,6 +65,8 @@ pub struct Services {
     pub typing: typing::Typing,
     /// Read receipts.
     pub receipts: receipts::Receipts,
+    /// Unread notification counts, cached per room and user.
+    pub unread: sync::unread::UnreadCache,
     /// Presence (in memory).
     pub presence: presence::Presence,
 }
@@ -124,6 +126,7 @@ impl Services {
             filters,
             typing,
             receipts,
+            unread: sync::unread::UnreadCache::default(),
             presence,
         }))
     }

@@ -639,6 +639,22 @@ impl Rooms {
             .collect()
     }
 
+    /// Up to `limit` events with `after < position <= up_to`, oldest first, exactly as stored
+    /// (no redaction applied): for server-side evaluation such as push rules.
+    pub fn timeline_undecorated(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Pdu)>> {
+        Ok(self
+            .timeline_raw(room_id, after, up_to, false, limit)?
+            .into_iter()
+            .map(|(pos, _, pdu)| (pos, pdu))
+            .collect())
+    }
+
     /// An event as a client sees it in a timeline: redacted when it was, and a state event
     /// with what it replaced (`unsigned.prev_content`, `prev_sender`, `replaces_state`).
     fn for_client(&self, short: u64, pdu: Pdu) -> Result<Pdu> {

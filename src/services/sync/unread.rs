@@ -2,21 +2,46 @@
 //! latest read receipt that their push rules say notify (and highlight), evaluated with ruma's
 //! push-rule engine. Until users can edit push rules, the server-default rules apply.
 //!
-//! At most [`SCAN_LIMIT`] events are looked at per room; a client shows a larger count as
-//! "99+" anyway.
+//! Counts are kept per (room, user) in a bounded in-memory cache with the position they were
+//! counted up to, so a sync after a new event evaluates only that event; a new receipt (or a
+//! cache miss) recounts from the receipt. At most [`SCAN_LIMIT`] events are counted per room; a
+//! client shows a larger count as "99+" anyway.
 
 use futures_util::FutureExt;
 use ruma::{
-    RoomId, UInt, UserId,
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     events::StateEventType,
     push::{PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
 
-use crate::{Error, Result, services::Services};
+use crate::{
+    Error, Result,
+    services::{Services, rooms::pdu::Pdu},
+};
 
 /// Most events counted per room.
 pub const SCAN_LIMIT: usize = 500;
+
+/// What is known of one user's unread events in one room.
+#[derive(Clone, Copy)]
+struct Counted {
+    /// The read position the counts start after.
+    read_up_to: u64,
+    /// The position the counts run to.
+    counted_up_to: u64,
+    notify: u64,
+    highlight: u64,
+}
+
+/// The cache of counts.
+pub struct UnreadCache(quick_cache::sync::Cache<(OwnedRoomId, OwnedUserId), Counted>);
+
+impl Default for UnreadCache {
+    fn default() -> Self {
+        UnreadCache(quick_cache::sync::Cache::new(100_000))
+    }
+}
 
 impl Services {
     /// (notification count, highlight count) of `user_id` in a room, reading up to `up_to`.
@@ -26,54 +51,55 @@ impl Services {
         for event_id in self.receipts.read_marks(room_id, user_id)? {
             read_up_to = read_up_to.max(rooms.position_of(&event_id)?.unwrap_or(0));
         }
-        // Nothing before the user's own join counts.
-        if let Some(member) = rooms.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? {
+        // Nothing before the user's own latest membership counts.
+        let member = rooms.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?;
+        if let Some(member) = &member {
             read_up_to = read_up_to.max(rooms.position_of(&member.event_id)?.unwrap_or(0));
         }
-        if read_up_to >= up_to {
-            return Ok((0, 0));
-        }
-        let events = rooms.timeline(room_id, read_up_to, up_to, true, SCAN_LIMIT)?;
-        if events.iter().all(|(_, pdu)| pdu.sender == user_id) {
-            return Ok((0, 0));
-        }
-        let joined = rooms
-            .members(room_id)?
-            .iter()
-            .filter(|(_, membership)| membership == "join")
-            .count();
-        let display_name = rooms
-            .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
-            .and_then(|m| serde_json::from_str::<serde_json::Value>(m.content.get()).ok())
-            .and_then(|c| c.get("displayname").and_then(|d| d.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| user_id.localpart().to_owned());
-        let context = PushConditionRoomCtx::new(
-            room_id.to_owned(),
-            UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
-            user_id.to_owned(),
-            display_name,
-        );
-        let rules = Ruleset::server_default(user_id);
-        let (mut notify, mut highlight) = (0, 0);
-        for (_, pdu) in &events {
-            if pdu.sender == user_id {
-                continue;
+        let key = (room_id.to_owned(), user_id.to_owned());
+        let mut counted = match self.unread.0.get(&key) {
+            Some(known) if known.read_up_to == read_up_to && known.counted_up_to <= up_to => known,
+            _ => Counted {
+                read_up_to,
+                counted_up_to: read_up_to,
+                notify: 0,
+                highlight: 0,
+            },
+        };
+        if counted.counted_up_to < up_to {
+            let events = rooms.timeline_undecorated(room_id, counted.counted_up_to, up_to, SCAN_LIMIT)?;
+            let others: Vec<&Pdu> = events.iter().map(|(_, p)| p).filter(|p| p.sender != user_id).collect();
+            if !others.is_empty() {
+                let display_name = member
+                    .and_then(|m| serde_json::from_str::<serde_json::Value>(m.content.get()).ok())
+                    .and_then(|c| c.get("displayname").and_then(|d| d.as_str()).map(str::to_owned))
+                    .unwrap_or_else(|| user_id.localpart().to_owned());
+                let joined = rooms.members(room_id)?.iter().filter(|(_, m)| m == "join").count();
+                let context = PushConditionRoomCtx::new(
+                    room_id.to_owned(),
+                    UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
+                    user_id.to_owned(),
+                    display_name,
+                );
+                let rules = Ruleset::server_default(user_id);
+                for pdu in others {
+                    let json = serde_json::value::to_raw_value(&pdu.to_client()?)
+                        .map_err(|e| Error::internal(e.to_string()))?;
+                    let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(json);
+                    // The evaluation does no I/O (no thread-subscription lookup is configured),
+                    // so its future is ready at once.
+                    let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
+                        continue;
+                    };
+                    counted.notify += u64::from(actions.iter().any(|a| a.should_notify()));
+                    counted.highlight += u64::from(actions.iter().any(|a| a.is_highlight()));
+                }
             }
-            let json =
-                serde_json::value::to_raw_value(&pdu.to_client()?).map_err(|e| Error::internal(e.to_string()))?;
-            let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(json);
-            // The evaluation does no I/O (no thread-subscription lookup is configured), so
-            // its future is ready at once.
-            let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
-                continue;
-            };
-            if actions.iter().any(|a| a.should_notify()) {
-                notify += 1;
-            }
-            if actions.iter().any(|a| a.is_highlight()) {
-                highlight += 1;
-            }
+            counted.counted_up_to = up_to;
+            counted.notify = counted.notify.min(SCAN_LIMIT as u64);
+            counted.highlight = counted.highlight.min(SCAN_LIMIT as u64);
+            self.unread.0.insert(key, counted);
         }
-        Ok((notify, highlight))
+        Ok((counted.notify, counted.highlight))
     }
 }

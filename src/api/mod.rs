@@ -112,6 +112,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::presence::get_presence);
     t.add(LimitClass::Client, client::presence::set_presence);
 
+    // End-to-end encryption: keys, cross-signing, to-device messages.
+    t.add(LimitClass::Client, client::keys::upload_keys);
+    t.add(LimitClass::Client, client::keys::get_keys);
+    t.add(LimitClass::Client, client::keys::claim_keys);
+    t.add(LimitClass::Client, client::keys::get_key_changes);
+    t.add(LimitClass::Client, client::keys::upload_signing_keys);
+    t.add(LimitClass::Client, client::keys::upload_signatures);
+    t.add(LimitClass::Client, client::to_device::send_event_to_device);
+
     // Reporting content.
     t.add(LimitClass::Client, client::reporting::report_content);
     t.add(LimitClass::Client, client::reporting::report_room);

@@ -5,6 +5,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod aliases;
+pub mod device_keys;
 pub mod devices;
 pub mod event_txns;
 pub mod filters;
@@ -17,4 +18,5 @@ pub mod shortids;
 pub mod state;
 pub mod streams;
 pub mod timeline;
+pub mod to_device;
 pub mod transactions;

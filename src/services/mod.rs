@@ -70,6 +70,8 @@ pub struct Services {
     pub presence: presence::Presence,
     /// End-to-end encryption keys and to-device messages.
     pub keys: keys::Keys,
+    /// Server-side key backup.
+    pub key_backup: keys::backup::KeyBackup,
 }
 
 impl Services {
@@ -110,6 +112,7 @@ impl Services {
             Arc::clone(&notifier),
             config.server_name.clone(),
         );
+        let key_backup = keys::backup::KeyBackup::new(Arc::clone(&db));
         let receipts = receipts::Receipts::new(Arc::clone(&db), positions, Arc::clone(&notifier));
         let presence = presence::Presence::new(notifier);
         let rate_limit = rate_limit::RateLimiter::new(&config);
@@ -135,6 +138,7 @@ impl Services {
             receipts,
             presence,
             keys,
+            key_backup,
         }))
     }
 }

@@ -141,6 +141,10 @@ pub const USERDEVICEPOS_TODEVICE: &str = "userdevicepos_todevice";
 /// sender user id SEP sender device id SEP transaction id → empty: `sendToDevice` transactions
 /// already done.
 pub const USERDEVICETXN_TODEVICE: &str = "userdevicetxn_todevice";
+/// user id SEP u64 backup version → postcard `BackupVersionRecord`.
+pub const USERVERSION_BACKUP: &str = "userversion_backup";
+/// user id SEP u64 backup version SEP room id SEP session id → the backed-up key as JSON.
+pub const USERVERSIONROOMSESSION_BACKUPKEY: &str = "userversionroomsession_backupkey";
 
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
@@ -192,6 +196,8 @@ pub const TABLES: &[TableDef] = &[
     small(TARGETSIGNER_SIGNATURE),
     small(USERDEVICEPOS_TODEVICE),
     small(USERDEVICETXN_TODEVICE),
+    small(USERVERSION_BACKUP),
+    small(USERVERSIONROOMSESSION_BACKUPKEY),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -1,7 +1,7 @@
 //! End-to-end encryption over HTTP: device keys signed with real ed25519 keys, one-time and
 //! fallback keys (claimed exactly once, also concurrently), device-list changes in `/sync` and
-//! `keys/changes`, to-device messages, cross-signing with forged signatures, and the
-//! refusals of bad input.
+//! `keys/changes`, to-device messages, cross-signing with forged signatures, key backup, and
+//! the refusals of bad input.
 
 use ruma::{
     CanonicalJsonObject,
@@ -506,4 +506,126 @@ fn cross_signing_and_signature_uploads() {
     assert!(r["failures"].as_object().is_none_or(|f| f.is_empty()), "{r}");
     let after = query(&alice, json!({alice.uid(): []}));
     assert!(after["master_keys"][alice.uid()]["signatures"][bob.uid()][bob_usk.key_id()].is_string());
+}
+
+fn session_key(index: u64, forwarded: u64, verified: bool, tag: &str) -> Value {
+    json!({
+        "first_message_index": index,
+        "forwarded_count": forwarded,
+        "is_verified": verified,
+        "session_data": {"ephemeral": tag, "ciphertext": tag, "mac": tag},
+    })
+}
+
+#[test]
+fn key_backup_versions_and_the_better_key_rule() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let algorithm = json!({"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {"public_key": "cHVi"}});
+    alice
+        .get("/_matrix/client/v3/room_keys/version")
+        .expect_err(404, "M_NOT_FOUND");
+    let v1 = alice
+        .post("/_matrix/client/v3/room_keys/version", algorithm.clone())
+        .ok()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let room = "!room:hearth.test";
+    let key_path =
+        |v: &str, session: &str| format!("/_matrix/client/v3/room_keys/keys/{}/{session}?version={v}", enc(room));
+    let r = alice
+        .put(&key_path(&v1, "s1"), session_key(5, 1, false, "first"))
+        .ok()
+        .clone();
+    assert_eq!(r["count"], 1);
+    let etag1 = r["etag"].clone();
+    // Worse keys do not replace it; better ones do.
+    let worse = alice
+        .put(&key_path(&v1, "s1"), session_key(9, 0, false, "worse"))
+        .ok()
+        .clone();
+    assert_eq!(worse["etag"], etag1, "nothing changed");
+    let get = |s: &str| alice.get(&key_path(&v1, s)).ok()["session_data"]["ciphertext"].clone();
+    assert_eq!(get("s1"), "first");
+    alice
+        .put(&key_path(&v1, "s1"), session_key(5, 0, false, "fewer-forwards"))
+        .ok();
+    assert_eq!(get("s1"), "fewer-forwards");
+    alice
+        .put(&key_path(&v1, "s1"), session_key(7, 3, true, "verified"))
+        .ok();
+    assert_eq!(get("s1"), "verified");
+    alice
+        .put(&key_path(&v1, "s1"), session_key(0, 0, false, "unverified"))
+        .ok();
+    assert_eq!(get("s1"), "verified");
+
+    // Many at once; then the version's info.
+    let all = format!("/_matrix/client/v3/room_keys/keys?version={v1}");
+    let r = alice
+        .put(
+            &all,
+            json!({"rooms": {room: {"sessions": {"s2": session_key(0, 0, false, "two")}}, "!other:hearth.test": {"sessions": {"s3": session_key(0, 0, false, "three")}}}}),
+        )
+        .ok()
+        .clone();
+    assert_eq!(r["count"], 3);
+    let info = alice.get("/_matrix/client/v3/room_keys/version").ok().clone();
+    assert_eq!(
+        (info["version"].as_str(), info["count"].as_u64()),
+        (Some(v1.as_str()), Some(3))
+    );
+    assert_eq!(info["auth_data"]["public_key"], "cHVi");
+    let everything = alice.get(&all).ok().clone();
+    assert_eq!(everything["rooms"][room]["sessions"].as_object().unwrap().len(), 2);
+
+    // Malformed keys are refused and nothing is stored.
+    alice
+        .put(&key_path(&v1, "bad"), json!({"first_message_index": "x"}))
+        .expect_err(400, "M_BAD_JSON");
+    alice.get(&key_path(&v1, "bad")).expect_err(404, "M_NOT_FOUND");
+
+    // A new version: the old one takes no more keys.
+    let v2 = alice
+        .post("/_matrix/client/v3/room_keys/version", algorithm.clone())
+        .ok()["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(v1, v2);
+    let r = alice.put(&key_path(&v1, "s9"), session_key(0, 0, false, "late"));
+    r.expect_err(403, "M_WRONG_ROOM_KEYS_VERSION");
+    assert_eq!(r.body["current_version"], v2.as_str());
+    alice
+        .put(&key_path("999", "s9"), session_key(0, 0, false, "x"))
+        .expect_err(404, "M_NOT_FOUND");
+    // Updating auth_data keeps the algorithm; changing it is refused.
+    let mut updated = algorithm.clone();
+    updated["auth_data"]["public_key"] = json!("bmV3");
+    alice
+        .put(&format!("/_matrix/client/v3/room_keys/version/{v2}"), updated)
+        .ok();
+    assert_eq!(
+        alice.get(&format!("/_matrix/client/v3/room_keys/version/{v2}")).ok()["auth_data"]["public_key"],
+        "bmV3"
+    );
+    alice
+        .put(
+            &format!("/_matrix/client/v3/room_keys/version/{v2}"),
+            json!({"algorithm": "other", "auth_data": {}}),
+        )
+        .expect_err(400, "M_INVALID_PARAM");
+
+    // Deleting keys and versions.
+    let r = alice.delete(&all, json!({})).ok().clone();
+    assert_eq!(r["count"], 0);
+    alice
+        .delete(&format!("/_matrix/client/v3/room_keys/version/{v2}"), json!({}))
+        .ok();
+    let info = alice.get("/_matrix/client/v3/room_keys/version").ok().clone();
+    assert_eq!(info["version"], v1.as_str(), "the previous version is current again");
+    alice
+        .get(&format!("/_matrix/client/v3/room_keys/version/{v2}"))
+        .expect_err(404, "M_NOT_FOUND");
 }

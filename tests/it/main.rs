@@ -14,7 +14,7 @@ mod crash;
 /// The room directory: aliases, canonical aliases, the public room list, room summaries.
 mod directory;
 /// End-to-end encryption: device, one-time, fallback and cross-signing keys, to-device
-/// messages.
+/// messages, key backup.
 mod e2ee;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;

@@ -5,6 +5,7 @@
 //!   device-list change log that `/sync` and `/keys/changes` read.
 //! - [`cross_signing`]: master, self-signing and user-signing keys and uploaded signatures.
 //! - [`to_device`]: per-device inboxes of to-device messages.
+//! - [`backup`]: server-side key backup (its own service, [`backup::KeyBackup`]).
 //!
 //! # Device-list changes
 //!
@@ -19,6 +20,7 @@
 //! one-time key handed out exactly once, device keys never silently replaced) holds under
 //! concurrency.
 
+pub mod backup;
 pub mod cross_signing;
 pub mod device_keys;
 pub mod to_device;

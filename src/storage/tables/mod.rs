@@ -9,6 +9,7 @@ pub mod device_keys;
 pub mod devices;
 pub mod event_txns;
 pub mod filters;
+pub mod key_backup;
 pub mod media;
 pub mod membership;
 pub mod pdus;

@@ -215,7 +215,7 @@ fn device_keys_are_checked_and_never_replaced() {
     let found = query(&alice, json!({bob.uid(): []}));
     assert_eq!(found["device_keys"][bob.uid()], json!({}), "{found}");
     let counts = upload(&bob, json!({})).ok().clone();
-    assert_eq!(counts["one_time_key_counts"], json!({}));
+    assert_eq!(counts["one_time_key_counts"], json!({"signed_curve25519": 0}));
 }
 
 #[test]
@@ -327,10 +327,20 @@ fn device_list_changes_reach_users_sharing_a_room() {
         .clone();
     assert_eq!(changes["changed"], json!([alice.uid()]));
 
-    // A deleted device is a change too.
+    // A new device counts once it uploads its keys (spec: "updated their device identity
+    // keys"); a deleted one (logout) at once.
     let mut alice2 = server.client();
     alice2.login("alice", "pw");
     let b2 = next(&sync(&bob, Some(&b1)));
+    let signer2 = Signer::device(alice2.device_id.as_deref().unwrap());
+    upload(&alice2, json!({"device_keys": device_keys(&alice2, &signer2)})).ok();
+    let after_upload = sync(&bob, Some(&b2));
+    assert_eq!(
+        after_upload["device_lists"]["changed"],
+        json!([alice.uid()]),
+        "{after_upload}"
+    );
+    let b2 = next(&after_upload);
     alice2.post("/_matrix/client/v3/logout", json!({})).ok();
     let s = sync(&bob, Some(&b2));
     assert_eq!(s["device_lists"]["changed"], json!([alice.uid()]), "{s}");

@@ -178,7 +178,8 @@ impl Keys {
 
     /// The device's unclaimed one-time keys, counted by algorithm.
     pub fn one_time_key_counts(&self, user_id: &UserId, device_id: &str) -> Result<BTreeMap<String, u64>> {
-        let mut counts = BTreeMap::new();
+        // `signed_curve25519` is always reported (0 included) so clients know to upload.
+        let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0)]);
         for (key_id, _) in self.table.one_time_keys(user_id.as_str(), device_id)? {
             if let Some((algorithm, _)) = key_id.split_once(':') {
                 *counts.entry(algorithm.to_owned()).or_insert(0) += 1;

@@ -106,8 +106,7 @@ impl Keys {
         .await
     }
 
-    /// Queues the removal of a deleted device's keys and inbox; the caller commits with
-    /// [`Keys::commit_device_list_change`] semantics through [`Keys::devices_deleted`].
+    /// Queues the removal of a deleted device's keys and inbox (see [`Keys::devices_deleted`]).
     fn queue_delete_device(&self, batch: &mut Batch, user_id: &UserId, device_id: &str) -> Result<()> {
         self.table.delete_device(batch, user_id.as_str(), device_id)?;
         self.inbox.delete_device(batch, user_id.as_str(), device_id);

@@ -137,11 +137,16 @@ impl DeviceKeysTable {
         Ok(())
     }
 
-    /// Queues removal of everything a device holds: device keys, one-time and fallback keys.
+    /// Queues removal of everything a device holds: device keys, one-time and fallback keys,
+    /// signatures of its keys.
     pub fn delete_device(&self, batch: &mut Batch, user_id: &str, device_id: &str) -> StorageResult<()> {
         batch.delete(USERDEVICE_DEVICEKEYS, &device_key(user_id, device_id));
         let prefix = codec::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
-        for table in [USERDEVICEKEYID_ONETIMEKEY, USERDEVICEALGO_FALLBACKKEY] {
+        for table in [
+            USERDEVICEKEYID_ONETIMEKEY,
+            USERDEVICEALGO_FALLBACKKEY,
+            TARGETSIGNER_SIGNATURE,
+        ] {
             for (key, _) in self.db.scan_prefix(table, &prefix)? {
                 batch.delete(table, &key);
             }
@@ -239,6 +244,7 @@ mod tests {
         assert!(t.device_keys("@a:x", "D1").unwrap().is_none());
         assert!(t.one_time_keys("@a:x", "D1").unwrap().is_empty());
         assert!(t.fallback_keys("@a:x", "D1").unwrap().is_empty());
+        assert!(t.signatures("@a:x", "D1").unwrap().is_empty());
         assert_eq!(t.one_time_keys("@a:x", "D10").unwrap().len(), 1);
     }
 }

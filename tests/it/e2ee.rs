@@ -203,8 +203,8 @@ fn device_keys_are_checked_and_never_replaced() {
     upload(&bob, json!({"device_keys": wrong_user})).expect_err(400, "M_INVALID_PARAM");
     let mut malformed = good.clone();
     malformed["keys"] = json!("not an object");
-    let r = upload(&bob, json!({"device_keys": malformed}));
-    assert_eq!(r.status, 400, "{}", r.text);
+    upload(&bob, json!({"device_keys": malformed})).expect_err(400, "M_BAD_JSON");
+    upload(&bob, json!({"device_keys": "not an object"})).expect_err(400, "M_BAD_JSON");
     // A bad one-time key makes the whole upload fail, device keys included.
     upload(
         &bob,
@@ -344,6 +344,10 @@ fn device_list_changes_reach_users_sharing_a_room() {
     alice2.post("/_matrix/client/v3/logout", json!({})).ok();
     let s = sync(&bob, Some(&b2));
     assert_eq!(s["device_lists"]["changed"], json!([alice.uid()]), "{s}");
+    // The deleted device's keys are gone.
+    let found = query(&bob, json!({alice.uid(): []}));
+    let devices: Vec<&String> = found["device_keys"][alice.uid()].as_object().unwrap().keys().collect();
+    assert_eq!(devices, vec![alice.device_id.as_ref().unwrap()]);
 
     // Bob leaves: Alice sees him in `left`.
     let a0 = next(&sync(&alice, None));

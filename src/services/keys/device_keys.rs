@@ -334,11 +334,12 @@ impl Keys {
             if joined {
                 sharing.extend(members.iter().cloned());
             }
-            // Membership changes since the token.
+            // Membership changes since the token (the first 200 of a room: a longer gap is a
+            // stale client that re-queries keys anyway).
             let member_events = |pos: u64, pdu: &crate::services::rooms::pdu::Pdu| {
                 pos > after && pdu.kind.to_string() == "m.room.member"
             };
-            let (events, _) = rooms.timeline_page(&room_id, (after, up_to), false, 1000, member_events)?;
+            let (events, _) = rooms.timeline_page(&room_id, (after, up_to), false, 200, member_events)?;
             for (_, pdu) in events {
                 let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
                     continue;

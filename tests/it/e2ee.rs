@@ -433,7 +433,7 @@ fn cross_signing(c: &Client) -> (Signer, Signer, Signer) {
 #[test]
 fn cross_signing_and_signature_uploads() {
     let server = TestServer::start();
-    let (alice, _) = with_keys(&server, "alice");
+    let (alice, alice_signer) = with_keys(&server, "alice");
     let (bob, _) = with_keys(&server, "bob");
     let device = alice.device_id.clone().unwrap();
     let (master, ssk, _usk) = cross_signing(&alice);
@@ -486,6 +486,23 @@ fn cross_signing_and_signature_uploads() {
     assert!(r["failures"].as_object().is_none_or(|f| f.is_empty()), "{r}");
     let after = query(&bob, json!({alice.uid(): []}));
     assert!(after["device_keys"][alice.uid()][&device]["signatures"][alice.uid()][ssk.key_id()].is_string());
+
+    // Alice signs her (new) master key with her device: the master's own signature is in the
+    // object too.
+    let (alice_device_signer, mut alice_master) = (alice_signer, after["master_keys"][alice.uid()].clone());
+    alice_master.as_object_mut().unwrap().remove("signatures");
+    let self_signed = master.sign(&alice.uid(), &alice_master);
+    let by_device = alice_device_signer.sign(&alice.uid(), &self_signed);
+    let r = alice
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            json!({alice.uid(): {master.public.clone(): by_device}}),
+        )
+        .ok()
+        .clone();
+    assert!(r["failures"].as_object().is_none_or(|f| f.is_empty()), "{r}");
+    let after = query(&bob, json!({alice.uid(): []}));
+    assert!(after["master_keys"][alice.uid()]["signatures"][alice.uid()][alice_device_signer.key_id()].is_string());
 
     // Bob signs Alice's master key, once with a forged key: that one is a failure, not stored.
     let mut alice_master = after["master_keys"][alice.uid()].clone();

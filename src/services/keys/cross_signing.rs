@@ -220,30 +220,34 @@ impl Keys {
         } else if target_user == requester {
             // The requester's master key, signed with one of their devices.
             let (stored, _) = stored_master.ok_or("no master key")?;
-            let device_signer = object
-                .get("signatures")
-                .and_then(|s| match s {
-                    CanonicalJsonValue::Object(s) => s.get(requester.as_str()),
-                    _ => None,
-                })
-                .and_then(|s| match s {
-                    CanonicalJsonValue::Object(s) => {
-                        s.keys().find_map(|k| k.strip_prefix("ed25519:").map(str::to_owned))
-                    }
-                    _ => None,
-                })
-                .ok_or("no signature by a device")?;
-            let device = self
-                .table
-                .device_keys(requester.as_str(), &device_signer)
-                .map_err(|e| e.to_string())?
-                .ok_or("signed by an unknown device")?;
-            let device: Value = serde_json::from_slice(&device).map_err(|e| e.to_string())?;
-            let key_id = format!("ed25519:{device_signer}");
-            let public = device["keys"][&key_id]
-                .as_str()
-                .ok_or("device has no ed25519 key")?
-                .to_owned();
+            // Of the requester's signatures, the one made by a device that has keys (the
+            // master key's own self-signature is among them too).
+            let key_ids: Vec<String> = match object.get("signatures") {
+                Some(CanonicalJsonValue::Object(s)) => match s.get(requester.as_str()) {
+                    Some(CanonicalJsonValue::Object(s)) => s.keys().cloned().collect(),
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
+            let mut signer = None;
+            for key_id in key_ids {
+                let Some(device_id) = key_id.strip_prefix("ed25519:") else {
+                    continue;
+                };
+                let Some(device) = self
+                    .table
+                    .device_keys(requester.as_str(), device_id)
+                    .map_err(|e| e.to_string())?
+                else {
+                    continue;
+                };
+                let device: Value = serde_json::from_slice(&device).map_err(|e| e.to_string())?;
+                if let Some(public) = device["keys"][&key_id].as_str() {
+                    signer = Some((key_id.clone(), public.to_owned()));
+                    break;
+                }
+            }
+            let (key_id, public) = signer.ok_or("no signature by one of the user's devices")?;
             (stored, (key_id, public))
         } else if is_master {
             // Another user's master key, signed with the requester's user-signing key.

@@ -413,6 +413,34 @@ fn to_device_messages_are_delivered_once() {
     assert!(s4["to_device"]["events"].is_null(), "{s4}");
 }
 
+#[test]
+fn to_device_backlogs_arrive_in_pages_without_loss() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let device = bob.device_id.clone().unwrap();
+    let b0 = next(&sync(&bob, None));
+    for n in 0..150 {
+        alice
+            .put(
+                &format!("/_matrix/client/v3/sendToDevice/m.dummy/t{n}"),
+                json!({"messages": {bob.uid(): {device.clone(): {"n": n}}}}),
+            )
+            .ok();
+    }
+    let mut since = b0;
+    let (mut got, mut pages) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let s = sync(&bob, Some(&since));
+        let events = s["to_device"]["events"].as_array().cloned().unwrap_or_default();
+        pages.push(events.len());
+        got.extend(events.iter().map(|e| e["content"]["n"].as_i64().unwrap()));
+        since = next(&s);
+    }
+    assert_eq!(pages, vec![100, 50, 0, 0]);
+    assert_eq!(got, (0..150).collect::<Vec<i64>>(), "every message once, in order");
+}
+
 /// Uploads master, self-signing and user-signing keys for `c`.
 fn cross_signing(c: &Client) -> (Signer, Signer, Signer) {
     let (master, ssk, usk) = (

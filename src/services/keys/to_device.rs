@@ -7,6 +7,9 @@ use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json, value::RawValue};
 
 use super::Keys;
+
+/// Most to-device messages one `/sync` carries; the rest move to a later position.
+pub const TO_DEVICE_LIMIT: usize = 100;
 use crate::{Error, Result, services::sync::commit_on_stream, services::sync::notifier::Key};
 
 /// Where one message goes: a device id, or `*` for every device of the user.
@@ -80,7 +83,8 @@ impl Keys {
         Ok(())
     }
 
-    /// The device's messages at positions in `(after, up_to]`, oldest first.
+    /// The device's messages at positions in `(after, up_to]`, oldest first, at most
+    /// [`TO_DEVICE_LIMIT`].
     pub fn to_device_messages(
         &self,
         user_id: &UserId,
@@ -89,12 +93,41 @@ impl Keys {
         up_to: u64,
     ) -> Result<Vec<Box<RawValue>>> {
         self.inbox
-            .since(user_id.as_str(), device_id, after, up_to)?
+            .since(user_id.as_str(), device_id, (after, up_to), TO_DEVICE_LIMIT)?
             .into_iter()
-            .map(|bytes| {
+            .map(|(_, bytes)| {
                 RawValue::from_string(String::from_utf8_lossy(&bytes).into_owned())
                     .map_err(|e| Error::internal(format!("stored to-device message: {e}")))
             })
             .collect()
+    }
+
+    /// After a `/sync` that carried [`TO_DEVICE_LIMIT`] messages from `(after, up_to]`: moves
+    /// the ones it could not carry above `up_to` (a new stream position, same order), so the
+    /// next sync, whose `since` is `up_to`, gets them instead of deleting them.
+    pub async fn requeue_undelivered(&self, user_id: &UserId, device_id: &str, after: u64, up_to: u64) -> Result<()> {
+        let _guard = self.to_device_lock.lock().await;
+        let all = self
+            .inbox
+            .since(user_id.as_str(), device_id, (after, up_to), usize::MAX)?;
+        let Some(rest) = all.get(TO_DEVICE_LIMIT..).filter(|r| !r.is_empty()) else {
+            return Ok(());
+        };
+        commit_on_stream(
+            &self.db,
+            &self.positions,
+            &self.notifier,
+            vec![Key::user(user_id)],
+            |batch, position| {
+                for (index, (at, bytes)) in rest.iter().enumerate() {
+                    self.inbox.queue_delete(batch, user_id.as_str(), device_id, *at);
+                    self.inbox
+                        .queue_put(batch, user_id.as_str(), device_id, position, index as u32, bytes);
+                }
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -37,7 +37,7 @@ use ruma::{
 };
 
 use self::notifier::{Key, Notifier};
-use super::Services;
+use super::{Services, keys::to_device::TO_DEVICE_LIMIT};
 use crate::{
     Error, Result,
     storage::{Batch, Db, positions::Positions},
@@ -157,6 +157,14 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
             && response.to_device.is_empty()
             && response.device_lists.is_empty();
         if since.is_none() || params.full_state || !empty || tokio::time::Instant::now() >= deadline {
+            if let Some(device) = params.device_id.as_deref()
+                && response.to_device.events.len() >= TO_DEVICE_LIMIT
+            {
+                // What did not fit moves past this answer's token, for the next sync.
+                let up_to = Token::parse(&response.next_batch)?.position;
+                let after = since.map_or(0, |s| s.position);
+                services.keys.requeue_undelivered(user_id, device, after, up_to).await?;
+            }
             return Ok(response);
         }
         tokio::select! {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::storage::{
-    Batch, Db, StorageResult, codec,
+    Batch, Db, StorageError, StorageResult, codec,
     schema::{USERDEVICEPOS_TODEVICE, USERDEVICETXN_TODEVICE},
 };
 
@@ -36,8 +36,15 @@ impl ToDeviceTable {
         );
     }
 
-    /// The device's messages at positions `after < position <= up_to`, in order.
-    pub fn since(&self, user_id: &str, device_id: &str, after: u64, up_to: u64) -> StorageResult<Vec<Vec<u8>>> {
+    /// Up to `limit` of the device's messages at positions `after < position <= up_to`, in
+    /// order, each with its (position, index).
+    pub fn since(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        (after, up_to): (u64, u64),
+        limit: usize,
+    ) -> StorageResult<Vec<((u64, u32), Vec<u8>)>> {
         if after >= up_to {
             return Ok(Vec::new());
         }
@@ -46,12 +53,28 @@ impl ToDeviceTable {
             Some(next) => inbox_key(user_id, device_id, next, 0),
             None => inbox_key(user_id, device_id, u64::MAX, u32::MAX),
         };
-        Ok(self
-            .db
-            .scan_range(USERDEVICEPOS_TODEVICE, &start, &end, false, usize::MAX)?
+        self.db
+            .scan_range(USERDEVICEPOS_TODEVICE, &start, &end, false, limit)?
             .into_iter()
-            .map(|(_, v)| v.into_vec())
-            .collect())
+            .map(|(k, v)| {
+                let tail = k
+                    .len()
+                    .checked_sub(12)
+                    .map(|at| &k[at..])
+                    .ok_or_else(|| StorageError::Corrupt {
+                        table: USERDEVICEPOS_TODEVICE,
+                        reason: "key shorter than its position".into(),
+                    })?;
+                let position = codec::read_u64(USERDEVICEPOS_TODEVICE, &tail[..8])?;
+                let index = u32::from_be_bytes([tail[8], tail[9], tail[10], tail[11]]);
+                Ok(((position, index), v.into_vec()))
+            })
+            .collect()
+    }
+
+    /// Queues removal of one message.
+    pub fn queue_delete(&self, batch: &mut Batch, user_id: &str, device_id: &str, (position, index): (u64, u32)) {
+        batch.delete(USERDEVICEPOS_TODEVICE, &inbox_key(user_id, device_id, position, index));
     }
 
     /// Whether the device has messages at or below `position`.
@@ -119,17 +142,25 @@ mod tests {
         t.queue_put(&mut batch, "@a:x", "D", 5, 1, b"m5b");
         t.queue_put(&mut batch, "@a:x", "E", 4, 0, b"other");
         batch.commit_blocking().unwrap();
+        let values = |v: Vec<((u64, u32), Vec<u8>)>| v.into_iter().map(|(_, b)| b).collect::<Vec<_>>();
         assert_eq!(
-            t.since("@a:x", "D", 0, 10).unwrap(),
+            values(t.since("@a:x", "D", (0, 10), usize::MAX).unwrap()),
             vec![b"m3".to_vec(), b"m5a".to_vec(), b"m5b".to_vec()]
         );
-        assert_eq!(t.since("@a:x", "D", 3, 4).unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(t.since("@a:x", "D", (0, 10), 2).unwrap()[1].0, (5, 0));
+        assert!(t.since("@a:x", "D", (3, 4), usize::MAX).unwrap().is_empty());
         assert!(t.any_up_to("@a:x", "D", 3).unwrap());
         let mut batch = db.batch();
         t.delete_up_to(&mut batch, "@a:x", "D", 3);
         batch.commit_blocking().unwrap();
         assert!(!t.any_up_to("@a:x", "D", 4).unwrap());
-        assert_eq!(t.since("@a:x", "D", 0, 10).unwrap().len(), 2);
-        assert_eq!(t.since("@a:x", "E", 0, 10).unwrap().len(), 1);
+        let mut batch = db.batch();
+        t.queue_delete(&mut batch, "@a:x", "D", (5, 0));
+        batch.commit_blocking().unwrap();
+        assert_eq!(
+            values(t.since("@a:x", "D", (0, 10), usize::MAX).unwrap()),
+            vec![b"m5b".to_vec()]
+        );
+        assert_eq!(t.since("@a:x", "E", (0, 10), usize::MAX).unwrap().len(), 1);
     }
 }

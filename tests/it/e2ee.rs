@@ -441,6 +441,34 @@ fn to_device_backlogs_arrive_in_pages_without_loss() {
     assert_eq!(got, (0..150).collect::<Vec<i64>>(), "every message once, in order");
 }
 
+#[test]
+fn deactivation_removes_device_keys_and_bad_change_tokens_are_refused() {
+    let server = TestServer::start();
+    let (alice, signer) = with_keys(&server, "alice");
+    let bob = server.user("bob", "pw");
+    let device = alice.device_id.clone().unwrap();
+    upload(
+        &alice,
+        json!({"one_time_keys": {"signed_curve25519:K": otk(&alice, &signer, 7)}}),
+    )
+    .ok();
+    const PATH: &str = "/_matrix/client/v3/account/deactivate";
+    let first = alice.uia_start("POST", PATH, json!({}));
+    alice
+        .post(
+            PATH,
+            json!({"auth": alice.password_auth("pw", first["session"].as_str())}),
+        )
+        .ok();
+    let found = query(&bob, json!({alice.uid(): []}));
+    assert_eq!(found["device_keys"][alice.uid()], json!({}), "{found}");
+    let claimed = claim(&bob, &alice.uid(), &device);
+    assert_eq!(claimed["one_time_keys"], json!({}), "{claimed}");
+
+    bob.get("/_matrix/client/v3/keys/changes?from=nonsense&to=s1_e1")
+        .expect_err(400, "M_INVALID_PARAM");
+}
+
 /// Uploads master, self-signing and user-signing keys for `c`.
 fn cross_signing(c: &Client) -> (Signer, Signer, Signer) {
     let (master, ssk, usk) = (

@@ -182,8 +182,8 @@ impl Services {
             .collect())
     }
 
-    /// Deletes devices (all when `only` is `None`, except `keep`) with their tokens, then their
-    /// keys and to-device inboxes, and records the device-list change.
+    /// Deletes devices (all when `only` is `None`, except `keep`) with their tokens, keys and
+    /// to-device inboxes in one batch, and records the device-list change.
     pub async fn delete_devices(
         &self,
         user_id: &ruma::UserId,
@@ -191,10 +191,11 @@ impl Services {
         keep: Option<&str>,
     ) -> Result<(), crate::Error> {
         let devices = self.device_ids(user_id, only, keep)?;
-        let mut batch = self.batch();
-        self.sessions.queue_delete_devices(&mut batch, user_id, only, keep)?;
-        batch.commit().await?;
-        self.keys.devices_deleted(&self.rooms, user_id, &devices).await
+        self.keys
+            .delete_devices_with(&self.rooms, user_id, &devices, |batch| {
+                self.sessions.queue_delete_devices(batch, user_id, only, keep)
+            })
+            .await
     }
 }
 

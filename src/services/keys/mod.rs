@@ -116,11 +116,24 @@ impl Keys {
     /// Deletes the keys and inboxes of devices that were removed (logout, device deletion,
     /// deactivation) and records the device-list change.
     pub async fn devices_deleted(&self, rooms: &Rooms, user_id: &UserId, device_ids: &[String]) -> Result<()> {
+        self.delete_devices_with(rooms, user_id, device_ids, |_| Ok(())).await
+    }
+
+    /// [`Keys::devices_deleted`] in one batch with `also` (the caller's part of the deletion,
+    /// such as the devices and tokens themselves).
+    pub async fn delete_devices_with(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        device_ids: &[String],
+        also: impl FnOnce(&mut Batch) -> Result<()>,
+    ) -> Result<()> {
         if device_ids.is_empty() {
             return Ok(());
         }
         let _guard = self.write_lock.lock().await;
         self.commit_device_list_change(rooms, user_id, |batch| {
+            also(batch)?;
             for device_id in device_ids {
                 self.queue_delete_device(batch, user_id, device_id)?;
             }

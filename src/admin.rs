@@ -93,6 +93,7 @@ pub async fn reset_password(services: &Services, name: &str, password: &Password
         return Err(format!("{user_id} is deactivated"));
     }
     let (password, generated) = read_password(password)?;
+    let devices = services.device_ids(&user_id, None, None).map_err(|e| e.to_string())?;
     let mut batch = services.batch();
     services
         .sessions
@@ -101,6 +102,11 @@ pub async fn reset_password(services: &Services, name: &str, password: &Password
     services
         .accounts
         .set_password(&user_id, &password, batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    services
+        .keys
+        .devices_deleted(&services.rooms, &user_id, &devices)
         .await
         .map_err(|e| e.to_string())?;
     println!("password of {user_id} reset; all its sessions were logged out");

@@ -112,6 +112,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::presence::get_presence);
     t.add(LimitClass::Client, client::presence::set_presence);
 
+    // End-to-end encryption: keys, cross-signing, to-device messages, key backup.
+    t.add(LimitClass::Client, client::keys::upload_keys);
+    t.add(LimitClass::Client, client::keys::get_keys);
+    t.add(LimitClass::Client, client::keys::claim_keys);
+    t.add(LimitClass::Client, client::keys::get_key_changes);
+    t.add(LimitClass::Client, client::keys::upload_signing_keys);
+    t.add(LimitClass::Client, client::keys::upload_signatures);
+    t.add(LimitClass::Client, client::to_device::send_event_to_device);
+    t.add(LimitClass::Client, client::backup::create_backup_version);
+    t.add(LimitClass::Client, client::backup::get_latest_backup_info);
+    t.add(LimitClass::Client, client::backup::get_backup_info);
+    t.add(LimitClass::Client, client::backup::update_backup_version);
+    t.add(LimitClass::Client, client::backup::delete_backup_version);
+    t.add(LimitClass::Client, client::backup::add_backup_keys);
+    t.add(LimitClass::Client, client::backup::add_backup_keys_for_room);
+    t.add(LimitClass::Client, client::backup::add_backup_keys_for_session);
+    t.add(LimitClass::Client, client::backup::get_backup_keys);
+    t.add(LimitClass::Client, client::backup::get_backup_keys_for_room);
+    t.add(LimitClass::Client, client::backup::get_backup_keys_for_session);
+    t.add(LimitClass::Client, client::backup::delete_backup_keys);
+    t.add(LimitClass::Client, client::backup::delete_backup_keys_for_room);
+    t.add(LimitClass::Client, client::backup::delete_backup_keys_for_session);
+
     // Reporting content.
     t.add(LimitClass::Client, client::reporting::report_content);
     t.add(LimitClass::Client, client::reporting::report_room);

@@ -7,6 +7,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod directory;
 pub mod events;
+pub mod keys;
 pub mod media;
 pub mod passwords;
 pub mod presence;
@@ -69,6 +70,10 @@ pub struct Services {
     pub unread: sync::unread::UnreadCache,
     /// Presence (in memory).
     pub presence: presence::Presence,
+    /// End-to-end encryption keys and to-device messages.
+    pub keys: keys::Keys,
+    /// Server-side key backup.
+    pub key_backup: keys::backup::KeyBackup,
 }
 
 impl Services {
@@ -103,6 +108,13 @@ impl Services {
             account_data::AccountData::new(Arc::clone(&db), Arc::clone(&positions), Arc::clone(&notifier));
         let filters = sync::filter::Filters::new(Arc::clone(&db));
         let typing = typing::Typing::new(Arc::clone(&notifier));
+        let keys = keys::Keys::new(
+            Arc::clone(&db),
+            Arc::clone(&positions),
+            Arc::clone(&notifier),
+            config.server_name.clone(),
+        );
+        let key_backup = keys::backup::KeyBackup::new(Arc::clone(&db));
         let receipts = receipts::Receipts::new(Arc::clone(&db), positions, Arc::clone(&notifier));
         let presence = presence::Presence::new(notifier);
         let rate_limit = rate_limit::RateLimiter::new(&config);
@@ -128,6 +140,8 @@ impl Services {
             receipts,
             unread: sync::unread::UnreadCache::default(),
             presence,
+            keys,
+            key_backup,
         }))
     }
 }
@@ -141,13 +155,50 @@ impl Services {
     /// Deactivates an account: no password, no devices or tokens, no profile, no account
     /// data, all in one batch. The user id stays reserved.
     pub async fn deactivate_user(&self, user_id: &ruma::UserId) -> Result<(), crate::Error> {
+        let devices = self.device_ids(user_id, None, None)?;
         let mut batch = self.batch();
         self.sessions.queue_delete_devices(&mut batch, user_id, None, None)?;
         self.profile.queue_clear(&mut batch, user_id);
         self.account_data.queue_clear(&mut batch, user_id)?;
         self.accounts.deactivate(user_id, batch).await?;
+        self.keys.devices_deleted(&self.rooms, user_id, &devices).await?;
         tracing::info!(%user_id, "account deactivated");
         Ok(())
+    }
+}
+
+impl Services {
+    /// The ids of a user's devices that [`sessions::Sessions::queue_delete_devices`] with the
+    /// same `only` and `keep` removes.
+    pub fn device_ids(
+        &self,
+        user_id: &ruma::UserId,
+        only: Option<&[String]>,
+        keep: Option<&str>,
+    ) -> Result<Vec<String>, crate::Error> {
+        Ok(self
+            .sessions
+            .list_devices(user_id)?
+            .into_iter()
+            .map(|d| d.device_id.to_string())
+            .filter(|d| only.is_none_or(|ids| ids.contains(d)) && keep != Some(d.as_str()))
+            .collect())
+    }
+
+    /// Deletes devices (all when `only` is `None`, except `keep`) with their tokens, keys and
+    /// to-device inboxes in one batch, and records the device-list change.
+    pub async fn delete_devices(
+        &self,
+        user_id: &ruma::UserId,
+        only: Option<&[String]>,
+        keep: Option<&str>,
+    ) -> Result<(), crate::Error> {
+        let devices = self.device_ids(user_id, only, keep)?;
+        self.keys
+            .delete_devices_with(&self.rooms, user_id, &devices, |batch| {
+                self.sessions.queue_delete_devices(batch, user_id, only, keep)
+            })
+            .await
     }
 }
 

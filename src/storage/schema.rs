@@ -125,6 +125,27 @@ pub const SCOPEITEM_POSVALUE: &str = "scopeitem_posvalue";
 /// change-log kind SEP scope SEP u64 stream position → item (`tables::streams`).
 pub const SCOPEPOS_ITEM: &str = "scopepos_item";
 
+/// user id SEP device id → the device's signed device keys as JSON bytes.
+pub const USERDEVICE_DEVICEKEYS: &str = "userdevice_devicekeys";
+/// user id SEP device id SEP key id (`algorithm:id`) → an unclaimed one-time key as JSON bytes.
+pub const USERDEVICEKEYID_ONETIMEKEY: &str = "userdevicekeyid_onetimekey";
+/// user id SEP device id SEP algorithm → postcard `FallbackRecord` (key id, JSON, used).
+pub const USERDEVICEALGO_FALLBACKKEY: &str = "userdevicealgo_fallbackkey";
+/// user id SEP usage (`master`, `self_signing`, `user_signing`) → the cross-signing key JSON.
+pub const USERUSAGE_CROSSSIGNINGKEY: &str = "userusage_crosssigningkey";
+/// target user SEP target key (device id or public key) SEP signer user SEP signer key id →
+/// the signature (signatures uploaded after the keys they sign).
+pub const TARGETSIGNER_SIGNATURE: &str = "targetsigner_signature";
+/// user id SEP device id SEP u64 stream position ++ u32 index → a to-device event as JSON.
+pub const USERDEVICEPOS_TODEVICE: &str = "userdevicepos_todevice";
+/// sender user id SEP sender device id SEP transaction id → empty: `sendToDevice` transactions
+/// already done.
+pub const USERDEVICETXN_TODEVICE: &str = "userdevicetxn_todevice";
+/// user id SEP u64 backup version → postcard `BackupVersionRecord`.
+pub const USERVERSION_BACKUP: &str = "userversion_backup";
+/// user id SEP u64 backup version SEP room id SEP session id → the backed-up key as JSON.
+pub const USERVERSIONROOMSESSION_BACKUPKEY: &str = "userversionroomsession_backupkey";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -168,6 +189,15 @@ pub const TABLES: &[TableDef] = &[
     small(SCOPEITEM_POSVALUE),
     small(SCOPEPOS_ITEM),
     small(SHORTEVENTID_TXN),
+    small(USERDEVICE_DEVICEKEYS),
+    small(USERDEVICEKEYID_ONETIMEKEY),
+    small(USERDEVICEALGO_FALLBACKKEY),
+    small(USERUSAGE_CROSSSIGNINGKEY),
+    small(TARGETSIGNER_SIGNATURE),
+    small(USERDEVICEPOS_TODEVICE),
+    small(USERDEVICETXN_TODEVICE),
+    small(USERVERSION_BACKUP),
+    small(USERVERSIONROOMSESSION_BACKUPKEY),
 ];
 
 const fn small(name: &'static str) -> TableDef {

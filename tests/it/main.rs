@@ -13,6 +13,9 @@ mod client_devices_profile;
 mod crash;
 /// The room directory: aliases, canonical aliases, the public room list, room summaries.
 mod directory;
+/// End-to-end encryption: device, one-time, fallback and cross-signing keys, to-device
+/// messages, key backup.
+mod e2ee;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.

@@ -24,6 +24,10 @@ pub async fn change_password(ctx: Ctx, req: change_password::v3::Request) -> Res
     let session = ctx.confirm_with_password(req.auth.as_ref()).await?;
     let services = &ctx.services;
     let mut batch = services.batch();
+    let logged_out = match req.logout_devices {
+        true => services.device_ids(&session.user_id, None, Some(session.device_id.as_str()))?,
+        false => Vec::new(),
+    };
     if req.logout_devices {
         services
             .sessions
@@ -32,6 +36,10 @@ pub async fn change_password(ctx: Ctx, req: change_password::v3::Request) -> Res
     services
         .accounts
         .set_password(&session.user_id, &req.new_password, batch)
+        .await?;
+    services
+        .keys
+        .devices_deleted(&services.rooms, &session.user_id, &logged_out)
         .await?;
     tracing::info!(user_id = %session.user_id, "password changed");
     Ok(change_password::v3::Response::new())

@@ -60,7 +60,9 @@ pub async fn update_device(ctx: Ctx, req: update_device::v3::Request) -> Result<
 pub async fn delete_device(ctx: Ctx, req: delete_device::v3::Request) -> Result<delete_device::v3::Response> {
     let user_id = &ctx.confirm_with_password(req.auth.as_ref()).await?.user_id;
     let services = &ctx.services;
-    services.sessions.delete_device(user_id, req.device_id.as_str()).await?;
+    services
+        .delete_devices(user_id, Some(&[req.device_id.to_string()]), None)
+        .await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -69,6 +71,6 @@ pub async fn delete_devices(ctx: Ctx, req: delete_devices::v3::Request) -> Resul
     let user_id = &ctx.confirm_with_password(req.auth.as_ref()).await?.user_id;
     let services = &ctx.services;
     let ids: Vec<String> = req.devices.iter().map(|d| d.to_string()).collect();
-    services.sessions.delete_devices(user_id, &ids).await?;
+    services.delete_devices(user_id, Some(&ids), None).await?;
     Ok(delete_devices::v3::Response::new())
 }

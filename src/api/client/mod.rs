@@ -4,9 +4,11 @@
 
 pub mod account;
 pub mod account_data;
+pub mod backup;
 pub mod device;
 pub mod directory;
 pub mod filter;
+pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod message;
@@ -21,6 +23,7 @@ pub mod session;
 pub mod state;
 pub mod sync;
 pub mod tags;
+pub mod to_device;
 pub mod typing;
 pub mod versions;
 pub mod well_known;

@@ -90,14 +90,13 @@ pub async fn refresh_token(ctx: Ctx, req: refresh_token::v3::Request) -> Result<
 pub async fn logout(ctx: Ctx, _req: logout::v3::Request) -> Result<logout::v3::Response> {
     let session = ctx.session()?;
     ctx.services
-        .sessions
-        .delete_device(&session.user_id, session.device_id.as_str())
+        .delete_devices(&session.user_id, Some(&[session.device_id.to_string()]), None)
         .await?;
     Ok(logout::v3::Response::new())
 }
 
 /// `POST /_matrix/client/v3/logout/all`
 pub async fn logout_all(ctx: Ctx, _req: logout_all::v3::Request) -> Result<logout_all::v3::Response> {
-    ctx.services.sessions.delete_all_devices(ctx.user_id()?).await?;
+    ctx.services.delete_devices(ctx.user_id()?, None, None).await?;
     Ok(logout_all::v3::Response::new())
 }

@@ -144,8 +144,46 @@ pub fn build(
     }
     response.account_data.events = ctx.global_account_data()?;
     response.presence.events = ctx.presence(&shared_rooms)?;
-    response.device_unused_fallback_key_types = Some(Vec::new());
+    e2ee(services, (user_id, device_id), since, up_to, &mut response)?;
     Ok(response)
+}
+
+/// The end-to-end encryption parts: one-time key counts and unused fallback key types of the
+/// device, its to-device messages, and the device lists that changed since the token.
+fn e2ee(
+    services: &Services,
+    (user_id, device_id): (&UserId, Option<&str>),
+    since: Option<Token>,
+    up_to: u64,
+    response: &mut ruma::api::client::sync::sync_events::v3::Response,
+) -> Result<()> {
+    let keys = &services.keys;
+    let after = since.map_or(0, |s| s.position);
+    if let Some(device) = device_id {
+        for (algorithm, count) in keys.one_time_key_counts(user_id, device)? {
+            let count = UInt::try_from(count).unwrap_or(UInt::MAX);
+            response
+                .device_one_time_keys_count
+                .insert(algorithm.as_str().into(), count);
+        }
+        response.device_unused_fallback_key_types = Some(
+            keys.unused_fallback_key_types(user_id, device)?
+                .iter()
+                .map(|a| a.as_str().into())
+                .collect(),
+        );
+        response.to_device.events = keys
+            .to_device_messages(user_id, device, after, up_to)?
+            .into_iter()
+            .map(Raw::from_json)
+            .collect();
+    }
+    if since.is_some() {
+        let (changed, left) = keys.device_list_changes(&services.rooms, user_id, after, up_to)?;
+        response.device_lists.changed = changed;
+        response.device_lists.left = left;
+    }
+    Ok(())
 }
 
 impl Ctx<'_> {

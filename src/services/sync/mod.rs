@@ -38,7 +38,7 @@ use ruma::{
 };
 
 use self::notifier::{Key, Notifier};
-use super::Services;
+use super::{Services, keys::to_device::TO_DEVICE_LIMIT};
 use crate::{
     Error, Result,
     storage::{Batch, Db, positions::Positions},
@@ -135,6 +135,13 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
     keys.push(Key::user(user_id));
     // Registered before the first look, so nothing committed in between is missed.
     let waiter = rooms.notifier().register(keys);
+    // A sync from `since` shows the client holds the to-device messages up to it.
+    if let (Some(since), Some(device)) = (since, params.device_id.as_deref()) {
+        services
+            .keys
+            .acknowledge_to_device(user_id, device, since.position)
+            .await?;
+    }
     let timeout = params.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -145,8 +152,20 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
             &filter,
             params.full_state,
         )?;
-        let empty = response.rooms.is_empty() && response.presence.is_empty() && response.account_data.is_empty();
+        let empty = response.rooms.is_empty()
+            && response.presence.is_empty()
+            && response.account_data.is_empty()
+            && response.to_device.is_empty()
+            && response.device_lists.is_empty();
         if since.is_none() || params.full_state || !empty || tokio::time::Instant::now() >= deadline {
+            if let Some(device) = params.device_id.as_deref()
+                && response.to_device.events.len() >= TO_DEVICE_LIMIT
+            {
+                // What did not fit moves past this answer's token, for the next sync.
+                let up_to = Token::parse(&response.next_batch)?.position;
+                let after = since.map_or(0, |s| s.position);
+                services.keys.requeue_undelivered(user_id, device, after, up_to).await?;
+            }
             return Ok(response);
         }
         tokio::select! {

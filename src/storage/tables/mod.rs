@@ -5,9 +5,11 @@
 pub mod account_data;
 pub mod accounts;
 pub mod aliases;
+pub mod device_keys;
 pub mod devices;
 pub mod event_txns;
 pub mod filters;
+pub mod key_backup;
 pub mod media;
 pub mod membership;
 pub mod pdus;
@@ -17,4 +19,5 @@ pub mod shortids;
 pub mod state;
 pub mod streams;
 pub mod timeline;
+pub mod to_device;
 pub mod transactions;

@@ -1,0 +1,49 @@
+//! Send-to-device messaging.
+//!
+//! - `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}`
+//!
+//! Spec: client-server-api "Send-to-Device messaging" (`modules/send_to_device.md`,
+//! `data/api/client-server/to_device.yaml`).
+
+use ruma::{api::client::to_device::send_event_to_device, to_device::DeviceIdOrAllDevices};
+
+use crate::{Result, api::extract::Ctx, services::keys::to_device::Target};
+
+/// `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}`
+pub async fn send_event_to_device(
+    ctx: Ctx,
+    req: send_event_to_device::v3::Request,
+) -> Result<send_event_to_device::v3::Response> {
+    let session = ctx.session()?;
+    let messages = req
+        .messages
+        .iter()
+        .flat_map(|(user, devices)| {
+            devices.iter().map(move |(device, content)| {
+                let target = match device {
+                    DeviceIdOrAllDevices::DeviceId(id) => Target::Device(id.to_string()),
+                    DeviceIdOrAllDevices::AllDevices => Target::All,
+                };
+                (user.clone(), target, content.json().to_owned())
+            })
+        })
+        .collect();
+    let sessions = &ctx.services.sessions;
+    let devices_of = |user: &ruma::UserId| -> Result<Vec<String>> {
+        Ok(sessions
+            .list_devices(user)?
+            .into_iter()
+            .map(|d| d.device_id.to_string())
+            .collect())
+    };
+    ctx.services
+        .keys
+        .send_to_device(
+            (&session.user_id, session.device_id.as_str()),
+            (&req.event_type.to_string(), req.txn_id.as_str()),
+            messages,
+            &devices_of,
+        )
+        .await?;
+    Ok(send_event_to_device::v3::Response::new())
+}

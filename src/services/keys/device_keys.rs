@@ -1,0 +1,392 @@
+//! Device keys, one-time keys and fallback keys (spec "Key management API"): `keys/upload`,
+//! `keys/query`, `keys/claim`, and the device-list changes read by `/sync` and
+//! `keys/changes`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ruma::{CanonicalJsonValue, OwnedUserId, RoomId, UserId};
+use serde_json::{Value, value::RawValue};
+
+use super::{Keys, canonical_object, merge_signatures, signed_part, verify_signature};
+use crate::{
+    Error, Result,
+    services::rooms::Rooms,
+    storage::{Batch, tables::device_keys::FallbackRecord},
+};
+
+/// Most one-time keys one upload may carry.
+const MAX_KEYS_PER_UPLOAD: usize = 200;
+
+/// What `keys/query` answers (JSON objects, keyed as in the spec).
+#[derive(Default)]
+pub struct QueryResult {
+    /// user → device → device keys.
+    pub device_keys: BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+    /// user → master key.
+    pub master_keys: BTreeMap<OwnedUserId, Value>,
+    /// user → self-signing key.
+    pub self_signing_keys: BTreeMap<OwnedUserId, Value>,
+    /// user → user-signing key (the requester's own only).
+    pub user_signing_keys: BTreeMap<OwnedUserId, Value>,
+    /// server → why its users are missing.
+    pub failures: BTreeMap<String, Value>,
+}
+
+/// user → device → key id → key, as `keys/claim` answers.
+pub type Claimed = BTreeMap<OwnedUserId, BTreeMap<String, BTreeMap<String, Value>>>;
+
+fn algorithm_of(key_id: &str) -> Result<&str> {
+    match key_id.split_once(':') {
+        Some((algorithm, id)) if !algorithm.is_empty() && !id.is_empty() => Ok(algorithm),
+        _ => Err(Error::bad_json(format!(
+            "Key id {key_id} is not of the form <algorithm>:<key id>"
+        ))),
+    }
+}
+
+/// A one-time or fallback key: a string (unsigned curve25519) or a signed key object with a
+/// `key` string.
+fn check_one_time_key(key_id: &str, raw: &RawValue) -> Result<Vec<u8>> {
+    algorithm_of(key_id)?;
+    let value: Value = serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("Key {key_id}: {e}")))?;
+    let ok = match &value {
+        Value::String(s) => !s.is_empty(),
+        Value::Object(o) => o.get("key").is_some_and(Value::is_string),
+        _ => false,
+    };
+    if !ok {
+        return Err(Error::bad_json(format!(
+            "Key {key_id} must be a string or an object with a `key`"
+        )));
+    }
+    serde_json::to_vec(&value).map_err(|e| Error::internal(e.to_string()))
+}
+
+impl Keys {
+    /// `keys/upload` for the requester's device: validates everything first (nothing is
+    /// stored on bad input), then stores device keys, one-time and fallback keys. Returns the
+    /// device's unclaimed one-time key counts by algorithm.
+    pub async fn upload(
+        &self,
+        rooms: &Rooms,
+        (user_id, device_id): (&UserId, &str),
+        device_keys: Option<&RawValue>,
+        one_time_keys: &[(String, &RawValue)],
+        fallback_keys: &[(String, &RawValue)],
+    ) -> Result<BTreeMap<String, u64>> {
+        if one_time_keys.len() > MAX_KEYS_PER_UPLOAD {
+            return Err(Error::invalid_param(format!(
+                "At most {MAX_KEYS_PER_UPLOAD} one-time keys per upload"
+            )));
+        }
+        let otks = one_time_keys
+            .iter()
+            .map(|(id, raw)| Ok((id.clone(), check_one_time_key(id, raw)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut fallbacks = BTreeMap::new();
+        for (id, raw) in fallback_keys {
+            let json = check_one_time_key(id, raw)?;
+            fallbacks.insert(algorithm_of(id)?.to_owned(), (id.clone(), json));
+        }
+        let device_json = device_keys
+            .map(|raw| self.check_device_keys(user_id, device_id, raw))
+            .transpose()?;
+
+        let _guard = self.write_lock.lock().await;
+        let (user, device) = (user_id.as_str(), device_id);
+        // Device keys may be uploaded again unchanged, never replaced by different ones.
+        let new_device_keys = match device_json {
+            Some((json, signed)) => match self.table.device_keys(user, device)? {
+                Some(stored) => {
+                    let stored = canonical_object(&raw_of(&stored)?, "stored device keys")?;
+                    if signed_part(&stored) != signed {
+                        return Err(Error::invalid_param(
+                            "This device already has different device keys; log in as a new device",
+                        ));
+                    }
+                    None
+                }
+                None => Some(json),
+            },
+            None => None,
+        };
+        let mut fresh = Vec::new();
+        for (id, json) in otks {
+            if self.table.has_one_time_key(user, device, &id)? {
+                continue;
+            }
+            fresh.push((id, json));
+        }
+        let queue = |batch: &mut Batch| -> Result<()> {
+            if let Some(json) = &new_device_keys {
+                self.table.put_device_keys(batch, user, device, json);
+            }
+            for (id, json) in &fresh {
+                self.table.put_one_time_key(batch, user, device, id, json);
+            }
+            for (algorithm, (key_id, json)) in &fallbacks {
+                let record = FallbackRecord {
+                    key_id: key_id.clone(),
+                    json: json.clone(),
+                    used: false,
+                };
+                self.table.put_fallback_key(batch, user, device, algorithm, &record)?;
+            }
+            Ok(())
+        };
+        if new_device_keys.is_some() {
+            self.commit_device_list_change(rooms, user_id, queue).await?;
+        } else if !fresh.is_empty() || !fallbacks.is_empty() {
+            let mut batch = self.db.batch();
+            queue(&mut batch)?;
+            batch.commit().await?;
+        }
+        self.one_time_key_counts(user_id, device_id)
+    }
+
+    /// Checks uploaded device keys: they name the requester and their device and are signed
+    /// with the device's own ed25519 key. Returns the JSON to store and its signed part.
+    fn check_device_keys(&self, user_id: &UserId, device_id: &str, raw: &RawValue) -> Result<(Vec<u8>, String)> {
+        let object = canonical_object(raw, "device_keys")?;
+        let field = |name: &str| match object.get(name) {
+            Some(CanonicalJsonValue::String(s)) => Ok(s.as_str()),
+            _ => Err(Error::bad_json(format!("device_keys.{name} must be a string"))),
+        };
+        if field("user_id")? != user_id.as_str() || field("device_id")? != device_id {
+            return Err(Error::invalid_param(
+                "device_keys must name the requesting user and device",
+            ));
+        }
+        if !matches!(object.get("algorithms"), Some(CanonicalJsonValue::Array(_))) {
+            return Err(Error::bad_json("device_keys.algorithms must be an array"));
+        }
+        let key_id = format!("ed25519:{device_id}");
+        let Some(CanonicalJsonValue::Object(keys)) = object.get("keys") else {
+            return Err(Error::bad_json("device_keys.keys must be an object"));
+        };
+        let Some(CanonicalJsonValue::String(ed25519)) = keys.get(&key_id) else {
+            return Err(Error::bad_json(format!("device_keys.keys must hold {key_id}")));
+        };
+        if keys.values().any(|v| !matches!(v, CanonicalJsonValue::String(_))) {
+            return Err(Error::bad_json("device_keys.keys values must be strings"));
+        }
+        verify_signature(&object, user_id.as_str(), &key_id, ed25519)
+            .map_err(|why| Error::invalid_param(format!("device_keys are not self-signed: {why}")))?;
+        let json = serde_json::to_vec(&object).map_err(|e| Error::internal(e.to_string()))?;
+        Ok((json, signed_part(&object)))
+    }
+
+    /// The device's unclaimed one-time keys, counted by algorithm.
+    pub fn one_time_key_counts(&self, user_id: &UserId, device_id: &str) -> Result<BTreeMap<String, u64>> {
+        // `signed_curve25519` is always reported (0 included) so clients know to upload.
+        let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0)]);
+        for (key_id, _) in self.table.one_time_keys(user_id.as_str(), device_id)? {
+            if let Some((algorithm, _)) = key_id.split_once(':') {
+                *counts.entry(algorithm.to_owned()).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The algorithms of the device's fallback keys not yet handed out.
+    pub fn unused_fallback_key_types(&self, user_id: &UserId, device_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .table
+            .fallback_keys(user_id.as_str(), device_id)?
+            .into_iter()
+            .filter(|(_, record)| !record.used)
+            .map(|(algorithm, _)| algorithm)
+            .collect())
+    }
+
+    /// `keys/query`: device and cross-signing keys of `users` (all devices when the list is
+    /// empty), with later signatures merged in and `unsigned.device_display_name` from
+    /// `display_name`. Unknown local users and devices are absent; remote users are reported
+    /// under `failures` (no federation yet).
+    pub fn query(
+        &self,
+        requester: &UserId,
+        users: &BTreeMap<OwnedUserId, Vec<String>>,
+        display_name: &dyn Fn(&UserId, &str) -> Option<String>,
+    ) -> Result<QueryResult> {
+        let mut out = QueryResult::default();
+        for (user_id, wanted) in users {
+            if !self.is_local(user_id) {
+                out.failures.insert(
+                    user_id.server_name().to_string(),
+                    serde_json::json!({"status": 503, "message": "Federation is not available"}),
+                );
+                continue;
+            }
+            let mut devices = BTreeMap::new();
+            for (device_id, bytes) in self.table.all_device_keys(user_id.as_str())? {
+                if !wanted.is_empty() && !wanted.contains(&device_id) {
+                    continue;
+                }
+                let mut keys: Value = serde_json::from_slice(&bytes).map_err(|e| Error::internal(e.to_string()))?;
+                merge_signatures(&mut keys, self.table.signatures(user_id.as_str(), &device_id)?);
+                if let Some(name) = display_name(user_id, &device_id) {
+                    keys["unsigned"] = serde_json::json!({"device_display_name": name});
+                }
+                devices.insert(device_id, keys);
+            }
+            if !devices.is_empty() || wanted.is_empty() {
+                out.device_keys.insert(user_id.clone(), devices);
+            }
+            for (usage, map) in [
+                ("master", &mut out.master_keys),
+                ("self_signing", &mut out.self_signing_keys),
+                ("user_signing", &mut out.user_signing_keys),
+            ] {
+                if usage == "user_signing" && user_id != requester {
+                    continue;
+                }
+                if let Some(key) = self.cross_signing_key_with_signatures(user_id, usage)? {
+                    map.insert(user_id.clone(), key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `keys/claim`: one one-time key per (user, device, algorithm), each handed out exactly
+    /// once (claims run under the write lock and delete what they hand out in one batch); a
+    /// device without one gives its fallback key. Unknown devices are absent.
+    pub async fn claim(
+        &self,
+        wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
+    ) -> Result<(Claimed, BTreeMap<String, Value>)> {
+        let mut out = Claimed::new();
+        let mut failures = BTreeMap::new();
+        let _guard = self.write_lock.lock().await;
+        let mut batch = self.db.batch();
+        for (user_id, devices) in wanted {
+            if !self.is_local(user_id) {
+                failures.insert(
+                    user_id.server_name().to_string(),
+                    serde_json::json!({"status": 503, "message": "Federation is not available"}),
+                );
+                continue;
+            }
+            let user = user_id.as_str();
+            for (device_id, algorithm) in devices {
+                let prefix = format!("{algorithm}:");
+                let found = self
+                    .table
+                    .one_time_keys(user, device_id)?
+                    .into_iter()
+                    .find(|(id, _)| id.starts_with(&prefix));
+                let (key_id, json) = match found {
+                    Some((key_id, json)) => {
+                        self.table.delete_one_time_key(&mut batch, user, device_id, &key_id);
+                        (key_id, json)
+                    }
+                    None => {
+                        let fallback = self
+                            .table
+                            .fallback_keys(user, device_id)?
+                            .into_iter()
+                            .find(|(a, _)| a == algorithm);
+                        let Some((_, mut record)) = fallback else {
+                            continue;
+                        };
+                        if !record.used {
+                            record.used = true;
+                            self.table
+                                .put_fallback_key(&mut batch, user, device_id, algorithm, &record)?;
+                        }
+                        (record.key_id, record.json)
+                    }
+                };
+                let key: Value = serde_json::from_slice(&json).map_err(|e| Error::internal(e.to_string()))?;
+                out.entry(user_id.clone())
+                    .or_default()
+                    .entry(device_id.clone())
+                    .or_default()
+                    .insert(key_id, key);
+            }
+        }
+        if !batch.is_empty() {
+            batch.commit().await?;
+        }
+        Ok((out, failures))
+    }
+
+    /// The users whose device lists changed at positions in `(after, up_to]` among those
+    /// sharing a room with `user_id` (themself included), and those who stopped sharing any
+    /// room: `(changed, left)`.
+    pub fn device_list_changes(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        after: u64,
+        up_to: u64,
+    ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+        let mut changed = BTreeSet::new();
+        let mut departed = BTreeSet::new();
+        if after >= up_to {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut sharing: BTreeSet<OwnedUserId> = BTreeSet::from([user_id.to_owned()]);
+        for (room_id, membership) in rooms.memberships_of(user_id)? {
+            let joined = membership == "join";
+            let members = joined_members(rooms, &room_id)?;
+            if joined {
+                sharing.extend(members.iter().cloned());
+            }
+            // Membership changes since the token (the first 200 of a room: a longer gap is a
+            // stale client that re-queries keys anyway).
+            let member_events = |pos: u64, pdu: &crate::services::rooms::pdu::Pdu| {
+                pos > after && pdu.kind.to_string() == "m.room.member"
+            };
+            let (events, _) = rooms.timeline_page(&room_id, (after, up_to), false, 200, member_events)?;
+            for (_, pdu) in events {
+                let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
+                    continue;
+                };
+                let membership = serde_json::from_str::<Value>(pdu.content.get())
+                    .ok()
+                    .and_then(|c| c["membership"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let me = target == user_id;
+                match (membership.as_str(), me) {
+                    ("join", true) if joined => changed.extend(members.iter().cloned()),
+                    ("join", false) if joined => {
+                        changed.insert(target);
+                    }
+                    ("leave" | "ban", true) if !joined => departed.extend(members.iter().cloned()),
+                    ("leave" | "ban", false) => {
+                        departed.insert(target);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for user in &sharing {
+            if self
+                .device_lists
+                .get(user.as_str(), b"")?
+                .is_some_and(|e| e.position > after && e.position <= up_to)
+            {
+                changed.insert(user.clone());
+            }
+        }
+        let left: Vec<OwnedUserId> = departed.into_iter().filter(|u| !sharing.contains(u)).collect();
+        let changed = changed.into_iter().filter(|u| sharing.contains(u)).collect();
+        Ok((changed, left))
+    }
+}
+
+fn joined_members(rooms: &Rooms, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+    Ok(rooms
+        .members(room_id)?
+        .into_iter()
+        .filter(|(_, m)| m == "join")
+        .map(|(u, _)| u)
+        .collect())
+}
+
+fn raw_of(bytes: &[u8]) -> Result<Box<RawValue>> {
+    RawValue::from_string(String::from_utf8_lossy(bytes).into_owned())
+        .map_err(|e| Error::internal(format!("stored keys: {e}")))
+}

@@ -1,0 +1,207 @@
+//! End-to-end encryption, server side (spec "End-to-End Encryption", "Send-to-Device
+//! messaging"): the server stores and hands out keys; it never sees plaintext.
+//!
+//! - [`device_keys`]: device keys, one-time and fallback keys (upload, query, claim) and the
+//!   device-list change log that `/sync` and `/keys/changes` read.
+//! - [`cross_signing`]: master, self-signing and user-signing keys and uploaded signatures.
+//! - [`to_device`]: per-device inboxes of to-device messages.
+//! - [`backup`]: server-side key backup (its own service, [`backup::KeyBackup`]).
+//!
+//! # Device-list changes
+//!
+//! Whenever a user's device list changes (device keys uploaded, cross-signing keys uploaded,
+//! a device deleted) the change takes a position on the global stream and is logged under the
+//! user (`tables::streams`, family `devicelists`, one item per user), and every room the user
+//! is joined to is woken: the users sharing a room see the user in `device_lists.changed` of
+//! their next sync. Membership changes since the token add users who joined (`changed`) or no
+//! longer share any room (`left`).
+//!
+//! Key writes of a user (uploads, claims) run under one lock, so "check then write" (a
+//! one-time key handed out exactly once, device keys never silently replaced) holds under
+//! concurrency.
+
+pub mod backup;
+pub mod cross_signing;
+pub mod device_keys;
+pub mod to_device;
+
+use std::sync::Arc;
+
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, SigningKeyAlgorithm, UserId, serde::Base64};
+use serde_json::value::RawValue;
+
+use super::{
+    rooms::Rooms,
+    sync::{
+        commit_on_stream,
+        notifier::{Key, Notifier},
+    },
+};
+use crate::{
+    Error, Result,
+    storage::{
+        Batch, Db,
+        positions::Positions,
+        tables::{device_keys::DeviceKeysTable, streams::StreamTable, to_device::ToDeviceTable},
+    },
+};
+
+/// The E2EE key service: device keys, one-time keys, cross-signing, to-device messages.
+pub struct Keys {
+    db: Arc<Db>,
+    table: DeviceKeysTable,
+    device_lists: StreamTable,
+    inbox: ToDeviceTable,
+    positions: Arc<Positions>,
+    notifier: Arc<Notifier>,
+    server_name: ruma::OwnedServerName,
+    /// Serialises key writes (uploads, claims) so check-then-write is atomic.
+    write_lock: tokio::sync::Mutex<()>,
+    /// Serialises `sendToDevice` transactions (a retried transaction is done once).
+    to_device_lock: tokio::sync::Mutex<()>,
+}
+
+impl Keys {
+    /// Builds the service.
+    pub fn new(
+        db: Arc<Db>,
+        positions: Arc<Positions>,
+        notifier: Arc<Notifier>,
+        server_name: ruma::OwnedServerName,
+    ) -> Self {
+        Self {
+            table: DeviceKeysTable::new(Arc::clone(&db)),
+            device_lists: StreamTable::new(Arc::clone(&db), "devicelists"),
+            inbox: ToDeviceTable::new(Arc::clone(&db)),
+            db,
+            positions,
+            notifier,
+            server_name,
+            write_lock: tokio::sync::Mutex::new(()),
+            to_device_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether `user_id` belongs to this server.
+    fn is_local(&self, user_id: &UserId) -> bool {
+        user_id.server_name() == self.server_name
+    }
+
+    /// Commits `queue`'s writes together with a device-list change of `user_id` on the
+    /// stream, waking the user and every room they are joined to.
+    async fn commit_device_list_change(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        queue: impl FnOnce(&mut Batch) -> Result<()>,
+    ) -> Result<u64> {
+        let mut keys: Vec<Key> = rooms.joined_rooms(user_id)?.iter().map(|r| Key::room(r)).collect();
+        keys.push(Key::user(user_id));
+        commit_on_stream(&self.db, &self.positions, &self.notifier, keys, |batch, position| {
+            queue(batch)?;
+            Ok(self
+                .device_lists
+                .queue_put(batch, user_id.as_str(), b"", position, b"")?)
+        })
+        .await
+    }
+
+    /// Queues the removal of a deleted device's keys and inbox (see [`Keys::devices_deleted`]).
+    fn queue_delete_device(&self, batch: &mut Batch, user_id: &UserId, device_id: &str) -> Result<()> {
+        self.table.delete_device(batch, user_id.as_str(), device_id)?;
+        self.inbox.delete_device(batch, user_id.as_str(), device_id);
+        Ok(())
+    }
+
+    /// Deletes the keys and inboxes of devices that were removed (logout, device deletion,
+    /// deactivation) and records the device-list change.
+    pub async fn devices_deleted(&self, rooms: &Rooms, user_id: &UserId, device_ids: &[String]) -> Result<()> {
+        self.delete_devices_with(rooms, user_id, device_ids, |_| Ok(())).await
+    }
+
+    /// [`Keys::devices_deleted`] in one batch with `also` (the caller's part of the deletion,
+    /// such as the devices and tokens themselves).
+    pub async fn delete_devices_with(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        device_ids: &[String],
+        also: impl FnOnce(&mut Batch) -> Result<()>,
+    ) -> Result<()> {
+        if device_ids.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.write_lock.lock().await;
+        self.commit_device_list_change(rooms, user_id, |batch| {
+            also(batch)?;
+            for device_id in device_ids {
+                self.queue_delete_device(batch, user_id, device_id)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+/// Parses a JSON object into canonical JSON (`M_BAD_JSON` when it is not one).
+pub(crate) fn canonical_object(raw: &RawValue, what: &str) -> Result<CanonicalJsonObject> {
+    serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("Invalid {what}: {e}")))
+}
+
+/// Checks the signature `object.signatures[signer][key_id]` with the ed25519 public key
+/// `public_key` (unpadded base64). `Err` says why it does not hold.
+pub(crate) fn verify_signature(
+    object: &CanonicalJsonObject,
+    signer: &str,
+    key_id: &str,
+    public_key: &str,
+) -> std::result::Result<(), String> {
+    let signature = match object.get("signatures") {
+        Some(CanonicalJsonValue::Object(by_signer)) => match by_signer.get(signer) {
+            Some(CanonicalJsonValue::Object(by_key)) => match by_key.get(key_id) {
+                Some(CanonicalJsonValue::String(s)) => s.clone(),
+                _ => return Err(format!("no signature by {signer} with {key_id}")),
+            },
+            _ => return Err(format!("no signature by {signer}")),
+        },
+        _ => return Err("no signatures".to_owned()),
+    };
+    let signature =
+        Base64::<ruma::serde::base64::Standard>::parse(&signature).map_err(|_| "signature is not base64")?;
+    let public_key = Base64::<ruma::serde::base64::Standard>::parse(public_key).map_err(|_| "key is not base64")?;
+    let canonical = ruma::signatures::to_canonical_json_string_for_signing(object).map_err(|e| e.to_string())?;
+    ruma::signatures::verify_canonical_json_bytes(
+        &SigningKeyAlgorithm::Ed25519,
+        public_key.as_bytes(),
+        signature.as_bytes(),
+        canonical.as_bytes(),
+    )
+    .map_err(|_| "signature does not verify".to_owned())
+}
+
+/// The object without `signatures` and `unsigned` (what a signature covers), as a string.
+pub(crate) fn signed_part(object: &CanonicalJsonObject) -> String {
+    let mut object = object.clone();
+    object.remove("signatures");
+    object.remove("unsigned");
+    ruma::canonical_json::to_canonical_value(&object)
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+}
+
+/// Adds stored signatures `(signer, key id, signature)` into a key object's `signatures`.
+pub(crate) fn merge_signatures(object: &mut serde_json::Value, signatures: Vec<(String, String, String)>) {
+    if signatures.is_empty() {
+        return;
+    }
+    if !object["signatures"].is_object() {
+        object["signatures"] = serde_json::json!({});
+    }
+    for (signer, key_id, signature) in signatures {
+        if !object["signatures"][&signer].is_object() {
+            object["signatures"][&signer] = serde_json::json!({});
+        }
+        object["signatures"][&signer][&key_id] = signature.into();
+    }
+}

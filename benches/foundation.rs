@@ -6,9 +6,7 @@
 //! logged in with the default argon2 cost (default 40), `BENCH_CONCURRENCY` (default 4).
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -17,94 +15,26 @@ use std::{
 };
 
 use serde_json::{Value, json};
+use support::{Server, agent, median, register, status_mb};
 
-struct Server {
-    child: Child,
-    base: String,
-    spawn_to_ready: Duration,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
 
 fn start(dir: &Path, cheap_passwords: bool) -> Server {
-    let started = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--server-name",
-        "bench.local",
-        "--data-dir",
-    ])
-    .arg(dir)
-    .env("HEARTH_RATE_LIMITS__ENABLED", "false")
-    .env("HEARTH_LOGGING__LEVEL", "info")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    if cheap_passwords {
-        cmd.env("HEARTH_PASSWORDS__MEMORY_KIB", "64")
-            .env("HEARTH_PASSWORDS__ITERATIONS", "1");
-    }
-    let mut child = cmd.spawn().expect("spawn hearth");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("hearth exited before listening").unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
+    let cheap: &[(&str, &str)] = if cheap_passwords {
+        &[
+            ("HEARTH_PASSWORDS__MEMORY_KIB", "64"),
+            ("HEARTH_PASSWORDS__ITERATIONS", "1"),
+        ]
+    } else {
+        &[]
     };
-    std::thread::spawn(move || for _ in lines {});
-    let base = format!("http://{addr}");
-    let agent = agent();
-    while agent.get(format!("{base}/_matrix/client/versions")).call().is_err() {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Server {
-        spawn_to_ready: started.elapsed(),
-        child,
-        base,
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
+    support::start(dir, cheap)
 }
 
 fn post(agent: &ureq::Agent, url: &str, body: &Value) -> (u16, Value) {
     let response = agent.post(url).send_json(body).expect("request");
     let status = response.status().as_u16();
     (status, response.into_body().read_json().unwrap_or(Value::Null))
-}
-
-fn register(agent: &ureq::Agent, base: &str, name: &str) {
-    let url = format!("{base}/_matrix/client/v3/register");
-    let (status, first) = post(agent, &url, &json!({"username": name, "password": "bench-password"}));
-    assert_eq!(status, 401, "{first}");
-    let (status, body) = post(
-        agent,
-        &url,
-        &json!({"username": name, "password": "bench-password", "auth": {"type": "m.login.dummy", "session": first["session"]}}),
-    );
-    assert_eq!(status, 200, "{body}");
 }
 
 fn login(agent: &ureq::Agent, base: &str, name: &str) {
@@ -145,23 +75,6 @@ fn rss_mb(pid: u32) -> f64 {
     status_mb(pid, "VmRSS:")
 }
 
-/// A memory figure from /proc/PID/status (VmRSS, VmHWM), in MB.
-fn status_mb(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn startup(dir: &Path, runs: usize) -> (f64, f64) {
     let mut times = Vec::new();
     let mut rss = Vec::new();
@@ -194,7 +107,7 @@ fn main() {
         let server = start(&big, true);
         let base = server.base.clone();
         let fill_rate = parallel(users, threads, move |i| {
-            register(&agent(), &base, &format!("filler{i}"))
+            register(&agent(), &base, &format!("filler{i}"));
         });
         eprintln!("filled {users} users at {fill_rate:.0}/s");
     }
@@ -205,7 +118,9 @@ fn main() {
     let base = server.base.clone();
     let reg_rate = parallel(accounts, threads, {
         let base = base.clone();
-        move |i| register(&agent(), &base, &format!("bench{i}"))
+        move |i| {
+            register(&agent(), &base, &format!("bench{i}"));
+        }
     });
     let login_rate = parallel(accounts, threads, move |i| login(&agent(), &base, &format!("bench{i}")));
     let rss_after = rss_mb(server.child.id());

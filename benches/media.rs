@@ -11,9 +11,6 @@
 //! JSON.
 
 use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -22,93 +19,9 @@ use std::{
 };
 
 use serde_json::{Value, json};
+use support::{agent, median, register, status_mb};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path) -> Server {
-    let durable = std::env::var("BENCH_DURABLE").map_or(true, |v| v != "false");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hearth"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--server-name",
-        "bench.local",
-        "--data-dir",
-    ])
-    .arg(dir)
-    .env("HEARTH_RATE_LIMITS__ENABLED", "false")
-    .env("HEARTH_PASSWORDS__MEMORY_KIB", "64")
-    .env("HEARTH_PASSWORDS__ITERATIONS", "1")
-    .env("HEARTH_MEDIA__MAX_UPLOAD_SIZE", (200u64 << 20).to_string())
-    .env("HEARTH_DATABASE__SYNC_WRITES", durable.to_string())
-    .env("HEARTH_LOGGING__LEVEL", "warn,hearth=info")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn hearth");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("hearth exited before listening").unwrap();
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(600)))
-        .build()
-        .into()
-}
-
-fn register(agent: &ureq::Agent, base: &str) -> String {
-    let url = format!("{base}/_matrix/client/v3/register");
-    let name = format!("mediabench{}", std::process::id());
-    let body = json!({"username": name, "password": "bench-password"});
-    let first: Value = agent
-        .post(&url)
-        .send_json(&body)
-        .unwrap()
-        .into_body()
-        .read_json()
-        .unwrap();
-    let mut body = body;
-    body["auth"] = json!({"type": "m.login.dummy", "session": first["session"]});
-    let done: Value = agent
-        .post(&url)
-        .send_json(&body)
-        .unwrap()
-        .into_body()
-        .read_json()
-        .unwrap();
-    done["access_token"].as_str().expect("token").to_owned()
-}
+mod support;
 
 fn upload(agent: &ureq::Agent, base: &str, token: &str, bytes: &[u8], content_type: &str) -> String {
     let response = agent
@@ -146,22 +59,6 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-fn status_mb(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 /// Uploads then downloads `count` files of `size` bytes; returns (upload MB/s, download MB/s).
@@ -207,13 +104,24 @@ fn main() {
             (None, url, pid)
         }
         Err(_) => {
-            let server = start(&tmp.path().join("data"));
+            let durable = std::env::var("BENCH_DURABLE")
+                .map_or(true, |v| v != "false")
+                .to_string();
+            let max_upload = (200u64 << 20).to_string();
+            let env = [
+                ("HEARTH_PASSWORDS__MEMORY_KIB", "64"),
+                ("HEARTH_PASSWORDS__ITERATIONS", "1"),
+                ("HEARTH_MEDIA__MAX_UPLOAD_SIZE", max_upload.as_str()),
+                ("HEARTH_DATABASE__SYNC_WRITES", durable.as_str()),
+                ("HEARTH_LOGGING__LEVEL", "warn,hearth=info"),
+            ];
+            let server = support::start(&tmp.path().join("data"), &env);
             let (base, pid) = (server.base.clone(), server.child.id());
             (Some(server), base, pid)
         }
     };
     let agent = agent();
-    let token = register(&agent, &base);
+    let token = register(&agent, &base, &format!("mediabench{}", std::process::id()));
     std::thread::sleep(Duration::from_secs(2));
     let idle = status_mb(pid, "VmRSS:");
 

@@ -14,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::json;
+use support::{agent, call, register};
+
+mod support;
 
 struct Args {
     url: String,
@@ -47,47 +50,6 @@ fn parse_args() -> Args {
         "--url must be a loopback address"
     );
     args
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
-fn call(agent: &ureq::Agent, method: &str, url: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
-    let request = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("Content-Type", "application/json");
-    let request = match token {
-        Some(t) => request.header("Authorization", format!("Bearer {t}")),
-        None => request,
-    };
-    let request = request.body(body.to_string()).expect("request");
-    let mut response = agent.run(request).expect("request failed");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// Registers through user-interactive auth with the dummy stage; returns the access token.
-fn register(agent: &ureq::Agent, base: &str, name: &str) -> String {
-    let url = format!("{base}/_matrix/client/v3/register");
-    let mut body = json!({"username": name, "password": "bench-password-1"});
-    let (status, first) = call(agent, "POST", &url, None, &body);
-    let done = if status == 401 {
-        body["auth"] = json!({"type": "m.login.dummy", "session": first["session"]});
-        let (status, done) = call(agent, "POST", &url, None, &body);
-        assert_eq!(status, 200, "register {name}: {done}");
-        done
-    } else {
-        assert_eq!(status, 200, "register {name}: {first}");
-        first
-    };
-    done["access_token"].as_str().expect("access_token").to_owned()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

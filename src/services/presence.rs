@@ -125,12 +125,13 @@ impl Presence {
         self.lock().get(user_id).map(|r| Self::status_of(r, now))
     }
 
-    /// Users whose presence changed after ephemeral value `since` (all known when `None`).
-    pub fn changed_since(&self, since: Option<u64>) -> Vec<(OwnedUserId, Status)> {
+    /// Users whose presence changed after ephemeral value `since` (all known when `None`) and
+    /// up to `up_to`, the value the sync's token ends at (later changes wait for the next sync).
+    pub fn changed_since(&self, since: Option<u64>, up_to: u64) -> Vec<(OwnedUserId, Status)> {
         let now = util::now_ms();
         self.lock()
             .iter()
-            .filter(|(_, r)| since.is_none_or(|s| r.changed > s))
+            .filter(|(_, r)| r.changed <= up_to && since.is_none_or(|s| r.changed > s))
             .map(|(u, r)| (u.clone(), Self::status_of(r, now)))
             .collect()
     }

@@ -104,7 +104,9 @@ impl Typing {
 
     /// The users typing in a room, if that list changed after ephemeral value `since` (always
     /// when `since` is `None` and someone types).
-    pub fn changed_since(&self, room_id: &RoomId, since: Option<u64>) -> Option<Vec<OwnedUserId>> {
+    /// Changes stamped after `up_to` (the ephemeral value a sync's token ends at) wait for the
+    /// next sync, so a token never covers a change its answer did not carry.
+    pub fn changed_since(&self, room_id: &RoomId, since: Option<u64>, up_to: u64) -> Option<Vec<OwnedUserId>> {
         let now = Instant::now();
         let rooms = self.inner.lock();
         let room = rooms.get(room_id)?;
@@ -115,6 +117,7 @@ impl Typing {
             .map(|(u, _)| u.clone())
             .collect();
         match since {
+            _ if room.changed > up_to => None,
             Some(since) if room.changed <= since => None,
             None if users.is_empty() => None,
             _ => {

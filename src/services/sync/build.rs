@@ -58,6 +58,8 @@ struct Ctx<'a> {
     filter: &'a FilterDefinition,
     full_state: bool,
     up_to: u64,
+    /// The ephemeral value the answer's token ends at (read first, like `up_to`).
+    ephemeral_up_to: u64,
     ignored: HashSet<OwnedUserId>,
     /// (room, type) of room account data written since the token.
     room_changes: Vec<(String, String)>,
@@ -83,6 +85,7 @@ pub fn build(
         filter,
         full_state,
         up_to,
+        ephemeral_up_to: ephemeral,
         ignored: services.ignored_users(user_id)?,
         room_changes: match since {
             Some(since) => services
@@ -434,7 +437,10 @@ impl Ctx<'_> {
             None
         };
         if lists.allows("m.typing", None)
-            && let Some(users) = self.services.typing.changed_since(room_id, since_eph)
+            && let Some(users) = self
+                .services
+                .typing
+                .changed_since(room_id, since_eph, self.ephemeral_up_to)
         {
             let users: Vec<&OwnedUserId> = users.iter().filter(|u| !self.ignored.contains(*u)).collect();
             out.push(raw(&json!({"type": "m.typing", "content": {"user_ids": users}}))?);
@@ -563,7 +569,11 @@ impl Ctx<'_> {
         let lists = Lists::of(&self.filter.presence);
         let rooms = &self.services.rooms;
         let mut out = Vec::new();
-        for (user, status) in self.services.presence.changed_since(self.since.map(|s| s.ephemeral)) {
+        for (user, status) in self
+            .services
+            .presence
+            .changed_since(self.since.map(|s| s.ephemeral), self.ephemeral_up_to)
+        {
             if self.ignored.contains(&user) || !lists.allows("m.presence", Some(&user)) {
                 continue;
             }

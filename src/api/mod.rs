@@ -58,6 +58,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::profile::get_profile_field);
     t.add(LimitClass::Client, client::profile::set_profile_field);
     t.add(LimitClass::Client, client::profile::delete_profile_field);
+    t.add(LimitClass::Client, client::push_rules::get_pushrules_all);
+    t.add(LimitClass::Client, client::push_rules::get_pushrules_global_scope);
     t.add(LimitClass::Client, client::account_data::get_global_account_data);
     t.add(LimitClass::Client, client::account_data::set_global_account_data);
 

@@ -897,3 +897,20 @@ fn unread_counts_follow_push_rules_and_receipts() {
     .ok();
     assert_eq!(counts(&bob), (Some(0), Some(0)));
 }
+
+/// The push rules clients read (matrix-js-sdk waits for them) are the server defaults that
+/// unread counts use.
+#[test]
+fn push_rules_are_the_server_defaults() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let all = alice.get("/_matrix/client/v3/pushrules/");
+    let master = &all.ok()["global"]["override"][0];
+    assert_eq!(master["rule_id"], ".m.rule.master");
+    let global = alice.get("/_matrix/client/v3/pushrules/global/");
+    assert!(global.ok()["underride"].as_array().is_some_and(|r| !r.is_empty()));
+    server
+        .client()
+        .get("/_matrix/client/v3/pushrules/")
+        .expect_err(401, "M_MISSING_TOKEN");
+}

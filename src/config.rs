@@ -128,6 +128,8 @@ pub struct MediaConfig {
     pub url_preview_max_bytes: usize,
     /// Time limit for fetching one preview, redirects included.
     pub url_preview_timeout: Duration,
+    /// Certificates (DER) trusted for `https://` previews besides the public web roots.
+    pub url_preview_extra_roots: Vec<Vec<u8>>,
 }
 
 /// The file as written: every key optional, defaults filled in by serde.
@@ -163,6 +165,7 @@ struct RawMedia {
     url_preview_ip_allow: Vec<String>,
     url_preview_max_bytes: u64,
     url_preview_timeout_secs: u64,
+    url_preview_extra_ca_file: Option<PathBuf>,
 }
 
 impl Default for RawMedia {
@@ -179,6 +182,7 @@ impl Default for RawMedia {
             url_preview_ip_allow: Vec::new(),
             url_preview_max_bytes: 1 << 20,
             url_preview_timeout_secs: 10,
+            url_preview_extra_ca_file: None,
         }
     }
 }
@@ -214,6 +218,11 @@ impl RawMedia {
             url_preview_ip_allow: ranges("media.url_preview_ip_allow", &self.url_preview_ip_allow)?,
             url_preview_max_bytes: self.url_preview_max_bytes as usize,
             url_preview_timeout: Duration::from_secs(self.url_preview_timeout_secs),
+            url_preview_extra_roots: match &self.url_preview_extra_ca_file {
+                None => Vec::new(),
+                Some(path) => crate::services::media::fetch::read_pem_certificates(path)
+                    .map_err(|e| key_error("media.url_preview_extra_ca_file", e))?,
+            },
         })
     }
 }

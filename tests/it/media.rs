@@ -821,3 +821,67 @@ fn an_upload_abandoned_by_its_client_is_cleaned_up() {
     );
     assert!(table.all().unwrap().is_empty());
 }
+
+/// `https://` previews: TLS over the vetted connection, trusting the public roots plus the
+/// operator's extra CA file. A page server on loopback with a certificate made for the test.
+#[test]
+fn https_previews_trust_the_configured_roots() {
+    use tokio_rustls::rustls::{
+        ServerConfig, ServerConnection, StreamOwned,
+        crypto::ring::default_provider,
+        pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    };
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.2".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, certified.cert.pem()).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(certified.cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der())),
+        )
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(tcp) = stream else { continue };
+            let Ok(conn) = ServerConnection::new(Arc::clone(&config)) else {
+                continue;
+            };
+            let mut tls = StreamOwned::new(conn, tcp);
+            let mut buf = [0u8; 4096];
+            if tls.read(&mut buf).unwrap_or(0) == 0 {
+                continue;
+            }
+            let body = "<html><head><title>Secure page</title></head></html>";
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tls.write_all(response.as_bytes());
+            let _ = tls.flush();
+        }
+    });
+    let url = format!("https://127.0.0.2:{port}/page");
+    let preview = |server: &TestServer| {
+        let alice = server.user("alice", "pw");
+        alice.get(&format!("/_matrix/client/v1/media/preview_url?url={}", enc(&url)))
+    };
+    let allow = ("HEARTH_MEDIA__URL_PREVIEW_IP_ALLOW", "[\"127.0.0.2/32\"]");
+
+    // Without the extra CA the self-made certificate is not trusted.
+    let untrusting = TestServer::start_with(&[allow]);
+    let r = preview(&untrusting);
+    assert!(r.status >= 400, "{}", r.text);
+    drop(untrusting);
+
+    let ca = ca_file.to_str().unwrap();
+    let trusting = TestServer::start_with(&[allow, ("HEARTH_MEDIA__URL_PREVIEW_EXTRA_CA_FILE", ca)]);
+    let r = preview(&trusting);
+    assert_eq!(r.ok()["og:title"], "Secure page", "{}", r.text);
+}

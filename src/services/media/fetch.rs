@@ -2,15 +2,28 @@
 //! addresses the [`AddressPolicy`](super::ssrf::AddressPolicy) permits, connects to one of those
 //! (never letting anything re-resolve the name), and follows redirects by hand so every hop is
 //! vetted again. Size and time are bounded: the body is cut at `max_bytes` and the whole fetch,
-//! redirects included, has one deadline. Plain `http://` only (no TLS client yet).
+//! redirects included, has one deadline. `https://` runs TLS (rustls) over the vetted
+//! connection, trusting the public web's roots plus `media.url_preview_extra_ca_file`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use http::StatusCode;
 use ruma::api::error::ErrorKind;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{
+        ClientConfig, RootCertStore,
+        pki_types::{CertificateDer, ServerName, pem::PemObject},
+    },
 };
 
 use super::ssrf::AddressPolicy;
@@ -38,17 +51,57 @@ fn failed(message: impl Into<String>) -> Error {
 /// An `http://` URL taken apart.
 #[derive(Debug, PartialEq)]
 pub(super) struct Target {
+    tls: bool,
     host: String,
     port: u16,
     path: String,
 }
 
-pub(super) fn parse_url(url: &str) -> Result<Target> {
-    let bad = || Error::invalid_param(format!("Cannot preview {url}: not an http:// URL"));
-    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(Error::invalid_param("Only http:// URLs can be previewed"));
+/// The TLS settings of previews, set once when the media service starts.
+static TLS: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+
+/// Trusts the public web's roots plus `extra` (DER certificates) for `https://` previews.
+pub(super) fn init_tls(extra: &[Vec<u8>]) {
+    let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in extra {
+        if let Err(e) = roots.add(CertificateDer::from(der.clone())) {
+            tracing::warn!(error = %e, "an extra URL preview CA certificate was not usable");
+        }
     }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    match config {
+        Ok(config) => {
+            let _ = TLS.set(Arc::new(config));
+        }
+        Err(e) => tracing::error!(error = %e, "TLS for URL previews is unavailable"),
+    }
+}
+
+/// The certificates of a PEM file (for `media.url_preview_extra_ca_file`).
+pub fn read_pem_certificates(path: &Path) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+pub(super) fn parse_url(url: &str) -> Result<Target> {
+    let bad = || Error::invalid_param(format!("Cannot preview {url}: not an http(s):// URL"));
+    let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        _ => return Err(Error::invalid_param("Only http:// and https:// URLs can be previewed")),
+    };
+    let default_port = if tls { 443 } else { 80 };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     if authority.contains('@') || authority.is_empty() {
@@ -58,14 +111,14 @@ pub(super) fn parse_url(url: &str) -> Result<Target> {
         let (host, after) = v6.split_once(']').ok_or_else(bad)?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().map_err(|_| bad())?,
-            None if after.is_empty() => 80,
+            None if after.is_empty() => default_port,
             None => return Err(bad()),
         };
         (format!("[{host}]"), port)
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-            None => (authority.to_owned(), 80),
+            None => (authority.to_owned(), default_port),
         }
     };
     let path = path.split('#').next().unwrap_or("");
@@ -78,6 +131,7 @@ pub(super) fn parse_url(url: &str) -> Result<Target> {
         return Err(bad());
     }
     Ok(Target {
+        tls,
         host: host.to_ascii_lowercase(),
         port,
         path,
@@ -150,9 +204,10 @@ fn join(base: &Target, location: &str) -> String {
     if location.contains("://") {
         return location.to_owned();
     }
-    let origin = format!("http://{}:{}", base.host, base.port);
+    let scheme = if base.tls { "https" } else { "http" };
+    let origin = format!("{scheme}://{}:{}", base.host, base.port);
     if let Some(rest) = location.strip_prefix("//") {
-        return format!("http://{rest}");
+        return format!("{scheme}://{rest}");
     }
     if location.starts_with('/') {
         return format!("{origin}{location}");
@@ -175,14 +230,34 @@ async fn request(target: &Target, addrs: &[SocketAddr], max_bytes: usize) -> Res
             Err(e) => last_error = Some(e),
         }
     }
-    let mut stream = stream.ok_or_else(|| {
+    let stream = stream.ok_or_else(|| {
         failed(format!(
             "Cannot connect to {}: {}",
             target.host,
             last_error.map_or("no address".into(), |e| e.to_string())
         ))
     })?;
-    let host_header = if target.port == 80 {
+    if !target.tls {
+        return exchange(stream, target, max_bytes).await;
+    }
+    let config = TLS.get().ok_or_else(|| failed("TLS for URL previews is unavailable"))?;
+    let name = ServerName::try_from(target.host.trim_matches(['[', ']']).to_owned())
+        .map_err(|_| failed(format!("{} is not a TLS server name", target.host)))?;
+    let stream = TlsConnector::from(Arc::clone(config))
+        .connect(name, stream)
+        .await
+        .map_err(|e| failed(format!("TLS with {} failed: {e}", target.host)))?;
+    exchange(stream, target, max_bytes).await
+}
+
+/// One request and its response over an open connection.
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    target: &Target,
+    max_bytes: usize,
+) -> Result<Response> {
+    let default_port = if target.tls { 443 } else { 80 };
+    let host_header = if target.port == default_port {
         target.host.clone()
     } else {
         format!("{}:{}", target.host, target.port)
@@ -285,6 +360,7 @@ mod tests {
         assert_eq!(
             t,
             Target {
+                tls: false,
                 host: "example.org".into(),
                 port: 8080,
                 path: "/a/b?c=d".into()
@@ -292,7 +368,9 @@ mod tests {
         );
         assert_eq!(parse_url("http://[::1]/").unwrap().host, "[::1]");
         assert_eq!(parse_url("http://h?x=1").unwrap().path, "/?x=1");
-        assert!(parse_url("https://example.org/").is_err());
+        let https = parse_url("https://example.org/").unwrap();
+        assert!(https.tls && https.port == 443);
+        assert_eq!(join(&https, "//cdn.example.org/x"), "https://cdn.example.org/x");
         assert!(parse_url("http://user@evil/").is_err());
         assert!(parse_url("file:///etc/passwd").is_err());
         assert_eq!(join(&t, "/x"), "http://example.org:8080/x");

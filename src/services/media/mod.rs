@@ -14,7 +14,7 @@ pub mod ssrf;
 pub mod store;
 pub mod thumbnails;
 
-mod fetch;
+pub mod fetch;
 
 use std::{sync::Arc, time::Duration};
 

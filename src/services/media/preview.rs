@@ -31,6 +31,7 @@ pub(super) struct Previews {
 
 impl Previews {
     pub(super) fn new(table: MediaTable, policy: AddressPolicy, config: &MediaConfig) -> Self {
+        fetch::init_tls(&config.url_preview_extra_roots);
         Self {
             table,
             policy,

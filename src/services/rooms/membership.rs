@@ -1,11 +1,12 @@
-//! Membership changes a user makes for themself, with the rules around them that the
+//! Membership: who is in a room (point lookups in the membership index) and changes of it,
+//! including those a user makes for themself, with the rules around them that the
 //! authorization rules leave to the server: joining (with the profile copied into the member
 //! event, and for `restricted` rooms a member chosen to authorise the join), knocking, and
 //! forgetting a room.
 
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedUserId, RoomId, UserId, events::StateEventType};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomId, UserId, events::StateEventType};
 
-use super::{Appended, Rooms};
+use super::{Appended, NewEvent, Rooms};
 use crate::{Error, Result};
 
 /// What a member event shows of its user.
@@ -187,5 +188,77 @@ impl Rooms {
         }
         best.map(|(_, member)| Some(member))
             .ok_or_else(|| Error::forbidden("No member of this server may authorise the join"))
+    }
+}
+
+impl Rooms {
+    /// A user's membership in a room (`join`, `invite`, `leave`, `ban`, `knock`), if any.
+    ///
+    /// A point lookup in the membership index, which is written in the same batch as the
+    /// `m.room.member` event, so it always agrees with the current state.
+    pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
+        Ok(self.memberships.get(user_id.as_str(), room_id.as_str())?)
+    }
+
+    /// Fails with 403 unless the user is joined to the room. (History-visibility rules that
+    /// let former members read what they saw come with the rest of the rooms work.)
+    pub fn ensure_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        match self.membership(room_id, user_id)?.as_deref() {
+            Some("join") => Ok(()),
+            _ => Err(Error::forbidden(format!("{user_id} is not in the room {room_id}"))),
+        }
+    }
+
+    /// Changes a user's membership (join, leave, invite, kick, ban…): an `m.room.member` event
+    /// about `target` sent by `sender`, authorized like any other event.
+    pub async fn set_membership(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<Appended> {
+        self.change_membership(room_id, sender, target, membership, reason, CanonicalJsonObject::new())
+            .await
+    }
+
+    /// [`Self::set_membership`] with more content fields (profile, join authorisation).
+    async fn change_membership(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+        mut content: CanonicalJsonObject,
+    ) -> Result<Appended> {
+        content.insert(
+            "membership".into(),
+            ruma::CanonicalJsonValue::String(membership.to_owned()),
+        );
+        if let Some(reason) = reason {
+            content.insert("reason".into(), ruma::CanonicalJsonValue::String(reason.to_owned()));
+        }
+        if self.room_version(room_id)?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        self.append(
+            room_id,
+            sender,
+            NewEvent::state("m.room.member", target.as_str(), content),
+        )
+        .await
+    }
+
+    /// The rooms a user has joined.
+    pub fn joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .memberships
+            .rooms_of(user_id.as_str())?
+            .into_iter()
+            .filter(|(_, membership)| membership == "join")
+            .filter_map(|(room, _)| OwnedRoomId::try_from(room).ok())
+            .collect())
     }
 }

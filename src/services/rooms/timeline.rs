@@ -1,0 +1,200 @@
+//! Reading a room's timeline by stream position: pages (optionally filtered), events as
+//! clients see them (redacted; state events with what they replaced), and the event nearest a
+//! timestamp.
+
+use ruma::{EventId, RoomId};
+
+use super::{Rooms, pdu::Pdu};
+use crate::{Error, Result};
+
+impl Rooms {
+    /// Up to `limit` events of a room with `after < position <= up_to`, oldest first or newest
+    /// first when `backwards`, with their positions.
+    pub fn timeline(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<(u64, Pdu)>> {
+        self.timeline_raw(room_id, after, up_to, backwards, limit)?
+            .into_iter()
+            .map(|(pos, short, pdu)| Ok((pos, self.for_client(short, pdu)?)))
+            .collect()
+    }
+
+    /// Up to `limit` events with `after < position <= up_to`, oldest first, exactly as stored
+    /// (no redaction applied): for server-side evaluation such as push rules.
+    pub fn timeline_undecorated(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Pdu)>> {
+        Ok(self
+            .timeline_raw(room_id, after, up_to, false, limit)?
+            .into_iter()
+            .map(|(pos, _, pdu)| (pos, pdu))
+            .collect())
+    }
+
+    /// An event as a client sees it in a timeline: redacted when it was, and a state event
+    /// with what it replaced (`unsigned.prev_content`, `prev_sender`, `replaces_state`).
+    fn for_client(&self, short: u64, pdu: Pdu) -> Result<Pdu> {
+        let mut pdu = self.apply_redaction(short, pdu)?;
+        let Some(state_key) = pdu.state_key.clone() else {
+            return Ok(pdu);
+        };
+        let Some(key) = self.ids.state_key(&pdu.kind.to_string(), &state_key)? else {
+            return Ok(pdu);
+        };
+        let Some(snapshot) = self.state.before_event(short)? else {
+            return Ok(pdu);
+        };
+        let Some(&previous) = self.state.load(snapshot)?.state.get(&key) else {
+            return Ok(pdu);
+        };
+        let id = self
+            .ids
+            .event_id(previous)?
+            .ok_or_else(|| Error::internal("state names an unknown event"))?;
+        let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
+        let previous = self.event_by_short(previous, id)?;
+        let content: serde_json::Value =
+            serde_json::from_str(previous.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+        pdu.unsigned_extra.insert("prev_content".into(), content);
+        pdu.unsigned_extra
+            .insert("prev_sender".into(), previous.sender.as_str().into());
+        pdu.unsigned_extra
+            .insert("replaces_state".into(), previous.event_id.as_str().into());
+        Ok(pdu)
+    }
+
+    /// [`Self::timeline`] as stored: position, short event id, event.
+    fn timeline_raw(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, Pdu)>> {
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
+            return Ok(Vec::new());
+        };
+        let entries = self.timeline.range(short_room, after, up_to, backwards, limit)?;
+        let shorts: Vec<u64> = entries.iter().map(|(_, e)| *e).collect();
+        let ids = self.ids.event_ids(&shorts)?;
+        let jsons = self.pdus.get_many(&shorts)?;
+        entries
+            .into_iter()
+            .zip(ids.into_iter().zip(jsons))
+            .map(|((pos, short), (id, json))| {
+                let (Some(id), Some(json)) = (id, json) else {
+                    return Err(Error::internal("timeline names an unknown event"));
+                };
+                let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
+                Ok((pos, short, Pdu::parse(id, &json)?))
+            })
+            .collect()
+    }
+
+    /// A page of a room's timeline between two stream positions (`after < position <= up_to`),
+    /// holding up to `limit` events that `keep` accepts, newest first when `backwards`. Returns
+    /// the page and the token where the next page starts (`None` when the range is exhausted).
+    /// Scans at most 20 raw pages per call, so a filter matching nothing cannot make one request
+    /// walk a whole room.
+    pub fn timeline_page(
+        &self,
+        room_id: &RoomId,
+        (after, up_to): (u64, u64),
+        backwards: bool,
+        limit: usize,
+        keep: impl Fn(u64, &Pdu) -> bool,
+    ) -> Result<(Vec<(u64, Pdu)>, Option<u64>)> {
+        let (mut low, mut high) = (after, up_to);
+        let batch = limit.max(50);
+        let mut page = Vec::new();
+        for _ in 0..20 {
+            let raw = self.timeline(room_id, low, high, backwards, batch)?;
+            let exhausted = raw.len() < batch;
+            for (pos, pdu) in raw {
+                // The cursor moves past every scanned event, kept or not.
+                if backwards {
+                    high = pos - 1
+                } else {
+                    low = pos
+                }
+                if keep(pos, &pdu) {
+                    page.push((pos, pdu));
+                    if page.len() == limit {
+                        let more = low < high;
+                        return Ok((page, more.then_some(if backwards { high } else { low })));
+                    }
+                }
+            }
+            if exhausted || low >= high {
+                return Ok((page, None));
+            }
+        }
+        Ok((page, Some(if backwards { high } else { low })))
+    }
+
+    /// The event closest to `ts` at or after it (`forwards`) or at or before it, among
+    /// positions up to `up_to`. Local events are stamped in stream order, so timestamps grow
+    /// with positions and a binary search over positions finds it in a few dozen reads.
+    pub fn event_near_timestamp(
+        &self,
+        room_id: &RoomId,
+        ts: u64,
+        forwards: bool,
+        up_to: u64,
+    ) -> Result<Option<(u64, Pdu)>> {
+        let first_after = |position: u64| -> Result<Option<(u64, Pdu)>> {
+            Ok(self.timeline(room_id, position, up_to, false, 1)?.pop())
+        };
+        // P(x): the first event after x is at or past ts (or there is none). P is monotone, so
+        // the smallest x with P(x) is found by bisection, and the first event after it is the
+        // first event at or past ts.
+        let at_or_past = |event: &Option<(u64, Pdu)>| {
+            event
+                .as_ref()
+                .is_none_or(|(_, pdu)| u64::from(pdu.origin_server_ts.get()) >= ts)
+        };
+        let (mut low, mut high) = (0u64, up_to);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let event = first_after(mid)?;
+            if at_or_past(&event) {
+                high = mid;
+            } else {
+                // P is false up to that event's position too.
+                low = (mid + 1).max(event.map_or(0, |(pos, _)| pos));
+            }
+        }
+        let found = first_after(low)?;
+        if forwards {
+            return Ok(found);
+        }
+        // Backwards: that event if it is exactly at ts, else the one before it.
+        let before = found.as_ref().map_or(up_to, |(pos, _)| *pos);
+        if let Some((_, pdu)) = &found
+            && u64::from(pdu.origin_server_ts.get()) == ts
+        {
+            return Ok(found);
+        }
+        Ok(self
+            .timeline(room_id, 0, before.saturating_sub(u64::from(found.is_some())), true, 1)?
+            .pop())
+    }
+
+    /// Where an event sits in its room's timeline: its stream position.
+    pub fn position_of(&self, event_id: &EventId) -> Result<Option<u64>> {
+        let Some(short) = self.ids.event(event_id.as_str())? else {
+            return Ok(None);
+        };
+        Ok(self.timeline.position_of(short)?.map(|(_, pos)| pos))
+    }
+}

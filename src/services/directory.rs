@@ -214,11 +214,6 @@ impl Cursor {
     }
 }
 
-/// A power level from JSON: an integer, or (in old room versions) a string holding one.
-fn as_level(value: &Value) -> Option<i64> {
-    value.as_i64().or_else(|| value.as_str().and_then(|s| s.parse().ok()))
-}
-
 impl Directory {
     /// Builds the service.
     pub fn new(db: Arc<Db>, server_name: OwnedServerName) -> Self {
@@ -312,18 +307,7 @@ impl Directory {
         if rooms.membership(room_id, user_id)?.as_deref() != Some("join") {
             return Ok(false);
         }
-        let levels = rooms
-            .state_event(room_id, &StateEventType::RoomPowerLevels, "")?
-            .and_then(|pdu| serde_json::from_str::<Value>(pdu.content.get()).ok());
-        let needed = levels
-            .as_ref()
-            .and_then(|l| {
-                l.get("events")
-                    .and_then(|e| e.get("m.room.canonical_alias"))
-                    .and_then(as_level)
-                    .or_else(|| l.get("state_default").and_then(as_level))
-            })
-            .unwrap_or(50);
+        let needed = rooms.state_level(room_id, "m.room.canonical_alias")?;
         Ok(rooms.power_level(room_id, user_id)? >= needed)
     }
 
@@ -453,11 +437,7 @@ impl Directory {
     }
 
     fn world_readable(&self, rooms: &Rooms, room_id: &RoomId) -> Result<bool> {
-        let Some(event) = rooms.state_event(room_id, &StateEventType::RoomHistoryVisibility, "")? else {
-            return Ok(false);
-        };
-        let content: Value = serde_json::from_str(event.content.get()).unwrap_or_default();
-        Ok(content.get("history_visibility").and_then(Value::as_str) == Some("world_readable"))
+        Ok(rooms.history_visibility(room_id)? == "world_readable")
     }
 
     /// Checks `m.room.canonical_alias` content before it is sent (spec `PUT …/state`): `alias`

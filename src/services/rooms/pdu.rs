@@ -79,6 +79,12 @@ impl Pdu {
     pub fn is_state(&self) -> bool {
         self.state_key.is_some()
     }
+
+    /// A string field of the content (`membership`, `history_visibility`…).
+    pub fn content_str(&self, field: &str) -> Option<String> {
+        let content: serde_json::Value = serde_json::from_str(self.content.get()).ok()?;
+        content.get(field)?.as_str().map(str::to_owned)
+    }
 }
 
 impl ruma::state_res::Event for Pdu {

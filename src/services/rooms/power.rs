@@ -48,6 +48,19 @@ impl Rooms {
             .unwrap_or(default))
     }
 
+    /// The level needed to send a state event of `kind` (its `events` entry, else
+    /// `state_default`, else 50).
+    pub fn state_level(&self, room_id: &RoomId, kind: &str) -> Result<i64> {
+        let levels = self.power_levels(room_id)?;
+        let level = levels.as_ref().and_then(|l| {
+            l.get("events")
+                .and_then(|e| e.get(kind))
+                .and_then(as_level)
+                .or_else(|| l.get("state_default").and_then(as_level))
+        });
+        Ok(level.unwrap_or(50))
+    }
+
     fn power_levels(&self, room_id: &RoomId) -> Result<Option<serde_json::Value>> {
         let Some(pdu) = self.state_event(room_id, &StateEventType::RoomPowerLevels, "")? else {
             return Ok(None);

@@ -213,16 +213,6 @@ impl Rooms {
         }
         Ok(())
     }
-
-    /// The power level needed to send a state event of `kind`.
-    pub fn state_level(&self, room_id: &RoomId, kind: &str) -> Result<i64> {
-        let default = self.required_level(room_id, "state_default", 50)?;
-        let Some(levels) = self.state_event(room_id, &StateEventType::RoomPowerLevels, "")? else {
-            return Ok(default);
-        };
-        let levels: serde_json::Value = serde_json::from_str(levels.content.get()).unwrap_or_default();
-        Ok(levels["events"][kind].as_i64().unwrap_or(default))
-    }
 }
 
 /// The old room's power levels for the new one: creators of a version that privileges them

@@ -95,14 +95,14 @@ impl Rooms {
         };
         let before = self.state.load(snapshot)?;
         let previous = self.lookup(&before.state, "m.room.member", user)?;
-        Ok(previous.and_then(|p| content_field(&p, "membership")).as_deref() == Some("join"))
+        Ok(previous.and_then(|p| p.content_str("membership")).as_deref() == Some("join"))
     }
 
     /// The room's current `history_visibility` (`shared` when unset or not understood).
     pub fn history_visibility(&self, room_id: &RoomId) -> Result<String> {
         let event = self.state_event(room_id, &StateEventType::RoomHistoryVisibility, "")?;
         Ok(normalise(
-            event.as_ref().and_then(|e| content_field(e, "history_visibility")),
+            event.as_ref().and_then(|e| e.content_str("history_visibility")),
         ))
     }
 
@@ -170,11 +170,11 @@ impl HistoryFilter<'_> {
         // before *or after* it allows it.
         let kind = pdu.kind.to_string();
         if kind == "m.room.history_visibility" {
-            let after = normalise(content_field(pdu, "history_visibility"));
+            let after = normalise(pdu.content_str("history_visibility"));
             return Ok(self.allowed(&after, membership.as_deref()));
         }
         if kind == "m.room.member" && pdu.state_key.as_deref() == Some(self.user_id.as_str()) {
-            let after = content_field(pdu, "membership");
+            let after = pdu.content_str("membership");
             return Ok(self.allowed(&visibility, after.as_deref()));
         }
         Ok(false)
@@ -203,20 +203,14 @@ impl HistoryFilter<'_> {
         }
         let state = rooms.state.load(snapshot)?;
         let visibility = rooms.lookup(&state.state, "m.room.history_visibility", "")?;
-        let visibility = normalise(visibility.as_ref().and_then(|e| content_field(e, "history_visibility")));
+        let visibility = normalise(visibility.as_ref().and_then(|e| e.content_str("history_visibility")));
         let membership = rooms
             .lookup(&state.state, "m.room.member", self.user_id.as_str())?
-            .and_then(|e| content_field(&e, "membership"));
+            .and_then(|e| e.content_str("membership"));
         let decided = (visibility, membership);
         self.seen.borrow_mut().insert(snapshot, decided.clone());
         Ok(decided)
     }
-}
-
-/// A string field of an event's content.
-fn content_field(pdu: &Pdu, field: &str) -> Option<String> {
-    let content: serde_json::Value = serde_json::from_str(pdu.content.get()).ok()?;
-    content.get(field)?.as_str().map(str::to_owned)
 }
 
 /// Unset or unknown history visibility counts as `shared`.

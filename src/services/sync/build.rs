@@ -226,14 +226,14 @@ impl Ctx<'_> {
             return Ok(None);
         };
         let position = rooms.position_of(&member.event_id)?.unwrap_or(0);
-        let membership = content_str(&member, "membership").unwrap_or_default();
+        let membership = member.content_str("membership").unwrap_or_default();
         Ok(Some((membership, member, position)))
     }
 
     /// Whether the user was joined to the room at stream position `position`.
     fn was_joined(&self, room_id: &RoomId, position: u64) -> Result<bool> {
         let member = self.services.rooms.member_at(room_id, self.user_id, position)?;
-        Ok(member.is_some_and(|m| content_str(&m, "membership").as_deref() == Some("join")))
+        Ok(member.is_some_and(|m| m.content_str("membership").as_deref() == Some("join")))
     }
 
     /// A page of the timeline in `(after, up_to]`, oldest first, and whether it was cut.
@@ -617,9 +617,4 @@ impl Services {
             .map(|l| l.ignored_users.into_keys().collect())
             .unwrap_or_default())
     }
-}
-
-fn content_str(pdu: &Pdu, field: &str) -> Option<String> {
-    let content: Value = serde_json::from_str(pdu.content.get()).ok()?;
-    content.get(field)?.as_str().map(str::to_owned)
 }

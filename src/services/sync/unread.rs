@@ -71,8 +71,7 @@ impl Services {
             let others: Vec<&Pdu> = events.iter().map(|(_, p)| p).filter(|p| p.sender != user_id).collect();
             if !others.is_empty() {
                 let display_name = member
-                    .and_then(|m| serde_json::from_str::<serde_json::Value>(m.content.get()).ok())
-                    .and_then(|c| c.get("displayname").and_then(|d| d.as_str()).map(str::to_owned))
+                    .and_then(|m| m.content_str("displayname"))
                     .unwrap_or_else(|| user_id.localpart().to_owned());
                 let joined = rooms.members(room_id)?.iter().filter(|(_, m)| m == "join").count();
                 let context = PushConditionRoomCtx::new(

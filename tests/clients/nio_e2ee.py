@@ -21,16 +21,25 @@ Each check prints `ok: <check>`. The first failing check prints
 """
 
 import asyncio
-import ipaddress
 import json
-import logging
 import secrets
 import shutil
 import sys
 import tempfile
 import time
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
+from nio_common import (
+    SOFT_FAILURES,
+    NioWarnings,
+    StepFailed,
+    check,
+    describe,
+    expect_type,
+    loopback_homeserver,
+    ok,
+    timeline_find,
+)
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -54,49 +63,6 @@ WAIT_S = 8          # bound on waiting for any one thing to show up in a sync
 POLL_MS = 1_000     # each /sync long-poll while waiting
 
 
-class StepFailed(Exception):
-    pass
-
-
-SOFT_FAILURES = []
-
-
-def soft_fail(msg):
-    SOFT_FAILURES.append(msg)
-    print(msg, flush=True)
-
-
-def describe(resp):
-    text = repr(resp)
-    transport = getattr(resp, "transport_response", None)
-    if transport is not None:
-        text += f"\n  http status: {getattr(transport, 'status', '?')}"
-    return text
-
-
-def ok(step):
-    print(f"ok: {step}", flush=True)
-
-
-def check(step, cond, why="", got=None, soft=False):
-    if not cond:
-        msg = f"FAIL: {step}: expected {why or 'assertion to hold'}"
-        if got is not None:
-            msg += f"\n  got: {got}"
-        if soft:
-            soft_fail(msg)
-            return False
-        raise StepFailed(msg)
-    ok(step)
-    return True
-
-
-def expect_type(step, resp, cls):
-    if not isinstance(resp, cls):
-        raise StepFailed(
-            f"FAIL: {step}: expected {cls.__name__}, got {type(resp).__name__}"
-            f"\n  response: {describe(resp)}"
-        )
 
 
 class RecordingClient(AsyncClient):
@@ -162,16 +128,6 @@ async def sync_until(client, who, step, expected, pred, timeout=WAIT_S):
     got = "\n    ".join(seen[-5:]) or "(no sync response)"
     raise StepFailed(f"FAIL: {step}: expected {expected} in {who}'s sync within {timeout}s"
                      f"\n  got {len(seen)} response(s) without it:\n    {got}")
-
-
-def timeline_find(resp, room_id, pred):
-    info = resp.rooms.join.get(room_id)
-    if not info:
-        return None
-    for e in info.timeline.events:
-        if pred(e):
-            return e
-    return None
 
 
 async def raw_get(client, path):
@@ -442,42 +398,18 @@ async def run(hs, tmp):
             await c.close()
 
 
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records = []
-
-    def emit(self, record):
-        text = self.format(record)
-        # nio logs this for every device it has no olm session with yet, right before
-        # claiming a one-time key for it: expected, not a server problem.
-        if not text.startswith("Missing session for device"):
-            self.records.append(text)
-
-
 def main():
-    if len(sys.argv) != 2:
-        print("usage: nio_e2ee.py HOMESERVER_URL", file=sys.stderr)
-        return 2
-    hs = sys.argv[1].rstrip("/")
-    host = urlsplit(hs).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        print(f"refusing non-loopback homeserver {hs!r}", file=sys.stderr)
+    hs = loopback_homeserver("nio_e2ee.py")
+    if hs is None:
         return 2
     from nio.crypto import ENCRYPTION_ENABLED
     if not ENCRYPTION_ENABLED:
         print("FAIL: matrix-nio installed without its e2e extra (pip install "
               "'matrix-nio[e2e]')", flush=True)
         return 1
-    nio_log = logging.getLogger("nio")
-    nio_log.setLevel(logging.WARNING)
-    nio_log.propagate = False
-    collected = _Collect()
-    nio_log.addHandler(collected)
+    # nio logs this for every device it has no olm session with yet, right before claiming a
+    # one-time key for it: expected, not a server problem.
+    warnings = NioWarnings(expected=("Missing session for device",)).install()
     tmp = tempfile.mkdtemp(prefix="nio-e2ee-")
     try:
         import os
@@ -492,12 +424,8 @@ def main():
         status = 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if collected.records:
-        print(f"nio warnings ({len(collected.records)}):", flush=True)
-        for r in collected.records[:10]:
-            print(f"  {r[:600]}", flush=True)
+    warnings.report()
     return status
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,12 +10,11 @@ devices, profile (displayname / avatar_url).
 """
 
 import asyncio
-import ipaddress
 import logging
 import secrets
 import sys
-from urllib.parse import urlsplit
 
+from nio_common import StepFailed, describe, expect_type, loopback_homeserver
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -38,34 +37,14 @@ from nio import (
 OVERALL_TIMEOUT_S = 120
 
 
-class StepFailed(Exception):
-    pass
-
-
-def describe(resp):
-    """The response as nio parsed it, plus the HTTP status and raw body when known."""
-    text = repr(resp)
-    transport = getattr(resp, "transport_response", None)
-    if transport is not None:
-        text += f"\n  http status: {getattr(transport, 'status', '?')}"
-    return text
-
-
 def check(step, cond, resp=None, why=""):
+    """This script's check shows the whole response when a step fails."""
     if not cond:
         msg = f"FAIL: {step}: {why or 'assertion failed'}"
         if resp is not None:
             msg += f"\n  response: {describe(resp)}"
         raise StepFailed(msg)
     print(f"ok: {step}", flush=True)
-
-
-def expect_type(step, resp, cls):
-    if not isinstance(resp, cls):
-        raise StepFailed(
-            f"FAIL: {step}: expected {cls.__name__}, got {type(resp).__name__}"
-            f"\n  response: {describe(resp)}"
-        )
 
 
 def new_client(hs, user=""):
@@ -249,17 +228,8 @@ async def run(hs):
 
 
 def main():
-    if len(sys.argv) != 2:
-        print("usage: nio_smoke.py HOMESERVER_URL", file=sys.stderr)
-        return 2
-    hs = sys.argv[1].rstrip("/")
-    host = urlsplit(hs).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        print(f"refusing non-loopback homeserver {hs!r}", file=sys.stderr)
+    hs = loopback_homeserver("nio_smoke.py")
+    if hs is None:
         return 2
     # nio logs a schema warning for every expected error body (M_FORBIDDEN, M_UNKNOWN_TOKEN);
     # failures are reported by this script with the full response instead.

@@ -14,13 +14,22 @@ Each check prints `ok: <check>`. The first failing check prints
 """
 
 import asyncio
-import ipaddress
-import logging
 import secrets
 import sys
 import time
-from urllib.parse import urlsplit
 
+from nio_common import (
+    SOFT_FAILURES,
+    NioWarnings,
+    StepFailed,
+    check,
+    describe,
+    expect_type,
+    loopback_homeserver,
+    ok,
+    soft_fail,
+    timeline_find,
+)
 from nio import (
     Api,
     AsyncClient,
@@ -53,47 +62,6 @@ LIVE_MAX_S = 2.0         # "live": delivered this soon after the triggering requ
 PARKED_S = 0.3           # a sync held this long by the server is parked in its long-poll
 
 
-class StepFailed(Exception):
-    pass
-
-
-# Failures the script can work around to go on testing the rest: each is printed as
-# `FAIL: ...` when it happens, and the script still exits 1 at the end.
-SOFT_FAILURES = []
-
-
-def soft_fail(msg):
-    SOFT_FAILURES.append(msg)
-    print(msg, flush=True)
-
-
-def describe(resp):
-    text = repr(resp)
-    transport = getattr(resp, "transport_response", None)
-    if transport is not None:
-        text += f"\n  http status: {getattr(transport, 'status', '?')}"
-    return text
-
-
-def ok(step):
-    print(f"ok: {step}", flush=True)
-
-
-def check(step, cond, why="", got=None):
-    if not cond:
-        msg = f"FAIL: {step}: expected {why or 'assertion to hold'}"
-        if got is not None:
-            msg += f"\n  got: {got}"
-        raise StepFailed(msg)
-    ok(step)
-
-
-def expect_type(step, resp, cls):
-    if not isinstance(resp, cls):
-        raise StepFailed(
-            f"FAIL: {step}: expected {cls.__name__}, got {type(resp).__name__}"
-            f"\n  response: {describe(resp)}"
-        )
 
 
 def new_client(hs, user=""):
@@ -222,16 +190,6 @@ class Syncer:
             f"FAIL: {step}: expected {expected} in {self.name}'s sync within {timeout}s"
             f"\n  got {len(seen)} response(s) without it:\n    {got}"
         )
-
-
-def timeline_find(resp, room_id, pred):
-    info = resp.rooms.join.get(room_id)
-    if not info:
-        return None
-    for e in info.timeline.events:
-        if pred(e):
-            return e
-    return None
 
 
 def ephemeral_find(resp, room_id, pred):
@@ -648,35 +606,11 @@ async def run(hs):
             await c.close()
 
 
-class _Collect(logging.Handler):
-    """Keeps nio's warnings (schema validation failures name server JSON bugs)."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(self.format(record))
-
-
 def main():
-    if len(sys.argv) != 2:
-        print("usage: nio_sync.py HOMESERVER_URL", file=sys.stderr)
+    hs = loopback_homeserver("nio_sync.py")
+    if hs is None:
         return 2
-    hs = sys.argv[1].rstrip("/")
-    host = urlsplit(hs).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        print(f"refusing non-loopback homeserver {hs!r}", file=sys.stderr)
-        return 2
-    nio_log = logging.getLogger("nio")
-    nio_log.setLevel(logging.WARNING)
-    nio_log.propagate = False
-    collected = _Collect()
-    nio_log.addHandler(collected)
+    warnings = NioWarnings().install()
     try:
         status = asyncio.run(asyncio.wait_for(run(hs), OVERALL_TIMEOUT_S))
     except asyncio.TimeoutError:
@@ -685,12 +619,8 @@ def main():
     except Exception as e:
         print(f"FAIL: unexpected {type(e).__name__}: {e}", flush=True)
         status = 1
-    if collected.records:
-        print(f"nio warnings ({len(collected.records)}):", flush=True)
-        for r in collected.records[:10]:
-            print(f"  {r[:600]}", flush=True)
+    warnings.report()
     return status
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ruma::{CanonicalJsonValue, OwnedUserId, RoomId, UserId};
+use ruma::{CanonicalJsonValue, OwnedUserId, UserId};
 use serde_json::{Value, value::RawValue};
 
-use super::{Keys, canonical_object, merge_signatures, signed_part, verify_signature};
+use super::{ALL_USERS, Keys, canonical_object, merge_signatures, signed_part, verify_signature};
 use crate::{
     Error, Result,
     services::rooms::Rooms,
@@ -315,6 +315,9 @@ impl Keys {
     /// The users whose device lists changed at positions in `(after, up_to]` among those
     /// sharing a room with `user_id` (themself included), and those who stopped sharing any
     /// room: `(changed, left)`.
+    ///
+    /// Cheap when nothing moved: one range scan of the device-list log, and the cached member
+    /// lists of the user's rooms (whose entries carry the position of each membership).
     pub fn device_list_changes(
         &self,
         rooms: &Rooms,
@@ -322,68 +325,44 @@ impl Keys {
         after: u64,
         up_to: u64,
     ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
-        let mut changed = BTreeSet::new();
-        let mut departed = BTreeSet::new();
         if after >= up_to {
             return Ok((Vec::new(), Vec::new()));
         }
-        let mut sharing: BTreeSet<OwnedUserId> = BTreeSet::from([user_id.to_owned()]);
-        for (room_id, membership) in rooms.memberships_of(user_id)? {
-            let joined = membership == "join";
-            let members = joined_members(rooms, &room_id)?;
-            if joined {
-                sharing.extend(members.iter().cloned());
-            }
-            // Membership changes since the token (the first 200 of a room: a longer gap is a
-            // stale client that re-queries keys anyway).
-            let member_events = |pos: u64, pdu: &crate::services::rooms::pdu::Pdu| {
-                pos > after && pdu.kind.to_string() == "m.room.member"
-            };
-            let (events, _) = rooms.timeline_page(&room_id, (after, up_to), false, 200, member_events)?;
-            for (_, pdu) in events {
-                let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok()) else {
-                    continue;
-                };
-                let membership = serde_json::from_str::<Value>(pdu.content.get())
-                    .ok()
-                    .and_then(|c| c["membership"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
+        let mut changed: BTreeSet<OwnedUserId> = self
+            .device_lists
+            .since(ALL_USERS, after, up_to)?
+            .into_iter()
+            .filter_map(|e| OwnedUserId::try_from(String::from_utf8_lossy(&e.item).into_owned()).ok())
+            .collect();
+        let mut departed = BTreeSet::new();
+        let mut joined_rooms = Vec::new();
+        for (room_id, own) in rooms.memberships_of(user_id)? {
+            let joined = own.membership == "join";
+            let members = rooms.members(&room_id)?;
+            // Membership changes since the token, as the member list has them now.
+            for (target, membership) in members.changed(after, up_to) {
                 let me = target == user_id;
-                match (membership.as_str(), me) {
-                    ("join", true) if joined => changed.extend(members.iter().cloned()),
+                match (membership, me) {
+                    ("join", true) if joined => changed.extend(members.with("join").map(ToOwned::to_owned)),
                     ("join", false) if joined => {
-                        changed.insert(target);
+                        changed.insert(target.to_owned());
                     }
-                    ("leave" | "ban", true) if !joined => departed.extend(members.iter().cloned()),
+                    ("leave" | "ban", true) if !joined => departed.extend(members.with("join").map(ToOwned::to_owned)),
                     ("leave" | "ban", false) => {
-                        departed.insert(target);
+                        departed.insert(target.to_owned());
                     }
                     _ => {}
                 }
             }
-        }
-        for user in &sharing {
-            if self
-                .device_lists
-                .get(user.as_str(), b"")?
-                .is_some_and(|e| e.position > after && e.position <= up_to)
-            {
-                changed.insert(user.clone());
+            if joined {
+                joined_rooms.push(members);
             }
         }
-        let left: Vec<OwnedUserId> = departed.into_iter().filter(|u| !sharing.contains(u)).collect();
-        let changed = changed.into_iter().filter(|u| sharing.contains(u)).collect();
+        let shares = |other: &UserId| other == user_id || joined_rooms.iter().any(|m| m.is_joined(other));
+        let left = departed.into_iter().filter(|u| !shares(u)).collect();
+        let changed = changed.into_iter().filter(|u| shares(u)).collect();
         Ok((changed, left))
     }
-}
-
-fn joined_members(rooms: &Rooms, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
-    Ok(rooms
-        .members(room_id)?
-        .into_iter()
-        .filter(|(_, m)| m == "join")
-        .map(|(u, _)| u)
-        .collect())
 }
 
 fn raw_of(bytes: &[u8]) -> Result<Box<RawValue>> {

@@ -46,6 +46,10 @@ use crate::{
     },
 };
 
+/// The device-list log has one scope for everyone (the item is the user id), so a sync reads
+/// "whose device lists changed since my token" as one range scan.
+const ALL_USERS: &str = "";
+
 /// The E2EE key service: device keys, one-time keys, cross-signing, to-device messages.
 pub struct Keys {
     db: Arc<Db>,
@@ -101,7 +105,7 @@ impl Keys {
             queue(batch)?;
             Ok(self
                 .device_lists
-                .queue_put(batch, user_id.as_str(), b"", position, b"")?)
+                .queue_put(batch, ALL_USERS, user_id.as_bytes(), position, b"")?)
         })
         .await
     }

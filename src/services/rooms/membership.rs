@@ -174,16 +174,13 @@ impl Rooms {
         }
         let invite_level = self.required_level(room_id, "invite", 0)?;
         let mut best: Option<(i64, OwnedUserId)> = None;
-        for (member, membership) in self.memberships.members_of(room_id.as_str())? {
-            let Ok(member) = OwnedUserId::try_from(member) else {
-                continue;
-            };
-            if membership != "join" || member.server_name() != self.server_name {
+        for member in self.members(room_id)?.with("join") {
+            if member.server_name() != self.server_name {
                 continue;
             }
-            let level = self.power_level(room_id, &member)?;
+            let level = self.power_level(room_id, member)?;
             if level >= invite_level && best.as_ref().is_none_or(|(l, _)| level > *l) {
-                best = Some((level, member));
+                best = Some((level, member.to_owned()));
             }
         }
         best.map(|(_, member)| Some(member))
@@ -197,7 +194,10 @@ impl Rooms {
     /// A point lookup in the membership index, which is written in the same batch as the
     /// `m.room.member` event, so it always agrees with the current state.
     pub fn membership(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<String>> {
-        Ok(self.memberships.get(user_id.as_str(), room_id.as_str())?)
+        Ok(self
+            .memberships
+            .get(user_id.as_str(), room_id.as_str())?
+            .map(|m| m.membership))
     }
 
     /// Fails with 403 unless the user is joined to the room. (History-visibility rules that
@@ -257,7 +257,7 @@ impl Rooms {
             .memberships
             .rooms_of(user_id.as_str())?
             .into_iter()
-            .filter(|(_, membership)| membership == "join")
+            .filter(|(_, m)| m.membership == "join")
             .filter_map(|(room, _)| OwnedRoomId::try_from(room).ok())
             .collect())
     }

@@ -19,6 +19,7 @@
 //! room and with what power, `visibility.rs` who may read what.
 
 pub mod create;
+pub mod members;
 pub mod membership;
 pub mod pdu;
 mod power;
@@ -127,6 +128,8 @@ pub struct Rooms {
     directory: Arc<Directory>,
     /// Wakes long-polling syncs (see `sync_hooks`).
     notifier: Arc<Notifier>,
+    /// Member lists of rooms (see `members`).
+    member_lists: members::MemberCache,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,6 +151,7 @@ impl Rooms {
             pending: Mutex::new(HashMap::new()),
             pending_txns: Mutex::new(HashMap::new()),
             notifier: Arc::new(Notifier::new()),
+            member_lists: members::MemberCache::default(),
             ids: ShortIds::new(Arc::clone(&db)),
             pdus: PdusTable::new(Arc::clone(&db)),
             timeline: TimelineTable::new(Arc::clone(&db)),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{RoomId, UserId};
 
 use super::{Rooms, pdu::Pdu};
 use crate::{
@@ -41,16 +41,6 @@ impl Rooms {
         &self.notifier
     }
 
-    /// Every room the user has a membership in (`join`, `invite`, `leave`, `ban`, `knock`).
-    pub fn memberships_of(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, String)>> {
-        Ok(self
-            .memberships
-            .rooms_of(user_id.as_str())?
-            .into_iter()
-            .filter_map(|(room, m)| OwnedRoomId::try_from(room).ok().map(|r| (r, m)))
-            .collect())
-    }
-
     /// A user's member event as of stream position `position` (the one in the state right
     /// after the last event of the room at or before it). One state snapshot lookup, not a
     /// load of the whole state as events.
@@ -85,15 +75,5 @@ impl Rooms {
             .get(short)?
             .filter(|(user, device, _)| user == user_id.as_str() && device == device_id)
             .map(|(_, _, txn)| txn))
-    }
-
-    /// Every user with a membership in the room, with it.
-    pub fn members(&self, room_id: &RoomId) -> Result<Vec<(OwnedUserId, String)>> {
-        Ok(self
-            .memberships
-            .members_of(room_id.as_str())?
-            .into_iter()
-            .filter_map(|(user, m)| OwnedUserId::try_from(user).ok().map(|u| (u, m)))
-            .collect())
     }
 }

@@ -104,8 +104,8 @@ impl Rooms {
     /// A page of a room's timeline between two stream positions (`after < position <= up_to`),
     /// holding up to `limit` events that `keep` accepts, newest first when `backwards`. Returns
     /// the page and the token where the next page starts (`None` when the range is exhausted).
-    /// Scans at most 20 raw pages per call, so a filter matching nothing cannot make one request
-    /// walk a whole room.
+    /// Scans at most 20 raw pages per call (the first of `limit` events, later ones larger), so
+    /// a filter matching nothing cannot make one request walk a whole room.
     pub fn timeline_page(
         &self,
         room_id: &RoomId,
@@ -115,7 +115,8 @@ impl Rooms {
         keep: impl Fn(u64, &Pdu) -> bool,
     ) -> Result<(Vec<(u64, Pdu)>, Option<u64>)> {
         let (mut low, mut high) = (after, up_to);
-        let batch = limit.max(50);
+        // Read what the page needs; when `keep` rejects events, read more per round.
+        let mut batch = limit.clamp(1, 500);
         let mut page = Vec::new();
         for _ in 0..20 {
             let raw = self.timeline(room_id, low, high, backwards, batch)?;
@@ -138,6 +139,7 @@ impl Rooms {
             if exhausted || low >= high {
                 return Ok((page, None));
             }
+            batch = (batch * 4).min(500);
         }
         Ok((page, Some(if backwards { high } else { low })))
     }

@@ -19,7 +19,10 @@ use crate::{
     storage::{
         commit_queue::Queued,
         positions::Ticket,
-        tables::state::{Loaded, StateMap},
+        tables::{
+            membership::Membership,
+            state::{Loaded, StateMap},
+        },
     },
     util,
 };
@@ -41,6 +44,8 @@ struct Staged {
     txn: Option<(String, String, String)>,
     ticket: Ticket,
     queued: Queued,
+    /// A member event: the room's member list changes once it is durable.
+    changes_members: bool,
 }
 
 impl Rooms {
@@ -135,6 +140,9 @@ impl Rooms {
     /// the room's head is dropped so the next sender rebuilds it from what is stored.
     async fn finish(&self, staged: Staged, lock: Option<&AsyncMutex<Option<Head>>>) -> Result<Appended> {
         let written = staged.queued.durable().await;
+        if staged.changes_members {
+            self.member_lists.invalidate(&staged.appended.room_id);
+        }
         locked(&self.pending).remove(&staged.short_event);
         if let Some(txn) = &staged.txn {
             locked(&self.pending_txns).remove(txn);
@@ -266,18 +274,6 @@ impl Rooms {
                     .queue_redacted_by(&mut batch, target_short, signed.event_id.as_str());
             }
         }
-        if event.kind == "m.room.member"
-            && let (Some(target), Some(CanonicalJsonValue::String(membership))) = (
-                event.state_key,
-                signed.object.get("content").and_then(|c| match c {
-                    CanonicalJsonValue::Object(o) => o.get("membership"),
-                    _ => None,
-                }),
-            )
-        {
-            self.memberships
-                .queue_set(&mut batch, target, signed.room_id.as_str(), membership);
-        }
         let after = if let Some(state_key) = event.state_key {
             let key = self.ids.state_key_or_create(event.kind, state_key)?;
             let mut after = before.state.clone();
@@ -295,6 +291,22 @@ impl Rooms {
             .queue_set_extremities(&mut batch, short_room, &[short_event])?;
         let ticket = self.positions.allocate()?;
         let position = ticket.position();
+        if event.kind == "m.room.member"
+            && let (Some(target), Some(CanonicalJsonValue::String(membership))) = (
+                event.state_key,
+                signed.object.get("content").and_then(|c| match c {
+                    CanonicalJsonValue::Object(o) => o.get("membership"),
+                    _ => None,
+                }),
+            )
+        {
+            let membership = Membership {
+                membership: membership.clone(),
+                position,
+            };
+            self.memberships
+                .queue_set(&mut batch, target, signed.room_id.as_str(), &membership);
+        }
         self.notifier.mark(
             position,
             sync_hooks::concerns(signed.room_id.as_str(), event.kind, event.state_key),
@@ -326,6 +338,7 @@ impl Rooms {
             txn,
             ticket,
             queued,
+            changes_members: event.kind == "m.room.member",
         })
     }
 }

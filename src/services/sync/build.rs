@@ -26,6 +26,7 @@ use super::{
 use crate::{
     Error, Result,
     services::{Services, rooms::pdu::Pdu},
+    storage::tables::membership::Membership,
 };
 
 /// Default number of timeline events per room.
@@ -107,7 +108,7 @@ pub fn build(
         if !room_allowed(&filter.room, &room_id) {
             continue;
         }
-        let Some((membership, member, position)) = ctx.membership_at(&room_id, membership)? else {
+        let Some((membership, position)) = ctx.membership_at(&room_id, membership)? else {
             continue;
         };
         let changed = since.is_none_or(|s| position > s.position);
@@ -124,12 +125,21 @@ pub fn build(
                     response.rooms.join.insert(room_id, joined);
                 }
             }
-            "invite" if changed && !ctx.ignored.contains(&member.sender) => {
+            "invite" if changed => {
+                let Some(member) = ctx.member_event(&room_id)? else {
+                    continue;
+                };
+                if ctx.ignored.contains(&member.sender) {
+                    continue;
+                }
                 let mut invited = InvitedRoom::new();
                 invited.invite_state = InviteState::from(ctx.stripped(&room_id, &member)?);
                 response.rooms.invite.insert(room_id, invited);
             }
             "knock" if changed => {
+                let Some(member) = ctx.member_event(&room_id)? else {
+                    continue;
+                };
                 let mut knocked = KnockedRoom::new();
                 knocked.knock_state.events = ctx.stripped(&room_id, &member)?;
                 response.rooms.knock.insert(room_id, knocked);
@@ -209,25 +219,31 @@ impl Ctx<'_> {
         self.since.map(|s| s.position)
     }
 
-    /// The user's membership of a room as of the build's watermark, with their member event
-    /// and its position. A member event above the watermark (still being written) is looked
-    /// past: the state at the watermark holds the membership that applies.
-    fn membership_at(&self, room_id: &RoomId, membership: String) -> Result<Option<(String, Pdu, u64)>> {
+    /// The user's membership of a room as of the build's watermark and the position of the
+    /// member event that set it. The index says so unless that event is still being written
+    /// (above the watermark), when the state at the watermark holds the membership that applies.
+    fn membership_at(&self, room_id: &RoomId, indexed: Membership) -> Result<Option<(String, u64)>> {
+        if indexed.position != 0 && indexed.position <= self.up_to {
+            return Ok(Some((indexed.membership, indexed.position)));
+        }
+        let Some(member) = self.member_event(room_id)? else {
+            return Ok(None);
+        };
+        let position = self.services.rooms.position_of(&member.event_id)?.unwrap_or(0);
+        Ok(Some((member.content_str("membership").unwrap_or_default(), position)))
+    }
+
+    /// The user's member event as of the build's watermark.
+    fn member_event(&self, room_id: &RoomId) -> Result<Option<Pdu>> {
         let rooms = &self.services.rooms;
         let Some(member) = rooms.state_event(room_id, &StateEventType::RoomMember, self.user_id.as_str())? else {
             return Ok(None);
         };
-        let position = rooms.position_of(&member.event_id)?.unwrap_or(0);
-        if position <= self.up_to {
-            return Ok(Some((membership, member, position)));
+        if rooms.position_of(&member.event_id)?.unwrap_or(0) <= self.up_to {
+            return Ok(Some(member));
         }
         // Rare: only while the member event is in flight.
-        let Some(member) = rooms.member_at(room_id, self.user_id, self.up_to)? else {
-            return Ok(None);
-        };
-        let position = rooms.position_of(&member.event_id)?.unwrap_or(0);
-        let membership = member.content_str("membership").unwrap_or_default();
-        Ok(Some((membership, member, position)))
+        rooms.member_at(room_id, self.user_id, self.up_to)
     }
 
     /// Whether the user was joined to the room at stream position `position`.
@@ -250,25 +266,14 @@ impl Ctx<'_> {
             return Ok((Vec::new(), false));
         }
         let limit = tl.limit.map_or(DEFAULT_LIMIT, u64::from).min(MAX_LIMIT) as usize;
-        if limit == 0 {
-            // No events, but say whether there were some.
-            let any = !rooms
-                .timeline_page(room_id, (after, up_to), true, 1, keep)?
-                .0
-                .is_empty();
-            return Ok((Vec::new(), any));
-        }
-        let (mut page, _) = rooms.timeline_page(room_id, (after, up_to), true, limit, keep)?;
+        // One more than the limit: if it is there, the timeline is cut (with a limit of 0, that
+        // says there were events).
+        let (mut page, _) = rooms.timeline_page(room_id, (after, up_to), true, limit + 1, keep)?;
+        let limited = page.len() > limit;
+        page.truncate(limit);
         // (The timeline serves events as they stand: redacted ones redacted, state events with
         // what they replaced.)
         page.reverse();
-        let limited = match page.first() {
-            Some((first, _)) if page.len() == limit => !rooms
-                .timeline_page(room_id, (after, first - 1), true, 1, keep)?
-                .0
-                .is_empty(),
-            _ => false,
-        };
         Ok((page, limited))
     }
 
@@ -400,15 +405,14 @@ impl Ctx<'_> {
     /// `m.heroes` and member counts.
     fn summary(&self, room_id: &RoomId) -> Result<RoomSummary> {
         let members = self.services.rooms.members(room_id)?;
-        let count = |m: &str| members.iter().filter(|(_, x)| x == m).count() as u32;
         let mut summary = RoomSummary::new();
-        summary.joined_member_count = Some(UInt::from(count("join")));
-        summary.invited_member_count = Some(UInt::from(count("invite")));
+        summary.joined_member_count = Some(UInt::try_from(members.count("join")).unwrap_or(UInt::MAX));
+        summary.invited_member_count = Some(UInt::try_from(members.count("invite")).unwrap_or(UInt::MAX));
         let others = |wanted: &[&str]| -> Vec<OwnedUserId> {
             members
                 .iter()
-                .filter(|(u, m)| u != self.user_id && wanted.contains(&m.as_str()))
-                .map(|(u, _)| u.clone())
+                .filter(|(u, m)| *u != self.user_id && wanted.contains(m))
+                .map(|(u, _)| u.to_owned())
                 .take(5)
                 .collect()
         };
@@ -577,13 +581,10 @@ impl Ctx<'_> {
             if self.ignored.contains(&user) || !lists.allows("m.presence", Some(&user)) {
                 continue;
             }
-            let shares = user == self.user_id
-                || shared_rooms
-                    .iter()
-                    .map(|room| rooms.membership(room, &user))
-                    .collect::<Result<Vec<_>>>()?
-                    .iter()
-                    .any(|m| m.as_deref() == Some("join"));
+            let mut shares = user == self.user_id;
+            for room in shared_rooms {
+                shares = shares || rooms.members(room)?.is_joined(&user);
+            }
             if !shares {
                 continue;
             }

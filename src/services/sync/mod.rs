@@ -128,7 +128,7 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
     let mut keys: Vec<Key> = memberships.iter().map(|(room, _)| Key::room(room)).collect();
     let joined: Vec<Key> = memberships
         .iter()
-        .filter(|(_, m)| m == "join")
+        .filter(|(_, m)| m.membership == "join")
         .map(|(room, _)| Key::room(room))
         .collect();
     services.presence.seen(user_id, params.set_presence, &joined);

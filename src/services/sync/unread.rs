@@ -73,7 +73,7 @@ impl Services {
                 let display_name = member
                     .and_then(|m| m.content_str("displayname"))
                     .unwrap_or_else(|| user_id.localpart().to_owned());
-                let joined = rooms.members(room_id)?.iter().filter(|(_, m)| m == "join").count();
+                let joined = rooms.members(room_id)?.count("join");
                 let context = PushConditionRoomCtx::new(
                     room_id.to_owned(),
                     UInt::try_from(joined as u64).unwrap_or(UInt::MAX),

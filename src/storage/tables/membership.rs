@@ -1,7 +1,8 @@
-//! Membership indexed both ways: `userroom_membership` (user id SEP room id → membership) for
-//! "which rooms is this user in", and `roomuser_membership` (room id SEP user id → membership)
-//! for "who is in this room", both kept in the batch of the `m.room.member` event; and
-//! `userroom_forgotten`, the rooms a user has forgotten, which their next membership clears.
+//! Membership indexed both ways: `userroom_membership` (user id SEP room id) for "which rooms
+//! is this user in", and `roomuser_membership` (room id SEP user id) for "who is in this room",
+//! both holding the membership and the stream position of the `m.room.member` event that set
+//! it, and both kept in that event's batch; and `userroom_forgotten`, the rooms a user has
+//! forgotten, which their next membership clears.
 
 use std::sync::Arc;
 
@@ -16,6 +17,39 @@ pub struct MembershipTable {
     db: Arc<Db>,
 }
 
+/// One user's membership of one room, as the index holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// `join`, `invite`, `leave`, `ban` or `knock`.
+    pub membership: String,
+    /// The stream position of the member event that set it.
+    pub position: u64,
+}
+
+impl Membership {
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = codec::u64_bytes(self.position).to_vec();
+        bytes.extend_from_slice(self.membership.as_bytes());
+        bytes
+    }
+
+    /// Values are the position then the membership. (Every membership is shorter than eight
+    /// bytes, so a bare membership, as indexes written before positions hold, reads as
+    /// position 0.)
+    fn decode(bytes: &[u8]) -> Membership {
+        match bytes.split_first_chunk::<8>() {
+            Some((position, membership)) => Membership {
+                membership: String::from_utf8_lossy(membership).into_owned(),
+                position: u64::from_be_bytes(*position),
+            },
+            None => Membership {
+                membership: String::from_utf8_lossy(bytes).into_owned(),
+                position: 0,
+            },
+        }
+    }
+}
+
 impl MembershipTable {
     /// Wraps the database.
     pub fn new(db: Arc<Db>) -> Self {
@@ -24,24 +58,25 @@ impl MembershipTable {
 
     /// Queues a user's new membership of a room in both indexes (a room once forgotten is
     /// remembered again).
-    pub fn queue_set(&self, batch: &mut Batch, user_id: &str, room_id: &str, membership: &str) {
+    pub fn queue_set(&self, batch: &mut Batch, user_id: &str, room_id: &str, membership: &Membership) {
         let user_room = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        let value = membership.encode();
         batch.delete(USERROOM_FORGOTTEN, &user_room);
-        batch.put(USERROOM_MEMBERSHIP, &user_room, membership.as_bytes());
+        batch.put(USERROOM_MEMBERSHIP, &user_room, &value);
         batch.put(
             ROOMUSER_MEMBERSHIP,
             &codec::key(&[room_id.as_bytes(), user_id.as_bytes()]),
-            membership.as_bytes(),
+            &value,
         );
     }
 
     /// One user's membership of one room (a point lookup).
-    pub fn get(&self, user_id: &str, room_id: &str) -> StorageResult<Option<String>> {
+    pub fn get(&self, user_id: &str, room_id: &str) -> StorageResult<Option<Membership>> {
         let key = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
         Ok(self
             .db
             .get(USERROOM_MEMBERSHIP, &key)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .map(|v| Membership::decode(&v)))
     }
 
     /// Queues forgetting a room for a user.
@@ -59,28 +94,23 @@ impl MembershipTable {
         Ok(self.db.get(USERROOM_FORGOTTEN, &key)?.is_some())
     }
 
-    fn scan(&self, table: &'static str, first: &str) -> StorageResult<Vec<(String, String)>> {
+    fn scan(&self, table: &'static str, first: &str) -> StorageResult<Vec<(String, Membership)>> {
         let prefix = codec::prefix(&[first.as_bytes()]);
         Ok(self
             .db
             .scan_prefix(table, &prefix)?
             .into_iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
+            .map(|(k, v)| (String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), Membership::decode(&v)))
             .collect())
     }
 
     /// Every room the user has a membership in, with it.
-    pub fn rooms_of(&self, user_id: &str) -> StorageResult<Vec<(String, String)>> {
+    pub fn rooms_of(&self, user_id: &str) -> StorageResult<Vec<(String, Membership)>> {
         self.scan(USERROOM_MEMBERSHIP, user_id)
     }
 
     /// Every user with a membership in the room, with it.
-    pub fn members_of(&self, room_id: &str) -> StorageResult<Vec<(String, String)>> {
+    pub fn members_of(&self, room_id: &str) -> StorageResult<Vec<(String, Membership)>> {
         self.scan(ROOMUSER_MEMBERSHIP, room_id)
     }
 }
@@ -95,22 +125,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
         let t = MembershipTable::new(Arc::clone(&db));
+        let m = |membership: &str, position: u64| Membership {
+            membership: membership.into(),
+            position,
+        };
         let mut batch = db.batch();
-        t.queue_set(&mut batch, "@a:x", "!r1", "join");
-        t.queue_set(&mut batch, "@a:x", "!r2", "invite");
-        t.queue_set(&mut batch, "@b:x", "!r1", "join");
-        t.queue_set(&mut batch, "@a:x", "!r1", "leave");
+        t.queue_set(&mut batch, "@a:x", "!r1", &m("join", 1));
+        t.queue_set(&mut batch, "@a:x", "!r2", &m("invite", 2));
+        t.queue_set(&mut batch, "@b:x", "!r1", &m("join", 3));
+        t.queue_set(&mut batch, "@a:x", "!r1", &m("leave", 4));
         batch.commit_blocking().unwrap();
         assert_eq!(
             t.rooms_of("@a:x").unwrap(),
-            vec![("!r1".into(), "leave".into()), ("!r2".into(), "invite".into())]
+            vec![("!r1".into(), m("leave", 4)), ("!r2".into(), m("invite", 2))]
         );
         assert_eq!(
             t.members_of("!r1").unwrap(),
-            vec![("@a:x".into(), "leave".into()), ("@b:x".into(), "join".into())]
+            vec![("@a:x".into(), m("leave", 4)), ("@b:x".into(), m("join", 3))]
         );
         assert_eq!(t.rooms_of("@a:x2").unwrap(), vec![]);
-        assert_eq!(t.get("@a:x", "!r2").unwrap().as_deref(), Some("invite"));
+        assert_eq!(t.get("@a:x", "!r2").unwrap(), Some(m("invite", 2)));
         assert_eq!(t.get("@b:x", "!r2").unwrap(), None);
+        // An index written before positions reads as position 0.
+        assert_eq!(Membership::decode(b"join"), m("join", 0));
     }
 }

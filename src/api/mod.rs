@@ -148,7 +148,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::media::legacy_config);
     t.add(LimitClass::Client, client::media::create);
     t.add(LimitClass::Client, client::media::preview_url);
-    client::media::configure_streaming(cfg);
 
     t.mount(cfg);
+    // After the table: actix tries resources in order, and these are all `{variable}` paths
+    // (matched by regex), which the literal paths such as `/sync` need not wait for.
+    client::media::configure_streaming(cfg);
 }

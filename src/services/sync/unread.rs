@@ -7,6 +7,8 @@
 //! cache miss) recounts from the receipt. At most [`SCAN_LIMIT`] events are counted per room; a
 //! client shows a larger count as "99+" anyway.
 
+use std::sync::Arc;
+
 use futures_util::FutureExt;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
@@ -34,12 +36,18 @@ struct Counted {
     highlight: u64,
 }
 
-/// The cache of counts.
-pub struct UnreadCache(quick_cache::sync::Cache<(OwnedRoomId, OwnedUserId), Counted>);
+/// The cache of counts, and of each user's push rules (built once, not per event).
+pub struct UnreadCache {
+    counts: quick_cache::sync::Cache<(OwnedRoomId, OwnedUserId), Counted>,
+    rules: quick_cache::sync::Cache<OwnedUserId, Arc<Ruleset>>,
+}
 
 impl Default for UnreadCache {
     fn default() -> Self {
-        UnreadCache(quick_cache::sync::Cache::new(100_000))
+        UnreadCache {
+            counts: quick_cache::sync::Cache::new(100_000),
+            rules: quick_cache::sync::Cache::new(10_000),
+        }
     }
 }
 
@@ -57,7 +65,7 @@ impl Services {
             read_up_to = read_up_to.max(rooms.position_of(&member.event_id)?.unwrap_or(0));
         }
         let key = (room_id.to_owned(), user_id.to_owned());
-        let mut counted = match self.unread.0.get(&key) {
+        let mut counted = match self.unread.counts.get(&key) {
             Some(known) if known.read_up_to == read_up_to && known.counted_up_to <= up_to => known,
             _ => Counted {
                 read_up_to,
@@ -80,7 +88,10 @@ impl Services {
                     user_id.to_owned(),
                     display_name,
                 );
-                let rules = Ruleset::server_default(user_id);
+                let rules = self
+                    .unread
+                    .rules
+                    .get_or_insert_with(user_id, || Ok::<_, Error>(Arc::new(Ruleset::server_default(user_id))))?;
                 for pdu in others {
                     let json = serde_json::value::to_raw_value(&pdu.to_client()?)
                         .map_err(|e| Error::internal(e.to_string()))?;
@@ -97,7 +108,7 @@ impl Services {
             counted.counted_up_to = up_to;
             counted.notify = counted.notify.min(SCAN_LIMIT as u64);
             counted.highlight = counted.highlight.min(SCAN_LIMIT as u64);
-            self.unread.0.insert(key, counted);
+            self.unread.counts.insert(key, counted);
         }
         Ok((counted.notify, counted.highlight))
     }

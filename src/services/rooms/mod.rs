@@ -130,6 +130,8 @@ pub struct Rooms {
     notifier: Arc<Notifier>,
     /// Member lists of rooms (see `members`).
     member_lists: members::MemberCache,
+    /// History-visibility decisions per state snapshot and reader (see `visibility`).
+    history_decisions: visibility::HistoryDecisions,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,8 +152,9 @@ impl Rooms {
             last_create_ts: Mutex::new(0),
             pending: Mutex::new(HashMap::new()),
             pending_txns: Mutex::new(HashMap::new()),
-            notifier: Arc::new(Notifier::new()),
+            notifier: Arc::new(Notifier::new(positions.watermark())),
             member_lists: members::MemberCache::default(),
+            history_decisions: visibility::HistoryDecisions::new(100_000),
             ids: ShortIds::new(Arc::clone(&db)),
             pdus: PdusTable::new(Arc::clone(&db)),
             timeline: TimelineTable::new(Arc::clone(&db)),

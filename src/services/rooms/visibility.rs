@@ -3,10 +3,8 @@
 //! (spec "Room History Visibility", server behaviour).
 //!
 //! Visibility is decided by the room state *before* each event. Consecutive events share that
-//! state until a state event changes it, so the decision is made once per state snapshot and
-//! remembered for the rest of the request.
-
-use std::{cell::RefCell, collections::HashMap};
+//! state until a state event changes it, so the decision is made once per (state snapshot,
+//! reader) and kept in a bounded cache shared by all requests (`Rooms::history_decisions`).
 
 use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId, events::StateEventType};
 
@@ -25,14 +23,15 @@ pub struct ReadScope {
     pub departed_with: Option<OwnedEventId>,
 }
 
-/// The history-visibility check for one reader, remembering decisions per state snapshot.
+/// The history-visibility check for one reader.
 pub struct HistoryFilter<'a> {
     rooms: &'a Rooms,
     user_id: OwnedUserId,
     scope: ReadScope,
-    /// state-before snapshot id → (history visibility, the reader's membership).
-    seen: RefCell<HashMap<u64, (String, Option<String>)>>,
 }
+
+/// (state snapshot id, reader) → (history visibility, the reader's membership) in that state.
+pub(super) type HistoryDecisions = quick_cache::sync::Cache<(u64, OwnedUserId), (String, Option<String>)>;
 
 impl Rooms {
     /// What `user_id` may read of a room: members read everything up to the live end; former
@@ -135,7 +134,6 @@ impl Rooms {
             rooms: self,
             user_id: user_id.to_owned(),
             scope,
-            seen: RefCell::new(HashMap::new()),
         }
     }
 }
@@ -198,8 +196,10 @@ impl HistoryFilter<'_> {
             // The create event: nothing precedes it.
             return Ok(("shared".to_owned(), None));
         };
-        if let Some(known) = self.seen.borrow().get(&snapshot) {
-            return Ok(known.clone());
+        // State snapshots never change, so a decision for one holds for good.
+        let key = (snapshot, self.user_id.clone());
+        if let Some(known) = rooms.history_decisions.get(&key) {
+            return Ok(known);
         }
         let state = rooms.state.load(snapshot)?;
         let visibility = rooms.lookup(&state.state, "m.room.history_visibility", "")?;
@@ -208,7 +208,7 @@ impl HistoryFilter<'_> {
             .lookup(&state.state, "m.room.member", self.user_id.as_str())?
             .and_then(|e| e.content_str("membership"));
         let decided = (visibility, membership);
-        self.seen.borrow_mut().insert(snapshot, decided.clone());
+        rooms.history_decisions.insert(key, decided.clone());
         Ok(decided)
     }
 }

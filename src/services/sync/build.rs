@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     Error, Result,
-    services::{Services, rooms::pdu::Pdu},
+    services::{Services, account_data::Change, rooms::pdu::Pdu, sync::notifier::Key},
     storage::tables::membership::Membership,
 };
 
@@ -62,8 +62,11 @@ struct Ctx<'a> {
     /// The ephemeral value the answer's token ends at (read first, like `up_to`).
     ephemeral_up_to: u64,
     ignored: HashSet<OwnedUserId>,
-    /// (room, type) of room account data written since the token.
-    room_changes: Vec<(String, String)>,
+    /// Account data written since the token (all of it is read for an initial sync).
+    changes: Vec<Change>,
+    /// Whether anything stored for the user alone (account data, to-device messages) may have
+    /// changed since the token.
+    user_news: bool,
 }
 
 /// Builds the answer for `since` (initial when `None`).
@@ -78,6 +81,7 @@ pub fn build(
     // Fixed first: nothing above these is read, and the token says so.
     let up_to = rooms.watermark();
     let ephemeral = rooms.notifier().ephemeral();
+    let user_news = since.is_none_or(|s| !rooms.notifier().quiet_since(&Key::user(user_id), s.position));
     let ctx = Ctx {
         services,
         user_id,
@@ -88,15 +92,11 @@ pub fn build(
         up_to,
         ephemeral_up_to: ephemeral,
         ignored: services.ignored_users(user_id)?,
-        room_changes: match since {
-            Some(since) => services
-                .account_data
-                .changes(user_id, since.position, up_to)?
-                .into_iter()
-                .filter_map(|c| c.room_id.map(|r| (r, c.kind)))
-                .collect(),
-            None => Vec::new(),
+        changes: match since {
+            Some(since) if user_news => services.account_data.changes(user_id, since.position, up_to)?,
+            _ => Vec::new(),
         },
+        user_news,
     };
     let next = Token {
         position: up_to.max(since.map_or(0, |s| s.position)),
@@ -157,22 +157,17 @@ pub fn build(
     }
     response.account_data.events = ctx.global_account_data()?;
     response.presence.events = ctx.presence(&shared_rooms)?;
-    e2ee(services, (user_id, device_id), since, up_to, &mut response)?;
+    e2ee(&ctx, &mut response)?;
     Ok(response)
 }
 
 /// The end-to-end encryption parts: one-time key counts and unused fallback key types of the
 /// device, its to-device messages, and the device lists that changed since the token.
-fn e2ee(
-    services: &Services,
-    (user_id, device_id): (&UserId, Option<&str>),
-    since: Option<Token>,
-    up_to: u64,
-    response: &mut ruma::api::client::sync::sync_events::v3::Response,
-) -> Result<()> {
+fn e2ee(ctx: &Ctx<'_>, response: &mut ruma::api::client::sync::sync_events::v3::Response) -> Result<()> {
+    let (services, user_id, since, up_to) = (ctx.services, ctx.user_id, ctx.since, ctx.up_to);
     let keys = &services.keys;
     let after = since.map_or(0, |s| s.position);
-    if let Some(device) = device_id {
+    if let Some(device) = ctx.device_id {
         for (algorithm, count) in keys.one_time_key_counts(user_id, device)? {
             let count = UInt::try_from(count).unwrap_or(UInt::MAX);
             response
@@ -185,11 +180,13 @@ fn e2ee(
                 .map(|a| a.as_str().into())
                 .collect(),
         );
-        response.to_device.events = keys
-            .to_device_messages(user_id, device, after, up_to)?
-            .into_iter()
-            .map(Raw::from_json)
-            .collect();
+        if ctx.user_news {
+            response.to_device.events = keys
+                .to_device_messages(user_id, device, after, up_to)?
+                .into_iter()
+                .map(Raw::from_json)
+                .collect();
+        }
     }
     if since.is_some() {
         let (changed, left) = keys.device_list_changes(&services.rooms, user_id, after, up_to)?;
@@ -197,6 +194,17 @@ fn e2ee(
         response.device_lists.left = left;
     }
     Ok(())
+}
+
+/// Account-data entries as events, those the filter's type lists allow.
+fn account_data_events<'a, T>(entries: impl Iterator<Item = &'a Change>, lists: &Lists) -> Result<Vec<Raw<T>>> {
+    entries
+        .filter(|c| lists.allows(&c.kind, None))
+        .map(|c| {
+            let content: Value = serde_json::from_str(c.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+            raw(&json!({"type": c.kind, "content": content}))
+        })
+        .collect()
 }
 
 impl Ctx<'_> {
@@ -521,50 +529,27 @@ impl Ctx<'_> {
             return Ok(Vec::new());
         }
         let lists = Lists::of_room_events(af);
-        // Incremental and nothing written for this room: no read at all.
-        if room_since.is_some() && !self.room_changes.iter().any(|(room, _)| room == room_id.as_str()) {
-            return Ok(Vec::new());
+        let in_room = |c: &&Change| c.room_id.as_deref() == Some(room_id.as_str());
+        match room_since {
+            // Incremental: what was written since the token.
+            Some(_) => account_data_events(self.changes.iter().filter(in_room), &lists),
+            None => {
+                let data = self.services.account_data.list(self.user_id, Some(room_id.as_str()))?;
+                account_data_events(data.iter(), &lists)
+            }
         }
-        let data = self.services.account_data.list(self.user_id, Some(room_id.as_str()))?;
-        let changed: Option<HashSet<&str>> = room_since.map(|_| {
-            self.room_changes
-                .iter()
-                .filter(|(room, _)| room == room_id.as_str())
-                .map(|(_, kind)| kind.as_str())
-                .collect()
-        });
-        data.into_iter()
-            .filter(|c| lists.allows(&c.kind, None))
-            .filter(|c| changed.as_ref().is_none_or(|set| set.contains(c.kind.as_str())))
-            .map(|c| {
-                let content: Value =
-                    serde_json::from_str(c.content.get()).map_err(|e| Error::internal(e.to_string()))?;
-                raw(&json!({"type": c.kind, "content": content}))
-            })
-            .collect()
     }
 
     /// Global account data changed since the token (all of it for an initial sync).
     fn global_account_data(&self) -> Result<Vec<Raw<ruma::events::AnyGlobalAccountDataEvent>>> {
         let lists = Lists::of(&self.filter.account_data);
-        let data = match self.after() {
-            Some(after) => self
-                .services
-                .account_data
-                .changes(self.user_id, after, self.up_to)?
-                .into_iter()
-                .filter(|c| c.room_id.is_none())
-                .collect(),
-            None => self.services.account_data.list(self.user_id, None)?,
-        };
-        data.into_iter()
-            .filter(|c| lists.allows(&c.kind, None))
-            .map(|c| {
-                let content: Value =
-                    serde_json::from_str(c.content.get()).map_err(|e| Error::internal(e.to_string()))?;
-                raw(&json!({"type": c.kind, "content": content}))
-            })
-            .collect()
+        match self.after() {
+            Some(_) => account_data_events(self.changes.iter().filter(|c| c.room_id.is_none()), &lists),
+            None => {
+                let data = self.services.account_data.list(self.user_id, None)?;
+                account_data_events(data.iter(), &lists)
+            }
+        }
     }
 
     /// Presence of users sharing a joined room with the user (and their own), changed since

@@ -48,6 +48,8 @@ impl Key {
 pub struct Notifier {
     inner: Mutex<Inner>,
     ephemeral: AtomicU64,
+    /// Every position at or below this was written before the process started.
+    floor: u64,
 }
 
 #[derive(Default)]
@@ -56,6 +58,8 @@ struct Inner {
     pending: BTreeMap<u64, Vec<Key>>,
     /// Waiting requests by key.
     waiters: HashMap<Key, Vec<Weak<Notify>>>,
+    /// The highest position marked for each key since the process started.
+    last_marked: HashMap<Key, u64>,
 }
 
 /// A registered long-poll: woken (a stored permit, never lost) by any change of its keys.
@@ -71,19 +75,16 @@ impl Waiter {
     }
 }
 
-impl Default for Notifier {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 impl Notifier {
     /// A notifier whose ephemeral counter starts at the clock (milliseconds), so a restart
-    /// never hands out a value a client already holds.
-    pub fn new() -> Self {
+    /// never hands out a value a client already holds. `floor` is the stream watermark at
+    /// start: everything at or below it was written before (see [`Notifier::quiet_since`]).
+    pub fn new(floor: u64) -> Self {
         Notifier {
             inner: Mutex::new(Inner::default()),
             ephemeral: AtomicU64::new(crate::util::now_ms()),
+            floor,
         }
     }
 
@@ -106,7 +107,20 @@ impl Notifier {
     /// Records that the change at `position` concerns `keys`; they are woken by the first
     /// [`Notifier::flush`] with a watermark at or above it.
     pub fn mark(&self, position: u64, keys: Vec<Key>) {
-        self.lock().pending.entry(position).or_default().extend(keys);
+        let mut inner = self.lock();
+        for key in &keys {
+            let last = inner.last_marked.entry(key.clone()).or_default();
+            *last = (*last).max(position);
+        }
+        inner.pending.entry(position).or_default().extend(keys);
+    }
+
+    /// True when nothing at a position above `after` concerns `key`: no mark since the start,
+    /// or none above `after`, and `after` is not from before the start. A writer marks before
+    /// its position completes, so a reader bounded by the watermark can skip reading what this
+    /// says did not change.
+    pub fn quiet_since(&self, key: &Key, after: u64) -> bool {
+        after >= self.floor && self.lock().last_marked.get(key).is_none_or(|last| *last <= after)
     }
 
     /// Wakes the keys of every mark at or below `watermark`. Call after completing a ticket.
@@ -169,9 +183,23 @@ impl Notifier {
 mod tests {
     use super::*;
 
+    #[test]
+    fn quiet_keys_are_those_not_marked_after_the_token() {
+        let n = Notifier::new(10);
+        let alice = Key::User("@a:x".into());
+        // A token from before the start: anything may have changed.
+        assert!(!n.quiet_since(&alice, 9));
+        assert!(n.quiet_since(&alice, 10));
+        n.mark(12, vec![alice.clone()]);
+        n.mark(11, vec![alice.clone()]);
+        assert!(!n.quiet_since(&alice, 11));
+        assert!(n.quiet_since(&alice, 12));
+        assert!(n.quiet_since(&Key::User("@b:x".into()), 10));
+    }
+
     #[tokio::test]
     async fn marks_wake_only_once_the_watermark_passes_them() {
-        let n = Notifier::new();
+        let n = Notifier::new(0);
         let alice = n.register([Key::User("@a:x".into()), Key::Room("!r".into())]);
         let bob = n.register([Key::User("@b:x".into())]);
         n.mark(7, vec![Key::Room("!r".into())]);

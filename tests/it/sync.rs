@@ -914,3 +914,30 @@ fn push_rules_are_the_server_defaults() {
         .get("/_matrix/client/v3/pushrules/")
         .expect_err(401, "M_MISSING_TOKEN");
 }
+
+#[test]
+fn incremental_state_shows_what_the_timeline_filter_hides() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let room = public_room(&alice);
+    let only_messages = filter_q(json!({"room": {"timeline": {"types": ["m.room.message"]}}}));
+    let since = next(&sync(&alice, None, &only_messages));
+
+    let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room));
+    alice.put(&topic, json!({"topic": "first"})).ok();
+    alice.put(&topic, json!({"topic": "second"})).ok();
+    send(&alice, &room, "t1", "after the topics");
+    let body = sync(&alice, Some(&since), &only_messages);
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(bodies(&joined["timeline"]["events"]), vec!["after the topics"]);
+    assert_ne!(joined["timeline"]["limited"], true);
+    // The state section carries the topic the timeline left out, the latest one only.
+    let state = joined["state"]["events"].as_array().expect("state events");
+    let topics: Vec<&Value> = state.iter().filter(|e| e["type"] == "m.room.topic").collect();
+    assert_eq!(topics.len(), 1, "{state:?}");
+    assert_eq!(topics[0]["content"]["topic"], "second");
+
+    // With nothing new, the room is left out.
+    let body = sync(&alice, Some(&next(&body)), &only_messages);
+    assert!(body["rooms"]["join"].get(&room).is_none());
+}

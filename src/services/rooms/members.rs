@@ -34,11 +34,15 @@ impl RoomMembers {
         self.with(membership).count()
     }
 
+    /// `user_id`'s membership and the position that set it.
+    pub fn membership_of(&self, user_id: &UserId) -> Option<&Membership> {
+        let i = self.entries.binary_search_by(|(u, _)| (**u).cmp(user_id)).ok()?;
+        Some(&self.entries[i].1)
+    }
+
     /// Whether `user_id` is joined.
     pub fn is_joined(&self, user_id: &UserId) -> bool {
-        self.entries
-            .binary_search_by(|(u, _)| (**u).cmp(user_id))
-            .is_ok_and(|i| self.entries[i].1.membership == "join")
+        self.membership_of(user_id).is_some_and(|m| m.membership == "join")
     }
 
     /// Members whose membership was set at a position in `(after, up_to]`, with it.
@@ -62,7 +66,12 @@ impl quick_cache::Weighter<OwnedRoomId, Arc<RoomMembers>> for EntryWeight {
 
 /// The cache. A list read from the index is kept only if no member event became durable while
 /// it was read (the generation did not move), so a list read before a change never outlives it.
-pub(super) struct MemberCache(Mutex<(u64, quick_cache::unsync::Cache<OwnedRoomId, Arc<RoomMembers>, EntryWeight>)>);
+pub(super) struct MemberCache(
+    Mutex<(
+        u64,
+        quick_cache::unsync::Cache<OwnedRoomId, Arc<RoomMembers>, EntryWeight>,
+    )>,
+);
 
 impl Default for MemberCache {
     fn default() -> Self {

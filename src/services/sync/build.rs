@@ -1,7 +1,10 @@
 //! Assembling one `/sync` answer at a fixed point of the stream: every read is bounded by the
 //! watermark taken at the start, which becomes the `next_batch` position.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet, HashSet},
+};
 
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
@@ -67,6 +70,17 @@ struct Ctx<'a> {
     /// Whether anything stored for the user alone (account data, to-device messages) may have
     /// changed since the token.
     user_news: bool,
+}
+
+/// A room's timeline for one answer.
+struct Page {
+    /// Oldest first.
+    events: Vec<(u64, Pdu)>,
+    /// Whether events before them were left out.
+    limited: bool,
+    /// State events of the range the timeline left out, newest first, when its scan covered
+    /// the whole range (`None`: it did not).
+    skipped_state: Option<Vec<(u64, Pdu)>>,
 }
 
 /// Builds the answer for `since` (initial when `None`).
@@ -261,28 +275,41 @@ impl Ctx<'_> {
     }
 
     /// A page of the timeline in `(after, up_to]`, oldest first, and whether it was cut.
-    fn timeline(
-        &self,
-        room_id: &RoomId,
-        after: u64,
-        up_to: u64,
-        keep: &dyn Fn(u64, &Pdu) -> bool,
-    ) -> Result<(Vec<(u64, Pdu)>, bool)> {
+    fn timeline(&self, room_id: &RoomId, after: u64, up_to: u64, keep: &dyn Fn(u64, &Pdu) -> bool) -> Result<Page> {
         let rooms = &self.services.rooms;
         let tl = &self.filter.room.timeline;
         if !event_filter_room(tl, room_id) {
-            return Ok((Vec::new(), false));
+            return Ok(Page {
+                events: Vec::new(),
+                limited: false,
+                skipped_state: None,
+            });
         }
         let limit = tl.limit.map_or(DEFAULT_LIMIT, u64::from).min(MAX_LIMIT) as usize;
+        // State events the timeline leaves out (its filter, ignored senders, visibility) are
+        // noted on the way, for the `state` section.
+        let skipped = RefCell::new(Vec::new());
+        let keep_noting = |pos: u64, pdu: &Pdu| {
+            let kept = keep(pos, pdu);
+            if !kept && pdu.is_state() {
+                skipped.borrow_mut().push((pos, pdu.clone()));
+            }
+            kept
+        };
         // One more than the limit: if it is there, the timeline is cut (with a limit of 0, that
         // says there were events).
-        let (mut page, _) = rooms.timeline_page(room_id, (after, up_to), true, limit + 1, keep)?;
-        let limited = page.len() > limit;
-        page.truncate(limit);
+        let (mut events, rest) = rooms.timeline_page(room_id, (after, up_to), true, limit + 1, keep_noting)?;
+        let limited = events.len() > limit;
+        events.truncate(limit);
         // (The timeline serves events as they stand: redacted ones redacted, state events with
         // what they replaced.)
-        page.reverse();
-        Ok((page, limited))
+        events.reverse();
+        Ok(Page {
+            events,
+            limited,
+            // Complete only when the scan covered the whole range.
+            skipped_state: (!limited && rest.is_none()).then(|| skipped.into_inner()),
+        })
     }
 
     fn event_kept(&self, pdu: &Pdu) -> bool {
@@ -296,10 +323,11 @@ impl Ctx<'_> {
         let history = rooms.history_filter(self.user_id, rooms.read_scope(room_id, self.user_id)?);
         let keep = |pos: u64, pdu: &Pdu| self.event_kept(pdu) && history.allows(pos, pdu);
         let (after, end) = (room_since.unwrap_or(0), self.up_to);
-        let (events, limited) = self.timeline(room_id, after, end, &keep)?;
+        let page = self.timeline(room_id, after, end, &keep)?;
+        let (events, limited) = (&page.events, page.limited);
         let start = events.first().map_or(self.up_to, |(pos, _)| pos - 1);
         let full = room_since.is_none() || self.full_state || limited;
-        let state = self.state(room_id, &events, full.then_some(start), (after, end), &|pos, pdu| {
+        let state = self.state(room_id, &page, full.then_some(start), (after, end), &|pos, pdu| {
             history.allows(pos, pdu)
         })?;
 
@@ -317,7 +345,7 @@ impl Ctx<'_> {
         {
             return Ok(None);
         }
-        joined.timeline = self.timeline_section(events, limited, start)?;
+        joined.timeline = self.timeline_section(page.events, limited, start)?;
         joined.state = State::Before(StateEvents::from(
             state.iter().map(|p| self.client_event(p)).collect::<Result<Vec<_>>>()?,
         ));
@@ -351,11 +379,12 @@ impl Ctx<'_> {
     fn state(
         &self,
         room_id: &RoomId,
-        events: &[(u64, Pdu)],
+        page: &Page,
         full_at: Option<u64>,
         (after, end): (u64, u64),
         visible: &dyn Fn(u64, &Pdu) -> bool,
     ) -> Result<Vec<Pdu>> {
+        let events = &page.events;
         let rooms = &self.services.rooms;
         let sf: &RoomEventFilter = &self.filter.room.state;
         if !event_filter_room(sf, room_id) {
@@ -366,9 +395,12 @@ impl Ctx<'_> {
             Some(at) => rooms.state_at_position(room_id, at)?,
             None => {
                 // State changes since the token that the (filtered) timeline does not show,
-                // the latest per state key.
+                // the latest per state key: those its scan noted, or else read again.
                 let keep = |pos: u64, pdu: &Pdu| pdu.is_state() && !shown.contains(&*pdu.event_id) && visible(pos, pdu);
-                let (changes, _) = rooms.timeline_page(room_id, (after, end), true, 100, keep)?;
+                let changes = match &page.skipped_state {
+                    Some(skipped) => skipped.iter().filter(|(pos, pdu)| keep(*pos, pdu)).cloned().collect(),
+                    None => rooms.timeline_page(room_id, (after, end), true, 100, keep)?.0,
+                };
                 let mut latest: BTreeMap<(String, String), Pdu> = BTreeMap::new();
                 for (_, pdu) in changes {
                     let key = (pdu.kind.to_string(), pdu.state_key.clone().unwrap_or_default());
@@ -503,14 +535,15 @@ impl Ctx<'_> {
         let history = rooms.history_filter(self.user_id, scope);
         let keep = |pos: u64, pdu: &Pdu| self.event_kept(pdu) && history.allows(pos, pdu);
         let after = self.after().unwrap_or(0);
-        let (events, limited) = self.timeline(room_id, after, end, &keep)?;
+        let page = self.timeline(room_id, after, end, &keep)?;
+        let (events, limited) = (&page.events, page.limited);
         let start = events.first().map_or(end, |(pos, _)| pos - 1);
         let full = self.since.is_none() || self.full_state || limited;
-        let state = self.state(room_id, &events, full.then_some(start), (after, end), &|pos, pdu| {
+        let state = self.state(room_id, &page, full.then_some(start), (after, end), &|pos, pdu| {
             history.allows(pos, pdu)
         })?;
         let mut left = LeftRoom::new();
-        left.timeline = self.timeline_section(events, limited, start)?;
+        left.timeline = self.timeline_section(page.events, limited, start)?;
         left.state = State::Before(StateEvents::from(
             state.iter().map(|p| self.client_event(p)).collect::<Result<Vec<_>>>()?,
         ));

@@ -75,7 +75,6 @@ impl Waiter {
     }
 }
 
-
 impl Notifier {
     /// A notifier whose ephemeral counter starts at the clock (milliseconds), so a restart
     /// never hands out a value a client already holds. `floor` is the stream watermark at

@@ -60,10 +60,17 @@ impl Services {
             read_up_to = read_up_to.max(rooms.position_of(&event_id)?.unwrap_or(0));
         }
         // Nothing before the user's own latest membership counts.
-        let member = rooms.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?;
-        if let Some(member) = &member {
-            read_up_to = read_up_to.max(rooms.position_of(&member.event_id)?.unwrap_or(0));
-        }
+        let members = rooms.members(room_id)?;
+        let own = match members.membership_of(user_id) {
+            Some(own) if own.position > 0 => own.position,
+            // An index written before positions: ask the member event.
+            Some(_) => match rooms.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? {
+                Some(member) => rooms.position_of(&member.event_id)?.unwrap_or(0),
+                None => 0,
+            },
+            None => 0,
+        };
+        read_up_to = read_up_to.max(own);
         let key = (room_id.to_owned(), user_id.to_owned());
         let mut counted = match self.unread.counts.get(&key) {
             Some(known) if known.read_up_to == read_up_to && known.counted_up_to <= up_to => known,
@@ -78,10 +85,11 @@ impl Services {
             let events = rooms.timeline_undecorated(room_id, counted.counted_up_to, up_to, SCAN_LIMIT)?;
             let others: Vec<&Pdu> = events.iter().map(|(_, p)| p).filter(|p| p.sender != user_id).collect();
             if !others.is_empty() {
-                let display_name = member
+                let display_name = rooms
+                    .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
                     .and_then(|m| m.content_str("displayname"))
                     .unwrap_or_else(|| user_id.localpart().to_owned());
-                let joined = rooms.members(room_id)?.count("join");
+                let joined = members.count("join");
                 let context = PushConditionRoomCtx::new(
                     room_id.to_owned(),
                     UInt::try_from(joined as u64).unwrap_or(UInt::MAX),

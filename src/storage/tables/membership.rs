@@ -73,10 +73,7 @@ impl MembershipTable {
     /// One user's membership of one room (a point lookup).
     pub fn get(&self, user_id: &str, room_id: &str) -> StorageResult<Option<Membership>> {
         let key = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
-        Ok(self
-            .db
-            .get(USERROOM_MEMBERSHIP, &key)?
-            .map(|v| Membership::decode(&v)))
+        Ok(self.db.get(USERROOM_MEMBERSHIP, &key)?.map(|v| Membership::decode(&v)))
     }
 
     /// Queues forgetting a room for a user.
@@ -100,7 +97,12 @@ impl MembershipTable {
             .db
             .scan_prefix(table, &prefix)?
             .into_iter()
-            .map(|(k, v)| (String::from_utf8_lossy(&k[prefix.len()..]).into_owned(), Membership::decode(&v)))
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k[prefix.len()..]).into_owned(),
+                    Membership::decode(&v),
+                )
+            })
             .collect())
     }
 

@@ -1,4 +1,7 @@
-//! Tiny shared helpers: clock, random strings, token hashing, wildcard matching.
+//! Tiny shared helpers: clock, random strings, token hashing, wildcard matching, and the
+//! writer-invalidated cache ([`fresh_cache`]).
+
+pub mod fresh_cache;
 
 use rand::{Rng, distributions::Alphanumeric};
 

@@ -2,7 +2,10 @@
 //! `keys/query`, `keys/claim`, and the device-list changes read by `/sync` and
 //! `keys/changes`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use ruma::{CanonicalJsonValue, OwnedUserId, UserId};
 use serde_json::{Value, value::RawValue};
@@ -30,6 +33,14 @@ pub struct QueryResult {
     pub user_signing_keys: BTreeMap<OwnedUserId, Value>,
     /// server → why its users are missing.
     pub failures: BTreeMap<String, Value>,
+}
+
+/// What a device holds of one-time and fallback keys, as `/sync` reports it.
+pub struct KeyCounts {
+    /// Unclaimed one-time keys by algorithm (`signed_curve25519` always present).
+    pub one_time: BTreeMap<String, u64>,
+    /// Algorithms of fallback keys not handed out yet.
+    pub unused_fallback: Vec<String>,
 }
 
 /// user → device → key id → key, as `keys/claim` answers.
@@ -139,9 +150,11 @@ impl Keys {
         } else if !fresh.is_empty() || !fallbacks.is_empty() {
             let mut batch = self.db.batch();
             queue(&mut batch)?;
-            batch.commit().await?;
+            let written = batch.commit().await;
+            self.key_counts_changed(user_id, device_id);
+            written?;
         }
-        self.one_time_key_counts(user_id, device_id)
+        Ok(self.key_counts(user_id, device_id)?.one_time.clone())
     }
 
     /// Checks uploaded device keys: they name the requester and their device and are signed
@@ -176,27 +189,41 @@ impl Keys {
         Ok((json, signed_part(&object)))
     }
 
-    /// The device's unclaimed one-time keys, counted by algorithm.
-    pub fn one_time_key_counts(&self, user_id: &UserId, device_id: &str) -> Result<BTreeMap<String, u64>> {
-        // `signed_curve25519` is always reported (0 included) so clients know to upload.
-        let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0)]);
-        for (key_id, _) in self.table.one_time_keys(user_id.as_str(), device_id)? {
-            if let Some((algorithm, _)) = key_id.split_once(':') {
-                *counts.entry(algorithm.to_owned()).or_insert(0) += 1;
-            }
-        }
-        Ok(counts)
+    /// The device's unclaimed one-time keys counted by algorithm, and the algorithms of its
+    /// fallback keys not yet handed out.
+    pub fn key_counts(&self, user_id: &UserId, device_id: &str) -> Result<Arc<KeyCounts>> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        self.key_counts.get_or_read(
+            &key,
+            || key.clone(),
+            || {
+                let (user, device) = (user_id.as_str(), device_id);
+                // `signed_curve25519` is always reported (0 included) so clients know to upload.
+                let mut one_time = BTreeMap::from([("signed_curve25519".to_owned(), 0)]);
+                for (key_id, _) in self.table.one_time_keys(user, device)? {
+                    if let Some((algorithm, _)) = key_id.split_once(':') {
+                        *one_time.entry(algorithm.to_owned()).or_insert(0) += 1;
+                    }
+                }
+                let unused_fallback = self
+                    .table
+                    .fallback_keys(user, device)?
+                    .into_iter()
+                    .filter(|(_, record)| !record.used)
+                    .map(|(algorithm, _)| algorithm)
+                    .collect();
+                Ok(Arc::new(KeyCounts {
+                    one_time,
+                    unused_fallback,
+                }))
+            },
+        )
     }
 
-    /// The algorithms of the device's fallback keys not yet handed out.
-    pub fn unused_fallback_key_types(&self, user_id: &UserId, device_id: &str) -> Result<Vec<String>> {
-        Ok(self
-            .table
-            .fallback_keys(user_id.as_str(), device_id)?
-            .into_iter()
-            .filter(|(_, record)| !record.used)
-            .map(|(algorithm, _)| algorithm)
-            .collect())
+    /// Forgets what [`Self::key_counts`] holds for a device; called once a write changing its
+    /// one-time or fallback keys is done (or failed).
+    pub(super) fn key_counts_changed(&self, user_id: &UserId, device_id: &str) {
+        self.key_counts.invalidate(&(user_id.to_owned(), device_id.to_owned()));
     }
 
     /// `keys/query`: device and cross-signing keys of `users` (all devices when the list is
@@ -307,7 +334,13 @@ impl Keys {
             }
         }
         if !batch.is_empty() {
-            batch.commit().await?;
+            let written = batch.commit().await;
+            for (user_id, devices) in &out {
+                for device_id in devices.keys() {
+                    self.key_counts_changed(user_id, device_id);
+                }
+            }
+            written?;
         }
         Ok((out, failures))
     }
@@ -336,9 +369,9 @@ impl Keys {
             .collect();
         let mut departed = BTreeSet::new();
         let mut joined_rooms = Vec::new();
-        for (room_id, own) in rooms.memberships_of(user_id)? {
+        for (room_id, own) in rooms.memberships_of(user_id)?.iter() {
             let joined = own.membership == "join";
-            let members = rooms.members(&room_id)?;
+            let members = rooms.members(room_id)?;
             // Membership changes since the token, as the member list has them now.
             for (target, membership) in members.changed(after, up_to) {
                 let me = target == user_id;

@@ -19,6 +19,10 @@
 //! Key writes of a user (uploads, claims) run under one lock, so "check then write" (a
 //! one-time key handed out exactly once, device keys never silently replaced) holds under
 //! concurrency.
+//!
+//! Every `/sync` reports the device's one-time key counts and unused fallback key types; they
+//! are cached per device and forgotten by each write that changes them (upload, claim,
+//! device deletion) once it is durable.
 
 pub mod backup;
 pub mod cross_signing;
@@ -27,7 +31,7 @@ pub mod to_device;
 
 use std::sync::Arc;
 
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, SigningKeyAlgorithm, UserId, serde::Base64};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedUserId, SigningKeyAlgorithm, UserId, serde::Base64};
 use serde_json::value::RawValue;
 
 use super::{
@@ -44,6 +48,7 @@ use crate::{
         positions::Positions,
         tables::{device_keys::DeviceKeysTable, streams::StreamTable, to_device::ToDeviceTable},
     },
+    util::fresh_cache::FreshCache,
 };
 
 /// The device-list log has one scope for everyone (the item is the user id), so a sync reads
@@ -63,6 +68,8 @@ pub struct Keys {
     write_lock: tokio::sync::Mutex<()>,
     /// Serialises `sendToDevice` transactions (a retried transaction is done once).
     to_device_lock: tokio::sync::Mutex<()>,
+    /// Per (user, device): what `/sync` reports of its one-time and fallback keys.
+    key_counts: FreshCache<(OwnedUserId, String), Arc<device_keys::KeyCounts>>,
 }
 
 impl Keys {
@@ -83,6 +90,7 @@ impl Keys {
             server_name,
             write_lock: tokio::sync::Mutex::new(()),
             to_device_lock: tokio::sync::Mutex::new(()),
+            key_counts: FreshCache::new(10_000),
         }
     }
 
@@ -136,15 +144,19 @@ impl Keys {
             return Ok(());
         }
         let _guard = self.write_lock.lock().await;
-        self.commit_device_list_change(rooms, user_id, |batch| {
-            also(batch)?;
-            for device_id in device_ids {
-                self.queue_delete_device(batch, user_id, device_id)?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(())
+        let written = self
+            .commit_device_list_change(rooms, user_id, |batch| {
+                also(batch)?;
+                for device_id in device_ids {
+                    self.queue_delete_device(batch, user_id, device_id)?;
+                }
+                Ok(())
+            })
+            .await;
+        for device_id in device_ids {
+            self.key_counts_changed(user_id, device_id);
+        }
+        written.map(|_| ())
     }
 }
 

@@ -1,14 +1,15 @@
-//! Room member lists, kept in memory: who holds which membership of a room, and since which
-//! stream position. Every `/sync` reads them (member counts and heroes, device-list changes,
-//! unread counts), so each room's list is read from the membership index once and then served
-//! from a bounded cache until a member event of the room becomes durable.
+//! Membership lists, kept in memory: who holds which membership of a room, and which rooms a
+//! user holds a membership in, each with the stream position that set it. Every `/sync` reads
+//! both (the user's rooms; member counts and heroes, device-list changes, unread counts), so
+//! each list is read from the membership index once and then served from a bounded cache until
+//! a member event touching it becomes durable.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-use super::{Rooms, locked};
-use crate::{Result, storage::tables::membership::Membership};
+use super::Rooms;
+use crate::{Result, storage::tables::membership::Membership, util::fresh_cache::FreshCache};
 
 /// Most member entries held in the cache, over all rooms.
 const CACHED_MEMBERS: u64 = 200_000;
@@ -54,6 +55,9 @@ impl RoomMembers {
     }
 }
 
+/// One user's memberships: every room they hold one in, with it.
+pub type UserMemberships = Arc<Vec<(OwnedRoomId, Membership)>>;
+
 /// Weighs a cached list by its entries.
 #[derive(Clone)]
 struct EntryWeight;
@@ -64,64 +68,67 @@ impl quick_cache::Weighter<OwnedRoomId, Arc<RoomMembers>> for EntryWeight {
     }
 }
 
-/// The cache. A list read from the index is kept only if no member event became durable while
-/// it was read (the generation did not move), so a list read before a change never outlives it.
-pub(super) struct MemberCache(
-    Mutex<(
-        u64,
-        quick_cache::unsync::Cache<OwnedRoomId, Arc<RoomMembers>, EntryWeight>,
-    )>,
-);
+impl quick_cache::Weighter<OwnedUserId, UserMemberships> for EntryWeight {
+    fn weight(&self, _user: &OwnedUserId, rooms: &UserMemberships) -> u64 {
+        rooms.len() as u64 + 1
+    }
+}
+
+/// The lists held: per room, and per user.
+pub(super) struct MemberCache {
+    rooms: FreshCache<OwnedRoomId, Arc<RoomMembers>, EntryWeight>,
+    users: FreshCache<OwnedUserId, UserMemberships, EntryWeight>,
+}
 
 impl Default for MemberCache {
     fn default() -> Self {
-        MemberCache(Mutex::new((
-            0,
-            quick_cache::unsync::Cache::with_weighter(4096, CACHED_MEMBERS, EntryWeight),
-        )))
+        MemberCache {
+            rooms: FreshCache::with_weighter(4096, CACHED_MEMBERS, EntryWeight),
+            users: FreshCache::with_weighter(4096, CACHED_MEMBERS, EntryWeight),
+        }
     }
 }
 
 impl MemberCache {
-    /// Forgets a room's list; called once a member event of the room is durable.
-    pub(super) fn invalidate(&self, room_id: &RoomId) {
-        let mut inner = locked(&self.0);
-        inner.0 += 1;
-        inner.1.remove(room_id);
+    /// Forgets the lists a member event changes (its room's, its target's); called once the
+    /// event is durable.
+    pub(super) fn invalidate(&self, room_id: &RoomId, user_id: &UserId) {
+        self.rooms.invalidate(room_id);
+        self.users.invalidate(user_id);
     }
 }
 
 impl Rooms {
     /// Everyone with a membership of the room (from the cache, or read from the index).
     pub fn members(&self, room_id: &RoomId) -> Result<Arc<RoomMembers>> {
-        let generation = {
-            let inner = locked(&self.member_lists.0);
-            if let Some(members) = inner.1.get(room_id) {
-                return Ok(Arc::clone(members));
-            }
-            inner.0
+        let read = || -> Result<_> {
+            let entries = self
+                .memberships
+                .members_of(room_id.as_str())?
+                .into_iter()
+                .filter_map(|(user, m)| OwnedUserId::try_from(user).ok().map(|u| (u, m)))
+                .collect();
+            Ok(Arc::new(RoomMembers { entries }))
         };
-        let entries = self
-            .memberships
-            .members_of(room_id.as_str())?
-            .into_iter()
-            .filter_map(|(user, m)| OwnedUserId::try_from(user).ok().map(|u| (u, m)))
-            .collect();
-        let members = Arc::new(RoomMembers { entries });
-        let mut inner = locked(&self.member_lists.0);
-        if inner.0 == generation {
-            inner.1.insert(room_id.to_owned(), Arc::clone(&members));
-        }
-        Ok(members)
+        self.member_lists
+            .rooms
+            .get_or_read(room_id, || room_id.to_owned(), read)
     }
 
-    /// Every room the user has a membership in, with it and the position that set it.
-    pub fn memberships_of(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, Membership)>> {
-        Ok(self
-            .memberships
-            .rooms_of(user_id.as_str())?
-            .into_iter()
-            .filter_map(|(room, m)| OwnedRoomId::try_from(room).ok().map(|r| (r, m)))
-            .collect())
+    /// Every room the user has a membership in, with it and the position that set it (from the
+    /// cache, or read from the index).
+    pub fn memberships_of(&self, user_id: &UserId) -> Result<UserMemberships> {
+        let read = || -> Result<_> {
+            let rooms = self
+                .memberships
+                .rooms_of(user_id.as_str())?
+                .into_iter()
+                .filter_map(|(room, m)| OwnedRoomId::try_from(room).ok().map(|r| (r, m)))
+                .collect();
+            Ok(Arc::new(rooms))
+        };
+        self.member_lists
+            .users
+            .get_or_read(user_id, || user_id.to_owned(), read)
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId,
     events::{StateEventType, TimelineEventType},
     state_res,
 };
@@ -44,8 +44,9 @@ struct Staged {
     txn: Option<(String, String, String)>,
     ticket: Ticket,
     queued: Queued,
-    /// A member event: the room's member list changes once it is durable.
-    changes_members: bool,
+    /// A member event's target: the room's member list and the target's list of rooms change
+    /// once it is durable.
+    member_target: Option<OwnedUserId>,
 }
 
 impl Rooms {
@@ -140,8 +141,8 @@ impl Rooms {
     /// the room's head is dropped so the next sender rebuilds it from what is stored.
     async fn finish(&self, staged: Staged, lock: Option<&AsyncMutex<Option<Head>>>) -> Result<Appended> {
         let written = staged.queued.durable().await;
-        if staged.changes_members {
-            self.member_lists.invalidate(&staged.appended.room_id);
+        if let Some(target) = &staged.member_target {
+            self.member_lists.invalidate(&staged.appended.room_id, target);
         }
         locked(&self.pending).remove(&staged.short_event);
         if let Some(txn) = &staged.txn {
@@ -291,6 +292,7 @@ impl Rooms {
             .queue_set_extremities(&mut batch, short_room, &[short_event])?;
         let ticket = self.positions.allocate()?;
         let position = ticket.position();
+        let mut member_target = None;
         if event.kind == "m.room.member"
             && let (Some(target), Some(CanonicalJsonValue::String(membership))) = (
                 event.state_key,
@@ -306,6 +308,7 @@ impl Rooms {
             };
             self.memberships
                 .queue_set(&mut batch, target, signed.room_id.as_str(), &membership);
+            member_target = OwnedUserId::try_from(target).ok();
         }
         self.notifier.mark(
             position,
@@ -338,7 +341,7 @@ impl Rooms {
             txn,
             ticket,
             queued,
-            changes_members: event.kind == "m.room.member",
+            member_target,
         })
     }
 }

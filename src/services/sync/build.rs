@@ -118,7 +118,7 @@ pub fn build(
     };
     let mut response = ruma::api::client::sync::sync_events::v3::Response::new(next.to_string());
     let mut shared_rooms = Vec::new();
-    for (room_id, membership) in rooms.memberships_of(user_id)? {
+    for (room_id, membership) in rooms.memberships_of(user_id)?.iter().cloned() {
         if !room_allowed(&filter.room, &room_id) {
             continue;
         }
@@ -182,18 +182,15 @@ fn e2ee(ctx: &Ctx<'_>, response: &mut ruma::api::client::sync::sync_events::v3::
     let keys = &services.keys;
     let after = since.map_or(0, |s| s.position);
     if let Some(device) = ctx.device_id {
-        for (algorithm, count) in keys.one_time_key_counts(user_id, device)? {
-            let count = UInt::try_from(count).unwrap_or(UInt::MAX);
+        let counts = keys.key_counts(user_id, device)?;
+        for (algorithm, count) in &counts.one_time {
+            let count = UInt::try_from(*count).unwrap_or(UInt::MAX);
             response
                 .device_one_time_keys_count
                 .insert(algorithm.as_str().into(), count);
         }
-        response.device_unused_fallback_key_types = Some(
-            keys.unused_fallback_key_types(user_id, device)?
-                .iter()
-                .map(|a| a.as_str().into())
-                .collect(),
-        );
+        response.device_unused_fallback_key_types =
+            Some(counts.unused_fallback.iter().map(|a| a.as_str().into()).collect());
         if ctx.user_news {
             response.to_device.events = keys
                 .to_device_messages(user_id, device, after, up_to)?

@@ -145,6 +145,17 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
     let timeout = params.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        // A token at the watermark with no ephemeral change after it: nothing can be new, so
+        // wait without building an answer that would be empty.
+        let caught_up =
+            since.is_some_and(|s| s.position >= rooms.watermark() && s.ephemeral >= rooms.notifier().ephemeral());
+        if caught_up && !params.full_state && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = waiter.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            continue;
+        }
         let response = build::build(
             services,
             (user_id, params.device_id.as_deref()),

@@ -6,6 +6,9 @@
 //! Interning is get-or-create under a lock per kind, written at once without a WAL sync: the
 //! id only matters once an event that uses it is stored, and that event's synced batch comes
 //! later in the same sequential WAL, so it makes the interning durable too.
+//!
+//! A mapping never changes or goes away once made, so each kind keeps the mappings it has
+//! seen (both ways) in a bounded in-memory cache; only misses reach RocksDB.
 
 use std::sync::{Arc, Mutex};
 
@@ -17,12 +20,18 @@ use crate::storage::{
     },
 };
 
-/// One kind of interned id: its forward and (optional) reverse tables and its counter key.
+/// Mappings held in memory per kind and direction.
+const CACHED_IDS: usize = 100_000;
+
+/// One kind of interned id: its forward and (optional) reverse tables and its counter key, and
+/// the mappings seen.
 struct Kind {
     forward: &'static str,
     reverse: Option<&'static str>,
     counter: &'static [u8],
     lock: Mutex<()>,
+    ids: quick_cache::sync::Cache<Vec<u8>, u64>,
+    names: quick_cache::sync::Cache<u64, Vec<u8>>,
 }
 
 /// Typed access to short ids.
@@ -45,6 +54,8 @@ impl ShortIds {
             reverse,
             counter,
             lock: Mutex::new(()),
+            ids: quick_cache::sync::Cache::new(CACHED_IDS),
+            names: quick_cache::sync::Cache::new(CACHED_IDS),
         };
         Self {
             db,
@@ -59,10 +70,18 @@ impl ShortIds {
     }
 
     fn get(&self, kind: &Kind, name: &[u8]) -> StorageResult<Option<u64>> {
-        self.db
+        if let Some(id) = kind.ids.get(name) {
+            return Ok(Some(id));
+        }
+        let id = self
+            .db
             .get(kind.forward, name)?
             .map(|b| codec::read_u64(kind.forward, &b))
-            .transpose()
+            .transpose()?;
+        if let Some(id) = id {
+            kind.ids.insert(name.to_vec(), id);
+        }
+        Ok(id)
     }
 
     fn get_or_create(&self, kind: &Kind, name: &[u8]) -> StorageResult<u64> {
@@ -87,12 +106,20 @@ impl ShortIds {
             batch.put(reverse, &codec::u64_bytes(id), name);
         }
         batch.commit_unsynced()?;
+        kind.ids.insert(name.to_vec(), id);
         Ok(id)
     }
 
     fn name_of(&self, kind: &Kind, id: u64) -> StorageResult<Option<Vec<u8>>> {
+        if let Some(name) = kind.names.get(&id) {
+            return Ok(Some(name));
+        }
         let reverse = kind.reverse.expect("this kind keeps a reverse table");
-        self.db.get(reverse, &codec::u64_bytes(id))
+        let name = self.db.get(reverse, &codec::u64_bytes(id))?;
+        if let Some(name) = &name {
+            kind.names.insert(id, name.clone());
+        }
+        Ok(name)
     }
 
     /// The short id of an event, if it was interned.
@@ -114,9 +141,20 @@ impl ShortIds {
 
     /// Many event ids at once, in the order of `shorts`.
     pub fn event_ids(&self, shorts: &[u64]) -> StorageResult<Vec<Option<String>>> {
-        let keys: Vec<[u8; 8]> = shorts.iter().map(|s| codec::u64_bytes(*s)).collect();
-        self.db
-            .multi_get(SHORTEVENTID_EVENTID, keys.iter().map(|k| &k[..]))?
+        let kind = &self.events;
+        let mut names: Vec<Option<Vec<u8>>> = shorts.iter().map(|s| kind.names.get(s)).collect();
+        let missing: Vec<usize> = (0..shorts.len()).filter(|&i| names[i].is_none()).collect();
+        if !missing.is_empty() {
+            let keys: Vec<[u8; 8]> = missing.iter().map(|&i| codec::u64_bytes(shorts[i])).collect();
+            let read = self.db.multi_get(SHORTEVENTID_EVENTID, keys.iter().map(|k| &k[..]))?;
+            for (i, name) in missing.into_iter().zip(read) {
+                if let Some(name) = &name {
+                    kind.names.insert(shorts[i], name.clone());
+                }
+                names[i] = name;
+            }
+        }
+        names
             .into_iter()
             .map(|b| b.map(|b| utf8(SHORTEVENTID_EVENTID, b)).transpose())
             .collect()

@@ -1,7 +1,8 @@
 //! Receipts (spec "Receipts"): the latest receipt of each (user, type, thread) in a room,
 //! stored durably on the global stream (`tables::streams`, family `receipt`, scope the room) so
 //! an incremental sync sends only receipts that moved since its token. `m.read` is shown to the
-//! room, `m.read.private` only to its owner.
+//! room, `m.read.private` only to its owner. Every receipt also marks the room's receipts key
+//! on the notifier, so a sync skips reading a room whose receipts did not move.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -59,7 +60,7 @@ impl Receipts {
             ts: util::now_ms(),
         })
         .map_err(|e| Error::internal(e.to_string()))?;
-        let key = if kind == READ_PRIVATE {
+        let wake = if kind == READ_PRIVATE {
             Key::user(user_id)
         } else {
             Key::room(room_id)
@@ -68,7 +69,7 @@ impl Receipts {
             &self.db,
             &self.positions,
             &self.notifier,
-            vec![key],
+            vec![wake, Key::receipts(room_id)],
             |batch, position| {
                 Ok(self
                     .stream
@@ -111,6 +112,8 @@ impl Receipts {
         skip: &dyn Fn(&UserId) -> bool,
     ) -> Result<Option<serde_json::Value>> {
         let entries = match after {
+            // Nothing moved since the token: no scan.
+            Some(after) if self.notifier.quiet_since(&Key::receipts(room_id), after) => return Ok(None),
             Some(after) => self.stream.since(room_id.as_str(), after, up_to)?,
             None => self.stream.all(room_id.as_str(), up_to)?,
         };

@@ -279,6 +279,14 @@ fn fallback_key_after_exhaustion_and_counts_in_sync() {
             == 0
     );
     assert_eq!(s2["device_unused_fallback_key_types"], json!([]));
+    // A new upload shows in the next sync (the counts are not served stale).
+    upload(
+        &alice,
+        json!({"one_time_keys": {"signed_curve25519:TWO": otk(&alice, &signer, 2)}}),
+    )
+    .ok();
+    let s3 = sync(&alice, Some(&next(&s2)));
+    assert_eq!(s3["device_one_time_keys_count"]["signed_curve25519"], 1, "{s3}");
 }
 
 #[test]
@@ -411,6 +419,20 @@ fn to_device_messages_are_delivered_once() {
         .expect_err(400, "M_BAD_JSON");
     let s4 = sync(&bob, Some(&next(&s3)));
     assert!(s4["to_device"]["events"].is_null(), "{s4}");
+
+    // A message after syncs that found the inbox empty is still delivered, and deleted once
+    // a later token passes it: the token before it no longer brings it back.
+    alice
+        .put(
+            &path("t5"),
+            json!({"messages": {bob.uid(): {bob_device.clone(): {"n": 5}}}}),
+        )
+        .ok();
+    let s5 = sync(&bob, Some(&next(&s4)));
+    assert_eq!(s5["to_device"]["events"][0]["content"]["n"], 5, "{s5}");
+    sync(&bob, Some(&next(&s5)));
+    let replay = sync(&bob, Some(&next(&s4)));
+    assert!(replay["to_device"]["events"].is_null(), "{replay}");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use serde_json::{Value, value::RawValue};
 use super::{ALL_USERS, Keys, canonical_object, merge_signatures, signed_part, verify_signature};
 use crate::{
     Error, Result,
-    services::rooms::Rooms,
+    services::{rooms::Rooms, sync::notifier::Key},
     storage::{Batch, tables::device_keys::FallbackRecord},
 };
 
@@ -349,8 +349,9 @@ impl Keys {
     /// sharing a room with `user_id` (themself included), and those who stopped sharing any
     /// room: `(changed, left)`.
     ///
-    /// Cheap when nothing moved: one range scan of the device-list log, and the cached member
-    /// lists of the user's rooms (whose entries carry the position of each membership).
+    /// Cheap when nothing moved: no read of the device-list log when the notifier saw no
+    /// device-list change since the token (else one range scan), and the cached member lists
+    /// of the user's rooms (whose entries carry the position of each membership).
     pub fn device_list_changes(
         &self,
         rooms: &Rooms,
@@ -361,12 +362,15 @@ impl Keys {
         if after >= up_to {
             return Ok((Vec::new(), Vec::new()));
         }
-        let mut changed: BTreeSet<OwnedUserId> = self
-            .device_lists
-            .since(ALL_USERS, after, up_to)?
-            .into_iter()
-            .filter_map(|e| OwnedUserId::try_from(String::from_utf8_lossy(&e.item).into_owned()).ok())
-            .collect();
+        let mut changed: BTreeSet<OwnedUserId> = if self.notifier.quiet_since(&Key::DeviceLists, after) {
+            BTreeSet::new()
+        } else {
+            self.device_lists
+                .since(ALL_USERS, after, up_to)?
+                .into_iter()
+                .filter_map(|e| OwnedUserId::try_from(String::from_utf8_lossy(&e.item).into_owned()).ok())
+                .collect()
+        };
         let mut departed = BTreeSet::new();
         let mut joined_rooms = Vec::new();
         for (room_id, own) in rooms.memberships_of(user_id)?.iter() {

@@ -70,6 +70,9 @@ pub struct Keys {
     to_device_lock: tokio::sync::Mutex<()>,
     /// Per (user, device): what `/sync` reports of its one-time and fallback keys.
     key_counts: FreshCache<(OwnedUserId, String), Arc<device_keys::KeyCounts>>,
+    /// Per (user, device): a position up to which its to-device inbox was found empty (see
+    /// [`Keys::acknowledge_to_device`]).
+    inbox_empty_up_to: quick_cache::sync::Cache<(OwnedUserId, String), u64>,
 }
 
 impl Keys {
@@ -91,6 +94,7 @@ impl Keys {
             write_lock: tokio::sync::Mutex::new(()),
             to_device_lock: tokio::sync::Mutex::new(()),
             key_counts: FreshCache::new(10_000),
+            inbox_empty_up_to: quick_cache::sync::Cache::new(10_000),
         }
     }
 
@@ -109,6 +113,7 @@ impl Keys {
     ) -> Result<u64> {
         let mut keys: Vec<Key> = rooms.joined_rooms(user_id)?.iter().map(|r| Key::room(r)).collect();
         keys.push(Key::user(user_id));
+        keys.push(Key::DeviceLists);
         commit_on_stream(&self.db, &self.positions, &self.notifier, keys, |batch, position| {
             queue(batch)?;
             Ok(self

@@ -72,14 +72,29 @@ impl Keys {
 
     /// Deletes the device's messages at or below `position` (a sync with that `since` shows
     /// the client received them).
+    ///
+    /// Every message to a user marks the user's key on the notifier, so once the inbox was
+    /// found empty up to some position, it stays so until a mark above it: until then nothing
+    /// is read.
     pub async fn acknowledge_to_device(&self, user_id: &UserId, device_id: &str, position: u64) -> Result<()> {
-        if !self.inbox.any_up_to(user_id.as_str(), device_id, position)? {
+        let device = (user_id.to_owned(), device_id.to_owned());
+        if self
+            .inbox_empty_up_to
+            .get(&device)
+            .is_some_and(|empty| self.notifier.quiet_since(&Key::user(user_id), empty))
+        {
             return Ok(());
         }
-        let mut batch = self.db.batch();
-        self.inbox
-            .delete_up_to(&mut batch, user_id.as_str(), device_id, position);
-        batch.commit().await?;
+        if self.inbox.any_up_to(user_id.as_str(), device_id, position)? {
+            let mut batch = self.db.batch();
+            self.inbox
+                .delete_up_to(&mut batch, user_id.as_str(), device_id, position);
+            batch.commit().await?;
+        }
+        // (A token from beyond the watermark is a client's invention: not remembered.)
+        if position <= self.positions.watermark() {
+            self.inbox_empty_up_to.insert(device, position);
+        }
         Ok(())
     }
 

@@ -132,6 +132,22 @@ pub struct Rooms {
     member_lists: members::MemberCache,
     /// History-visibility decisions per state snapshot and reader (see `visibility`).
     history_decisions: visibility::HistoryDecisions,
+    /// Stored events parsed, by short event id: what is stored under a short id never changes
+    /// (a redaction is applied on the way out), so nothing invalidates them.
+    parsed: quick_cache::sync::Cache<u64, Arc<Pdu>, PduWeight>,
+}
+
+/// Most bytes of parsed events held (by their content size, plus the rest of a PDU).
+const PARSED_BYTES: u64 = 16 << 20;
+
+/// Weighs a parsed event by its content and a fixed share for its other fields.
+#[derive(Clone)]
+struct PduWeight;
+
+impl quick_cache::Weighter<u64, Arc<Pdu>> for PduWeight {
+    fn weight(&self, _short: &u64, pdu: &Arc<Pdu>) -> u64 {
+        pdu.content.get().len() as u64 + 512
+    }
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -155,6 +171,7 @@ impl Rooms {
             notifier: Arc::new(Notifier::new(positions.watermark())),
             member_lists: members::MemberCache::default(),
             history_decisions: visibility::HistoryDecisions::new(100_000),
+            parsed: quick_cache::sync::Cache::with_weighter(16_384, PARSED_BYTES, PduWeight),
             ids: ShortIds::new(Arc::clone(&db)),
             pdus: PdusTable::new(Arc::clone(&db)),
             timeline: TimelineTable::new(Arc::clone(&db)),
@@ -215,11 +232,46 @@ impl Rooms {
         if let Some(bytes) = locked(&self.pending).get(&short).cloned() {
             return Pdu::parse(event_id, &bytes);
         }
+        if let Some(pdu) = self.parsed.get(&short) {
+            return Ok((*pdu).clone());
+        }
         let bytes = self
             .pdus
             .get(short)?
             .ok_or_else(|| Error::internal(format!("event {event_id} has no PDU")))?;
-        Pdu::parse(event_id, &bytes)
+        let pdu = Pdu::parse(event_id, &bytes)?;
+        self.parsed.insert(short, Arc::new(pdu.clone()));
+        Ok(pdu)
+    }
+
+    /// Stored events by short id, exactly as stored (never redacted), in the order of
+    /// `shorts`: parsed ones from the cache, the others read in one go.
+    fn stored_events(&self, shorts: &[u64]) -> Result<Vec<Pdu>> {
+        let unknown = || Error::internal("an index names an unknown event");
+        let mut found: Vec<Option<Pdu>> = shorts
+            .iter()
+            .map(|s| self.parsed.get(s).map(|p| (*p).clone()))
+            .collect();
+        let missing: Vec<u64> = shorts
+            .iter()
+            .zip(&found)
+            .filter(|(_, f)| f.is_none())
+            .map(|(s, _)| *s)
+            .collect();
+        if !missing.is_empty() {
+            let ids = self.ids.event_ids(&missing)?;
+            let jsons = self.pdus.get_many(&missing)?;
+            let mut read = missing.iter().zip(ids.into_iter().zip(jsons));
+            for slot in found.iter_mut().filter(|f| f.is_none()) {
+                let Some((short, (Some(id), Some(json)))) = read.next() else {
+                    return Err(unknown());
+                };
+                let pdu = Pdu::parse(EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?, &json)?;
+                self.parsed.insert(*short, Arc::new(pdu.clone()));
+                *slot = Some(pdu);
+            }
+        }
+        found.into_iter().map(|f| f.ok_or_else(unknown)).collect()
     }
 
     /// The canonical JSON of a stored event.
@@ -318,17 +370,7 @@ impl Rooms {
             return Ok(Vec::new());
         };
         let shorts: Vec<u64> = current.state.values().copied().collect();
-        let ids = self.ids.event_ids(&shorts)?;
-        let jsons = self.pdus.get_many(&shorts)?;
-        ids.into_iter()
-            .zip(jsons)
-            .map(|(id, json)| {
-                let (Some(id), Some(json)) = (id, json) else {
-                    return Err(Error::internal("state names an unknown event"));
-                };
-                Pdu::parse(EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?, &json)
-            })
-            .collect()
+        self.stored_events(&shorts)
     }
 
     /// The room state right after an event (the state before it, plus the event itself when

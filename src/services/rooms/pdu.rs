@@ -136,30 +136,50 @@ impl ruma::state_res::Event for Pdu {
 }
 
 impl Pdu {
-    /// The event in the client format (`ClientEvent` of the Client-Server API).
+    /// The event in the client format (`ClientEvent` of the Client-Server API: `content`,
+    /// `event_id`, `origin_server_ts`, `room_id`, `sender`, `type`, `state_key`, `redacts`,
+    /// `unsigned`) as a JSON value.
     pub fn to_client(&self) -> Result<serde_json::Value> {
-        let mut event = serde_json::Map::new();
-        event.insert(
-            "content".into(),
-            serde_json::from_str(self.content.get()).map_err(|e| Error::internal(e.to_string()))?,
-        );
-        event.insert("event_id".into(), self.event_id.as_str().into());
-        event.insert("origin_server_ts".into(), u64::from(self.origin_server_ts.0).into());
-        event.insert("room_id".into(), self.room()?.as_str().into());
-        event.insert("sender".into(), self.sender.as_str().into());
-        event.insert("type".into(), self.kind.to_string().into());
-        if let Some(key) = &self.state_key {
-            event.insert("state_key".into(), key.as_str().into());
-        }
+        serde_json::from_str(self.to_client_json()?.get()).map_err(|e| Error::internal(e.to_string()))
+    }
+
+    /// [`Pdu::to_client`] as JSON text, written directly: the content is copied as stored,
+    /// never parsed (this is what every synced timeline event goes through).
+    pub fn to_client_json(&self) -> Result<Box<RawValue>> {
+        let fail = |e: serde_json::Error| Error::internal(e.to_string());
+        let mut out = Vec::with_capacity(self.content.get().len() + 320);
+        let field = |out: &mut Vec<u8>, name: &str, value: &str| -> Result<()> {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            serde_json::to_writer(&mut *out, value).map_err(fail)
+        };
+        // Keys in sorted order, as a JSON object map would write them.
+        out.extend_from_slice(b"{\"content\":");
+        out.extend_from_slice(self.content.get().as_bytes());
+        field(&mut out, "event_id", self.event_id.as_str())?;
+        out.extend_from_slice(format!(",\"origin_server_ts\":{}", u64::from(self.origin_server_ts.0)).as_bytes());
         if let Some(redacts) = &self.redacts {
-            event.insert("redacts".into(), redacts.as_str().into());
+            field(&mut out, "redacts", redacts.as_str())?;
         }
-        let mut unsigned = self.unsigned_extra.clone();
-        if let Some(because) = &self.redacted_because {
-            unsigned.insert("redacted_because".into(), because.clone());
+        field(&mut out, "room_id", self.room()?.as_str())?;
+        field(&mut out, "sender", self.sender.as_str())?;
+        if let Some(key) = &self.state_key {
+            field(&mut out, "state_key", key)?;
         }
-        event.insert("unsigned".into(), serde_json::Value::Object(unsigned));
-        Ok(serde_json::Value::Object(event))
+        field(&mut out, "type", &self.kind.to_string())?;
+        out.extend_from_slice(b",\"unsigned\":");
+        match &self.redacted_because {
+            None => serde_json::to_writer(&mut out, &self.unsigned_extra).map_err(fail)?,
+            Some(because) => {
+                let mut unsigned = self.unsigned_extra.clone();
+                unsigned.insert("redacted_because".into(), because.clone());
+                serde_json::to_writer(&mut out, &unsigned).map_err(fail)?;
+            }
+        }
+        out.push(b'}');
+        let text = String::from_utf8(out).map_err(|e| Error::internal(e.to_string()))?;
+        RawValue::from_string(text).map_err(fail)
     }
 }
 
@@ -187,5 +207,35 @@ impl Pdu {
     fn has_url(&self) -> bool {
         serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(self.content.get())
             .is_ok_and(|c| c.get("url").is_some_and(|u| u.is_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::owned_event_id;
+    use serde_json::json;
+
+    use super::Pdu;
+
+    #[test]
+    fn client_json_is_the_client_format_written_as_a_sorted_map_would_be() {
+        let stored = json!({
+            "room_id": "!r:x", "sender": "@a:x", "origin_server_ts": 7, "type": "m.room.member",
+            "state_key": "@a:x", "content": {"membership": "join", "displayname": "A \"quoted\" name"},
+            "prev_events": [], "auth_events": [], "depth": 3,
+            "hashes": {"sha256": "x"}, "signatures": {},
+        });
+        let mut pdu = Pdu::parse(owned_event_id!("$e:x"), stored.to_string().as_bytes()).unwrap();
+        pdu.unsigned_extra
+            .insert("prev_content".into(), json!({"membership": "invite"}));
+        pdu.redacted_because = Some(json!({"type": "m.room.redaction"}));
+        let expected = json!({
+            "content": {"membership": "join", "displayname": "A \"quoted\" name"},
+            "event_id": "$e:x", "origin_server_ts": 7, "room_id": "!r:x", "sender": "@a:x",
+            "state_key": "@a:x", "type": "m.room.member",
+            "unsigned": {"prev_content": {"membership": "invite"}, "redacted_because": {"type": "m.room.redaction"}},
+        });
+        assert_eq!(pdu.to_client().unwrap(), expected);
+        assert_eq!(pdu.to_client_json().unwrap().get(), expected.to_string());
     }
 }

@@ -86,19 +86,12 @@ impl Rooms {
         };
         let entries = self.timeline.range(short_room, after, up_to, backwards, limit)?;
         let shorts: Vec<u64> = entries.iter().map(|(_, e)| *e).collect();
-        let ids = self.ids.event_ids(&shorts)?;
-        let jsons = self.pdus.get_many(&shorts)?;
-        entries
+        let events = self.stored_events(&shorts)?;
+        Ok(entries
             .into_iter()
-            .zip(ids.into_iter().zip(jsons))
-            .map(|((pos, short), (id, json))| {
-                let (Some(id), Some(json)) = (id, json) else {
-                    return Err(Error::internal("timeline names an unknown event"));
-                };
-                let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
-                Ok((pos, short, Pdu::parse(id, &json)?))
-            })
-            .collect()
+            .zip(events)
+            .map(|((pos, short), pdu)| (pos, short, pdu))
+            .collect())
     }
 
     /// A page of a room's timeline between two stream positions (`after < position <= up_to`),

@@ -221,14 +221,19 @@ fn account_data_events<'a, T>(entries: impl Iterator<Item = &'a Change>, lists: 
 impl Ctx<'_> {
     /// A room event in the client format, cut to the filter's `event_fields`.
     fn client_event<T>(&self, pdu: &Pdu) -> Result<Raw<T>> {
+        let txn = match self.device_id {
+            Some(device) if pdu.sender == self.user_id => {
+                self.services
+                    .rooms
+                    .transaction_of(&pdu.event_id, self.user_id, device)?
+            }
+            _ => None,
+        };
+        if txn.is_none() && self.filter.event_fields.is_none() {
+            return Ok(Raw::from_json(pdu.to_client_json()?));
+        }
         let mut event = pdu.to_client()?;
-        if pdu.sender == self.user_id
-            && let Some(device) = self.device_id
-            && let Some(txn) = self
-                .services
-                .rooms
-                .transaction_of(&pdu.event_id, self.user_id, device)?
-        {
+        if let Some(txn) = txn {
             event["unsigned"]["transaction_id"] = txn.into();
         }
         raw(&project(event, self.filter.event_fields.as_deref()))

@@ -30,6 +30,12 @@ pub enum Key {
     Room(String),
     /// One user.
     User(String),
+    /// The receipts of a room: marked with every receipt (public or private) and never waited
+    /// on, so [`Notifier::quiet_since`] tells whether any receipt of the room moved.
+    Receipts(String),
+    /// Every device-list change (marked with each, never waited on): whether any device list
+    /// changed since a token.
+    DeviceLists,
 }
 
 impl Key {
@@ -41,6 +47,11 @@ impl Key {
     /// The user key.
     pub fn user(user_id: &UserId) -> Key {
         Key::User(user_id.as_str().to_owned())
+    }
+
+    /// The room's receipts key.
+    pub fn receipts(room_id: &RoomId) -> Key {
+        Key::Receipts(room_id.as_str().to_owned())
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! Counts are kept per (room, user) in a bounded in-memory cache with the position they were
 //! counted up to, so a sync after a new event evaluates only that event; a new receipt (or a
-//! cache miss) recounts from the receipt. At most [`SCAN_LIMIT`] events are counted per room; a
+//! cache miss) recounts from the receipt. The receipts are read only when the notifier says a
+//! receipt of the room moved since the counts. At most [`SCAN_LIMIT`] events are counted per room; a
 //! client shows a larger count as "99+" anyway.
 
 use std::sync::Arc;
@@ -19,16 +20,19 @@ use ruma::{
 
 use crate::{
     Error, Result,
-    services::{Services, rooms::pdu::Pdu},
+    services::{Services, rooms::pdu::Pdu, sync::notifier::Key},
 };
 
 /// Most events counted per room.
 pub const SCAN_LIMIT: usize = 500;
 
 /// What is known of one user's unread events in one room.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 struct Counted {
-    /// The read position the counts start after.
+    /// The position the user's read receipts point at.
+    marks_up_to: u64,
+    /// The read position the counts start after (the receipts', or the user's own membership
+    /// when later).
     read_up_to: u64,
     /// The position the counts run to.
     counted_up_to: u64,
@@ -36,10 +40,13 @@ struct Counted {
     highlight: u64,
 }
 
-/// The cache of counts, and of each user's push rules (built once, not per event).
+/// The cache of counts, of each user's push rules (built once, not per event) and of display
+/// names by member event (room, user and the position of their member event, so a new member
+/// event is a new entry).
 pub struct UnreadCache {
     counts: quick_cache::sync::Cache<(OwnedRoomId, OwnedUserId), Counted>,
     rules: quick_cache::sync::Cache<OwnedUserId, Arc<Ruleset>>,
+    names: quick_cache::sync::Cache<(OwnedRoomId, OwnedUserId, u64), String>,
 }
 
 impl Default for UnreadCache {
@@ -47,6 +54,7 @@ impl Default for UnreadCache {
         UnreadCache {
             counts: quick_cache::sync::Cache::new(100_000),
             rules: quick_cache::sync::Cache::new(10_000),
+            names: quick_cache::sync::Cache::new(100_000),
         }
     }
 }
@@ -55,10 +63,25 @@ impl Services {
     /// (notification count, highlight count) of `user_id` in a room, reading up to `up_to`.
     pub fn unread_counts(&self, room_id: &RoomId, user_id: &UserId, up_to: u64) -> Result<(u64, u64)> {
         let rooms = &self.rooms;
-        let mut read_up_to = 0;
-        for event_id in self.receipts.read_marks(room_id, user_id)? {
-            read_up_to = read_up_to.max(rooms.position_of(&event_id)?.unwrap_or(0));
-        }
+        let key = (room_id.to_owned(), user_id.to_owned());
+        let known = self.unread.counts.get(&key);
+        // The receipts are read again only when a receipt of the room moved since the counts.
+        let marks_up_to = match known {
+            Some(known)
+                if rooms
+                    .notifier()
+                    .quiet_since(&Key::receipts(room_id), known.counted_up_to) =>
+            {
+                known.marks_up_to
+            }
+            _ => {
+                let mut marks_up_to = 0;
+                for event_id in self.receipts.read_marks(room_id, user_id)? {
+                    marks_up_to = marks_up_to.max(rooms.position_of(&event_id)?.unwrap_or(0));
+                }
+                marks_up_to
+            }
+        };
         // Nothing before the user's own latest membership counts.
         let members = rooms.members(room_id)?;
         let own = match members.membership_of(user_id) {
@@ -70,25 +93,35 @@ impl Services {
             },
             None => 0,
         };
-        read_up_to = read_up_to.max(own);
-        let key = (room_id.to_owned(), user_id.to_owned());
-        let mut counted = match self.unread.counts.get(&key) {
+        let read_up_to = marks_up_to.max(own);
+        let mut counted = match known {
             Some(known) if known.read_up_to == read_up_to && known.counted_up_to <= up_to => known,
             _ => Counted {
+                marks_up_to,
                 read_up_to,
                 counted_up_to: read_up_to,
                 notify: 0,
                 highlight: 0,
             },
         };
+        counted.marks_up_to = marks_up_to;
         if counted.counted_up_to < up_to {
             let events = rooms.timeline_undecorated(room_id, counted.counted_up_to, up_to, SCAN_LIMIT)?;
             let others: Vec<&Pdu> = events.iter().map(|(_, p)| p).filter(|p| p.sender != user_id).collect();
             if !others.is_empty() {
-                let display_name = rooms
-                    .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
-                    .and_then(|m| m.content_str("displayname"))
-                    .unwrap_or_else(|| user_id.localpart().to_owned());
+                let read_name = || -> Result<String> {
+                    Ok(rooms
+                        .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
+                        .and_then(|m| m.content_str("displayname"))
+                        .unwrap_or_else(|| user_id.localpart().to_owned()))
+                };
+                let display_name = match own {
+                    0 => read_name()?,
+                    _ => self
+                        .unread
+                        .names
+                        .get_or_insert_with(&(room_id.to_owned(), user_id.to_owned(), own), read_name)?,
+                };
                 let joined = members.count("join");
                 let context = PushConditionRoomCtx::new(
                     room_id.to_owned(),
@@ -101,9 +134,7 @@ impl Services {
                     .rules
                     .get_or_insert_with(user_id, || Ok::<_, Error>(Arc::new(Ruleset::server_default(user_id))))?;
                 for pdu in others {
-                    let json = serde_json::value::to_raw_value(&pdu.to_client()?)
-                        .map_err(|e| Error::internal(e.to_string()))?;
-                    let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(json);
+                    let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
                     // The evaluation does no I/O (no thread-subscription lookup is configured),
                     // so its future is ready at once.
                     let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
@@ -116,6 +147,8 @@ impl Services {
             counted.counted_up_to = up_to;
             counted.notify = counted.notify.min(SCAN_LIMIT as u64);
             counted.highlight = counted.highlight.min(SCAN_LIMIT as u64);
+        }
+        if known != Some(counted) {
             self.unread.counts.insert(key, counted);
         }
         Ok((counted.notify, counted.highlight))

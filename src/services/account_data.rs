@@ -3,10 +3,16 @@
 //! Every write takes a position on the global stream and is logged under it (`tables::streams`,
 //! family `accountdata`, scope the user, item room SEP type), so an incremental sync returns the
 //! entries written since its token; the user's long-polls are woken.
+//!
+//! Every sync reads the user's `m.ignored_user_list`; the parsed list is kept per user and
+//! read again only when the notifier saw a change for the user since it was read.
 
-use std::sync::Arc;
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 
-use ruma::UserId;
+use ruma::{OwnedUserId, UserId};
 use serde_json::value::RawValue;
 
 use super::sync::{
@@ -32,6 +38,8 @@ pub struct AccountData {
     stream: StreamTable,
     positions: Arc<Positions>,
     notifier: Arc<Notifier>,
+    /// Per user: the ignored users, and the stream position they were read at.
+    ignored: quick_cache::sync::Cache<OwnedUserId, (u64, Arc<HashSet<OwnedUserId>>)>,
 }
 
 /// One account-data entry that changed.
@@ -53,7 +61,35 @@ impl AccountData {
             db,
             positions,
             notifier,
+            ignored: quick_cache::sync::Cache::new(10_000),
         }
+    }
+
+    /// The users in `user_id`'s `m.ignored_user_list` (their events and invites are left out
+    /// of what `user_id` reads).
+    pub fn ignored_users(&self, user_id: &UserId) -> Result<Arc<HashSet<OwnedUserId>>> {
+        // Every account-data write marks the user on the notifier before its position
+        // completes: a list read at a watermark stands while nothing was marked above it.
+        if let Some((read_at, list)) = self.ignored.get(user_id)
+            && self.notifier.quiet_since(&Key::user(user_id), read_at)
+        {
+            return Ok(list);
+        }
+        let read_at = self.positions.watermark();
+        #[derive(serde::Deserialize)]
+        struct List {
+            #[serde(default)]
+            ignored_users: BTreeMap<OwnedUserId, serde::de::IgnoredAny>,
+        }
+        let list: HashSet<OwnedUserId> = match self.get(user_id, None, "m.ignored_user_list")? {
+            Some(raw) => serde_json::from_str::<List>(raw.get())
+                .map(|l| l.ignored_users.into_keys().collect())
+                .unwrap_or_default(),
+            None => HashSet::new(),
+        };
+        let list = Arc::new(list);
+        self.ignored.insert(user_id.to_owned(), (read_at, Arc::clone(&list)));
+        Ok(list)
     }
 
     /// One entry's content.

@@ -170,7 +170,7 @@ pub async fn get_message_events(
             .min(watermark);
         (from, (from, to))
     };
-    let ignored = ctx.services.ignored_users(user_id)?;
+    let ignored = ctx.services.account_data.ignored_users(user_id)?;
     let keep =
         |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && !ignored.contains(&pdu.sender) && history.allows(pos, pdu);
     let (events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, keep)?;

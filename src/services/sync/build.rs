@@ -4,6 +4,7 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
 };
 
 use ruma::{
@@ -64,7 +65,7 @@ struct Ctx<'a> {
     up_to: u64,
     /// The ephemeral value the answer's token ends at (read first, like `up_to`).
     ephemeral_up_to: u64,
-    ignored: HashSet<OwnedUserId>,
+    ignored: Arc<HashSet<OwnedUserId>>,
     /// Account data written since the token (all of it is read for an initial sync).
     changes: Vec<Change>,
     /// Whether anything stored for the user alone (account data, to-device messages) may have
@@ -105,7 +106,7 @@ pub fn build(
         full_state,
         up_to,
         ephemeral_up_to: ephemeral,
-        ignored: services.ignored_users(user_id)?,
+        ignored: services.account_data.ignored_users(user_id)?,
         changes: match since {
             Some(since) if user_news => services.account_data.changes(user_id, since.position, up_to)?,
             _ => Vec::new(),
@@ -619,23 +620,5 @@ impl Ctx<'_> {
             out.push(raw(&json!({"type": "m.presence", "sender": user, "content": content}))?);
         }
         Ok(out)
-    }
-}
-
-impl Services {
-    /// The users in `user_id`'s `m.ignored_user_list` (their events and invites are left out
-    /// of what `user_id` reads).
-    pub fn ignored_users(&self, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
-        let Some(raw) = self.account_data.get(user_id, None, "m.ignored_user_list")? else {
-            return Ok(HashSet::new());
-        };
-        #[derive(serde::Deserialize)]
-        struct List {
-            #[serde(default)]
-            ignored_users: BTreeMap<OwnedUserId, serde::de::IgnoredAny>,
-        }
-        Ok(serde_json::from_str::<List>(raw.get())
-            .map(|l| l.ignored_users.into_keys().collect())
-            .unwrap_or_default())
     }
 }

@@ -68,6 +68,8 @@ pub struct Services {
     pub receipts: receipts::Receipts,
     /// Unread notification counts, cached per room and user.
     pub unread: sync::unread::UnreadCache,
+    /// Lazy-loaded members already sent, per device and room.
+    pub lazy_members: sync::lazy::SentMembers,
     /// Presence (in memory).
     pub presence: presence::Presence,
     /// End-to-end encryption keys and to-device messages.
@@ -139,6 +141,7 @@ impl Services {
             typing,
             receipts,
             unread: sync::unread::UnreadCache::default(),
+            lazy_members: sync::lazy::SentMembers::default(),
             presence,
             keys,
             key_backup,

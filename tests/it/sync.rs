@@ -471,6 +471,52 @@ fn lazy_loading_sends_only_the_senders_members() {
         state.as_array().unwrap().iter().any(|e| e["state_key"] == carol.uid()),
         "{body}"
     );
+
+    // Her next message does not bring her member event again (the device has it), unless the
+    // filter asks for redundant members; a new member event of hers is sent.
+    let members_in = |body: &Value| -> Vec<String> {
+        body["rooms"]["join"][&room]["state"]["events"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter_map(|e| e["state_key"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let lazy = filter_q(json!({"room": {"state": {"lazy_load_members": true}}}));
+    let token = next(&body);
+    send(&carol, &room, "c2", "carol again");
+    let body = sync(&alice, Some(&token), &lazy);
+    assert!(!members_in(&body).contains(&carol.uid()), "{body}");
+    assert!(
+        body["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1)
+    );
+    let redundant =
+        filter_q(json!({"room": {"state": {"lazy_load_members": true, "include_redundant_members": true}}}));
+    let body = sync(&alice, Some(&token), &redundant);
+    assert!(members_in(&body).contains(&carol.uid()), "{body}");
+    let token = next(&body);
+    carol
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&carol.uid())),
+            json!({"displayname": "Caroline"}),
+        )
+        .ok();
+    send(&carol, &room, "c3", "renamed");
+    let limited = filter_q(json!({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": true}}}));
+    let body = sync(&alice, Some(&token), &limited);
+    let state = &body["rooms"]["join"][&room]["state"]["events"];
+    assert!(
+        state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["state_key"] == carol.uid() && e["content"]["displayname"] == "Caroline"),
+        "{body}"
+    );
 }
 
 #[test]

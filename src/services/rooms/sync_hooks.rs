@@ -1,6 +1,7 @@
 //! What the sync service reads from rooms beyond events and state: the notifier the write path
-//! marks, and the membership index in both directions. Kept apart from the write path so the
-//! hook into it stays two lines (a mark when a position is taken, a flush when it completes).
+//! marks, a user's member event as of a position, and the transaction that sent an event. Kept
+//! apart from the write path so the hook into it stays two lines (a mark when a position is
+//! taken, a flush when it completes).
 
 use std::sync::Arc;
 

@@ -330,9 +330,14 @@ impl Ctx<'_> {
         let (events, limited) = (&page.events, page.limited);
         let start = events.first().map_or(self.up_to, |(pos, _)| pos - 1);
         let full = room_since.is_none() || self.full_state || limited;
-        let state = self.state(room_id, &page, full.then_some(start), (after, end), &|pos, pdu| {
-            history.allows(pos, pdu)
-        })?;
+        let whole = room_since.is_none();
+        let state = self.state(
+            room_id,
+            &page,
+            (full.then_some(start), whole),
+            (after, end),
+            &|pos, pdu| history.allows(pos, pdu),
+        )?;
 
         let mut joined = JoinedRoom::new();
         let account_data = self.room_account_data(room_id, room_since)?;
@@ -378,12 +383,14 @@ impl Ctx<'_> {
 
     /// The `state` section: the full state at `full_at` (the position before the timeline),
     /// or for an incremental sync the state events after `after` the timeline does not show;
-    /// filtered by the state filter, with lazy-loaded members cut to the timeline's senders.
+    /// filtered by the state filter, with lazy-loaded members cut to the timeline's senders
+    /// (and, unless redundant ones are asked for, to those not sent before: `whole` says the
+    /// room is being sent whole, so none counts as sent).
     fn state(
         &self,
         room_id: &RoomId,
         page: &Page,
-        full_at: Option<u64>,
+        (full_at, whole): (Option<u64>, bool),
         (after, end): (u64, u64),
         visible: &dyn Fn(u64, &Pdu) -> bool,
     ) -> Result<Vec<Pdu>> {
@@ -413,7 +420,10 @@ impl Ctx<'_> {
             }
         };
         state.retain(|p| p.matches(sf));
-        if let LazyLoadOptions::Enabled { .. } = sf.lazy_load_options {
+        if let LazyLoadOptions::Enabled {
+            include_redundant_members,
+        } = sf.lazy_load_options
+        {
             let mut wanted: BTreeSet<String> = events.iter().map(|(_, p)| p.sender.to_string()).collect();
             wanted.insert(self.user_id.to_string());
             state.retain(|p| {
@@ -440,6 +450,12 @@ impl Ctx<'_> {
                         state.push(member);
                     }
                 }
+            }
+            if !include_redundant_members && let Some(device) = self.device_id {
+                let fresh = self.full_state || whole;
+                self.services
+                    .lazy_members
+                    .leave_out_sent((self.user_id, device), room_id, fresh, &mut state);
             }
         }
         Ok(state)
@@ -542,9 +558,13 @@ impl Ctx<'_> {
         let (events, limited) = (&page.events, page.limited);
         let start = events.first().map_or(end, |(pos, _)| pos - 1);
         let full = self.since.is_none() || self.full_state || limited;
-        let state = self.state(room_id, &page, full.then_some(start), (after, end), &|pos, pdu| {
-            history.allows(pos, pdu)
-        })?;
+        let state = self.state(
+            room_id,
+            &page,
+            (full.then_some(start), self.since.is_none()),
+            (after, end),
+            &|pos, pdu| history.allows(pos, pdu),
+        )?;
         let mut left = LeftRoom::new();
         left.timeline = self.timeline_section(page.events, limited, start)?;
         left.state = State::Before(StateEvents::from(

@@ -26,6 +26,7 @@
 
 pub mod build;
 pub mod filter;
+pub mod lazy;
 pub mod notifier;
 pub mod unread;
 

@@ -1,9 +1,46 @@
-//! Tiny shared helpers: clock, random strings, token hashing, wildcard matching, and the
-//! writer-invalidated cache ([`fresh_cache`]).
+//! Tiny shared helpers: clock, random strings, token hashing, wildcard matching, reading many
+//! values through a cache ([`cached_many`]), and the writer-invalidated cache
+//! ([`fresh_cache`]).
 
 pub mod fresh_cache;
 
+use std::hash::Hash;
+
 use rand::{Rng, distributions::Alphanumeric};
+
+/// The values of `keys` (in their order): those `cache` holds, and the others read in one go
+/// by `read` (given the missing keys, answering in their order, `None` for an absent one) and
+/// kept in the cache.
+pub fn cached_many<K, V, W, E>(
+    cache: &quick_cache::sync::Cache<K, V, W>,
+    keys: &[K],
+    read: impl FnOnce(&[K]) -> Result<Vec<Option<V>>, E>,
+) -> Result<Vec<Option<V>>, E>
+where
+    K: Eq + Hash + Clone,
+    V: Clone,
+    W: quick_cache::Weighter<K, V> + Clone,
+{
+    let mut values: Vec<Option<V>> = keys.iter().map(|k| cache.get(k)).collect();
+    let missing: Vec<K> = keys
+        .iter()
+        .zip(&values)
+        .filter(|(_, v)| v.is_none())
+        .map(|(k, _)| k.clone())
+        .collect();
+    if missing.is_empty() {
+        return Ok(values);
+    }
+    let mut read = missing.iter().zip(read(&missing)?);
+    for slot in values.iter_mut().filter(|v| v.is_none()) {
+        let Some((key, value)) = read.next() else { break };
+        if let Some(value) = &value {
+            cache.insert(key.clone(), value.clone());
+        }
+        *slot = value;
+    }
+    Ok(values)
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -62,6 +99,24 @@ pub fn tune_allocator() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cached_many_reads_only_what_the_cache_lacks_and_keeps_it() {
+        let cache: quick_cache::sync::Cache<u32, String> = quick_cache::sync::Cache::new(10);
+        cache.insert(2, "two".into());
+        let asked = std::cell::RefCell::new(Vec::new());
+        let read = |keys: &[u32]| {
+            asked.borrow_mut().push(keys.to_vec());
+            Ok::<_, ()>(keys.iter().map(|k| (*k != 9).then(|| k.to_string())).collect())
+        };
+        let got = super::cached_many(&cache, &[1, 2, 9, 3], read).unwrap();
+        assert_eq!(got, vec![Some("1".into()), Some("two".into()), None, Some("3".into())]);
+        assert_eq!(asked.borrow().as_slice(), &[vec![1, 9, 3]]);
+        // Found ones are kept, an absent one is not.
+        let got = super::cached_many(&cache, &[3, 9], read).unwrap();
+        assert_eq!(got, vec![Some("3".into()), None]);
+        assert_eq!(asked.borrow().last(), Some(&vec![9]));
+    }
+
     use super::glob;
 
     #[test]

@@ -60,6 +60,7 @@ use crate::{
             transactions::TransactionsTable,
         },
     },
+    util,
 };
 
 /// A new event, before it is placed in the DAG.
@@ -247,31 +248,27 @@ impl Rooms {
     /// Stored events by short id, exactly as stored (never redacted), in the order of
     /// `shorts`: parsed ones from the cache, the others read in one go.
     fn stored_events(&self, shorts: &[u64]) -> Result<Vec<Pdu>> {
-        let unknown = || Error::internal("an index names an unknown event");
-        let mut found: Vec<Option<Pdu>> = shorts
-            .iter()
-            .map(|s| self.parsed.get(s).map(|p| (*p).clone()))
-            .collect();
-        let missing: Vec<u64> = shorts
-            .iter()
-            .zip(&found)
-            .filter(|(_, f)| f.is_none())
-            .map(|(s, _)| *s)
-            .collect();
-        if !missing.is_empty() {
-            let ids = self.ids.event_ids(&missing)?;
-            let jsons = self.pdus.get_many(&missing)?;
-            let mut read = missing.iter().zip(ids.into_iter().zip(jsons));
-            for slot in found.iter_mut().filter(|f| f.is_none()) {
-                let Some((short, (Some(id), Some(json)))) = read.next() else {
-                    return Err(unknown());
-                };
-                let pdu = Pdu::parse(EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?, &json)?;
-                self.parsed.insert(*short, Arc::new(pdu.clone()));
-                *slot = Some(pdu);
-            }
-        }
-        found.into_iter().map(|f| f.ok_or_else(unknown)).collect()
+        let events = util::cached_many(&self.parsed, shorts, |missing| {
+            let ids = self.ids.event_ids(missing)?;
+            let jsons = self.pdus.get_many(missing)?;
+            ids.into_iter()
+                .zip(jsons)
+                .map(|(id, json)| {
+                    let (Some(id), Some(json)) = (id, json) else {
+                        return Ok(None);
+                    };
+                    let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
+                    Ok(Some(Arc::new(Pdu::parse(id, &json)?)))
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        events
+            .into_iter()
+            .map(|pdu| {
+                pdu.map(|p| (*p).clone())
+                    .ok_or_else(|| Error::internal("an index names an unknown event"))
+            })
+            .collect()
     }
 
     /// The canonical JSON of a stored event.

@@ -38,19 +38,18 @@ impl SentMembers {
         fresh: bool,
         state: &mut Vec<Pdu>,
     ) {
+        let is_member = |pdu: &Pdu| pdu.kind.to_string() == "m.room.member" && pdu.state_key.is_some();
+        if !fresh && !state.iter().any(is_member) {
+            return;
+        }
         let key = (user_id.to_owned(), device_id.to_owned(), room_id.to_owned());
         let mut record: Record = match self.sent.get(&key) {
             Some(known) if !fresh => (*known).clone(),
             _ => Record::new(),
         };
-        let before = record.len();
         let mut changed = fresh;
         state.retain(|pdu| {
-            let Some(member) = pdu
-                .state_key
-                .as_deref()
-                .filter(|_| pdu.kind.to_string() == "m.room.member")
-            else {
+            let Some(member) = pdu.state_key.as_deref().filter(|_| is_member(pdu)) else {
                 return true;
             };
             if record.get(member) == Some(&pdu.event_id) {
@@ -60,7 +59,7 @@ impl SentMembers {
             changed = true;
             true
         });
-        if changed || record.len() != before {
+        if changed {
             self.sent.insert(key, Arc::new(record));
         }
     }

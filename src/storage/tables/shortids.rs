@@ -12,6 +12,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::util::cached_many;
+
 use crate::storage::{
     Db, StorageError, StorageResult, codec,
     schema::{
@@ -141,19 +143,10 @@ impl ShortIds {
 
     /// Many event ids at once, in the order of `shorts`.
     pub fn event_ids(&self, shorts: &[u64]) -> StorageResult<Vec<Option<String>>> {
-        let kind = &self.events;
-        let mut names: Vec<Option<Vec<u8>>> = shorts.iter().map(|s| kind.names.get(s)).collect();
-        let missing: Vec<usize> = (0..shorts.len()).filter(|&i| names[i].is_none()).collect();
-        if !missing.is_empty() {
-            let keys: Vec<[u8; 8]> = missing.iter().map(|&i| codec::u64_bytes(shorts[i])).collect();
-            let read = self.db.multi_get(SHORTEVENTID_EVENTID, keys.iter().map(|k| &k[..]))?;
-            for (i, name) in missing.into_iter().zip(read) {
-                if let Some(name) = &name {
-                    kind.names.insert(shorts[i], name.clone());
-                }
-                names[i] = name;
-            }
-        }
+        let names = cached_many(&self.events.names, shorts, |missing| {
+            let keys: Vec<[u8; 8]> = missing.iter().map(|s| codec::u64_bytes(*s)).collect();
+            self.db.multi_get(SHORTEVENTID_EVENTID, keys.iter().map(|k| &k[..]))
+        })?;
         names
             .into_iter()
             .map(|b| b.map(|b| utf8(SHORTEVENTID_EVENTID, b)).transpose())

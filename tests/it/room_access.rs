@@ -389,3 +389,72 @@ fn ignored_users_are_left_out_of_messages() {
         .ok();
     assert_eq!(messages(&alice, &room), ["signal"]);
 }
+
+#[test]
+fn a_former_member_reads_no_shared_history_after_leaving_a_room_made_world_readable() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    join(&bob, &room);
+    send(&alice, &room, "t1", "while bob");
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
+        .ok();
+    let hidden = send(&alice, &room, "t2", "after bob left");
+    set_visibility(&alice, &room, "world_readable");
+    send(&alice, &room, "t3", "public now");
+
+    assert_eq!(messages(&bob, &room), ["while bob", "public now"]);
+    bob.get(&event_path(&room, &hidden)).expect_err(403, "M_FORBIDDEN");
+    let context = bob.get(&format!(
+        "/_matrix/client/v3/rooms/{}/context/{}",
+        enc(&room),
+        enc(&hidden)
+    ));
+    context.expect_err(403, "M_FORBIDDEN");
+    // A stranger sees only what is world-readable, as before.
+    let eve = server.user("eve", "pw");
+    assert_eq!(messages(&eve, &room), ["public now"]);
+}
+
+#[test]
+fn timestamp_to_event_answers_only_with_what_the_reader_may_see() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    set_visibility(&alice, &room, "joined");
+    let secret = send(&alice, &room, "t1", "before bob");
+    let secret_ts = alice.get(&event_path(&room, &secret)).ok()["origin_server_ts"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    join(&bob, &room);
+    send(&alice, &room, "t2", "after bob");
+    let lookup = |c: &Client, dir: &str| {
+        c.get(&format!(
+            "/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={secret_ts}&dir={dir}",
+            enc(&room)
+        ))
+    };
+    // Alice may see it. Bob may not: he gets the nearest event he may read on that side
+    // (the room's setup, shared before it turned `joined`; his own join after).
+    assert_eq!(lookup(&alice, "b").ok()["event_id"], secret.as_str());
+    for dir in ["b", "f"] {
+        let found = lookup(&bob, dir).ok()["event_id"].as_str().unwrap().to_owned();
+        assert_ne!(found, secret, "dir={dir}");
+        bob.get(&event_path(&room, &found)).ok();
+    }
+    // A stranger to a room whose history is all `joined` finds nothing at all.
+    let closed = create_room(&alice, json!({"preset": "public_chat", "initial_state": [
+        {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+    ]}));
+    send(&alice, &closed, "t3", "members only");
+    let carol = server.user("carol", "pw");
+    carol
+        .get(&format!(
+            "/_matrix/client/v1/rooms/{}/timestamp_to_event?ts=4102444800000&dir=b",
+            enc(&closed)
+        ))
+        .expect_err(403, "M_FORBIDDEN");
+}

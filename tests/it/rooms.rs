@@ -775,3 +775,62 @@ fn concurrent_room_creation_gives_distinct_rooms() {
     let joined = alice.get("/_matrix/client/v3/joined_rooms");
     assert_eq!(joined.ok()["joined_rooms"].as_array().unwrap().len(), rooms.len());
 }
+
+/// `/messages` with `lazy_load_members`: the member events of the page's senders come along
+/// in `state`, so a client can name them without loading every member.
+#[test]
+fn messages_with_lazy_members_carry_the_senders_member_events() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let carol = server.user("carol", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    for c in [&bob, &carol] {
+        c.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({}))
+            .ok();
+    }
+    send(&alice, &room, "t1", "from alice");
+    send(&bob, &room, "t2", "from bob");
+    let filter = enc(&json!({"lazy_load_members": true, "types": ["m.room.message"]}).to_string());
+    let page = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&filter={filter}",
+            enc(&room)
+        ))
+        .ok()
+        .clone();
+    let mut members: Vec<String> = page["state"]
+        .as_array()
+        .expect("state")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["type"], "m.room.member");
+            e["state_key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    members.sort();
+    let mut expected = vec![alice.uid(), bob.uid()];
+    expected.sort();
+    assert_eq!(members, expected, "carol sent nothing: {page}");
+    // Without the option, no state.
+    let plain = alice
+        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10", enc(&room)))
+        .ok()
+        .clone();
+    assert!(plain.get("state").is_none_or(|s| s.as_array().is_some_and(Vec::is_empty)), "{plain}");
+}
+
+/// `rooms.default_room_version` decides the version of rooms created without one.
+#[test]
+fn the_configured_default_room_version_is_used() {
+    let server = TestServer::start_with(&[("HEARTH_ROOMS__DEFAULT_ROOM_VERSION", "11")]);
+    let alice = server.user("alice", "pw");
+    let room = create_room(&alice, json!({}));
+    let create = alice
+        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.create/", enc(&room)))
+        .ok()
+        .clone();
+    assert_eq!(create["room_version"], "11");
+    let caps = alice.get("/_matrix/client/v3/capabilities").ok().clone();
+    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "11");
+}

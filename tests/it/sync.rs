@@ -106,7 +106,10 @@ fn initial_then_incremental_sees_each_event_once() {
     let token = next(&inc);
     let again = sync(&alice, Some(&token), "");
     assert!(again["rooms"]["join"].get(&room).is_none(), "nothing new: {again}");
-    assert_eq!(next(&again), token);
+    // The other device's login moved Alice's device list; after that nothing moves.
+    let token = next(&again);
+    let quiet = sync(&alice, Some(&token), "");
+    assert_eq!(next(&quiet), token, "{quiet}");
 
     // Bad tokens are refused.
     alice
@@ -986,4 +989,58 @@ fn incremental_state_shows_what_the_timeline_filter_hides() {
     // With nothing new, the room is left out.
     let body = sync(&alice, Some(&next(&body)), &only_messages);
     assert!(body["rooms"]["join"].get(&room).is_none());
+}
+
+#[test]
+fn use_state_after_sends_the_state_at_the_end_of_the_timeline() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let room = public_room(&alice);
+    let topic = |text: &str| {
+        alice
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)),
+                json!({"topic": text}),
+            )
+            .ok();
+    };
+    topic("first");
+    let token = next(&sync(&alice, None, ""));
+    topic("second");
+    send(&alice, &room, "t1", "after the topic");
+
+    // Without it: `state` (up to the timeline's start) leaves out what the timeline shows.
+    let before = sync(&alice, Some(&token), "");
+    let joined = &before["rooms"]["join"][&room];
+    assert!(joined.get("state_after").is_none(), "{joined}");
+    assert!(!types(&joined["state"]["events"]).contains(&"m.room.topic".to_owned()), "{joined}");
+
+    // With it: `state_after` holds the topic change even though the timeline shows it too.
+    let after = sync(&alice, Some(&token), "use_state_after=true");
+    let joined = &after["rooms"]["join"][&room];
+    assert!(joined.get("state").is_none(), "{joined}");
+    let events = joined["state_after"]["events"].as_array().expect("state_after").clone();
+    let topic_event = events.iter().find(|e| e["type"] == "m.room.topic").expect("topic");
+    assert_eq!(topic_event["content"]["topic"], "second");
+
+    // An initial sync with a short timeline: the full state at its end.
+    let filter = filter_q(json!({"room": {"timeline": {"limit": 1}}}));
+    let initial = sync(&alice, None, &format!("use_state_after=true&{filter}"));
+    let joined = &initial["rooms"]["join"][&room];
+    let state = types(&joined["state_after"]["events"]);
+    for kind in ["m.room.create", "m.room.member", "m.room.topic", "m.room.name"] {
+        assert!(state.contains(&kind.to_owned()), "{kind}: {joined}");
+    }
+}
+
+#[test]
+fn presence_must_be_a_spec_state() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let path = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.uid()));
+    alice
+        .put(&path, json!({"presence": "sleeping"}))
+        .expect_err(400, "M_INVALID_PARAM");
+    alice.put(&path, json!({"presence": "unavailable", "status_msg": "lunch"})).ok();
+    assert_eq!(alice.get(&path).ok()["presence"], "unavailable");
 }

@@ -20,7 +20,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{Error, Result, api::extract::Ctx, services::sync::Token};
+use crate::{Error, Result, api::extract::Ctx};
 
 fn raw<T>(value: &Value) -> Result<Raw<T>> {
     Ok(Raw::from_json(
@@ -134,10 +134,9 @@ pub async fn claim_keys(ctx: Ctx, req: claim_keys::v3::Request) -> Result<claim_
 /// `GET /_matrix/client/v3/keys/changes`
 pub async fn get_key_changes(ctx: Ctx, req: get_key_changes::v3::Request) -> Result<get_key_changes::v3::Response> {
     let user_id = ctx.user_id()?;
-    let from = Token::parse(&req.from)?;
-    let to = Token::parse(&req.to)?;
     let services = &ctx.services;
-    let up_to = to.position.min(services.rooms.watermark());
+    let from = services.rooms.sync_point("from", &req.from)?;
+    let up_to = services.rooms.sync_point("to", &req.to)?.position;
     let (changed, left) = services
         .keys
         .device_list_changes(&services.rooms, user_id, from.position, up_to)?;

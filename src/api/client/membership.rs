@@ -179,14 +179,13 @@ pub async fn get_member_events(
     req: get_member_events::v3::Request,
 ) -> Result<get_member_events::v3::Response> {
     let rooms = &ctx.services.rooms;
-    let scope = rooms.read_scope(&req.room_id, ctx.user_id()?)?;
+    let user_id = ctx.user_id()?;
+    let scope = rooms.read_scope(&req.room_id, user_id)?;
     let state = match req.at.as_deref() {
         None => rooms.visible_state(&req.room_id, &scope)?,
         Some(token) => {
-            let at: u64 = token
-                .parse()
-                .map_err(|_| Error::invalid_param(format!("Invalid pagination token {token}")))?;
-            rooms.state_at_position(&req.room_id, at.min(scope.up_to))?
+            let at = rooms.pagination_point(&req.room_id, "at", token)?;
+            rooms.visible_state_at(&req.room_id, &rooms.history_filter(user_id, scope), at)?
         }
     };
     let wanted = req.membership.as_ref().map(|m| m.to_string());

@@ -9,6 +9,8 @@
 //! Spec: client-server-api "Rooms" and "Getting events for a room"
 //! (`data/api/client-server/create_room.yaml`, `rooms.yaml`, `message_pagination.yaml`).
 
+use std::collections::HashSet;
+
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, RoomVersionId,
     api::{
@@ -34,12 +36,7 @@ use crate::{
 
 /// Event content (or a content-like body) as a canonical JSON object, or 400 `M_BAD_JSON`.
 pub(crate) fn canonical_object<T>(raw: &Raw<T>, what: &str) -> Result<CanonicalJsonObject> {
-    match serde_json::from_str::<CanonicalJsonValue>(raw.json().get()) {
-        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
-        _ => Err(Error::bad_json(format!(
-            "{what} must be a JSON object within the canonical JSON limits"
-        ))),
-    }
+    crate::services::events::canonical_object(raw.json(), what)
 }
 
 /// A client-format event as ruma's raw type.
@@ -56,7 +53,10 @@ pub async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<crea
     if !req.invite_3pid.is_empty() {
         return Err(Error::invalid_param("Third-party invites are not supported"));
     }
-    let version = req.room_version.clone().unwrap_or(RoomVersionId::V12);
+    let version = req
+        .room_version
+        .clone()
+        .unwrap_or_else(|| ctx.services.config.default_room_version.clone());
     check_new_room_version(&version)?;
     let preset = match req.preset {
         Some(create_room::v3::RoomPreset::PublicChat) => Preset::PublicChat,
@@ -118,20 +118,13 @@ pub async fn get_room_event(ctx: Ctx, req: get_room_event::v3::Request) -> Resul
     let rooms = &ctx.services.rooms;
     let user_id = ctx.user_id()?;
     let history = rooms.history_filter(user_id, rooms.read_scope(&req.room_id, user_id)?);
-    let pdu = rooms
-        .event(&req.event_id)?
-        .filter(|p| p.room().is_ok_and(|r| r == req.room_id));
-    let pdu = pdu.ok_or_else(|| Error::not_found("Event not found"))?;
-    let position = rooms.position_of(&req.event_id)?.unwrap_or(u64::MAX);
-    if !history.allows(position, &pdu) {
-        return Err(Error::forbidden("You don't have permission to access that event"));
-    }
+    let (_, pdu) = history.visible_event(&req.room_id, &req.event_id)?;
     Ok(get_room_event::v3::Response::new(raw_event(&pdu)?))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/messages`
 ///
-/// Tokens are stream positions: `from` is where reading starts (exclusive going forwards,
+/// Tokens name stream positions (`services::tokens`): `from` is where reading starts (exclusive going forwards,
 /// inclusive going backwards), `end` where the next page starts.
 pub async fn get_message_events(
     ctx: Ctx,
@@ -140,34 +133,23 @@ pub async fn get_message_events(
     let rooms = &ctx.services.rooms;
     let user_id = ctx.user_id()?;
     let history = rooms.history_filter(user_id, rooms.read_scope(&req.room_id, user_id)?);
-    let parse = |token: &str| {
+    let point = |param: &str, token: &Option<String>| {
         token
-            .parse::<u64>()
-            .map_err(|_| Error::invalid_param(format!("Invalid pagination token {token}")))
+            .as_deref()
+            .map(|token| rooms.pagination_point(&req.room_id, param, token))
+            .transpose()
     };
     let limit = u64::from(req.limit).clamp(1, 1000) as usize;
     // Former members read up to their departure.
     let watermark = history.scope().up_to;
     let backwards = req.dir == Direction::Backward;
     let (start, range) = if backwards {
-        let from = req
-            .from
-            .as_deref()
-            .map(parse)
-            .transpose()?
-            .unwrap_or(watermark)
-            .min(watermark);
-        let to = req.to.as_deref().map(parse).transpose()?.unwrap_or(0);
+        let from = point("from", &req.from)?.unwrap_or(watermark).min(watermark);
+        let to = point("to", &req.to)?.unwrap_or(0);
         (from, (to, from))
     } else {
-        let from = req.from.as_deref().map(parse).transpose()?.unwrap_or(0);
-        let to = req
-            .to
-            .as_deref()
-            .map(parse)
-            .transpose()?
-            .unwrap_or(watermark)
-            .min(watermark);
+        let from = point("from", &req.from)?.unwrap_or(0);
+        let to = point("to", &req.to)?.unwrap_or(watermark).min(watermark);
         (from, (from, to))
     };
     let ignored = ctx.services.account_data.ignored_users(user_id)?;
@@ -175,9 +157,25 @@ pub async fn get_message_events(
         |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && !ignored.contains(&pdu.sender) && history.allows(pos, pdu);
     let (events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, keep)?;
     let mut response = get_message_events::v3::Response::new();
-    response.start = start.to_string();
-    response.end = end.map(|e| e.to_string());
+    response.start = rooms.room_token(&req.room_id, start)?;
+    response.end = end.map(|e| rooms.room_token(&req.room_id, e)).transpose()?;
     response.chunk = events.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
+    // With lazy-loaded members, the member events of the page's senders (as Synapse: the
+    // state at the first event returned).
+    if !req.filter.lazy_load_options.is_disabled()
+        && let Some((_, first)) = events.first()
+    {
+        let senders: HashSet<&str> = events.iter().map(|(_, p)| p.sender.as_str()).collect();
+        let is_sender_member = |p: &&Pdu| {
+            p.kind.to_string() == "m.room.member" && p.state_key.as_deref().is_some_and(|k| senders.contains(k))
+        };
+        response.state = rooms
+            .state_after(first)?
+            .iter()
+            .filter(is_sender_member)
+            .map(raw_event)
+            .collect::<Result<_>>()?;
+    }
     Ok(response)
 }
 
@@ -189,16 +187,7 @@ pub async fn get_context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_
     let rooms = &ctx.services.rooms;
     let user_id = ctx.user_id()?;
     let history = rooms.history_filter(user_id, rooms.read_scope(&req.room_id, user_id)?);
-    let event = rooms
-        .event(&req.event_id)?
-        .filter(|p| p.room().is_ok_and(|r| r == req.room_id));
-    let event = event.ok_or_else(|| Error::not_found("Event not found"))?;
-    let position = rooms
-        .position_of(&req.event_id)?
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    if !history.allows(position, &event) {
-        return Err(Error::forbidden("You don't have permission to access that event"));
-    }
+    let (position, event) = history.visible_event(&req.room_id, &req.event_id)?;
     let limit = u64::from(req.limit).min(100) as usize;
     let keep = |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && history.allows(pos, pdu);
     let (before, _) = rooms.timeline_page(&req.room_id, (0, position - 1), true, limit / 2, keep)?;
@@ -211,14 +200,10 @@ pub async fn get_context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_
     )?;
     let last = after.last().map_or(&event, |(_, pdu)| pdu);
     let mut response = get_context::v3::Response::new();
-    response.start = Some(
-        before
-            .last()
-            .map_or(position, |(pos, _)| *pos)
-            .saturating_sub(1)
-            .to_string(),
-    );
-    response.end = Some(after.last().map_or(position, |(pos, _)| *pos).to_string());
+    let start = before.last().map_or(position, |(pos, _)| *pos).saturating_sub(1);
+    response.start = Some(rooms.room_token(&req.room_id, start)?);
+    let end = after.last().map_or(position, |(pos, _)| *pos);
+    response.end = Some(rooms.room_token(&req.room_id, end)?);
     response.state = rooms.state_after(last)?.iter().map(raw_event).collect::<Result<_>>()?;
     response.events_before = before.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
     response.events_after = after.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
@@ -235,17 +220,28 @@ pub async fn get_event_by_timestamp(
 ) -> Result<get_event_by_timestamp::v1::Response> {
     let rooms = &ctx.services.rooms;
     let user_id = ctx.user_id()?;
-    let scope = rooms.read_scope(&req.room_id, user_id)?;
+    let history = rooms.history_filter(user_id, rooms.read_scope(&req.room_id, user_id)?);
     let ts = u64::from(req.ts.get());
     let forwards = req.dir == Direction::Forward;
-    let (_, pdu) = rooms
-        .event_near_timestamp(&req.room_id, ts, forwards, scope.up_to)?
-        .ok_or_else(|| {
-            Error::not_found(format!(
-                "No event found {} {ts}",
-                if forwards { "after" } else { "before" }
-            ))
-        })?;
+    let not_found = || {
+        Error::not_found(format!(
+            "No event found {} {ts}",
+            if forwards { "after" } else { "before" }
+        ))
+    };
+    let up_to = history.scope().up_to;
+    let (position, nearest) = rooms
+        .event_near_timestamp(&req.room_id, ts, forwards, up_to)?
+        .ok_or_else(not_found)?;
+    // The nearest event the reader may see: that one, or the next visible one beyond it.
+    let pdu = if history.allows(position, &nearest) {
+        nearest
+    } else {
+        let range = if forwards { (position, up_to) } else { (0, position) };
+        let keep = |pos: u64, pdu: &Pdu| history.allows(pos, pdu);
+        let (mut page, _) = rooms.timeline_page(&req.room_id, range, !forwards, 1, keep)?;
+        page.pop().ok_or_else(not_found)?.1
+    };
     Ok(get_event_by_timestamp::v1::Response::new(
         pdu.event_id,
         pdu.origin_server_ts,
@@ -254,7 +250,7 @@ pub async fn get_event_by_timestamp(
 
 /// 400 `M_UNSUPPORTED_ROOM_VERSION` unless new rooms may be created in `version`.
 pub(crate) fn check_new_room_version(version: &RoomVersionId) -> Result<()> {
-    if matches!(version, RoomVersionId::V10 | RoomVersionId::V11 | RoomVersionId::V12) {
+    if crate::config::NEW_ROOM_VERSIONS.contains(&version.as_str()) {
         return Ok(());
     }
     Err(Error::new(

@@ -20,6 +20,7 @@ pub async fn sync_events(ctx: Ctx, req: sync_events::v3::Request) -> Result<sync
         device_id: Some(session.device_id.to_string()),
         since: req.since,
         full_state: req.full_state,
+        use_state_after: req.use_state_after,
         timeout: req.timeout,
         set_presence: req.set_presence,
         filter: req.filter,

@@ -5,7 +5,10 @@
 use ruma::{EventId, RoomId};
 
 use super::{Rooms, pdu::Pdu};
-use crate::{Error, Result};
+use crate::{
+    Error, Result,
+    services::tokens::{AnyToken, RoomToken, SyncToken, invalid},
+};
 
 impl Rooms {
     /// Up to `limit` events of a room with `after < position <= up_to`, oldest first or newest
@@ -183,6 +186,47 @@ impl Rooms {
         Ok(self
             .timeline(room_id, 0, before.saturating_sub(u64::from(found.is_some())), true, 1)?
             .pop())
+    }
+
+    /// The token clients page `room_id` from at `position` (`services::tokens`).
+    pub fn room_token(&self, room_id: &RoomId, position: u64) -> Result<String> {
+        let room = self
+            .ids
+            .room(room_id.as_str())?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        Ok(RoomToken { position, room }.to_string())
+    }
+
+    /// The stream position a pagination token names for a read of `room_id`: any token this
+    /// server hands out, a room token only for its own room; `param` names the parameter for
+    /// the 400 `M_INVALID_PARAM` of a token that is malformed, of another room, or ahead of
+    /// the stream. What the reader may see at that point is the caller's visibility check.
+    pub fn pagination_point(&self, room_id: &RoomId, param: &str, text: &str) -> Result<u64> {
+        let token = AnyToken::parse(text).ok_or_else(|| invalid(param, text, "not a token this server hands out"))?;
+        if let AnyToken::Room(token) = token
+            && Some(token.room) != self.ids.room(room_id.as_str())?
+        {
+            return Err(invalid(param, text, "it belongs to another room"));
+        }
+        self.not_ahead(param, text, token.position())
+    }
+
+    /// A `/sync` token (or `keys/changes` bound) as read back: refused when malformed, a room
+    /// token, or ahead of the stream; an ephemeral value ahead of the counter is taken as now.
+    pub fn sync_point(&self, param: &str, text: &str) -> Result<SyncToken> {
+        let token = SyncToken::parse(param, text)?;
+        Ok(SyncToken {
+            position: self.not_ahead(param, text, token.position)?,
+            ephemeral: token.ephemeral.min(self.notifier().ephemeral()),
+        })
+    }
+
+    /// `position` unless it is past the watermark (no such token was ever handed out).
+    fn not_ahead(&self, param: &str, text: &str, position: u64) -> Result<u64> {
+        if position > self.watermark() {
+            return Err(invalid(param, text, "it is ahead of this server's stream"));
+        }
+        Ok(position)
     }
 
     /// Where an event sits in its room's timeline: its stream position.

@@ -16,8 +16,10 @@ use crate::{Error, Result};
 pub struct ReadScope {
     /// The last stream position they may read: the live end, or their departure.
     pub up_to: u64,
-    /// Whether they are or were a member (history shared with members is open to them).
-    pub member: bool,
+    /// Up to which stream position they count as a member, for history `shared` with
+    /// members: the live end for a member, the departure for a former member, `None` for
+    /// someone who never joined.
+    pub member_until: Option<u64>,
     /// For a former member: the event by which they left (or were kicked or banned). State
     /// reads then see the room as it was right after it.
     pub departed_with: Option<OwnedEventId>,
@@ -44,7 +46,7 @@ impl Rooms {
             Some("join") => {
                 return Ok(ReadScope {
                     up_to: watermark,
-                    member: true,
+                    member_until: Some(u64::MAX),
                     departed_with: None,
                 });
             }
@@ -54,17 +56,19 @@ impl Rooms {
                 if let Some(departure) = self.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
                     && self.was_joined_before(&departure)?
                 {
+                    let departed_at = self.position_of(&departure.event_id)?.unwrap_or(0);
+                    // A room that is world-readable now is open to its end, but history
+                    // shared with members stays closed past the departure.
                     if world_readable()? {
                         return Ok(ReadScope {
                             up_to: watermark,
-                            member: true,
+                            member_until: Some(departed_at),
                             departed_with: None,
                         });
                     }
-                    let up_to = self.position_of(&departure.event_id)?.unwrap_or(0);
                     return Ok(ReadScope {
-                        up_to,
-                        member: true,
+                        up_to: departed_at,
+                        member_until: Some(departed_at),
                         departed_with: Some(departure.event_id),
                     });
                 }
@@ -74,7 +78,7 @@ impl Rooms {
         if self.room_version(room_id)?.is_some() && world_readable()? {
             return Ok(ReadScope {
                 up_to: watermark,
-                member: false,
+                member_until: None,
                 departed_with: None,
             });
         }
@@ -128,6 +132,17 @@ impl Rooms {
         }
     }
 
+    /// The room state at a pagination point as `history`'s reader may see it: the state right
+    /// after the room's last event at or before `position` (clamped to what the reader reads),
+    /// when the reader may see that event; 403 when not (Synapse's rule for `/members?at=`).
+    pub fn visible_state_at(&self, room_id: &RoomId, history: &HistoryFilter<'_>, position: u64) -> Result<Vec<Pdu>> {
+        match self.timeline(room_id, 0, position.min(history.scope.up_to), true, 1)?.pop() {
+            Some((at, pdu)) if history.allows(at, &pdu) => self.state_after(&pdu),
+            Some(_) => Err(Error::forbidden("You may not see the room at that point of its history")),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// The history-visibility check for `user_id` reading with `scope`.
     pub fn history_filter(&self, user_id: &UserId, scope: ReadScope) -> HistoryFilter<'_> {
         HistoryFilter {
@@ -144,13 +159,26 @@ impl HistoryFilter<'_> {
         &self.scope
     }
 
+    /// An event of `room_id` by id, with its position, when the reader may see it: 404 when
+    /// it is not an event of that room, 403 when history visibility hides it.
+    pub fn visible_event(&self, room_id: &RoomId, event_id: &ruma::EventId) -> Result<(u64, Pdu)> {
+        let not_found = || Error::not_found("Event not found");
+        let pdu = self.rooms.event(event_id)?.filter(|p| p.room().is_ok_and(|r| r == room_id));
+        let pdu = pdu.ok_or_else(not_found)?;
+        let position = self.rooms.position_of(event_id)?.ok_or_else(not_found)?;
+        if !self.allows(position, &pdu) {
+            return Err(Error::forbidden("You don't have permission to access that event"));
+        }
+        Ok((position, pdu))
+    }
+
     /// Whether the reader may see `pdu` (which must be in the timeline at `position`).
     /// A storage error hides the event (and is logged) rather than failing the whole page.
     pub fn allows(&self, position: u64, pdu: &Pdu) -> bool {
         if position > self.scope.up_to {
             return false;
         }
-        match self.decide(pdu) {
+        match self.decide(position, pdu) {
             Ok(allowed) => allowed,
             Err(e) => {
                 tracing::error!(event_id = %pdu.event_id, error = %e, "history visibility check failed");
@@ -159,9 +187,17 @@ impl HistoryFilter<'_> {
         }
     }
 
-    fn decide(&self, pdu: &Pdu) -> Result<bool> {
+    /// The spec's rules for one event, with the state before it (and after it, for a change
+    /// of visibility or of the reader's own membership).
+    fn decide(&self, position: u64, pdu: &Pdu) -> Result<bool> {
         let (visibility, membership) = self.before(pdu)?;
-        if self.allowed(&visibility, membership.as_deref()) {
+        let allowed = |visibility: &str, membership: Option<&str>| {
+            visibility == "world_readable"
+                || membership == Some("join")
+                || (visibility == "shared" && self.scope.member_until.is_some_and(|until| position <= until))
+                || (visibility == "invited" && membership == Some("invite"))
+        };
+        if allowed(&visibility, membership.as_deref()) {
             return Ok(true);
         }
         // A change of visibility, or of the reader's own membership, is visible when the state
@@ -169,21 +205,13 @@ impl HistoryFilter<'_> {
         let kind = pdu.kind.to_string();
         if kind == "m.room.history_visibility" {
             let after = normalise(pdu.content_str("history_visibility"));
-            return Ok(self.allowed(&after, membership.as_deref()));
+            return Ok(allowed(&after, membership.as_deref()));
         }
         if kind == "m.room.member" && pdu.state_key.as_deref() == Some(self.user_id.as_str()) {
             let after = pdu.content_str("membership");
-            return Ok(self.allowed(&visibility, after.as_deref()));
+            return Ok(allowed(&visibility, after.as_deref()));
         }
         Ok(false)
-    }
-
-    /// The spec's rules 1–5 for one state.
-    fn allowed(&self, visibility: &str, membership: Option<&str>) -> bool {
-        visibility == "world_readable"
-            || membership == Some("join")
-            || (visibility == "shared" && self.scope.member)
-            || (visibility == "invited" && membership == Some("invite"))
     }
 
     /// History visibility and the reader's membership in the state before `pdu`.

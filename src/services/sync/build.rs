@@ -62,6 +62,9 @@ struct Ctx<'a> {
     since: Option<Token>,
     filter: &'a FilterDefinition,
     full_state: bool,
+    /// `use_state_after` (spec v1.16): rooms carry `state_after`, the state up to the end of
+    /// the timeline, instead of `state`, the state up to its start.
+    state_after: bool,
     up_to: u64,
     /// The ephemeral value the answer's token ends at (read first, like `up_to`).
     ephemeral_up_to: u64,
@@ -90,7 +93,7 @@ pub fn build(
     (user_id, device_id): (&UserId, Option<&str>),
     since: Option<Token>,
     filter: &FilterDefinition,
-    full_state: bool,
+    (full_state, state_after): (bool, bool),
 ) -> Result<ruma::api::client::sync::sync_events::v3::Response> {
     let rooms = &services.rooms;
     // Fixed first: nothing above these is read, and the token says so.
@@ -104,6 +107,7 @@ pub fn build(
         since,
         filter,
         full_state,
+        state_after,
         up_to,
         ephemeral_up_to: ephemeral,
         ignored: services.account_data.ignored_users(user_id)?,
@@ -331,10 +335,11 @@ impl Ctx<'_> {
         let start = events.first().map_or(self.up_to, |(pos, _)| pos - 1);
         let full = room_since.is_none() || self.full_state || limited;
         let whole = room_since.is_none();
+        let full_at = if self.state_after { end } else { start };
         let state = self.state(
             room_id,
             &page,
-            (full.then_some(start), whole),
+            (full.then_some(full_at), whole),
             (after, end),
             &|pos, pdu| history.allows(pos, pdu),
         )?;
@@ -353,10 +358,8 @@ impl Ctx<'_> {
         {
             return Ok(None);
         }
-        joined.timeline = self.timeline_section(page.events, limited, start)?;
-        joined.state = State::Before(StateEvents::from(
-            state.iter().map(|p| self.client_event(p)).collect::<Result<Vec<_>>>()?,
-        ));
+        joined.timeline = self.timeline_section(room_id, page.events, limited, start)?;
+        joined.state = self.state_section(&state)?;
         joined.account_data.events = account_data;
         joined.ephemeral.events = ephemeral;
         if members_changed {
@@ -370,10 +373,16 @@ impl Ctx<'_> {
         Ok(Some(joined))
     }
 
-    fn timeline_section(&self, events: Vec<(u64, Pdu)>, limited: bool, start: u64) -> Result<Timeline> {
+    fn timeline_section(
+        &self,
+        room_id: &RoomId,
+        events: Vec<(u64, Pdu)>,
+        limited: bool,
+        start: u64,
+    ) -> Result<Timeline> {
         let mut timeline = Timeline::new();
         timeline.limited = limited;
-        timeline.prev_batch = Some(start.to_string());
+        timeline.prev_batch = Some(self.services.rooms.room_token(room_id, start)?);
         timeline.events = events
             .iter()
             .map(|(_, pdu)| self.client_event(pdu))
@@ -381,8 +390,19 @@ impl Ctx<'_> {
         Ok(timeline)
     }
 
-    /// The `state` section: the full state at `full_at` (the position before the timeline),
-    /// or for an incremental sync the state events after `after` the timeline does not show;
+    /// The room's state section, `state` or (`use_state_after`) `state_after`.
+    fn state_section(&self, state: &[Pdu]) -> Result<State> {
+        let events = StateEvents::from(state.iter().map(|p| self.client_event(p)).collect::<Result<Vec<_>>>()?);
+        Ok(if self.state_after {
+            State::After(events)
+        } else {
+            State::Before(events)
+        })
+    }
+
+    /// The `state` section: the full state at `full_at` (the position before the timeline, or
+    /// its end for `state_after`), or for an incremental sync the state events after `after`
+    /// the timeline does not show (for `state_after`: all of them, shown or not);
     /// filtered by the state filter, with lazy-loaded members cut to the timeline's senders
     /// (and, unless redundant ones are asked for, to those not sent before: `whole` says the
     /// room is being sent whole, so none counts as sent).
@@ -406,10 +426,14 @@ impl Ctx<'_> {
             None => {
                 // State changes since the token that the (filtered) timeline does not show,
                 // the latest per state key: those its scan noted, or else read again.
-                let keep = |pos: u64, pdu: &Pdu| pdu.is_state() && !shown.contains(&*pdu.event_id) && visible(pos, pdu);
+                let keep = |pos: u64, pdu: &Pdu| {
+                    pdu.is_state() && (self.state_after || !shown.contains(&*pdu.event_id)) && visible(pos, pdu)
+                };
                 let changes = match &page.skipped_state {
-                    Some(skipped) => skipped.iter().filter(|(pos, pdu)| keep(*pos, pdu)).cloned().collect(),
-                    None => rooms.timeline_page(room_id, (after, end), true, 100, keep)?.0,
+                    Some(skipped) if !self.state_after => {
+                        skipped.iter().filter(|(pos, pdu)| keep(*pos, pdu)).cloned().collect()
+                    }
+                    _ => rooms.timeline_page(room_id, (after, end), true, 100, keep)?.0,
                 };
                 let mut latest: BTreeMap<(String, String), Pdu> = BTreeMap::new();
                 for (_, pdu) in changes {
@@ -521,7 +545,9 @@ impl Ctx<'_> {
         Ok(out)
     }
 
-    /// Stripped state for an invite or knock, ending with the member event itself.
+    /// Stripped state for an invite or knock: the room's descriptive state, the member event of
+    /// whoever sent the invite (so clients can say who invited; Synapse sends it too), and
+    /// last the member event itself.
     fn stripped(&self, room_id: &RoomId, member: &Pdu) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
         let rooms = &self.services.rooms;
         let mut out = Vec::new();
@@ -538,6 +564,12 @@ impl Ctx<'_> {
             if let Some(pdu) = rooms.state_event(room_id, &StateEventType::from(*kind), "")? {
                 out.push(raw(&strip(&pdu)?)?);
             }
+        }
+        let sender = member.sender.as_str();
+        if member.state_key.as_deref() != Some(sender)
+            && let Some(inviter) = rooms.state_event(room_id, &StateEventType::RoomMember, sender)?
+        {
+            out.push(raw(&strip(&inviter)?)?);
         }
         out.push(raw(&strip(member)?)?);
         Ok(out)
@@ -558,18 +590,17 @@ impl Ctx<'_> {
         let (events, limited) = (&page.events, page.limited);
         let start = events.first().map_or(end, |(pos, _)| pos - 1);
         let full = self.since.is_none() || self.full_state || limited;
+        let full_at = if self.state_after { end } else { start };
         let state = self.state(
             room_id,
             &page,
-            (full.then_some(start), self.since.is_none()),
+            (full.then_some(full_at), self.since.is_none()),
             (after, end),
             &|pos, pdu| history.allows(pos, pdu),
         )?;
         let mut left = LeftRoom::new();
-        left.timeline = self.timeline_section(page.events, limited, start)?;
-        left.state = State::Before(StateEvents::from(
-            state.iter().map(|p| self.client_event(p)).collect::<Result<Vec<_>>>()?,
-        ));
+        left.timeline = self.timeline_section(room_id, page.events, limited, start)?;
+        left.state = self.state_section(&state)?;
         left.account_data.events = self.room_account_data(room_id, self.after())?;
         Ok(Some(left))
     }

@@ -10,7 +10,7 @@
 //! is therefore neither skipped (it is above the old token until the watermark passes it) nor
 //! sent twice (it is below the new token once it was sent). In-memory changes (typing,
 //! presence) have their own counter, the *ephemeral* value, and the token carries both:
-//! `s{position}_e{ephemeral}`.
+//! `s{position}_e{ephemeral}` (`services::tokens`).
 //!
 //! # Waking
 //!
@@ -39,6 +39,7 @@ use ruma::{
 };
 
 use self::notifier::{Key, Notifier};
+pub use super::tokens::SyncToken as Token;
 use super::{Services, keys::to_device::TO_DEVICE_LIMIT};
 use crate::{
     Error, Result,
@@ -48,35 +49,6 @@ use crate::{
 /// Longest wait of one long-poll.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Where a sync token points: a stream position and an ephemeral value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Token {
-    /// Everything durable up to here was sent.
-    pub position: u64,
-    /// Typing and presence up to here were sent.
-    pub ephemeral: u64,
-}
-
-impl Token {
-    /// Parses `s{position}_e{ephemeral}` (or a bare position).
-    pub fn parse(token: &str) -> Result<Token> {
-        let bad = || Error::invalid_param(format!("Invalid sync token {token}"));
-        if let Ok(position) = token.parse() {
-            return Ok(Token { position, ephemeral: 0 });
-        }
-        let (s, e) = token.split_once('_').ok_or_else(bad)?;
-        let position = s.strip_prefix('s').and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-        let ephemeral = e.strip_prefix('e').and_then(|e| e.parse().ok()).ok_or_else(bad)?;
-        Ok(Token { position, ephemeral })
-    }
-}
-
-impl std::fmt::Display for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_e{}", self.position, self.ephemeral)
-    }
-}
-
 /// The parameters of one `/sync`.
 pub struct Params {
     /// The requesting device (its own events carry `unsigned.transaction_id`).
@@ -85,6 +57,8 @@ pub struct Params {
     pub since: Option<String>,
     /// Send full state even for an incremental sync.
     pub full_state: bool,
+    /// Send `state_after` (the state up to the end of each timeline) instead of `state`.
+    pub use_state_after: bool,
     /// How long to wait for news.
     pub timeout: Option<Duration>,
     /// Presence to set.
@@ -122,7 +96,11 @@ pub(crate) async fn commit_on_stream(
 /// Runs one `/sync` for `user_id`: answers at once when there is news (or for an initial or
 /// `full_state` sync), else waits until there is or the timeout passes.
 pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Result<v3::Response> {
-    let since = params.since.as_deref().map(Token::parse).transpose()?;
+    let since = params
+        .since
+        .as_deref()
+        .map(|since| services.rooms.sync_point("since", since))
+        .transpose()?;
     let filter: FilterDefinition = services.filters.resolve(user_id, params.filter)?;
     let rooms = &services.rooms;
     let memberships = rooms.memberships_of(user_id)?;
@@ -162,7 +140,7 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
             (user_id, params.device_id.as_deref()),
             since,
             &filter,
-            params.full_state,
+            (params.full_state, params.use_state_after),
         )?;
         let empty = response.rooms.is_empty()
             && response.presence.is_empty()
@@ -174,7 +152,7 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
                 && response.to_device.events.len() >= TO_DEVICE_LIMIT
             {
                 // What did not fit moves past this answer's token, for the next sync.
-                let up_to = Token::parse(&response.next_batch)?.position;
+                let up_to = Token::parse("next_batch", &response.next_batch)?.position;
                 let after = since.map_or(0, |s| s.position);
                 services.keys.requeue_undelivered(user_id, device, after, up_to).await?;
             }
@@ -184,22 +162,5 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
             _ = waiter.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Token;
-
-    #[test]
-    fn tokens_round_trip() {
-        let t = Token {
-            position: 42,
-            ephemeral: 1_700_000_000_123,
-        };
-        assert_eq!(Token::parse(&t.to_string()).unwrap(), t);
-        assert_eq!(Token::parse("17").unwrap().position, 17);
-        assert!(Token::parse("s1").is_err());
-        assert!(Token::parse("x1_e2").is_err());
     }
 }

@@ -72,6 +72,8 @@ pub struct Config {
     pub sync_writes: bool,
     /// Registration policy.
     pub registration: RegistrationMode,
+    /// New accounts start with their localpart as display name.
+    pub localpart_as_display_name: bool,
     /// argon2 memory cost in KiB.
     pub password_memory_kib: u32,
     /// argon2 iterations.
@@ -88,8 +90,10 @@ pub struct Config {
     pub well_known_client: Option<String>,
     /// `m.server` for `/.well-known/matrix/server`.
     pub well_known_server: Option<String>,
-    /// Federation on or off.
+    /// Federation on or off (only off exists yet: `true` is refused at start).
     pub federation_enabled: bool,
+    /// The room version `createRoom` uses when the client names none.
+    pub default_room_version: ruma::RoomVersionId,
     /// Rate limiting on or off.
     pub rate_limits_enabled: bool,
     /// Limit for `/login`, per client address.
@@ -147,6 +151,7 @@ pub struct RawConfig {
     logging: RawLogging,
     well_known: RawWellKnown,
     federation: RawFederation,
+    rooms: RawRooms,
     rate_limits: RawRateLimits,
     media: RawMedia,
 }
@@ -242,10 +247,20 @@ struct RawDatabase {
     sync_writes: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawRegistration {
     mode: Option<String>,
+    localpart_as_display_name: bool,
+}
+
+impl Default for RawRegistration {
+    fn default() -> Self {
+        Self {
+            mode: None,
+            localpart_as_display_name: true,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -284,6 +299,31 @@ struct RawFederation {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct RawRooms {
+    default_room_version: RoomVersionText,
+}
+
+/// A room version as written: `"12"`, or `12` (what an environment variable gives).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RoomVersionText {
+    Text(String),
+    Number(u64),
+}
+
+impl Default for RawRooms {
+    fn default() -> Self {
+        Self {
+            default_room_version: RoomVersionText::Text("12".into()),
+        }
+    }
+}
+
+/// Room versions new rooms may have.
+pub const NEW_ROOM_VERSIONS: &[&str] = &["10", "11", "12"];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawRateLimits {
     enabled: bool,
     login: RateLimit,
@@ -305,6 +345,7 @@ impl Default for RawConfig {
             logging: RawLogging::default(),
             well_known: RawWellKnown::default(),
             federation: RawFederation::default(),
+            rooms: RawRooms::default(),
             rate_limits: RawRateLimits::default(),
             media: RawMedia::default(),
         }
@@ -381,6 +422,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "logging",
     "well_known",
     "federation",
+    "rooms",
     "rate_limits",
     "media",
 ];
@@ -533,6 +575,25 @@ impl RawConfig {
                 ));
             }
         };
+        if self.federation.enabled {
+            return Err(key_error(
+                "federation.enabled",
+                "federation is not available in this version of Hearth yet; leave it false",
+            ));
+        }
+        let version = match &self.rooms.default_room_version {
+            RoomVersionText::Text(text) => text.clone(),
+            RoomVersionText::Number(number) => number.to_string(),
+        };
+        let version = version.as_str();
+        if !NEW_ROOM_VERSIONS.contains(&version) {
+            return Err(key_error(
+                "rooms.default_room_version",
+                format!("\"{version}\" is not a room version new rooms may have (one of 10, 11, 12)"),
+            ));
+        }
+        let default_room_version = ruma::RoomVersionId::try_from(version)
+            .map_err(|e| key_error("rooms.default_room_version", e))?;
         let p = &self.passwords;
         argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, None).map_err(|e| {
             key_error(
@@ -607,6 +668,7 @@ impl RawConfig {
             cache_bytes: (self.database.cache_size_mb as usize) << 20,
             sync_writes: self.database.sync_writes,
             registration,
+            localpart_as_display_name: self.registration.localpart_as_display_name,
             password_memory_kib: p.memory_kib,
             password_iterations: p.iterations,
             password_parallelism: p.parallelism,
@@ -616,6 +678,7 @@ impl RawConfig {
             well_known_client: self.well_known.client,
             well_known_server: self.well_known.server,
             federation_enabled: self.federation.enabled,
+            default_room_version,
             rate_limits_enabled: self.rate_limits.enabled,
             rate_limit_login: self.rate_limits.login,
             rate_limit_register: self.rate_limits.register,
@@ -708,6 +771,25 @@ mod tests {
         );
         let err = load_str("", &[("HEARTH_DATABASE__NOPE", "1")]).unwrap_err().to_string();
         assert!(err.contains("HEARTH_DATABASE__NOPE"), "{err}");
+    }
+
+    #[test]
+    fn default_room_version_is_read_and_checked() {
+        assert_eq!(Config::defaults().default_room_version, ruma::RoomVersionId::V12);
+        let c = load_str("[rooms]\ndefault_room_version = \"11\"\n", &[]).unwrap();
+        assert_eq!(c.default_room_version, ruma::RoomVersionId::V11);
+        let c = load_str("", &[("HEARTH_ROOMS__DEFAULT_ROOM_VERSION", "10")]).unwrap();
+        assert_eq!(c.default_room_version, ruma::RoomVersionId::V10);
+        let err = load_str("", &[("HEARTH_ROOMS__DEFAULT_ROOM_VERSION", "9")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rooms.default_room_version"), "{err}");
+    }
+
+    #[test]
+    fn federation_on_is_refused_until_it_exists() {
+        let err = load_str("[federation]\nenabled = true\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("federation.enabled"), "{err}");
     }
 
     #[test]

@@ -45,6 +45,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::account::whoami);
     t.add(LimitClass::Client, client::account::change_password);
     t.add(LimitClass::Client, client::account::deactivate);
+    t.add(LimitClass::Client, client::threepid::get_3pids);
+    t.add(LimitClass::Client, client::threepid::request_email_token);
+    t.add(LimitClass::Client, client::threepid::request_msisdn_token);
+    t.add(LimitClass::Client, client::threepid::add_3pid);
+    t.add(LimitClass::Client, client::threepid::bind_3pid);
+    t.add(LimitClass::Client, client::threepid::delete_3pid);
+    t.add(LimitClass::Client, client::threepid::unbind_3pid);
+    t.add(LimitClass::Client, client::admin::get_user_info);
 
     // Devices.
     t.add(LimitClass::Client, client::device::get_devices);
@@ -106,11 +114,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::typing::create_typing_event);
     t.add(LimitClass::Client, client::receipt::create_receipt);
     t.add(LimitClass::Client, client::receipt::set_read_marker);
-    t.add(LimitClass::Client, client::tags::get_room_account_data);
-    t.add(LimitClass::Client, client::tags::set_room_account_data);
-    t.add(LimitClass::Client, client::tags::get_tags);
-    t.add(LimitClass::Client, client::tags::create_tag);
-    t.add(LimitClass::Client, client::tags::delete_tag);
+    t.add(LimitClass::Client, client::account_data::get_room_account_data);
+    t.add(LimitClass::Client, client::account_data::set_room_account_data);
+    t.add(LimitClass::Client, client::account_data::get_tags);
+    t.add(LimitClass::Client, client::account_data::create_tag);
+    t.add(LimitClass::Client, client::account_data::delete_tag);
     t.add(LimitClass::Client, client::presence::get_presence);
     t.add(LimitClass::Client, client::presence::set_presence);
 
@@ -141,6 +149,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::reporting::report_content);
     t.add(LimitClass::Client, client::reporting::report_room);
     t.add(LimitClass::Client, client::reporting::report_user);
+
+    // Third-party networks (bridged by application services).
+    t.add(LimitClass::Client, client::thirdparty::get_protocols);
+    t.add(LimitClass::Client, client::thirdparty::get_protocol);
+    t.add(LimitClass::Client, client::thirdparty::get_location_for_protocol);
+    t.add(LimitClass::Client, client::thirdparty::get_location_for_room_alias);
+    t.add(LimitClass::Client, client::thirdparty::get_user_for_protocol);
+    t.add(LimitClass::Client, client::thirdparty::get_user_for_user_id);
 
     // Content repository: JSON endpoints here, streaming ones (upload, download, thumbnail) as
     // raw handlers.

@@ -21,6 +21,7 @@ pub mod server_keys;
 pub mod sessions;
 pub mod sync;
 pub mod tags;
+pub mod tokens;
 pub mod typing;
 pub mod uiaa;
 
@@ -155,8 +156,20 @@ impl Services {
         self.db.batch()
     }
 
+    /// A batch for creating `user_id`'s account, holding what a new account starts with: its
+    /// localpart as display name (unless `registration.localpart_as_display_name` is off).
+    pub fn new_account_batch(&self, user_id: &ruma::UserId) -> crate::Result<Batch> {
+        let mut batch = self.batch();
+        if self.config.localpart_as_display_name {
+            self.profile.queue_initial(&mut batch, user_id)?;
+        }
+        Ok(batch)
+    }
+
     /// Deactivates an account: no password, no devices or tokens, no profile, no account
-    /// data, all in one batch. The user id stays reserved.
+    /// data, all in one batch (the user id stays reserved); then the user leaves every room
+    /// they are in, rejects their invites and withdraws their knocks, each with its member
+    /// event, as Synapse does.
     pub async fn deactivate_user(&self, user_id: &ruma::UserId) -> Result<(), crate::Error> {
         let devices = self.device_ids(user_id, None, None)?;
         let mut batch = self.batch();
@@ -165,6 +178,15 @@ impl Services {
         self.account_data.queue_clear(&mut batch, user_id)?;
         self.accounts.deactivate(user_id, batch).await?;
         self.keys.devices_deleted(&self.rooms, user_id, &devices).await?;
+        for (room_id, member) in self.rooms.memberships_of(user_id)?.iter() {
+            if !matches!(member.membership.as_str(), "join" | "invite" | "knock") {
+                continue;
+            }
+            // One room refusing (say, a broken room) must not keep the user in the others.
+            if let Err(e) = self.rooms.set_membership(room_id, user_id, user_id, "leave", None).await {
+                tracing::warn!(%user_id, %room_id, error = %e, "deactivated user could not leave a room");
+            }
+        }
         tracing::info!(%user_id, "account deactivated");
         Ok(())
     }

@@ -93,6 +93,14 @@ impl Profiles {
         Ok(profile)
     }
 
+    /// Queues the profile of a new account: its localpart as display name.
+    pub fn queue_initial(&self, batch: &mut crate::storage::Batch, user_id: &UserId) -> Result<()> {
+        let profile = serde_json::json!({ "displayname": user_id.localpart() });
+        let bytes = serde_json::to_vec(&profile).map_err(|e| Error::internal(e.to_string()))?;
+        self.table.put_profile(batch, user_id.as_str(), &bytes);
+        Ok(())
+    }
+
     /// Queues removal of the whole profile (deactivation).
     pub fn queue_clear(&self, batch: &mut crate::storage::Batch, user_id: &UserId) {
         self.table.delete_profile(batch, user_id.as_str());

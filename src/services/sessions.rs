@@ -40,6 +40,8 @@ pub struct Grant {
     pub refresh_token: Option<String>,
     /// Lifetime of the access token, when it expires.
     pub expires_in: Option<std::time::Duration>,
+    /// The device did not exist before.
+    pub new_device: bool,
 }
 
 /// A device as shown to its owner.
@@ -150,6 +152,7 @@ impl Sessions {
             access_token,
             refresh_token,
             expires_in,
+            new_device: existing.is_none(),
         })
     }
 

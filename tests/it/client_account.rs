@@ -624,3 +624,96 @@ fn a_lost_refresh_answer_can_be_retried() {
     )
     .ok();
 }
+
+#[test]
+fn deactivation_leaves_every_room_with_member_events() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let create = |c: &crate::support::Client, body: Value| {
+        c.post("/_matrix/client/v3/createRoom", body).ok()["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let joined = create(&bob, json!({"preset": "public_chat"}));
+    alice
+        .post(&format!("/_matrix/client/v3/join/{}", enc(&joined)), json!({}))
+        .ok();
+    let invited = create(&bob, json!({"invite": [alice.uid()]}));
+
+    let first = alice.uia_start("POST", "/_matrix/client/v3/account/deactivate", json!({}));
+    let session = first["session"].as_str().unwrap().to_owned();
+    let auth = alice.password_auth("pw", Some(&session));
+    alice
+        .post("/_matrix/client/v3/account/deactivate", json!({"auth": auth}))
+        .ok();
+
+    let member = |room: &str| {
+        bob.get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(room),
+            enc(&alice.uid())
+        ))
+        .ok()["membership"]
+            .clone()
+    };
+    assert_eq!(member(&joined), "leave");
+    assert_eq!(member(&invited), "leave", "the invite is rejected");
+    let members = bob.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&joined)));
+    assert!(members.ok()["joined"].get(alice.uid()).is_none());
+}
+
+#[test]
+fn third_party_identifiers_answer_without_email_or_sms() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    assert_eq!(alice.get("/_matrix/client/v3/account/3pid").ok()["threepids"], json!([]));
+    let secret = json!({"client_secret": "s3cret", "email": "a@example.org", "send_attempt": 1});
+    alice
+        .post("/_matrix/client/v3/account/3pid/email/requestToken", secret)
+        .expect_err(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED");
+    let msisdn = json!({"client_secret": "s3cret", "country": "GB", "phone_number": "07700900000", "send_attempt": 1});
+    alice
+        .post("/_matrix/client/v3/account/3pid/msisdn/requestToken", msisdn)
+        .expect_err(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED");
+    alice
+        .post("/_matrix/client/v3/account/3pid/add", json!({"client_secret": "s3cret", "sid": "1"}))
+        .expect_err(400, "M_THREEPID_AUTH_FAILED");
+    let bind = json!({"client_secret": "s3cret", "sid": "1", "id_server": "id.example.org", "id_access_token": "t"});
+    alice
+        .post("/_matrix/client/v3/account/3pid/bind", bind)
+        .expect_err(400, "M_THREEPID_AUTH_FAILED");
+    for path in ["/_matrix/client/v3/account/3pid/delete", "/_matrix/client/v3/account/3pid/unbind"] {
+        let r = alice.post(path, json!({"medium": "email", "address": "a@example.org"}));
+        assert_eq!(r.ok()["id_server_unbind_result"], "no-support", "{path}");
+    }
+    server
+        .client()
+        .get("/_matrix/client/v3/account/3pid")
+        .expect_err(401, "M_MISSING_TOKEN");
+}
+
+#[test]
+fn whois_answers_users_about_themselves_and_admins_about_anyone() {
+    let mut server = TestServer::unstarted(&[]);
+    let out = server.admin(&["user", "create", "root", "--admin"], Some("rootpw\n"));
+    assert!(out.status.success(), "{out:?}");
+    server.launch();
+    let mut root = server.client();
+    root.login("root", "rootpw");
+    let alice = server.user("alice", "pw");
+    let path = |user: &str| format!("/_matrix/client/v3/admin/whois/{}", enc(user));
+
+    let me = alice.get(&path(&alice.uid())).ok().clone();
+    assert_eq!(me["user_id"], alice.uid());
+    let device = alice.device_id.clone().unwrap();
+    let connections = &me["devices"][&device]["sessions"][0]["connections"][0];
+    assert_eq!(connections["ip"], "127.0.0.1", "{me}");
+    assert!(connections["last_seen"].as_u64().is_some(), "{me}");
+
+    alice.get(&path(&root.uid())).expect_err(403, "M_FORBIDDEN");
+    let seen = root.get(&path(&alice.uid())).ok().clone();
+    assert!(seen["devices"].get(&device).is_some(), "{seen}");
+    root.get(&path("@nobody:hearth.test")).expect_err(404, "M_NOT_FOUND");
+}

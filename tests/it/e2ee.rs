@@ -335,11 +335,13 @@ fn device_list_changes_reach_users_sharing_a_room() {
         .clone();
     assert_eq!(changes["changed"], json!([alice.uid()]));
 
-    // A new device counts once it uploads its keys (spec: "updated their device identity
-    // keys"); a deleted one (logout) at once.
+    // A new device counts at login (as Synapse reports it), again once it uploads its keys
+    // (spec: "updated their device identity keys"); a deleted one (logout) at once.
     let mut alice2 = server.client();
     alice2.login("alice", "pw");
-    let b2 = next(&sync(&bob, Some(&b1)));
+    let at_login = sync(&bob, Some(&b1));
+    assert_eq!(at_login["device_lists"]["changed"], json!([alice.uid()]), "{at_login}");
+    let b2 = next(&at_login);
     let signer2 = Signer::device(alice2.device_id.as_deref().unwrap());
     upload(&alice2, json!({"device_keys": device_keys(&alice2, &signer2)})).ok();
     let after_upload = sync(&bob, Some(&b2));

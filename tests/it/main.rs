@@ -13,6 +13,8 @@ mod client_devices_profile;
 mod crash;
 /// The room directory: aliases, canonical aliases, the public room list, room summaries.
 mod directory;
+/// What Element Web relies on: invite state, display names, feature flags, presets.
+mod element_web;
 /// End-to-end encryption: device, one-time, fallback and cross-signing keys, to-device
 /// messages, key backup.
 mod e2ee;
@@ -30,3 +32,5 @@ mod rooms;
 mod sync;
 /// Architecture invariants of the source tree.
 mod tidy;
+/// Tokens: every token handed out is taken back where the spec takes one; bad ones refused.
+mod tokens;

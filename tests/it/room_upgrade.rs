@@ -54,6 +54,8 @@ fn upgrade_replaces_the_room() {
         levels["users"].get(alice.uid()).is_none(),
         "v12 creators are not listed: {levels}"
     );
+    // Creators are above every listed level, so only they may replace the room again.
+    assert_eq!(levels["events"]["m.room.tombstone"], 150, "{levels}");
 
     let tombstone = state(&bob, &old, "m.room.tombstone", "");
     assert_eq!(tombstone["replacement_room"], new.as_str());

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod backup;
 pub mod device;
 pub mod directory;
@@ -23,7 +24,8 @@ pub mod room_upgrade;
 pub mod session;
 pub mod state;
 pub mod sync;
-pub mod tags;
+pub mod thirdparty;
+pub mod threepid;
 pub mod to_device;
 pub mod typing;
 pub mod versions;

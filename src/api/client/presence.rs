@@ -20,6 +20,15 @@ pub async fn set_presence(ctx: Ctx, req: set_presence::v3::Request) -> Result<se
     if user_id != req.user_id {
         return Err(Error::forbidden("Cannot set the presence of another user"));
     }
+    if !matches!(
+        req.presence,
+        PresenceState::Online | PresenceState::Offline | PresenceState::Unavailable
+    ) {
+        return Err(Error::invalid_param(format!(
+            "presence must be online, offline or unavailable, not {:?}",
+            req.presence.as_str().chars().take(32).collect::<String>()
+        )));
+    }
     ctx.services.set_presence(user_id, req.presence, Some(req.status_msg))?;
     Ok(set_presence::v3::Response::new())
 }

@@ -41,7 +41,7 @@ pub async fn register(ctx: Ctx, req: register::v3::Request) -> Result<register::
             .check_available(&format!("u{}", util::random_string(11).to_lowercase()))?,
     };
 
-    let mut batch = services.batch();
+    let mut batch = services.new_account_batch(&user_id)?;
     let _token_use = match &completed.registration_token {
         Some(token) => Some(services.registration.queue_use(&mut batch, token).await?),
         None => None,

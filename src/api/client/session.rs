@@ -65,6 +65,9 @@ pub async fn login(ctx: Ctx, req: login::Request) -> Result<login::Response> {
             ctx.ip.clone(),
         )
         .await?;
+    if grant.new_device {
+        services.keys.device_added(&services.rooms, &user_id).await?;
+    }
     tracing::info!(%user_id, device_id = %grant.device_id, "logged in");
     let mut response = login::Response::new(user_id, grant.access_token, grant.device_id);
     response.refresh_token = grant.refresh_token;

@@ -17,10 +17,15 @@ use ruma::{
 
 use crate::{Result, api::extract::Ctx};
 
-/// The spec versions Hearth speaks.
+/// The spec versions Hearth speaks: every one whose client-server changes it serves. v1.13
+/// and v1.14 add room and user reports and requestToken error codes; v1.15 room summaries
+/// (the OAuth API it adds is optional: `auth_metadata` answers 404 `M_UNRECOGNIZED`); v1.16
+/// custom profile fields, `format=event`, `use_state_after`, room version 12 and
+/// `m.room.create` in invite state. Not yet: v1.17 (`m.oauth` UIA with the OAuth API), v1.18
+/// (admin lock/suspend endpoints, invite blocking), v1.19 (`mutual_rooms`).
 pub const VERSIONS: &[&str] = &[
     "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
-    "v1.11", "v1.12",
+    "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16",
 ];
 
 /// `GET /_matrix/client/versions`
@@ -30,19 +35,22 @@ pub async fn get_supported_versions(
 ) -> Result<get_supported_versions::Response> {
     let mut unstable = BTreeMap::new();
     unstable.insert("org.matrix.msc2432".to_owned(), true);
+    // Cross-signing (spec v1.1); Element still asks for it by this name.
+    unstable.insert("org.matrix.e2e_cross_signing".to_owned(), true);
     let mut response = get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
     response.unstable_features = unstable;
     Ok(response)
 }
 
 /// `GET /_matrix/client/v3/capabilities`
-pub async fn get_capabilities(_ctx: Ctx, _req: capabilities::Request) -> Result<capabilities::Response> {
+pub async fn get_capabilities(ctx: Ctx, _req: capabilities::Request) -> Result<capabilities::Response> {
     let mut caps = Capabilities::new();
-    let available = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12]
-        .into_iter()
+    let available = crate::config::NEW_ROOM_VERSIONS
+        .iter()
+        .filter_map(|v| RoomVersionId::try_from(*v).ok())
         .map(|v| (v, RoomVersionStability::Stable))
         .collect();
-    caps.room_versions = RoomVersionsCapability::new(RoomVersionId::V12, available);
+    caps.room_versions = RoomVersionsCapability::new(ctx.services.config.default_room_version.clone(), available);
     caps.change_password.enabled = true;
     caps.profile_fields = Some(ProfileFieldsCapability::new(true));
     // Still read by clients older than spec v1.16.

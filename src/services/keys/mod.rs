@@ -32,7 +32,6 @@ pub mod to_device;
 use std::sync::Arc;
 
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedUserId, SigningKeyAlgorithm, UserId, serde::Base64};
-use serde_json::value::RawValue;
 
 use super::{
     rooms::Rooms,
@@ -42,7 +41,7 @@ use super::{
     },
 };
 use crate::{
-    Error, Result,
+    Result,
     storage::{
         Batch, Db,
         positions::Positions,
@@ -130,6 +129,12 @@ impl Keys {
         Ok(())
     }
 
+    /// Records that `user_id` has a new device (a login), so users sharing a room with them see
+    /// it in `device_lists.changed` at once, before the device uploads keys (as Synapse does).
+    pub async fn device_added(&self, rooms: &Rooms, user_id: &UserId) -> Result<()> {
+        self.commit_device_list_change(rooms, user_id, |_| Ok(())).await.map(|_| ())
+    }
+
     /// Deletes the keys and inboxes of devices that were removed (logout, device deletion,
     /// deactivation) and records the device-list change.
     pub async fn devices_deleted(&self, rooms: &Rooms, user_id: &UserId, device_ids: &[String]) -> Result<()> {
@@ -165,10 +170,7 @@ impl Keys {
     }
 }
 
-/// Parses a JSON object into canonical JSON (`M_BAD_JSON` when it is not one).
-pub(crate) fn canonical_object(raw: &RawValue, what: &str) -> Result<CanonicalJsonObject> {
-    serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("Invalid {what}: {e}")))
-}
+pub(crate) use crate::services::events::canonical_object;
 
 /// Checks the signature `object.signatures[signer][key_id]` with the ed25519 public key
 /// `public_key` (unpadded base64). `Err` says why it does not hold.

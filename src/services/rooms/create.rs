@@ -55,6 +55,24 @@ fn object(value: serde_json::Value) -> CanonicalJsonObject {
     }
 }
 
+/// Merges `invitees` into the create content's `additional_creators` (deduplicated, the
+/// creator left out), as the `trusted_private_chat` preset asks in room version 12.
+fn add_creators(create: &mut CanonicalJsonObject, creator: &UserId, invitees: &[OwnedUserId]) -> Result<()> {
+    let mut creators = match create.remove("additional_creators") {
+        None => Vec::new(),
+        Some(CanonicalJsonValue::Array(values)) => values,
+        Some(_) => return Err(Error::bad_json("additional_creators must be an array of user IDs")),
+    };
+    for invitee in invitees.iter().filter(|i| i.as_str() != creator.as_str()) {
+        let value = CanonicalJsonValue::String(invitee.to_string());
+        if !creators.contains(&value) {
+            creators.push(value);
+        }
+    }
+    create.insert("additional_creators".into(), CanonicalJsonValue::Array(creators));
+    Ok(())
+}
+
 impl Rooms {
     /// Creates a room with the events of the spec's creation algorithm; returns its id.
     pub async fn create_room(&self, creator: &UserId, request: CreateRoom) -> Result<OwnedRoomId> {
@@ -69,21 +87,29 @@ impl Rooms {
                 .entry("creator".into())
                 .or_insert_with(|| CanonicalJsonValue::String(creator.to_string()));
         }
+        let creators_privileged = rules.authorization.explicitly_privilege_room_creators;
         let mut users = serde_json::Map::new();
-        if !rules.authorization.explicitly_privilege_room_creators {
+        if !creators_privileged {
             users.insert(creator.to_string(), 100.into());
         }
         if request.preset == Preset::TrustedPrivateChat {
-            for invitee in &request.invite {
-                users.insert(invitee.to_string(), 100.into());
+            if creators_privileged {
+                // Room version 12: invitees become creators too (never listed in `users`).
+                add_creators(&mut create, creator, &request.invite)?;
+            } else {
+                for invitee in &request.invite {
+                    users.insert(invitee.to_string(), 100.into());
+                }
             }
         }
+        // With creators above every level (v12), only they may replace the room.
+        let tombstone_level = if creators_privileged { 150 } else { 100 };
         let mut power_levels = object(serde_json::json!({
             "users": users,
             "users_default": 0,
             "events": {
                 "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
-                "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+                "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": tombstone_level,
                 "m.room.server_acl": 100, "m.room.encryption": 100
             },
             "events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,

@@ -9,7 +9,7 @@ use ruma::{
     events::StateEventType,
 };
 
-use super::{NewEvent, Rooms, pdu::Pdu};
+use super::{NewEvent, Rooms};
 use crate::{Error, Result, services::events};
 
 /// State carried into the replacement room, in this order (power levels come first so the
@@ -36,13 +36,6 @@ pub struct Replacement {
     old_room: OwnedRoomId,
 }
 
-fn content_object(pdu: &Pdu) -> Result<CanonicalJsonObject> {
-    match serde_json::from_str::<CanonicalJsonValue>(pdu.content.get()) {
-        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
-        _ => Err(Error::internal(format!("content of {} is not an object", pdu.event_id))),
-    }
-}
-
 impl Rooms {
     /// Creates the replacement room of `old_room` in `version` (steps 1–3 of the spec). Call
     /// [`Self::finish_upgrade`] afterwards.
@@ -64,7 +57,7 @@ impl Rooms {
         let old_create = self
             .state_event(old_room, &StateEventType::RoomCreate, "")?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
-        let old_create = content_object(&old_create)?;
+        let old_create = old_create.content_object()?;
 
         let mut create = CanonicalJsonObject::new();
         create.insert("room_version".into(), CanonicalJsonValue::String(version.to_string()));
@@ -111,7 +104,7 @@ impl Rooms {
             let Some(event) = self.state_event(old_room, &StateEventType::from(*kind), "")? else {
                 continue;
             };
-            let mut content = content_object(&event)?;
+            let mut content = event.content_object()?;
             if *kind == "m.room.power_levels" {
                 adjust_power_levels(&mut content, sender, &creators);
             }
@@ -123,7 +116,7 @@ impl Rooms {
             if pdu.kind.to_string() != "m.room.member" {
                 continue;
             }
-            let content = content_object(&pdu)?;
+            let content = pdu.content_object()?;
             if content.get("membership") != Some(&CanonicalJsonValue::String("ban".into())) {
                 continue;
             }
@@ -149,7 +142,7 @@ impl Rooms {
         let Some(alias) = self.state_event(old_room, &StateEventType::RoomCanonicalAlias, "")? else {
             return Ok(());
         };
-        let content = content_object(&alias)?;
+        let content = alias.content_object()?;
         if content.is_empty() {
             return Ok(());
         }
@@ -185,7 +178,7 @@ impl Rooms {
         let Some(levels) = self.state_event(old_room, &StateEventType::RoomPowerLevels, "")? else {
             return Ok(());
         };
-        let mut levels = content_object(&levels)?;
+        let mut levels = levels.content_object()?;
         let users_default = match levels.get("users_default") {
             Some(CanonicalJsonValue::Integer(i)) => i64::from(*i),
             _ => 0,
@@ -216,7 +209,8 @@ impl Rooms {
 }
 
 /// The old room's power levels for the new one: creators of a version that privileges them
-/// must not be listed; otherwise the upgrader keeps at least the power to run the room.
+/// must not be listed, and only they may send its tombstone; otherwise the upgrader keeps at
+/// least the power to run the room.
 fn adjust_power_levels(content: &mut CanonicalJsonObject, sender: &UserId, creators: &[&str]) {
     let users = content
         .entry("users".into())
@@ -236,6 +230,23 @@ fn adjust_power_levels(content: &mut CanonicalJsonObject, sender: &UserId, creat
     } else {
         for creator in creators {
             users.remove(*creator);
+        }
+        // Creators stand above every level, so replacing the room is theirs alone: the
+        // tombstone goes above the highest listed user (at least 150, as at creation).
+        let highest = users
+            .values()
+            .filter_map(|v| match v {
+                CanonicalJsonValue::Integer(i) => Some(i64::from(*i)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let level = CanonicalJsonValue::Integer(ruma::Int::new_saturating(highest.saturating_add(1).max(150)));
+        let events = content
+            .entry("events".into())
+            .or_insert_with(|| CanonicalJsonValue::Object(CanonicalJsonObject::new()));
+        if let CanonicalJsonValue::Object(events) = events {
+            events.insert("m.room.tombstone".into(), level);
         }
     }
 }

@@ -117,6 +117,19 @@ pub async fn prepare(
     Ok(prepared)
 }
 
+/// Parses ruma's request type `R` from a prepared request. Some ruma parsers panic on odd
+/// input (`POST /login` with no `type`); that is a bad request, not a reason to drop the
+/// connection.
+pub fn parse<R: ruma::api::IncomingRequest>(prepared: &Prepared) -> Result<R> {
+    use ruma::api::IncomingRequestExt;
+    let args: Vec<&str> = prepared.path_args.iter().map(String::as_str).collect();
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        R::try_from_http_request(prepared.http_request(), &args)
+    }))
+    .map_err(|_| Error::bad_json("Malformed request"))?;
+    parsed.map_err(|e| request_error(e, prepared.body()))
+}
+
 /// Authenticates and rate-limits a request without reading its body, for handlers that stream
 /// the body themselves (media uploads); ruma sees an empty body.
 pub async fn prepare_head(

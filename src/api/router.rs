@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, future::Future, sync::Arc};
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use ruma::api::{IncomingRequest, IncomingRequestExt, auth_scheme, path_builder::PathBuilder};
+use ruma::api::{IncomingRequest, auth_scheme, path_builder::PathBuilder};
 
 use super::{
     extract::{self, AuthRequirement, Ctx},
@@ -127,14 +127,7 @@ where
             template,
         )
         .await?;
-        let args: Vec<&str> = prepared.path_args.iter().map(String::as_str).collect();
-        // Some ruma parsers panic on odd input (`POST /login` with no `type`); that is a bad
-        // request, not a reason to drop the connection.
-        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            R::try_from_http_request(prepared.http_request(), &args)
-        }))
-        .map_err(|_| Error::bad_json("Malformed request"))?;
-        let request = parsed.map_err(|e| extract::request_error(e, prepared.body()))?;
+        let request = extract::parse::<R>(&prepared)?;
         handler(prepared.ctx, request).await
     }
     .await;

@@ -15,6 +15,19 @@ use ruma::{
 use super::server_keys::ServerKeys;
 use crate::{Error, Result};
 
+/// A JSON object from a client (event content, a key object, `creation_content` …) as
+/// canonical JSON, or 400 `M_BAD_JSON` naming `what` when it is not an object within
+/// canonical JSON's limits (integer range, nesting).
+pub fn canonical_object(raw: &serde_json::value::RawValue, what: &str) -> Result<CanonicalJsonObject> {
+    match serde_json::from_str::<CanonicalJsonValue>(raw.get()) {
+        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
+        Ok(_) => Err(Error::bad_json(format!("{what} must be a JSON object"))),
+        Err(e) => Err(Error::bad_json(format!(
+            "{what} must be a JSON object within the canonical JSON limits: {e}"
+        ))),
+    }
+}
+
 /// Largest PDU the spec allows, in bytes of canonical JSON.
 pub const MAX_PDU_BYTES: usize = 65_536;
 

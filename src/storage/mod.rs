@@ -204,6 +204,33 @@ impl Db {
         Ok(out)
     }
 
+    /// Up to `limit` entries whose key is `prefix`, then a big-endian u64 `n` with
+    /// `after < n <= up_to`, then anything; ascending, or descending when `reverse`. The
+    /// tables' stream-ordered keys (a room's timeline, a change log, an inbox) are all read
+    /// this way.
+    pub fn scan_numbered(
+        &self,
+        table: &'static str,
+        prefix: &[u8],
+        (after, up_to): (u64, u64),
+        reverse: bool,
+        limit: usize,
+    ) -> StorageResult<Vec<(Box<[u8]>, Box<[u8]>)>> {
+        if after >= up_to {
+            return Ok(Vec::new());
+        }
+        let bound = |n: Option<u64>| {
+            let mut key = prefix.to_vec();
+            match n {
+                Some(n) => key.extend_from_slice(&n.to_be_bytes()),
+                // Past every number (and whatever follows it) under the prefix.
+                None => key.extend_from_slice(&[0xFF; 9]),
+            }
+            key
+        };
+        self.scan_range(table, &bound(Some(after + 1)), &bound(up_to.checked_add(1)), reverse, limit)
+    }
+
     /// Number of keys in a table (a full scan; for admin reports and tests).
     pub fn count(&self, table: &'static str) -> StorageResult<u64> {
         let mut n = 0;

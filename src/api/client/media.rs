@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedServerName, UInt,
     api::{
-        IncomingRequest, IncomingRequestExt,
+        IncomingRequest,
         client::{
             authenticated_media::{
                 get_content as auth_content, get_content_as_filename as auth_filename,
@@ -168,12 +168,7 @@ where
         template,
     )
     .await?;
-    let args: Vec<&str> = prepared.path_args.iter().map(String::as_str).collect();
-    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        R::try_from_http_request(prepared.http_request(), &args)
-    }))
-    .map_err(|_| Error::bad_json("Malformed request"))?;
-    let request = parsed.map_err(|e| extract::request_error(e, &[]))?;
+    let request = extract::parse(&prepared)?;
     Ok((prepared.ctx, request))
 }
 
@@ -270,53 +265,29 @@ trait DownloadRequest: IncomingRequest<Authentication: AuthPolicy> {
     fn into_download(self) -> Download;
 }
 
-impl DownloadRequest for auth_content::v1::Request {
-    fn into_download(self) -> Download {
-        Download {
-            server_name: self.server_name,
-            media_id: self.media_id,
-            filename: None,
-            timeout: self.timeout_ms,
-            legacy: false,
+/// The download requests have the same fields, authenticated or legacy (`$legacy`), with or
+/// without a file name.
+macro_rules! download_request {
+    ($request:ty, legacy: $legacy:expr, filename: |$r:ident| $filename:expr) => {
+        impl DownloadRequest for $request {
+            fn into_download(self) -> Download {
+                let $r = self;
+                Download {
+                    filename: $filename,
+                    server_name: $r.server_name,
+                    media_id: $r.media_id,
+                    timeout: $r.timeout_ms,
+                    legacy: $legacy,
+                }
+            }
         }
-    }
+    };
 }
 
-impl DownloadRequest for auth_filename::v1::Request {
-    fn into_download(self) -> Download {
-        Download {
-            server_name: self.server_name,
-            media_id: self.media_id,
-            filename: Some(self.filename),
-            timeout: self.timeout_ms,
-            legacy: false,
-        }
-    }
-}
-
-impl DownloadRequest for get_content::v3::Request {
-    fn into_download(self) -> Download {
-        Download {
-            server_name: self.server_name,
-            media_id: self.media_id,
-            filename: None,
-            timeout: self.timeout_ms,
-            legacy: true,
-        }
-    }
-}
-
-impl DownloadRequest for get_content_as_filename::v3::Request {
-    fn into_download(self) -> Download {
-        Download {
-            server_name: self.server_name,
-            media_id: self.media_id,
-            filename: Some(self.filename),
-            timeout: self.timeout_ms,
-            legacy: true,
-        }
-    }
-}
+download_request!(auth_content::v1::Request, legacy: false, filename: |r| None);
+download_request!(auth_filename::v1::Request, legacy: false, filename: |r| Some(r.filename));
+download_request!(get_content::v3::Request, legacy: true, filename: |r| None);
+download_request!(get_content_as_filename::v3::Request, legacy: true, filename: |r| Some(r.filename));
 
 fn frozen() -> Error {
     Error::not_found("Not found: this media is only served by the authenticated media endpoints")
@@ -503,35 +474,28 @@ fn side(n: UInt) -> u32 {
     u32::try_from(u64::from(n)).unwrap_or(u32::MAX)
 }
 
-impl ThumbnailRequest for auth_thumbnail::v1::Request {
-    fn into_args(self) -> Result<ThumbnailArgs> {
-        Ok(ThumbnailArgs {
-            method: method(self.method.as_ref())?,
-            server_name: self.server_name,
-            media_id: self.media_id,
-            width: side(self.width),
-            height: side(self.height),
-            animated: self.animated.unwrap_or(false),
-            timeout: self.timeout_ms,
-            legacy: false,
-        })
-    }
+/// The thumbnail requests have the same fields, authenticated or legacy (`$legacy`).
+macro_rules! thumbnail_request {
+    ($request:ty, legacy: $legacy:expr) => {
+        impl ThumbnailRequest for $request {
+            fn into_args(self) -> Result<ThumbnailArgs> {
+                Ok(ThumbnailArgs {
+                    method: method(self.method.as_ref())?,
+                    server_name: self.server_name,
+                    media_id: self.media_id,
+                    width: side(self.width),
+                    height: side(self.height),
+                    animated: self.animated.unwrap_or(false),
+                    timeout: self.timeout_ms,
+                    legacy: $legacy,
+                })
+            }
+        }
+    };
 }
 
-impl ThumbnailRequest for get_content_thumbnail::v3::Request {
-    fn into_args(self) -> Result<ThumbnailArgs> {
-        Ok(ThumbnailArgs {
-            method: method(self.method.as_ref())?,
-            server_name: self.server_name,
-            media_id: self.media_id,
-            width: side(self.width),
-            height: side(self.height),
-            animated: self.animated.unwrap_or(false),
-            timeout: self.timeout_ms,
-            legacy: true,
-        })
-    }
-}
+thumbnail_request!(auth_thumbnail::v1::Request, legacy: false);
+thumbnail_request!(get_content_thumbnail::v3::Request, legacy: true);
 
 async fn thumbnail<R: ThumbnailRequest>(
     req: HttpRequest,

@@ -80,6 +80,14 @@ impl Pdu {
         self.state_key.is_some()
     }
 
+    /// The content as a canonical JSON object (stored events always have one).
+    pub fn content_object(&self) -> Result<ruma::CanonicalJsonObject> {
+        match serde_json::from_str::<ruma::CanonicalJsonValue>(self.content.get()) {
+            Ok(ruma::CanonicalJsonValue::Object(o)) => Ok(o),
+            _ => Err(Error::internal(format!("content of {} is not an object", self.event_id))),
+        }
+    }
+
     /// A string field of the content (`membership`, `history_visibility`…).
     pub fn content_str(&self, field: &str) -> Option<String> {
         let content: serde_json::Value = serde_json::from_str(self.content.get()).ok()?;

@@ -87,17 +87,10 @@ impl StreamTable {
     /// Items whose last write is at a position in `after < position <= up_to`, in position
     /// order.
     pub fn since(&self, scope: &str, after: u64, up_to: u64) -> StorageResult<Vec<Entry>> {
-        if after >= up_to {
-            return Ok(Vec::new());
-        }
-        let start = self.pos_key(scope, after + 1);
-        let end = match up_to.checked_add(1) {
-            Some(next) => self.pos_key(scope, next),
-            None => codec::key(&[self.kind.as_bytes(), scope.as_bytes(), &[0xFF; 9]]),
-        };
+        let prefix = codec::prefix(&[self.kind.as_bytes(), scope.as_bytes()]);
         let items: Vec<Vec<u8>> = self
             .db
-            .scan_range(SCOPEPOS_ITEM, &start, &end, false, usize::MAX)?
+            .scan_numbered(SCOPEPOS_ITEM, &prefix, (after, up_to), false, usize::MAX)?
             .into_iter()
             .map(|(_, item)| item.into_vec())
             .collect();

@@ -72,17 +72,8 @@ impl TimelineTable {
         backwards: bool,
         limit: usize,
     ) -> StorageResult<Vec<(u64, u64)>> {
-        if after >= up_to {
-            return Ok(Vec::new());
-        }
-        let start = room_pos(room, after + 1);
-        // Exclusive upper bound: just past `up_to`, or the next room's prefix for `u64::MAX`.
-        let end = match up_to.checked_add(1) {
-            Some(next) => room_pos(room, next).to_vec(),
-            None => codec::u64_bytes(room.saturating_add(1)).to_vec(),
-        };
         self.db
-            .scan_range(ROOMPOS_SHORTEVENTID, &start, &end, backwards, limit)?
+            .scan_numbered(ROOMPOS_SHORTEVENTID, &codec::u64_bytes(room), (after, up_to), backwards, limit)?
             .into_iter()
             .map(|(k, v)| {
                 Ok((

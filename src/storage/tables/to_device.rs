@@ -45,16 +45,9 @@ impl ToDeviceTable {
         (after, up_to): (u64, u64),
         limit: usize,
     ) -> StorageResult<Vec<((u64, u32), Vec<u8>)>> {
-        if after >= up_to {
-            return Ok(Vec::new());
-        }
-        let start = inbox_key(user_id, device_id, after + 1, 0);
-        let end = match up_to.checked_add(1) {
-            Some(next) => inbox_key(user_id, device_id, next, 0),
-            None => inbox_key(user_id, device_id, u64::MAX, u32::MAX),
-        };
+        let prefix = codec::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
         self.db
-            .scan_range(USERDEVICEPOS_TODEVICE, &start, &end, false, limit)?
+            .scan_numbered(USERDEVICEPOS_TODEVICE, &prefix, (after, up_to), false, limit)?
             .into_iter()
             .map(|(k, v)| {
                 let tail = k

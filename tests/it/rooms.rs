@@ -484,6 +484,59 @@ fn redactions() {
         .expect_err(404, "M_NOT_FOUND");
 }
 
+/// A sync filter (URL-encoded) whose timelines hold every event of a small room.
+const LONG_TIMELINE: &str = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A50%7D%7D%7D";
+
+/// Redacted state is served redacted by every read of state, as the timeline and `/sync` serve
+/// it (issue 12): `/state`, `/state/{type}/{key}`, `/members`, `/joined_members`.
+#[test]
+fn redacted_state_is_served_redacted_everywhere() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    bob.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.uid())),
+        json!({"displayname": "Bob Secret"}),
+    )
+    .ok();
+    let room = create_room(&alice, json!({"preset": "public_chat", "topic": "secret topic"}));
+    let r = |path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(&room));
+    bob.post(&r("join"), json!({})).ok();
+    let id_of = |path: &str| alice.get(&r(path)).ok()["event_id"].as_str().unwrap().to_owned();
+    let topic = id_of("state/m.room.topic/?format=event");
+    let bobs_join = id_of(&format!("state/m.room.member/{}?format=event", enc(&bob.uid())));
+    alice.put(&r(&format!("redact/{}/y1", enc(&topic))), json!({})).ok();
+    alice.put(&r(&format!("redact/{}/y2", enc(&bobs_join))), json!({})).ok();
+
+    let find = |events: &serde_json::Value, id: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} missing: {events}"))
+    };
+    let state = alice.get(&r("state")).ok().clone();
+    assert_eq!(find(&state, &topic)["content"], json!({}), "/state");
+    assert_eq!(find(&state, &bobs_join)["content"], json!({"membership": "join"}), "/state");
+    assert_eq!(alice.get(&r("state/m.room.topic/")).ok(), &json!({}));
+    let member = alice.get(&r(&format!("state/m.room.member/{}", enc(&bob.uid())))).ok().clone();
+    assert_eq!(member, json!({"membership": "join"}));
+    let members = alice.get(&r("members")).ok()["chunk"].clone();
+    let served = find(&members, &bobs_join);
+    assert_eq!(served["content"], json!({"membership": "join"}), "/members");
+    assert!(served["unsigned"]["redacted_because"].is_object(), "{served}");
+    let joined = alice.get(&r("joined_members")).ok()["joined"][bob.uid()].clone();
+    assert!(joined.get("display_name").is_none(), "/joined_members: {joined}");
+    let synced = alice
+        .get(&format!("/_matrix/client/v3/sync?timeout=0&filter={LONG_TIMELINE}"))
+        .ok()["rooms"]["join"][&room]
+        .clone();
+    let timeline = &synced["timeline"]["events"];
+    assert_eq!(find(timeline, &bobs_join)["content"], json!({"membership": "join"}), "/sync");
+}
+
 #[test]
 fn invalid_power_levels_are_bad_json() {
     let server = TestServer::start();

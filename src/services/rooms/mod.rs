@@ -23,6 +23,7 @@ pub mod members;
 pub mod membership;
 pub mod pdu;
 mod power;
+mod redaction;
 mod sync_hooks;
 mod timeline;
 pub mod upgrade;
@@ -40,7 +41,6 @@ use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId,
     RoomVersionId, UserId, events::StateEventType,
 };
-use serde_json::value::RawValue;
 
 pub(crate) use self::power::validate_power_levels;
 use self::{pdu::Pdu, write::Head};
@@ -208,26 +208,6 @@ impl Rooms {
         self.apply_redaction(short, pdu)
     }
 
-    /// The event's redacted form when a redaction of it was accepted.
-    fn apply_redaction(&self, short: u64, mut pdu: Pdu) -> Result<Pdu> {
-        if let Some(redaction_id) = self.pdus.redacted_by(short)? {
-            let version = self.room_version(&pdu.room()?)?.unwrap_or(RoomVersionId::V1);
-            let rules = events::rules(&version)?;
-            let mut content = match serde_json::from_str::<CanonicalJsonValue>(pdu.content.get()) {
-                Ok(CanonicalJsonValue::Object(o)) => o,
-                _ => CanonicalJsonObject::new(),
-            };
-            ruma::canonical_json::redact_content_in_place(&mut content, &rules.redaction, pdu.kind.to_string());
-            pdu.content = RawValue::from_string(CanonicalJsonValue::Object(content).to_string())
-                .map_err(|e| Error::internal(e.to_string()))?;
-            let redaction_id = EventId::parse(redaction_id).map_err(|e| Error::internal(e.to_string()))?;
-            if let Some(short) = self.ids.event(redaction_id.as_str())? {
-                pdu.redacted_because = Some(self.raw_event_by_short(short, redaction_id)?.to_client()?);
-            }
-        }
-        Ok(pdu)
-    }
-
     /// An event exactly as stored, never redacted.
     fn raw_event_by_short(&self, short: u64, event_id: OwnedEventId) -> Result<Pdu> {
         if let Some(bytes) = locked(&self.pending).get(&short).cloned() {
@@ -358,7 +338,7 @@ impl Rooms {
         self.lookup(&current.state, &kind.to_string(), state_key)
     }
 
-    /// Every event of the room's current state.
+    /// Every event of the room's current state, as clients see them.
     pub fn full_state(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
         let Some(short_room) = self.ids.room(room_id.as_str())? else {
             return Ok(Vec::new());
@@ -366,12 +346,11 @@ impl Rooms {
         let Some(current) = self.current_state(short_room)? else {
             return Ok(Vec::new());
         };
-        let shorts: Vec<u64> = current.state.values().copied().collect();
-        self.stored_events(&shorts)
+        self.served_state(&current.state)
     }
 
     /// The room state right after an event (the state before it, plus the event itself when
-    /// it is a state event).
+    /// it is a state event), as clients see it.
     pub fn state_after(&self, pdu: &Pdu) -> Result<Vec<Pdu>> {
         let short = self
             .ids
@@ -385,17 +364,16 @@ impl Rooms {
         if let Some(key) = &pdu.state_key {
             state.insert(self.ids.state_key_or_create(&pdu.kind.to_string(), key)?, short);
         }
+        self.served_state(&state)
+    }
+
+    /// Every event of a state set as clients see them: the one way whole states are read for
+    /// clients (`/state`, `/members`, `/joined_members`, `/context`, `/sync`), so each is
+    /// served redacted when it was, as the timeline serves it.
+    fn served_state(&self, state: &StateMap) -> Result<Vec<Pdu>> {
         let shorts: Vec<u64> = state.values().copied().collect();
-        self.ids
-            .event_ids(&shorts)?
-            .into_iter()
-            .zip(shorts)
-            .map(|(id, short)| {
-                let id = EventId::parse(id.ok_or_else(|| Error::internal("state names an unknown event"))?)
-                    .map_err(|e| Error::internal(e.to_string()))?;
-                self.event_by_short(short, id)
-            })
-            .collect()
+        let events = self.stored_events(&shorts)?;
+        self.served(shorts.into_iter().zip(events).collect())
     }
 
     /// Redacts an event (spec "Redactions"): anyone may redact their own events, others need

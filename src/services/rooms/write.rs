@@ -12,7 +12,7 @@ use ruma::{
 use serde_json::value::RawValue;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::{Appended, NewEvent, Rooms, locked, pdu::Pdu, sync_hooks, validate_power_levels};
+use super::{Appended, NewEvent, Rooms, locked, pdu::Pdu, redaction, sync_hooks, validate_power_levels};
 use crate::{
     Error, Result,
     services::events,
@@ -172,10 +172,18 @@ impl Rooms {
         version: &RoomVersionId,
         room_id: Option<&RoomId>,
         sender: &UserId,
-        event: NewEvent<'_>,
+        mut event: NewEvent<'_>,
         head: &mut Option<Head>,
     ) -> Result<Staged> {
         let rules = events::rules(version)?;
+        // A redaction sent through `/send` in a room version before 11 names its target in the
+        // content; those versions keep it at the top level.
+        let hoisted = if event.kind == "m.room.redaction" {
+            redaction::hoist_redacts(&rules, &mut event.content)?
+        } else {
+            None
+        };
+        let redacts = event.redacts.or(hoisted.as_deref());
         if event.kind == "m.room.power_levels" {
             validate_power_levels(&event.content)?;
         }
@@ -204,8 +212,8 @@ impl Rooms {
                 .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
         let mut auth_events = Vec::new();
         for (auth_kind, auth_key) in &auth_types {
-            if let Some(pdu) = self.lookup(state, &auth_kind.to_string(), auth_key)? {
-                auth_events.push(pdu.event_id);
+            if let Some((_, event_id)) = self.state_entry(state, &auth_kind.to_string(), auth_key)? {
+                auth_events.push(event_id);
             }
         }
 
@@ -230,7 +238,7 @@ impl Rooms {
                 auth_events,
                 depth: depth + 1,
                 origin_server_ts: event.origin_server_ts.unwrap_or_else(util::now_ms),
-                redacts: event.redacts,
+                redacts,
             },
         )?;
         let pdu = Pdu::parse(signed.event_id.clone(), &signed.bytes)?;
@@ -238,13 +246,22 @@ impl Rooms {
             return Err(Error::internal(format!("room id {} is already taken", signed.room_id)));
         }
 
-        // The same checks a remote event gets: against its auth events, then the current state.
-        let fetch_event = |id: &EventId| self.event(id).ok().flatten();
+        // The same checks a remote event gets: against its auth events, then the current state,
+        // both as stored (never in a redacted form).
+        let fetch_event = |id: &EventId| self.original_event(id).ok().flatten();
         state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, fetch_event)
             .map_err(|reason| Error::forbidden(format!("{} event is not authorized: {reason}", event.kind)))?;
-        let fetch_state = |kind: &StateEventType, key: &str| self.lookup(state, &kind.to_string(), key).ok().flatten();
+        let fetch_state =
+            |kind: &StateEventType, key: &str| self.original_lookup(state, &kind.to_string(), key).ok().flatten();
         state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
             .map_err(|reason| Error::forbidden(format!("{} event is not authorized: {reason}", event.kind)))?;
+
+        // A redaction takes effect (or not) in the state it is sent in.
+        let redacted = if event.kind == "m.room.redaction" {
+            self.redaction_effect(version, &rules, state, &pdu)?
+        } else {
+            None
+        };
 
         // One batch: the event, its place in the timeline and the state around it.
         let short_room = self.ids.room_or_create(signed.room_id.as_str())?;
@@ -261,19 +278,8 @@ impl Rooms {
             None => self.state.queue_snapshot(&mut batch, None, StateMap::new())?,
         };
         self.state.queue_before_event(&mut batch, short_event, before.id);
-        if event.kind == "m.room.redaction" {
-            let in_content = match signed.object.get("content") {
-                Some(CanonicalJsonValue::Object(o)) => match o.get("redacts") {
-                    Some(CanonicalJsonValue::String(id)) => Some(id.clone()),
-                    _ => None,
-                },
-                _ => None,
-            };
-            let target = event.redacts.map(|id| id.to_string()).or(in_content);
-            if let Some(target_short) = target.map(|t| self.ids.event(&t)).transpose()?.flatten() {
-                self.pdus
-                    .queue_redacted_by(&mut batch, target_short, signed.event_id.as_str());
-            }
+        if let Some(target) = redacted {
+            self.pdus.queue_redacted_by(&mut batch, target, signed.event_id.as_str());
         }
         let after = if let Some(state_key) = event.state_key {
             let key = self.ids.state_key_or_create(event.kind, state_key)?;

@@ -666,6 +666,55 @@ fn redacted_state_is_served_redacted_everywhere() {
     assert_eq!(find(timeline, &bobs_join)["content"], json!({"membership": "join"}), "/sync");
 }
 
+/// `createRoom` is all or nothing (issue 12): when an `initial_state` event or an invite is
+/// refused, no trace of the room remains (nothing in `joined_rooms`, `/sync` or the directory)
+/// and the alias is free again.
+#[test]
+fn create_room_is_all_or_nothing() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let token = alice.get("/_matrix/client/v3/sync?timeout=0").ok()["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let create = |body: serde_json::Value| alice.post("/_matrix/client/v3/createRoom", body);
+    // Joining someone else, and inviting a member, are refused by the authorization rules.
+    create(json!({
+        "room_alias_name": "atomic", "visibility": "public", "name": "Half",
+        "initial_state": [{"type": "m.room.member", "state_key": "@bob:hearth.test", "content": {"membership": "join"}}],
+    }))
+    .expect_err(403, "M_FORBIDDEN");
+    create(json!({"room_alias_name": "atomic", "visibility": "public", "invite": [alice.uid()]}))
+        .expect_err(403, "M_FORBIDDEN");
+
+    let joined = alice.get("/_matrix/client/v3/joined_rooms").ok()["joined_rooms"].clone();
+    assert_eq!(joined, json!([]));
+    alice
+        .get("/_matrix/client/v3/directory/room/%23atomic%3Ahearth.test")
+        .expect_err(404, "M_NOT_FOUND");
+    let public = alice.get("/_matrix/client/v3/publicRooms").ok()["chunk"].clone();
+    assert_eq!(public, json!([]));
+    for since in [format!("&since={}", enc(&token)), String::new()] {
+        let synced = alice
+            .get(&format!("/_matrix/client/v3/sync?timeout=0{since}"))
+            .ok()
+            .clone();
+        for section in ["join", "invite", "leave"] {
+            let rooms = &synced["rooms"][section];
+            assert!(rooms.as_object().is_none_or(|r| r.is_empty()), "{section}: {synced}");
+        }
+    }
+
+    let room = create_room(&alice, json!({"room_alias_name": "atomic", "visibility": "public"}));
+    let resolved = alice
+        .get("/_matrix/client/v3/directory/room/%23atomic%3Ahearth.test")
+        .ok()
+        .clone();
+    assert_eq!(resolved["room_id"], room.as_str());
+    let joined = alice.get("/_matrix/client/v3/joined_rooms").ok()["joined_rooms"].clone();
+    assert_eq!(joined, json!([room]));
+}
+
 #[test]
 fn invalid_power_levels_are_bad_json() {
     let server = TestServer::start();

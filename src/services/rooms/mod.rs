@@ -43,6 +43,7 @@ use ruma::{
 };
 
 pub(crate) use self::power::validate_power_levels;
+pub use self::write::RoomDraft;
 use self::{pdu::Pdu, write::Head};
 use super::{directory::Directory, server_keys::ServerKeys, sync::notifier::Notifier};
 use crate::{

@@ -504,6 +504,15 @@ fn event(c: &Client, room: &str, id: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The event with id `id` in a list of client-format events.
+fn find_event(events: &serde_json::Value, id: &str) -> serde_json::Value {
+    events
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["event_id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} missing: {events}"))
+}
+
 /// Spec "Redactions" (issue 12): a redaction takes effect only on an event of its own room, sent
 /// by the redaction's sender or redacted by a user with the `redact` level, whichever endpoint
 /// sent it. One that may not take effect is still a valid event, stored and served, and redacts
@@ -545,17 +554,16 @@ fn redactions_take_effect_only_in_their_room_and_with_the_power() {
     assert_eq!(kept["content"]["body"], "alice's words", "{kept}");
     assert!(kept["unsigned"].get("redacted_because").is_none(), "{kept}");
     assert_eq!(event(&alice, &alices_room, &bobs)["content"], json!({}));
-    assert_eq!(event(&alice, &alices_room, &refused)["content"]["redacts"], secret.as_str());
-    let synced = alice.get(&format!("/_matrix/client/v3/sync?timeout=0&filter={LONG_TIMELINE}")).ok().clone();
-    let timeline = synced["rooms"]["join"][&alices_room]["timeline"]["events"].clone();
-    let synced_secret = timeline
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["event_id"] == secret.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("{synced}"));
-    assert_eq!(synced_secret["content"]["body"], "alice's words");
+    assert_eq!(
+        event(&alice, &alices_room, &refused)["content"]["redacts"],
+        secret.as_str()
+    );
+    let synced = alice
+        .get(&format!("/_matrix/client/v3/sync?timeout=0&filter={LONG_TIMELINE}"))
+        .ok()
+        .clone();
+    let timeline = &synced["rooms"]["join"][&alices_room]["timeline"]["events"];
+    assert_eq!(find_event(timeline, &secret)["content"]["body"], "alice's words");
 }
 
 /// The `redact` level is judged in the state a redaction is sent in: power granted later does
@@ -637,23 +645,21 @@ fn redacted_state_is_served_redacted_everywhere() {
     alice.put(&r(&format!("redact/{}/y1", enc(&topic))), json!({})).ok();
     alice.put(&r(&format!("redact/{}/y2", enc(&bobs_join))), json!({})).ok();
 
-    let find = |events: &serde_json::Value, id: &str| {
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["event_id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("{id} missing: {events}"))
-    };
     let state = alice.get(&r("state")).ok().clone();
-    assert_eq!(find(&state, &topic)["content"], json!({}), "/state");
-    assert_eq!(find(&state, &bobs_join)["content"], json!({"membership": "join"}), "/state");
+    assert_eq!(find_event(&state, &topic)["content"], json!({}), "/state");
+    assert_eq!(
+        find_event(&state, &bobs_join)["content"],
+        json!({"membership": "join"}),
+        "/state"
+    );
     assert_eq!(alice.get(&r("state/m.room.topic/")).ok(), &json!({}));
-    let member = alice.get(&r(&format!("state/m.room.member/{}", enc(&bob.uid())))).ok().clone();
+    let member = alice
+        .get(&r(&format!("state/m.room.member/{}", enc(&bob.uid()))))
+        .ok()
+        .clone();
     assert_eq!(member, json!({"membership": "join"}));
     let members = alice.get(&r("members")).ok()["chunk"].clone();
-    let served = find(&members, &bobs_join);
+    let served = find_event(&members, &bobs_join);
     assert_eq!(served["content"], json!({"membership": "join"}), "/members");
     assert!(served["unsigned"]["redacted_because"].is_object(), "{served}");
     let joined = alice.get(&r("joined_members")).ok()["joined"][bob.uid()].clone();
@@ -663,7 +669,11 @@ fn redacted_state_is_served_redacted_everywhere() {
         .ok()["rooms"]["join"][&room]
         .clone();
     let timeline = &synced["timeline"]["events"];
-    assert_eq!(find(timeline, &bobs_join)["content"], json!({"membership": "join"}), "/sync");
+    assert_eq!(
+        find_event(timeline, &bobs_join)["content"],
+        json!({"membership": "join"}),
+        "/sync"
+    );
 }
 
 /// `createRoom` is all or nothing (issue 12): when an `initial_state` event or an invite is

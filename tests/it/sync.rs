@@ -279,9 +279,7 @@ fn rejected_and_withdrawn_invites_move_to_leave() {
     let token = next(&body);
 
     bob.post(&r(&rejected, "leave"), json!({})).ok();
-    alice
-        .post(&r(&withdrawn, "kick"), json!({"user_id": bob.uid()}))
-        .ok();
+    alice.post(&r(&withdrawn, "kick"), json!({"user_id": bob.uid()})).ok();
     let body = sync(&bob, Some(&token), "");
     for room in [&rejected, &withdrawn] {
         assert!(body["rooms"]["invite"].get(room).is_none(), "{body}");
@@ -293,14 +291,23 @@ fn rejected_and_withdrawn_invites_move_to_leave() {
         assert_eq!(last["state_key"], bob.uid());
         assert_eq!(last["content"]["membership"], "leave");
         let state = left["state"]["events"].as_array();
-        assert!(state.is_none_or(|s| s.is_empty()), "no state of a room never joined: {body}");
+        assert!(
+            state.is_none_or(|s| s.is_empty()),
+            "no state of a room never joined: {body}"
+        );
     }
     let token = next(&body);
     let body = sync(&bob, Some(&token), "");
-    assert!(body["rooms"]["leave"].as_object().is_none_or(|l| l.is_empty()), "{body}");
+    assert!(
+        body["rooms"]["leave"].as_object().is_none_or(|l| l.is_empty()),
+        "{body}"
+    );
 
     let initial = sync(&bob, None, "");
-    assert!(initial["rooms"]["invite"].as_object().is_none_or(|i| i.is_empty()), "{initial}");
+    assert!(
+        initial["rooms"]["invite"].as_object().is_none_or(|i| i.is_empty()),
+        "{initial}"
+    );
     let with_leave = sync(&bob, None, &filter_q(json!({"room": {"include_leave": true}})));
     for room in [&rejected, &withdrawn] {
         assert!(with_leave["rooms"]["leave"].get(room).is_some(), "{with_leave}");

@@ -154,7 +154,11 @@ impl Rooms {
             draft.add(NewEvent::state(&kind, &key, content))?;
         }
         if let Some(name) = request.name {
-            draft.add(NewEvent::state("m.room.name", "", object(serde_json::json!({"name": name}))))?;
+            draft.add(NewEvent::state(
+                "m.room.name",
+                "",
+                object(serde_json::json!({"name": name})),
+            ))?;
         }
         if let Some(topic) = request.topic {
             draft.add(NewEvent::state(

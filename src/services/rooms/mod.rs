@@ -16,7 +16,8 @@
 //!
 //! This file holds the service and its event and state reads; `write.rs` is the write path,
 //! `timeline.rs` reads by stream position, `membership.rs` and `power.rs` answer who is in a
-//! room and with what power, `visibility.rs` who may read what.
+//! room and with what power, `visibility.rs` who may read what, `redaction.rs` what a
+//! redaction redacts and how events are served.
 
 pub mod create;
 pub mod members;

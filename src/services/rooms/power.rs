@@ -37,7 +37,10 @@ impl Powers {
             return Ok(i64::MAX);
         }
         match &self.levels {
-            Some(levels) => Ok(levels.user_power_level(user_id, &self.rules).map_err(unreadable)?.into()),
+            Some(levels) => Ok(levels
+                .user_power_level(user_id, &self.rules)
+                .map_err(unreadable)?
+                .into()),
             None => Ok(if self.creators.contains(user_id) { 100 } else { 0 }),
         }
     }

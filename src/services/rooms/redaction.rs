@@ -153,7 +153,10 @@ fn redaction_target(rules: &RoomVersionRules, redaction: &Pdu) -> Option<OwnedEv
 /// The content of a new redaction: a `redacts` in it must be an event id (400 otherwise). In
 /// room versions before 11 it is moved to the top level, where those versions keep it (clients
 /// may send redactions through `/send` in every version, spec `room_send`); returns it then.
-pub(super) fn hoist_redacts(rules: &RoomVersionRules, content: &mut CanonicalJsonObject) -> Result<Option<OwnedEventId>> {
+pub(super) fn hoist_redacts(
+    rules: &RoomVersionRules,
+    content: &mut CanonicalJsonObject,
+) -> Result<Option<OwnedEventId>> {
     let Some(value) = content.get("redacts") else {
         return Ok(None);
     };

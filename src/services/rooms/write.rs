@@ -417,8 +417,7 @@ impl Rooms {
             }
             before
         };
-        self.timeline
-            .queue_set_extremities(batch, short_room, &[short_event])?;
+        self.timeline.queue_set_extremities(batch, short_room, &[short_event])?;
         let ticket = self.positions.allocate()?;
         let position = ticket.position();
         let mut member_target = None;
@@ -439,8 +438,7 @@ impl Rooms {
                 .queue_set(batch, target, signed.room_id.as_str(), &membership);
             member_target = OwnedUserId::try_from(target).ok();
         }
-        self.timeline
-            .queue_append(batch, short_room, position, short_event);
+        self.timeline.queue_append(batch, short_room, position, short_event);
 
         // Until it is durable, the event is served from memory and its transaction remembered.
         locked(&self.pending).insert(short_event, Arc::new(signed.bytes.clone()));

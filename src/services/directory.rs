@@ -14,7 +14,7 @@
 //! that are public, knockable or world-readable and have members, largest first.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, Mutex},
 };
 
@@ -37,7 +37,7 @@ use super::{
 use crate::{
     Error, Result,
     storage::{
-        Db,
+        Batch, Db,
         tables::aliases::{AliasRecord, AliasesTable},
     },
 };
@@ -46,11 +46,13 @@ use crate::{
 pub struct Directory {
     table: AliasesTable,
     server_name: OwnedServerName,
-    /// Aliases claimed by a request that has not stored them yet.
-    reserved: Mutex<HashSet<OwnedRoomAliasId>>,
+    /// Aliases claimed by a request that has not stored them yet, with the room they will point
+    /// at once that is known.
+    reserved: Mutex<HashMap<OwnedRoomAliasId, Option<OwnedRoomId>>>,
 }
 
-/// A claim on a free alias; released when dropped, stored by [`Reservation::commit`].
+/// A claim on a free alias; released when dropped, stored by [`Reservation::commit`] (or
+/// [`Reservation::queue`] in a batch; keep the claim until that batch is durable).
 pub struct Reservation<'a> {
     directory: &'a Directory,
     alias: OwnedRoomAliasId,
@@ -70,6 +72,23 @@ impl Reservation<'_> {
         };
         self.directory.table.put(self.alias.as_str(), &record).await?;
         tracing::info!(alias = %self.alias, %room_id, %creator, "room alias created");
+        Ok(())
+    }
+
+    /// Queues the alias, pointing at `room_id`, made by `creator`, in a batch (`createRoom`
+    /// writes it with the room). Until the claim is dropped the alias counts as pointing at
+    /// the room for `m.room.canonical_alias` checks, so the room's events can name it.
+    pub fn queue(&self, batch: &mut Batch, room_id: &RoomId, creator: &UserId) -> Result<()> {
+        let record = AliasRecord {
+            room_id: room_id.to_string(),
+            creator: creator.to_string(),
+        };
+        self.directory.table.queue_put(batch, self.alias.as_str(), &record)?;
+        self.directory
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.alias.clone(), Some(room_id.to_owned()));
         Ok(())
     }
 }
@@ -220,7 +239,7 @@ impl Directory {
         Self {
             table: AliasesTable::new(db),
             server_name,
-            reserved: Mutex::new(HashSet::new()),
+            reserved: Mutex::new(HashMap::new()),
         }
     }
 
@@ -254,10 +273,10 @@ impl Directory {
     pub fn reserve(&self, alias: &RoomAliasId) -> Result<Option<Reservation<'_>>> {
         self.check_new(alias)?;
         let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
-        if reserved.contains(alias) || self.table.get(alias.as_str())?.is_some() {
+        if reserved.contains_key(alias) || self.table.get(alias.as_str())?.is_some() {
             return Ok(None);
         }
-        reserved.insert(alias.to_owned());
+        reserved.insert(alias.to_owned(), None);
         Ok(Some(Reservation {
             directory: self,
             alias: alias.to_owned(),
@@ -492,7 +511,18 @@ impl Directory {
         if alias.server_name().as_str() != self.server_name.as_str() {
             return Ok(());
         }
-        match self.resolve_local(&alias)? {
+        let claimed = self
+            .reserved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&alias)
+            .cloned()
+            .flatten();
+        let target = match claimed {
+            Some(room) => Some(room),
+            None => self.resolve_local(&alias)?,
+        };
+        match target {
             Some(target) if target.as_str() == room_id.as_str() => Ok(()),
             _ => Err(Error::new(
                 StatusCode::BAD_REQUEST,
@@ -515,6 +545,11 @@ impl Directory {
     pub async fn publish(&self, room_id: &RoomId, published: bool) -> Result<()> {
         self.table.set_published(room_id.as_str(), published).await?;
         Ok(())
+    }
+
+    /// [`Self::publish`] in a batch (`createRoom` writes it with the room).
+    pub fn queue_publish(&self, batch: &mut Batch, room_id: &RoomId) {
+        self.table.queue_published(batch, room_id.as_str(), true);
     }
 
     /// `GET /directory/list/room/{roomId}`: whether the room is published (404 if unknown).

@@ -484,6 +484,247 @@ fn redactions() {
         .expect_err(404, "M_NOT_FOUND");
 }
 
+/// A sync filter (URL-encoded) whose timelines hold every event of a small room.
+const LONG_TIMELINE: &str = "%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A50%7D%7D%7D";
+
+/// `PUT /rooms/{roomId}/send/m.room.redaction/{txnId}` with `redacts` in the content (moved to
+/// the top level before room version 11, as `room_send` says).
+fn send_redaction(c: &Client, room: &str, txn: &str, target: &str) -> String {
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.redaction/{txn}", enc(room));
+    c.put(&path, json!({"redacts": target})).ok()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// An event as `GET /rooms/{roomId}/event/{eventId}` serves it to `c`.
+fn event(c: &Client, room: &str, id: &str) -> serde_json::Value {
+    c.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(room), enc(id)))
+        .ok()
+        .clone()
+}
+
+/// The event with id `id` in a list of client-format events.
+fn find_event(events: &serde_json::Value, id: &str) -> serde_json::Value {
+    events
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["event_id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} missing: {events}"))
+}
+
+/// Spec "Redactions" (issue 12): a redaction takes effect only on an event of its own room, sent
+/// by the redaction's sender or redacted by a user with the `redact` level, whichever endpoint
+/// sent it. One that may not take effect is still a valid event, stored and served, and redacts
+/// nothing.
+#[test]
+fn redactions_take_effect_only_in_their_room_and_with_the_power() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let alices_room = create_room(&alice, json!({"preset": "public_chat"}));
+    let secret = send(&alice, &alices_room, "a1", "alice's words");
+
+    // From a room of Bob's own, in a version with `redacts` in the content and one without.
+    for version in ["12", "10"] {
+        let bobs_room = create_room(&bob, json!({"room_version": version}));
+        let redaction = send_redaction(&bob, &bobs_room, &format!("x{version}"), &secret);
+        let kept = event(&alice, &alices_room, &secret);
+        assert_eq!(kept["content"]["body"], "alice's words", "v{version}: {kept}");
+        let served = event(&bob, &bobs_room, &redaction);
+        assert_eq!(served["type"], "m.room.redaction", "{served}");
+        if version == "10" {
+            assert_eq!(served["redacts"], secret.as_str(), "moved to the top level: {served}");
+        }
+        let redact = format!(
+            "/_matrix/client/v3/rooms/{}/redact/{}/y{version}",
+            enc(&bobs_room),
+            enc(&secret)
+        );
+        bob.put(&redact, json!({})).expect_err(404, "M_NOT_FOUND");
+    }
+
+    // In Alice's room Bob (power 0) redacts his own events, never hers.
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&alices_room)), json!({}))
+        .ok();
+    let refused = send_redaction(&bob, &alices_room, "z1", &secret);
+    let bobs = send(&bob, &alices_room, "b1", "bob's words");
+    send_redaction(&bob, &alices_room, "z2", &bobs);
+    let kept = event(&alice, &alices_room, &secret);
+    assert_eq!(kept["content"]["body"], "alice's words", "{kept}");
+    assert!(kept["unsigned"].get("redacted_because").is_none(), "{kept}");
+    assert_eq!(event(&alice, &alices_room, &bobs)["content"], json!({}));
+    assert_eq!(
+        event(&alice, &alices_room, &refused)["content"]["redacts"],
+        secret.as_str()
+    );
+    let synced = alice
+        .get(&format!("/_matrix/client/v3/sync?timeout=0&filter={LONG_TIMELINE}"))
+        .ok()
+        .clone();
+    let timeline = &synced["rooms"]["join"][&alices_room]["timeline"]["events"];
+    assert_eq!(find_event(timeline, &secret)["content"]["body"], "alice's words");
+}
+
+/// The `redact` level is judged in the state a redaction is sent in: power granted later does
+/// not revive a redaction that redacted nothing, power taken later does not undo one.
+#[test]
+fn redaction_power_is_judged_at_the_redaction() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    let r = |path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(&room));
+    bob.post(&r("join"), json!({})).ok();
+    let first = send(&alice, &room, "a1", "first");
+    let second = send(&alice, &room, "a2", "second");
+    let set_bobs_level = |level: i64| {
+        let mut levels = alice.get(&r("state/m.room.power_levels/")).ok().clone();
+        levels["users"][bob.uid()] = json!(level);
+        alice.put(&r("state/m.room.power_levels/"), levels).ok();
+    };
+
+    send_redaction(&bob, &room, "z1", &first);
+    set_bobs_level(50);
+    assert_eq!(event(&alice, &room, &first)["content"]["body"], "first");
+    send_redaction(&bob, &room, "z2", &second);
+    set_bobs_level(0);
+    assert_eq!(event(&alice, &room, &second)["content"], json!({}));
+    assert_eq!(event(&alice, &room, &first)["content"]["body"], "first");
+}
+
+/// Authorization reads the original events, never their redacted forms (issue 12). In room
+/// version 10 a redacted `m.room.power_levels` loses `invite`: Bob (power 0) cannot get it
+/// redacted, and once Alice redacts it inviting still needs her level.
+#[test]
+fn redacting_power_levels_never_weakens_the_rules() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let carol = server.user("carol", "pw");
+    let room = create_room(
+        &alice,
+        json!({"room_version": "10", "preset": "public_chat", "power_level_content_override": {"invite": 100}}),
+    );
+    let r = |path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(&room));
+    bob.post(&r("join"), json!({})).ok();
+    let levels = alice.get(&r("state/m.room.power_levels/?format=event")).ok()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invite_carol = || bob.post(&r("invite"), json!({"user_id": carol.uid()}));
+
+    send_redaction(&bob, &room, "z1", &levels);
+    assert_eq!(alice.get(&r("state/m.room.power_levels/")).ok()["invite"], 100);
+    invite_carol().expect_err(403, "M_FORBIDDEN");
+
+    alice.put(&r(&format!("redact/{}/y1", enc(&levels))), json!({})).ok();
+    let served = alice.get(&r("state/m.room.power_levels/")).ok().clone();
+    assert!(served.get("invite").is_none(), "served redacted: {served}");
+    invite_carol().expect_err(403, "M_FORBIDDEN");
+}
+
+/// Redacted state is served redacted by every read of state, as the timeline and `/sync` serve
+/// it (issue 12): `/state`, `/state/{type}/{key}`, `/members`, `/joined_members`.
+#[test]
+fn redacted_state_is_served_redacted_everywhere() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    bob.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.uid())),
+        json!({"displayname": "Bob Secret"}),
+    )
+    .ok();
+    let room = create_room(&alice, json!({"preset": "public_chat", "topic": "secret topic"}));
+    let r = |path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(&room));
+    bob.post(&r("join"), json!({})).ok();
+    let id_of = |path: &str| alice.get(&r(path)).ok()["event_id"].as_str().unwrap().to_owned();
+    let topic = id_of("state/m.room.topic/?format=event");
+    let bobs_join = id_of(&format!("state/m.room.member/{}?format=event", enc(&bob.uid())));
+    alice.put(&r(&format!("redact/{}/y1", enc(&topic))), json!({})).ok();
+    alice.put(&r(&format!("redact/{}/y2", enc(&bobs_join))), json!({})).ok();
+
+    let state = alice.get(&r("state")).ok().clone();
+    assert_eq!(find_event(&state, &topic)["content"], json!({}), "/state");
+    assert_eq!(
+        find_event(&state, &bobs_join)["content"],
+        json!({"membership": "join"}),
+        "/state"
+    );
+    assert_eq!(alice.get(&r("state/m.room.topic/")).ok(), &json!({}));
+    let member = alice
+        .get(&r(&format!("state/m.room.member/{}", enc(&bob.uid()))))
+        .ok()
+        .clone();
+    assert_eq!(member, json!({"membership": "join"}));
+    let members = alice.get(&r("members")).ok()["chunk"].clone();
+    let served = find_event(&members, &bobs_join);
+    assert_eq!(served["content"], json!({"membership": "join"}), "/members");
+    assert!(served["unsigned"]["redacted_because"].is_object(), "{served}");
+    let joined = alice.get(&r("joined_members")).ok()["joined"][bob.uid()].clone();
+    assert!(joined.get("display_name").is_none(), "/joined_members: {joined}");
+    let synced = alice
+        .get(&format!("/_matrix/client/v3/sync?timeout=0&filter={LONG_TIMELINE}"))
+        .ok()["rooms"]["join"][&room]
+        .clone();
+    let timeline = &synced["timeline"]["events"];
+    assert_eq!(
+        find_event(timeline, &bobs_join)["content"],
+        json!({"membership": "join"}),
+        "/sync"
+    );
+}
+
+/// `createRoom` is all or nothing (issue 12): when an `initial_state` event or an invite is
+/// refused, no trace of the room remains (nothing in `joined_rooms`, `/sync` or the directory)
+/// and the alias is free again.
+#[test]
+fn create_room_is_all_or_nothing() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let token = alice.get("/_matrix/client/v3/sync?timeout=0").ok()["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let create = |body: serde_json::Value| alice.post("/_matrix/client/v3/createRoom", body);
+    // Joining someone else, and inviting a member, are refused by the authorization rules.
+    create(json!({
+        "room_alias_name": "atomic", "visibility": "public", "name": "Half",
+        "initial_state": [{"type": "m.room.member", "state_key": "@bob:hearth.test", "content": {"membership": "join"}}],
+    }))
+    .expect_err(403, "M_FORBIDDEN");
+    create(json!({"room_alias_name": "atomic", "visibility": "public", "invite": [alice.uid()]}))
+        .expect_err(403, "M_FORBIDDEN");
+
+    let joined = alice.get("/_matrix/client/v3/joined_rooms").ok()["joined_rooms"].clone();
+    assert_eq!(joined, json!([]));
+    alice
+        .get("/_matrix/client/v3/directory/room/%23atomic%3Ahearth.test")
+        .expect_err(404, "M_NOT_FOUND");
+    let public = alice.get("/_matrix/client/v3/publicRooms").ok()["chunk"].clone();
+    assert_eq!(public, json!([]));
+    for since in [format!("&since={}", enc(&token)), String::new()] {
+        let synced = alice
+            .get(&format!("/_matrix/client/v3/sync?timeout=0{since}"))
+            .ok()
+            .clone();
+        for section in ["join", "invite", "leave"] {
+            let rooms = &synced["rooms"][section];
+            assert!(rooms.as_object().is_none_or(|r| r.is_empty()), "{section}: {synced}");
+        }
+    }
+
+    let room = create_room(&alice, json!({"room_alias_name": "atomic", "visibility": "public"}));
+    let resolved = alice
+        .get("/_matrix/client/v3/directory/room/%23atomic%3Ahearth.test")
+        .ok()
+        .clone();
+    assert_eq!(resolved["room_id"], room.as_str());
+    let joined = alice.get("/_matrix/client/v3/joined_rooms").ok()["joined_rooms"].clone();
+    assert_eq!(joined, json!([room]));
+}
+
 #[test]
 fn invalid_power_levels_are_bad_json() {
     let server = TestServer::start();

@@ -259,6 +259,64 @@ fn invites_joins_and_leaves() {
     assert!(with_leave["rooms"]["leave"].get(&room).is_some(), "{with_leave}");
 }
 
+/// An invite the invitee rejects, or the inviter withdraws (kicking the invitee), leaves the
+/// invitee's client (issue 12): an incremental sync moves the room to `rooms.leave` with the
+/// departure as the last event, and no state of a room never joined; an initial sync no longer
+/// shows the invite (and, with `include_leave`, shows the room as left).
+#[test]
+fn rejected_and_withdrawn_invites_move_to_leave() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let rejected = create_room(&alice, json!({"name": "Rejected"}));
+    let withdrawn = create_room(&alice, json!({"name": "Withdrawn"}));
+    let r = |room: &str, path: &str| format!("/_matrix/client/v3/rooms/{}/{path}", enc(room));
+    let token = next(&sync(&bob, None, ""));
+    for room in [&rejected, &withdrawn] {
+        alice.post(&r(room, "invite"), json!({"user_id": bob.uid()})).ok();
+    }
+    let body = sync(&bob, Some(&token), "");
+    for room in [&rejected, &withdrawn] {
+        assert!(body["rooms"]["invite"].get(room).is_some(), "{body}");
+    }
+    let token = next(&body);
+
+    bob.post(&r(&rejected, "leave"), json!({})).ok();
+    alice.post(&r(&withdrawn, "kick"), json!({"user_id": bob.uid()})).ok();
+    let body = sync(&bob, Some(&token), "");
+    for room in [&rejected, &withdrawn] {
+        assert!(body["rooms"]["invite"].get(room).is_none(), "{body}");
+        let left = &body["rooms"]["leave"][room];
+        let last = left["timeline"]["events"]
+            .as_array()
+            .and_then(|events| events.last())
+            .unwrap_or_else(|| panic!("{room} not left: {body}"));
+        assert_eq!(last["state_key"], bob.uid());
+        assert_eq!(last["content"]["membership"], "leave");
+        let state = left["state"]["events"].as_array();
+        assert!(
+            state.is_none_or(|s| s.is_empty()),
+            "no state of a room never joined: {body}"
+        );
+    }
+    let token = next(&body);
+    let body = sync(&bob, Some(&token), "");
+    assert!(
+        body["rooms"]["leave"].as_object().is_none_or(|l| l.is_empty()),
+        "{body}"
+    );
+
+    let initial = sync(&bob, None, "");
+    assert!(
+        initial["rooms"]["invite"].as_object().is_none_or(|i| i.is_empty()),
+        "{initial}"
+    );
+    let with_leave = sync(&bob, None, &filter_q(json!({"room": {"include_leave": true}})));
+    for room in [&rejected, &withdrawn] {
+        assert!(with_leave["rooms"]["leave"].get(room).is_some(), "{with_leave}");
+    }
+}
+
 #[test]
 fn stored_filters_and_their_errors() {
     let server = TestServer::start();

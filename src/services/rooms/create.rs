@@ -1,8 +1,12 @@
 //! `createRoom`: the events that make a room, in the spec's order (client-server-api "Creation"):
 //! create, the creator's join, power levels (with the override), join rules, history
 //! visibility, guest access, `initial_state`, name, topic, then invites. With `room_alias_name`
-//! the alias is reserved before anything is written (400 `M_ROOM_IN_USE` when taken), stored
-//! once the room has its id, and named in `m.room.canonical_alias` after the power levels.
+//! the alias is reserved first (400 `M_ROOM_IN_USE` when taken) and named in
+//! `m.room.canonical_alias` after the power levels.
+//!
+//! It is all or nothing: every event is built and checked on a draft of the room before
+//! anything is written, then the events, the alias and the directory listing are written in one
+//! batch. When any step is refused, no trace of the room remains and the alias is free again.
 
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
 
@@ -131,38 +135,23 @@ impl Rooms {
             }
             None => None,
         };
-        let room_id = self.create(&request.version, creator, create).await?.room_id;
-        let alias = match alias {
-            Some(reservation) => {
-                let alias = reservation.alias().to_owned();
-                reservation.commit(&room_id, creator).await?;
-                Some(alias)
-            }
-            None => None,
-        };
-        let send = |kind: &'static str, key: String, content: CanonicalJsonObject| {
-            let room_id = room_id.clone();
-            async move {
-                self.append(&room_id, creator, NewEvent::state(kind, &key, content))
-                    .await
-                    .map(|_| ())
-            }
-        };
-        send("m.room.member", creator.to_string(), {
+        // Every event is built and checked before anything is written; the room, its alias and
+        // its directory listing are then written in one batch (a refused event leaves nothing).
+        let mut draft = self.draft_room(&request.version, creator, create)?;
+        let room_id = draft.room_id().to_owned();
+        if let Some(reservation) = &alias {
+            reservation.queue(draft.batch(), &room_id, creator)?;
+        }
+        draft.add(NewEvent::state("m.room.member", creator.as_str(), {
             let mut join = object(serde_json::json!({"membership": "join"}));
             join.extend(request.creator_profile.content());
             join
-        })
-        .await?;
+        }))?;
 
-        send("m.room.power_levels", String::new(), power_levels).await?;
-        if let Some(alias) = alias {
-            send(
-                "m.room.canonical_alias",
-                String::new(),
-                object(serde_json::json!({"alias": alias})),
-            )
-            .await?;
+        draft.add(NewEvent::state("m.room.power_levels", "", power_levels))?;
+        if let Some(reservation) = &alias {
+            let content = object(serde_json::json!({"alias": reservation.alias()}));
+            draft.add(NewEvent::state("m.room.canonical_alias", "", content))?;
         }
 
         let join_rule = if request.preset == Preset::PublicChat {
@@ -170,61 +159,58 @@ impl Rooms {
         } else {
             "invite"
         };
-        send(
+        draft.add(NewEvent::state(
             "m.room.join_rules",
-            String::new(),
+            "",
             object(serde_json::json!({"join_rule": join_rule})),
-        )
-        .await?;
-        send(
+        ))?;
+        draft.add(NewEvent::state(
             "m.room.history_visibility",
-            String::new(),
+            "",
             object(serde_json::json!({"history_visibility": "shared"})),
-        )
-        .await?;
+        ))?;
         if request.preset != Preset::PublicChat {
-            send(
+            draft.add(NewEvent::state(
                 "m.room.guest_access",
-                String::new(),
+                "",
                 object(serde_json::json!({"guest_access": "can_join"})),
-            )
-            .await?;
+            ))?;
         }
         for (kind, key, content) in request.initial_state {
-            let room_id = room_id.clone();
-            self.append(&room_id, creator, NewEvent::state(&kind, &key, content))
-                .await?;
+            draft.add(NewEvent::state(&kind, &key, content))?;
         }
         if let Some(name) = request.name {
-            send("m.room.name", String::new(), object(serde_json::json!({"name": name}))).await?;
+            draft.add(NewEvent::state(
+                "m.room.name",
+                "",
+                object(serde_json::json!({"name": name})),
+            ))?;
         }
         if let Some(topic) = request.topic {
-            send(
+            draft.add(NewEvent::state(
                 "m.room.topic",
-                String::new(),
+                "",
                 object(serde_json::json!({"topic": topic})),
-            )
-            .await?;
+            ))?;
         }
         for invitee in &request.invite {
             let mut content = object(serde_json::json!({"membership": "invite"}));
             if request.is_direct {
                 content.insert("is_direct".into(), CanonicalJsonValue::Bool(true));
             }
-            self.append(
-                &room_id,
-                creator,
-                NewEvent::state("m.room.member", invitee.as_str(), content),
-            )
-            .await
-            .map_err(|e| match e {
-                Error::Matrix { .. } => Error::forbidden(format!("Could not invite {invitee}: {e}")),
-                other => other,
-            })?;
+            draft
+                .add(NewEvent::state("m.room.member", invitee.as_str(), content))
+                .map_err(|e| match e {
+                    Error::Matrix { .. } => Error::forbidden(format!("Could not invite {invitee}: {e}")),
+                    other => other,
+                })?;
         }
         if request.publish {
-            self.directory.publish(&room_id, true).await?;
+            self.directory.queue_publish(draft.batch(), &room_id);
         }
+        draft.commit().await?;
+        // The alias is stored now; its claim can go.
+        drop(alias);
         Ok(room_id)
     }
 }

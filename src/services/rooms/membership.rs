@@ -172,7 +172,7 @@ impl Rooms {
                 "You are not a member of any room whose members may join this one",
             ));
         }
-        let invite_level = self.required_level(room_id, "invite", 0)?;
+        let invite_level = self.required_level(room_id, ruma::state_res::events::RoomPowerLevelsIntField::Invite)?;
         let mut best: Option<(i64, OwnedUserId)> = None;
         for member in self.members(room_id)?.with("join") {
             if member.server_name() != self.server_name {

@@ -16,13 +16,15 @@
 //!
 //! This file holds the service and its event and state reads; `write.rs` is the write path,
 //! `timeline.rs` reads by stream position, `membership.rs` and `power.rs` answer who is in a
-//! room and with what power, `visibility.rs` who may read what.
+//! room and with what power, `visibility.rs` who may read what, `redaction.rs` what a
+//! redaction redacts and how events are served.
 
 pub mod create;
 pub mod members;
 pub mod membership;
 pub mod pdu;
 mod power;
+mod redaction;
 mod sync_hooks;
 mod timeline;
 pub mod upgrade;
@@ -37,14 +39,14 @@ use std::{
 use tokio::sync::Mutex as AsyncMutex;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId,
-    RoomVersionId, UserId, events::StateEventType,
+    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
+    events::StateEventType,
 };
-use serde_json::value::RawValue;
 
 pub(crate) use self::power::validate_power_levels;
+pub use self::write::RoomDraft;
 use self::{pdu::Pdu, write::Head};
-use super::{directory::Directory, events, server_keys::ServerKeys, sync::notifier::Notifier};
+use super::{directory::Directory, server_keys::ServerKeys, sync::notifier::Notifier};
 use crate::{
     Error, Result,
     storage::{
@@ -193,56 +195,56 @@ impl Rooms {
         Arc::clone(locked(&self.locks).entry(room_id.to_owned()).or_default())
     }
 
-    /// Loads a stored event by id.
+    /// Loads a stored event by id, as clients see it (redacted when a redaction of it took
+    /// effect).
     pub fn event(&self, event_id: &EventId) -> Result<Option<Pdu>> {
         let Some(short) = self.ids.event(event_id.as_str())? else {
             return Ok(None);
         };
-        self.event_by_short(short, event_id.to_owned()).map(Some)
+        match self.stored_event(short, event_id.to_owned())? {
+            Some(pdu) => self.apply_redaction(short, pdu).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Loads a stored event by id exactly as stored, never redacted: what the authorization
+    /// rules read.
+    fn original_event(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        match self.ids.event(event_id.as_str())? {
+            Some(short) => self.stored_event(short, event_id.to_owned()),
+            None => Ok(None),
+        }
     }
 
     /// An event as it stands: redacted (per its room version's rules) when a redaction of it
-    /// was accepted.
+    /// took effect.
     fn event_by_short(&self, short: u64, event_id: OwnedEventId) -> Result<Pdu> {
         let pdu = self.raw_event_by_short(short, event_id)?;
         self.apply_redaction(short, pdu)
     }
 
-    /// The event's redacted form when a redaction of it was accepted.
-    fn apply_redaction(&self, short: u64, mut pdu: Pdu) -> Result<Pdu> {
-        if let Some(redaction_id) = self.pdus.redacted_by(short)? {
-            let version = self.room_version(&pdu.room()?)?.unwrap_or(RoomVersionId::V1);
-            let rules = events::rules(&version)?;
-            let mut content = match serde_json::from_str::<CanonicalJsonValue>(pdu.content.get()) {
-                Ok(CanonicalJsonValue::Object(o)) => o,
-                _ => CanonicalJsonObject::new(),
-            };
-            ruma::canonical_json::redact_content_in_place(&mut content, &rules.redaction, pdu.kind.to_string());
-            pdu.content = RawValue::from_string(CanonicalJsonValue::Object(content).to_string())
-                .map_err(|e| Error::internal(e.to_string()))?;
-            let redaction_id = EventId::parse(redaction_id).map_err(|e| Error::internal(e.to_string()))?;
-            if let Some(short) = self.ids.event(redaction_id.as_str())? {
-                pdu.redacted_because = Some(self.raw_event_by_short(short, redaction_id)?.to_client()?);
-            }
-        }
-        Ok(pdu)
-    }
-
     /// An event exactly as stored, never redacted.
     fn raw_event_by_short(&self, short: u64, event_id: OwnedEventId) -> Result<Pdu> {
+        let missing = format!("event {event_id} has no PDU");
+        self.stored_event(short, event_id)?
+            .ok_or_else(|| Error::internal(missing))
+    }
+
+    /// An event exactly as stored, or `None` when its id was interned but the event never
+    /// stored (an event built and then refused or abandoned).
+    fn stored_event(&self, short: u64, event_id: OwnedEventId) -> Result<Option<Pdu>> {
         if let Some(bytes) = locked(&self.pending).get(&short).cloned() {
-            return Pdu::parse(event_id, &bytes);
+            return Pdu::parse(event_id, &bytes).map(Some);
         }
         if let Some(pdu) = self.parsed.get(&short) {
-            return Ok((*pdu).clone());
+            return Ok(Some((*pdu).clone()));
         }
-        let bytes = self
-            .pdus
-            .get(short)?
-            .ok_or_else(|| Error::internal(format!("event {event_id} has no PDU")))?;
+        let Some(bytes) = self.pdus.get(short)? else {
+            return Ok(None);
+        };
         let pdu = Pdu::parse(event_id, &bytes)?;
         self.parsed.insert(short, Arc::new(pdu.clone()));
-        Ok(pdu)
+        Ok(Some(pdu))
     }
 
     /// Stored events by short id, exactly as stored (never redacted), in the order of
@@ -301,20 +303,12 @@ impl Rooms {
         let Some(short_room) = self.ids.room(room_id.as_str())? else {
             return Ok(None);
         };
-        let Some(current) = self.state.current(short_room)? else {
+        let Some(current) = self.current_state(short_room)? else {
             return Ok(None);
         };
-        let loaded = self.state.load(current)?;
-        let state = &loaded.state;
-        let Some(key) = self.ids.state_key("m.room.create", "")? else {
+        let Some(create) = self.original_lookup(&current.state, "m.room.create", "")? else {
             return Ok(None);
         };
-        let Some(&short) = state.get(&key) else { return Ok(None) };
-        let id = self
-            .ids
-            .event_id(short)?
-            .ok_or_else(|| Error::internal("create event without id"))?;
-        let create = self.raw_event_by_short(short, EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?)?;
         #[derive(serde::Deserialize)]
         struct Create {
             #[serde(default)]
@@ -332,7 +326,8 @@ impl Rooms {
         }
     }
 
-    fn lookup(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+    /// The event a state set holds under `(kind, state_key)`: its short id and id.
+    fn state_entry(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<(u64, OwnedEventId)>> {
         let Some(key) = self.ids.state_key(kind, state_key)? else {
             return Ok(None);
         };
@@ -344,10 +339,27 @@ impl Rooms {
             .event_id(short_event)?
             .ok_or_else(|| Error::internal("state names an unknown event"))?;
         let event_id = EventId::parse(event_id).map_err(|e| Error::internal(e.to_string()))?;
-        self.event_by_short(short_event, event_id).map(Some)
+        Ok(Some((short_event, event_id)))
     }
 
-    /// One event of the room's current state.
+    /// One event of a state set exactly as stored, never redacted: what the authorization
+    /// rules and power levels read, so a redaction never changes a room's rules.
+    fn original_lookup(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+        match self.state_entry(state, kind, state_key)? {
+            Some((short, id)) => self.raw_event_by_short(short, id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One event of a state set as clients see it (redacted when it was).
+    fn lookup(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+        match self.state_entry(state, kind, state_key)? {
+            Some((short, id)) => self.event_by_short(short, id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One event of the room's current state, as clients see it.
     pub fn state_event(&self, room_id: &RoomId, kind: &StateEventType, state_key: &str) -> Result<Option<Pdu>> {
         let Some(short_room) = self.ids.room(room_id.as_str())? else {
             return Ok(None);
@@ -358,7 +370,7 @@ impl Rooms {
         self.lookup(&current.state, &kind.to_string(), state_key)
     }
 
-    /// Every event of the room's current state.
+    /// Every event of the room's current state, as clients see them.
     pub fn full_state(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
         let Some(short_room) = self.ids.room(room_id.as_str())? else {
             return Ok(Vec::new());
@@ -366,12 +378,11 @@ impl Rooms {
         let Some(current) = self.current_state(short_room)? else {
             return Ok(Vec::new());
         };
-        let shorts: Vec<u64> = current.state.values().copied().collect();
-        self.stored_events(&shorts)
+        self.served_state(&current.state)
     }
 
     /// The room state right after an event (the state before it, plus the event itself when
-    /// it is a state event).
+    /// it is a state event), as clients see it.
     pub fn state_after(&self, pdu: &Pdu) -> Result<Vec<Pdu>> {
         let short = self
             .ids
@@ -385,59 +396,16 @@ impl Rooms {
         if let Some(key) = &pdu.state_key {
             state.insert(self.ids.state_key_or_create(&pdu.kind.to_string(), key)?, short);
         }
-        let shorts: Vec<u64> = state.values().copied().collect();
-        self.ids
-            .event_ids(&shorts)?
-            .into_iter()
-            .zip(shorts)
-            .map(|(id, short)| {
-                let id = EventId::parse(id.ok_or_else(|| Error::internal("state names an unknown event"))?)
-                    .map_err(|e| Error::internal(e.to_string()))?;
-                self.event_by_short(short, id)
-            })
-            .collect()
+        self.served_state(&state)
     }
 
-    /// Redacts an event (spec "Redactions"): anyone may redact their own events, others need
-    /// the room's `redact` power level.
-    pub async fn redact(
-        &self,
-        room_id: &RoomId,
-        sender: &UserId,
-        target: &EventId,
-        reason: Option<&str>,
-        txn: (&str, &str, &str),
-    ) -> Result<Appended> {
-        let version = self
-            .room_version(room_id)?
-            .ok_or_else(|| Error::not_found("Unknown room"))?;
-        let rules = events::rules(&version)?;
-        let original = self.event(target)?.filter(|p| p.room().is_ok_and(|r| r == room_id));
-        let original = original.ok_or_else(|| Error::not_found("Event not found"))?;
-        if original.sender != sender
-            && self.power_level(room_id, sender)? < self.required_level(room_id, "redact", 50)?
-        {
-            return Err(Error::forbidden("You may only redact your own events in this room"));
-        }
-        let mut content = CanonicalJsonObject::new();
-        if let Some(reason) = reason {
-            content.insert("reason".into(), CanonicalJsonValue::String(reason.to_owned()));
-        }
-        let top_level = if rules.redaction.content_field_redacts {
-            content.insert("redacts".into(), CanonicalJsonValue::String(target.to_string()));
-            None
-        } else {
-            Some(target)
-        };
-        let event = NewEvent {
-            kind: "m.room.redaction",
-            state_key: None,
-            content,
-            redacts: top_level,
-            txn: Some(txn),
-            origin_server_ts: None,
-        };
-        self.append(room_id, sender, event).await
+    /// Every event of a state set as clients see them: the one way whole states are read for
+    /// clients (`/state`, `/members`, `/joined_members`, `/context`, `/sync`), so each is
+    /// served redacted when it was, as the timeline serves it.
+    fn served_state(&self, state: &StateMap) -> Result<Vec<Pdu>> {
+        let shorts: Vec<u64> = state.values().copied().collect();
+        let events = self.stored_events(&shorts)?;
+        self.served(shorts.into_iter().zip(events).collect())
     }
 
     /// The highest stream position every writer has finished.

@@ -21,9 +21,13 @@ impl Rooms {
         backwards: bool,
         limit: usize,
     ) -> Result<Vec<(u64, Pdu)>> {
-        self.timeline_raw(room_id, after, up_to, backwards, limit)?
+        let raw = self.timeline_raw(room_id, after, up_to, backwards, limit)?;
+        let places: Vec<(u64, u64)> = raw.iter().map(|(pos, short, _)| (*pos, *short)).collect();
+        let served = self.served(raw.into_iter().map(|(_, short, pdu)| (short, pdu)).collect())?;
+        places
             .into_iter()
-            .map(|(pos, short, pdu)| Ok((pos, self.for_client(short, pdu)?)))
+            .zip(served)
+            .map(|((pos, short), pdu)| Ok((pos, self.with_replaced_state(short, pdu)?)))
             .collect()
     }
 
@@ -43,10 +47,9 @@ impl Rooms {
             .collect())
     }
 
-    /// An event as a client sees it in a timeline: redacted when it was, and a state event
-    /// with what it replaced (`unsigned.prev_content`, `prev_sender`, `replaces_state`).
-    fn for_client(&self, short: u64, pdu: Pdu) -> Result<Pdu> {
-        let mut pdu = self.apply_redaction(short, pdu)?;
+    /// A served state event with what it replaced (`unsigned.prev_content`, `prev_sender`,
+    /// `replaces_state`), as a timeline shows it.
+    fn with_replaced_state(&self, short: u64, mut pdu: Pdu) -> Result<Pdu> {
         let Some(state_key) = pdu.state_key.clone() else {
             return Ok(pdu);
         };

@@ -83,7 +83,7 @@ impl Rooms {
             create.insert("additional_creators".into(), CanonicalJsonValue::Array(list));
         }
 
-        let room_id = self.create(version, sender, create).await?.room_id;
+        let room_id = self.create(version, sender, create).await?;
         let mut join = CanonicalJsonObject::new();
         join.insert("membership".into(), CanonicalJsonValue::String("join".into()));
         self.append(

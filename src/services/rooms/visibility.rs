@@ -209,6 +209,11 @@ impl HistoryFilter<'_> {
         }
         if kind == "m.room.member" && pdu.state_key.as_deref() == Some(self.user_id.as_str()) {
             let after = pdu.content_str("membership");
+            // Leaving an invite or a knock (rejected, withdrawn) is always the reader's to see,
+            // as in Synapse: it is how the room leaves their client's invites.
+            if after.as_deref() == Some("leave") && matches!(membership.as_deref(), Some("invite" | "knock")) {
+                return Ok(true);
+            }
             return Ok(allowed(&visibility, after.as_deref()));
         }
         Ok(false)

@@ -5,18 +5,20 @@
 use std::sync::Arc;
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedUserId, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
     events::{StateEventType, TimelineEventType},
     state_res,
 };
 use serde_json::value::RawValue;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::{Appended, NewEvent, Rooms, locked, pdu::Pdu, sync_hooks, validate_power_levels};
+use super::{Appended, NewEvent, Rooms, locked, pdu::Pdu, redaction, sync_hooks, validate_power_levels};
 use crate::{
     Error, Result,
-    services::events,
+    services::{events, sync::notifier::Key},
     storage::{
+        Batch,
         commit_queue::Queued,
         positions::Ticket,
         tables::{
@@ -37,27 +39,87 @@ pub(super) struct Head {
     current: Arc<Loaded>,
 }
 
-/// An event built and queued, not yet durable.
+/// An event built and checked, its writes added to a batch that is not queued yet; served
+/// from memory until it is durable.
 struct Staged {
     appended: Appended,
     short_event: u64,
     txn: Option<(String, String, String)>,
     ticket: Ticket,
-    queued: Queued,
     /// A member event's target: the room's member list and the target's list of rooms change
     /// once it is durable.
     member_target: Option<OwnedUserId>,
+    /// The keys its position wakes (marked when its batch is queued).
+    concerns: Vec<Key>,
+}
+
+/// A room being created ([`Rooms::draft_room`]): its events are built and checked one by one
+/// on a head kept here, and written together in one batch by [`RoomDraft::commit`]. Until
+/// then nobody can read or reach the room; dropped uncommitted, it leaves nothing behind (at
+/// most interned ids no stored event uses).
+pub struct RoomDraft<'a> {
+    rooms: &'a Rooms,
+    version: RoomVersionId,
+    creator: OwnedUserId,
+    room_id: OwnedRoomId,
+    head: Option<Head>,
+    batch: Batch,
+    staged: Vec<Staged>,
+}
+
+impl RoomDraft<'_> {
+    /// The new room's id.
+    pub fn room_id(&self) -> &RoomId {
+        &self.room_id
+    }
+
+    /// Builds and checks the creator's next event in the room. After an error, drop the draft:
+    /// its batch may hold part of the refused event.
+    pub fn add(&mut self, event: NewEvent<'_>) -> Result<()> {
+        let staged = self.rooms.stage(
+            &self.version,
+            Some(&self.room_id),
+            &self.creator,
+            event,
+            &mut self.head,
+            &mut self.batch,
+        )?;
+        self.staged.push(staged);
+        Ok(())
+    }
+
+    /// The batch the room is written in, for other services' writes that belong to the new room
+    /// (its alias, its directory listing).
+    pub fn batch(&mut self) -> &mut Batch {
+        &mut self.batch
+    }
+
+    /// Writes the room: every event and whatever else was queued, in one batch.
+    pub async fn commit(mut self) -> Result<OwnedRoomId> {
+        let batch = std::mem::replace(&mut self.batch, self.rooms.db.batch());
+        let staged = std::mem::take(&mut self.staged);
+        let queued = self.rooms.queue(batch, &staged);
+        self.rooms.finish(staged, queued, None).await?;
+        Ok(self.room_id.clone())
+    }
+}
+
+impl Drop for RoomDraft<'_> {
+    fn drop(&mut self) {
+        self.rooms.abandon(std::mem::take(&mut self.staged));
+    }
 }
 
 impl Rooms {
-    /// Creates a room: builds and stores its `m.room.create` event, returning the new room id
-    /// (derived from the event in room version 12, `!random:server` before).
-    pub async fn create(
+    /// Starts creating a room: builds and checks its `m.room.create` event, giving the new room
+    /// id (derived from the event in room version 12, `!random:server` before). Nothing is
+    /// written until [`RoomDraft::commit`].
+    pub fn draft_room(
         &self,
         version: &RoomVersionId,
         creator: &UserId,
         content: CanonicalJsonObject,
-    ) -> Result<Appended> {
+    ) -> Result<RoomDraft<'_>> {
         let rules = events::rules(version)?;
         let room_id = if rules.authorization.room_create_event_id_as_room_id {
             None
@@ -77,8 +139,27 @@ impl Rooms {
         };
         let mut event = NewEvent::state("m.room.create", "", content);
         event.origin_server_ts = Some(ts);
-        let staged = self.stage(version, room_id.as_deref(), creator, event, &mut None)?;
-        self.finish(staged, None).await
+        let (mut head, mut batch) = (None, self.db.batch());
+        let staged = self.stage(version, room_id.as_deref(), creator, event, &mut head, &mut batch)?;
+        Ok(RoomDraft {
+            rooms: self,
+            version: version.clone(),
+            creator: creator.to_owned(),
+            room_id: staged.appended.room_id.clone(),
+            head,
+            batch,
+            staged: vec![staged],
+        })
+    }
+
+    /// Creates a room holding only its `m.room.create` event; returns the new room id.
+    pub async fn create(
+        &self,
+        version: &RoomVersionId,
+        creator: &UserId,
+        content: CanonicalJsonObject,
+    ) -> Result<OwnedRoomId> {
+        self.draft_room(version, creator, content)?.commit().await
     }
 
     /// Builds, authorizes and stores an event in an existing room.
@@ -108,9 +189,16 @@ impl Rooms {
                 });
             }
         }
-        let staged = self.stage(&version, Some(room_id), sender, event, &mut head)?;
+        let mut batch = self.db.batch();
+        let staged = self.stage(&version, Some(room_id), sender, event, &mut head, &mut batch)?;
+        // Queued under the lock, so the room's events reach the disk in the order they were built.
+        let queued = self.queue(batch, std::slice::from_ref(&staged));
         drop(head);
-        self.finish(staged, Some(&lock)).await
+        let appended = self.finish(vec![staged], queued, Some(&lock)).await?;
+        appended
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("no event appended"))
     }
 
     /// The room's head as stored (used when no head is in memory).
@@ -137,45 +225,89 @@ impl Rooms {
         }))
     }
 
-    /// Waits until a staged event is durable, then publishes its position. If the write failed,
-    /// the room's head is dropped so the next sender rebuilds it from what is stored.
-    async fn finish(&self, staged: Staged, lock: Option<&AsyncMutex<Option<Head>>>) -> Result<Appended> {
-        let written = staged.queued.durable().await;
-        if let Some(target) = &staged.member_target {
-            self.member_lists.invalidate(&staged.appended.room_id, target);
+    /// Hands staged events' batch to the commit queue, after marking their positions for the
+    /// long-polls they concern.
+    fn queue(&self, batch: Batch, staged: &[Staged]) -> Queued {
+        for event in staged {
+            self.notifier.mark(event.ticket.position(), event.concerns.clone());
         }
-        locked(&self.pending).remove(&staged.short_event);
-        if let Some(txn) = &staged.txn {
-            locked(&self.pending_txns).remove(txn);
+        self.commits.enqueue(batch)
+    }
+
+    /// Waits until staged events are durable, then publishes their positions. If the write
+    /// failed, the room's head is dropped so the next sender rebuilds it from what is stored.
+    async fn finish(
+        &self,
+        staged: Vec<Staged>,
+        queued: Queued,
+        lock: Option<&AsyncMutex<Option<Head>>>,
+    ) -> Result<Vec<Appended>> {
+        let written = queued.durable().await;
+        let mut tickets = Vec::with_capacity(staged.len());
+        let mut appended = Vec::with_capacity(staged.len());
+        for event in staged {
+            if let Some(target) = &event.member_target {
+                self.member_lists.invalidate(&event.appended.room_id, target);
+            }
+            self.forget_pending(&event);
+            tickets.push(event.ticket);
+            appended.push(event.appended);
         }
         match written {
             Ok(()) => {
-                staged.ticket.complete();
+                tickets.into_iter().for_each(Ticket::complete);
                 self.notifier.flush(self.positions.watermark());
-                Ok(staged.appended)
+                Ok(appended)
             }
             Err(e) => {
                 if let Some(lock) = lock {
                     *lock.lock().await = None;
                 }
-                drop(staged.ticket);
+                drop(tickets);
                 self.notifier.flush(self.positions.watermark());
                 Err(e.into())
             }
         }
     }
 
-    /// The write path proper, under the room's lock (or for a new room): builds the event on
-    /// `head`, checks it, queues its batch and moves `head` past it. Nothing here waits.
+    /// Drops staged events that will never be queued (a room draft given up): they are no
+    /// longer served from memory and their positions are abandoned.
+    fn abandon(&self, staged: Vec<Staged>) {
+        for event in &staged {
+            self.forget_pending(event);
+        }
+    }
+
+    /// Stops serving a staged event (and its transaction) from memory.
+    fn forget_pending(&self, event: &Staged) {
+        locked(&self.pending).remove(&event.short_event);
+        if let Some(txn) = &event.txn {
+            locked(&self.pending_txns).remove(txn);
+        }
+    }
+
+    /// The write path proper, under the room's lock (or for a room being created): builds the
+    /// event on `head`, checks it, adds its writes to `batch` and moves `head` past it. Nothing
+    /// here waits. On an error `head` is unchanged and `batch` is to be dropped (it may hold
+    /// part of the event).
     fn stage(
         &self,
         version: &RoomVersionId,
         room_id: Option<&RoomId>,
         sender: &UserId,
-        event: NewEvent<'_>,
+        mut event: NewEvent<'_>,
         head: &mut Option<Head>,
+        batch: &mut Batch,
     ) -> Result<Staged> {
         let rules = events::rules(version)?;
+        // A redaction sent through `/send` in a room version before 11 names its target in the
+        // content; those versions keep it at the top level.
+        let hoisted = if event.kind == "m.room.redaction" {
+            redaction::hoist_redacts(&rules, &mut event.content)?
+        } else {
+            None
+        };
+        let redacts = event.redacts.or(hoisted.as_deref());
         if event.kind == "m.room.power_levels" {
             validate_power_levels(&event.content)?;
         }
@@ -204,8 +336,8 @@ impl Rooms {
                 .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
         let mut auth_events = Vec::new();
         for (auth_kind, auth_key) in &auth_types {
-            if let Some(pdu) = self.lookup(state, &auth_kind.to_string(), auth_key)? {
-                auth_events.push(pdu.event_id);
+            if let Some((_, event_id)) = self.state_entry(state, &auth_kind.to_string(), auth_key)? {
+                auth_events.push(event_id);
             }
         }
 
@@ -230,7 +362,7 @@ impl Rooms {
                 auth_events,
                 depth: depth + 1,
                 origin_server_ts: event.origin_server_ts.unwrap_or_else(util::now_ms),
-                redacts: event.redacts,
+                redacts,
             },
         )?;
         let pdu = Pdu::parse(signed.event_id.clone(), &signed.bytes)?;
@@ -238,58 +370,54 @@ impl Rooms {
             return Err(Error::internal(format!("room id {} is already taken", signed.room_id)));
         }
 
-        // The same checks a remote event gets: against its auth events, then the current state.
-        let fetch_event = |id: &EventId| self.event(id).ok().flatten();
+        // The same checks a remote event gets: against its auth events, then the current state,
+        // both as stored (never in a redacted form).
+        let fetch_event = |id: &EventId| self.original_event(id).ok().flatten();
         state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, fetch_event)
             .map_err(|reason| Error::forbidden(format!("{} event is not authorized: {reason}", event.kind)))?;
-        let fetch_state = |kind: &StateEventType, key: &str| self.lookup(state, &kind.to_string(), key).ok().flatten();
+        let fetch_state =
+            |kind: &StateEventType, key: &str| self.original_lookup(state, &kind.to_string(), key).ok().flatten();
         state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
             .map_err(|reason| Error::forbidden(format!("{} event is not authorized: {reason}", event.kind)))?;
+
+        // A redaction takes effect (or not) in the state it is sent in.
+        let redacted = if event.kind == "m.room.redaction" {
+            self.redaction_effect(version, &rules, state, &pdu)?
+        } else {
+            None
+        };
 
         // One batch: the event, its place in the timeline and the state around it.
         let short_room = self.ids.room_or_create(signed.room_id.as_str())?;
         let short_event = self.ids.event_or_create(signed.event_id.as_str())?;
-        let mut batch = self.db.batch();
-        self.pdus.put(&mut batch, short_event, &signed.bytes);
+        self.pdus.put(batch, short_event, &signed.bytes);
         if let Some((user, device, txn)) = event.txn {
             self.transactions
-                .put(&mut batch, user, device, txn, signed.event_id.as_str());
-            sync_hooks::queue_event_txn(&self.db, &mut batch, short_event, (user, device, txn));
+                .put(batch, user, device, txn, signed.event_id.as_str());
+            sync_hooks::queue_event_txn(&self.db, batch, short_event, (user, device, txn));
         }
         let before = match head.as_ref() {
             Some(head) => Arc::clone(&head.current),
-            None => self.state.queue_snapshot(&mut batch, None, StateMap::new())?,
+            None => self.state.queue_snapshot(batch, None, StateMap::new())?,
         };
-        self.state.queue_before_event(&mut batch, short_event, before.id);
-        if event.kind == "m.room.redaction" {
-            let in_content = match signed.object.get("content") {
-                Some(CanonicalJsonValue::Object(o)) => match o.get("redacts") {
-                    Some(CanonicalJsonValue::String(id)) => Some(id.clone()),
-                    _ => None,
-                },
-                _ => None,
-            };
-            let target = event.redacts.map(|id| id.to_string()).or(in_content);
-            if let Some(target_short) = target.map(|t| self.ids.event(&t)).transpose()?.flatten() {
-                self.pdus
-                    .queue_redacted_by(&mut batch, target_short, signed.event_id.as_str());
-            }
+        self.state.queue_before_event(batch, short_event, before.id);
+        if let Some(target) = redacted {
+            self.pdus.queue_redacted_by(batch, target, signed.event_id.as_str());
         }
         let after = if let Some(state_key) = event.state_key {
             let key = self.ids.state_key_or_create(event.kind, state_key)?;
             let mut after = before.state.clone();
             after.insert(key, short_event);
-            let after = self.state.queue_snapshot(&mut batch, Some(&*before), after)?;
-            self.state.queue_current(&mut batch, short_room, after.id);
+            let after = self.state.queue_snapshot(batch, Some(&*before), after)?;
+            self.state.queue_current(batch, short_room, after.id);
             after
         } else {
             if head.is_none() {
-                self.state.queue_current(&mut batch, short_room, before.id);
+                self.state.queue_current(batch, short_room, before.id);
             }
             before
         };
-        self.timeline
-            .queue_set_extremities(&mut batch, short_room, &[short_event])?;
+        self.timeline.queue_set_extremities(batch, short_room, &[short_event])?;
         let ticket = self.positions.allocate()?;
         let position = ticket.position();
         let mut member_target = None;
@@ -307,15 +435,10 @@ impl Rooms {
                 position,
             };
             self.memberships
-                .queue_set(&mut batch, target, signed.room_id.as_str(), &membership);
+                .queue_set(batch, target, signed.room_id.as_str(), &membership);
             member_target = OwnedUserId::try_from(target).ok();
         }
-        self.notifier.mark(
-            position,
-            sync_hooks::concerns(signed.room_id.as_str(), event.kind, event.state_key),
-        );
-        self.timeline
-            .queue_append(&mut batch, short_room, position, short_event);
+        self.timeline.queue_append(batch, short_room, position, short_event);
 
         // Until it is durable, the event is served from memory and its transaction remembered.
         locked(&self.pending).insert(short_event, Arc::new(signed.bytes.clone()));
@@ -325,7 +448,7 @@ impl Rooms {
         if let Some(txn) = &txn {
             locked(&self.pending_txns).insert(txn.clone(), signed.event_id.clone());
         }
-        let queued = self.commits.enqueue(batch);
+        let concerns = sync_hooks::concerns(signed.room_id.as_str(), event.kind, event.state_key);
         *head = Some(Head {
             extremities: vec![(short_event, signed.event_id.clone())],
             depth: depth + 1,
@@ -340,8 +463,8 @@ impl Rooms {
             short_event,
             txn,
             ticket,
-            queued,
             member_target,
+            concerns,
         })
     }
 }

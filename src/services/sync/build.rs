@@ -29,7 +29,12 @@ use super::{
 };
 use crate::{
     Error, Result,
-    services::{Services, account_data::Change, rooms::pdu::Pdu, sync::notifier::Key},
+    services::{
+        Services,
+        account_data::Change,
+        rooms::{pdu::Pdu, visibility::ReadScope},
+        sync::notifier::Key,
+    },
     storage::tables::membership::Membership,
 };
 
@@ -579,10 +584,21 @@ impl Ctx<'_> {
     /// `include_leave`: the timeline up to the departure.
     fn left(&self, room_id: &RoomId, departure: u64) -> Result<Option<LeftRoom>> {
         let rooms = &self.services.rooms;
-        let Ok(scope) = rooms.read_scope(room_id, self.user_id) else {
-            return Ok(None);
-        };
         let end = departure.min(self.up_to);
+        let (scope, member) = match rooms.read_scope(room_id, self.user_id) {
+            Ok(scope) => (scope, true),
+            // Never joined (an invite rejected or withdrawn, a knock withdrawn or refused): the
+            // room still moves to `leave`, so it leaves the client's invites, with what the
+            // history rules show a non-member (their own departure, always) and no state.
+            Err(_) => (
+                ReadScope {
+                    up_to: end,
+                    member_until: None,
+                    departed_with: None,
+                },
+                false,
+            ),
+        };
         let history = rooms.history_filter(self.user_id, scope);
         let keep = |pos: u64, pdu: &Pdu| self.event_kept(pdu) && history.allows(pos, pdu);
         let after = self.after().unwrap_or(0);
@@ -591,13 +607,17 @@ impl Ctx<'_> {
         let start = events.first().map_or(end, |(pos, _)| pos - 1);
         let full = self.since.is_none() || self.full_state || limited;
         let full_at = if self.state_after { end } else { start };
-        let state = self.state(
-            room_id,
-            &page,
-            (full.then_some(full_at), self.since.is_none()),
-            (after, end),
-            &|pos, pdu| history.allows(pos, pdu),
-        )?;
+        let state = if member {
+            self.state(
+                room_id,
+                &page,
+                (full.then_some(full_at), self.since.is_none()),
+                (after, end),
+                &|pos, pdu| history.allows(pos, pdu),
+            )?
+        } else {
+            Vec::new()
+        };
         let mut left = LeftRoom::new();
         left.timeline = self.timeline_section(room_id, page.events, limited, start)?;
         left.state = self.state_section(&state)?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{
-    Db, StorageResult, codec,
+    Batch, Db, StorageResult, codec,
     schema::{ALIAS_ALIASRECORD, ROOMALIAS_EMPTY, ROOMID_PUBLISHED},
 };
 
@@ -44,6 +44,12 @@ impl AliasesTable {
     /// Stores an alias and its reverse entry durably.
     pub async fn put(&self, alias: &str, record: &AliasRecord) -> StorageResult<()> {
         let mut batch = self.db.batch();
+        self.queue_put(&mut batch, alias, record)?;
+        batch.commit().await
+    }
+
+    /// Queues an alias and its reverse entry.
+    pub fn queue_put(&self, batch: &mut Batch, alias: &str, record: &AliasRecord) -> StorageResult<()> {
         batch.put(
             ALIAS_ALIASRECORD,
             alias.as_bytes(),
@@ -54,7 +60,7 @@ impl AliasesTable {
             &codec::key(&[record.room_id.as_bytes(), alias.as_bytes()]),
             b"",
         );
-        batch.commit().await
+        Ok(())
     }
 
     /// Removes an alias and its reverse entry durably.
@@ -103,12 +109,17 @@ impl AliasesTable {
     /// Publishes a room in the directory or withdraws it, durably.
     pub async fn set_published(&self, room_id: &str, published: bool) -> StorageResult<()> {
         let mut batch = self.db.batch();
+        self.queue_published(&mut batch, room_id, published);
+        batch.commit().await
+    }
+
+    /// Queues the publication of a room in the directory or its withdrawal.
+    pub fn queue_published(&self, batch: &mut Batch, room_id: &str, published: bool) {
         if published {
             batch.put(ROOMID_PUBLISHED, room_id.as_bytes(), b"");
         } else {
             batch.delete(ROOMID_PUBLISHED, room_id.as_bytes());
         }
-        batch.commit().await
     }
 
     /// Whether a room is published.

@@ -46,6 +46,17 @@ impl PdusTable {
             .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
+    /// [`Self::redacted_by`] for many events at once, in the order of `shorts`.
+    pub fn redacted_by_many(&self, shorts: &[u64]) -> StorageResult<Vec<Option<String>>> {
+        let keys: Vec<[u8; 8]> = shorts.iter().map(|s| codec::u64_bytes(*s)).collect();
+        Ok(self
+            .db
+            .multi_get(SHORTEVENTID_REDACTEDBY, keys.iter().map(|k| &k[..]))?
+            .into_iter()
+            .map(|b| b.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .collect())
+    }
+
     /// Queues the mark that `redaction` redacted the event `short`.
     pub fn queue_redacted_by(&self, batch: &mut Batch, short: u64, redaction: &str) {
         batch.put(SHORTEVENTID_REDACTEDBY, &codec::u64_bytes(short), redaction.as_bytes());

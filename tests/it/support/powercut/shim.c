@@ -371,28 +371,26 @@ static int opened(int dirfd, const char *path, int flags, mode_t mode, int with_
 
 static int wants_mode(int flags) { return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE; }
 
+/* The optional mode argument that follows `flags`, present only when the flags create a file. */
+#define MODE_AFTER(flags)                          \
+    mode_t mode = 0;                               \
+    if (wants_mode(flags)) {                       \
+        va_list ap;                                \
+        va_start(ap, flags);                       \
+        mode = va_arg(ap, mode_t);                 \
+        va_end(ap);                                \
+    }
+
 int open(const char *path, int flags, ...) {
     resolve();
-    mode_t mode = 0;
-    if (wants_mode(flags)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = va_arg(ap, mode_t);
-        va_end(ap);
-    }
+    MODE_AFTER(flags);
     return opened(AT_FDCWD, path, flags, mode, wants_mode(flags));
 }
 int open64(const char *path, int flags, ...) __attribute__((alias("open")));
 
 int openat(int dirfd, const char *path, int flags, ...) {
     resolve();
-    mode_t mode = 0;
-    if (wants_mode(flags)) {
-        va_list ap;
-        va_start(ap, flags);
-        mode = va_arg(ap, mode_t);
-        va_end(ap);
-    }
+    MODE_AFTER(flags);
     return opened(dirfd, path, flags, mode, wants_mode(flags));
 }
 int openat64(int dirfd, const char *path, int flags, ...) __attribute__((alias("openat")));

@@ -77,18 +77,33 @@ impl ServerKeys {
     }
 }
 
+/// Creates the key file whole and durably, or not at all: the contents go to a temporary file,
+/// which is synced and then linked under `path` (never replacing a file already there), and the
+/// directory is synced, so the new name survives a power cut. (Without the directory sync a
+/// power cut could drop the file and the next start would sign with a new key.)
 fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
+    let fail = |e: std::io::Error| Error::internal(format!("cannot create {}: {e}", path.display()));
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let _ = std::fs::remove_file(&partial); // left by a crash during an earlier start
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| Error::internal(format!("cannot create {}: {e}", path.display())))?;
+    let mut file = options.open(&partial).map_err(fail)?;
     file.write_all(contents.as_bytes())
         .and_then(|_| file.sync_all())
-        .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))
+        .map_err(fail)?;
+    let linked = std::fs::hard_link(&partial, path);
+    let _ = std::fs::remove_file(&partial);
+    linked.map_err(fail)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
 }
 
 #[cfg(test)]

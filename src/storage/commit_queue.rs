@@ -6,13 +6,16 @@
 //! the WAL unsynced, then one sync makes the whole group durable, and only then is each writer
 //! told. Because the WAL is sequential, a crash keeps a prefix of the queue: an event can never
 //! survive without the events it was built on.
+//!
+//! A batch that fails to be written or synced fails the database closed (see the parent
+//! module): its writer and every batch queued behind it, which may be built on it, get an error,
+//! and so does every batch queued later. No batch is acknowledged after a failed one.
 
 use std::{
     sync::{Arc, mpsc},
     thread,
 };
 
-use rocksdb::WriteOptions;
 use tokio::sync::oneshot;
 
 use super::{Batch, Db, StorageError, StorageResult};
@@ -86,8 +89,6 @@ impl Drop for CommitQueue {
 }
 
 fn run(db: &Db, inbox: &mpsc::Receiver<Job>) {
-    let mut unsynced = WriteOptions::default();
-    unsynced.set_sync(false);
     while let Ok(first) = inbox.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP
@@ -95,24 +96,34 @@ fn run(db: &Db, inbox: &mpsc::Receiver<Job>) {
         {
             group.push(next);
         }
+        // Once one write fails the database is failed closed, so the batches after it in the
+        // group (which may build on it) are refused without being written.
         let mut results = Vec::with_capacity(group.len());
         let mut waiting = Vec::with_capacity(group.len());
         for job in group {
-            results.push(db.rocks.write_opt(job.batch, &unsynced).map_err(StorageError::from));
+            results.push(db.write_with(job.batch, false));
             waiting.push(job.done);
         }
-        let synced = if db.sync_writes {
-            db.rocks.flush_wal(true).map_err(StorageError::from)
+        let synced = if db.sync_writes && results.iter().any(Result::is_ok) {
+            db.sync_wal()
         } else {
             Ok(())
         };
         for (result, done) in results.into_iter().zip(waiting) {
             let result = match (&synced, result) {
-                (Err(e), Ok(())) => Err(StorageError::Io(format!("WAL sync failed: {e}"))),
+                (Err(e), Ok(())) => Err(again(e)),
                 (_, result) => result,
             };
             let _ = done.send(result);
         }
+    }
+}
+
+/// The group's sync error, once for each of its writers.
+fn again(error: &StorageError) -> StorageError {
+    match error {
+        StorageError::FailedClosed(reason) => StorageError::FailedClosed(reason.clone()),
+        other => StorageError::Io(other.to_string()),
     }
 }
 
@@ -139,5 +150,31 @@ mod tests {
         }
         assert_eq!(db.get(GLOBAL, b"test_last").unwrap().unwrap(), 199u32.to_be_bytes());
         assert!(db.get(GLOBAL, b"test_150").unwrap().is_some());
+    }
+
+    /// Once the database failed closed, nothing is written any more: queued batches, plain
+    /// commits and unsynced bookkeeping all get `FailedClosed`; reads go on.
+    #[tokio::test]
+    async fn a_database_failed_closed_refuses_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
+        let queue = CommitQueue::start(Arc::clone(&db)).unwrap();
+        let mut batch = db.batch();
+        batch.put(GLOBAL, b"test_before", b"x");
+        queue.enqueue(batch).durable().await.unwrap();
+        db.fail_closed_for_test();
+        let refused =
+            |result: StorageResult<()>| assert!(matches!(result, Err(StorageError::FailedClosed(_))), "{result:?}");
+        let mut batch = db.batch();
+        batch.put(GLOBAL, b"test_after", b"x");
+        refused(queue.enqueue(batch).durable().await);
+        let mut batch = db.batch();
+        batch.put(GLOBAL, b"test_after", b"x");
+        refused(batch.commit().await);
+        let mut batch = db.batch();
+        batch.put(GLOBAL, b"test_after", b"x");
+        refused(batch.commit_unsynced());
+        assert!(db.get(GLOBAL, b"test_before").unwrap().is_some());
+        assert!(db.get(GLOBAL, b"test_after").unwrap().is_none());
     }
 }

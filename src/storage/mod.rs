@@ -6,6 +6,17 @@
 //! sync through RocksDB's write-group leader, so durability does not cost one fsync per writer.
 //! Writers whose batches depend on each other's (room events) use the [`commit_queue`]
 //! instead, which keeps their order and syncs each group of queued batches once.
+//!
+//! # Failing closed
+//!
+//! A failed write or WAL sync leaves the database in a state nobody may build on: the batch may
+//! be in RocksDB's memtable (readable) without being durable, and after a failed `fsync` the
+//! kernel may already have dropped the unsynced pages, so a later sync that succeeds proves
+//! nothing about them. The first such failure therefore *fails the database closed*: it is
+//! logged at ERROR, and every later commit, through [`Batch`] or the [`commit_queue`], is
+//! refused with [`StorageError::FailedClosed`] until the process restarts and RocksDB recovers
+//! from what the WAL really holds. Reads keep working; the stream watermark stops below the
+//! failed write ([`positions`]), so readers never see it.
 
 pub mod codec;
 pub mod commit_queue;
@@ -13,7 +24,10 @@ pub mod positions;
 pub mod schema;
 pub mod tables;
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::Path,
+    sync::{Arc, OnceLock},
+};
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, WriteOptions};
 
@@ -37,6 +51,10 @@ pub enum StorageError {
     /// A filesystem or thread-pool failure around the database.
     #[error("{0}")]
     Io(String),
+    /// An earlier write or WAL sync failed, so the database refuses writes until a restart
+    /// (see "Failing closed" in the module documentation).
+    #[error("storage failed closed after {0}; writes are refused until hearth restarts")]
+    FailedClosed(String),
     /// A stored record did not decode.
     #[error("corrupt record in {table}: {reason}")]
     Corrupt {
@@ -74,6 +92,8 @@ pub struct Db {
     rocks: rocksdb::DB,
     sync_writes: bool,
     cache_bytes: usize,
+    /// Set by the first failed write or sync; every later commit is refused.
+    failed: OnceLock<String>,
 }
 
 impl Db {
@@ -126,6 +146,7 @@ impl Db {
             rocks,
             sync_writes: options.sync_writes,
             cache_bytes: options.cache_bytes,
+            failed: OnceLock::new(),
         });
         schema::check_and_migrate(&db)?;
         Ok(db)
@@ -257,10 +278,58 @@ impl Db {
         }
     }
 
-    fn write(&self, batch: rocksdb::WriteBatch) -> StorageResult<()> {
+    /// Whether an earlier write or sync failed and the database refuses writes.
+    pub fn failed_closed(&self) -> bool {
+        self.failed.get().is_some()
+    }
+
+    /// Refuses a write once the database has failed closed.
+    fn writable(&self) -> StorageResult<()> {
+        match self.failed.get() {
+            Some(reason) => Err(StorageError::FailedClosed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails the database closed after a failed write or sync (`what` names the operation);
+    /// returns the error for the caller. Logged once, at ERROR, on the first failure.
+    fn fail_closed(&self, what: &str, error: rocksdb::Error) -> StorageError {
+        let reason = format!("{what} failed: {error}");
+        if self.failed.set(reason.clone()).is_ok() {
+            tracing::error!(
+                "STORAGE FAILURE: {reason}. Nothing written from now on can be made durable, so \
+                 hearth refuses every write until it is restarted (reads go on). Check the disk and \
+                 the kernel log, then restart: RocksDB recovers what the WAL holds."
+            );
+        }
+        StorageError::FailedClosed(reason)
+    }
+
+    /// Writes one batch with `sync`, failing the database closed on error.
+    fn write_with(&self, batch: rocksdb::WriteBatch, sync: bool) -> StorageResult<()> {
+        self.writable()?;
         let mut opts = WriteOptions::default();
-        opts.set_sync(self.sync_writes);
-        Ok(self.rocks.write_opt(batch, &opts)?)
+        opts.set_sync(sync);
+        let what = if sync { "a synced write" } else { "a write" };
+        self.rocks
+            .write_opt(batch, &opts)
+            .map_err(|e| self.fail_closed(what, e))
+    }
+
+    /// Syncs the WAL (everything written so far), failing the database closed on error.
+    fn sync_wal(&self) -> StorageResult<()> {
+        self.writable()?;
+        self.rocks
+            .flush_wal(true)
+            .map_err(|e| self.fail_closed("a WAL sync", e))
+    }
+}
+
+#[cfg(test)]
+impl Db {
+    /// Fails the database closed as a failed write would, for tests of what follows.
+    pub(crate) fn fail_closed_for_test(&self) {
+        let _ = self.failed.set("a write in a test".into());
     }
 }
 
@@ -296,16 +365,14 @@ impl Batch {
 
     /// Writes the batch on the calling thread; durable on return when `sync_writes` is on.
     pub fn commit_blocking(self) -> StorageResult<()> {
-        self.db.write(self.inner)
+        self.db.write_with(self.inner, self.db.sync_writes)
     }
 
     /// Writes the batch without syncing the WAL, for bookkeeping (id interning) that only has
     /// to be durable once a later synced batch that depends on it is: the WAL is sequential, so
     /// syncing that batch makes this one durable too.
     pub fn commit_unsynced(self) -> StorageResult<()> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(false);
-        Ok(self.db.rocks.write_opt(self.inner, &opts)?)
+        self.db.write_with(self.inner, false)
     }
 
     /// Writes the batch from a blocking-pool thread, so concurrent async callers can share one WAL

@@ -25,6 +25,11 @@
 //! write failed and the position was given up ([`Ticket`] dropped): a reader loses nothing by
 //! passing a position that holds nothing. Positions can therefore have gaps; they are never reused.
 //!
+//! One exception: a position given up while the database has *failed closed* (a write or WAL
+//! sync failed, see [`super`]) is never done. Its batch may sit in RocksDB's memtable, readable
+//! though not durable, so the watermark stays below it for good and readers never see a write
+//! that a restart may lose. Nothing can be written after such a failure anyway.
+//!
 //! # Allocation and restarts
 //!
 //! [`Positions::allocate`] is an in-memory counter behind a short mutex. To survive a restart
@@ -257,7 +262,8 @@ impl Shared {
 /// [`complete`](Ticket::complete) it once the batch carrying the position is durable, or drop it
 /// when the write failed (abandoned). Both count as done for the watermark, so an error path, a
 /// panic or a cancelled future can never hold readers back for good; a leaked ticket
-/// (`mem::forget`) would.
+/// (`mem::forget`) would, and so does by design a ticket abandoned after the database failed
+/// closed.
 #[must_use = "complete the ticket once its batch is durable; dropping it abandons the position"]
 pub struct Ticket {
     position: u64,
@@ -271,15 +277,19 @@ impl Ticket {
     }
 
     /// Declares the write carrying this position durable (and visible to readers).
-    pub fn complete(self) {
-        // Completing and abandoning differ only for the writer; `Drop` does the work.
-        drop(self);
+    pub fn complete(mut self) {
+        self.shared.finish(self.position);
+        self.position = 0;
     }
 }
 
 impl Drop for Ticket {
+    /// Abandons the position: done, unless the database has failed closed (then the watermark
+    /// stays below it for good, see the module documentation).
     fn drop(&mut self) {
-        self.shared.finish(self.position);
+        if self.position != 0 && !self.shared.db.failed_closed() {
+            self.shared.finish(self.position);
+        }
     }
 }
 
@@ -519,5 +529,28 @@ mod tests {
             .expect("the subscriber was not woken")
             .unwrap();
         assert_eq!(woke_with, 2);
+    }
+
+    /// After a failed write the database is failed closed: an abandoned position may hold a
+    /// batch that sits in the memtable without being durable, so the watermark never passes it,
+    /// while positions completed below it still count.
+    #[test]
+    fn an_abandoned_position_holds_the_watermark_once_the_database_failed_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path());
+        let positions = Positions::open(Arc::clone(&db)).unwrap();
+        let [t1, t2, t3, t4] = [(); 4].map(|()| positions.allocate().unwrap());
+        drop(t1);
+        assert_eq!(positions.watermark(), 1, "abandoned while healthy: done");
+        db.fail_closed_for_test();
+        drop(t3);
+        t2.complete();
+        assert_eq!(positions.watermark(), 2, "completed below the failure: done");
+        t4.complete();
+        assert_eq!(
+            positions.watermark(),
+            2,
+            "never past the position abandoned after the failure"
+        );
     }
 }

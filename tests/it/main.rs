@@ -9,7 +9,8 @@ mod cli;
 mod client_account;
 /// Devices, profiles and account data.
 mod client_devices_profile;
-/// Durability: SIGKILL and restart.
+/// Durability: SIGKILL and restart, simulated power loss (`support::powercut`), failing closed
+/// when the disk fails.
 mod crash;
 /// The room directory: aliases, canonical aliases, the public room list, room summaries.
 mod directory;

@@ -1,13 +1,16 @@
 //! Test support: [`TestServer`] runs the real binary on a temporary data directory, and
-//! [`Client`] is a tiny Matrix client over `ureq` with a `check`-style helper.
+//! [`Client`] is a tiny Matrix client over `ureq` with a `check`-style helper. [`powercut`]
+//! simulates power loss under a running server.
 
 #![allow(dead_code)]
+
+pub mod powercut;
 
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
@@ -27,6 +30,8 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     _dir: Option<tempfile::TempDir>,
     env: Vec<(String, String)>,
+    /// The server's ERROR and WARN log lines, across restarts.
+    errors: Arc<Mutex<Vec<String>>>,
 }
 
 /// Environment for fast tests: cheap argon2, no rate limits, quiet logs.
@@ -60,6 +65,7 @@ impl TestServer {
             data_dir,
             _dir: Some(dir),
             env,
+            errors: Arc::default(),
         };
         server.launch();
         server
@@ -78,7 +84,24 @@ impl TestServer {
             data_dir,
             _dir: Some(dir),
             env,
+            errors: Arc::default(),
         }
+    }
+
+    /// Sets an environment variable for the next [`TestServer::launch`].
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.remove_env(key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Unsets an environment variable for the next [`TestServer::launch`].
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    /// The ERROR and WARN lines the server logged so far (every run on this directory).
+    pub fn logged_errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
     }
 
     /// Whether the process has been started and not stopped.
@@ -109,9 +132,13 @@ impl TestServer {
         let mut child = cmd.spawn().expect("spawn hearth");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let errors = Arc::clone(&self.errors);
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ERROR") || line.contains("WARN") {
+                    errors.lock().unwrap().push(line.clone());
+                }
                 if !sent && let Some(rest) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
                     sent = true;
@@ -138,6 +165,22 @@ impl TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits up to `timeout` for the process to end by itself; true if it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(child) = &mut self.child {
+            if child.try_wait().ok().flatten().is_some() {
+                self.child = None;
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// SIGTERM and wait for a graceful exit.
@@ -370,6 +413,24 @@ impl Client {
     /// Any request with a raw body and extra headers. An `Authorization` header among them
     /// replaces the client's token.
     pub fn raw_with(&self, method: &str, path: &str, body: Option<&[u8]>, headers: &[(&str, &str)]) -> Resp {
+        self.try_raw_with(method, path, body, headers)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// A JSON request that may fail to get an answer at all (the server died): `Err` then.
+    pub fn try_req(&self, method: &str, path: &str, body: Option<Value>) -> Result<Resp, String> {
+        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
+        let ct: Vec<(&str, &str)> = bytes.iter().map(|_| ("Content-Type", "application/json")).collect();
+        self.try_raw_with(method, path, bytes.as_deref(), &ct)
+    }
+
+    fn try_raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> Result<Resp, String> {
         let url = format!("{}{}", self.base, path);
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         let own_auth = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
@@ -384,10 +445,7 @@ impl Client {
         let request = builder
             .body(body.map(<[u8]>::to_vec).unwrap_or_default())
             .expect("request");
-        let response = self
-            .agent
-            .run(request)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let response = self.agent.run(request).map_err(|e| e.to_string())?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -396,12 +454,12 @@ impl Client {
             .collect();
         let text = response.into_body().read_to_string().unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
+        Ok(Resp {
             status,
             body,
             text,
             headers,
-        }
+        })
     }
 
     /// A JSON request.

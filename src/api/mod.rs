@@ -105,7 +105,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::directory::get_public_rooms_filtered);
     t.add(LimitClass::Client, client::directory::get_room_visibility);
     t.add(LimitClass::Client, client::directory::set_room_visibility);
-    t.add(LimitClass::Client, client::directory::get_summary);
+    t.add_json(LimitClass::Client, client::directory::get_summary);
     // Sync and what it carries (filters, typing, receipts, read markers, room account data,
     // tags, presence).
     t.add(LimitClass::Client, client::sync::sync_events);

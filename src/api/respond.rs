@@ -50,6 +50,13 @@ pub fn error(error: Error) -> HttpResponse {
     }
 }
 
+/// A JSON answer (200).
+pub fn json(value: serde_json::Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(value.to_string())
+}
+
 /// 405 for a known path with an unsupported method.
 pub async fn method_not_allowed() -> HttpResponse {
     error(Error::method_not_allowed())

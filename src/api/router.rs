@@ -1,7 +1,8 @@
 //! The one route shape: a ruma request type in, a ruma response type out.
 //!
 //! [`RouteTable::add`] takes a handler `async fn(Ctx, R) -> Result<R::OutgoingResponse>` and
-//! registers it under every path ruma knows for `R`, with `R`'s method. Everything that does not
+//! registers it under every path ruma knows for `R`, with `R`'s method (`add_json`: the same
+//! with a JSON answer, for the rare field ruma's response type leaves out). Everything that does not
 //! depend on `R` (reading the body, authenticating, rate limiting, turning errors into responses)
 //! is in non-generic functions, so each endpoint adds only a thin layer of generic code.
 
@@ -61,6 +62,29 @@ impl RouteTable {
         F: Fn(Ctx, R) -> Fut + Clone + 'static,
         Fut: Future<Output = Result<R::OutgoingResponse>> + 'static,
     {
+        self.add_answering(limit, handler, respond::ruma_response::<R::OutgoingResponse>);
+    }
+
+    /// [`Self::add`] for an endpoint whose answer ruma's response type cannot express (a field
+    /// it leaves out that clients rely on): the handler answers JSON, still parsed from `R`.
+    pub fn add_json<R, F, Fut>(&mut self, limit: LimitClass, handler: F)
+    where
+        R: IncomingRequest + 'static,
+        R::Authentication: AuthPolicy,
+        F: Fn(Ctx, R) -> Fut + Clone + 'static,
+        Fut: Future<Output = Result<serde_json::Value>> + 'static,
+    {
+        self.add_answering(limit, handler, respond::json);
+    }
+
+    fn add_answering<R, F, Fut, O>(&mut self, limit: LimitClass, handler: F, answer: fn(O) -> HttpResponse)
+    where
+        R: IncomingRequest + 'static,
+        R::Authentication: AuthPolicy,
+        F: Fn(Ctx, R) -> Fut + Clone + 'static,
+        Fut: Future<Output = Result<O>> + 'static,
+        O: 'static,
+    {
         for path in R::PATH_BUILDER.all_paths() {
             let handler = handler.clone();
             let make = move || {
@@ -69,7 +93,7 @@ impl RouteTable {
                     actix_web::http::Method::from_bytes(R::METHOD.as_str().as_bytes()).expect("ruma methods are valid");
                 web::method(method).to(
                     move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
-                        serve::<R, F, Fut>(req, payload, services.into_inner(), limit, path, handler.clone())
+                        serve::<R, F, Fut, O>(req, payload, services.into_inner(), (limit, path), handler.clone(), answer)
                     },
                 )
             };
@@ -103,19 +127,19 @@ impl RouteTable {
     }
 }
 
-async fn serve<R, F, Fut>(
+async fn serve<R, F, Fut, O>(
     req: HttpRequest,
     payload: web::Payload,
     services: Arc<Services>,
-    limit: LimitClass,
-    template: &'static str,
+    (limit, template): (LimitClass, &'static str),
     handler: F,
+    answer: fn(O) -> HttpResponse,
 ) -> HttpResponse
 where
     R: IncomingRequest,
     R::Authentication: AuthPolicy,
     F: Fn(Ctx, R) -> Fut,
-    Fut: Future<Output = Result<R::OutgoingResponse>>,
+    Fut: Future<Output = Result<O>>,
 {
     let outcome = async {
         let prepared = extract::prepare(
@@ -132,7 +156,7 @@ where
     }
     .await;
     match outcome {
-        Ok(response) => respond::ruma_response(response),
+        Ok(response) => answer(response),
         Err(error) => respond::error(error),
     }
 }

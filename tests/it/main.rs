@@ -18,6 +18,9 @@ mod directory;
 mod e2ee;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
+/// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key
+/// uploads and the room directory.
+mod limits;
 /// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.
 mod media;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.

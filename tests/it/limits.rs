@@ -1,0 +1,165 @@
+//! Hardening (issue 12): the client address behind reverse proxies, rate limits on sends,
+//! to-device messages, key uploads and the public room list.
+
+use serde_json::json;
+
+use crate::{
+    rooms::create_room,
+    support::{Client, Resp, TestServer, enc},
+};
+
+fn login_from(c: &Client, forwarded_for: &str) -> Resp {
+    let body =
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "nobody"}, "password": "pw"});
+    c.raw_with(
+        "POST",
+        "/_matrix/client/v3/login",
+        Some(body.to_string().as_bytes()),
+        &[("Content-Type", "application/json"), ("X-Forwarded-For", forwarded_for)],
+    )
+}
+
+const STRICT_LOGIN: [(&str, &str); 3] = [
+    ("HEARTH_RATE_LIMITS__ENABLED", "true"),
+    ("HEARTH_RATE_LIMITS__LOGIN__PER_SECOND", "0.01"),
+    ("HEARTH_RATE_LIMITS__LOGIN__BURST", "2"),
+];
+
+/// Issue 12, item 6: a client that writes its own `X-Forwarded-For` is still counted by its
+/// connection's address.
+#[test]
+fn rate_limits_ignore_forwarded_headers_from_untrusted_peers() {
+    let server = TestServer::start_with(&STRICT_LOGIN);
+    let c = server.client();
+    login_from(&c, "198.51.100.1").expect_err(403, "M_FORBIDDEN");
+    login_from(&c, "198.51.100.2").expect_err(403, "M_FORBIDDEN");
+    login_from(&c, "198.51.100.3").expect_err(429, "M_LIMIT_EXCEEDED");
+    let forwarded = c.raw_with(
+        "POST",
+        "/_matrix/client/v3/login",
+        Some(br#"{"type":"m.login.password","identifier":{"type":"m.id.user","user":"x"},"password":"pw"}"#),
+        &[("Content-Type", "application/json"), ("Forwarded", "for=198.51.100.4")],
+    );
+    forwarded.expect_err(429, "M_LIMIT_EXCEEDED");
+}
+
+/// Behind a configured proxy the forwarding header names the client: each client has its own
+/// bucket, and what a client wrote before the proxy's own entry is not believed.
+#[test]
+fn forwarded_headers_name_the_client_behind_a_trusted_proxy() {
+    let mut env = STRICT_LOGIN.to_vec();
+    env.push(("HEARTH_TRUSTED_PROXIES", r#"["127.0.0.1", "::1"]"#));
+    let server = TestServer::start_with(&env);
+    let c = server.client();
+    login_from(&c, "198.51.100.1").expect_err(403, "M_FORBIDDEN");
+    login_from(&c, "198.51.100.1").expect_err(403, "M_FORBIDDEN");
+    login_from(&c, "198.51.100.1").expect_err(429, "M_LIMIT_EXCEEDED");
+    // Another client behind the proxy is not held back by the first.
+    login_from(&c, "198.51.100.2").expect_err(403, "M_FORBIDDEN");
+    // The first client prepending addresses of its own is still the first client.
+    login_from(&c, "203.0.113.9, 198.51.100.1").expect_err(429, "M_LIMIT_EXCEEDED");
+}
+
+fn limited(name: &str) -> Vec<(String, String)> {
+    let section = name.to_ascii_uppercase();
+    vec![
+        ("HEARTH_RATE_LIMITS__ENABLED".into(), "true".into()),
+        (format!("HEARTH_RATE_LIMITS__{section}__PER_SECOND"), "0.01".into()),
+        (format!("HEARTH_RATE_LIMITS__{section}__BURST"), "3".into()),
+    ]
+}
+
+fn start_limited(name: &str) -> TestServer {
+    let env = limited(name);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    TestServer::start_with(&env)
+}
+
+#[track_caller]
+fn assert_limited(r: &Resp) {
+    r.expect_err(429, "M_LIMIT_EXCEEDED");
+    assert!(r.body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", r.text);
+}
+
+/// Issue 12, item 6: sending room events (`/send`, state `PUT`, `/redact`) is limited per user,
+/// as Synapse's `rc_message`; other users and other endpoints are not held back.
+#[test]
+fn sends_are_rate_limited_per_user() {
+    let server = start_limited("message");
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = enc(&create_room(&alice, json!({"preset": "public_chat"})));
+    let send = |c: &Client, txn: &str| {
+        c.put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+            json!({"msgtype": "m.text", "body": "hi"}),
+        )
+    };
+    let first = send(&alice, "t1").ok()["event_id"].as_str().unwrap().to_owned();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+            json!({"topic": "t"}),
+        )
+        .ok();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{}/r1", enc(&first)),
+            json!({}),
+        )
+        .ok();
+    assert_limited(&send(&alice, "t2"));
+    assert_limited(&alice.put(
+        &format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"),
+        json!({"topic": "u"}),
+    ));
+    assert_limited(&alice.put(
+        &format!("/_matrix/client/v3/rooms/{room}/redact/{}/r2", enc(&first)),
+        json!({}),
+    ));
+    bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).ok();
+    send(&bob, "b1").ok();
+    alice.get("/_matrix/client/v3/account/whoami").ok();
+}
+
+/// Issue 12, item 6: `/sendToDevice` and `/keys/upload` are limited per user.
+#[test]
+fn to_device_sends_and_key_uploads_are_rate_limited_per_user() {
+    for (class, path, body) in [
+        (
+            "to_device",
+            "/_matrix/client/v3/sendToDevice/m.test/{txn}",
+            json!({"messages": {"@alice:hearth.test": {"*": {"n": 1}}}}),
+        ),
+        ("key_upload", "/_matrix/client/v3/keys/upload", json!({})),
+    ] {
+        let server = start_limited(class);
+        let alice = server.user("alice", "pw");
+        let bob = server.user("bob", "pw");
+        let call = |c: &Client, n: u32| {
+            let path = path.replace("{txn}", &format!("t{n}"));
+            match class {
+                "to_device" => c.put(&path, body.clone()),
+                _ => c.post(&path, body.clone()),
+            }
+        };
+        for n in 0..3 {
+            call(&alice, n).ok();
+        }
+        assert_limited(&call(&alice, 3));
+        call(&bob, 0).ok();
+    }
+}
+
+/// Issue 12, item 8: the public room list is rate-limited.
+#[test]
+fn public_room_list_is_rate_limited() {
+    let server = start_limited("public_rooms");
+    let alice = server.user("alice", "pw");
+    for _ in 0..2 {
+        alice.get("/_matrix/client/v3/publicRooms").ok();
+    }
+    alice.post("/_matrix/client/v3/publicRooms", json!({})).ok();
+    assert_limited(&alice.get("/_matrix/client/v3/publicRooms"));
+    assert_limited(&alice.post("/_matrix/client/v3/publicRooms", json!({})));
+}

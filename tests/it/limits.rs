@@ -1,7 +1,7 @@
 //! Hardening (issue 12): the client address behind reverse proxies, rate limits on sends,
-//! to-device messages, key uploads and the public room list.
+//! to-device messages, key uploads and the public room list, and the one-time key cap.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
     rooms::create_room,
@@ -162,4 +162,43 @@ fn public_room_list_is_rate_limited() {
     alice.post("/_matrix/client/v3/publicRooms", json!({})).ok();
     assert_limited(&alice.get("/_matrix/client/v3/publicRooms"));
     assert_limited(&alice.post("/_matrix/client/v3/publicRooms", json!({})));
+}
+
+fn one_time_keys(from: u32, to: u32) -> Value {
+    let keys: serde_json::Map<String, Value> = (from..to)
+        .map(|n| (format!("signed_curve25519:K{n:05}"), json!("a2V5")))
+        .collect();
+    json!({ "one_time_keys": keys })
+}
+
+/// Issue 12, item 7: a device holds at most 500 unclaimed one-time keys (as Synapse); an
+/// upload past that is refused whole, and claims make room again.
+#[test]
+fn one_time_keys_are_capped_per_device() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let upload = |body: Value| alice.post("/_matrix/client/v3/keys/upload", body);
+    for (from, to) in [(0, 200), (200, 400), (400, 500)] {
+        let r = upload(one_time_keys(from, to));
+        assert_eq!(r.ok()["one_time_key_counts"]["signed_curve25519"], to, "{}", r.text);
+    }
+    upload(one_time_keys(500, 501)).expect_err(400, "M_INVALID_PARAM");
+    // Keys already held may be uploaded again (a retried request), nothing new is stored.
+    let again = upload(one_time_keys(0, 10));
+    assert_eq!(again.ok()["one_time_key_counts"]["signed_curve25519"], 500);
+    let device = alice.device_id.clone().unwrap();
+    let claimed = alice.post(
+        "/_matrix/client/v3/keys/claim",
+        json!({"one_time_keys": {alice.uid(): {&device: "signed_curve25519"}}}),
+    );
+    let claimed = claimed.ok();
+    assert_eq!(
+        claimed["one_time_keys"][alice.uid()][&device]
+            .as_object()
+            .map(|keys| keys.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["signed_curve25519:K00000".to_owned()]),
+        "claims hand out keys in key-id order: {claimed}"
+    );
+    let r = upload(one_time_keys(500, 501));
+    assert_eq!(r.ok()["one_time_key_counts"]["signed_curve25519"], 500);
 }

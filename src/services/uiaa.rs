@@ -16,7 +16,7 @@ use ruma::{
     },
 };
 
-use super::Services;
+use super::{Services, accounts::LoginCheck};
 use crate::{
     Error, Result, util,
     util::bounded::{BoundedMap, Evict},
@@ -186,13 +186,11 @@ impl Uiaa {
         let UserIdentifier::Matrix(id) = identifier else {
             return Ok(false);
         };
-        let Some(claimed) = services.accounts.resolve_local_user(&id.user)? else {
-            return Ok(false);
-        };
-        if user.is_some_and(|u| u != claimed) {
-            return Ok(false);
-        }
-        services.accounts.verify_password(&claimed, password).await
+        // Every outcome costs one verification, so the time taken tells nothing.
+        Ok(match services.accounts.check_login(&id.user, password).await? {
+            LoginCheck::Valid(claimed) => user.is_none_or(|u| u == claimed),
+            LoginCheck::Deactivated | LoginCheck::Invalid => false,
+        })
     }
 
     fn start(&self, user: Option<&UserId>) -> String {

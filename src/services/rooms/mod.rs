@@ -14,6 +14,12 @@
 //! an event is durable its bytes are served from memory (`pending`), and its stream position
 //! stays above the readers' watermark.
 //!
+//! Heads are kept for a bounded number of rooms ([`HEADS_PER_MIB`] per MiB of
+//! `database.cache_size_mb`: 1024 by default), the least recently written dropped first; a
+//! room's head is dropped only while nobody holds its lock (no send is building on it or
+//! waiting for its write), so what is stored is then all there is, and the next send reloads
+//! it from there.
+//!
 //! This file holds the service and its event and state reads; `write.rs` is the write path,
 //! `timeline.rs` reads by stream position, `membership.rs` and `power.rs` answer who is in a
 //! room and with what power, `visibility.rs` who may read what.
@@ -60,7 +66,7 @@ use crate::{
             transactions::TransactionsTable,
         },
     },
-    util,
+    util::{self, bounded::BoundedMap},
 };
 
 /// A new event, before it is placed in the DAG.
@@ -116,8 +122,10 @@ pub struct Rooms {
     positions: Arc<Positions>,
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
-    locks: Mutex<HashMap<OwnedRoomId, Arc<AsyncMutex<Option<Head>>>>>,
-    versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
+    /// Per room: the lock guarding its head (see the module documentation).
+    locks: BoundedMap<OwnedRoomId, Arc<AsyncMutex<Option<Head>>>>,
+    /// Room versions, which never change.
+    versions: quick_cache::sync::Cache<OwnedRoomId, RoomVersionId>,
     commits: CommitQueue,
     /// Timestamp of the last create event (see [`Rooms::create`]).
     last_create_ts: Mutex<u64>,
@@ -137,6 +145,10 @@ pub struct Rooms {
     /// (a redaction is applied on the way out), so nothing invalidates them.
     parsed: quick_cache::sync::Cache<u64, Arc<Pdu>, PduWeight>,
 }
+
+/// Rooms whose head (current state included) is kept in memory, per MiB of the configured
+/// cache (at least 16 rooms).
+pub const HEADS_PER_MIB: usize = 16;
 
 /// Most bytes of parsed events held (by their content size, plus the rest of a PDU).
 const PARSED_BYTES: u64 = 16 << 20;
@@ -164,6 +176,7 @@ impl Rooms {
         server_name: OwnedServerName,
         directory: Arc<Directory>,
     ) -> Result<Self> {
+        let heads = ((db.cache_bytes() >> 20) * HEADS_PER_MIB).max(16);
         Ok(Self {
             commits: CommitQueue::start(Arc::clone(&db))?,
             last_create_ts: Mutex::new(0),
@@ -183,14 +196,24 @@ impl Rooms {
             positions,
             keys,
             server_name,
-            locks: Mutex::new(HashMap::new()),
-            versions: Mutex::new(HashMap::new()),
+            locks: BoundedMap::new(heads),
+            versions: quick_cache::sync::Cache::new(100_000),
             directory,
         })
     }
 
     fn room_lock(&self, room_id: &RoomId) -> Arc<AsyncMutex<Option<Head>>> {
-        Arc::clone(locked(&self.locks).entry(room_id.to_owned()).or_default())
+        self.locks.get_or_insert_with(
+            room_id,
+            || room_id.to_owned(),
+            Default::default,
+            |lock| Arc::clone(lock),
+        )
+    }
+
+    /// How many rooms have their head in memory (each may hold none yet).
+    pub fn heads_held(&self) -> usize {
+        self.locks.len()
     }
 
     /// Loads a stored event by id.
@@ -283,15 +306,12 @@ impl Rooms {
     ///
     /// A room's version never changes, so it is cached after the first read.
     pub fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
-        if let Some(version) = self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(room_id) {
-            return Ok(Some(version.clone()));
+        if let Some(version) = self.versions.get(room_id) {
+            return Ok(Some(version));
         }
         let version = self.read_room_version(room_id)?;
         if let Some(version) = &version {
-            self.versions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(room_id.to_owned(), version.clone());
+            self.versions.insert(room_id.to_owned(), version.clone());
         }
         Ok(version)
     }
@@ -443,5 +463,81 @@ impl Rooms {
     /// The highest stream position every writer has finished.
     pub fn watermark(&self) -> u64 {
         self.positions.watermark()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{RoomVersionId, UserId, events::StateEventType};
+
+    use super::{
+        NewEvent,
+        create::{CreateRoom, Preset},
+        membership::MemberProfile,
+    };
+    use crate::{config::Config, services::Services};
+
+    fn room(name: String) -> CreateRoom {
+        CreateRoom {
+            creator_profile: MemberProfile::from_profile(&serde_json::Map::new()),
+            version: RoomVersionId::V11,
+            preset: Preset::PrivateChat,
+            creation_content: Default::default(),
+            power_level_override: Default::default(),
+            initial_state: Vec::new(),
+            name: Some(name),
+            topic: None,
+            invite: Vec::new(),
+            is_direct: false,
+            alias_localpart: None,
+            publish: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn room_heads_stay_bounded_and_evicted_rooms_continue_where_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            database_path: dir.path().join("db"),
+            signing_key_path: dir.path().join("signing.key"),
+            // The smallest cache: heads for 16 rooms.
+            cache_bytes: 1 << 20,
+            sync_writes: false,
+            ..Config::defaults()
+        };
+        let services = Services::open(config).unwrap();
+        let rooms = &services.rooms;
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let mut ids = Vec::new();
+        for n in 0..48 {
+            ids.push(rooms.create_room(&alice, room(format!("room {n}"))).await.unwrap());
+        }
+        assert!(rooms.heads_held() <= 16, "{} heads held", rooms.heads_held());
+        // The first room's head was dropped long ago: the next event is built on what is stored.
+        let last = rooms
+            .event(
+                &rooms
+                    .state_event(&ids[0], &StateEventType::RoomName, "")
+                    .unwrap()
+                    .unwrap()
+                    .event_id,
+            )
+            .unwrap()
+            .unwrap();
+        let content = serde_json::json!({"topic": "still here"});
+        let Ok(ruma::CanonicalJsonValue::Object(content)) = ruma::CanonicalJsonValue::try_from(content) else {
+            unreachable!()
+        };
+        let topic = rooms
+            .append(&ids[0], &alice, NewEvent::state("m.room.topic", "", content))
+            .await
+            .unwrap();
+        let topic = rooms.event(&topic.event_id).unwrap().unwrap();
+        assert_eq!(topic.prev_events, vec![last.event_id.clone()]);
+        let name = rooms
+            .state_event(&ids[0], &StateEventType::RoomName, "")
+            .unwrap()
+            .unwrap();
+        assert_eq!(name.event_id, last.event_id, "the state carried over");
     }
 }

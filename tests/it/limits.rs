@@ -1,5 +1,6 @@
 //! Hardening (issue 12): the client address behind reverse proxies, rate limits on sends,
-//! to-device messages, key uploads and the public room list, and the one-time key cap.
+//! to-device messages, key uploads and the public room list, the one-time key cap, and the
+//! public room list's cache following the rooms it shows.
 
 use serde_json::{Value, json};
 
@@ -201,4 +202,89 @@ fn one_time_keys_are_capped_per_device() {
     );
     let r = upload(one_time_keys(500, 501));
     assert_eq!(r.ok()["one_time_key_counts"]["signed_curve25519"], 500);
+}
+
+fn public_rooms(c: &Client) -> Vec<Value> {
+    c.get("/_matrix/client/v3/publicRooms").ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Issue 12, item 8: the public room list is cached, and the cache follows every change of
+/// what it shows: state, members, redactions, publishing.
+#[test]
+fn public_room_list_follows_changes_of_published_rooms() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(
+        &alice,
+        json!({"visibility": "public", "preset": "public_chat", "name": "First"}),
+    );
+    let r = enc(&room);
+    let list = public_rooms(&bob);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "First");
+    assert_eq!(list[0]["num_joined_members"], 1);
+
+    let name_event = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{r}/state/m.room.name/"),
+            json!({"name": "Second"}),
+        )
+        .ok()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{r}/state/m.room.topic/"),
+            json!({"topic": "News"}),
+        )
+        .ok();
+    let list = public_rooms(&bob);
+    assert_eq!(
+        (&list[0]["name"], &list[0]["topic"]),
+        (&json!("Second"), &json!("News"))
+    );
+
+    bob.post(&format!("/_matrix/client/v3/join/{r}"), json!({})).ok();
+    assert_eq!(public_rooms(&bob)[0]["num_joined_members"], 2);
+
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{r}/redact/{}/x", enc(&name_event)),
+            json!({}),
+        )
+        .ok();
+    assert!(
+        public_rooms(&bob)[0].get("name").is_none(),
+        "a redacted name is not shown"
+    );
+
+    // Invite-only: off the list. Public again: back on it.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{r}/state/m.room.join_rules/"),
+            json!({"join_rule": "invite"}),
+        )
+        .ok();
+    assert!(public_rooms(&bob).is_empty());
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{r}/state/m.room.join_rules/"),
+            json!({"join_rule": "public"}),
+        )
+        .ok();
+    assert_eq!(public_rooms(&bob).len(), 1);
+
+    let visibility = format!("/_matrix/client/v3/directory/list/room/{r}");
+    alice.put(&visibility, json!({"visibility": "private"})).ok();
+    assert!(public_rooms(&bob).is_empty());
+    alice.put(&visibility, json!({"visibility": "public"})).ok();
+    assert_eq!(public_rooms(&bob).len(), 1);
+
+    bob.post(&format!("/_matrix/client/v3/rooms/{r}/leave"), json!({})).ok();
+    assert_eq!(public_rooms(&bob)[0]["num_joined_members"], 1);
 }

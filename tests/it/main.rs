@@ -19,7 +19,7 @@ mod e2ee;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key
-/// uploads and the room directory, the one-time key cap.
+/// uploads and the room directory, the one-time key cap, the public room list's cache.
 mod limits;
 /// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.
 mod media;

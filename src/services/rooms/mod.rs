@@ -378,6 +378,22 @@ impl Rooms {
         self.lookup(&current.state, &kind.to_string(), state_key)
     }
 
+    /// Some events of the room's current state, by `(type, state_key)`, in the order asked,
+    /// read from one snapshot (`None` if Hearth has no such room).
+    pub fn state_events(&self, room_id: &RoomId, wanted: &[(&str, &str)]) -> Result<Option<Vec<Option<Pdu>>>> {
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
+            return Ok(None);
+        };
+        let Some(current) = self.current_state(short_room)? else {
+            return Ok(None);
+        };
+        wanted
+            .iter()
+            .map(|(kind, state_key)| self.lookup(&current.state, kind, state_key))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// Every event of the room's current state.
     pub fn full_state(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
         let Some(short_room) = self.ids.room(room_id.as_str())? else {

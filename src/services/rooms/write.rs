@@ -12,7 +12,7 @@ use ruma::{
 use serde_json::value::RawValue;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::{Appended, NewEvent, Rooms, locked, pdu::Pdu, sync_hooks, validate_power_levels};
+use super::{Appended, Directory, NewEvent, Rooms, locked, pdu::Pdu, sync_hooks, validate_power_levels};
 use crate::{
     Error, Result,
     services::events,
@@ -47,6 +47,8 @@ struct Staged {
     /// A member event's target: the room's member list and the target's list of rooms change
     /// once it is durable.
     member_target: Option<OwnedUserId>,
+    /// Whether the event changes what the room directory shows of the room.
+    directory_relevant: bool,
 }
 
 impl Rooms {
@@ -143,6 +145,9 @@ impl Rooms {
         let written = staged.queued.durable().await;
         if let Some(target) = &staged.member_target {
             self.member_lists.invalidate(&staged.appended.room_id, target);
+        }
+        if staged.directory_relevant {
+            self.directory.room_changed(&staged.appended.room_id);
         }
         locked(&self.pending).remove(&staged.short_event);
         if let Some(txn) = &staged.txn {
@@ -342,6 +347,7 @@ impl Rooms {
             ticket,
             queued,
             member_target,
+            directory_relevant: Directory::concerns(event.kind, event.state_key),
         })
     }
 }

@@ -802,45 +802,20 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::{
-        config::Config,
-        services::{
-            Services,
-            rooms::{
-                create::{CreateRoom, Preset},
-                membership::MemberProfile,
-            },
-        },
+    use crate::services::{
+        Services,
+        rooms::{create::Preset, tests::named_room},
     };
 
     #[tokio::test]
     async fn the_public_room_list_is_served_from_its_cache_until_a_room_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            database_path: dir.path().join("db"),
-            signing_key_path: dir.path().join("signing.key"),
-            sync_writes: false,
-            ..Config::defaults()
-        };
-        let services = Services::open(config).unwrap();
+        let services = Services::for_tests(dir.path(), 64 << 20);
         let (rooms, directory) = (&services.rooms, &services.directory);
         let alice = ruma::UserId::parse("@alice:localhost").unwrap();
         let mut ids = Vec::new();
         for name in ["one", "two"] {
-            let request = CreateRoom {
-                creator_profile: MemberProfile::from_profile(&serde_json::Map::new()),
-                version: RoomVersionId::V11,
-                preset: Preset::PublicChat,
-                creation_content: Default::default(),
-                power_level_override: Default::default(),
-                initial_state: Vec::new(),
-                name: Some(name.into()),
-                topic: None,
-                invite: Vec::new(),
-                is_direct: false,
-                alias_localpart: None,
-                publish: true,
-            };
+            let request = named_room(name, Preset::PublicChat, true);
             ids.push(rooms.create_room(&alice, request).await.unwrap());
         }
         let list = || directory.public_rooms(rooms, &ListQuery::default()).unwrap();

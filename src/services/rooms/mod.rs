@@ -483,7 +483,7 @@ impl Rooms {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use ruma::{RoomVersionId, UserId, events::StateEventType};
 
     use super::{
@@ -491,42 +491,37 @@ mod tests {
         create::{CreateRoom, Preset},
         membership::MemberProfile,
     };
-    use crate::{config::Config, services::Services};
+    use crate::services::Services;
 
-    fn room(name: String) -> CreateRoom {
+    /// A `createRoom` request with a name and nothing else.
+    pub(crate) fn named_room(name: &str, preset: Preset, publish: bool) -> CreateRoom {
         CreateRoom {
             creator_profile: MemberProfile::from_profile(&serde_json::Map::new()),
             version: RoomVersionId::V11,
-            preset: Preset::PrivateChat,
+            preset,
             creation_content: Default::default(),
             power_level_override: Default::default(),
             initial_state: Vec::new(),
-            name: Some(name),
+            name: Some(name.to_owned()),
             topic: None,
             invite: Vec::new(),
             is_direct: false,
             alias_localpart: None,
-            publish: false,
+            publish,
         }
     }
 
     #[tokio::test]
     async fn room_heads_stay_bounded_and_evicted_rooms_continue_where_they_were() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            database_path: dir.path().join("db"),
-            signing_key_path: dir.path().join("signing.key"),
-            // The smallest cache: heads for 16 rooms.
-            cache_bytes: 1 << 20,
-            sync_writes: false,
-            ..Config::defaults()
-        };
-        let services = Services::open(config).unwrap();
+        // The smallest cache: heads for 16 rooms.
+        let services = Services::for_tests(dir.path(), 1 << 20);
         let rooms = &services.rooms;
         let alice = UserId::parse("@alice:localhost").unwrap();
         let mut ids = Vec::new();
         for n in 0..48 {
-            ids.push(rooms.create_room(&alice, room(format!("room {n}"))).await.unwrap());
+            let request = named_room(&format!("room {n}"), Preset::PrivateChat, false);
+            ids.push(rooms.create_room(&alice, request).await.unwrap());
         }
         assert!(rooms.heads_held() <= 16, "{} heads held", rooms.heads_held());
         // The first room's head was dropped long ago: the next event is built on what is stored.

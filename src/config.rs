@@ -14,6 +14,8 @@ use std::{
 use ruma::OwnedServerName;
 use serde::Deserialize;
 
+use crate::services::media::ssrf::IpRange;
+
 /// A configuration problem, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -60,6 +62,8 @@ pub struct Config {
     pub server_name: OwnedServerName,
     /// Addresses to listen on (plain HTTP; put TLS in a reverse proxy).
     pub listen: Vec<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers name the client (reverse proxies).
+    pub trusted_proxies: Vec<IpRange>,
     /// Largest accepted request body, in bytes.
     pub max_request_size: usize,
     /// The ed25519 signing key file (created at first start when missing).
@@ -102,6 +106,14 @@ pub struct Config {
     pub rate_limit_register: RateLimit,
     /// Limit for every other rate-limited endpoint, per user (or address when anonymous).
     pub rate_limit_client: RateLimit,
+    /// Limit for sending room events (`/send`, state `PUT`, `/redact`), per user.
+    pub rate_limit_message: RateLimit,
+    /// Limit for `/sendToDevice`, per user.
+    pub rate_limit_to_device: RateLimit,
+    /// Limit for `/keys/upload`, per user.
+    pub rate_limit_key_upload: RateLimit,
+    /// Limit for the public room list, per user (or address when anonymous).
+    pub rate_limit_public_rooms: RateLimit,
     /// The media repository.
     pub media: MediaConfig,
 }
@@ -125,9 +137,9 @@ pub struct MediaConfig {
     /// URL previews on or off.
     pub url_preview_enabled: bool,
     /// Address ranges previews may never contact (besides the built-in private ranges).
-    pub url_preview_ip_deny: Vec<crate::services::media::ssrf::IpRange>,
+    pub url_preview_ip_deny: Vec<IpRange>,
     /// Address ranges previews may contact even when the built-in rules deny them.
-    pub url_preview_ip_allow: Vec<crate::services::media::ssrf::IpRange>,
+    pub url_preview_ip_allow: Vec<IpRange>,
     /// Largest page read for a preview, in bytes.
     pub url_preview_max_bytes: usize,
     /// Time limit for fetching one preview, redirects included.
@@ -142,6 +154,7 @@ pub struct MediaConfig {
 pub struct RawConfig {
     server_name: String,
     listen: ListenAddrs,
+    trusted_proxies: Vec<String>,
     max_request_size: u64,
     signing_key_path: Option<PathBuf>,
     database: RawDatabase,
@@ -194,7 +207,6 @@ impl Default for RawMedia {
 
 impl RawMedia {
     fn validate(self) -> Result<MediaConfig, ConfigError> {
-        use crate::services::media::ssrf::IpRange;
         let ranges = |key: &str, list: &[String]| {
             list.iter()
                 .map(|s| IpRange::parse(s).map_err(|e| key_error(key, e)))
@@ -329,6 +341,10 @@ struct RawRateLimits {
     login: RateLimit,
     register: RateLimit,
     client: RateLimit,
+    message: RateLimit,
+    to_device: RateLimit,
+    key_upload: RateLimit,
+    public_rooms: RateLimit,
 }
 
 impl Default for RawConfig {
@@ -336,6 +352,7 @@ impl Default for RawConfig {
         Self {
             server_name: "localhost".into(),
             listen: ListenAddrs::Many(vec!["127.0.0.1:8008".into()]),
+            trusted_proxies: Vec::new(),
             max_request_size: 10 * 1024 * 1024,
             signing_key_path: None,
             database: RawDatabase::default(),
@@ -405,6 +422,22 @@ impl Default for RawRateLimits {
                 per_second: 10.0,
                 burst: 50.0,
             },
+            message: RateLimit {
+                per_second: 2.0,
+                burst: 30.0,
+            },
+            to_device: RateLimit {
+                per_second: 10.0,
+                burst: 100.0,
+            },
+            key_upload: RateLimit {
+                per_second: 2.0,
+                burst: 20.0,
+            },
+            public_rooms: RateLimit {
+                per_second: 1.0,
+                burst: 20.0,
+            },
         }
     }
 }
@@ -413,6 +446,7 @@ impl Default for RawRateLimits {
 const TOP_LEVEL_KEYS: &[&str] = &[
     "server_name",
     "listen",
+    "trusted_proxies",
     "max_request_size",
     "signing_key_path",
     "database",
@@ -555,6 +589,11 @@ impl RawConfig {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|s| IpRange::parse(s).map_err(|e| key_error("trusted_proxies", e)))
+            .collect::<Result<Vec<_>, _>>()?;
         if self.max_request_size < 1024 {
             return Err(key_error("max_request_size", "must be at least 1024 bytes"));
         }
@@ -651,6 +690,10 @@ impl RawConfig {
             ("rate_limits.login", self.rate_limits.login),
             ("rate_limits.register", self.rate_limits.register),
             ("rate_limits.client", self.rate_limits.client),
+            ("rate_limits.message", self.rate_limits.message),
+            ("rate_limits.to_device", self.rate_limits.to_device),
+            ("rate_limits.key_upload", self.rate_limits.key_upload),
+            ("rate_limits.public_rooms", self.rate_limits.public_rooms),
         ] {
             if !(limit.per_second > 0.0 && limit.burst >= 1.0) {
                 return Err(key_error(key, "per_second must be above 0 and burst at least 1"));
@@ -662,6 +705,7 @@ impl RawConfig {
         Ok(Config {
             server_name,
             listen,
+            trusted_proxies,
             max_request_size: self.max_request_size as usize,
             signing_key_path,
             database_path: self.database.path,
@@ -683,6 +727,10 @@ impl RawConfig {
             rate_limit_login: self.rate_limits.login,
             rate_limit_register: self.rate_limits.register,
             rate_limit_client: self.rate_limits.client,
+            rate_limit_message: self.rate_limits.message,
+            rate_limit_to_device: self.rate_limits.to_device,
+            rate_limit_key_upload: self.rate_limits.key_upload,
+            rate_limit_public_rooms: self.rate_limits.public_rooms,
             media: self.media.validate()?,
         })
     }
@@ -790,6 +838,18 @@ mod tests {
     fn federation_on_is_refused_until_it_exists() {
         let err = load_str("[federation]\nenabled = true\n", &[]).unwrap_err().to_string();
         assert!(err.contains("federation.enabled"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_address_ranges() {
+        assert!(Config::defaults().trusted_proxies.is_empty());
+        let c = load_str("trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1/128\"]\n", &[]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert!(c.trusted_proxies[1].contains("10.1.2.3".parse().unwrap()));
+        let err = load_str("trusted_proxies = [\"proxy.example\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trusted_proxies"), "{err}");
     }
 
     #[test]

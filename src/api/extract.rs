@@ -1,8 +1,9 @@
-//! What every request goes through before its handler: the body (bounded by
-//! `max_request_size`), the access token, the rate limit, and the conversion of the actix
-//! request into the `http::Request` that ruma's request types parse.
+//! What every request goes through before its handler: the client's address (forwarding
+//! headers believed only from `trusted_proxies`), the body (bounded by `max_request_size`), the
+//! access token, the rate limit, and the conversion of the actix request into the
+//! `http::Request` that ruma's request types parse.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use actix_web::{HttpRequest, web};
 use futures_util::StreamExt;
@@ -16,7 +17,13 @@ use ruma::{
 
 use crate::{
     Error, Result,
-    services::{Services, rate_limit::LimitClass, sessions::Session, uiaa::flow},
+    services::{
+        Services,
+        media::ssrf::IpRange,
+        rate_limit::{LimitClass, address_key},
+        sessions::Session,
+        uiaa::flow,
+    },
 };
 
 /// Whether an endpoint needs an access token.
@@ -139,12 +146,10 @@ pub async fn prepare_head(
     limit: Option<LimitClass>,
     template: &str,
 ) -> Result<Prepared> {
-    let ip = req.connection_info().realip_remote_addr().map(|a| {
-        a.rsplit_once(':')
-            .map_or(a, |(host, _)| host)
-            .trim_matches(['[', ']'])
-            .to_owned()
-    });
+    let client = req
+        .peer_addr()
+        .map(|peer| client_address(peer.ip(), req.headers(), &services.config.trusted_proxies));
+    let ip = client.map(|a| a.to_string());
     let session = match (auth, access_token(req)) {
         (AuthRequirement::None, _) => None,
         (AuthRequirement::Required, None) => return Err(Error::missing_token()),
@@ -152,9 +157,9 @@ pub async fn prepare_head(
         (AuthRequirement::Optional, None) => None,
     };
     if let Some(class) = limit {
-        let key = match (&session, class) {
-            (Some(s), LimitClass::Client) => s.user_id.to_string(),
-            _ => ip.clone().unwrap_or_default(),
+        let key = match &session {
+            Some(s) if class.per_user() => s.user_id.to_string(),
+            _ => client.map(address_key).unwrap_or_default(),
         };
         services.rate_limit.check(class, &key)?;
     }
@@ -186,6 +191,70 @@ pub async fn prepare_head(
         headers,
         body: bytes::Bytes::new(),
     })
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy; then the rightmost
+/// address of the forwarding chain (`X-Forwarded-For`, else `Forwarded`) that is not itself a
+/// trusted proxy. Entries left of that were written by the client and prove nothing. An entry
+/// that is no address (`unknown`, an obfuscated name) ends the walk at the last proxy.
+fn client_address(peer: IpAddr, headers: &actix_web::http::header::HeaderMap, trusted: &[IpRange]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|range| range.contains(ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(client) {
+        return client;
+    }
+    for hop in forwarding_chain(headers).into_iter().rev() {
+        match hop {
+            Some(ip) => client = ip.to_canonical(),
+            None => return client,
+        }
+        if !is_trusted(client) {
+            return client;
+        }
+    }
+    client
+}
+
+/// The addresses of `X-Forwarded-For` (every header line, in order) or, when it is absent, the
+/// `for=` parameters of `Forwarded` (RFC 7239), leftmost first; `None` for an entry that is no
+/// address.
+fn forwarding_chain(headers: &actix_web::http::header::HeaderMap) -> Vec<Option<IpAddr>> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    };
+    let forwarded_for = values("x-forwarded-for");
+    if !forwarded_for.is_empty() {
+        return forwarded_for
+            .iter()
+            .flat_map(|line| line.split(','))
+            .map(parse_hop)
+            .collect();
+    }
+    values("forwarded")
+        .iter()
+        .flat_map(|line| line.split(','))
+        .filter_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (name, value) = pair.split_once('=')?;
+                name.trim().eq_ignore_ascii_case("for").then(|| parse_hop(value))
+            })
+        })
+        .collect()
+}
+
+/// One hop: `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`, `[2001:db8::1]:4711`, quoted or not.
+fn parse_hop(text: &str) -> Option<IpAddr> {
+    let text = text.trim().trim_matches('"');
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(socket) = text.parse::<std::net::SocketAddr>() {
+        return Some(socket.ip());
+    }
+    text.trim_start_matches('[').split(']').next()?.parse().ok()
 }
 
 /// The access token from `Authorization: Bearer …` or the deprecated `access_token` query
@@ -313,6 +382,53 @@ pub fn request_error(error: FromHttpRequestError, body: &[u8]) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> actix_web::http::header::HeaderMap {
+        let mut map = actix_web::http::header::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                actix_web::http::header::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn forwarding_headers_count_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = vec![IpRange::parse("10.0.0.0/8").unwrap(), IpRange::parse("::1").unwrap()];
+        let spoofed = headers(&[("X-Forwarded-For", "198.51.100.1"), ("Forwarded", "for=198.51.100.2")]);
+        // From anyone else the headers are ignored.
+        assert_eq!(client_address(ip("203.0.113.9"), &spoofed, &trusted), ip("203.0.113.9"));
+        assert_eq!(client_address(ip("203.0.113.9"), &spoofed, &[]), ip("203.0.113.9"));
+        // From a proxy: X-Forwarded-For first.
+        assert_eq!(client_address(ip("10.0.0.2"), &spoofed, &trusted), ip("198.51.100.1"));
+        // What the client wrote before the proxy appended its peer is not believed; proxies
+        // in the chain are skipped.
+        let chain = headers(&[
+            ("X-Forwarded-For", "1.1.1.1, 198.51.100.7"),
+            ("X-Forwarded-For", "10.0.0.3"),
+        ]);
+        assert_eq!(client_address(ip("10.0.0.2"), &chain, &trusted), ip("198.51.100.7"));
+        // Forwarded, with ports, quotes and IPv6.
+        let forwarded = headers(&[(
+            "Forwarded",
+            "for=192.0.2.60;proto=http, for=\"[2001:db8:cafe::17]:4711\"",
+        )]);
+        assert_eq!(client_address(ip("::1"), &forwarded, &trusted), ip("2001:db8:cafe::17"));
+        // An entry that is no address stops at the last proxy; no header: the proxy itself.
+        let unknown = headers(&[("X-Forwarded-For", "198.51.100.1, unknown")]);
+        assert_eq!(client_address(ip("10.0.0.2"), &unknown, &trusted), ip("10.0.0.2"));
+        assert_eq!(client_address(ip("10.0.0.2"), &headers(&[]), &trusted), ip("10.0.0.2"));
+        // IPv4-mapped peers are plain IPv4 (a dual-stack listener).
+        assert_eq!(
+            client_address(ip("::ffff:10.0.0.2"), &spoofed, &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(parse_hop("192.0.2.1:4711"), Some(ip("192.0.2.1")));
+        assert_eq!(parse_hop("_hidden"), None);
+    }
 
     #[test]
     fn path_arguments_are_decoded_in_order() {

@@ -78,11 +78,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::room::get_context);
     t.add(LimitClass::Client, client::room::get_event_by_timestamp);
     t.add(LimitClass::Client, client::room_upgrade::upgrade_room);
-    t.add(LimitClass::Client, client::message::send_message_event);
-    t.add(LimitClass::Client, client::message::redact_event);
+    t.add(LimitClass::Message, client::message::send_message_event);
+    t.add(LimitClass::Message, client::message::redact_event);
     t.add(LimitClass::Client, client::state::get_state_events);
     t.add(LimitClass::Client, client::state::get_state_event_for_key);
-    t.add(LimitClass::Client, client::state::send_state_event);
+    t.add(LimitClass::Message, client::state::send_state_event);
     t.add(LimitClass::Client, client::membership::join_room_by_id);
     t.add(LimitClass::Client, client::membership::invite_user);
     t.add(LimitClass::Client, client::membership::leave_room);
@@ -101,8 +101,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::directory::get_alias);
     t.add(LimitClass::Client, client::directory::delete_alias);
     t.add(LimitClass::Client, client::directory::room_aliases);
-    t.add(LimitClass::Client, client::directory::get_public_rooms);
-    t.add(LimitClass::Client, client::directory::get_public_rooms_filtered);
+    t.add(LimitClass::PublicRooms, client::directory::get_public_rooms);
+    t.add(LimitClass::PublicRooms, client::directory::get_public_rooms_filtered);
     t.add(LimitClass::Client, client::directory::get_room_visibility);
     t.add(LimitClass::Client, client::directory::set_room_visibility);
     t.add_json(LimitClass::Client, client::directory::get_summary);
@@ -123,13 +123,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::presence::set_presence);
 
     // End-to-end encryption: keys, cross-signing, to-device messages, key backup.
-    t.add(LimitClass::Client, client::keys::upload_keys);
+    t.add(LimitClass::KeyUpload, client::keys::upload_keys);
     t.add(LimitClass::Client, client::keys::get_keys);
     t.add(LimitClass::Client, client::keys::claim_keys);
     t.add(LimitClass::Client, client::keys::get_key_changes);
     t.add(LimitClass::Client, client::keys::upload_signing_keys);
     t.add(LimitClass::Client, client::keys::upload_signatures);
-    t.add(LimitClass::Client, client::to_device::send_event_to_device);
+    t.add(LimitClass::ToDevice, client::to_device::send_event_to_device);
     t.add(LimitClass::Client, client::backup::create_backup_version);
     t.add(LimitClass::Client, client::backup::get_latest_backup_info);
     t.add(LimitClass::Client, client::backup::get_backup_info);

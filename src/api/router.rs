@@ -147,7 +147,7 @@ where
             payload,
             &services,
             <R::Authentication as AuthPolicy>::REQUIREMENT,
-            R::RATE_LIMITED.then_some(limit),
+            limit.applies(R::RATE_LIMITED).then_some(limit),
             template,
         )
         .await?;

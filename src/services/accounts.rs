@@ -15,6 +15,17 @@ use crate::{
     util,
 };
 
+/// What a password login found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginCheck {
+    /// The password is the account's.
+    Valid(OwnedUserId),
+    /// The account is deactivated.
+    Deactivated,
+    /// No such account, or not its password.
+    Invalid,
+}
+
 /// The accounts service.
 pub struct Accounts {
     table: AccountsTable,
@@ -154,19 +165,71 @@ impl Accounts {
         Ok(())
     }
 
-    /// Checks a password against the stored hash. Deactivated accounts never match.
+    /// Checks a password against the stored hash. Deactivated accounts never match. An
+    /// unknown account (or one without a password) costs a verification all the same, so the
+    /// time taken does not tell whether the account exists.
     pub async fn verify_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
-        let Some(record) = self.get(user_id)? else {
-            return Ok(false);
+        let record = self.get(user_id)?;
+        match record.and_then(|r| r.password_hash.filter(|_| !r.deactivated)) {
+            Some(hash) => self.passwords.verify(password, hash).await,
+            None => self.passwords.verify_dummy(password).await,
+        }
+    }
+
+    /// A password login by `username` (localpart or user id, any case): which account it
+    /// proves, if any. Every outcome costs one password verification.
+    pub async fn check_login(&self, username: &str, password: &str) -> Result<LoginCheck> {
+        let Some(user_id) = self.resolve_local_user(username)? else {
+            self.passwords.verify_dummy(password).await?;
+            return Ok(LoginCheck::Invalid);
         };
-        let Some(hash) = record.password_hash.filter(|_| !record.deactivated) else {
-            return Ok(false);
-        };
-        self.passwords.verify(password, hash).await
+        if self.get(&user_id)?.is_some_and(|a| a.deactivated) {
+            self.passwords.verify_dummy(password).await?;
+            return Ok(LoginCheck::Deactivated);
+        }
+        Ok(match self.verify_password(&user_id, password).await? {
+            true => LoginCheck::Valid(user_id),
+            false => LoginCheck::Invalid,
+        })
     }
 
     /// Approximate number of accounts (for start-up logs; no scan).
     pub fn estimate_count(&self) -> Result<u64> {
         Ok(self.table.estimate_count()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn login_for_an_unknown_user_runs_the_password_hasher() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &crate::storage::StorageOptions::for_tests()).unwrap();
+        let config = Config {
+            password_memory_kib: 64,
+            password_iterations: 1,
+            ..Config::defaults()
+        };
+        let accounts = Accounts::new(Arc::clone(&db), Arc::new(config)).unwrap();
+        let alice = accounts.user_id_for_new_account("alice").unwrap();
+        accounts.create(&alice, Some("right"), false, db.batch()).await.unwrap();
+        let before = accounts.passwords.verifications();
+        assert_eq!(
+            accounts.check_login("alice", "wrong").await.unwrap(),
+            LoginCheck::Invalid
+        );
+        assert_eq!(accounts.passwords.verifications(), before + 1);
+        // No such account: the same work, the same answer.
+        assert_eq!(
+            accounts.check_login("nobody", "wrong").await.unwrap(),
+            LoginCheck::Invalid
+        );
+        assert_eq!(accounts.passwords.verifications(), before + 2);
+        assert_eq!(
+            accounts.check_login("@Alice:localhost", "right").await.unwrap(),
+            LoginCheck::Valid(alice)
+        );
     }
 }

@@ -12,6 +12,14 @@
 //! the room, deleted by their creator, a server admin or a member allowed to send
 //! `m.room.canonical_alias`; the same power publishes a room; the list holds published rooms
 //! that are public, knockable or world-readable and have members, largest first.
+//!
+//! The list is not rebuilt per request: each room's directory entry ([`RoomInfo`], read from a
+//! few state events and the cached member list) is cached, and so is the sorted list of
+//! published rooms built from them. The rooms write path calls [`Directory::room_changed`] once
+//! an event that changes an entry is durable ([`Directory::concerns`]: the state events shown,
+//! member events, redactions), which forgets the room's entry and, for a published room, the
+//! list; publishing and withdrawing a room forget the list. Both caches drop a read that raced
+//! such a change (`util::fresh_cache`). A request then costs a filter and a page of the list.
 
 use std::{
     collections::HashMap,
@@ -40,7 +48,27 @@ use crate::{
         Batch, Db,
         tables::aliases::{AliasRecord, AliasesTable},
     },
+    util::fresh_cache::FreshCache,
 };
+
+/// The state events a directory entry shows (all with the empty state key).
+const SHOWN_STATE: [&str; 9] = [
+    "m.room.create",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.canonical_alias",
+    "m.room.avatar",
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.encryption",
+];
+
+/// Directory entries of rooms held (published or asked about through a summary).
+const CACHED_ENTRIES: usize = 10_000;
+
+/// The published, listable rooms in the list's order.
+type Listing = Arc<Vec<Arc<RoomInfo>>>;
 
 /// The directory service.
 pub struct Directory {
@@ -49,6 +77,12 @@ pub struct Directory {
     /// Aliases claimed by a request that has not stored them yet, with the room they will point
     /// at once that is known.
     reserved: Mutex<HashMap<OwnedRoomAliasId, Option<OwnedRoomId>>>,
+    /// Directory entries by room (`None`: no such room).
+    entries: FreshCache<OwnedRoomId, Option<Arc<RoomInfo>>>,
+    /// The public room list, before filters and pages.
+    listing: FreshCache<(), Listing>,
+    /// Directory entries read from the rooms (not the cache), for tests.
+    entry_reads: std::sync::atomic::AtomicU64,
 }
 
 /// A claim on a free alias; released when dropped, stored by [`Reservation::commit`] (or
@@ -240,7 +274,65 @@ impl Directory {
             table: AliasesTable::new(db),
             server_name,
             reserved: Mutex::new(HashMap::new()),
+            entries: FreshCache::new(CACHED_ENTRIES),
+            listing: FreshCache::new(1),
+            entry_reads: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Whether an event of `kind` (with `state_key`) changes what the directory shows of its
+    /// room: a state event it shows, a member event (the member count) or a redaction (a name
+    /// or topic redacted).
+    pub fn concerns(kind: &str, state_key: Option<&str>) -> bool {
+        match state_key {
+            Some(key) => kind == "m.room.member" || (key.is_empty() && SHOWN_STATE.contains(&kind)),
+            None => kind == "m.room.redaction",
+        }
+    }
+
+    /// Forgets what the directory holds of a room; called once an event it
+    /// [`concerns`](Self::concerns) is durable.
+    pub fn room_changed(&self, room_id: &RoomId) {
+        self.entries.invalidate(room_id);
+        // Only a published room's change moves the list (a failed read counts as published).
+        if self.table.is_published(room_id.as_str()).unwrap_or(true) {
+            self.listing.invalidate(&());
+        }
+    }
+
+    /// A room's directory entry, from the cache or read.
+    fn entry(&self, rooms: &Rooms, room_id: &RoomId) -> Result<Option<Arc<RoomInfo>>> {
+        self.entries.get_or_read(
+            room_id,
+            || room_id.to_owned(),
+            || {
+                self.entry_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(room_info(rooms, room_id)?.map(Arc::new))
+            },
+        )
+    }
+
+    /// The published rooms that belong on the list, in its order (cached until one changes).
+    fn listing(&self, rooms: &Rooms) -> Result<Listing> {
+        self.listing.get_or_read(
+            &(),
+            || (),
+            || {
+                let mut listed = Vec::new();
+                for room_id in self.table.published()? {
+                    let Ok(room_id) = OwnedRoomId::try_from(room_id) else {
+                        continue;
+                    };
+                    if let Some(info) = self.entry(rooms, &room_id)?
+                        && info.listable()
+                    {
+                        listed.push(info);
+                    }
+                }
+                listed.sort_by_key(|info| Cursor::key(info.joined, info.room_id.as_str()));
+                Ok(Arc::new(listed))
+            },
+        )
     }
 
     /// Builds `#localpart:server` for a new local alias, or 400 `M_INVALID_PARAM`.
@@ -535,7 +627,9 @@ impl Directory {
     /// Room upgrade, step 4: the old room's local aliases and its directory listing move to the
     /// replacement room.
     pub async fn move_room(&self, from: &RoomId, to: &RoomId) -> Result<()> {
-        let moved = self.table.move_room(from.as_str(), to.as_str()).await?;
+        let moved = self.table.move_room(from.as_str(), to.as_str()).await;
+        self.listing.invalidate(&());
+        let moved = moved?;
         tracing::info!(%from, %to, aliases = moved, "room directory entries moved");
         Ok(())
     }
@@ -543,8 +637,9 @@ impl Directory {
     /// Publishes a room in the directory or withdraws it, without permission checks (createRoom
     /// with `visibility: public`).
     pub async fn publish(&self, room_id: &RoomId, published: bool) -> Result<()> {
-        self.table.set_published(room_id.as_str(), published).await?;
-        Ok(())
+        let written = self.table.set_published(room_id.as_str(), published).await;
+        self.listing.invalidate(&());
+        Ok(written?)
     }
 
     /// [`Self::publish`] in a batch (`createRoom` writes it with the room).
@@ -588,19 +683,8 @@ impl Directory {
     /// Tokens name the room a page ends at, so pages stay stable while rooms come and go.
     pub fn public_rooms(&self, rooms: &Rooms, query: &ListQuery<'_>) -> Result<ListPage> {
         let cursor = query.since.map(Cursor::decode).transpose()?;
-        let mut listed = Vec::new();
-        for room_id in self.table.published()? {
-            let Ok(room_id) = OwnedRoomId::try_from(room_id) else {
-                continue;
-            };
-            if let Some(info) = room_info(rooms, &room_id)?
-                && info.listable()
-                && info.matches(query)
-            {
-                listed.push(info);
-            }
-        }
-        listed.sort_by_key(|info| Cursor::key(info.joined, info.room_id.as_str()));
+        let listing = self.listing(rooms)?;
+        let listed: Vec<&RoomInfo> = listing.iter().map(|i| &**i).filter(|i| i.matches(query)).collect();
         let total = listed.len() as u64;
         // The page is `start..end` of the sorted list.
         let (start, end) = match &cursor {
@@ -624,10 +708,10 @@ impl Directory {
             joined: info.joined,
             room_id: info.room_id.to_string(),
         };
-        let next_batch = (end < listed.len() && end > 0).then(|| cursor_at(&listed[end - 1], true).encode());
-        let prev_batch = (start > 0 && start < listed.len()).then(|| cursor_at(&listed[start], false).encode());
+        let next_batch = (end < listed.len() && end > 0).then(|| cursor_at(listed[end - 1], true).encode());
+        let prev_batch = (start > 0 && start < listed.len()).then(|| cursor_at(listed[start], false).encode());
         Ok(ListPage {
-            chunk: listed[start..end].iter().map(RoomInfo::chunk).collect(),
+            chunk: listed[start..end].iter().map(|info| info.chunk()).collect(),
             next_batch,
             prev_batch,
             total,
@@ -652,7 +736,7 @@ impl Directory {
             Err(Error::Matrix { status, .. }) if status == StatusCode::NOT_FOUND => return Err(not_found()),
             Err(e) => return Err(e),
         };
-        let info = room_info(rooms, &room_id)?.ok_or_else(not_found)?;
+        let info = self.entry(rooms, &room_id)?.ok_or_else(not_found)?;
         let membership = requester
             .map(|user| rooms.membership(&room_id, user))
             .transpose()?
@@ -681,26 +765,26 @@ impl Directory {
             UInt::new_saturating(info.joined),
             info.world_readable,
         );
-        summary.canonical_alias = info.canonical_alias;
-        summary.name = info.name;
-        summary.topic = info.topic;
-        summary.avatar_url = info.avatar_url;
-        summary.room_type = info.room_type;
-        summary.encryption = info.encryption;
-        summary.room_version = info.room_version;
+        summary.canonical_alias = info.canonical_alias.clone();
+        summary.name = info.name.clone();
+        summary.topic = info.topic.clone();
+        summary.avatar_url = info.avatar_url.clone();
+        summary.room_type = info.room_type.clone();
+        summary.encryption = info.encryption.clone();
+        summary.room_version = info.room_version.clone();
         let membership = requester.map(|_| membership.unwrap_or_else(|| "leave".to_owned()));
         Ok((summary, membership))
     }
 }
 
-/// The directory-relevant state of a room (`None` if Hearth does not know it). Display fields
-/// are read through [`Rooms::event`], so a redacted name or topic is not shown.
+/// The directory-relevant state of a room (`None` if Hearth does not know it): the state
+/// events it shows, as they stand (a redacted name or topic is not shown), and the joined
+/// members counted from the cached member list.
 fn room_info(rooms: &Rooms, room_id: &RoomId) -> Result<Option<RoomInfo>> {
-    let state = rooms.full_state(room_id)?;
-    if state.is_empty() {
+    let wanted: Vec<(&str, &str)> = SHOWN_STATE.iter().map(|kind| (*kind, "")).collect();
+    let Some(state) = rooms.state_events(room_id, &wanted)? else {
         return Ok(None);
-    }
-    let mut joined = 0u64;
+    };
     let mut info = RoomInfo {
         room_id: room_id.to_owned(),
         name: None,
@@ -713,45 +797,13 @@ fn room_info(rooms: &Rooms, room_id: &RoomId) -> Result<Option<RoomInfo>> {
         room_type: None,
         room_version: None,
         encryption: None,
-        joined: 0,
+        joined: rooms.members(room_id)?.count("join") as u64,
     };
-    for pdu in state {
-        let kind = pdu.kind.to_string();
-        if kind == "m.room.member" {
-            #[derive(serde::Deserialize)]
-            struct Member {
-                membership: String,
-            }
-            if serde_json::from_str::<Member>(pdu.content.get()).is_ok_and(|m| m.membership == "join") {
-                joined += 1;
-            }
-            continue;
-        }
-        if pdu.state_key.as_deref() != Some("") {
-            continue;
-        }
-        let wanted = matches!(
-            kind.as_str(),
-            "m.room.create"
-                | "m.room.name"
-                | "m.room.topic"
-                | "m.room.canonical_alias"
-                | "m.room.avatar"
-                | "m.room.join_rules"
-                | "m.room.history_visibility"
-                | "m.room.guest_access"
-                | "m.room.encryption"
-        );
-        if !wanted {
-            continue;
-        }
-        // As it stands now: redacted content if it was redacted.
-        let Some(pdu) = rooms.event(&pdu.event_id)? else {
-            continue;
-        };
+    for (kind, pdu) in SHOWN_STATE.iter().zip(state) {
+        let Some(pdu) = pdu else { continue };
         let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
         let text = |field: &str| content.get(field).and_then(Value::as_str).map(str::to_owned);
-        match kind.as_str() {
+        match *kind {
             "m.room.create" => {
                 info.room_type = text("type").map(RoomType::from);
                 info.room_version = Some(
@@ -777,13 +829,49 @@ fn room_info(rooms: &Rooms, room_id: &RoomId) -> Result<Option<RoomInfo>> {
             _ => {}
         }
     }
-    info.joined = joined;
     Ok(Some(info))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
+    use crate::services::{
+        Services,
+        rooms::{create::Preset, tests::named_room},
+    };
+
+    #[tokio::test]
+    async fn the_public_room_list_is_served_from_its_cache_until_a_room_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 64 << 20);
+        let (rooms, directory) = (&services.rooms, &services.directory);
+        let alice = ruma::UserId::parse("@alice:localhost").unwrap();
+        let mut ids = Vec::new();
+        for name in ["one", "two"] {
+            let request = named_room(name, Preset::PublicChat, true);
+            ids.push(rooms.create_room(&alice, request).await.unwrap());
+        }
+        let list = || directory.public_rooms(rooms, &ListQuery::default()).unwrap();
+        let reads = || directory.entry_reads.load(Ordering::Relaxed);
+        assert_eq!(list().chunk.len(), 2);
+        let after_first = reads();
+        for _ in 0..5 {
+            assert_eq!(list().chunk.len(), 2);
+        }
+        assert_eq!(reads(), after_first, "later requests read no room");
+        let mut content = CanonicalJsonObject::new();
+        content.insert("topic".into(), CanonicalJsonValue::String("news".into()));
+        rooms
+            .append(&ids[0], &alice, NewEvent::state("m.room.topic", "", content))
+            .await
+            .unwrap();
+        let page = list();
+        assert_eq!(reads(), after_first + 1, "only the changed room is read again");
+        let changed = page.chunk.iter().find(|c| c.room_id == ids[0]).unwrap();
+        assert_eq!(changed.topic.as_deref(), Some("news"));
+    }
 
     #[test]
     fn cursors_round_trip_and_bad_tokens_are_refused() {

@@ -227,6 +227,21 @@ impl Services {
     }
 }
 
+#[cfg(test)]
+impl Services {
+    /// Services on a fresh database in `dir` (writes not synced), with `cache_bytes` of cache.
+    pub(crate) fn for_tests(dir: &std::path::Path, cache_bytes: usize) -> Arc<Services> {
+        let config = Config {
+            database_path: dir.join("db"),
+            signing_key_path: dir.join("signing.key"),
+            cache_bytes,
+            sync_writes: false,
+            ..Config::defaults()
+        };
+        Services::open(config).expect("services on a fresh database")
+    }
+}
+
 /// Opens the database a configuration points at.
 pub fn open_db(config: &Config) -> StorageResult<Arc<Db>> {
     Db::open(

@@ -4,9 +4,10 @@
 //! Tokens are random 40-character strings; only their SHA-256 is stored. An access token issued
 //! with a refresh token expires after `sessions.refreshable_token_lifetime_secs`; an expired one
 //! is answered with `M_UNKNOWN_TOKEN` and `soft_logout: true` so the client refreshes instead of
-//! logging out. "Last seen" times are kept in memory and merged into device listings.
+//! logging out. "Last seen" times are kept in memory (for the 100,000 most recently active
+//! devices) and merged into device listings.
 
-use std::{collections::HashMap, sync::Arc, sync::Mutex};
+use std::sync::Arc;
 
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
@@ -17,7 +18,10 @@ use crate::{
         Batch, Db,
         tables::devices::{AccessRecord, DeviceRecord, DevicesTable, RefreshRecord, TokenPair},
     },
-    util,
+    util::{
+        self,
+        bounded::{BoundedMap, Evict},
+    },
 };
 
 /// Who a request is from.
@@ -62,8 +66,18 @@ pub struct Sessions {
     db: Arc<Db>,
     table: DevicesTable,
     config: Arc<Config>,
-    last_seen: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), (u64, String)>>,
+    /// When and from where each device was last seen (the most recently active ones).
+    last_seen: BoundedMap<(OwnedUserId, OwnedDeviceId), Seen>,
 }
+
+/// Devices whose "last seen" is kept in memory; older ones show what their record holds.
+const SEEN_DEVICES: usize = 100_000;
+
+/// A device's last use: ms since the epoch, and the client address.
+#[derive(Clone)]
+struct Seen(u64, String);
+
+impl Evict for Seen {}
 
 fn new_token(prefix: &str) -> String {
     format!("{prefix}_{}", util::random_string(40))
@@ -76,7 +90,7 @@ impl Sessions {
             table: DevicesTable::new(Arc::clone(&db)),
             db,
             config,
-            last_seen: Mutex::new(HashMap::new()),
+            last_seen: BoundedMap::new(SEEN_DEVICES),
         }
     }
 
@@ -189,12 +203,10 @@ impl Sessions {
         let user_id =
             OwnedUserId::try_from(record.user_id).map_err(|e| Error::internal(format!("stored user id: {e}")))?;
         let device_id = OwnedDeviceId::from(record.device_id);
-        if let Ok(mut seen) = self.last_seen.lock() {
-            seen.insert(
-                (user_id.clone(), device_id.clone()),
-                (util::now_ms(), ip.unwrap_or_default().to_owned()),
-            );
-        }
+        self.last_seen.insert(
+            (user_id.clone(), device_id.clone()),
+            Seen(util::now_ms(), ip.unwrap_or_default().to_owned()),
+        );
         Ok(Session { user_id, device_id })
     }
 
@@ -265,9 +277,8 @@ impl Sessions {
             let wanted = only.is_none_or(|ids| ids.iter().any(|d| *d == device_id));
             if wanted && keep != Some(device_id.as_str()) {
                 self.table.delete(batch, user_id.as_str(), &device_id, &record);
-                if let Ok(mut seen) = self.last_seen.lock() {
-                    seen.remove(&(user_id.to_owned(), OwnedDeviceId::from(device_id)));
-                }
+                self.last_seen
+                    .remove(&(user_id.to_owned(), OwnedDeviceId::from(device_id)));
             }
         }
         Ok(())
@@ -291,21 +302,19 @@ impl Sessions {
 
     /// Every device of a user.
     pub fn list_devices(&self, user_id: &UserId) -> Result<Vec<DeviceInfo>> {
-        let seen = self.last_seen.lock().map(|m| m.clone()).unwrap_or_default();
         Ok(self
             .table
             .list(user_id.as_str())?
             .into_iter()
             .map(|(id, record)| {
                 let device_id = OwnedDeviceId::from(id);
-                let live = seen.get(&(user_id.to_owned(), device_id.clone()));
+                let live = self
+                    .last_seen
+                    .with(&(user_id.to_owned(), device_id.clone()), |seen| seen.cloned());
                 DeviceInfo {
                     display_name: record.display_name,
-                    last_seen_ms: live.map(|l| l.0).or(record.last_seen_ms),
-                    last_seen_ip: live
-                        .map(|l| l.1.clone())
-                        .filter(|ip| !ip.is_empty())
-                        .or(record.last_seen_ip),
+                    last_seen_ms: live.as_ref().map(|l| l.0).or(record.last_seen_ms),
+                    last_seen_ip: live.map(|l| l.1).filter(|ip| !ip.is_empty()).or(record.last_seen_ip),
                     device_id,
                 }
             })

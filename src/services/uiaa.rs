@@ -1,15 +1,12 @@
 //! User-interactive authentication (UIA): the multi-stage handshake that guards registration,
 //! password changes, deactivation and device deletion.
 //!
-//! Sessions live in memory for up to an hour; a restart only makes a client start its UIA over.
+//! Sessions live in memory for up to an hour, at most [`MAX_SESSIONS`] of them (the expired and
+//! then the least recently used go first); a restart only makes a client start its UIA over.
 //! Supported stages: `m.login.dummy`, `m.login.password` (for the user making the request) and
 //! `m.login.registration_token`.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use ruma::{
     OwnedUserId, UserId,
@@ -19,16 +16,34 @@ use ruma::{
     },
 };
 
-use super::Services;
-use crate::{Error, Result, util};
+use super::{Services, accounts::LoginCheck};
+use crate::{
+    Error, Result, util,
+    util::bounded::{BoundedMap, Evict},
+};
 
 const SESSION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Most UIA sessions held at once.
+pub const MAX_SESSIONS: usize = 10_000;
 
 struct UiaaSession {
     completed: Vec<AuthType>,
     user_id: Option<OwnedUserId>,
     registration_token: Option<String>,
     created: Instant,
+}
+
+impl UiaaSession {
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.created) >= SESSION_LIFETIME
+    }
+}
+
+impl Evict for UiaaSession {
+    fn stale(&self, now: Instant) -> bool {
+        self.expired(now)
+    }
 }
 
 /// What a completed UIA yielded.
@@ -40,7 +55,7 @@ pub struct Completed {
 
 /// The UIA service.
 pub struct Uiaa {
-    sessions: Mutex<HashMap<String, UiaaSession>>,
+    sessions: BoundedMap<String, UiaaSession>,
 }
 
 impl Default for Uiaa {
@@ -53,7 +68,7 @@ impl Uiaa {
     /// No sessions yet.
     pub fn new() -> Self {
         Self {
-            sessions: Mutex::new(HashMap::new()),
+            sessions: BoundedMap::new(MAX_SESSIONS),
         }
     }
 
@@ -71,9 +86,13 @@ impl Uiaa {
     ) -> Result<Completed> {
         let session_id = match auth.and_then(AuthData::session) {
             Some(id) => {
-                let sessions = self.lock();
-                match sessions.get(id) {
-                    Some(s) if s.user_id.as_deref() != user => {
+                let owner = self.sessions.with(id, |session| {
+                    session
+                        .filter(|s| !s.expired(Instant::now()))
+                        .map(|s| s.user_id.clone())
+                });
+                match owner {
+                    Some(owner) if owner.as_deref() != user => {
                         return Err(Error::forbidden("This UIA session belongs to another user"));
                     }
                     Some(_) => id.to_owned(),
@@ -127,34 +146,34 @@ impl Uiaa {
         if let Some(err) = failure {
             return Err(self.progress(&session_id, flows, Some(err)));
         }
-        let mut sessions = self.lock();
-        let Some(session) = sessions.get_mut(&session_id) else {
-            return Err(Error::new(
+        let complete = self.sessions.with(session_id.as_str(), |session| {
+            let session = session.filter(|s| !s.expired(Instant::now()))?;
+            if !session.completed.contains(&auth_type) {
+                session.completed.push(auth_type);
+            }
+            if proved_token.is_some() {
+                session.registration_token = proved_token;
+            }
+            Some(
+                flows
+                    .iter()
+                    .any(|f| f.stages.iter().all(|s| session.completed.contains(s))),
+            )
+        });
+        match complete {
+            None => Err(Error::new(
                 http::StatusCode::BAD_REQUEST,
                 ErrorKind::Unknown,
                 "UIA session expired",
-            ));
-        };
-        if !session.completed.contains(&auth_type) {
-            session.completed.push(auth_type);
+            )),
+            Some(true) => Ok(Completed {
+                registration_token: self
+                    .sessions
+                    .remove(session_id.as_str())
+                    .and_then(|s| s.registration_token),
+            }),
+            Some(false) => Err(self.progress(&session_id, flows, None)),
         }
-        if proved_token.is_some() {
-            session.registration_token = proved_token;
-        }
-        if flows
-            .iter()
-            .any(|f| f.stages.iter().all(|s| session.completed.contains(s)))
-        {
-            let done = sessions
-                .remove(&session_id)
-                .map(|s| s.registration_token)
-                .unwrap_or_default();
-            return Ok(Completed {
-                registration_token: done,
-            });
-        }
-        drop(sessions);
-        Err(self.progress(&session_id, flows, None))
     }
 
     async fn check_password(
@@ -167,24 +186,16 @@ impl Uiaa {
         let UserIdentifier::Matrix(id) = identifier else {
             return Ok(false);
         };
-        let Some(claimed) = services.accounts.resolve_local_user(&id.user)? else {
-            return Ok(false);
-        };
-        if user.is_some_and(|u| u != claimed) {
-            return Ok(false);
-        }
-        services.accounts.verify_password(&claimed, password).await
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, UiaaSession>> {
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Every outcome costs one verification, so the time taken tells nothing.
+        Ok(match services.accounts.check_login(&id.user, password).await? {
+            LoginCheck::Valid(claimed) => user.is_none_or(|u| u == claimed),
+            LoginCheck::Deactivated | LoginCheck::Invalid => false,
+        })
     }
 
     fn start(&self, user: Option<&UserId>) -> String {
         let id = util::random_string(24);
-        let mut sessions = self.lock();
-        sessions.retain(|_, s| s.created.elapsed() < SESSION_LIFETIME);
-        sessions.insert(
+        self.sessions.insert(
             id.clone(),
             UiaaSession {
                 completed: Vec::new(),
@@ -200,9 +211,8 @@ impl Uiaa {
         let mut info = UiaaInfo::new(flows);
         info.session = Some(session_id.to_owned());
         info.completed = self
-            .lock()
-            .get(session_id)
-            .map(|s| s.completed.clone())
+            .sessions
+            .with(session_id, |s| s.map(|s| s.completed.clone()))
             .unwrap_or_default();
         info.params = serde_json::value::to_raw_value(&serde_json::json!({})).ok();
         info.auth_error = auth_error.map(Box::new);
@@ -213,4 +223,27 @@ impl Uiaa {
 /// A single-stage flow.
 pub fn flow(stage: AuthType) -> AuthFlow {
     AuthFlow::new(vec![stage])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uia_sessions_stay_bounded() {
+        let uiaa = Uiaa::new();
+        let first = uiaa.start(None);
+        for _ in 0..MAX_SESSIONS * 2 {
+            uiaa.start(None);
+        }
+        assert!(
+            uiaa.sessions.len() <= MAX_SESSIONS,
+            "{} sessions held",
+            uiaa.sessions.len()
+        );
+        assert!(
+            uiaa.sessions.with(first.as_str(), |s| s.is_none()),
+            "the oldest session made room"
+        );
+    }
 }

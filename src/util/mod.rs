@@ -1,7 +1,8 @@
 //! Tiny shared helpers: clock, random strings, token hashing, wildcard matching, reading many
-//! values through a cache ([`cached_many`]), and the writer-invalidated cache
-//! ([`fresh_cache`]).
+//! values through a cache ([`cached_many`]), the writer-invalidated cache ([`fresh_cache`]),
+//! and the bounded map for state that requests create ([`bounded`]).
 
+pub mod bounded;
 pub mod fresh_cache;
 
 use std::hash::Hash;

@@ -21,6 +21,9 @@ mod element_web;
 mod e2ee;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
+/// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key
+/// uploads and the room directory, the one-time key cap, the public room list's cache.
+mod limits;
 /// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.
 mod media;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.

@@ -19,7 +19,6 @@ use ruma::{
             room::{Visibility, aliases, get_summary},
         },
     },
-    events::room::member::MembershipState,
 };
 
 use crate::{
@@ -192,7 +191,7 @@ pub async fn get_summary(ctx: Ctx, req: get_summary::v1::Request) -> Result<serd
         ctx.services
             .directory
             .summary(&ctx.services.rooms, requester, &req.room_id_or_alias)?;
-    let mut value = serde_json::to_value(&summary).map_err(|e| crate::Error::internal(e.to_string()))?;
+    let mut value = serde_json::to_value(&summary).map_err(|e| Error::internal(e.to_string()))?;
     if let Some(object) = value.as_object_mut() {
         object.entry("join_rule").or_insert_with(|| "public".into());
         if let Some(membership) = membership {

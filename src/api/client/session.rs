@@ -19,7 +19,7 @@ use ruma::api::{
     error::ErrorKind,
 };
 
-use crate::{Error, Result, api::extract::Ctx};
+use crate::{Error, Result, api::extract::Ctx, services::accounts::LoginCheck};
 
 /// `GET /_matrix/client/v3/login`
 pub async fn get_login_types(_ctx: Ctx, _req: get_login_types::Request) -> Result<get_login_types::Response> {
@@ -47,14 +47,11 @@ pub async fn login(ctx: Ctx, req: login::Request) -> Result<login::Response> {
             return Err(Error::bad_json("Only the m.id.user identifier is supported"));
         }
     };
-    let invalid = || Error::forbidden("Invalid username or password");
-    let user_id = services.accounts.resolve_local_user(user)?.ok_or_else(invalid)?;
-    if services.accounts.get(&user_id)?.is_some_and(|a| a.deactivated) {
-        return Err(Error::user_deactivated());
-    }
-    if !services.accounts.verify_password(&user_id, &password.password).await? {
-        return Err(invalid());
-    }
+    let user_id = match services.accounts.check_login(user, &password.password).await? {
+        LoginCheck::Valid(user_id) => user_id,
+        LoginCheck::Deactivated => return Err(Error::user_deactivated()),
+        LoginCheck::Invalid => return Err(Error::forbidden("Invalid username or password")),
+    };
     let grant = services
         .sessions
         .login(

@@ -111,7 +111,7 @@ impl Keys {
         user_signing: Option<&RawValue>,
     ) -> Result<()> {
         let master = master.map(|raw| check_key(raw, user_id, "master")).transpose()?;
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.user_locks.lock(user_id.to_owned()).await;
         let signer = match &master {
             Some((_, key)) => Some(key.clone()),
             None => self.stored_key(user_id, "master")?.map(|(_, key)| key),

@@ -20,6 +20,11 @@ use crate::{
 /// Most one-time keys one upload may carry.
 const MAX_KEYS_PER_UPLOAD: usize = 200;
 
+/// Most unclaimed one-time keys a device may hold, all algorithms together. Synapse refuses an
+/// upload beyond 500 too: clients keep about 50 on the server, so a device past this is
+/// uploading in a loop, and an unbounded store would only grow.
+pub const MAX_ONE_TIME_KEYS: u64 = 500;
+
 /// What `keys/query` answers (JSON objects, keyed as in the spec).
 #[derive(Default)]
 pub struct QueryResult {
@@ -103,7 +108,7 @@ impl Keys {
             .map(|raw| self.check_device_keys(user_id, device_id, raw))
             .transpose()?;
 
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.user_locks.lock(user_id.to_owned()).await;
         let (user, device) = (user_id.as_str(), device_id);
         // Device keys may be uploaded again unchanged, never replaced by different ones.
         let new_device_keys = match device_json {
@@ -128,6 +133,14 @@ impl Keys {
             }
             fresh.push((id, json));
         }
+        let held: u64 = self.key_counts(user_id, device_id)?.one_time.values().sum();
+        if held + fresh.len() as u64 > MAX_ONE_TIME_KEYS {
+            return Err(Error::invalid_param(format!(
+                "This device already holds {held} unclaimed one-time keys; {} more would pass the \
+                 limit of {MAX_ONE_TIME_KEYS}",
+                fresh.len()
+            )));
+        }
         let queue = |batch: &mut Batch| -> Result<()> {
             if let Some(json) = &new_device_keys {
                 self.table.put_device_keys(batch, user, device, json);
@@ -146,7 +159,9 @@ impl Keys {
             Ok(())
         };
         if new_device_keys.is_some() {
-            self.commit_device_list_change(rooms, user_id, queue).await?;
+            let written = self.commit_device_list_change(rooms, user_id, queue).await;
+            self.key_counts_changed(user_id, device_id);
+            written?;
         } else if !fresh.is_empty() || !fallbacks.is_empty() {
             let mut batch = self.db.batch();
             queue(&mut batch)?;
@@ -277,15 +292,19 @@ impl Keys {
     }
 
     /// `keys/claim`: one one-time key per (user, device, algorithm), each handed out exactly
-    /// once (claims run under the write lock and delete what they hand out in one batch); a
-    /// device without one gives its fallback key. Unknown devices are absent.
+    /// once (claims run under the locks of the users whose keys they take, taken in user-id
+    /// order, and delete what they hand out in one batch); a device without one gives its
+    /// fallback key. Unknown devices are absent.
     pub async fn claim(
         &self,
         wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
     ) -> Result<(Claimed, BTreeMap<String, Value>)> {
         let mut out = Claimed::new();
         let mut failures = BTreeMap::new();
-        let _guard = self.write_lock.lock().await;
+        let mut held = Vec::new();
+        for user_id in wanted.keys().filter(|u| self.is_local(u)) {
+            held.push(self.user_locks.lock(user_id.clone()).await);
+        }
         let mut batch = self.db.batch();
         for (user_id, devices) in wanted {
             if !self.is_local(user_id) {
@@ -297,12 +316,7 @@ impl Keys {
             }
             let user = user_id.as_str();
             for (device_id, algorithm) in devices {
-                let prefix = format!("{algorithm}:");
-                let found = self
-                    .table
-                    .one_time_keys(user, device_id)?
-                    .into_iter()
-                    .find(|(id, _)| id.starts_with(&prefix));
+                let found = self.table.first_one_time_key(user, device_id, algorithm)?;
                 let (key_id, json) = match found {
                     Some((key_id, json)) => {
                         self.table.delete_one_time_key(&mut batch, user, device_id, &key_id);

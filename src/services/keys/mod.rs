@@ -16,9 +16,11 @@
 //! their next sync. Membership changes since the token add users who joined (`changed`) or no
 //! longer share any room (`left`).
 //!
-//! Key writes of a user (uploads, claims) run under one lock, so "check then write" (a
-//! one-time key handed out exactly once, device keys never silently replaced) holds under
-//! concurrency.
+//! Key writes run under the lock of the user whose keys they change (uploads, claims of that
+//! user's keys, device deletion, cross-signing), so "check then write" (a one-time key handed
+//! out exactly once, device keys never silently replaced) holds under concurrency, while one
+//! user's flood of uploads or claims never makes another user's wait. A device holds at most
+//! [`device_keys::MAX_ONE_TIME_KEYS`] unclaimed one-time keys.
 //!
 //! Every `/sync` reports the device's one-time key counts and unused fallback key types; they
 //! are cached per device and forgotten by each write that changes them (upload, claim,
@@ -47,7 +49,10 @@ use crate::{
         positions::Positions,
         tables::{device_keys::DeviceKeysTable, streams::StreamTable, to_device::ToDeviceTable},
     },
-    util::fresh_cache::FreshCache,
+    util::{
+        bounded::{BoundedMap, KeyedLocks},
+        fresh_cache::FreshCache,
+    },
 };
 
 /// The device-list log has one scope for everyone (the item is the user id), so a sync reads
@@ -63,10 +68,16 @@ pub struct Keys {
     positions: Arc<Positions>,
     notifier: Arc<Notifier>,
     server_name: ruma::OwnedServerName,
-    /// Serialises key writes (uploads, claims) so check-then-write is atomic.
-    write_lock: tokio::sync::Mutex<()>,
-    /// Serialises `sendToDevice` transactions (a retried transaction is done once).
-    to_device_lock: tokio::sync::Mutex<()>,
+    /// Per user: serialises writes of the user's keys (uploads, claims, deletions) so
+    /// check-then-write is atomic.
+    user_locks: KeyedLocks<OwnedUserId>,
+    /// Per (user, device): serialises the device's `sendToDevice` transactions (a retried
+    /// transaction is done once) and the moves within its own inbox.
+    device_locks: KeyedLocks<(OwnedUserId, String)>,
+    /// Per (user, device): its to-device inbox's size, as counted (see `to_device`).
+    inbox_sizes: BoundedMap<(OwnedUserId, String), to_device::InboxSize>,
+    /// The most an inbox holds.
+    inbox_max: to_device::InboxSize,
     /// Per (user, device): what `/sync` reports of its one-time and fallback keys.
     key_counts: FreshCache<(OwnedUserId, String), Arc<device_keys::KeyCounts>>,
     /// Per (user, device): a position up to which its to-device inbox was found empty (see
@@ -90,8 +101,10 @@ impl Keys {
             positions,
             notifier,
             server_name,
-            write_lock: tokio::sync::Mutex::new(()),
-            to_device_lock: tokio::sync::Mutex::new(()),
+            user_locks: KeyedLocks::new(10_000),
+            device_locks: KeyedLocks::new(10_000),
+            inbox_sizes: BoundedMap::new(10_000),
+            inbox_max: to_device::InboxSize::MAX,
             key_counts: FreshCache::new(10_000),
             inbox_empty_up_to: quick_cache::sync::Cache::new(10_000),
         }
@@ -153,7 +166,7 @@ impl Keys {
         if device_ids.is_empty() {
             return Ok(());
         }
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.user_locks.lock(user_id.to_owned()).await;
         let written = self
             .commit_device_list_change(rooms, user_id, |batch| {
                 also(batch)?;
@@ -165,6 +178,7 @@ impl Keys {
             .await;
         for device_id in device_ids {
             self.key_counts_changed(user_id, device_id);
+            self.inbox_changed(user_id, device_id);
         }
         written.map(|_| ())
     }

@@ -2,15 +2,53 @@
 //! target device at one stream position (idempotent per sender device and transaction id);
 //! `/sync` hands a device the messages above its token and below the watermark, and deletes
 //! them once a later sync's `since` is past them (the client has them then).
+//!
+//! # Full inboxes
+//!
+//! A device's inbox holds at most [`INBOX_MAX_MESSAGES`] messages and [`INBOX_MAX_BYTES`]
+//! bytes. A message that would pass either is dropped (logged at WARN) and the rest of the
+//! request is delivered. The spec asks servers to keep messages until delivered and names no
+//! limit; Synapse keeps them all. Refusing the whole request instead would let one device that
+//! never syncs (or one flooded by another user) stop its sender's key sharing with every other
+//! device, and a device that has not synced through ten thousand messages is gone in all but
+//! name. Sizes are counted once from storage and then kept in memory: a send adds to them, an
+//! acknowledgement makes them counted again. Sends in flight while they are counted again may
+//! pass the limit by their own size.
+//!
+//! Sends lock only the sending device (its transactions); sends from different devices never
+//! wait on each other.
 
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json, value::RawValue};
 
 use super::Keys;
+use crate::{Error, Result, services::sync::commit_on_stream, services::sync::notifier::Key};
 
 /// Most to-device messages one `/sync` carries; the rest move to a later position.
 pub const TO_DEVICE_LIMIT: usize = 100;
-use crate::{Error, Result, services::sync::commit_on_stream, services::sync::notifier::Key};
+
+/// Most messages waiting in one device's inbox.
+pub const INBOX_MAX_MESSAGES: u64 = 10_000;
+
+/// Most bytes waiting in one device's inbox.
+pub const INBOX_MAX_BYTES: u64 = 64 << 20;
+
+/// What a device's inbox holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InboxSize {
+    messages: u64,
+    bytes: u64,
+}
+
+impl InboxSize {
+    /// The most an inbox holds.
+    pub const MAX: InboxSize = InboxSize {
+        messages: INBOX_MAX_MESSAGES,
+        bytes: INBOX_MAX_BYTES,
+    };
+}
+
+impl crate::util::bounded::Evict for InboxSize {}
 
 /// Where one message goes: a device id, or `*` for every device of the user.
 pub enum Target {
@@ -22,8 +60,9 @@ pub enum Target {
 
 impl Keys {
     /// Queues `event_type` messages from `(sender, sender_device)`. Messages to users of other
-    /// servers, unknown users and unknown devices are skipped (no federation yet). The same
-    /// transaction id of the same device is done once.
+    /// servers, unknown users and unknown devices are skipped (no federation yet), and so are
+    /// messages to a full inbox (see the module documentation). The same transaction id of the
+    /// same device is done once.
     pub async fn send_to_device(
         &self,
         (sender, sender_device): (&UserId, &str),
@@ -52,22 +91,75 @@ impl Keys {
                 queued.push((user_id.clone(), device, bytes.clone()));
             }
         }
-        let _guard = self.to_device_lock.lock().await;
+        let _guard = self
+            .device_locks
+            .lock((sender.to_owned(), sender_device.to_owned()))
+            .await;
         if self.inbox.txn_done(sender.as_str(), sender_device, txn_id)? {
             return Ok(());
         }
-        let mut keys: Vec<Key> = queued.iter().map(|(u, _, _)| Key::user(u)).collect();
+        let mut accepted = Vec::with_capacity(queued.len());
+        for (user, device, bytes) in queued {
+            if self.make_room_in_inbox(&user, &device, bytes.len() as u64)? {
+                accepted.push((user, device, bytes));
+            } else {
+                tracing::warn!(
+                    %sender, target_user = %user, target_device = %device, %event_type,
+                    "to-device inbox full: message dropped"
+                );
+            }
+        }
+        let mut keys: Vec<Key> = accepted.iter().map(|(u, _, _)| Key::user(u)).collect();
         keys.dedup();
-        commit_on_stream(&self.db, &self.positions, &self.notifier, keys, |batch, position| {
-            for (index, (user, device, bytes)) in queued.iter().enumerate() {
+        let written = commit_on_stream(&self.db, &self.positions, &self.notifier, keys, |batch, position| {
+            for (index, (user, device, bytes)) in accepted.iter().enumerate() {
                 self.inbox
                     .queue_put(batch, user.as_str(), device, position, index as u32, bytes);
             }
             self.inbox.queue_txn(batch, sender.as_str(), sender_device, txn_id);
             Ok(())
         })
-        .await?;
-        Ok(())
+        .await;
+        if written.is_err() {
+            for (user, device, _) in &accepted {
+                self.inbox_changed(user, device);
+            }
+        }
+        written.map(|_| ())
+    }
+
+    /// Counts a message of `bytes` into a device's inbox, or answers `false` when the inbox is
+    /// full.
+    fn make_room_in_inbox(&self, user_id: &UserId, device_id: &str, bytes: u64) -> Result<bool> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        let counted = match self.inbox_sizes.with(&key, |size| size.copied()) {
+            Some(_) => None,
+            None => {
+                let limit = usize::try_from(self.inbox_max.messages).unwrap_or(usize::MAX);
+                let (messages, bytes) = self.inbox.size(user_id.as_str(), device_id, limit.saturating_add(1))?;
+                Some(InboxSize { messages, bytes })
+            }
+        };
+        Ok(self.inbox_sizes.get_or_insert_with(
+            &key,
+            || key.clone(),
+            || counted.unwrap_or_default(),
+            |size| {
+                let max = self.inbox_max;
+                let fits = size.messages < max.messages && size.bytes + bytes <= max.bytes;
+                if fits {
+                    size.messages += 1;
+                    size.bytes += bytes;
+                }
+                fits
+            },
+        ))
+    }
+
+    /// Forgets the counted size of a device's inbox (messages were deleted or a write failed):
+    /// the next send counts it again.
+    pub(super) fn inbox_changed(&self, user_id: &UserId, device_id: &str) {
+        self.inbox_sizes.remove(&(user_id.to_owned(), device_id.to_owned()));
     }
 
     /// Deletes the device's messages at or below `position` (a sync with that `since` shows
@@ -89,7 +181,9 @@ impl Keys {
             let mut batch = self.db.batch();
             self.inbox
                 .delete_up_to(&mut batch, user_id.as_str(), device_id, position);
-            batch.commit().await?;
+            let written = batch.commit().await;
+            self.inbox_changed(user_id, device_id);
+            written?;
         }
         // (A token from beyond the watermark is a client's invention: not remembered.)
         if position <= self.positions.watermark() {
@@ -121,7 +215,7 @@ impl Keys {
     /// the ones it could not carry above `up_to` (a new stream position, same order), so the
     /// next sync, whose `since` is `up_to`, gets them instead of deleting them.
     pub async fn requeue_undelivered(&self, user_id: &UserId, device_id: &str, after: u64, up_to: u64) -> Result<()> {
-        let _guard = self.to_device_lock.lock().await;
+        let _guard = self.device_locks.lock((user_id.to_owned(), device_id.to_owned())).await;
         let all = self
             .inbox
             .since(user_id.as_str(), device_id, (after, up_to), usize::MAX)?;
@@ -144,5 +238,76 @@ impl Keys {
         )
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ruma::{OwnedUserId, UserId};
+    use serde_json::value::RawValue;
+
+    use super::{InboxSize, Target};
+    use crate::{
+        Result,
+        services::{keys::Keys, sync::notifier::Notifier},
+        storage::{Db, StorageOptions, positions::Positions},
+    };
+
+    fn keys(db: &Arc<Db>) -> Keys {
+        let positions = Arc::new(Positions::open(Arc::clone(db)).unwrap());
+        let notifier = Arc::new(Notifier::new(positions.watermark()));
+        let mut keys = Keys::new(Arc::clone(db), positions, notifier, "localhost".try_into().unwrap());
+        keys.inbox_max = InboxSize {
+            messages: 3,
+            bytes: 1 << 20,
+        };
+        keys
+    }
+
+    #[tokio::test]
+    async fn a_full_inbox_drops_further_messages_and_the_rest_are_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
+        let keys = keys(&db);
+        let (alice, bob) = (
+            UserId::parse("@alice:localhost").unwrap(),
+            UserId::parse("@bob:localhost").unwrap(),
+        );
+        let devices_of = |_: &UserId| -> Result<Vec<String>> { Ok(vec!["D".into(), "E".into()]) };
+        let send = |txn: String, target: &str| {
+            let message: (OwnedUserId, Target, Box<RawValue>) = (
+                bob.clone(),
+                Target::Device(target.to_owned()),
+                RawValue::from_string(format!(r#"{{"txn":"{txn}"}}"#)).unwrap(),
+            );
+            let keys = &keys;
+            let alice = &alice;
+            async move {
+                keys.send_to_device((alice, "A"), ("m.test", &txn), vec![message], &devices_of)
+                    .await
+                    .unwrap()
+            }
+        };
+        for n in 0..5 {
+            send(format!("d{n}"), "D").await;
+        }
+        send("e0".into(), "E").await;
+        let inbox = |device: &str| {
+            keys.to_device_messages(&bob, device, 0, u64::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.get().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let got = inbox("D");
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(got[2].contains("d2"), "the first messages are kept: {got:?}");
+        assert_eq!(inbox("E").len(), 1, "another device's inbox is not affected");
+        // Delivered and acknowledged: room again.
+        keys.acknowledge_to_device(&bob, "D", u64::MAX - 1).await.unwrap();
+        send("d9".into(), "D").await;
+        assert_eq!(inbox("D").len(), 1);
     }
 }

@@ -14,6 +14,12 @@
 //! an event is durable its bytes are served from memory (`pending`), and its stream position
 //! stays above the readers' watermark.
 //!
+//! Heads are kept for a bounded number of rooms ([`HEADS_PER_MIB`] per MiB of
+//! `database.cache_size_mb`: 1024 by default), the least recently written dropped first; a
+//! room's head is dropped only while nobody holds its lock (no send is building on it or
+//! waiting for its write), so what is stored is then all there is, and the next send reloads
+//! it from there.
+//!
 //! This file holds the service and its event and state reads; `write.rs` is the write path,
 //! `timeline.rs` reads by stream position, `membership.rs` and `power.rs` answer who is in a
 //! room and with what power, `visibility.rs` who may read what, `redaction.rs` what a
@@ -62,7 +68,7 @@ use crate::{
             transactions::TransactionsTable,
         },
     },
-    util,
+    util::{self, bounded::BoundedMap},
 };
 
 /// A new event, before it is placed in the DAG.
@@ -118,8 +124,10 @@ pub struct Rooms {
     positions: Arc<Positions>,
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
-    locks: Mutex<HashMap<OwnedRoomId, Arc<AsyncMutex<Option<Head>>>>>,
-    versions: Mutex<HashMap<OwnedRoomId, RoomVersionId>>,
+    /// Per room: the lock guarding its head (see the module documentation).
+    locks: BoundedMap<OwnedRoomId, Arc<AsyncMutex<Option<Head>>>>,
+    /// Room versions, which never change.
+    versions: quick_cache::sync::Cache<OwnedRoomId, RoomVersionId>,
     commits: CommitQueue,
     /// Timestamp of the last create event (see [`Rooms::create`]).
     last_create_ts: Mutex<u64>,
@@ -139,6 +147,10 @@ pub struct Rooms {
     /// (a redaction is applied on the way out), so nothing invalidates them.
     parsed: quick_cache::sync::Cache<u64, Arc<Pdu>, PduWeight>,
 }
+
+/// Rooms whose head (current state included) is kept in memory, per MiB of the configured
+/// cache (at least 16 rooms).
+pub const HEADS_PER_MIB: usize = 16;
 
 /// Most bytes of parsed events held (by their content size, plus the rest of a PDU).
 const PARSED_BYTES: u64 = 16 << 20;
@@ -166,6 +178,7 @@ impl Rooms {
         server_name: OwnedServerName,
         directory: Arc<Directory>,
     ) -> Result<Self> {
+        let heads = ((db.cache_bytes() >> 20) * HEADS_PER_MIB).max(16);
         Ok(Self {
             commits: CommitQueue::start(Arc::clone(&db))?,
             last_create_ts: Mutex::new(0),
@@ -185,14 +198,24 @@ impl Rooms {
             positions,
             keys,
             server_name,
-            locks: Mutex::new(HashMap::new()),
-            versions: Mutex::new(HashMap::new()),
+            locks: BoundedMap::new(heads),
+            versions: quick_cache::sync::Cache::new(100_000),
             directory,
         })
     }
 
     fn room_lock(&self, room_id: &RoomId) -> Arc<AsyncMutex<Option<Head>>> {
-        Arc::clone(locked(&self.locks).entry(room_id.to_owned()).or_default())
+        self.locks.get_or_insert_with(
+            room_id,
+            || room_id.to_owned(),
+            Default::default,
+            |lock| Arc::clone(lock),
+        )
+    }
+
+    /// How many rooms have their head in memory (each may hold none yet).
+    pub fn heads_held(&self) -> usize {
+        self.locks.len()
     }
 
     /// Loads a stored event by id, as clients see it (redacted when a redaction of it took
@@ -285,15 +308,12 @@ impl Rooms {
     ///
     /// A room's version never changes, so it is cached after the first read.
     pub fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
-        if let Some(version) = self.versions.lock().unwrap_or_else(|p| p.into_inner()).get(room_id) {
-            return Ok(Some(version.clone()));
+        if let Some(version) = self.versions.get(room_id) {
+            return Ok(Some(version));
         }
         let version = self.read_room_version(room_id)?;
         if let Some(version) = &version {
-            self.versions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(room_id.to_owned(), version.clone());
+            self.versions.insert(room_id.to_owned(), version.clone());
         }
         Ok(version)
     }
@@ -370,6 +390,22 @@ impl Rooms {
         self.lookup(&current.state, &kind.to_string(), state_key)
     }
 
+    /// Some events of the room's current state, by `(type, state_key)`, in the order asked,
+    /// read from one snapshot (`None` if Hearth has no such room).
+    pub fn state_events(&self, room_id: &RoomId, wanted: &[(&str, &str)]) -> Result<Option<Vec<Option<Pdu>>>> {
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
+            return Ok(None);
+        };
+        let Some(current) = self.current_state(short_room)? else {
+            return Ok(None);
+        };
+        wanted
+            .iter()
+            .map(|(kind, state_key)| self.lookup(&current.state, kind, state_key))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// Every event of the room's current state, as clients see them.
     pub fn full_state(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
         let Some(short_room) = self.ids.room(room_id.as_str())? else {
@@ -411,5 +447,76 @@ impl Rooms {
     /// The highest stream position every writer has finished.
     pub fn watermark(&self) -> u64 {
         self.positions.watermark()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use ruma::{RoomVersionId, UserId, events::StateEventType};
+
+    use super::{
+        NewEvent,
+        create::{CreateRoom, Preset},
+        membership::MemberProfile,
+    };
+    use crate::services::Services;
+
+    /// A `createRoom` request with a name and nothing else.
+    pub(crate) fn named_room(name: &str, preset: Preset, publish: bool) -> CreateRoom {
+        CreateRoom {
+            creator_profile: MemberProfile::from_profile(&serde_json::Map::new()),
+            version: RoomVersionId::V11,
+            preset,
+            creation_content: Default::default(),
+            power_level_override: Default::default(),
+            initial_state: Vec::new(),
+            name: Some(name.to_owned()),
+            topic: None,
+            invite: Vec::new(),
+            is_direct: false,
+            alias_localpart: None,
+            publish,
+        }
+    }
+
+    #[tokio::test]
+    async fn room_heads_stay_bounded_and_evicted_rooms_continue_where_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        // The smallest cache: heads for 16 rooms.
+        let services = Services::for_tests(dir.path(), 1 << 20);
+        let rooms = &services.rooms;
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let mut ids = Vec::new();
+        for n in 0..48 {
+            let request = named_room(&format!("room {n}"), Preset::PrivateChat, false);
+            ids.push(rooms.create_room(&alice, request).await.unwrap());
+        }
+        assert!(rooms.heads_held() <= 16, "{} heads held", rooms.heads_held());
+        // The first room's head was dropped long ago: the next event is built on what is stored.
+        let last = rooms
+            .event(
+                &rooms
+                    .state_event(&ids[0], &StateEventType::RoomName, "")
+                    .unwrap()
+                    .unwrap()
+                    .event_id,
+            )
+            .unwrap()
+            .unwrap();
+        let content = serde_json::json!({"topic": "still here"});
+        let Ok(ruma::CanonicalJsonValue::Object(content)) = ruma::CanonicalJsonValue::try_from(content) else {
+            unreachable!()
+        };
+        let topic = rooms
+            .append(&ids[0], &alice, NewEvent::state("m.room.topic", "", content))
+            .await
+            .unwrap();
+        let topic = rooms.event(&topic.event_id).unwrap().unwrap();
+        assert_eq!(topic.prev_events, vec![last.event_id.clone()]);
+        let name = rooms
+            .state_event(&ids[0], &StateEventType::RoomName, "")
+            .unwrap()
+            .unwrap();
+        assert_eq!(name.event_id, last.event_id, "the state carried over");
     }
 }

@@ -13,7 +13,7 @@ use ruma::{
 use serde_json::value::RawValue;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::{Appended, NewEvent, Rooms, locked, pdu::Pdu, redaction, sync_hooks, validate_power_levels};
+use super::{Appended, Directory, NewEvent, Rooms, locked, pdu::Pdu, redaction, sync_hooks, validate_power_levels};
 use crate::{
     Error, Result,
     services::{events, sync::notifier::Key},
@@ -51,6 +51,8 @@ struct Staged {
     member_target: Option<OwnedUserId>,
     /// The keys its position wakes (marked when its batch is queued).
     concerns: Vec<Key>,
+    /// Whether the event changes what the room directory shows of the room.
+    directory_relevant: bool,
 }
 
 /// A room being created ([`Rooms::draft_room`]): its events are built and checked one by one
@@ -248,6 +250,9 @@ impl Rooms {
         for event in staged {
             if let Some(target) = &event.member_target {
                 self.member_lists.invalidate(&event.appended.room_id, target);
+            }
+            if event.directory_relevant {
+                self.directory.room_changed(&event.appended.room_id);
             }
             self.forget_pending(&event);
             tickets.push(event.ticket);
@@ -465,6 +470,7 @@ impl Rooms {
             ticket,
             member_target,
             concerns,
+            directory_relevant: Directory::concerns(event.kind, event.state_key),
         })
     }
 }

@@ -102,6 +102,29 @@ impl DeviceKeysTable {
             .collect())
     }
 
+    /// The device's first unclaimed one-time key of `algorithm` (in key-id order), read alone.
+    pub fn first_one_time_key(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> StorageResult<Option<(String, Vec<u8>)>> {
+        let prefix = codec::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let mut start = prefix.clone();
+        start.extend_from_slice(algorithm.as_bytes());
+        start.push(b':');
+        // Just past every `algorithm:…` key.
+        let mut end = start.clone();
+        end.pop();
+        end.push(b':' + 1);
+        Ok(self
+            .db
+            .scan_range(USERDEVICEKEYID_ONETIMEKEY, &start, &end, false, 1)?
+            .into_iter()
+            .next()
+            .map(|(k, v)| (text(&k[prefix.len()..]), v.into_vec())))
+    }
+
     /// Queues removal of one one-time key.
     pub fn delete_one_time_key(&self, batch: &mut Batch, user_id: &str, device_id: &str, key_id: &str) {
         batch.delete(
@@ -233,6 +256,10 @@ mod tests {
         let otks = t.one_time_keys("@a:x", "D1").unwrap();
         assert_eq!(otks[0].0, "signed_curve25519:A");
         assert_eq!(otks.len(), 2);
+        let first = t.first_one_time_key("@a:x", "D1", "signed_curve25519").unwrap();
+        assert_eq!(first.map(|(id, _)| id).as_deref(), Some("signed_curve25519:A"));
+        assert!(t.first_one_time_key("@a:x", "D1", "signed").unwrap().is_none());
+        assert!(t.first_one_time_key("@a:x", "D1", "curve25519").unwrap().is_none());
         assert_eq!(t.fallback_keys("@a:x", "D1").unwrap()[0].1, fallback);
         assert_eq!(
             t.signatures("@a:x", "D1").unwrap(),

@@ -98,6 +98,21 @@ impl ToDeviceTable {
         );
     }
 
+    /// How many messages the device has waiting and their bytes, counting at most `limit`.
+    pub fn size(&self, user_id: &str, device_id: &str, limit: usize) -> StorageResult<(u64, u64)> {
+        let messages = self.db.scan_range(
+            USERDEVICEPOS_TODEVICE,
+            &inbox_key(user_id, device_id, 0, 0),
+            &inbox_key(user_id, device_id, u64::MAX, u32::MAX),
+            false,
+            limit,
+        )?;
+        Ok((
+            messages.len() as u64,
+            messages.iter().map(|(_, v)| v.len() as u64).sum(),
+        ))
+    }
+
     /// Whether the sender's device already did this transaction.
     pub fn txn_done(&self, user_id: &str, device_id: &str, txn_id: &str) -> StorageResult<bool> {
         Ok(self
@@ -155,5 +170,8 @@ mod tests {
             vec![b"m5b".to_vec()]
         );
         assert_eq!(t.since("@a:x", "E", (0, 10), usize::MAX).unwrap().len(), 1);
+        assert_eq!(t.size("@a:x", "D", 10).unwrap(), (1, 3));
+        assert_eq!(t.size("@a:x", "E", 10).unwrap(), (1, 5));
+        assert_eq!(t.size("@a:x", "F", 10).unwrap(), (0, 0));
     }
 }

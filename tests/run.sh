@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, the integration suite (real server over HTTP on temporary
-# RocksDB directories) and the real-client acceptance test (matrix-nio from PyPI).
+# RocksDB directories), the real-client acceptance tests (matrix-nio from PyPI, matrix-js-sdk
+# from npm) and, when an Element Web bundle is at hand, the real-browser test (tests/browser/:
+# Element Web in headless Chromium). The bundle comes from ELEMENT_WEB_DIR, else from
+# $HOME/.cache/element-web/webapp where tests/browser/build-element-web.sh puts it; without
+# one that test is skipped (it says so).
 # Builds go to $CARGO_TARGET_DIR, by default a cache outside the checkout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,3 +14,10 @@ cd "$here"
 cargo build --locked --bin hearth --tests
 cargo test --locked --lib --test it
 HEARTH_BIN="$CARGO_TARGET_DIR/debug/hearth" "$here/tests/clients/run.sh"
+
+bundle=${ELEMENT_WEB_DIR:-$HOME/.cache/element-web/webapp}
+if [ -f "$bundle/index.html" ]; then
+    ELEMENT_WEB_DIR="$bundle" HEARTH_BIN="$CARGO_TARGET_DIR/debug/hearth" "$here/tests/browser/run.sh"
+else
+    echo "browser: skipped: no Element Web bundle at $bundle (see tests/browser/build-element-web.sh)"
+fi

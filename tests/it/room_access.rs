@@ -16,7 +16,8 @@ fn messages(c: &Client, room: &str) -> Vec<String> {
     bodies(&page.ok()["chunk"])
 }
 
-fn bodies(chunk: &Value) -> Vec<String> {
+/// The bodies of the `m.room.message` events of a chunk of events.
+pub(crate) fn bodies(chunk: &Value) -> Vec<String> {
     chunk
         .as_array()
         .unwrap()

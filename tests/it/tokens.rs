@@ -32,13 +32,7 @@ fn messages(c: &Client, room: &str, query: &str) -> Value {
 }
 
 fn bodies(page: &Value) -> Vec<String> {
-    page["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
-        .collect()
+    crate::room_access::bodies(&page["chunk"])
 }
 
 fn member_ids(page: &Value) -> Vec<String> {

@@ -274,7 +274,7 @@ impl Sessions {
         keep: Option<&str>,
     ) -> Result<()> {
         for (device_id, record) in self.table.list(user_id.as_str())? {
-            let wanted = only.is_none_or(|ids| ids.iter().any(|d| *d == device_id));
+            let wanted = only.is_none_or(|ids| ids.contains(&device_id));
             if wanted && keep != Some(device_id.as_str()) {
                 self.table.delete(batch, user_id.as_str(), &device_id, &record);
                 self.last_seen

@@ -87,6 +87,9 @@ impl StorageOptions {
     }
 }
 
+/// Key-value pairs as read from a table, in key order.
+pub type Entries = Vec<(Box<[u8]>, Box<[u8]>)>;
+
 /// The open database: one RocksDB instance with every column family from [`schema::TABLES`].
 pub struct Db {
     rocks: rocksdb::DB,
@@ -184,7 +187,7 @@ impl Db {
     }
 
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, table: &'static str, prefix: &[u8]) -> StorageResult<Vec<(Box<[u8]>, Box<[u8]>)>> {
+    pub fn scan_prefix(&self, table: &'static str, prefix: &[u8]) -> StorageResult<Entries> {
         let mut out = Vec::new();
         let iter = self.rocks.iterator_cf(
             self.cf(table),
@@ -209,7 +212,7 @@ impl Db {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> StorageResult<Vec<(Box<[u8]>, Box<[u8]>)>> {
+    ) -> StorageResult<Entries> {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_lower_bound(start.to_vec());
         opts.set_iterate_upper_bound(end.to_vec());
@@ -236,7 +239,7 @@ impl Db {
         (after, up_to): (u64, u64),
         reverse: bool,
         limit: usize,
-    ) -> StorageResult<Vec<(Box<[u8]>, Box<[u8]>)>> {
+    ) -> StorageResult<Entries> {
         if after >= up_to {
             return Ok(Vec::new());
         }

@@ -28,7 +28,7 @@ pub async fn get_user_info(ctx: Ctx, req: get_user_info::v3::Request) -> Result<
         connection.ip = device.last_seen_ip;
         connection.last_seen = device
             .last_seen_ms
-            .and_then(|ms| UInt::new(ms))
+            .and_then(UInt::new)
             .map(MilliSecondsSinceUnixEpoch);
         let mut session = get_user_info::v3::SessionInfo::new();
         session.connections.push(connection);

@@ -119,8 +119,8 @@ pub async fn preview_url(ctx: Ctx, request: auth_preview::v1::Request) -> Result
 
 /// Registers the streaming endpoints (upload, download, thumbnail) on every path ruma knows.
 pub fn configure_streaming(cfg: &mut web::ServiceConfig) {
-    raw::<create_content::v3::Request, _, _>(cfg, |r, p, s, t| upload(r, p, s, t));
-    raw::<create_content_async::v3::Request, _, _>(cfg, |r, p, s, t| upload_async(r, p, s, t));
+    raw::<create_content::v3::Request, _, _>(cfg, upload);
+    raw::<create_content_async::v3::Request, _, _>(cfg, upload_async);
     raw::<auth_content::v1::Request, _, _>(cfg, |r, _, s, t| download::<auth_content::v1::Request>(r, s, t));
     raw::<auth_filename::v1::Request, _, _>(cfg, |r, _, s, t| download::<auth_filename::v1::Request>(r, s, t));
     raw::<get_content::v3::Request, _, _>(cfg, |r, _, s, t| download::<get_content::v3::Request>(r, s, t));

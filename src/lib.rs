@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod head_limit;
 pub mod server;
 pub mod services;
 pub mod storage;

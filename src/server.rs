@@ -4,9 +4,10 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use actix_web::{App, HttpServer, middleware::from_fn, web};
+use actix_service::ServiceFactoryExt;
+use actix_web::{App, dev::AppConfig, middleware::from_fn, web};
 
-use crate::{api, config::Config, services::Services};
+use crate::{api, config::Config, head_limit::HeadLimit, services::Services};
 
 /// Everything that can stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -74,24 +75,43 @@ impl Bound {
     }
 }
 
-/// Binds the configured addresses and builds the actix server over `services`.
+/// Binds the configured addresses and builds the actix server over `services`: HTTP/1.1 on
+/// each connection, wrapped in [`HeadLimit`] so even an oversized request head gets a Matrix
+/// error.
 pub fn bind(services: Arc<Services>, config: &Config) -> Result<Bound, StartError> {
     let data = web::Data::from(services);
-    let mut server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .app_data(data.clone())
             .wrap(from_fn(api::respond::cors_and_trace))
             .configure(api::configure)
             .default_service(web::to(api::respond::not_found))
-    })
-    .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
-    .shutdown_timeout(10);
+    };
+    let mut server = actix_server::Server::build()
+        .workers(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .shutdown_timeout(10);
+    let mut addrs = Vec::new();
     for addr in &config.listen {
+        let error = |source| StartError::Bind { addr: *addr, source };
+        let listener = std::net::TcpListener::bind(addr).map_err(error)?;
+        let local = listener.local_addr().map_err(error)?;
+        let app = app.clone();
         server = server
-            .bind(addr)
-            .map_err(|source| StartError::Bind { addr: *addr, source })?;
+            .listen("hearth", listener, move || {
+                let app = app();
+                actix_service::fn_service(|io: actix_rt::net::TcpStream| async move {
+                    let peer = io.peer_addr().ok();
+                    Ok::<_, actix_http::error::DispatchError>((HeadLimit::new(io), peer))
+                })
+                .and_then(
+                    actix_http::HttpService::build()
+                        .local_addr(local)
+                        .h1(actix_service::map_config(app, |_| AppConfig::default())),
+                )
+            })
+            .map_err(error)?;
+        addrs.push(local);
     }
-    let addrs = server.addrs();
     Ok(Bound {
         run: server.run(),
         addrs,

@@ -68,7 +68,12 @@ pub async fn create_user(
     let (password, generated) = read_password(password)?;
     services
         .accounts
-        .create(&user_id, Some(&password), admin, services.new_account_batch(&user_id).map_err(|e| e.to_string())?)
+        .create(
+            &user_id,
+            Some(&password),
+            admin,
+            services.new_account_batch(&user_id).map_err(|e| e.to_string())?,
+        )
         .await
         .map_err(|e| e.to_string())?;
     println!("created {user_id}{}", if admin { " (admin)" } else { "" });

@@ -631,8 +631,8 @@ impl RawConfig {
                 format!("\"{version}\" is not a room version new rooms may have (one of 10, 11, 12)"),
             ));
         }
-        let default_room_version = ruma::RoomVersionId::try_from(version)
-            .map_err(|e| key_error("rooms.default_room_version", e))?;
+        let default_room_version =
+            ruma::RoomVersionId::try_from(version).map_err(|e| key_error("rooms.default_room_version", e))?;
         let p = &self.passwords;
         argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, None).map_err(|e| {
             key_error(

@@ -171,7 +171,9 @@ mod tests {
         let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         let mut state = State::Head { read: 0, tail: [0; 3] };
         for (i, byte) in head.iter().enumerate() {
-            let State::Head { read, tail } = state else { panic!("ended early at {i}") };
+            let State::Head { read, tail } = state else {
+                panic!("ended early at {i}")
+            };
             state = watch(read, tail, std::slice::from_ref(byte));
         }
         assert_eq!(state, State::Body);
@@ -180,7 +182,9 @@ mod tests {
     #[test]
     fn the_end_of_a_head_is_found_across_reads() {
         let state = watch(0, [0; 3], b"GET / HTTP/1.1\r\nHost: x\r\n\r");
-        let State::Head { read, tail } = state else { panic!("{state:?}") };
+        let State::Head { read, tail } = state else {
+            panic!("{state:?}")
+        };
         assert_eq!(watch(read, tail, b"\n"), State::Body);
     }
 
@@ -193,7 +197,10 @@ mod tests {
         }
         assert_eq!(state, State::Refusing { written: 0 });
         // A head that ends leaves what follows alone, however long.
-        assert_eq!(watch(0, [0; 3], b"PUT /x HTTP/1.1\r\ncontent-length: 9999999\r\n\r\nbody"), State::Body);
+        assert_eq!(
+            watch(0, [0; 3], b"PUT /x HTTP/1.1\r\ncontent-length: 9999999\r\n\r\nbody"),
+            State::Body
+        );
         // A head past the limit is refused even when its end arrives in the same read.
         let mut huge = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_HEAD));

@@ -93,7 +93,14 @@ impl RouteTable {
                     actix_web::http::Method::from_bytes(R::METHOD.as_str().as_bytes()).expect("ruma methods are valid");
                 web::method(method).to(
                     move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
-                        serve::<R, F, Fut, O>(req, payload, services.into_inner(), (limit, path), handler.clone(), answer)
+                        serve::<R, F, Fut, O>(
+                            req,
+                            payload,
+                            services.into_inner(),
+                            (limit, path),
+                            handler.clone(),
+                            answer,
+                        )
                     },
                 )
             };

@@ -183,7 +183,11 @@ impl Services {
                 continue;
             }
             // One room refusing (say, a broken room) must not keep the user in the others.
-            if let Err(e) = self.rooms.set_membership(room_id, user_id, user_id, "leave", None).await {
+            if let Err(e) = self
+                .rooms
+                .set_membership(room_id, user_id, user_id, "leave", None)
+                .await
+            {
                 tracing::warn!(%user_id, %room_id, error = %e, "deactivated user could not leave a room");
             }
         }

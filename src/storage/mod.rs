@@ -252,7 +252,13 @@ impl Db {
             }
             key
         };
-        self.scan_range(table, &bound(Some(after + 1)), &bound(up_to.checked_add(1)), reverse, limit)
+        self.scan_range(
+            table,
+            &bound(Some(after + 1)),
+            &bound(up_to.checked_add(1)),
+            reverse,
+            limit,
+        )
     }
 
     /// Number of keys in a table (a full scan; for admin reports and tests).

@@ -668,7 +668,10 @@ fn deactivation_leaves_every_room_with_member_events() {
 fn third_party_identifiers_answer_without_email_or_sms() {
     let server = TestServer::start();
     let alice = server.user("alice", "pw");
-    assert_eq!(alice.get("/_matrix/client/v3/account/3pid").ok()["threepids"], json!([]));
+    assert_eq!(
+        alice.get("/_matrix/client/v3/account/3pid").ok()["threepids"],
+        json!([])
+    );
     let secret = json!({"client_secret": "s3cret", "email": "a@example.org", "send_attempt": 1});
     alice
         .post("/_matrix/client/v3/account/3pid/email/requestToken", secret)
@@ -678,13 +681,19 @@ fn third_party_identifiers_answer_without_email_or_sms() {
         .post("/_matrix/client/v3/account/3pid/msisdn/requestToken", msisdn)
         .expect_err(400, "M_THREEPID_MEDIUM_NOT_SUPPORTED");
     alice
-        .post("/_matrix/client/v3/account/3pid/add", json!({"client_secret": "s3cret", "sid": "1"}))
+        .post(
+            "/_matrix/client/v3/account/3pid/add",
+            json!({"client_secret": "s3cret", "sid": "1"}),
+        )
         .expect_err(400, "M_THREEPID_AUTH_FAILED");
     let bind = json!({"client_secret": "s3cret", "sid": "1", "id_server": "id.example.org", "id_access_token": "t"});
     alice
         .post("/_matrix/client/v3/account/3pid/bind", bind)
         .expect_err(400, "M_THREEPID_AUTH_FAILED");
-    for path in ["/_matrix/client/v3/account/3pid/delete", "/_matrix/client/v3/account/3pid/unbind"] {
+    for path in [
+        "/_matrix/client/v3/account/3pid/delete",
+        "/_matrix/client/v3/account/3pid/unbind",
+    ] {
         let r = alice.post(path, json!({"medium": "email", "address": "a@example.org"}));
         assert_eq!(r.ok()["id_server_unbind_result"], "no-support", "{path}");
     }

@@ -429,7 +429,10 @@ fn room_summaries_follow_visibility() {
     assert_eq!(anonymous["guest_can_join"], false);
     assert_eq!(anonymous["room_version"], "12");
     assert_eq!(anonymous["encryption"], "m.megolm.v1.aes-sha2");
-    assert_eq!(anonymous["join_rule"], "public", "always sent, as Synapse does: {anonymous}");
+    assert_eq!(
+        anonymous["join_rule"], "public",
+        "always sent, as Synapse does: {anonymous}"
+    );
     assert!(anonymous.get("membership").is_none(), "no membership without a token");
     let by_alias = bob.get(&summary_path("#hall:hearth.test"));
     assert_eq!(by_alias.ok()["room_id"], public);

@@ -15,7 +15,10 @@ fn an_invite_names_the_inviter_in_its_stripped_state() {
     let server = TestServer::start();
     let alice = server.user("alice", "pw");
     let bob = server.user("bob", "pw");
-    let room = create_room(&alice, json!({"name": "Plans", "invite": [bob.uid()], "is_direct": true}));
+    let room = create_room(
+        &alice,
+        json!({"name": "Plans", "invite": [bob.uid()], "is_direct": true}),
+    );
     let body = bob.get("/_matrix/client/v3/sync?timeout=0").ok().clone();
     let events = body["rooms"]["invite"][&room]["invite_state"]["events"]
         .as_array()
@@ -113,7 +116,10 @@ fn trusted_private_chat_in_v12_makes_invitees_creators() {
         json!({"preset": "trusted_private_chat", "invite": [bob.uid()], "room_version": "11"}),
     );
     let power = alice
-        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(&old)))
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+            enc(&old)
+        ))
         .ok()
         .clone();
     assert_eq!(power["users"][bob.uid()], 100);
@@ -132,7 +138,10 @@ fn third_party_lookups_with_nothing_bridged() {
     ] {
         alice.get(path).expect_err(404, "M_NOT_FOUND");
     }
-    let users = alice.get(&format!("/_matrix/client/v3/thirdparty/user?userid={}", enc(&alice.uid())));
+    let users = alice.get(&format!(
+        "/_matrix/client/v3/thirdparty/user?userid={}",
+        enc(&alice.uid())
+    ));
     assert_eq!(*users.ok(), json!([]));
     let locations = alice.get("/_matrix/client/v3/thirdparty/location?alias=%23x%3Alocalhost");
     assert_eq!(*locations.ok(), json!([]));

@@ -489,7 +489,10 @@ fn an_oversized_request_head_gets_matrix_json() {
     let answers: Vec<&str> = answer.matches("HTTP/1.1 ").collect();
     assert_eq!(answers.len(), 2, "{answer}");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("HTTP/1.1 431") && answer.contains("M_TOO_LARGE"), "{answer}");
+    assert!(
+        answer.contains("HTTP/1.1 431") && answer.contains("M_TOO_LARGE"),
+        "{answer}"
+    );
 
     // A 100 KiB header is only a header; a 2 MiB body is only a body.
     let c = server.client();

@@ -14,11 +14,11 @@ mod client_devices_profile;
 mod crash;
 /// The room directory: aliases, canonical aliases, the public room list, room summaries.
 mod directory;
-/// What Element Web relies on: invite state, display names, feature flags, presets.
-mod element_web;
 /// End-to-end encryption: device, one-time, fallback and cross-signing keys, to-device
 /// messages, key backup.
 mod e2ee;
+/// What Element Web relies on: invite state, display names, feature flags, presets.
+mod element_web;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

@@ -447,9 +447,12 @@ fn timestamp_to_event_answers_only_with_what_the_reader_may_see() {
         bob.get(&event_path(&room, &found)).ok();
     }
     // A stranger to a room whose history is all `joined` finds nothing at all.
-    let closed = create_room(&alice, json!({"preset": "public_chat", "initial_state": [
-        {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
-    ]}));
+    let closed = create_room(
+        &alice,
+        json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}
+        ]}),
+    );
     send(&alice, &closed, "t3", "members only");
     let carol = server.user("carol", "pw");
     carol

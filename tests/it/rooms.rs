@@ -1055,10 +1055,18 @@ fn messages_with_lazy_members_carry_the_senders_member_events() {
     assert_eq!(members, expected, "carol sent nothing: {page}");
     // Without the option, no state.
     let plain = alice
-        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10", enc(&room)))
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10",
+            enc(&room)
+        ))
         .ok()
         .clone();
-    assert!(plain.get("state").is_none_or(|s| s.as_array().is_some_and(Vec::is_empty)), "{plain}");
+    assert!(
+        plain
+            .get("state")
+            .is_none_or(|s| s.as_array().is_some_and(Vec::is_empty)),
+        "{plain}"
+    );
 }
 
 /// `rooms.default_room_version` decides the version of rooms created without one.

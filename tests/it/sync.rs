@@ -1071,7 +1071,10 @@ fn use_state_after_sends_the_state_at_the_end_of_the_timeline() {
     let before = sync(&alice, Some(&token), "");
     let joined = &before["rooms"]["join"][&room];
     assert!(joined.get("state_after").is_none(), "{joined}");
-    assert!(!types(&joined["state"]["events"]).contains(&"m.room.topic".to_owned()), "{joined}");
+    assert!(
+        !types(&joined["state"]["events"]).contains(&"m.room.topic".to_owned()),
+        "{joined}"
+    );
 
     // With it: `state_after` holds the topic change even though the timeline shows it too.
     let after = sync(&alice, Some(&token), "use_state_after=true");
@@ -1099,6 +1102,8 @@ fn presence_must_be_a_spec_state() {
     alice
         .put(&path, json!({"presence": "sleeping"}))
         .expect_err(400, "M_INVALID_PARAM");
-    alice.put(&path, json!({"presence": "unavailable", "status_msg": "lunch"})).ok();
+    alice
+        .put(&path, json!({"presence": "unavailable", "status_msg": "lunch"}))
+        .ok();
     assert_eq!(alice.get(&path).ok()["presence"], "unavailable");
 }

@@ -117,9 +117,7 @@ fn sync_tokens_page_messages_and_list_members() {
     let end = context["end"].as_str().unwrap();
     let newer = messages(&alice, &room, &format!("dir=f&limit=1&from={}", enc(end)));
     assert_eq!(bodies(&newer), ["m5"], "{context}");
-    alice
-        .get(&members_path(&room, &format!("at={}", enc(start))))
-        .ok();
+    alice.get(&members_path(&room, &format!("at={}", enc(start)))).ok();
 
     // /sync takes its own tokens, and a room pagination token there is a clean 400.
     alice
@@ -173,7 +171,11 @@ fn foreign_future_and_malformed_tokens_are_refused() {
     ];
     let bad: Vec<String> = future.iter().map(|s| s.to_string()).chain(garbage).collect();
     for token in &bad {
-        let token = if token.starts_with('%') { token.clone() } else { enc(token) };
+        let token = if token.starts_with('%') {
+            token.clone()
+        } else {
+            enc(token)
+        };
         for path in [
             format!("/_matrix/client/v3/rooms/{}/messages?dir=b&from={token}", enc(&room)),
             format!("/_matrix/client/v3/rooms/{}/messages?dir=f&to={token}", enc(&room)),

@@ -26,10 +26,7 @@ pub async fn get_user_info(ctx: Ctx, req: get_user_info::v3::Request) -> Result<
     for device in services.sessions.list_devices(&req.user_id)? {
         let mut connection = get_user_info::v3::ConnectionInfo::new();
         connection.ip = device.last_seen_ip;
-        connection.last_seen = device
-            .last_seen_ms
-            .and_then(UInt::new)
-            .map(MilliSecondsSinceUnixEpoch);
+        connection.last_seen = device.last_seen_ms.and_then(UInt::new).map(MilliSecondsSinceUnixEpoch);
         let mut session = get_user_info::v3::SessionInfo::new();
         session.connections.push(connection);
         let mut info = get_user_info::v3::DeviceInfo::new();

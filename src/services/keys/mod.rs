@@ -145,7 +145,9 @@ impl Keys {
     /// Records that `user_id` has a new device (a login), so users sharing a room with them see
     /// it in `device_lists.changed` at once, before the device uploads keys (as Synapse does).
     pub async fn device_added(&self, rooms: &Rooms, user_id: &UserId) -> Result<()> {
-        self.commit_device_list_change(rooms, user_id, |_| Ok(())).await.map(|_| ())
+        self.commit_device_list_change(rooms, user_id, |_| Ok(()))
+            .await
+            .map(|_| ())
     }
 
     /// Deletes the keys and inboxes of devices that were removed (logout, device deletion,

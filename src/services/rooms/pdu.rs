@@ -84,7 +84,10 @@ impl Pdu {
     pub fn content_object(&self) -> Result<ruma::CanonicalJsonObject> {
         match serde_json::from_str::<ruma::CanonicalJsonValue>(self.content.get()) {
             Ok(ruma::CanonicalJsonValue::Object(o)) => Ok(o),
-            _ => Err(Error::internal(format!("content of {} is not an object", self.event_id))),
+            _ => Err(Error::internal(format!(
+                "content of {} is not an object",
+                self.event_id
+            ))),
         }
     }
 

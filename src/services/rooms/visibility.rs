@@ -136,9 +136,14 @@ impl Rooms {
     /// after the room's last event at or before `position` (clamped to what the reader reads),
     /// when the reader may see that event; 403 when not (Synapse's rule for `/members?at=`).
     pub fn visible_state_at(&self, room_id: &RoomId, history: &HistoryFilter<'_>, position: u64) -> Result<Vec<Pdu>> {
-        match self.timeline(room_id, 0, position.min(history.scope.up_to), true, 1)?.pop() {
+        match self
+            .timeline(room_id, 0, position.min(history.scope.up_to), true, 1)?
+            .pop()
+        {
             Some((at, pdu)) if history.allows(at, &pdu) => self.state_after(&pdu),
-            Some(_) => Err(Error::forbidden("You may not see the room at that point of its history")),
+            Some(_) => Err(Error::forbidden(
+                "You may not see the room at that point of its history",
+            )),
             None => Ok(Vec::new()),
         }
     }
@@ -163,7 +168,10 @@ impl HistoryFilter<'_> {
     /// it is not an event of that room, 403 when history visibility hides it.
     pub fn visible_event(&self, room_id: &RoomId, event_id: &ruma::EventId) -> Result<(u64, Pdu)> {
         let not_found = || Error::not_found("Event not found");
-        let pdu = self.rooms.event(event_id)?.filter(|p| p.room().is_ok_and(|r| r == room_id));
+        let pdu = self
+            .rooms
+            .event(event_id)?
+            .filter(|p| p.room().is_ok_and(|r| r == room_id));
         let pdu = pdu.ok_or_else(not_found)?;
         let position = self.rooms.position_of(event_id)?.ok_or_else(not_found)?;
         if !self.allows(position, &pdu) {

@@ -73,7 +73,13 @@ impl TimelineTable {
         limit: usize,
     ) -> StorageResult<Vec<(u64, u64)>> {
         self.db
-            .scan_numbered(ROOMPOS_SHORTEVENTID, &codec::u64_bytes(room), (after, up_to), backwards, limit)?
+            .scan_numbered(
+                ROOMPOS_SHORTEVENTID,
+                &codec::u64_bytes(room),
+                (after, up_to),
+                backwards,
+                limit,
+            )?
             .into_iter()
             .map(|(k, v)| {
                 Ok((

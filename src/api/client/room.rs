@@ -9,7 +9,7 @@
 //! Spec: client-server-api "Rooms" and "Getting events for a room"
 //! (`data/api/client-server/create_room.yaml`, `rooms.yaml`, `message_pagination.yaml`).
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, RoomVersionId,
@@ -165,14 +165,10 @@ pub async fn get_message_events(
     if !req.filter.lazy_load_options.is_disabled()
         && let Some((_, first)) = events.first()
     {
-        let senders: HashSet<&str> = events.iter().map(|(_, p)| p.sender.as_str()).collect();
-        let is_sender_member = |p: &&Pdu| {
-            p.kind.to_string() == "m.room.member" && p.state_key.as_deref().is_some_and(|k| senders.contains(k))
-        };
+        let senders: BTreeSet<&str> = events.iter().map(|(_, p)| p.sender.as_str()).collect();
         response.state = rooms
-            .state_after(first)?
+            .members_after(first, senders)?
             .iter()
-            .filter(is_sender_member)
             .map(raw_event)
             .collect::<Result<_>>()?;
     }

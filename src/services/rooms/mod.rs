@@ -435,6 +435,31 @@ impl Rooms {
         self.served_state(&state)
     }
 
+    /// The member events of `users` in the state right after `pdu`, as clients see them: the
+    /// lazy-loaded members of a page of events, looked up one by one rather than by reading
+    /// the whole state (which, in a big room, is mostly other members).
+    pub fn members_after<'u>(&self, pdu: &Pdu, users: impl IntoIterator<Item = &'u str>) -> Result<Vec<Pdu>> {
+        let short = self
+            .ids
+            .event(pdu.event_id.as_str())?
+            .ok_or_else(|| Error::not_found("Event not found"))?;
+        let before = self
+            .state
+            .before_event(short)?
+            .ok_or_else(|| Error::internal("event without state"))?;
+        let state = self.state.load(before)?;
+        let mut members = Vec::new();
+        for user in users {
+            // The event itself is part of the state after it.
+            if pdu.kind.to_string() == "m.room.member" && pdu.state_key.as_deref() == Some(user) {
+                members.push(pdu.clone());
+            } else if let Some(member) = self.lookup(&state.state, "m.room.member", user)? {
+                members.push(member);
+            }
+        }
+        Ok(members)
+    }
+
     /// Every event of a state set as clients see them: the one way whole states are read for
     /// clients (`/state`, `/members`, `/joined_members`, `/context`, `/sync`), so each is
     /// served redacted when it was, as the timeline serves it.

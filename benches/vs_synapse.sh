@@ -5,6 +5,10 @@
 #          5,000-event room (mxbench history); joins of a public room, 10 at a time (mxbench join)
 #   media: upload and download MB/s for 1 MB and 50 MB files, thumbnail latency, RSS while 1 GB
 #          is uploaded (benches/media.rs pointed at each server)
+#   team:  send throughput with 3 pushers and 20 room members against sends without pushers, and
+#          push delivery to a gateway inside the load tool; /search latency over 100,000 messages;
+#          /user_directory/search over 10,000 users (benches/team_load.rs). Both servers push to
+#          loopback and search all users; password hashing is made cheap for the setup only.
 #   sync:  initial sync of a user in 50 rooms x 100 events, plain and lazy-loading (mxbench
 #          initial-sync); no-op incremental syncs (mxbench incremental); delivery from a send to
 #          20 and to 100 long-polling receivers, with lost/duplicate checks (mxbench fanout)
@@ -12,7 +16,7 @@
 # servers run durable defaults (Hearth syncs the WAL before answering; Synapse SQLite fsyncs
 # each commit), and each scenario runs against Hearth then Synapse. Loopback only.
 #
-# Usage: benches/vs_synapse.sh rooms|sync|media [OUT.md]   (QUICK=1 for small sizes)
+# Usage: benches/vs_synapse.sh rooms|sync|media|team [OUT.md]   (QUICK=1 for small sizes)
 # Needs the shared tools (BENCH_TOOLS, default ../shared/tools/bench): synapse.sh and mxbench.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,8 +38,8 @@ bench_bin() {  # the executable of benches/$1.rs
     (cd "$ROOT" && cargo bench --locked --bench "$1" --no-run --message-format=json 2>/dev/null |
         jq -r 'select(.executable != null and (.target.kind | index("bench"))) | .executable' | tail -n1)
 }
-LOAD=$(bench_bin rooms_load); MEDIA=$(bench_bin media)
-[ -x "$LOAD" ] && [ -x "$MEDIA" ] || { log "could not build the load tools in benches/"; exit 1; }
+LOAD=$(bench_bin rooms_load); MEDIA=$(bench_bin media); TEAM=$(bench_bin team_load)
+[ -x "$LOAD" ] && [ -x "$MEDIA" ] && [ -x "$TEAM" ] || { log "could not build the load tools in benches/"; exit 1; }
 
 HPID=""
 cleanup() {
@@ -45,7 +49,14 @@ cleanup() {
 trap cleanup EXIT
 
 log "starting hearth on $HPORT and synapse on $SPORT, both on CPU 0"
-(cd "$WORK/hearth" && exec taskset -c 0 env HEARTH_RATE_LIMITS__ENABLED=false HEARTH_REGISTRATION__MODE=open \
+HEARTH_EXTRA=()
+if [ "$SUITE" = team ]; then
+    # Setup registers 10,000 users: cheap password hashing on both sides (not measured).
+    HEARTH_EXTRA=(HEARTH_PASSWORDS__ITERATIONS=1 HEARTH_PASSWORDS__MEMORY_KIB=1024
+        HEARTH_USER_DIRECTORY__SEARCH_ALL_USERS=true HEARTH_PUSH__ALLOW_PRIVATE_GATEWAYS=true)
+    export SYNAPSE_BCRYPT_ROUNDS=4
+fi
+(cd "$WORK/hearth" && exec taskset -c 0 env "${HEARTH_EXTRA[@]}" HEARTH_RATE_LIMITS__ENABLED=false HEARTH_REGISTRATION__MODE=open \
     HEARTH_LOGGING__LEVEL=warn "$HEARTH" serve --listen "127.0.0.1:$HPORT" --data-dir "$WORK/hearth/data" \
     --server-name bench.local >"$WORK/hearth/hearth.log" 2>&1) &
 HPID=$!
@@ -55,6 +66,13 @@ if [ "$SUITE" = media ]; then
     # give it Hearth's limit and on-demand thumbnails so both do the same work.
     "$TOOLS/synapse.sh" stop "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
     printf 'max_upload_size: 200M\ndynamic_thumbnails: true\n' >>"$WORK/synapse/homeserver.yaml"
+    taskset -c 0 "$TOOLS/synapse.sh" start "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
+fi
+if [ "$SUITE" = team ]; then
+    # Pushers on loopback (Synapse refuses private gateway addresses by default), and the user
+    # directory over all users, as Hearth is configured above.
+    "$TOOLS/synapse.sh" stop "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
+    printf 'ip_range_whitelist: ["127.0.0.1"]\nuser_directory:\n  search_all_users: true\n' >>"$WORK/synapse/homeserver.yaml"
     taskset -c 0 "$TOOLS/synapse.sh" start "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
 fi
 for port in "$HPORT" "$SPORT"; do
@@ -78,7 +96,7 @@ run() {
         [ "$target" = synapse ] && port=$SPORT pid=$("$TOOLS/synapse.sh" pid "$WORK/synapse" "$SPORT")
         log "$label on $target"
         local line
-        line=$(HS_URL="http://127.0.0.1:$port" BENCH_SERVER_PID=$pid timeout 1200 taskset -c 1 "$@" 2>>"$WORK/load.log" | tail -n1) || true
+        line=$(HS_URL="http://127.0.0.1:$port" BENCH_SERVER_PID=$pid timeout ${BENCH_TIMEOUT:-3600} taskset -c 1 "$@" 2>>"$WORK/load.log" | tail -n1) || true
         [ -n "$line" ] || line='{"metrics":{}}'
         echo "$line" | jq -c --arg l "$label" --arg t "$target" '. + {label: $l, target: $t}' >>"$RESULTS"
     done
@@ -104,7 +122,13 @@ media)
     if [ "${QUICK:-0}" = 1 ]; then export BENCH_SMALL_FILES=5 BENCH_LARGE_FILES=1 BENCH_TOTAL_MB=100; fi
     run "media" "$MEDIA"
     ;;
-*) echo "unknown suite $SUITE (rooms, sync or media)" >&2; exit 2 ;;
+team)
+    if [ "${QUICK:-0}" = 1 ]; then PM=5 SM=2000 DU=300; else PM=30 SM=100000 DU=10000; fi
+    run "send with 3 pushers, 20 members" "$TEAM" push --members 20 --pushers 3 --messages "$PM"
+    run "search over $SM messages" "$TEAM" search --messages "$SM" --rooms 10
+    run "user directory over $DU users" "$TEAM" directory --users "$DU"
+    ;;
+*) echo "unknown suite $SUITE (rooms, sync, media or team)" >&2; exit 2 ;;
 esac
 
 log "writing $OUT"
@@ -121,13 +145,16 @@ for r in rows:
         if k in ("lost", "duplicates"):
             metrics["check_" + k] = v
     by.setdefault(r["label"], {})[r["target"]] = metrics
-lower_better = lambda m: m.endswith("_ms") or m.endswith("_bytes") or m.endswith("_mb")
+lower_better = lambda m: m.endswith("_ms") or m.endswith("_bytes") or m.endswith("_mb") or m.endswith("_pct")
 wanted = ["events_per_s", "joins_per_s", "paginate_total_p50_ms", "send_p50_ms", "send_p99_ms", "join_p50_ms",
           "page_p50_ms", "isync_full_p50_ms", "isync_full_bytes", "isync_lazy_p50_ms", "isync_lazy_bytes",
           "req_per_s", "sync_p50_ms", "sync_p99_ms", "deliver_p50_ms", "deliver_p99_ms", "check_lost",
           "check_duplicates", "upload_1mb_mb_per_s", "download_1mb_mb_per_s", "upload_50mb_mb_per_s",
           "download_50mb_mb_per_s", "thumbnail_on_demand_ms", "thumbnail_cached_ms", "rss_idle_mb",
-          "rss_peak_above_idle_during_1gb_mb"]
+          "rss_peak_above_idle_during_1gb_mb", "events_per_s_without_pushers", "events_per_s_with_pushers",
+          "push_cost_pct", "push_delivery_p50_ms", "push_delivery_p99_ms", "pushes_expected", "pushes_received",
+          "search_p50_ms", "search_p99_ms", "search_rare_p50_ms", "search_medium_p50_ms", "search_common_p50_ms",
+          "search_pair_p50_ms", "search_recent_common_p50_ms", "directory_search_p50_ms", "directory_search_p99_ms"]
 suite = sys.argv[3]
 out = [f"# {suite.capitalize()}: Hearth vs Synapse (SQLite), side by side", "",
        f"Run {datetime.datetime.now():%Y-%m-%d %H:%M}; each server pinned to one core (CPU 0), load on CPU 1; durable writes on both.", "",
@@ -137,7 +164,7 @@ for label in order:
     for m in wanted:
         if m in h or m in s:
             hv, sv = h.get(m), s.get(m)
-            if m.startswith("check_"):
+            if m.startswith("check_") or m.startswith("pushes_"):
                 ratio = "(check)"
             elif isinstance(hv, (int, float)) and isinstance(sv, (int, float)) and hv and sv:
                 better = (sv / hv) if lower_better(m) else (hv / sv)

@@ -24,8 +24,10 @@ READY_TIMEOUT_S=30
 # Rust crypto): cross-signing, secret storage, key backup, restore on a new device;
 # js/element_rooms.mjs (matrix-js-sdk configured like Element Web: lazy-loaded members,
 # timeline support, detached pending events, Rust crypto): encrypted private room with
-# members joining and leaving, an Element-style DM, pagination from a new device.
-SCRIPTS=(nio_smoke.py nio_sync.py nio_e2ee.py js/e2ee_backup.mjs js/element_rooms.mjs)
+# members joining and leaving, an Element-style DM, pagination from a new device;
+# js/team.mjs (matrix-js-sdk as Element Web): a DM started from the user directory, a
+# thread reply, an edit, a reaction, a search.
+SCRIPTS=(nio_smoke.py nio_sync.py nio_e2ee.py js/e2ee_backup.mjs js/element_rooms.mjs js/team.mjs)
 SCRIPT_TIMEOUT_S=90  # hard bound per script (each also bounds itself)
 
 SERVER_PID=""

@@ -17,7 +17,15 @@
 //!   (Synapse `user_directory.search_all_users`, Hearth `user_directory.search_all_users`):
 //!   `vs_synapse.sh team` configures that.
 //!
-//! `cargo bench --bench team_load -- push|search|directory --url http://127.0.0.1:8008 [flags]`
+//! - `sliding`: simplified sliding sync (MSC4186, the unstable path Element X uses). One user in
+//!   `--rooms` (200) rooms; the first response of a fresh connection for a 20-room list window
+//!   sorted by recency (Element X's room list: a few state events and the latest event per
+//!   room) → p50 and bytes. Then `--receivers` (20) users long-poll their own connection while
+//!   one member sends `--messages` (30) messages 200 ms apart into a room they share → delivery
+//!   latency from the send's answer to the event in each receiver's response, and lost and
+//!   duplicated deliveries (each event must reach each receiver exactly once).
+//!
+//! `cargo bench --bench team_load -- push|search|directory|sliding --url http://127.0.0.1:8008 [flags]`
 //! (or the URL in `HS_URL`). Only loopback URLs are accepted; the push gateway listens on
 //! 127.0.0.1.
 
@@ -47,6 +55,7 @@ struct Args {
     rooms: usize,
     users: usize,
     queries: usize,
+    receivers: usize,
 }
 
 fn parse_args() -> Args {
@@ -59,6 +68,7 @@ fn parse_args() -> Args {
         rooms: 10,
         users: 10_000,
         queries: 200,
+        receivers: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -71,7 +81,8 @@ fn parse_args() -> Args {
             "--rooms" => args.rooms = value().parse().expect("--rooms N"),
             "--users" => args.users = value().parse().expect("--users N"),
             "--queries" => args.queries = value().parse().expect("--queries N"),
-            "push" | "search" | "directory" => args.scenario = flag,
+            "--receivers" => args.receivers = value().parse().expect("--receivers N"),
+            "push" | "search" | "directory" | "sliding" => args.scenario = flag,
             _ => {} // `cargo bench` adds `--bench`
         }
     }
@@ -105,7 +116,8 @@ fn main() {
         "push" => push(&args),
         "search" => search(&args),
         "directory" => directory(&args),
-        _ => panic!("usage: team_load push|search|directory --url URL"),
+        "sliding" => sliding(&args),
+        _ => panic!("usage: team_load push|search|directory|sliding --url URL"),
     }
 }
 
@@ -540,6 +552,224 @@ fn directory(args: &Args) {
             "directory_search_p99_ms": percentile(&took, 0.99),
         },
         "info": {"register_s": round2(register_s), "hits_per_term": hits},
+    });
+    println!("{line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// sliding
+
+const SLIDING_PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
+/// Element X's room-list request: a window of the rooms by recency, a few state events and
+/// the latest event of each.
+fn room_list_body(conn_id: &str, window: u64) -> Value {
+    json!({
+        "conn_id": conn_id,
+        "lists": {"all_rooms": {
+            "ranges": [[0, window - 1]],
+            "required_state": [["m.room.name", ""], ["m.room.avatar", ""], ["m.room.encryption", ""],
+                               ["m.room.member", "$LAZY"], ["m.room.member", "$ME"], ["m.room.create", ""]],
+            "timeline_limit": 1
+        }},
+        "extensions": {}
+    })
+}
+
+fn sliding_call(agent: &ureq::Agent, url: &str, token: &str, pos: Option<&str>, timeout_ms: u64, body: &Value) -> (u16, Value, usize) {
+    let mut target = format!("{url}{SLIDING_PATH}?timeout={timeout_ms}");
+    if let Some(pos) = pos {
+        target.push_str(&format!("&pos={pos}"));
+    }
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(target)
+        .header("Content-Type", "application/json")
+        .header("Authorization", format!("Bearer {token}"))
+        .body(body.to_string())
+        .expect("request");
+    let mut response = agent.run(request).expect("sliding sync request");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    let bytes = text.len();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null), bytes)
+}
+
+fn sliding(args: &Args) {
+    let url = args.url.as_str();
+    let messages = if args.messages == 0 { 30 } else { args.messages };
+    let rooms = args.rooms;
+    let prefix = format!("tss{}", std::process::id());
+    let a = agent();
+
+    // First response for a user in `rooms` rooms.
+    let owner = register(&a, url, &format!("{prefix}owner"));
+    let setup = Instant::now();
+    thread::scope(|scope| {
+        for t in 0..4usize {
+            let (owner, prefix) = (&owner, &prefix);
+            scope.spawn(move || {
+                let agent = agent();
+                for r in (t..rooms).step_by(4) {
+                    let (status, room) = call(
+                        &agent,
+                        "POST",
+                        &format!("{url}/_matrix/client/v3/createRoom"),
+                        Some(owner),
+                        &json!({"preset": "private_chat", "name": format!("room {r}")}),
+                    );
+                    assert_eq!(status, 200, "createRoom: {room}");
+                    let room = room["room_id"].as_str().unwrap();
+                    let (status, body) = call(
+                        &agent,
+                        "PUT",
+                        &format!("{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{prefix}-{r}", enc(room)),
+                        Some(owner),
+                        &json!({"msgtype": "m.text", "body": format!("hello room {r}")}),
+                    );
+                    assert_eq!(status, 200, "send: {body}");
+                }
+            });
+        }
+    });
+    let setup_s = setup.elapsed().as_secs_f64();
+    let mut first = Vec::new();
+    let mut first_bytes = 0;
+    let mut listed = 0;
+    for run in 0..7 {
+        let t = Instant::now();
+        let (status, body, bytes) = sliding_call(&a, url, &owner, None, 0, &room_list_body(&format!("{prefix}-first-{run}"), 20));
+        let took = t.elapsed();
+        assert_eq!(status, 200, "sliding sync: {body}");
+        if run > 0 {
+            first.push(took); // the first run warms caches
+        }
+        first_bytes = bytes;
+        listed = body["rooms"].as_object().map_or(0, |m| m.len());
+    }
+    first.sort();
+
+    // Delivery to long-polling connections.
+    let receivers = args.receivers;
+    let tokens: Vec<String> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..=receivers)
+            .map(|i| {
+                let prefix = prefix.clone();
+                scope.spawn(move || register(&agent(), url, &format!("{prefix}r{i}")))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let sender = &tokens[receivers];
+    let (status, room) = call(
+        &a,
+        "POST",
+        &format!("{url}/_matrix/client/v3/createRoom"),
+        Some(sender),
+        &json!({"preset": "public_chat", "name": "fanout"}),
+    );
+    assert_eq!(status, 200, "createRoom: {room}");
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    for token in &tokens[..receivers] {
+        let (status, body) = call(&a, "POST", &format!("{url}/_matrix/client/v3/join/{}", enc(&room)), Some(token), &json!({}));
+        assert_eq!(status, 200, "join: {body}");
+    }
+    let sends: Mutex<HashMap<String, Instant>> = Mutex::new(HashMap::new());
+    let done_sending: Mutex<Option<Instant>> = Mutex::new(None);
+    let ready = AtomicUsize::new(0);
+    let tag = format!("{prefix}-fan");
+    let (deliveries, lost, duplicates) = thread::scope(|scope| {
+        let handles: Vec<_> = tokens[..receivers]
+            .iter()
+            .enumerate()
+            .map(|(i, token)| {
+                let (sends, done_sending, ready, tag) = (&sends, &done_sending, &ready, &tag);
+                scope.spawn(move || {
+                    let agent = agent();
+                    let body = room_list_body(&format!("{tag}-{i}"), 20);
+                    let (status, first, _) = sliding_call(&agent, url, token, None, 0, &body);
+                    assert_eq!(status, 200, "sliding sync: {first}");
+                    let mut pos = first["pos"].as_str().expect("pos").to_owned();
+                    ready.fetch_add(1, Ordering::SeqCst);
+                    let mut seen: HashMap<String, usize> = HashMap::new();
+                    let mut arrivals = Vec::new();
+                    let hard_stop = Instant::now() + Duration::from_secs(600);
+                    loop {
+                        let finished = done_sending.lock().unwrap().is_some_and(|at| at.elapsed() > Duration::from_secs(30));
+                        if finished || Instant::now() > hard_stop || seen.len() >= messages {
+                            break;
+                        }
+                        let (status, answer, _) = sliding_call(&agent, url, token, Some(&pos), 30_000, &body);
+                        let now = Instant::now();
+                        assert_eq!(status, 200, "sliding sync: {answer}");
+                        pos = answer["pos"].as_str().expect("pos").to_owned();
+                        for event in answer["rooms"]
+                            .as_object()
+                            .into_iter()
+                            .flat_map(|rooms| rooms.values())
+                            .flat_map(|room| room["timeline"].as_array().into_iter().flatten())
+                        {
+                            let is_ours = event["content"]["body"].as_str().is_some_and(|b| b.starts_with(tag.as_str()));
+                            if let (true, Some(id)) = (is_ours, event["event_id"].as_str()) {
+                                let count = seen.entry(id.to_owned()).or_default();
+                                *count += 1;
+                                if *count == 1 {
+                                    let sent = sends.lock().unwrap().get(id).copied();
+                                    if let Some(sent) = sent {
+                                        arrivals.push(now.saturating_duration_since(sent));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+                    (arrivals, seen.len(), duplicates)
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        while ready.load(Ordering::SeqCst) < receivers && started.elapsed() < Duration::from_secs(60) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        thread::sleep(Duration::from_millis(500)); // let every receiver be in its long-poll
+        let agent = agent();
+        for k in 0..messages {
+            let (status, body) = call(
+                &agent,
+                "PUT",
+                &format!("{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{tag}-{k}", enc(&room)),
+                Some(sender),
+                &json!({"msgtype": "m.text", "body": format!("{tag} {k}")}),
+            );
+            let answered = Instant::now();
+            assert_eq!(status, 200, "send: {body}");
+            sends.lock().unwrap().insert(body["event_id"].as_str().unwrap().to_owned(), answered);
+            thread::sleep(Duration::from_millis(200));
+        }
+        *done_sending.lock().unwrap() = Some(Instant::now());
+        let mut all = Vec::new();
+        let (mut lost, mut duplicates) = (0, 0);
+        for handle in handles {
+            let (arrivals, seen, dups) = handle.join().expect("receiver");
+            all.extend(arrivals);
+            lost += messages.saturating_sub(seen);
+            duplicates += dups;
+        }
+        (all, lost, duplicates)
+    });
+    let mut deliveries = deliveries;
+    deliveries.sort();
+    let line = json!({
+        "scenario": "sliding",
+        "params": {"rooms": rooms, "window": 20, "receivers": receivers, "messages": messages},
+        "metrics": {
+            "ss_first_p50_ms": percentile(&first, 0.5),
+            "ss_first_bytes": first_bytes,
+            "ss_deliver_p50_ms": percentile(&deliveries, 0.5),
+            "ss_deliver_p99_ms": percentile(&deliveries, 0.99),
+        },
+        "checks": {"lost": lost, "duplicates": duplicates},
+        "info": {"setup_s": round2(setup_s), "rooms_in_first_response": listed},
     });
     println!("{line}");
 }

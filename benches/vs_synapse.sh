@@ -9,6 +9,9 @@
 #          push delivery to a gateway inside the load tool; /search latency over 100,000 messages;
 #          /user_directory/search over 10,000 users (benches/team_load.rs). Both servers push to
 #          loopback and search all users; password hashing is made cheap for the setup only.
+#   elementx: simplified sliding sync as Element X uses it: the first response for a user in
+#          200 rooms with a 20-room window, and delivery to 20 long-polling connections
+#          (benches/team_load.rs sliding)
 #   sync:  initial sync of a user in 50 rooms x 100 events, plain and lazy-loading (mxbench
 #          initial-sync); no-op incremental syncs (mxbench incremental); delivery from a send to
 #          20 and to 100 long-polling receivers, with lost/duplicate checks (mxbench fanout)
@@ -16,7 +19,7 @@
 # servers run durable defaults (Hearth syncs the WAL before answering; Synapse SQLite fsyncs
 # each commit), and each scenario runs against Hearth then Synapse. Loopback only.
 #
-# Usage: benches/vs_synapse.sh rooms|sync|media|team [OUT.md]   (QUICK=1 for small sizes)
+# Usage: benches/vs_synapse.sh rooms|sync|media|team|elementx [OUT.md]   (QUICK=1 for small sizes)
 # Needs the shared tools (BENCH_TOOLS, default ../shared/tools/bench): synapse.sh and mxbench.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -128,7 +131,11 @@ team)
     run "search over $SM messages" "$TEAM" search --messages "$SM" --rooms 10
     run "user directory over $DU users" "$TEAM" directory --users "$DU"
     ;;
-*) echo "unknown suite $SUITE (rooms, sync, media or team)" >&2; exit 2 ;;
+elementx)
+    if [ "${QUICK:-0}" = 1 ]; then SR=30 SK=10; else SR=200 SK=30; fi
+    run "sliding sync, $SR rooms, 20 receivers" "$TEAM" sliding --rooms "$SR" --receivers 20 --messages "$SK"
+    ;;
+*) echo "unknown suite $SUITE (rooms, sync, media, team or elementx)" >&2; exit 2 ;;
 esac
 
 log "writing $OUT"
@@ -154,7 +161,8 @@ wanted = ["events_per_s", "joins_per_s", "paginate_total_p50_ms", "send_p50_ms",
           "rss_peak_above_idle_during_1gb_mb", "events_per_s_without_pushers", "events_per_s_with_pushers",
           "push_cost_pct", "push_delivery_p50_ms", "push_delivery_p99_ms", "pushes_expected", "pushes_received",
           "search_p50_ms", "search_p99_ms", "search_rare_p50_ms", "search_medium_p50_ms", "search_common_p50_ms",
-          "search_pair_p50_ms", "search_recent_common_p50_ms", "directory_search_p50_ms", "directory_search_p99_ms"]
+          "search_pair_p50_ms", "search_recent_common_p50_ms", "directory_search_p50_ms", "directory_search_p99_ms",
+          "ss_first_p50_ms", "ss_first_bytes", "ss_deliver_p50_ms", "ss_deliver_p99_ms"]
 suite = sys.argv[3]
 out = [f"# {suite.capitalize()}: Hearth vs Synapse (SQLite), side by side", "",
        f"Run {datetime.datetime.now():%Y-%m-%d %H:%M}; each server pinned to one core (CPU 0), load on CPU 1; durable writes on both.", "",

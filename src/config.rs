@@ -938,4 +938,27 @@ mod tests {
         let c = load_str("listen = \"0.0.0.0:8008\"\n", &[]).unwrap();
         assert_eq!(c.registration, RegistrationMode::Closed);
     }
+
+    #[test]
+    fn public_baseurl_and_oauth_keys() {
+        let c = Config::defaults();
+        assert!(c.oauth.enabled, "Element X needs the OAuth 2.0 API");
+        assert_eq!(c.public_baseurl, None);
+        let c = load_str("[well_known]\nclient = \"https://m.example.org/\"\n", &[]).unwrap();
+        assert_eq!(c.public_baseurl.as_deref(), Some("https://m.example.org"));
+        let c = load_str(
+            "public_baseurl = \"https://hs.example.org/\"\n[well_known]\nclient = \"https://m.example.org\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.public_baseurl.as_deref(), Some("https://hs.example.org"));
+        for bad in ["matrix.example.org", "https://x.org/?a=b", "https://"] {
+            let err = load_str(&format!("public_baseurl = \"{bad}\"\n"), &[]).unwrap_err().0;
+            assert!(err.contains("public_baseurl"), "{err}");
+        }
+        let err = load_str("[oauth]\ncode_lifetime_secs = 0\n", &[]).unwrap_err().0;
+        assert!(err.contains("oauth.code_lifetime_secs"), "{err}");
+        let c = load_str("", &[("HEARTH_OAUTH__ENABLED", "false")]).unwrap();
+        assert!(!c.oauth.enabled);
+    }
 }

@@ -268,6 +268,10 @@ fn oauth_metadata_lists_the_endpoints_on_both_paths() {
     ] {
         let m = c.get(path).ok().clone();
         assert_eq!(m["issuer"], format!("{}/", s.base));
+        // What matrix-rust-sdk (Element X) parses it with.
+        use ruma::api::client::discovery::get_authorization_server_metadata::v1::AuthorizationServerMetadata;
+        let parsed: AuthorizationServerMetadata = serde_json::from_value(m.clone()).expect("ruma parses the metadata");
+        parsed.insecure_validate_urls().unwrap();
         for key in [
             "authorization_endpoint",
             "token_endpoint",

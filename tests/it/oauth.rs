@@ -354,6 +354,20 @@ fn oauth_client_registration_follows_the_metadata_rules() {
     assert!(ok.body["client_id"].is_string());
     assert_eq!(ok.body["grant_types"], json!(["authorization_code", "refresh_token"]));
     assert_eq!(ok.body["token_endpoint_auth_method"], "none");
+    // What Element X registers with.
+    let element_x = register(json!({
+        "client_name": "Element X",
+        "client_uri": "https://element.io",
+        "logo_uri": "https://element.io/mobile-icon.png",
+        "tos_uri": "https://element.io/acceptable-use-policy-terms",
+        "policy_uri": "https://element.io/privacy",
+        "redirect_uris": ["io.element.elementx:/"],
+        "application_type": "native",
+        "token_endpoint_auth_method": "none",
+        "response_types": ["code"],
+        "grant_types": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"],
+    }));
+    assert_eq!(element_x.status, 201, "{}", element_x.text);
 
     let cases = [
         (json!({"redirect_uris": [REDIRECT]}), "invalid_client_metadata"),
@@ -988,8 +1002,8 @@ fn device_poll(c: &Client, client_id: &str, device_code: &str) -> Resp {
     )
 }
 
-/// Signs a browser in on the device page and answers the code.
-fn device_answer(s: &TestServer, user_code: &str, action: &str) -> Resp {
+/// Signs a browser in on the device page of `user_code`; returns it with the page it then sees.
+fn device_sign_in(s: &TestServer, user_code: &str) -> (Browser, Resp) {
     let mut b = Browser::new(&s.base);
     let page_path = format!("/_hearth/account/device?{}", form(&[("user_code", user_code)]));
     let login = b.get(&page_path);
@@ -1004,6 +1018,12 @@ fn device_answer(s: &TestServer, user_code: &str, action: &str) -> Resp {
         ],
     ));
     let page = b.get(&next);
+    (b, page)
+}
+
+/// Signs a browser in on the device page and answers the code.
+fn device_answer(s: &TestServer, user_code: &str, action: &str) -> Resp {
+    let (mut b, page) = device_sign_in(s, user_code);
     assert!(page.text.contains("Allow access?"), "{}", page.text);
     b.post(
         "/_hearth/account/device",
@@ -1060,10 +1080,11 @@ fn oauth_device_grant_pending_approved_denied() {
         "TVDEVICE01"
     );
     expect_oauth_error(&device_poll(&c, &client_id, device_code), "invalid_grant");
-    // The code cannot be answered twice.
-    let mut b = Browser::new(&s.base);
-    let page = b.get("/_hearth/account/login");
-    let _ = page;
+    // The code cannot be answered twice; an unknown code is said to be so.
+    let (_, page) = device_sign_in(&s, user_code);
+    assert!(page.text.contains("unknown or has expired"), "{}", page.text);
+    let (_, page) = device_sign_in(&s, "BCDF-GHJK");
+    assert!(page.text.contains("unknown or has expired"), "{}", page.text);
 
     // Denied.
     let start = device_start(&c, &client_id, "TVDEVICE02");
@@ -1134,4 +1155,96 @@ fn oauth_account_page_lists_and_signs_out_devices() {
     c.login_with("alice", "better-pw", json!({})).ok();
     alice.token = None;
     let _ = alice.login("alice", "better-pw");
+}
+
+#[test]
+fn oauth_native_redirect_uris_private_scheme_and_loopback_any_port() {
+    let s = TestServer::start();
+    let c = s.client();
+    s.user("alice", "secret-pw");
+    let resp = c.post(
+        "/_hearth/oauth2/register",
+        json!({
+            "client_name": "Element X",
+            "client_uri": "https://element.io",
+            "redirect_uris": ["io.element.elementx:/", "http://127.0.0.1/callback"],
+            "application_type": "native",
+            "grant_types": ["authorization_code", "refresh_token"],
+        }),
+    );
+    assert_eq!(resp.status, 201, "{}", resp.text);
+    let client_id = resp.body["client_id"].as_str().unwrap().to_owned();
+    let mut b = Browser::new(&s.base);
+    for (i, redirect) in ["io.element.elementx:/", "http://127.0.0.1:5555/callback"]
+        .into_iter()
+        .enumerate()
+    {
+        let (verifier, challenge) = pkce();
+        let device = format!("NATIVEDEV{i}");
+        let path = format!(
+            "/_hearth/oauth2/authorize?{}",
+            form(&[
+                ("response_type", "code"),
+                ("client_id", &client_id),
+                ("redirect_uri", redirect),
+                ("scope", &scope(&device)),
+                ("state", "st4te"),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+            ])
+        );
+        let consent = location(&b.get(&path));
+        if b.get(&consent).text.contains("<label for=\"password\">") {
+            let login = b.get(&consent);
+            location(&b.post(
+                "/_hearth/account/login",
+                &[
+                    ("csrf", &hidden(&login.text, "csrf")),
+                    ("next", &consent),
+                    ("username", "alice"),
+                    ("password", "secret-pw"),
+                ],
+            ));
+        }
+        let back = consent_allow(&mut b, &consent);
+        assert!(back.starts_with(redirect), "{back}");
+        let code = query_of(&back)["code"].clone();
+        let tokens = token(
+            &c,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", redirect),
+                ("client_id", &client_id),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .ok()
+        .clone();
+        assert_eq!(
+            whoami(&c, tokens["access_token"].as_str().unwrap()).ok()["device_id"],
+            device.as_str()
+        );
+    }
+    // A loopback URI on another path, or https on loopback, is not registered.
+    let (_, challenge) = pkce();
+    for redirect in [
+        "http://127.0.0.1:5555/other",
+        "https://127.0.0.1:5555/callback",
+        "http://localhost:5555/callback",
+    ] {
+        let path = format!(
+            "/_hearth/oauth2/authorize?{}",
+            form(&[
+                ("response_type", "code"),
+                ("client_id", &client_id),
+                ("redirect_uri", redirect),
+                ("scope", &scope("NATIVEDEVX")),
+                ("code_challenge", &challenge),
+                ("code_challenge_method", "S256"),
+            ])
+        );
+        let page = b.get(&path);
+        assert_eq!(page.status, 400, "{redirect}");
+    }
 }

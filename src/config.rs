@@ -116,6 +116,24 @@ pub struct Config {
     pub rate_limit_public_rooms: RateLimit,
     /// The media repository.
     pub media: MediaConfig,
+    /// The public base URL clients reach the server at (`public_baseurl`, else
+    /// `well_known.client`); `None`: taken from each request's `Host` (development only).
+    pub public_baseurl: Option<String>,
+    /// The built-in OAuth 2.0 authorization server.
+    pub oauth: OAuthConfig,
+}
+
+/// The `[oauth]` section, validated.
+#[derive(Clone, Debug)]
+pub struct OAuthConfig {
+    /// OAuth 2.0 API on or off (off: `auth_metadata` answers 404 `M_UNRECOGNIZED`).
+    pub enabled: bool,
+    /// How long an authorization code may be exchanged.
+    pub code_lifetime: Duration,
+    /// How long a device authorization (`device_code`/`user_code`) lives.
+    pub device_code_lifetime: Duration,
+    /// Seconds a device-grant client waits between polls.
+    pub device_poll_interval: Duration,
 }
 
 /// The `[media]` section, validated.
@@ -167,6 +185,28 @@ pub struct RawConfig {
     rooms: RawRooms,
     rate_limits: RawRateLimits,
     media: RawMedia,
+    public_baseurl: Option<String>,
+    oauth: RawOAuth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOAuth {
+    enabled: bool,
+    code_lifetime_secs: u64,
+    device_code_lifetime_secs: u64,
+    device_poll_interval_secs: u64,
+}
+
+impl Default for RawOAuth {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            code_lifetime_secs: 600,
+            device_code_lifetime_secs: 600,
+            device_poll_interval_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,6 +405,8 @@ impl Default for RawConfig {
             rooms: RawRooms::default(),
             rate_limits: RawRateLimits::default(),
             media: RawMedia::default(),
+            public_baseurl: None,
+            oauth: RawOAuth::default(),
         }
     }
 }
@@ -459,6 +501,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "rooms",
     "rate_limits",
     "media",
+    "public_baseurl",
+    "oauth",
 ];
 
 /// Command-line values that win over the file and the environment.
@@ -699,6 +743,40 @@ impl RawConfig {
                 return Err(key_error(key, "per_second must be above 0 and burst at least 1"));
             }
         }
+        let public_baseurl = match &self.public_baseurl {
+            Some(url) => {
+                let ok = (url.starts_with("https://") || url.starts_with("http://"))
+                    && !url.contains(['?', '#'])
+                    && url.split("://").nth(1).is_some_and(|rest| !rest.is_empty());
+                if !ok {
+                    return Err(key_error(
+                        "public_baseurl",
+                        format!("\"{url}\" must be an http(s):// URL without query or fragment"),
+                    ));
+                }
+                Some(url.trim_end_matches('/').to_owned())
+            }
+            None => self
+                .well_known
+                .client
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_owned()),
+        };
+        for (key, value) in [
+            ("oauth.code_lifetime_secs", self.oauth.code_lifetime_secs),
+            ("oauth.device_code_lifetime_secs", self.oauth.device_code_lifetime_secs),
+            ("oauth.device_poll_interval_secs", self.oauth.device_poll_interval_secs),
+        ] {
+            if value == 0 {
+                return Err(key_error(key, "must be at least 1"));
+            }
+        }
+        let oauth = OAuthConfig {
+            enabled: self.oauth.enabled,
+            code_lifetime: Duration::from_secs(self.oauth.code_lifetime_secs),
+            device_code_lifetime: Duration::from_secs(self.oauth.device_code_lifetime_secs),
+            device_poll_interval: Duration::from_secs(self.oauth.device_poll_interval_secs),
+        };
         let signing_key_path = self
             .signing_key_path
             .unwrap_or_else(|| self.database.path.join("signing.key"));
@@ -732,6 +810,8 @@ impl RawConfig {
             rate_limit_key_upload: self.rate_limits.key_upload,
             rate_limit_public_rooms: self.rate_limits.public_rooms,
             media: self.media.validate()?,
+            public_baseurl,
+            oauth,
         })
     }
 }
@@ -857,5 +937,28 @@ mod tests {
         assert_eq!(Config::defaults().registration, RegistrationMode::Open);
         let c = load_str("listen = \"0.0.0.0:8008\"\n", &[]).unwrap();
         assert_eq!(c.registration, RegistrationMode::Closed);
+    }
+
+    #[test]
+    fn public_baseurl_and_oauth_keys() {
+        let c = Config::defaults();
+        assert!(c.oauth.enabled, "Element X needs the OAuth 2.0 API");
+        assert_eq!(c.public_baseurl, None);
+        let c = load_str("[well_known]\nclient = \"https://m.example.org/\"\n", &[]).unwrap();
+        assert_eq!(c.public_baseurl.as_deref(), Some("https://m.example.org"));
+        let c = load_str(
+            "public_baseurl = \"https://hs.example.org/\"\n[well_known]\nclient = \"https://m.example.org\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.public_baseurl.as_deref(), Some("https://hs.example.org"));
+        for bad in ["matrix.example.org", "https://x.org/?a=b", "https://"] {
+            let err = load_str(&format!("public_baseurl = \"{bad}\"\n"), &[]).unwrap_err().0;
+            assert!(err.contains("public_baseurl"), "{err}");
+        }
+        let err = load_str("[oauth]\ncode_lifetime_secs = 0\n", &[]).unwrap_err().0;
+        assert!(err.contains("oauth.code_lifetime_secs"), "{err}");
+        let c = load_str("", &[("HEARTH_OAUTH__ENABLED", "false")]).unwrap();
+        assert!(!c.oauth.enabled);
     }
 }

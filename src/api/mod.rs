@@ -166,6 +166,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::media::preview_url);
 
     t.mount(cfg);
+    // The OAuth 2.0 API: metadata on ruma's paths, form-encoded endpoints and HTML pages as raw
+    // handlers (they answer 404 M_UNRECOGNIZED when `oauth.enabled` is false).
+    client::oauth::configure(cfg);
+    client::oauth_pages::configure(cfg);
     // After the table: actix tries resources in order, and these are all `{variable}` paths
     // (matched by regex), which the literal paths such as `/sync` need not wait for.
     client::media::configure_streaming(cfg);

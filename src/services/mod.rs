@@ -9,6 +9,7 @@ pub mod directory;
 pub mod events;
 pub mod keys;
 pub mod media;
+pub mod oauth;
 pub mod passwords;
 pub mod presence;
 pub mod profile;
@@ -77,6 +78,8 @@ pub struct Services {
     pub keys: keys::Keys,
     /// Server-side key backup.
     pub key_backup: keys::backup::KeyBackup,
+    /// The OAuth 2.0 authorization server (clients, codes, device grants, browser sessions).
+    pub oauth: oauth::OAuth,
 }
 
 impl Services {
@@ -104,6 +107,7 @@ impl Services {
         )?;
         let accounts = accounts::Accounts::new(Arc::clone(&db), Arc::clone(&config))?;
         let sessions = sessions::Sessions::new(Arc::clone(&db), Arc::clone(&config));
+        let oauth = oauth::OAuth::new(Arc::clone(&db), Arc::clone(&config));
         let registration = registration::Registration::new(Arc::clone(&db), config.registration);
         let profile = profile::Profiles::new(Arc::clone(&db));
         let notifier = Arc::clone(rooms.notifier());
@@ -146,6 +150,7 @@ impl Services {
             presence,
             keys,
             key_backup,
+            oauth,
         }))
     }
 }

@@ -247,6 +247,23 @@ impl Sessions {
         Ok(grant)
     }
 
+    /// The user and device an access or refresh token belongs to (for OAuth 2.0 token
+    /// revocation), whether or not the access token has expired.
+    pub fn token_owner(&self, token: &str) -> Result<Option<(OwnedUserId, String)>> {
+        let hash = util::sha256(token.as_bytes());
+        let owner = match self.table.access(&hash)? {
+            Some(record) => Some((record.user_id, record.device_id)),
+            None => self.table.refresh(&hash)?.map(|r| (r.user_id, r.device_id)),
+        };
+        owner
+            .map(|(user, device)| {
+                OwnedUserId::try_from(user)
+                    .map(|user| (user, device))
+                    .map_err(|e| Error::internal(format!("stored user id: {e}")))
+            })
+            .transpose()
+    }
+
     fn queue_retire_superseded(&self, batch: &mut Batch, user_id: &str, device_id: &str) -> Result<()> {
         if let Some(mut device) = self.table.get(user_id, device_id)?
             && let Some(pair) = device.superseded.take()

@@ -50,6 +50,9 @@ pub const TOKENHASH_REFRESH: &str = "tokenhash_refresh";
 pub const USERROOMTYPE_ACCOUNTDATA: &str = "userroomtype_accountdata";
 /// registration token → postcard `RegistrationTokenRecord`.
 pub const TOKEN_REGISTRATION: &str = "token_registration";
+/// OAuth client id → postcard `OAuthClientRecord` (the client's registered metadata as JSON
+/// text, its redirect URIs, registration time).
+pub const CLIENTID_OAUTHCLIENT: &str = "clientid_oauthclient";
 
 /// event id → u64 short event id.
 pub const EVENTID_SHORTEVENTID: &str = "eventid_shorteventid";
@@ -156,6 +159,7 @@ pub const TABLES: &[TableDef] = &[
     small(TOKENHASH_REFRESH),
     small(USERROOMTYPE_ACCOUNTDATA),
     small(TOKEN_REGISTRATION),
+    small(CLIENTID_OAUTHCLIENT),
     small(EVENTID_SHORTEVENTID),
     small(SHORTEVENTID_EVENTID),
     small(ROOMID_SHORTROOMID),

@@ -10,6 +10,9 @@
 //           encrypted messages decrypt again
 //   verify  a second session of Alice verifies itself against the first by emoji; both see
 //           their devices verified
+//   oauth   (standalone: needs no Element Web bundle) Hearth's own OAuth 2.0 pages: a client
+//           asks for prompt=create, the user signs up and consents, the browser is redirected
+//           with a code that the client exchanges for a working access token (oauth_signup.mjs)
 import {
     Fatal,
     LONG,
@@ -33,6 +36,7 @@ import {
     waitUntil,
     withClient,
 } from "./element.mjs";
+import { oauthSignup } from "./oauth_signup.mjs";
 
 const PASSWORD = "correct horse battery staple 7";
 
@@ -291,4 +295,10 @@ export const flows = [
     { name: "image", title: "a picture sent into the encrypted room shows for the other user", fn: image },
     { name: "backup", title: "Secure Backup, sign out, sign in with the recovery key, old messages decrypt", fn: backup },
     { name: "verify", title: "a second session verifies itself against the first by emoji", fn: verify },
+    {
+        name: "oauth",
+        title: "OAuth 2.0: sign up on Hearth's pages, consent, redirect with a code, token works",
+        fn: oauthSignup,
+        standalone: true,
+    },
 ];

@@ -10,8 +10,9 @@
 //   HEARTH_BROWSER_JS    the directory whose node_modules holds playwright-core
 //   CHROMIUM             the browser (default /usr/bin/chromium)
 //   BROWSER_TEST_TIMEOUT_S  bound per test (default 300); BROWSER_RUN_TIMEOUT_S  bound on the run
-//   BROWSER_TESTS        comma-separated flow names to run (default: all)
-// `node runner.mjs --list` prints the flow names and exits.
+//   BROWSER_TESTS        comma-separated flow names to run (default: all; without ELEMENT_WEB_DIR,
+//                        all the `standalone` flows, which need no Element Web bundle)
+// `node runner.mjs --list` prints the flow names and exits; `--list-standalone` the standalone ones.
 //
 // Every request the browser makes to anything but the Element and Hearth origins is aborted
 // (and listed), and Chromium's resolver maps every other host to nothing as well, so no
@@ -24,6 +25,10 @@ import { serveBundle } from "./static-server.mjs";
 
 if (process.argv.includes("--list")) {
     console.log(flows.map((f) => f.name).join(" "));
+    process.exit(0);
+}
+if (process.argv.includes("--list-standalone")) {
+    console.log(flows.filter((f) => f.standalone).map((f) => f.name).join(" "));
     process.exit(0);
 }
 
@@ -39,9 +44,10 @@ const selected = env("BROWSER_TESTS", "")
     .split(",")
     .map((s) => s.trim())
     .filter(Boolean);
-const toRun = selected.length ? flows.filter((f) => selected.includes(f.name)) : flows;
+const runnable = ELEMENT_WEB_DIR ? flows : flows.filter((f) => f.standalone);
+const toRun = selected.length ? runnable.filter((f) => selected.includes(f.name)) : runnable;
 if (selected.length && toRun.length !== selected.length) {
-    console.error(`browser: unknown test in BROWSER_TESTS=${selected.join(",")}; known: ${flows.map((f) => f.name).join(", ")}`);
+    console.error(`browser: unknown test in BROWSER_TESTS=${selected.join(",")}; known: ${runnable.map((f) => f.name).join(", ")}` + (ELEMENT_WEB_DIR ? "" : " (the others need ELEMENT_WEB_DIR)"));
     process.exit(2);
 }
 
@@ -122,10 +128,12 @@ const allBlocked = new Set();
 async function main() {
     const require = createRequire(path.join(env("HEARTH_BROWSER_JS", "."), "package.json"));
     const { chromium } = require("playwright-core");
-    const web = await serveBundle(ELEMENT_WEB_DIR, elementConfig());
+    // Without a bundle only the standalone flows run, and no Element origin exists.
+    const web = ELEMENT_WEB_DIR ? await serveBundle(ELEMENT_WEB_DIR, elementConfig()) : null;
     const hsOrigin = new URL(HS_URL).origin;
-    const allowed = (u) => u.origin === web.url || u.origin === hsOrigin || u.protocol === "data:" || u.protocol === "blob:";
-    say(`element web ${ELEMENT_WEB_DIR} served at ${web.url}, hearth at ${HS_URL}`);
+    const allowed = (u) =>
+        (web && u.origin === web.url) || u.origin === hsOrigin || u.protocol === "data:" || u.protocol === "blob:";
+    say(web ? `element web ${ELEMENT_WEB_DIR} served at ${web.url}, hearth at ${HS_URL}` : `no Element Web bundle, hearth at ${HS_URL}`);
 
     const browser = await chromium.launch({
         executablePath: env("CHROMIUM", "/usr/bin/chromium"),
@@ -151,11 +159,11 @@ async function main() {
                 record(flow, false, "not started: the run's time bound was reached", 0);
                 continue;
             }
-            await runOne(browser, flow, web.url, allowed);
+            await runOne(browser, flow, web?.url, allowed);
         }
     } finally {
         await browser.close().catch(() => {});
-        await web.close();
+        await web?.close();
     }
 }
 

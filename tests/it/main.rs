@@ -26,6 +26,8 @@ mod http_layer;
 mod limits;
 /// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.
 mod media;
+/// The OAuth 2.0 API: metadata, client registration, code and device grants, sign-in pages.
+mod oauth;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
 /// Room upgrades.

@@ -13,6 +13,8 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod message;
+pub mod oauth;
+pub mod oauth_pages;
 pub mod presence;
 pub mod profile;
 pub mod push_rules;

@@ -14,6 +14,7 @@ pub mod media;
 pub mod membership;
 pub mod pdus;
 pub mod registration_tokens;
+pub mod relations;
 pub mod reports;
 pub mod shortids;
 pub mod state;

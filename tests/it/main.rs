@@ -26,6 +26,8 @@ mod http_layer;
 mod limits;
 /// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.
 mod media;
+/// Event relationships: `/relations`, bundled aggregations, `/threads`, per-thread unread counts.
+mod relations;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
 /// Room upgrades.

@@ -378,11 +378,20 @@ impl Ctx<'_> {
         if members_changed {
             joined.summary = self.summary(room_id)?;
         }
-        let (notify, highlight) = self.services.unread_counts(room_id, self.user_id, self.up_to)?;
-        let mut unread = UnreadNotificationsCount::new();
-        unread.highlight_count = Some(UInt::try_from(highlight).unwrap_or(UInt::MAX));
-        unread.notification_count = Some(UInt::try_from(notify).unwrap_or(UInt::MAX));
-        joined.unread_notifications = unread;
+        let counts = |(notify, highlight): (u64, u64)| {
+            let mut unread = UnreadNotificationsCount::new();
+            unread.highlight_count = Some(UInt::try_from(highlight).unwrap_or(UInt::MAX));
+            unread.notification_count = Some(UInt::try_from(notify).unwrap_or(UInt::MAX));
+            unread
+        };
+        if self.filter.room.timeline.unread_thread_notifications {
+            // Thread events count per thread, apart from the main timeline's.
+            let (main, threads) = self.services.unread_thread_counts(room_id, self.user_id, self.up_to)?;
+            joined.unread_notifications = counts(main);
+            joined.unread_thread_notifications = threads.into_iter().map(|(root, c)| (root, counts(c))).collect();
+        } else {
+            joined.unread_notifications = counts(self.services.unread_counts(room_id, self.user_id, self.up_to)?);
+        }
         Ok(Some(joined))
     }
 

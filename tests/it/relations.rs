@@ -467,6 +467,14 @@ fn thread_notifications_are_counted_per_thread_and_cleared_by_threaded_receipts(
     thread_reply(&bob, &room, "t1", &root, "one");
     let t2 = thread_reply(&bob, &room, "t2", &root, "two");
     let main = send(&bob, &room, "m", "main");
+    // A reference to a thread event is in that thread.
+    let about = send_event(
+        &bob,
+        &room,
+        "m.room.message",
+        "r",
+        related("about two", "m.reference", &t2),
+    );
 
     let threaded = enc(r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#);
     let counts = |filter: Option<&str>| -> Value {
@@ -478,13 +486,13 @@ fn thread_notifications_are_counted_per_thread_and_cleared_by_threaded_receipts(
         sync["rooms"]["join"][&room].clone()
     };
     let plain = counts(None);
-    assert_eq!(plain["unread_notifications"]["notification_count"], 3);
+    assert_eq!(plain["unread_notifications"]["notification_count"], 4);
     assert!(plain.get("unread_thread_notifications").is_none());
     let per_thread = counts(Some(&threaded));
     assert_eq!(per_thread["unread_notifications"]["notification_count"], 1);
     assert_eq!(
         per_thread["unread_thread_notifications"][&root]["notification_count"],
-        2
+        3
     );
     assert_eq!(per_thread["unread_thread_notifications"][&root]["highlight_count"], 0);
 
@@ -497,6 +505,13 @@ fn thread_notifications_are_counted_per_thread_and_cleared_by_threaded_receipts(
             .ok();
     };
     receipt(&t2, &root);
+    let per_thread = counts(Some(&threaded));
+    assert_eq!(per_thread["unread_notifications"]["notification_count"], 1);
+    assert_eq!(
+        per_thread["unread_thread_notifications"][&root]["notification_count"],
+        1
+    );
+    receipt(&about, &root);
     let per_thread = counts(Some(&threaded));
     assert_eq!(per_thread["unread_notifications"]["notification_count"], 1);
     assert!(per_thread.get("unread_thread_notifications").is_none(), "{per_thread}");

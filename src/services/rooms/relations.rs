@@ -132,6 +132,29 @@ impl Rooms {
         Ok(self.relations.queue_put(batch, room, parent, position, &relation)?)
     }
 
+    /// The thread an event is in (spec "Threaded read receipts"): the root of its `m.thread`
+    /// relation, or of the first one found following its relations up to three hops; `None`
+    /// for the main timeline (thread roots and their other children included).
+    pub fn thread_of(&self, pdu: &Pdu) -> Result<Option<OwnedEventId>> {
+        let mut relation = relates_to(&pdu.content);
+        for hop in 0..3 {
+            let Some((rel_type, parent)) = relation else {
+                return Ok(None);
+            };
+            if rel_type == "m.thread" {
+                return Ok(Some(parent));
+            }
+            if hop == 2 {
+                break;
+            }
+            relation = match self.event(&parent)? {
+                Some(parent) => relates_to(&parent.content),
+                None => None,
+            };
+        }
+        Ok(None)
+    }
+
     /// Indexes the relations of events stored before the index existed: once, at start, when
     /// the index is not marked complete (nothing is written concurrently then).
     pub(super) fn index_relations(&self) -> Result<()> {
@@ -492,9 +515,90 @@ fn valid_edit(original: &Pdu, edit: &Pdu) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::value::RawValue;
+    use ruma::{CanonicalJsonValue, UserId};
+    use serde_json::{json, value::RawValue};
 
     use super::relates_to;
+    use crate::{
+        services::{
+            Services,
+            rooms::{NewEvent, create::Preset, tests::named_room},
+        },
+        storage::schema::{GLOBAL, ROOMPARENTPOS_RELATION, ROOMPOS_THREADROOT, SHORTEVENTID_HASRELATIONS},
+    };
+
+    fn message(content: serde_json::Value) -> NewEvent<'static> {
+        let Ok(CanonicalJsonValue::Object(content)) = CanonicalJsonValue::try_from(content) else {
+            unreachable!()
+        };
+        NewEvent {
+            kind: "m.room.message",
+            state_key: None,
+            content,
+            redacts: None,
+            txn: None,
+            origin_server_ts: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_stored_before_the_index_are_indexed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 1 << 20);
+        let rooms = &services.rooms;
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room = rooms
+            .create_room(&alice, named_room("r", Preset::PrivateChat, false))
+            .await
+            .unwrap();
+        let root = rooms
+            .append(&room, &alice, message(json!({"body": "root"})))
+            .await
+            .unwrap();
+        let relates = json!({"rel_type": "m.thread", "event_id": root.event_id});
+        let reply = rooms
+            .append(
+                &room,
+                &alice,
+                message(json!({"body": "reply", "m.relates_to": relates})),
+            )
+            .await
+            .unwrap();
+        let short_room = rooms.ids.room(room.as_str()).unwrap().unwrap();
+        let short_root = rooms.ids.event(root.event_id.as_str()).unwrap().unwrap();
+        let short_reply = rooms.ids.event(reply.event_id.as_str()).unwrap().unwrap();
+        let listed = || {
+            rooms
+                .relations
+                .children(short_room, short_root, (0, u64::MAX), false, 10)
+                .unwrap()
+        };
+        assert_eq!(listed().len(), 1);
+        // As a database written before the index existed: no entries and no mark.
+        let mut batch = rooms.db.batch();
+        for table in [ROOMPARENTPOS_RELATION, SHORTEVENTID_HASRELATIONS, ROOMPOS_THREADROOT] {
+            batch.delete_range(table, &[], &[0xFF; 32]);
+        }
+        batch.delete(GLOBAL, b"relations_indexed");
+        batch.commit_blocking().unwrap();
+        assert!(listed().is_empty());
+        assert!(!rooms.relations.indexed().unwrap());
+
+        rooms.index_relations().unwrap();
+        let listed = listed();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].0, listed[0].1.child), (reply.position, short_reply));
+        assert_eq!(listed[0].1.rel_type, "m.thread");
+        assert_eq!(
+            rooms.relations.have_children(&[short_root, short_reply]).unwrap(),
+            [true, false]
+        );
+        assert_eq!(
+            rooms.relations.thread_replies(short_room, (0, u64::MAX), 10).unwrap(),
+            [(reply.position, short_root)]
+        );
+        assert!(rooms.relations.indexed().unwrap());
+    }
 
     #[test]
     fn relates_to_needs_a_rel_type_and_an_event_id() {

@@ -1,6 +1,7 @@
 //! Unread notification counts per thread for /sync, when the timeline filter asks for them
 //! with `unread_thread_notifications` (spec "Receiving notifications" and "Threaded read
-//! receipts"): an event of a thread (`m.thread` relation) counts in
+//! receipts"): an event of a thread (an `m.thread` relation, or a relation to an event of a
+//! thread, three hops at most) counts in
 //! `unread_thread_notifications[root]` after that thread's read receipts; every other event
 //! counts in the room's `unread_notifications` after the `main` receipts; unthreaded receipts
 //! (and the user's own membership) bound both.
@@ -15,10 +16,7 @@ use futures_util::FutureExt;
 use ruma::{OwnedEventId, RoomId, UInt, UserId, events::StateEventType, push::PushConditionRoomCtx, serde::Raw};
 
 use super::unread::SCAN_LIMIT;
-use crate::{
-    Result,
-    services::{Services, rooms::relations::relates_to},
-};
+use crate::{Result, services::Services};
 
 /// (notification count, highlight count).
 pub type Counts = (u64, u64);
@@ -66,9 +64,7 @@ impl Services {
         let rules = self.unread_rules(user_id)?;
         let mut thread_read: HashMap<OwnedEventId, u64> = HashMap::new();
         for (position, pdu) in events.iter().filter(|(_, p)| p.sender != user_id) {
-            let root = relates_to(&pdu.content)
-                .filter(|(rel_type, _)| rel_type == "m.thread")
-                .map(|(_, root)| root);
+            let root = rooms.thread_of(pdu)?;
             let read = match &root {
                 None => main_read,
                 Some(root) => match thread_read.get(root) {

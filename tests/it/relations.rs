@@ -519,11 +519,21 @@ fn thread_notifications_are_counted_per_thread_and_cleared_by_threaded_receipts(
     let per_thread = counts(Some(&threaded));
     assert_eq!(per_thread["unread_notifications"]["notification_count"], 0);
     // A new thread event counts again, in its thread only.
-    thread_reply(&bob, &room, "t3", &root, "three");
+    let t3 = thread_reply(&bob, &room, "t3", &root, "three");
     let per_thread = counts(Some(&threaded));
     assert_eq!(per_thread["unread_notifications"]["notification_count"], 0);
     assert_eq!(
         per_thread["unread_thread_notifications"][&root]["notification_count"],
         1
     );
+    // An unthreaded receipt reads every thread.
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&t3)),
+            json!({}),
+        )
+        .ok();
+    let per_thread = counts(Some(&threaded));
+    assert_eq!(per_thread["unread_notifications"]["notification_count"], 0);
+    assert!(per_thread.get("unread_thread_notifications").is_none(), "{per_thread}");
 }

@@ -131,7 +131,7 @@ fn relations_are_listed_by_type_and_paged_both_ways() {
     let threads = alice.get(&relations_path(&room, &root, "/m.thread", ""));
     assert_eq!(ids(&threads.ok()["chunk"]), [custom.clone(), t2.clone(), t1.clone()]);
     let typed = alice.get(&relations_path(&room, &root, "/m.thread/org.example.custom", ""));
-    assert_eq!(ids(&typed.ok()["chunk"]), [custom.clone()]);
+    assert_eq!(ids(&typed.ok()["chunk"]), std::slice::from_ref(&custom));
     let typed = alice.get(&relations_path(&room, &root, "/m.thread/m.room.message", "dir=f"));
     assert_eq!(ids(&typed.ok()["chunk"]), [t1.clone(), t2.clone()]);
     let none = alice.get(&relations_path(&room, &root, "/m.annotation", ""));
@@ -206,7 +206,7 @@ fn recursion_follows_relations_three_deep() {
     );
 
     let flat = alice.get(&relations_path(&room, &root, "", ""));
-    assert_eq!(ids(&flat.ok()["chunk"]), [reply.clone()]);
+    assert_eq!(ids(&flat.ok()["chunk"]), std::slice::from_ref(&reply));
     let deep = alice.get(&relations_path(&room, &root, "", "recurse=true"));
     assert_eq!(
         ids(&deep.ok()["chunk"]),
@@ -232,7 +232,7 @@ fn a_late_joiner_sees_only_the_thread_events_history_shows_them() {
     let late = thread_reply(&alice, &room, "t2", &root, "after bob");
 
     let seen = bob.get(&relations_path(&room, &root, "", ""));
-    assert_eq!(ids(&seen.ok()["chunk"]), [late.clone()]);
+    assert_eq!(ids(&seen.ok()["chunk"]), std::slice::from_ref(&late));
     let all = alice.get(&relations_path(&room, &root, "", ""));
     assert_eq!(ids(&all.ok()["chunk"]), [late.clone(), early.clone()]);
     // An event he may not see is no parent for him.
@@ -332,6 +332,17 @@ fn threads_and_references_are_summarised_and_checked() {
     assert_eq!(bundled["m.thread"]["current_user_participated"], false);
     assert_eq!(relations(&bob)["m.thread"]["current_user_participated"], true);
     assert_eq!(relations(&alice)["m.thread"]["current_user_participated"], true);
+    // A redacted child has lost its relation: not counted, not listed.
+    let third = thread_reply(&bob, &room, "t3", &root, "three");
+    assert_eq!(relations(&carol)["m.thread"]["count"], 3);
+    redact(&bob, &room, "x3", &third);
+    assert_eq!(relations(&carol)["m.thread"]["count"], 2);
+    assert_eq!(
+        relations(&carol)["m.thread"]["latest_event"]["event_id"],
+        latest.as_str()
+    );
+    let listed = carol.get(&relations_path(&room, &root, "/m.thread", ""));
+    assert!(!ids(&listed.ok()["chunk"]).contains(&third));
     // Ignoring bob hides his children from carol's aggregations.
     carol
         .put(
@@ -393,7 +404,10 @@ fn threads_are_listed_by_latest_activity() {
         ids(&list(&bob, "include=participated")["chunk"]),
         [a.clone(), b.clone()]
     );
-    assert_eq!(ids(&list(&carol, "include=participated")["chunk"]), [c.clone()]);
+    assert_eq!(
+        ids(&list(&carol, "include=participated")["chunk"]),
+        std::slice::from_ref(&c)
+    );
     // Paging.
     let (mut seen, mut from) = (Vec::new(), String::new());
     for _ in 0..10 {
@@ -453,7 +467,7 @@ fn aggregations_are_bundled_wherever_events_are_served() {
     let sync = alice.get("/_matrix/client/v3/sync?timeout=0").ok().clone();
     check(find(&sync["rooms"]["join"][&room]["timeline"]["events"]));
     let relations = alice.get(&relations_path(&room, &root, "", ""));
-    assert_eq!(ids(&relations.ok()["chunk"]), [reply.clone()]);
+    assert_eq!(ids(&relations.ok()["chunk"]), std::slice::from_ref(&reply));
 }
 
 #[test]

@@ -376,8 +376,13 @@ impl Rooms {
         for _ in 0..levels {
             let mut next = Vec::new();
             for parent in parents {
+                // At most MAX_CHILDREN candidates in all, however wide the tree.
+                let room_left = MAX_CHILDREN.saturating_sub(candidates.len());
+                if room_left == 0 {
+                    break;
+                }
                 let range = if query.recurse { (0, up_to) } else { (after, until) };
-                for (position, relation) in self.relations.children(room, parent, range, false, MAX_CHILDREN)? {
+                for (position, relation) in self.relations.children(room, parent, range, false, room_left)? {
                     next.push(relation.child);
                     candidates.push((position, relation));
                 }

@@ -165,8 +165,11 @@ fn relations_are_listed_by_type_and_paged_both_ways() {
             .get(&relations_path(&room, &root, "", bad))
             .expect_err(400, "M_INVALID_PARAM");
     }
-    let r = alice.get(&relations_path(&room, &root, "", "limit=many"));
-    assert_eq!(r.status, 400, "{:?}", r.body);
+    for bad in ["limit=many", "limit=-1", "dir=sideways", "recurse=maybe"] {
+        let r = alice.get(&relations_path(&room, &root, "", bad));
+        assert_eq!(r.status, 400, "{bad}: {:?}", r.body);
+        assert!(r.errcode().starts_with("M_"), "{bad}: {:?}", r.body);
+    }
     alice
         .get(&relations_path(&room, "$nope:localhost", "", ""))
         .expect_err(404, "M_NOT_FOUND");
@@ -518,6 +521,15 @@ fn thread_notifications_are_counted_per_thread_and_cleared_by_threaded_receipts(
             )
             .ok();
     };
+    // A threaded receipt must name an event of its thread.
+    for (event, thread) in [(&main, root.as_str()), (&t2, "main")] {
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(event)),
+                json!({"thread_id": thread}),
+            )
+            .expect_err(400, "M_INVALID_PARAM");
+    }
     receipt(&t2, &root);
     let per_thread = counts(Some(&threaded));
     assert_eq!(per_thread["unread_notifications"]["notification_count"], 1);

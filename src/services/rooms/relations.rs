@@ -155,6 +155,23 @@ impl Rooms {
         Ok(None)
     }
 
+    /// Whether a threaded receipt for `thread` (`main` or a root's id) may name `event_id`
+    /// (receipts.yaml: 400 when "the `event_id` is not related to the `thread_id`"): an
+    /// event of the main timeline for `main`; for a thread, its root, an event of it, or an
+    /// event relating to the root (as Synapse). An unknown event passes (the caller's 404).
+    pub fn in_thread(&self, event_id: &EventId, thread: &str) -> Result<bool> {
+        let Some(pdu) = self.event(event_id)? else {
+            return Ok(true);
+        };
+        let of = self.thread_of(&pdu)?;
+        if thread == "main" {
+            return Ok(of.is_none());
+        }
+        Ok(event_id.as_str() == thread
+            || of.is_some_and(|root| root.as_str() == thread)
+            || relates_to(&pdu.content).is_some_and(|(_, parent)| parent.as_str() == thread))
+    }
+
     /// Indexes the relations of events stored before the index existed: once, at start, when
     /// the index is not marked complete (nothing is written concurrently then).
     pub(super) fn index_relations(&self) -> Result<()> {

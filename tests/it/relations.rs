@@ -411,6 +411,20 @@ fn threads_are_listed_by_latest_activity() {
         ids(&list(&carol, "include=participated")["chunk"]),
         std::slice::from_ref(&c)
     );
+    // The thread of an ignored user is listed with its root redacted.
+    carol
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                enc(&carol.uid())
+            ),
+            json!({"ignored_users": {bob.uid(): {}}}),
+        )
+        .ok();
+    let ignoring = list(&carol, "");
+    assert_eq!(ids(&ignoring["chunk"]), [a.clone(), c.clone(), b.clone()]);
+    assert_eq!(ignoring["chunk"][2]["content"], json!({}));
+    assert_eq!(ignoring["chunk"][0]["content"]["body"], "thread a");
     // Paging.
     let (mut seen, mut from) = (Vec::new(), String::new());
     for _ in 0..10 {

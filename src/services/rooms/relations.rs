@@ -508,6 +508,11 @@ impl Rooms {
                 if participated && !took_part {
                     continue;
                 }
+                // The root of an ignored user is shown redacted (threads_list.yaml), as a
+                // client aggregating the thread itself would have it.
+                if reader.ignored.contains(&pdu.sender) {
+                    pdu = self.content_redacted(pdu)?;
+                }
                 page.push(pdu);
                 if page.len() == limit.max(1) {
                     return Ok((page, (high > 0).then_some(high)));
@@ -518,6 +523,19 @@ impl Rooms {
             }
         }
         Ok((page, Some(high)))
+    }
+}
+
+impl Rooms {
+    /// An event with its content redacted by its room version's rules (no redaction event).
+    fn content_redacted(&self, mut pdu: Pdu) -> Result<Pdu> {
+        let version = self.room_version(&pdu.room()?)?.unwrap_or(ruma::RoomVersionId::V1);
+        let rules = crate::services::events::rules(&version)?;
+        let mut content = pdu.content_object()?;
+        ruma::canonical_json::redact_content_in_place(&mut content, &rules.redaction, pdu.kind.to_string());
+        pdu.content = serde_json::value::RawValue::from_string(ruma::CanonicalJsonValue::Object(content).to_string())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        Ok(pdu)
     }
 }
 

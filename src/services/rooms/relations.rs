@@ -27,7 +27,8 @@ use crate::{
     storage::{Batch, tables::relations::Relation},
 };
 
-/// Most children of one parent read for an aggregation or a `/relations` answer.
+/// Most children of one parent read for an aggregation (the newest) or a `/relations` answer
+/// (from where the page starts).
 pub const MAX_CHILDREN: usize = 10_000;
 /// How deep `/relations?recurse=true` follows relations of relations (as Synapse).
 pub const RECURSION_DEPTH: u64 = 3;
@@ -288,7 +289,9 @@ impl Rooms {
             let Some(room) = self.ids.room(pdu.room()?.as_str())? else {
                 continue;
             };
-            let children = self.visible_children(reader, room, short, (0, u64::MAX), false)?;
+            // The newest MAX_CHILDREN, oldest first.
+            let mut children = self.visible_children(reader, room, short, (0, u64::MAX), true)?;
+            children.reverse();
             let aggregations = self.aggregate(reader, pdu, children, depth)?;
             if !aggregations.is_empty() {
                 pdu.unsigned_extra
@@ -399,7 +402,11 @@ impl Rooms {
                     break;
                 }
                 let range = if query.recurse { (0, up_to) } else { (after, until) };
-                for (position, relation) in self.relations.children(room, parent, range, false, room_left)? {
+                // Read from the end the page starts at, so a capped read keeps what it needs.
+                let children = self
+                    .relations
+                    .children(room, parent, range, query.backwards, room_left)?;
+                for (position, relation) in children {
                     next.push(relation.child);
                     candidates.push((position, relation));
                 }
@@ -475,12 +482,7 @@ impl Rooms {
                     continue;
                 }
                 // Only at its latest reply (an earlier page had it when that is later).
-                let latest = self
-                    .relations
-                    .children(room, root, (0, u64::MAX), true, MAX_CHILDREN)?
-                    .into_iter()
-                    .find(|(_, r)| r.rel_type == "m.thread")
-                    .map(|(p, _)| p);
+                let latest = self.latest_thread_reply(room, root)?;
                 if latest != Some(position) {
                     continue;
                 }
@@ -527,6 +529,22 @@ impl Rooms {
 }
 
 impl Rooms {
+    /// The position of the latest reply of the thread `root` (its newest `m.thread` child):
+    /// among its 64 newest children, else its newest [`MAX_CHILDREN`].
+    fn latest_thread_reply(&self, room: u64, root: u64) -> Result<Option<u64>> {
+        for limit in [64, MAX_CHILDREN] {
+            let children = self.relations.children(room, root, (0, u64::MAX), true, limit)?;
+            let read = children.len();
+            if let Some((position, _)) = children.into_iter().find(|(_, r)| r.rel_type == "m.thread") {
+                return Ok(Some(position));
+            }
+            if read < limit {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
     /// An event with its content redacted by its room version's rules (no redaction event).
     fn content_redacted(&self, mut pdu: Pdu) -> Result<Pdu> {
         let version = self.room_version(&pdu.room()?)?.unwrap_or(ruma::RoomVersionId::V1);

@@ -77,6 +77,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::room::get_message_events);
     t.add(LimitClass::Client, client::room::get_context);
     t.add(LimitClass::Client, client::room::get_event_by_timestamp);
+    t.add(LimitClass::Client, client::relations::get_relating_events);
+    t.add(LimitClass::Client, client::relations::get_relating_events_with_rel_type);
+    t.add(
+        LimitClass::Client,
+        client::relations::get_relating_events_with_rel_type_and_event_type,
+    );
+    t.add(LimitClass::Client, client::relations::get_threads);
     t.add(LimitClass::Client, client::room_upgrade::upgrade_room);
     t.add(LimitClass::Message, client::message::send_message_event);
     t.add(LimitClass::Message, client::message::redact_event);

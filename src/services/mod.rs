@@ -70,6 +70,8 @@ pub struct Services {
     pub receipts: receipts::Receipts,
     /// Unread notification counts, cached per room and user.
     pub unread: sync::unread::UnreadCache,
+    /// Unread counts per thread (`sync::thread_unread`).
+    pub thread_unread: sync::thread_unread::ThreadUnreadCache,
     /// Lazy-loaded members already sent, per device and room.
     pub lazy_members: sync::lazy::SentMembers,
     /// Presence (in memory).
@@ -146,6 +148,7 @@ impl Services {
             typing,
             receipts,
             unread: sync::unread::UnreadCache::default(),
+            thread_unread: Default::default(),
             lazy_members: sync::lazy::SentMembers::default(),
             presence,
             keys,

@@ -100,6 +100,22 @@ impl Receipts {
         Ok(marks)
     }
 
+    /// The events the user's own read receipts (`m.read`, `m.read.private`) in one thread
+    /// point at: `thread` is a thread root's id, `main`, or empty for unthreaded receipts.
+    pub fn read_marks_in(&self, room_id: &RoomId, user_id: &UserId, thread: &str) -> Result<Vec<OwnedEventId>> {
+        let mut marks = Vec::new();
+        for kind in ["m.read", READ_PRIVATE] {
+            let item = codec::key(&[user_id.as_bytes(), kind.as_bytes(), thread.as_bytes()]);
+            if let Some(entry) = self.stream.get(room_id.as_str(), &item)?
+                && let Ok(stored) = serde_json::from_slice::<Stored>(&entry.value)
+                && let Ok(event_id) = OwnedEventId::try_from(stored.event_id)
+            {
+                marks.push(event_id);
+            }
+        }
+        Ok(marks)
+    }
+
     /// The `m.receipt` event content for receipts of the room that `viewer` may see, moved
     /// after `after` (all when `None`) up to `up_to`; `None` when there are none.
     /// `skip` hides receipts of some users (ignored ones).

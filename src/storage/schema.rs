@@ -34,7 +34,8 @@ pub struct TableDef {
     pub preset: Preset,
 }
 
-/// `"schema_version"` → u64. Server-wide singletons.
+/// `"schema_version"` → u64; `"relations_indexed"` → u64 (`tables::relations`). Server-wide
+/// singletons.
 pub const GLOBAL: &str = "global";
 /// user id → postcard `AccountRecord` (password hash, flags, creation time).
 pub const USERID_ACCOUNT: &str = "userid_account";
@@ -91,6 +92,14 @@ pub const USERROOM_FORGOTTEN: &str = "userroom_forgotten";
 
 /// u64 short event id → id of the event that redacted it.
 pub const SHORTEVENTID_REDACTEDBY: &str = "shorteventid_redactedby";
+
+/// u64 short room id ++ u64 short parent event id ++ u64 stream position of the child →
+/// postcard `Relation` (child short event id, `rel_type`, event type): `tables::relations`.
+pub const ROOMPARENTPOS_RELATION: &str = "roomparentpos_relation";
+/// u64 short parent event id → empty: events that some event relates to.
+pub const SHORTEVENTID_HASRELATIONS: &str = "shorteventid_hasrelations";
+/// u64 short room id ++ u64 stream position of a thread reply → u64 short thread root id.
+pub const ROOMPOS_THREADROOT: &str = "roompos_threadroot";
 
 /// u64 ms ++ u32 nonce → postcard `ReportRecord` (abuse reports).
 pub const REPORTID_REPORT: &str = "reportid_report";
@@ -177,6 +186,9 @@ pub const TABLES: &[TableDef] = &[
     small(ROOMUSER_MEMBERSHIP),
     small(USERROOM_FORGOTTEN),
     small(SHORTEVENTID_REDACTEDBY),
+    small(ROOMPARENTPOS_RELATION),
+    small(SHORTEVENTID_HASRELATIONS),
+    small(ROOMPOS_THREADROOT),
     small(REPORTID_REPORT),
     small(MEDIAID_MEDIA),
     blobs(BLOBCHUNK_BYTES),

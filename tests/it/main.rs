@@ -28,6 +28,8 @@ mod limits;
 mod media;
 /// The OAuth 2.0 API: metadata, client registration, code and device grants, sign-in pages.
 mod oauth;
+/// Event relationships: `/relations`, bundled aggregations, `/threads`, per-thread unread counts.
+mod relations;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
 /// Room upgrades.

@@ -20,6 +20,7 @@ pub mod profile;
 pub mod push_rules;
 pub mod receipt;
 pub mod register;
+pub mod relations;
 pub mod reporting;
 pub mod room;
 pub mod room_upgrade;

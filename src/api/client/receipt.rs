@@ -35,6 +35,14 @@ pub async fn create_receipt(ctx: Ctx, req: create_receipt::v3::Request) -> Resul
                 .await?
         }
         ReceiptType::Read | ReceiptType::ReadPrivate => {
+            if let Some(thread) = &thread
+                && !services.rooms.in_thread(&req.event_id, thread)?
+            {
+                return Err(Error::invalid_param(format!(
+                    "event_id {} is not related to thread {thread}",
+                    req.event_id
+                )));
+            }
             let kind = req.receipt_type.to_string();
             services
                 .set_read_markers(

@@ -31,6 +31,7 @@ use crate::{
         create::{CreateRoom, Preset},
         membership::MemberProfile,
         pdu::Pdu,
+        relations::Reader,
     },
 };
 
@@ -118,7 +119,13 @@ pub async fn get_room_event(ctx: Ctx, req: get_room_event::v3::Request) -> Resul
     let rooms = &ctx.services.rooms;
     let user_id = ctx.user_id()?;
     let history = rooms.history_filter(user_id, rooms.read_scope(&req.room_id, user_id)?);
-    let (_, pdu) = history.visible_event(&req.room_id, &req.event_id)?;
+    let (_, mut pdu) = history.visible_event(&req.room_id, &req.event_id)?;
+    let ignored = ctx.services.account_data.ignored_users(user_id)?;
+    let reader = Reader {
+        history: &history,
+        ignored: &ignored,
+    };
+    rooms.bundle(&reader, [&mut pdu])?;
     Ok(get_room_event::v3::Response::new(raw_event(&pdu)?))
 }
 
@@ -155,7 +162,12 @@ pub async fn get_message_events(
     let ignored = ctx.services.account_data.ignored_users(user_id)?;
     let keep =
         |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && !ignored.contains(&pdu.sender) && history.allows(pos, pdu);
-    let (events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, keep)?;
+    let (mut events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, keep)?;
+    let reader = Reader {
+        history: &history,
+        ignored: &ignored,
+    };
+    rooms.bundle(&reader, events.iter_mut().map(|(_, pdu)| pdu))?;
     let mut response = get_message_events::v3::Response::new();
     response.start = rooms.room_token(&req.room_id, start)?;
     response.end = end.map(|e| rooms.room_token(&req.room_id, e)).transpose()?;
@@ -183,17 +195,24 @@ pub async fn get_context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_
     let rooms = &ctx.services.rooms;
     let user_id = ctx.user_id()?;
     let history = rooms.history_filter(user_id, rooms.read_scope(&req.room_id, user_id)?);
-    let (position, event) = history.visible_event(&req.room_id, &req.event_id)?;
+    let (position, mut event) = history.visible_event(&req.room_id, &req.event_id)?;
     let limit = u64::from(req.limit).min(100) as usize;
     let keep = |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && history.allows(pos, pdu);
-    let (before, _) = rooms.timeline_page(&req.room_id, (0, position - 1), true, limit / 2, keep)?;
-    let (after, _) = rooms.timeline_page(
+    let (mut before, _) = rooms.timeline_page(&req.room_id, (0, position - 1), true, limit / 2, keep)?;
+    let (mut after, _) = rooms.timeline_page(
         &req.room_id,
         (position, history.scope().up_to),
         false,
         limit - limit / 2,
         keep,
     )?;
+    let ignored = ctx.services.account_data.ignored_users(user_id)?;
+    let reader = Reader {
+        history: &history,
+        ignored: &ignored,
+    };
+    let page = before.iter_mut().chain(after.iter_mut()).map(|(_, pdu)| pdu);
+    rooms.bundle(&reader, page.chain([&mut event]))?;
     let last = after.last().map_or(&event, |(_, pdu)| pdu);
     let mut response = get_context::v3::Response::new();
     let start = before.last().map_or(position, |(pos, _)| *pos).saturating_sub(1);

@@ -23,7 +23,8 @@
 //! This file holds the service and its event and state reads; `write.rs` is the write path,
 //! `timeline.rs` reads by stream position, `membership.rs` and `power.rs` answer who is in a
 //! room and with what power, `visibility.rs` who may read what, `redaction.rs` what a
-//! redaction redacts and how events are served.
+//! redaction redacts and how events are served, `relations.rs` the relations index, bundled
+//! aggregations, `/relations` and `/threads`.
 
 pub mod create;
 pub mod members;
@@ -31,6 +32,7 @@ pub mod membership;
 pub mod pdu;
 mod power;
 mod redaction;
+pub mod relations;
 mod sync_hooks;
 mod timeline;
 pub mod upgrade;
@@ -62,6 +64,7 @@ use crate::{
         tables::{
             membership::MembershipTable,
             pdus::PdusTable,
+            relations::RelationsTable,
             shortids::ShortIds,
             state::{Loaded, StateMap, StateTable},
             timeline::TimelineTable,
@@ -117,6 +120,7 @@ pub struct Rooms {
     db: Arc<Db>,
     ids: ShortIds,
     pdus: PdusTable,
+    relations: RelationsTable,
     timeline: TimelineTable,
     state: StateTable,
     transactions: TransactionsTable,
@@ -179,7 +183,7 @@ impl Rooms {
         directory: Arc<Directory>,
     ) -> Result<Self> {
         let heads = ((db.cache_bytes() >> 20) * HEADS_PER_MIB).max(16);
-        Ok(Self {
+        let rooms = Self {
             commits: CommitQueue::start(Arc::clone(&db))?,
             last_create_ts: Mutex::new(0),
             pending: Mutex::new(HashMap::new()),
@@ -190,6 +194,7 @@ impl Rooms {
             parsed: quick_cache::sync::Cache::with_weighter(16_384, PARSED_BYTES, PduWeight),
             ids: ShortIds::new(Arc::clone(&db)),
             pdus: PdusTable::new(Arc::clone(&db)),
+            relations: RelationsTable::new(Arc::clone(&db)),
             timeline: TimelineTable::new(Arc::clone(&db)),
             state: StateTable::new(Arc::clone(&db)),
             transactions: TransactionsTable::new(Arc::clone(&db)),
@@ -201,7 +206,9 @@ impl Rooms {
             locks: BoundedMap::new(heads),
             versions: quick_cache::sync::Cache::new(100_000),
             directory,
-        })
+        };
+        rooms.index_relations()?;
+        Ok(rooms)
     }
 
     fn room_lock(&self, room_id: &RoomId) -> Arc<AsyncMutex<Option<Head>>> {

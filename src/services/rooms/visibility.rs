@@ -164,6 +164,11 @@ impl HistoryFilter<'_> {
         &self.scope
     }
 
+    /// The reader.
+    pub fn user_id(&self) -> &ruma::UserId {
+        &self.user_id
+    }
+
     /// An event of `room_id` by id, with its position, when the reader may see it: 404 when
     /// it is not an event of that room, 403 when history visibility hides it.
     pub fn visible_event(&self, room_id: &RoomId, event_id: &ruma::EventId) -> Result<(u64, Pdu)> {

@@ -385,6 +385,9 @@ impl Rooms {
         state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, fetch_state)
             .map_err(|reason| Error::forbidden(format!("{} event is not authorized: {reason}", event.kind)))?;
 
+        // A relation is checked (400 for one Synapse refuses) before anything is written.
+        let relation = self.relation_of(&pdu)?;
+
         // A redaction takes effect (or not) in the state it is sent in.
         let redacted = if event.kind == "m.room.redaction" {
             self.redaction_effect(version, &rules, state, &pdu)?
@@ -444,6 +447,9 @@ impl Rooms {
             member_target = OwnedUserId::try_from(target).ok();
         }
         self.timeline.queue_append(batch, short_room, position, short_event);
+        if let Some(relation) = relation {
+            self.queue_relation(batch, (short_room, position, short_event), relation)?;
+        }
 
         // Until it is durable, the event is served from memory and its transaction remembered.
         locked(&self.pending).insert(short_event, Arc::new(signed.bytes.clone()));

@@ -32,7 +32,7 @@ use crate::{
     services::{
         Services,
         account_data::Change,
-        rooms::{pdu::Pdu, visibility::ReadScope},
+        rooms::{pdu::Pdu, relations::Reader, visibility::ReadScope},
         sync::notifier::Key,
     },
     storage::tables::membership::Membership,
@@ -335,7 +335,15 @@ impl Ctx<'_> {
         let history = rooms.history_filter(self.user_id, rooms.read_scope(room_id, self.user_id)?);
         let keep = |pos: u64, pdu: &Pdu| self.event_kept(pdu) && history.allows(pos, pdu);
         let (after, end) = (room_since.unwrap_or(0), self.up_to);
-        let page = self.timeline(room_id, after, end, &keep)?;
+        let mut page = self.timeline(room_id, after, end, &keep)?;
+        // Bundled aggregations when the client lacks part of the timeline (as Synapse).
+        if page.limited || room_since.is_none() {
+            let reader = Reader {
+                history: &history,
+                ignored: &self.ignored,
+            };
+            rooms.bundle(&reader, page.events.iter_mut().map(|(_, pdu)| pdu))?;
+        }
         let (events, limited) = (&page.events, page.limited);
         let start = events.first().map_or(self.up_to, |(pos, _)| pos - 1);
         let full = room_since.is_none() || self.full_state || limited;
@@ -370,11 +378,20 @@ impl Ctx<'_> {
         if members_changed {
             joined.summary = self.summary(room_id)?;
         }
-        let (notify, highlight) = self.services.unread_counts(room_id, self.user_id, self.up_to)?;
-        let mut unread = UnreadNotificationsCount::new();
-        unread.highlight_count = Some(UInt::try_from(highlight).unwrap_or(UInt::MAX));
-        unread.notification_count = Some(UInt::try_from(notify).unwrap_or(UInt::MAX));
-        joined.unread_notifications = unread;
+        let counts = |(notify, highlight): (u64, u64)| {
+            let mut unread = UnreadNotificationsCount::new();
+            unread.highlight_count = Some(UInt::try_from(highlight).unwrap_or(UInt::MAX));
+            unread.notification_count = Some(UInt::try_from(notify).unwrap_or(UInt::MAX));
+            unread
+        };
+        if self.filter.room.timeline.unread_thread_notifications {
+            // Thread events count per thread, apart from the main timeline's.
+            let (main, threads) = self.services.unread_thread_counts(room_id, self.user_id, self.up_to)?;
+            joined.unread_notifications = counts(main);
+            joined.unread_thread_notifications = threads.into_iter().map(|(root, c)| (root, counts(c))).collect();
+        } else {
+            joined.unread_notifications = counts(self.services.unread_counts(room_id, self.user_id, self.up_to)?);
+        }
         Ok(Some(joined))
     }
 

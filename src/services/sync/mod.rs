@@ -28,6 +28,7 @@ pub mod build;
 pub mod filter;
 pub mod lazy;
 pub mod notifier;
+pub mod thread_unread;
 pub mod unread;
 
 use std::time::Duration;

@@ -154,3 +154,12 @@ impl Services {
         Ok((counted.notify, counted.highlight))
     }
 }
+
+impl Services {
+    /// The push rules `user_id`'s events are counted with (see `thread_unread`).
+    pub(super) fn unread_rules(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
+        self.unread
+            .rules
+            .get_or_insert_with(user_id, || Ok::<_, Error>(Arc::new(Ruleset::server_default(user_id))))
+    }
+}

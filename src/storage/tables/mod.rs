@@ -15,6 +15,7 @@ pub mod membership;
 pub mod oauth_clients;
 pub mod pdus;
 pub mod registration_tokens;
+pub mod relations;
 pub mod reports;
 pub mod shortids;
 pub mod state;

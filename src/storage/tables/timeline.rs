@@ -90,6 +90,25 @@ impl TimelineTable {
             .collect()
     }
 
+    /// Up to `limit` timeline entries of every room from (room, position) `start` on, in key
+    /// order, as (short room id, position, short event id): a walk over every stored event.
+    pub fn scan_all(&self, start: (u64, u64), limit: usize) -> StorageResult<Vec<(u64, u64, u64)>> {
+        self.db
+            .scan_range(
+                ROOMPOS_SHORTEVENTID,
+                &room_pos(start.0, start.1),
+                &[0xFF; 17],
+                false,
+                limit,
+            )?
+            .into_iter()
+            .map(|(k, v)| {
+                let (room, pos) = split_room_pos(ROOMPOS_SHORTEVENTID, &k)?;
+                Ok((room, pos, codec::read_u64(ROOMPOS_SHORTEVENTID, &v)?))
+            })
+            .collect()
+    }
+
     /// The room's forward extremities.
     pub fn extremities(&self, room: u64) -> StorageResult<Vec<u64>> {
         match self.db.get(SHORTROOMID_EXTREMITIES, &codec::u64_bytes(room))? {

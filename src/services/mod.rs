@@ -71,6 +71,8 @@ pub struct Services {
     pub unread: sync::unread::UnreadCache,
     /// Lazy-loaded members already sent, per device and room.
     pub lazy_members: sync::lazy::SentMembers,
+    /// Sliding sync: connections and bump stamps (in memory).
+    pub sliding: sync::sliding::SlidingSync,
     /// Presence (in memory).
     pub presence: presence::Presence,
     /// End-to-end encryption keys and to-device messages.
@@ -143,6 +145,7 @@ impl Services {
             receipts,
             unread: sync::unread::UnreadCache::default(),
             lazy_members: sync::lazy::SentMembers::default(),
+            sliding: sync::sliding::SlidingSync::default(),
             presence,
             keys,
             key_backup,

@@ -13,5 +13,11 @@ use crate::{Result, api::extract::Ctx, services::sync::sliding};
 /// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`
 pub async fn sliding_sync(ctx: Ctx, req: v5::Request) -> Result<v5::Response> {
     let session = ctx.session()?;
-    sliding::sliding_sync(&ctx.services, (&session.user_id, session.device_id.as_str()), req).await
+    let answer = sliding::sliding_sync(
+        &ctx.services,
+        (&session.user_id, session.device_id.as_str()),
+        req.into(),
+    )
+    .await?;
+    Ok(answer.into())
 }

@@ -44,6 +44,8 @@ pub struct RoomConfig {
     pub timeline_limit: u64,
     /// `(type, state_key)` pairs, special values (`*`, `$LAZY`, `$ME`) as sent.
     pub required_state: BTreeSet<(String, String)>,
+    /// `(type, state_key)` pairs left out (only those every rule leaves out).
+    pub exclude: BTreeSet<(String, String)>,
 }
 
 /// What a connection was sent of one room.
@@ -74,6 +76,8 @@ pub struct ConnState {
     pub counts: BTreeMap<String, u64>,
     /// A hash of the request's lists, subscriptions and extensions.
     pub shape: u64,
+    /// The extensions enabled on the connection so far.
+    pub extensions_on: BTreeSet<&'static str>,
 }
 
 struct Connection {

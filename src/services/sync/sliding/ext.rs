@@ -2,7 +2,8 @@
 //! MSC3959 account data, MSC3960 receipts, MSC3961 typing), read with the same services as
 //! `/sync`. The room-scoped ones (account data, receipts, typing) apply to the rooms their
 //! `lists` and `rooms` name (each defaulting to `*`: every list, every subscription) among those
-//! of this answer's windows.
+//! of this answer's windows. An extension enabled for the first time on a connection starts
+//! from nothing (all global account data, the rooms' receipts and typing as for a new room).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,6 +26,9 @@ pub struct Windows {
     pub lists: BTreeMap<String, Vec<OwnedRoomId>>,
     /// Subscribed rooms the user may see.
     pub subscribed: BTreeSet<OwnedRoomId>,
+    /// The rooms of the windows the user is joined to (receipts and typing are read only there:
+    /// an invite or a former room shows neither).
+    pub joined: BTreeSet<OwnedRoomId>,
 }
 
 impl Windows {
@@ -115,8 +119,8 @@ impl Build<'_> {
                 out.e2ee.device_lists.left = left;
             }
         }
-        let room_since = |room: &OwnedRoomId| -> Option<u64> {
-            if initial_rooms.contains(room) {
+        let room_since = |room: &OwnedRoomId, extension: &str| -> Option<u64> {
+            if initial_rooms.contains(room) || !base.extensions_on.contains(extension) {
                 return None;
             }
             base.rooms
@@ -125,9 +129,11 @@ impl Build<'_> {
                 .map(|r| r.up_to)
         };
         if on(req.account_data.enabled) {
+            let room_since = |room: &OwnedRoomId| room_since(room, "account_data");
             let data = &services.account_data;
             let selected = windows.select(req.account_data.lists.as_ref(), req.account_data.rooms.as_ref());
-            let global: Vec<Change> = match self.after {
+            let after = self.after.filter(|_| base.extensions_on.contains("account_data"));
+            let global: Vec<Change> = match after {
                 None => data.list(user_id, None)?,
                 Some(after) => data
                     .changes(user_id, after, self.up_to)?
@@ -155,7 +161,8 @@ impl Build<'_> {
             let selected = windows.select(req.receipts.lists.as_ref(), req.receipts.rooms.as_ref());
             let ignored = &self.ignored;
             let skip = |u: &UserId| ignored.contains(u);
-            for room in &selected {
+            let room_since = |room: &OwnedRoomId| room_since(room, "receipts");
+            for room in selected.intersection(&windows.joined) {
                 if let Some(content) =
                     services
                         .receipts
@@ -169,8 +176,8 @@ impl Build<'_> {
         }
         if on(req.typing.enabled) {
             let selected = windows.select(req.typing.lists.as_ref(), req.typing.rooms.as_ref());
-            for room in &selected {
-                let since = match room_since(room) {
+            for room in selected.intersection(&windows.joined) {
+                let since = match room_since(room, "typing") {
                     Some(_) => base.rooms.get(room).map(|r| r.ephemeral),
                     None => None,
                 };

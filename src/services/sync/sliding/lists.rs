@@ -1,6 +1,7 @@
 //! The room list of sliding sync: the user's rooms (joined, invited, kicked or banned from,
 //! and rooms left since the connection's last answer that it was sent), with their bump stamps,
-//! filtered per list (`is_dm`, `is_encrypted`, `is_invite`, `room_types`, `not_room_types`) and
+//! filtered per list (`is_dm`, `is_encrypted`, `is_invite`, `room_types`, `not_room_types`,
+//! `spaces`, `tags`, `not_tags`) and
 //! sorted by recency; a list's `ranges` pick the rooms it sends.
 //!
 //! The bump stamp is the stream position of the room's latest event of a type the MSC counts as
@@ -11,11 +12,9 @@
 
 use std::collections::HashSet;
 
-use ruma::{
-    OwnedRoomId, RoomId, UserId, api::client::sync::sync_events::v5::request::ListFilters, directory::RoomTypeFilter,
-    events::StateEventType,
-};
+use ruma::{OwnedRoomId, RoomId, UserId, events::StateEventType};
 
+use super::model::ListFilter;
 use crate::{
     Result,
     services::{Services, sync::notifier::Key},
@@ -103,8 +102,14 @@ impl Services {
                     if rooms.is_forgotten(&room_id, user_id)? {
                         false
                     } else {
-                        let member = rooms.member_at(&room_id, user_id, up_to)?;
-                        let kicked = membership == "ban" || member.is_some_and(|m| m.sender != user_id);
+                        let kicked = membership == "ban" || {
+                            let current = rooms.state_event(&room_id, &StateEventType::RoomMember, user_id.as_str())?;
+                            let member = match current {
+                                Some(m) if rooms.position_of(&m.event_id)?.unwrap_or(0) == position => Some(m),
+                                _ => rooms.member_at(&room_id, user_id, up_to)?,
+                            };
+                            member.is_some_and(|m| m.sender != user_id)
+                        };
                         kicked || (after.is_some_and(|a| position > a) && sent(&room_id))
                     }
                 }
@@ -133,13 +138,30 @@ impl Services {
         &self,
         user_id: &UserId,
         candidates: &'c [Candidate],
-        filters: Option<&ListFilters>,
+        filters: &ListFilter,
         direct: &HashSet<OwnedRoomId>,
     ) -> Result<Vec<&'c Candidate>> {
-        let Some(filters) = filters else {
-            return Ok(candidates.iter().collect());
-        };
         let rooms = &self.rooms;
+        // The children of the (joined) spaces asked for.
+        let children: Option<HashSet<String>> = match &filters.spaces {
+            None => None,
+            Some(spaces) => {
+                let mut children = HashSet::new();
+                for space in spaces {
+                    if rooms.membership(space, user_id)?.as_deref() != Some("join") {
+                        continue;
+                    }
+                    for pdu in rooms.full_state(space)? {
+                        let linked = serde_json::from_str::<serde_json::Value>(pdu.content.get())
+                            .is_ok_and(|c| c["via"].as_array().is_some_and(|v| !v.is_empty()));
+                        if pdu.kind.to_string() == "m.space.child" && linked {
+                            children.extend(pdu.state_key.clone());
+                        }
+                    }
+                }
+                Some(children)
+            }
+        };
         let mut out = Vec::new();
         for c in candidates {
             let invite = c.membership == "invite";
@@ -160,13 +182,28 @@ impl Services {
                     continue;
                 }
             }
-            if !filters.room_types.is_empty() || !filters.not_room_types.is_empty() {
+            if filters.room_types.is_some() || !filters.not_room_types.is_empty() {
                 let kind = rooms
                     .state_event(&c.room_id, &StateEventType::RoomCreate, "")?
                     .and_then(|create| create.content_str("type"));
-                let kind = RoomTypeFilter::from(kind.as_deref());
                 if filters.not_room_types.contains(&kind)
-                    || (!filters.room_types.is_empty() && !filters.room_types.contains(&kind))
+                    || filters.room_types.as_ref().is_some_and(|types| !types.contains(&kind))
+                {
+                    continue;
+                }
+            }
+            if let Some(children) = &children
+                && !children.contains(c.room_id.as_str())
+            {
+                continue;
+            }
+            if filters.tags.is_some() || !filters.not_tags.is_empty() {
+                let tags = self.account_data.tags(user_id, &c.room_id)?;
+                if filters.not_tags.iter().any(|t| tags.contains_key(t))
+                    || filters
+                        .tags
+                        .as_ref()
+                        .is_some_and(|wanted| !wanted.iter().any(|t| tags.contains_key(t)))
                 {
                     continue;
                 }

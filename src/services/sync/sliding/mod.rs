@@ -15,6 +15,7 @@
 pub mod conn;
 pub mod ext;
 pub mod lists;
+pub mod model;
 pub mod room;
 
 use std::{
@@ -23,15 +24,13 @@ use std::{
     time::Duration,
 };
 
-use ruma::{
-    OwnedRoomId, UserId,
-    api::client::sync::sync_events::v5::{self, response},
-};
+use ruma::{OwnedRoomId, UserId};
 
 use self::{
     conn::{ConnState, Connections, RoomConfig},
     ext::{Windows, to_device_since},
     lists::{BumpCache, Candidate},
+    model::{RoomOut, RoomRule, SlidingRequest, SlidingResponse},
     room::Build,
 };
 use super::{MAX_TIMEOUT, Token, notifier::Key};
@@ -44,8 +43,8 @@ use crate::{
 const MAX_LISTS: usize = 100;
 /// Longest list name, in bytes (the MSC's limit).
 const MAX_LIST_NAME: usize = 64;
-/// Most room subscriptions per request.
-const MAX_SUBSCRIPTIONS: usize = 1000;
+/// Most room subscriptions per request (the accepted MSC's limit).
+const MAX_SUBSCRIPTIONS: usize = 100;
 /// Most `required_state` entries per list or subscription.
 const MAX_REQUIRED_STATE: usize = 100;
 /// Longest `conn_id`, in bytes.
@@ -68,16 +67,16 @@ impl Default for SlidingSync {
     }
 }
 
-fn validate(req: &v5::Request) -> Result<()> {
+fn validate(req: &SlidingRequest) -> Result<()> {
     if req.lists.len() > MAX_LISTS {
         return Err(Error::invalid_param(format!("at most {MAX_LISTS} lists")));
     }
-    if req.room_subscriptions.len() > MAX_SUBSCRIPTIONS {
+    if req.subscriptions.len() > MAX_SUBSCRIPTIONS {
         return Err(Error::invalid_param(format!(
             "at most {MAX_SUBSCRIPTIONS} room subscriptions"
         )));
     }
-    if req.conn_id.as_ref().is_some_and(|c| c.len() > MAX_CONN_ID) {
+    if req.conn_id.len() > MAX_CONN_ID {
         return Err(Error::invalid_param("conn_id is too long"));
     }
     for (name, list) in &req.lists {
@@ -88,19 +87,19 @@ fn validate(req: &v5::Request) -> Result<()> {
         }
         if list.ranges.iter().any(|(start, end)| start > end) {
             return Err(Error::invalid_param(format!(
-                "lists.{name}.ranges: a range must not end before it starts"
+                "lists.{name}: a range must not end before it starts"
             )));
         }
-        if list.room_details.required_state.len() > MAX_REQUIRED_STATE {
+        if list.rule.include.len() + list.rule.exclude.len() > MAX_REQUIRED_STATE {
             return Err(Error::invalid_param(format!(
                 "lists.{name}.required_state has too many entries"
             )));
         }
     }
     if req
-        .room_subscriptions
+        .subscriptions
         .values()
-        .any(|s| s.required_state.len() > MAX_REQUIRED_STATE)
+        .any(|s| s.include.len() + s.exclude.len() > MAX_REQUIRED_STATE)
     {
         return Err(Error::invalid_param(
             "a room subscription's required_state has too many entries",
@@ -111,34 +110,54 @@ fn validate(req: &v5::Request) -> Result<()> {
 
 /// A hash of what the request asks for (a changed request is answered even from a caught-up
 /// position).
-fn shape(req: &v5::Request) -> u64 {
+fn shape(req: &SlidingRequest) -> u64 {
     let mut hasher = DefaultHasher::new();
-    serde_json::to_string(&(&req.lists, &req.room_subscriptions, &req.extensions))
+    req.lists.hash(&mut hasher);
+    req.subscriptions.hash(&mut hasher);
+    serde_json::to_string(&req.extensions)
         .unwrap_or_default()
         .hash(&mut hasher);
     hasher.finish()
 }
 
-/// Adds a rule's config to a room's combined config (the superset).
-fn merge(
-    configs: &mut BTreeMap<OwnedRoomId, (RoomConfig, Candidate)>,
-    candidate: &Candidate,
-    required_state: &[(ruma::events::StateEventType, String)],
-    timeline_limit: u64,
-) {
-    let (config, _) = configs
-        .entry(candidate.room_id.clone())
-        .or_insert_with(|| (RoomConfig::default(), candidate.clone()));
-    config.timeline_limit = config.timeline_limit.max(timeline_limit);
-    config
-        .required_state
-        .extend(required_state.iter().map(|(t, k)| (t.to_string(), k.clone())));
+/// Adds a rule's config to a room's combined config (the superset: the largest timeline, every
+/// state any rule includes, and excluded only what every rule excludes).
+fn merge(configs: &mut BTreeMap<OwnedRoomId, (RoomConfig, Candidate)>, candidate: &Candidate, rule: &RoomRule) {
+    let exclude: BTreeSet<(String, String)> = rule.exclude.iter().cloned().collect();
+    let (config, _) = configs.entry(candidate.room_id.clone()).or_insert_with(|| {
+        (
+            RoomConfig {
+                exclude: exclude.clone(),
+                ..RoomConfig::default()
+            },
+            candidate.clone(),
+        )
+    });
+    config.timeline_limit = config.timeline_limit.max(rule.timeline_limit);
+    config.required_state.extend(rule.include.iter().cloned());
+    config.exclude.retain(|e| exclude.contains(e));
 }
 
-fn has_news(response: &v5::Response, base: &ConnState, counts: &BTreeMap<String, u64>) -> bool {
+/// The extensions a request enables.
+fn extensions_on(req: &SlidingRequest) -> BTreeSet<&'static str> {
+    let ext = &req.extensions;
+    [
+        ("to_device", ext.to_device.enabled),
+        ("e2ee", ext.e2ee.enabled),
+        ("account_data", ext.account_data.enabled),
+        ("receipts", ext.receipts.enabled),
+        ("typing", ext.typing.enabled),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on == Some(true))
+    .map(|(name, _)| name)
+    .collect()
+}
+
+fn has_news(response: &SlidingResponse, base: &ConnState) -> bool {
     let ext = &response.extensions;
     !response.rooms.is_empty()
-        || base.counts != *counts
+        || base.counts != response.lists
         || ext.to_device.as_ref().is_some_and(|t| !t.events.is_empty())
         || !ext.e2ee.device_lists.is_empty()
         || !ext.account_data.is_empty()
@@ -150,10 +169,10 @@ fn has_news(response: &v5::Response, base: &ConnState, counts: &BTreeMap<String,
 fn build(
     services: &Services,
     (user_id, device_id): (&UserId, &str),
-    req: &v5::Request,
+    req: &SlidingRequest,
     base: &ConnState,
     shape: u64,
-) -> Result<(v5::Response, ConnState)> {
+) -> Result<(SlidingResponse, ConnState)> {
     let rooms = &services.rooms;
     let after = base.at.map(|a| a.position);
     // Fixed first: nothing above these is read.
@@ -172,51 +191,45 @@ fn build(
     let candidates = services.sliding_candidates(user_id, up_to, after, &|r| base.rooms.contains_key(r))?;
 
     let mut configs: BTreeMap<OwnedRoomId, (RoomConfig, Candidate)> = BTreeMap::new();
+    let mut in_lists: BTreeMap<OwnedRoomId, Vec<String>> = BTreeMap::new();
     let mut windows = Windows {
         lists: BTreeMap::new(),
         subscribed: BTreeSet::new(),
+        joined: BTreeSet::new(),
     };
-    let mut counts = BTreeMap::new();
-    let mut response = v5::Response::new(String::new());
+    let mut response = SlidingResponse::default();
     for (name, list) in &req.lists {
-        let filtered = services.filter_rooms(user_id, &candidates, list.filters.as_ref(), &b.direct)?;
-        counts.insert(name.clone(), filtered.len() as u64);
+        let filtered = services.filter_rooms(user_id, &candidates, &list.filters, &b.direct)?;
+        response.lists.insert(name.clone(), filtered.len() as u64);
         let mut ids = Vec::new();
         for (index, candidate) in filtered.iter().enumerate() {
             let index = index as u64;
-            let in_range = list.ranges.is_empty()
-                || list
-                    .ranges
-                    .iter()
-                    .any(|(start, end)| index >= u64::from(*start) && index <= u64::from(*end));
+            let in_range =
+                list.ranges.is_empty() || list.ranges.iter().any(|(start, end)| index >= *start && index <= *end);
             if in_range {
                 ids.push(candidate.room_id.clone());
-                merge(
-                    &mut configs,
-                    candidate,
-                    &list.room_details.required_state,
-                    list.room_details.timeline_limit.into(),
-                );
+                in_lists
+                    .entry(candidate.room_id.clone())
+                    .or_default()
+                    .push(name.clone());
+                merge(&mut configs, candidate, &list.rule);
             }
         }
         windows.lists.insert(name.clone(), ids);
-        let mut result = response::List::default();
-        result.count = ruma::UInt::try_from(filtered.len() as u64).unwrap_or(ruma::UInt::MAX);
-        response.lists.insert(name.clone(), result);
     }
-    for (room_id, subscription) in &req.room_subscriptions {
+    for (room_id, rule) in &req.subscriptions {
         // Only rooms the user is in, was in, or is invited to (as Synapse).
         let Some(candidate) = candidates.iter().find(|c| &c.room_id == room_id) else {
             continue;
         };
         windows.subscribed.insert(room_id.clone());
-        merge(
-            &mut configs,
-            candidate,
-            &subscription.required_state,
-            subscription.timeline_limit.into(),
-        );
+        merge(&mut configs, candidate, rule);
     }
+    windows.joined = configs
+        .iter()
+        .filter(|(_, (_, c))| c.membership == "join")
+        .map(|(id, _)| id.clone())
+        .collect();
 
     let memberships = rooms.memberships_of(user_id)?;
     let known: HashSet<&OwnedRoomId> = memberships.iter().map(|(r, _)| r).collect();
@@ -231,17 +244,24 @@ fn build(
             .filter(|(r, _)| known.contains(r))
             .map(|(r, s)| (r.clone(), s.clone()))
             .collect(),
-        counts: counts.clone(),
+        counts: response.lists.clone(),
         shape,
+        extensions_on: base.extensions_on.union(&extensions_on(req)).copied().collect(),
     };
     let mut initial_rooms = BTreeSet::new();
     for (room_id, (config, candidate)) in &configs {
         let (room, sent) = b.room(candidate, config, base.rooms.get(room_id))?;
-        if let Some(room) = room {
+        if let Some((room, expanded_timeline)) = room {
             if room.initial == Some(true) {
                 initial_rooms.insert(room_id.clone());
             }
-            response.rooms.insert(room_id.clone(), room);
+            let out = RoomOut {
+                room,
+                membership: candidate.membership.clone(),
+                lists: in_lists.remove(room_id).unwrap_or_default(),
+                expanded_timeline,
+            };
+            response.rooms.insert(room_id.clone(), out);
         }
         state.rooms.insert(room_id.clone(), sent);
     }
@@ -255,10 +275,10 @@ fn build(
 pub async fn sliding_sync(
     services: &Services,
     (user_id, device_id): (&UserId, &str),
-    req: v5::Request,
-) -> Result<v5::Response> {
+    req: SlidingRequest,
+) -> Result<SlidingResponse> {
     validate(&req)?;
-    let conn_id = req.conn_id.clone().unwrap_or_default();
+    let conn_id = req.conn_id.clone();
     let shape = shape(&req);
     let connections = &services.sliding.connections;
     let resumed = connections.resume(user_id, device_id, &conn_id, req.pos.as_deref())?;
@@ -301,7 +321,7 @@ pub async fn sliding_sync(
             continue;
         }
         let (mut response, state) = build(services, (user_id, device_id), &req, &base, shape)?;
-        if base.at.is_none() || has_news(&response, &base, &state.counts) || now >= deadline {
+        if base.at.is_none() || has_news(&response, &base) || now >= deadline {
             if let Some(to_device) = &response.extensions.to_device
                 && to_device.events.len() >= TO_DEVICE_LIMIT
             {

@@ -60,6 +60,7 @@ pub struct Build<'a> {
 /// What `required_state` asks for.
 struct Wanted<'a> {
     entries: &'a BTreeSet<(String, String)>,
+    exclude: &'a BTreeSet<(String, String)>,
     user_id: &'a str,
     lazy: bool,
 }
@@ -72,21 +73,27 @@ impl<'a> Wanted<'a> {
             .any(|(t, k)| t == "m.room.member" && k == "$LAZY");
         Wanted {
             entries: &config.required_state,
+            exclude: &config.exclude,
             user_id,
             lazy,
         }
     }
 
     fn matches(&self, kind: &str, key: &str) -> bool {
-        self.entries.iter().any(|(t, k)| {
-            let key_ok = k == "*" || k == key || (k == "$ME" && key == self.user_id);
-            if t == "*" {
-                // With `$LAZY`, wildcards leave members to the lazy rule.
-                key_ok && !(self.lazy && kind == "m.room.member")
-            } else {
-                t == kind && key_ok
-            }
-        })
+        let excluded = self
+            .exclude
+            .iter()
+            .any(|(t, k)| (t == "*" || t == kind) && (k == "*" || k == key || (k == "$ME" && key == self.user_id)));
+        !excluded
+            && self.entries.iter().any(|(t, k)| {
+                let key_ok = k == "*" || k == key || (k == "$ME" && key == self.user_id);
+                if t == "*" {
+                    // With `$LAZY`, wildcards leave members to the lazy rule.
+                    key_ok && !(self.lazy && kind == "m.room.member")
+                } else {
+                    t == kind && key_ok
+                }
+            })
     }
 }
 
@@ -95,16 +102,17 @@ fn count(n: u64) -> UInt {
 }
 
 impl Build<'_> {
-    /// The room's answer (`None`: nothing new for a room the connection has) and what the
-    /// connection then has of it.
+    /// The room's answer (`None`: nothing new for a room the connection has) with whether its
+    /// timeline was expanded, and what the connection then has of it.
     pub fn room(
         &self,
         candidate: &Candidate,
         config: &RoomConfig,
         prev: Option<&RoomSent>,
-    ) -> Result<(Option<response::Room>, RoomSent)> {
+    ) -> Result<(Option<(response::Room, bool)>, RoomSent)> {
         if candidate.membership == "invite" {
-            return self.invite(candidate, config, prev);
+            let (room, sent) = self.invite(candidate, config, prev)?;
+            return Ok((room.map(|r| (r, false)), sent));
         }
         let services = self.services;
         let rooms = &services.rooms;
@@ -115,10 +123,12 @@ impl Build<'_> {
         } else {
             candidate.position.min(self.up_to)
         };
-        // Sent before as a room the user is or was in: only what changed since.
-        let prev = prev.filter(|p| p.membership != "invite");
+        // Sent before as a room the user is or was in: only what changed since (a room joined
+        // again after leaving is sent whole).
+        let prev = prev.filter(|p| p.membership != "invite" && !(joined && p.membership != "join"));
         let initial = prev.is_none();
-        let config_changed = prev.is_some_and(|p| p.config.required_state != config.required_state);
+        let config_changed = prev
+            .is_some_and(|p| p.config.required_state != config.required_state || p.config.exclude != config.exclude);
         let expanded = prev.is_some_and(|p| config.timeline_limit > p.config.timeline_limit);
         let membership_changed = prev.is_some_and(|p| p.membership != candidate.membership);
         if let Some(prev) = prev
@@ -130,6 +140,7 @@ impl Build<'_> {
         {
             let mut kept = prev.clone();
             kept.up_to = self.up_to;
+            kept.ephemeral = self.ephemeral_up_to;
             kept.config = config.clone();
             return Ok((None, kept));
         }
@@ -315,7 +326,7 @@ impl Build<'_> {
             .iter()
             .map(|pdu| client_event(services, who, pdu, None))
             .collect::<Result<_>>()?;
-        Ok((Some(room), sent))
+        Ok((Some((room, expanded && !events.is_empty())), sent))
     }
 
     fn invite(

@@ -110,6 +110,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // tags, presence).
     t.add(LimitClass::Client, client::sync::sync_events);
     t.add(LimitClass::Client, client::sliding_sync::sliding_sync);
+    t.add_json(LimitClass::Client, client::sliding_sync::sliding_sync_v4);
     t.add(LimitClass::Client, client::filter::create_filter);
     t.add(LimitClass::Client, client::filter::get_filter);
     t.add(LimitClass::Client, client::typing::create_typing_event);

@@ -1,7 +1,8 @@
 //! Simplified sliding sync (MSC4186 at `/_matrix/client/unstable/org.matrix.simplified_msc3575/sync`)
 //! over HTTP: connections and `M_UNKNOWN_POS`, lists sorted by recency with ranges and filters,
 //! room subscriptions, `required_state` and its changes, timelines usable with `/messages`,
-//! unread counts clearing with a receipt, invites, leaves, the long-poll, and the extensions.
+//! unread counts clearing with a receipt, invites, leaves, the long-poll, and the extensions;
+//! and the accepted form at `/_matrix/client/v4/sync` on the same engine.
 
 use std::time::{Duration, Instant};
 
@@ -445,6 +446,7 @@ fn a_left_room_leaves_the_list_and_a_kicked_one_stays() {
     }
     // Then the room left by the user is out of the list; the kicked one stays.
     send(&alice, &left, "after", "not for bob");
+    send(&alice, &kicked, "after", "not for bob either");
     let third = ss(&bob, Some(&pos(&second)), 0, &body);
     assert_eq!(third["lists"]["all"]["count"], 1, "{third}");
     assert!(third.get("rooms").is_none_or(|r| r.get(&left).is_none()), "{third}");
@@ -454,7 +456,13 @@ fn a_left_room_leaves_the_list_and_a_kicked_one_stays() {
     assert!(fresh["rooms"].get(&left).is_none(), "{fresh}");
     assert!(fresh["rooms"].get(&kicked).is_some(), "{fresh}");
     // Nothing after bob's departure reaches him.
-    assert!(bodies(&fresh["rooms"][&kicked]).is_empty(), "{fresh}");
+    let r = &fresh["rooms"][&kicked];
+    assert!(bodies(r).is_empty(), "{fresh}");
+    assert_eq!(
+        r["timeline"].as_array().unwrap().last().unwrap()["content"]["membership"],
+        "leave"
+    );
+    assert!(!third.to_string().contains("not for bob"), "{third}");
 }
 
 #[test]
@@ -671,4 +679,122 @@ fn bad_input_is_refused() {
     // An empty request is a valid one.
     let empty = ss(&alice, None, 0, &json!({}));
     assert!(empty["pos"].is_string(), "{empty}");
+}
+
+#[test]
+fn a_rejected_invite_leaves_the_invite_list() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let body = json!({
+        "lists": {"invites": {"ranges": [[0, 9]], "timeline_limit": 1, "required_state": [], "filters": {"is_invite": true}}}
+    });
+    let room = create_room(&alice, json!({"preset": "private_chat", "invite": [bob.uid()]}));
+    send(&alice, &room, "t1", "secret before");
+    let first = ss(&bob, None, 0, &body);
+    assert_eq!(first["lists"]["invites"]["count"], 1, "{first}");
+    bob.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
+        .ok();
+    let second = ss(&bob, Some(&pos(&first)), 2000, &body);
+    assert_eq!(second["lists"]["invites"]["count"], 0, "{second}");
+    // The room itself is no longer in a list: nothing of it (and nothing of its history).
+    assert!(!second.to_string().contains("secret before"), "{second}");
+}
+
+/// One request to the accepted form's endpoint.
+fn v4(c: &Client, body: &Value) -> Resp {
+    c.post("/_matrix/client/v4/sync", body.clone())
+}
+
+#[test]
+fn the_accepted_form_at_v4_sync() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = public_room(&alice, "Lobby");
+    join(&bob, &room);
+    send(&alice, &room, "t1", "hello");
+    let invite = create_room(
+        &alice,
+        json!({"preset": "private_chat", "name": "Invite", "invite": [bob.uid()]}),
+    );
+    let body = |pos: Option<&str>, timeout: u64| {
+        let mut body = json!({
+            "conn_id": "v4",
+            "timeout": timeout,
+            "lists": {
+                "rooms": {
+                    "range": [0, 9], "timeline_limit": 3,
+                    "required_state": {"include": [{}], "exclude": [{"type": "m.room.create"}], "lazy_members": true},
+                    "filters": {"is_invited": false}
+                },
+                "invites": {"range": [0, 9], "timeline_limit": 0, "required_state": {}, "filters": {"is_invited": true}}
+            },
+            "extensions": {"typing": {"enabled": true}, "receipts": {"enabled": true}}
+        });
+        if let Some(pos) = pos {
+            body["pos"] = pos.into();
+        }
+        body
+    };
+    let first = v4(&bob, &body(None, 0)).ok().clone();
+    assert_eq!(first["lists"]["rooms"]["count"], 1, "{first}");
+    assert_eq!(first["lists"]["invites"]["count"], 1, "{first}");
+    let r = &first["rooms"][&room];
+    assert_eq!(r["membership"], "join", "{r}");
+    assert_eq!(r["lists"], json!(["rooms"]), "{r}");
+    assert!(r.get("notification_count").is_none(), "{r}");
+    assert!(has_state(r, "m.room.name", ""), "{r}");
+    assert!(!has_state(r, "m.room.create", ""), "exclude applies: {r}");
+    // Lazy members: the senders in the timeline only.
+    assert!(has_state(r, "m.room.member", &alice.uid()), "{r}");
+    let i = &first["rooms"][&invite];
+    assert_eq!(i["membership"], "invite", "{i}");
+    assert!(i["stripped_state"].is_array(), "{i}");
+    assert!(i.get("invite_state").is_none(), "{i}");
+
+    // Typing comes as a bare object; the pos in the body resumes the connection.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.uid())),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .ok();
+    let second = v4(&bob, &body(Some(first["pos"].as_str().unwrap()), 2000)).ok().clone();
+    assert_eq!(
+        second["extensions"]["typing"]["rooms"][&room],
+        json!({"user_ids": [alice.uid()]}),
+        "{second}"
+    );
+    // Bad input and an unknown pos.
+    v4(&bob, &body(Some("nope"), 0)).expect_err(400, "M_UNKNOWN_POS");
+    let mut bad = body(None, 0);
+    bad["set_presence"] = "dancing".into();
+    v4(&bob, &bad).expect_err(400, "M_INVALID_PARAM");
+    let mut bad = body(None, 0);
+    bad["lists"]["rooms"]["range"] = json!([3, 1]);
+    v4(&bob, &bad).expect_err(400, "M_INVALID_PARAM");
+    assert_eq!(v4(&bob, &json!({"lists": {"x": {"range": [0, 1]}}})).status, 400);
+    // Tags filter.
+    alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/rooms/{}/tags/m.favourite",
+                enc(&alice.uid()),
+                enc(&room)
+            ),
+            json!({"order": 0.5}),
+        )
+        .ok();
+    let tagged = v4(
+        &alice,
+        &json!({"lists": {
+            "fav": {"timeline_limit": 0, "required_state": {}, "filters": {"tags": ["m.favourite"]}},
+            "rest": {"timeline_limit": 0, "required_state": {}, "filters": {"not_tags": ["m.favourite"]}}
+        }}),
+    )
+    .ok()
+    .clone();
+    assert_eq!(tagged["lists"]["fav"]["count"], 1, "{tagged}");
+    assert_eq!(tagged["lists"]["rest"]["count"], 1, "{tagged}");
 }

@@ -697,8 +697,29 @@ fn a_rejected_invite_leaves_the_invite_list() {
         .ok();
     let second = ss(&bob, Some(&pos(&first)), 2000, &body);
     assert_eq!(second["lists"]["invites"]["count"], 0, "{second}");
-    // The room itself is no longer in a list: nothing of it (and nothing of its history).
+    // Nothing of the room's history reaches bob.
     assert!(!second.to_string().contains("secret before"), "{second}");
+
+    // An invite withdrawn by the inviter goes away too (and stays away).
+    let withdrawn = create_room(&alice, json!({"preset": "private_chat", "invite": [bob.uid()]}));
+    let all = json!({
+        "lists": {
+            "invites": {"ranges": [[0, 9]], "timeline_limit": 1, "required_state": [], "filters": {"is_invite": true}},
+            "all": {"ranges": [[0, 9]], "timeline_limit": 1, "required_state": []}
+        }
+    });
+    let third = ss(&bob, None, 0, &all);
+    assert_eq!(third["lists"]["invites"]["count"], 1, "{third}");
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&withdrawn)),
+            json!({"user_id": bob.uid()}),
+        )
+        .ok();
+    let fourth = ss(&bob, Some(&pos(&third)), 2000, &all);
+    assert_eq!(fourth["lists"]["invites"]["count"], 0, "{fourth}");
+    let fifth = ss(&bob, Some(&pos(&fourth)), 0, &all);
+    assert_eq!(fifth["lists"]["all"]["count"], 0, "{fifth}");
 }
 
 /// One request to the accepted form's endpoint.

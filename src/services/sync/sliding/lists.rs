@@ -1,5 +1,6 @@
-//! The room list of sliding sync: the user's rooms (joined, invited, kicked or banned from,
-//! and rooms left since the connection's last answer that it was sent), with their bump stamps,
+//! The room list of sliding sync: the user's rooms (joined, invited, kicked or banned from after
+//! joining, and rooms left since the connection's last answer that it was sent, so the client
+//! sees the departure once), with their bump stamps,
 //! filtered per list (`is_dm`, `is_encrypted`, `is_invite`, `room_types`, `not_room_types`,
 //! `spaces`, `tags`, `not_tags`) and
 //! sorted by recency; a list's `ranges` pick the rooms it sends.
@@ -99,9 +100,14 @@ impl Services {
             let keep = match membership.as_str() {
                 "join" | "invite" => true,
                 "ban" | "leave" => {
-                    if rooms.is_forgotten(&room_id, user_id)? {
+                    let newly = after.is_some_and(|a| position > a) && sent(&room_id);
+                    if newly {
+                        true
+                    } else if rooms.is_forgotten(&room_id, user_id)? {
                         false
                     } else {
+                        // Kicked or banned by someone else from a room they had joined (a
+                        // withdrawn invite is no reason to keep a room in the list).
                         let kicked = membership == "ban" || {
                             let current = rooms.state_event(&room_id, &StateEventType::RoomMember, user_id.as_str())?;
                             let member = match current {
@@ -110,7 +116,7 @@ impl Services {
                             };
                             member.is_some_and(|m| m.sender != user_id)
                         };
-                        kicked || (after.is_some_and(|a| position > a) && sent(&room_id))
+                        kicked && rooms.read_scope(&room_id, user_id).is_ok()
                     }
                 }
                 _ => false,

@@ -144,6 +144,19 @@ impl Build<'_> {
             kept.config = config.clone();
             return Ok((None, kept));
         }
+        // A departure already sent: nothing after it is for the user.
+        if let Some(prev) = prev
+            && !joined
+            && !config_changed
+            && !expanded
+            && !membership_changed
+        {
+            let mut kept = prev.clone();
+            kept.up_to = self.up_to;
+            kept.ephemeral = self.ephemeral_up_to;
+            kept.config = config.clone();
+            return Ok((None, kept));
+        }
 
         let (scope, member) = match rooms.read_scope(room_id, self.user_id) {
             Ok(scope) => (scope, true),
@@ -400,5 +413,44 @@ impl Build<'_> {
             heroes.push(hero);
         }
         Ok(heroes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(include: &[(&str, &str)], exclude: &[(&str, &str)]) -> RoomConfig {
+        let set = |pairs: &[(&str, &str)]| pairs.iter().map(|(t, k)| (t.to_string(), k.to_string())).collect();
+        RoomConfig {
+            timeline_limit: 1,
+            required_state: set(include),
+            exclude: set(exclude),
+        }
+    }
+
+    #[test]
+    fn required_state_patterns() {
+        let me = "@me:x";
+        let c = config(&[("m.room.name", ""), ("m.room.member", "$ME")], &[]);
+        let w = Wanted::new(&c, me);
+        assert!(w.matches("m.room.name", ""));
+        assert!(!w.matches("m.room.topic", ""));
+        assert!(w.matches("m.room.member", me));
+        assert!(!w.matches("m.room.member", "@other:x"));
+        assert!(!w.lazy);
+
+        // Everything, members lazily: the wildcard leaves members to the lazy rule.
+        let c = config(&[("*", "*"), ("m.room.member", "$LAZY")], &[]);
+        let w = Wanted::new(&c, me);
+        assert!(w.lazy);
+        assert!(w.matches("m.room.topic", ""));
+        assert!(!w.matches("m.room.member", "@other:x"));
+
+        // A type's every key; excluded entries go.
+        let c = config(&[("*", "*")], &[("m.room.create", "*")]);
+        let w = Wanted::new(&c, me);
+        assert!(!w.matches("m.room.create", ""));
+        assert!(w.matches("m.room.member", "@other:x"));
     }
 }

@@ -675,6 +675,8 @@ fn bad_input_is_refused() {
     assert_eq!(ss_raw(&alice, None, 0, &no_limit).status, 400);
     let bad_since = json!({"extensions": {"to_device": {"enabled": true, "since": "nope"}}});
     ss_raw(&alice, None, 0, &bad_since).expect_err(400, "M_INVALID_PARAM");
+    let dancing = alice.post(&format!("{PATH}?set_presence=dancing"), json!({}));
+    dancing.expect_err(400, "M_INVALID_PARAM");
     let anonymous = alice.with_token(None);
     ss_raw(&anonymous, None, 0, &json!({})).expect_err(401, "M_MISSING_TOKEN");
     // An empty request is a valid one.

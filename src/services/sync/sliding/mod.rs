@@ -68,6 +68,15 @@ impl Default for SlidingSync {
 }
 
 fn validate(req: &SlidingRequest) -> Result<()> {
+    use ruma::presence::PresenceState;
+    if !matches!(
+        req.set_presence,
+        PresenceState::Online | PresenceState::Unavailable | PresenceState::Offline
+    ) {
+        return Err(Error::invalid_param(
+            "set_presence must be online, unavailable or offline",
+        ));
+    }
     if req.lists.len() > MAX_LISTS {
         return Err(Error::invalid_param(format!("at most {MAX_LISTS} lists")));
     }

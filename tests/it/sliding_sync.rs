@@ -610,6 +610,31 @@ fn extensions_to_device_e2ee_and_account_data() {
     let third = ss(&bob, Some(&pos(&retry)), 0, &body(Some(&since2)));
     assert!(third["extensions"]["to_device"].get("events").is_none(), "{third}");
 
+    // A waiting request of the encryption connection is woken by a to-device message.
+    let waiter = {
+        let (bob, p, b) = (bob.clone(), pos(&third), body(Some(&since2)));
+        std::thread::spawn(move || ss(&bob, Some(&p), 10_000, &b))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    alice
+        .put(
+            "/_matrix/client/v3/sendToDevice/m.room_key_request/t2",
+            json!({"messages": {bob.uid(): {device.clone(): {"n": 2}}}}),
+        )
+        .ok();
+    let woke = waiter.join().unwrap();
+    let events = woke["extensions"]["to_device"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(events.len(), 1, "{woke}");
+    assert_eq!(events[0]["content"]["n"], 2);
+    let since2 = woke["extensions"]["to_device"]["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let third = woke;
+
     // Alice's new device shows in bob's device lists.
     let mut alice2 = server.client();
     alice2.login("alice", "pw");

@@ -815,6 +815,19 @@ fn the_accepted_form_at_v4_sync() {
         json!({"user_ids": [alice.uid()]}),
         "{second}"
     );
+    // A removed name is `null`; heroes come only for rooms without a name.
+    assert!(first["rooms"][&room].get("heroes").is_none(), "{first}");
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            json!({}),
+        )
+        .ok();
+    let third = v4(&bob, &body(Some(second["pos"].as_str().unwrap()), 2000))
+        .ok()
+        .clone();
+    let r = &third["rooms"][&room];
+    assert!(r.get("name").is_some_and(Value::is_null), "{third}");
     // Bad input and an unknown pos.
     v4(&bob, &body(Some("nope"), 0)).expect_err(400, "M_UNKNOWN_POS");
     let mut bad = body(None, 0);

@@ -294,6 +294,13 @@ pub mod v4 {
                 if !out.lists.is_empty() {
                     object.insert("lists".into(), out.lists.into());
                 }
+                if out.name_removed {
+                    object.insert("name".into(), Value::Null);
+                }
+                // Heroes are for rooms without a name.
+                if object.get("name").is_some_and(Value::is_string) {
+                    object.remove("heroes");
+                }
                 if out.expanded_timeline {
                     object.insert("expanded_timeline".into(), true.into());
                 }

@@ -260,7 +260,8 @@ fn build(
     let mut initial_rooms = BTreeSet::new();
     for (room_id, (config, candidate)) in &configs {
         let (room, sent) = b.room(candidate, config, base.rooms.get(room_id))?;
-        if let Some((room, expanded_timeline)) = room {
+        if let Some(built) = room {
+            let room = built.room;
             if room.initial == Some(true) {
                 initial_rooms.insert(room_id.clone());
             }
@@ -268,7 +269,8 @@ fn build(
                 room,
                 membership: candidate.membership.clone(),
                 lists: in_lists.remove(room_id).unwrap_or_default(),
-                expanded_timeline,
+                expanded_timeline: built.expanded_timeline,
+                name_removed: built.name_removed,
             };
             response.rooms.insert(room_id.clone(), out);
         }

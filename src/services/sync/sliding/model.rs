@@ -86,6 +86,8 @@ pub struct RoomOut {
     pub lists: Vec<String>,
     /// Whether the timeline was resent longer because the timeline limit grew.
     pub expanded_timeline: bool,
+    /// Whether the room's name was removed since the client had it (`name: null`).
+    pub name_removed: bool,
 }
 
 /// One answer.

@@ -97,6 +97,16 @@ impl<'a> Wanted<'a> {
     }
 }
 
+/// A room to send.
+pub struct Built {
+    /// Its fields.
+    pub room: response::Room,
+    /// Whether the timeline was resent longer because the timeline limit grew.
+    pub expanded_timeline: bool,
+    /// Whether the room's name was removed since the client had it.
+    pub name_removed: bool,
+}
+
 fn count(n: u64) -> UInt {
     UInt::try_from(n).unwrap_or(UInt::MAX)
 }
@@ -109,10 +119,15 @@ impl Build<'_> {
         candidate: &Candidate,
         config: &RoomConfig,
         prev: Option<&RoomSent>,
-    ) -> Result<(Option<(response::Room, bool)>, RoomSent)> {
+    ) -> Result<(Option<Built>, RoomSent)> {
         if candidate.membership == "invite" {
             let (room, sent) = self.invite(candidate, config, prev)?;
-            return Ok((room.map(|r| (r, false)), sent));
+            let built = room.map(|room| Built {
+                room,
+                expanded_timeline: false,
+                name_removed: false,
+            });
+            return Ok((built, sent));
         }
         let services = self.services;
         let rooms = &services.rooms;
@@ -287,9 +302,13 @@ impl Build<'_> {
             room.initial = Some(true);
         }
         let name_source = if full { &all_state } else { &changes };
+        let mut name_removed = false;
         for pdu in name_source.iter().filter(|p| p.state_key.as_deref() == Some("")) {
             match pdu.kind.to_string().as_str() {
-                "m.room.name" => room.name = pdu.content_str("name").filter(|n| !n.is_empty()),
+                "m.room.name" => {
+                    room.name = pdu.content_str("name").filter(|n| !n.is_empty());
+                    name_removed = room.name.is_none() && !initial;
+                }
                 "m.room.avatar" => {
                     room.avatar = match pdu.content_str("url").and_then(|u| OwnedMxcUri::try_from(u).ok()) {
                         Some(url) => JsOption::Some(url),
@@ -339,7 +358,14 @@ impl Build<'_> {
             .iter()
             .map(|pdu| client_event(services, who, pdu, None))
             .collect::<Result<_>>()?;
-        Ok((Some((room, expanded && !events.is_empty())), sent))
+        Ok((
+            Some(Built {
+                room,
+                expanded_timeline: expanded && !events.is_empty(),
+                name_removed,
+            }),
+            sent,
+        ))
     }
 
     fn invite(

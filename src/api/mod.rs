@@ -116,6 +116,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // Sync and what it carries (filters, typing, receipts, read markers, room account data,
     // tags, presence).
     t.add(LimitClass::Client, client::sync::sync_events);
+    t.add(LimitClass::Client, client::sliding_sync::sliding_sync);
+    t.add_json(LimitClass::Client, client::sliding_sync::sliding_sync_v4);
     t.add(LimitClass::Client, client::filter::create_filter);
     t.add(LimitClass::Client, client::filter::get_filter);
     t.add(LimitClass::Client, client::typing::create_typing_event);

@@ -74,6 +74,8 @@ pub struct Services {
     pub thread_unread: sync::thread_unread::ThreadUnreadCache,
     /// Lazy-loaded members already sent, per device and room.
     pub lazy_members: sync::lazy::SentMembers,
+    /// Sliding sync: connections and bump stamps (in memory).
+    pub sliding: sync::sliding::SlidingSync,
     /// Presence (in memory).
     pub presence: presence::Presence,
     /// End-to-end encryption keys and to-device messages.
@@ -150,6 +152,7 @@ impl Services {
             unread: sync::unread::UnreadCache::default(),
             thread_unread: Default::default(),
             lazy_members: sync::lazy::SentMembers::default(),
+            sliding: sync::sliding::SlidingSync::default(),
             presence,
             keys,
             key_backup,

@@ -25,6 +25,7 @@ pub mod reporting;
 pub mod room;
 pub mod room_upgrade;
 pub mod session;
+pub mod sliding_sync;
 pub mod state;
 pub mod sync;
 pub mod thirdparty;

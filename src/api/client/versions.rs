@@ -37,6 +37,8 @@ pub async fn get_supported_versions(
     unstable.insert("org.matrix.msc2432".to_owned(), true);
     // Cross-signing (spec v1.1); Element still asks for it by this name.
     unstable.insert("org.matrix.e2e_cross_signing".to_owned(), true);
+    // Simplified sliding sync (MSC4186), the form Element X uses.
+    unstable.insert("org.matrix.simplified_msc3575".to_owned(), true);
     let mut response = get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
     response.unstable_features = unstable;
     Ok(response)

@@ -43,7 +43,7 @@ const DEFAULT_LIMIT: u64 = 10;
 /// Largest timeline limit honoured.
 const MAX_LIMIT: u64 = 500;
 /// State types shown in an invite or knock (spec "Stripped state").
-const STRIPPED: &[&str] = &[
+pub(crate) const STRIPPED: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
@@ -53,7 +53,8 @@ const STRIPPED: &[&str] = &[
     "m.room.topic",
 ];
 
-fn raw<T>(value: &Value) -> Result<Raw<T>> {
+/// A JSON value as a typed raw event.
+pub(crate) fn raw<T>(value: &Value) -> Result<Raw<T>> {
     Ok(Raw::from_json(
         serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))?,
     ))
@@ -231,22 +232,12 @@ fn account_data_events<'a, T>(entries: impl Iterator<Item = &'a Change>, lists: 
 impl Ctx<'_> {
     /// A room event in the client format, cut to the filter's `event_fields`.
     fn client_event<T>(&self, pdu: &Pdu) -> Result<Raw<T>> {
-        let txn = match self.device_id {
-            Some(device) if pdu.sender == self.user_id => {
-                self.services
-                    .rooms
-                    .transaction_of(&pdu.event_id, self.user_id, device)?
-            }
-            _ => None,
-        };
-        if txn.is_none() && self.filter.event_fields.is_none() {
-            return Ok(Raw::from_json(pdu.to_client_json()?));
-        }
-        let mut event = pdu.to_client()?;
-        if let Some(txn) = txn {
-            event["unsigned"]["transaction_id"] = txn.into();
-        }
-        raw(&project(event, self.filter.event_fields.as_deref()))
+        client_event(
+            self.services,
+            (self.user_id, self.device_id),
+            pdu,
+            self.filter.event_fields.as_deref(),
+        )
     }
 
     fn after(&self) -> Option<u64> {
@@ -571,30 +562,7 @@ impl Ctx<'_> {
     /// whoever sent the invite (so clients can say who invited; Synapse sends it too), and
     /// last the member event itself.
     fn stripped(&self, room_id: &RoomId, member: &Pdu) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
-        let rooms = &self.services.rooms;
-        let mut out = Vec::new();
-        let strip = |p: &Pdu| -> Result<Value> {
-            let content: Value = serde_json::from_str(p.content.get()).map_err(|e| Error::internal(e.to_string()))?;
-            Ok(json!({
-                "type": p.kind.to_string(),
-                "state_key": p.state_key.clone().unwrap_or_default(),
-                "content": content,
-                "sender": p.sender,
-            }))
-        };
-        for kind in STRIPPED {
-            if let Some(pdu) = rooms.state_event(room_id, &StateEventType::from(*kind), "")? {
-                out.push(raw(&strip(&pdu)?)?);
-            }
-        }
-        let sender = member.sender.as_str();
-        if member.state_key.as_deref() != Some(sender)
-            && let Some(inviter) = rooms.state_event(room_id, &StateEventType::RoomMember, sender)?
-        {
-            out.push(raw(&strip(&inviter)?)?);
-        }
-        out.push(raw(&strip(member)?)?);
-        Ok(out)
+        stripped_state(self.services, room_id, member)
     }
 
     /// A room left (or banned from) since the token, or for an initial sync with
@@ -709,4 +677,60 @@ impl Ctx<'_> {
         }
         Ok(out)
     }
+}
+
+/// Stripped state for an invite or knock: the room's descriptive state, the member event of
+/// whoever sent the invite (so clients can say who invited; Synapse sends it too), and last the
+/// member event itself. (Shared with sliding sync.)
+pub(crate) fn stripped_state(
+    services: &Services,
+    room_id: &RoomId,
+    member: &Pdu,
+) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+    let rooms = &services.rooms;
+    let mut out = Vec::new();
+    let strip = |p: &Pdu| -> Result<Value> {
+        let content: Value = serde_json::from_str(p.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(json!({
+            "type": p.kind.to_string(),
+            "state_key": p.state_key.clone().unwrap_or_default(),
+            "content": content,
+            "sender": p.sender,
+        }))
+    };
+    for kind in STRIPPED {
+        if let Some(pdu) = rooms.state_event(room_id, &StateEventType::from(*kind), "")? {
+            out.push(raw(&strip(&pdu)?)?);
+        }
+    }
+    let sender = member.sender.as_str();
+    if member.state_key.as_deref() != Some(sender)
+        && let Some(inviter) = rooms.state_event(room_id, &StateEventType::RoomMember, sender)?
+    {
+        out.push(raw(&strip(&inviter)?)?);
+    }
+    out.push(raw(&strip(member)?)?);
+    Ok(out)
+}
+
+/// A room event in the client format for `user_id`'s device (their own events carry
+/// `unsigned.transaction_id`), cut to `event_fields`. (Shared with sliding sync.)
+pub(crate) fn client_event<T>(
+    services: &Services,
+    (user_id, device_id): (&UserId, Option<&str>),
+    pdu: &Pdu,
+    event_fields: Option<&[String]>,
+) -> Result<Raw<T>> {
+    let txn = match device_id {
+        Some(device) if pdu.sender == user_id => services.rooms.transaction_of(&pdu.event_id, user_id, device)?,
+        _ => None,
+    };
+    if txn.is_none() && event_fields.is_none() {
+        return Ok(Raw::from_json(pdu.to_client_json()?));
+    }
+    let mut event = pdu.to_client()?;
+    if let Some(txn) = txn {
+        event["unsigned"]["transaction_id"] = txn.into();
+    }
+    raw(&project(event, event_fields))
 }

@@ -28,6 +28,7 @@ pub mod build;
 pub mod filter;
 pub mod lazy;
 pub mod notifier;
+pub mod sliding;
 pub mod thread_unread;
 pub mod unread;
 
@@ -48,7 +49,7 @@ use crate::{
 };
 
 /// Longest wait of one long-poll.
-const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The parameters of one `/sync`.
 pub struct Params {

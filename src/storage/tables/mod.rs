@@ -12,6 +12,7 @@ pub mod filters;
 pub mod key_backup;
 pub mod media;
 pub mod membership;
+pub mod openid;
 pub mod pdus;
 pub mod registration_tokens;
 pub mod reports;

@@ -1,0 +1,522 @@
+//! The user directory (spec client-server-api "User directory",
+//! `POST /user_directory/search`): finding people by display name or user id.
+//!
+//! Who can be found: with `user_directory.search_all_users` every active local account;
+//! otherwise (Synapse's default) the users who share a room with the searcher (both joined) and
+//! the users joined to a public room (join rule `public` or history `world_readable`, Synapse's
+//! test). Deactivated accounts are never found.
+//!
+//! Matching is by word prefix, ignoring case and accents: the display name and the user id's
+//! localpart are cut into words (runs of letters and digits, after Unicode NFKD decomposition
+//! with the combining marks dropped, then lowercased), and every word of the search term must
+//! begin some word of the user's. "jo" finds "Jöhn Smith" and `@jon:server`; "smi" finds
+//! "Jöhn Smith"; "jo smi" finds him too. A term written as a user id (`@jon:server`) is
+//! searched by its localpart.
+//!
+//! Results are ranked: a display name equal to the term, then one starting with it, then any
+//! display-name word match, then localpart-only matches; within each, users sharing a room with
+//! the searcher first, then by display name and user id.
+//!
+//! # The index lives in memory
+//!
+//! Every active local account has one entry: its display name and avatar, its words, and the
+//! rooms it has joined (interned to small numbers), plus one flag per room saying whether it is
+//! public. The words are in one ordered set, so a search is a range scan of the words starting
+//! with the term, then a check per candidate; 10,000 users take a few microseconds to a few
+//! hundred for a one-letter term (see the unit test), with no disk read.
+//!
+//! It is rebuilt at start from the accounts, profiles and membership index (one read of each
+//! account; about a second for 100,000 accounts) instead of being stored: it is derived data
+//! only, so it can never disagree with what it derives from after a crash, and there is no
+//! schema to migrate. It is bounded by the number of active accounts (a few hundred bytes
+//! each, plus 4 bytes per joined room), which registration controls; no request can add an
+//! entry otherwise. It is kept current by hooks: account creation and deactivation, profile
+//! changes, and, from the rooms write path once an event is durable, member events (the user's
+//! joined rooms are re-read, so hooks racing each other still leave the truth) and changes of a
+//! room's join rule or history visibility.
+
+use std::{
+    cmp::Ordering,
+    collections::{BTreeSet, HashMap},
+    ops::Bound,
+    sync::RwLock,
+};
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::StateEventType};
+use serde_json::{Map, Value};
+use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
+
+use super::{accounts::Accounts, profile::Profiles, rooms::Rooms};
+use crate::Result;
+
+/// Most results a search returns, whatever the client asks (Synapse's cap).
+pub const MAX_LIMIT: usize = 50;
+
+/// One search hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// Their display name.
+    pub display_name: Option<String>,
+    /// Their avatar.
+    pub avatar_url: Option<String>,
+}
+
+/// The service.
+pub struct UserDirectory {
+    search_all_users: bool,
+    index: RwLock<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    /// Entries by slot; `None` for a free slot.
+    people: Vec<Option<Person>>,
+    free: Vec<u32>,
+    slot_of: HashMap<OwnedUserId, u32>,
+    /// (word, slot) for every word of every person.
+    words: BTreeSet<(Box<str>, u32)>,
+    /// Rooms interned to numbers, and whether each is public.
+    room_no: HashMap<OwnedRoomId, u32>,
+    public: Vec<bool>,
+}
+
+struct Person {
+    user_id: OwnedUserId,
+    display_name: Option<String>,
+    avatar_url: Option<String>,
+    /// The display name folded as words are.
+    name_key: String,
+    /// The display name's words, then the localpart's.
+    words: Vec<Box<str>>,
+    name_words: usize,
+    /// Joined rooms, sorted.
+    rooms: Vec<u32>,
+}
+
+/// Folds text for matching: NFKD, combining marks dropped, lowercase.
+pub fn fold(text: &str) -> String {
+    text.nfkd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The words of folded text: runs of letters and digits.
+fn words_of(folded: &str) -> impl Iterator<Item = &str> {
+    folded.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty())
+}
+
+/// Display name and avatar from a profile object.
+fn shown(profile: &Map<String, Value>) -> (Option<String>, Option<String>) {
+    let text = |key: &str| {
+        profile
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    (text("displayname"), text("avatar_url"))
+}
+
+impl Person {
+    fn new(user_id: OwnedUserId, display_name: Option<String>, avatar_url: Option<String>, rooms: Vec<u32>) -> Self {
+        let name_key = display_name.as_deref().map(fold).unwrap_or_default();
+        fn add(words: &mut Vec<Box<str>>, word: &str) {
+            if !words.iter().any(|w| &**w == word) {
+                words.push(word.into());
+            }
+        }
+        let mut words: Vec<Box<str>> = Vec::new();
+        words_of(&name_key).for_each(|w| add(&mut words, w));
+        let name_words = words.len();
+        let localpart = fold(user_id.localpart());
+        words_of(&localpart).for_each(|w| add(&mut words, w));
+        add(&mut words, &localpart);
+        Self {
+            user_id,
+            display_name,
+            avatar_url,
+            name_key,
+            words,
+            name_words,
+            rooms,
+        }
+    }
+}
+
+impl Index {
+    fn room_no(&mut self, rooms: &Rooms, room_id: &RoomId) -> Result<u32> {
+        if let Some(no) = self.room_no.get(room_id) {
+            return Ok(*no);
+        }
+        let no = self.public.len() as u32;
+        self.public.push(is_public(rooms, room_id)?);
+        self.room_no.insert(room_id.to_owned(), no);
+        Ok(no)
+    }
+
+    fn insert(&mut self, person: Person) {
+        self.remove(&person.user_id.clone());
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.people.push(None);
+                (self.people.len() - 1) as u32
+            }
+        };
+        for word in &person.words {
+            self.words.insert((word.clone(), slot));
+        }
+        self.slot_of.insert(person.user_id.clone(), slot);
+        self.people[slot as usize] = Some(person);
+    }
+
+    fn remove(&mut self, user_id: &UserId) -> Option<Person> {
+        let slot = self.slot_of.remove(user_id)?;
+        let person = self.people[slot as usize].take()?;
+        for word in &person.words {
+            self.words.remove(&(word.clone(), slot));
+        }
+        self.free.push(slot);
+        Some(person)
+    }
+
+    fn person_mut(&mut self, user_id: &UserId) -> Option<&mut Person> {
+        let slot = *self.slot_of.get(user_id)?;
+        self.people[slot as usize].as_mut()
+    }
+}
+
+/// Synapse's test of a public room: join rule `public`, or history `world_readable`.
+fn is_public(rooms: &Rooms, room_id: &RoomId) -> Result<bool> {
+    let join_rule = rooms
+        .state_event(room_id, &StateEventType::RoomJoinRules, "")?
+        .and_then(|e| e.content_str("join_rule"));
+    if join_rule.as_deref() == Some("public") {
+        return Ok(true);
+    }
+    let history = rooms
+        .state_event(room_id, &StateEventType::RoomHistoryVisibility, "")?
+        .and_then(|e| e.content_str("history_visibility"));
+    Ok(history.as_deref() == Some("world_readable"))
+}
+
+/// How well a person matches (lower is better).
+fn tier(person: &Person, term_key: &str, term_words: &[&str]) -> u8 {
+    if !person.name_key.is_empty() && person.name_key == term_key {
+        0
+    } else if !person.name_key.is_empty() && person.name_key.starts_with(term_key) {
+        1
+    } else if term_words
+        .iter()
+        .all(|t| person.words[..person.name_words].iter().any(|w| w.starts_with(t)))
+    {
+        2
+    } else {
+        3
+    }
+}
+
+/// A match: its tier, whether some term word is not a whole word of the user's, whether the
+/// user shares no room with the searcher (each `false` first), and the user.
+type Hit<'a> = (u8, bool, bool, &'a Person);
+
+fn shares_room(a: &[u32], b: &[u32]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            Ordering::Less => i += 1,
+            Ordering::Greater => j += 1,
+            Ordering::Equal => return true,
+        }
+    }
+    false
+}
+
+impl UserDirectory {
+    /// An empty directory; [`Self::rebuild`] fills it.
+    pub fn new(search_all_users: bool) -> Self {
+        Self {
+            search_all_users,
+            index: RwLock::new(Index::default()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Builds the index from every active account, its profile and its joined rooms.
+    pub fn rebuild(&self, accounts: &Accounts, profiles: &Profiles, rooms: &Rooms) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut index = Index::default();
+        for user_id in accounts.active_users()? {
+            let (display_name, avatar_url) = profiles.get(&user_id)?.as_ref().map(shown).unwrap_or_default();
+            let mut joined = Vec::new();
+            for (room_id, member) in rooms.memberships_of(&user_id)?.iter() {
+                if member.membership == "join" {
+                    joined.push(index.room_no(rooms, room_id)?);
+                }
+            }
+            joined.sort_unstable();
+            index.insert(Person::new(user_id, display_name, avatar_url, joined));
+        }
+        let users = index.slot_of.len();
+        *self.write() = index;
+        tracing::info!(users, elapsed = ?started.elapsed(), "user directory built");
+        Ok(())
+    }
+
+    /// A new account (with the profile it starts with).
+    pub fn account_created(&self, profiles: &Profiles, user_id: &UserId) -> Result<()> {
+        let (display_name, avatar_url) = profiles.get(user_id)?.as_ref().map(shown).unwrap_or_default();
+        self.write()
+            .insert(Person::new(user_id.to_owned(), display_name, avatar_url, Vec::new()));
+        Ok(())
+    }
+
+    /// A deactivated account: no longer found.
+    pub fn account_deactivated(&self, user_id: &UserId) {
+        self.write().remove(user_id);
+    }
+
+    /// The user's profile now reads `profile` (accounts not in the directory are ignored).
+    pub fn profile_changed(&self, user_id: &UserId, profile: &Map<String, Value>) {
+        let (display_name, avatar_url) = shown(profile);
+        let mut index = self.write();
+        if let Some(old) = index.remove(user_id) {
+            index.insert(Person::new(old.user_id, display_name, avatar_url, old.rooms));
+        }
+    }
+
+    /// A member event for `user_id` in `room_id` is durable: the user's joined rooms are read
+    /// again (called by the rooms write path).
+    pub fn member_changed(&self, rooms: &Rooms, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        if !self.read().slot_of.contains_key(user_id) {
+            return Ok(());
+        }
+        let memberships = rooms.memberships_of(user_id)?;
+        let mut index = self.write();
+        // The room itself may be new to the index.
+        index.room_no(rooms, room_id)?;
+        let mut joined = Vec::new();
+        for (room, member) in memberships.iter() {
+            if member.membership == "join" {
+                joined.push(index.room_no(rooms, room)?);
+            }
+        }
+        joined.sort_unstable();
+        if let Some(person) = index.person_mut(user_id) {
+            person.rooms = joined;
+        }
+        Ok(())
+    }
+
+    /// An event that may change whether a room is public is durable (called by the rooms write
+    /// path for state the room directory shows).
+    pub fn room_state_changed(&self, rooms: &Rooms, room_id: &RoomId) -> Result<()> {
+        let public = is_public(rooms, room_id)?;
+        let mut index = self.write();
+        match index.room_no.get(room_id) {
+            Some(no) => {
+                let no = *no as usize;
+                index.public[no] = public;
+            }
+            None => {
+                let no = index.public.len() as u32;
+                index.public.push(public);
+                index.room_no.insert(room_id.to_owned(), no);
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` users `searcher` may find with `term`, best first, and whether more
+    /// matched. The order: display name equal to the term, starting with it, matching by words,
+    /// then localpart-only matches; within each, whole-word matches first, then users sharing
+    /// a room with the searcher, then by display name and user id.
+    pub fn search(&self, searcher: &UserId, term: &str, limit: usize) -> (Vec<Found>, bool) {
+        let limit = limit.min(MAX_LIMIT);
+        let term = term.trim();
+        // A user id is searched by its localpart.
+        let term = match term.strip_prefix('@').and_then(|t| t.split_once(':')) {
+            Some((localpart, _)) => localpart,
+            None => term.strip_prefix('@').unwrap_or(term),
+        };
+        let term_key = fold(term);
+        let mut term_words: Vec<&str> = words_of(&term_key).collect();
+        if term_words.is_empty() {
+            return (Vec::new(), false);
+        }
+        // The longest word picks the candidates; the others filter them.
+        term_words.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        let index = self.read();
+        let searcher_rooms: &[u32] = index
+            .slot_of
+            .get(searcher)
+            .and_then(|slot| index.people[*slot as usize].as_ref())
+            .map_or(&[], |p| &p.rooms);
+        let first = term_words[0];
+        let mut slots: Vec<u32> = index
+            .words
+            .range::<(Box<str>, u32), _>((Bound::Included((first.into(), 0)), Bound::Unbounded))
+            .take_while(|(word, _)| word.starts_with(first))
+            .map(|(_, slot)| *slot)
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let mut hits: Vec<Hit<'_>> = Vec::new();
+        for slot in slots {
+            let Some(person) = index.people[slot as usize].as_ref() else {
+                continue;
+            };
+            if !term_words[1..]
+                .iter()
+                .all(|t| person.words.iter().any(|w| w.starts_with(t)))
+            {
+                continue;
+            }
+            let shares = person.user_id != searcher && shares_room(&person.rooms, searcher_rooms);
+            let visible = if self.search_all_users {
+                person.user_id != searcher
+            } else {
+                shares || person.rooms.iter().any(|r| index.public[*r as usize])
+            };
+            if visible {
+                let exact = term_words.iter().all(|t| person.words.iter().any(|w| **w == **t));
+                hits.push((tier(person, &term_key, &term_words), !exact, !shares, person));
+            }
+        }
+        let limited = hits.len() > limit;
+        let key = |(tier, inexact, apart, _): &Hit<'_>| (*tier, *inexact, *apart);
+        let order = |a: &Hit<'_>, b: &Hit<'_>| {
+            key(a)
+                .cmp(&key(b))
+                .then_with(|| a.3.name_key.is_empty().cmp(&b.3.name_key.is_empty()))
+                .then_with(|| a.3.name_key.cmp(&b.3.name_key))
+                .then_with(|| a.3.user_id.cmp(&b.3.user_id))
+        };
+        if limited && limit > 0 {
+            hits.select_nth_unstable_by(limit - 1, order);
+        }
+        hits.truncate(limit);
+        hits.sort_by(order);
+        let found = hits
+            .into_iter()
+            .map(|(_, _, _, p)| Found {
+                user_id: p.user_id.clone(),
+                display_name: p.display_name.clone(),
+                avatar_url: p.avatar_url.clone(),
+            })
+            .collect();
+        (found, limited)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(index: &mut Index, user: &str, name: Option<&str>, rooms: Vec<u32>) {
+        for r in &rooms {
+            while index.public.len() <= *r as usize {
+                index.public.push(false);
+            }
+        }
+        let user_id = OwnedUserId::try_from(user).unwrap();
+        index.insert(Person::new(user_id, name.map(str::to_owned), None, rooms));
+    }
+
+    fn names(found: &[Found]) -> Vec<&str> {
+        found.iter().map(|f| f.user_id.as_str()).collect()
+    }
+
+    #[test]
+    fn folding_ignores_case_and_accents() {
+        assert_eq!(fold("Jöhn SMITH"), "john smith");
+        assert_eq!(fold("Ångström Çedille"), "angstrom cedille");
+        assert_eq!(words_of(&fold("jon.doe_2")).collect::<Vec<_>>(), ["jon", "doe", "2"]);
+    }
+
+    #[test]
+    fn word_prefixes_match_and_rank() {
+        let directory = UserDirectory::new(true);
+        {
+            let mut index = directory.write();
+            person(&mut index, "@me:hs", Some("Me"), vec![0]);
+            person(&mut index, "@john:hs", Some("Jöhn Smith"), vec![]);
+            person(&mut index, "@jon:hs", None, vec![]);
+            person(&mut index, "@x:hs", Some("Jo"), vec![]);
+            person(&mut index, "@bob.jordan:hs", Some("Bob"), vec![0]);
+        }
+        let me = ruma::user_id!("@me:hs");
+        let (found, limited) = directory.search(me, "jo", 10);
+        assert!(!limited);
+        // Exact name, then name prefix, then localpart-only (room sharers first), no name last.
+        assert_eq!(names(&found), ["@x:hs", "@john:hs", "@bob.jordan:hs", "@jon:hs"]);
+        assert_eq!(names(&directory.search(me, "SMI", 10).0), ["@john:hs"]);
+        assert_eq!(names(&directory.search(me, "jo smi", 10).0), ["@john:hs"]);
+        assert_eq!(names(&directory.search(me, "@jon:hs", 10).0), ["@jon:hs"]);
+        assert!(
+            directory.search(me, "me", 10).0.is_empty(),
+            "never yourself with search_all_users"
+        );
+        let (found, limited) = directory.search(me, "jo", 2);
+        assert!(limited);
+        assert_eq!(names(&found), ["@x:hs", "@john:hs"]);
+        assert!(directory.search(me, "  ", 10).0.is_empty());
+    }
+
+    #[test]
+    fn without_search_all_users_only_room_sharers_and_public_rooms() {
+        let directory = UserDirectory::new(false);
+        {
+            let mut index = directory.write();
+            person(&mut index, "@me:hs", Some("Me"), vec![0]);
+            person(&mut index, "@anna.shared:hs", None, vec![0, 2]);
+            person(&mut index, "@anna.public:hs", None, vec![1]);
+            person(&mut index, "@anna.stranger:hs", None, vec![2]);
+            index.public[1] = true;
+        }
+        let me = ruma::user_id!("@me:hs");
+        let (found, _) = directory.search(me, "anna", 10);
+        assert_eq!(names(&found), ["@anna.shared:hs", "@anna.public:hs"]);
+    }
+
+    #[test]
+    fn ten_thousand_users_search_quickly() {
+        let directory = UserDirectory::new(false);
+        {
+            let mut index = directory.write();
+            index.public = vec![false; 100];
+            index.public[7] = true;
+            for i in 0..10_000u32 {
+                let name = format!("User{i} Family{}", i % 97);
+                person(&mut index, &format!("@user{i}:hs"), Some(&name), vec![i % 100]);
+            }
+        }
+        let me = ruma::user_id!("@user0:hs");
+        let mut total = 0;
+        for term in ["u", "user12", "family3", "user1 family1", "nobody"] {
+            let started = std::time::Instant::now();
+            total += directory.search(me, term, 10).0.len();
+            // Not a timing assertion; printed for the curious (`--nocapture`).
+            println!("{term:?} over 10,000 users: {:?}", started.elapsed());
+        }
+        assert!(total > 0);
+        // Visible: room 0 (shared with user0) and room 7 (public); room-mates first.
+        let (found, limited) = directory.search(me, "user1", 50);
+        assert!(!limited && found.len() == 22, "{found:?}");
+        let room = |f: &Found| f.user_id.localpart()[4..].parse::<u32>().unwrap() % 100;
+        assert!(found[..11].iter().all(|f| room(f) == 0) && found[11..].iter().all(|f| room(f) == 7));
+        assert_eq!(found[0].user_id, "@user100:hs");
+        let (found, limited) = directory.search(me, "family", 5);
+        assert!(limited && found.len() == 5);
+    }
+}

@@ -26,6 +26,9 @@ mod http_layer;
 mod limits;
 /// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.
 mod media;
+/// People and calls: the user directory, the space hierarchy, OpenID, TURN (with a real coturn
+/// when installed), MatrixRTC transports.
+mod people;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
 /// Room upgrades.

@@ -366,11 +366,20 @@ impl UserDirectory {
         Ok(())
     }
 
-    /// A new account (with the profile it starts with).
-    pub fn account_created(&self, profiles: &Profiles, user_id: &UserId) -> Result<()> {
+    /// A new account (with the profile it starts with, and any room it joined already: its
+    /// token works as soon as the account is stored, before this is called).
+    pub fn account_created(&self, profiles: &Profiles, rooms: &Rooms, user_id: &UserId) -> Result<()> {
         let (display_name, avatar_url) = profiles.get(user_id)?.as_ref().map(shown).unwrap_or_default();
-        self.write()
-            .insert(Person::new(user_id.to_owned(), display_name, avatar_url, Vec::new()));
+        let memberships = rooms.memberships_of(user_id)?;
+        let mut index = self.write();
+        let mut joined = Vec::new();
+        for (room_id, member) in memberships.iter() {
+            if member.membership == "join" {
+                joined.push(index.room_no(rooms, room_id)?);
+            }
+        }
+        joined.sort_unstable();
+        index.insert(Person::new(user_id.to_owned(), display_name, avatar_url, joined));
         Ok(())
     }
 

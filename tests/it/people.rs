@@ -372,6 +372,11 @@ fn openid_tokens_name_their_user_until_they_expire() {
     server.launch();
     assert_eq!(userinfo(&server, Some(&token)).ok()["sub"], alice.uid());
     userinfo(&server, Some("expired-token")).expect_err(401, "M_UNKNOWN_TOKEN");
+
+    // A deactivated user's tokens name nobody.
+    let alice = alice.with_base(&server.base);
+    deactivate(&alice, "pw");
+    userinfo(&server, Some(&token)).expect_err(401, "M_UNKNOWN_TOKEN");
 }
 
 const TURN: &str = "/_matrix/client/v3/voip/turnServer";

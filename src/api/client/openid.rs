@@ -43,7 +43,15 @@ pub async fn userinfo(services: web::Data<Services>, req: HttpRequest) -> HttpRe
     let Some(token) = query.get("access_token") else {
         return respond::error(Error::missing_param("Missing access_token query parameter"));
     };
-    match services.openid.userinfo(token) {
+    // A token outlives nothing: once its user is deactivated it names nobody.
+    let user = services
+        .openid
+        .userinfo(token)
+        .and_then(|user_id| match services.accounts.is_active(&user_id)? {
+            true => Ok(user_id),
+            false => Err(Error::unknown_token(false)),
+        });
+    match user {
         Ok(user_id) => HttpResponse::Ok().json(serde_json::json!({ "sub": user_id })),
         Err(e) => respond::error(e),
     }

@@ -14,8 +14,9 @@
 //! searched by its localpart.
 //!
 //! Results are ranked: a display name equal to the term, then one starting with it, then any
-//! display-name word match, then localpart-only matches; within each, users sharing a room with
-//! the searcher first, then by display name and user id.
+//! display-name word match, then localpart-only matches; within each, users for whom every
+//! term word is a whole word first ("user12" before "user120"), then users sharing a room with
+//! the searcher, then by display name and user id.
 //!
 //! # The index lives in memory
 //!
@@ -28,8 +29,8 @@
 //! build) a one-word term takes 1-40 µs, and a one-letter term that every user matches about
 //! 70 µs with `search_all_users` off and 330 µs with it on; no disk is read.
 //!
-//! It is rebuilt at start from the accounts, profiles and membership index (one read of each
-//! account; about a second for 100,000 accounts) instead of being stored: it is derived data
+//! It is rebuilt at start from the accounts, profiles and membership index (a profile and a
+//! membership read per account; the time taken is logged) instead of being stored: it is derived data
 //! only, so it can never disagree with what it derives from after a crash, and there is no
 //! schema to migrate. It is bounded by the number of active accounts (a few hundred bytes
 //! each, plus 4 bytes per joined room), which registration controls; no request can add an

@@ -121,6 +121,14 @@ pub struct Config {
     pub public_baseurl: Option<String>,
     /// The built-in OAuth 2.0 authorization server.
     pub oauth: OAuthConfig,
+    /// The user directory searches every local user, not only those sharing a room with the
+    /// searcher or in a public room.
+    pub user_directory_search_all_users: bool,
+    /// TURN credentials for `/voip/turnServer`.
+    pub voip: VoipConfig,
+    /// MatrixRTC transports (`/rtc/transports`, `org.matrix.msc4143.rtc_foci`), each a JSON
+    /// object with a `type`.
+    pub rtc_transports: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The `[oauth]` section, validated.
@@ -134,6 +142,21 @@ pub struct OAuthConfig {
     pub device_code_lifetime: Duration,
     /// Seconds a device-grant client waits between polls.
     pub device_poll_interval: Duration,
+}
+
+/// The `[voip]` section, validated.
+#[derive(Clone, Debug, Default)]
+pub struct VoipConfig {
+    /// TURN server URIs handed to clients (empty: no TURN server).
+    pub turn_uris: Vec<String>,
+    /// coturn's `static-auth-secret` (`use-auth-secret`): credentials are made per request.
+    pub turn_shared_secret: Option<String>,
+    /// Fixed credentials, used when no shared secret is set.
+    pub turn_username: Option<String>,
+    /// The password going with `turn_username`.
+    pub turn_password: Option<String>,
+    /// How long credentials made from the shared secret stay valid.
+    pub turn_user_lifetime: Duration,
 }
 
 /// The `[media]` section, validated.
@@ -187,6 +210,15 @@ pub struct RawConfig {
     media: RawMedia,
     public_baseurl: Option<String>,
     oauth: RawOAuth,
+    user_directory: RawUserDirectory,
+    voip: RawVoip,
+    rtc: RawRtc,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUserDirectory {
+    search_all_users: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +238,95 @@ impl Default for RawOAuth {
             device_code_lifetime_secs: 600,
             device_poll_interval_secs: 5,
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawVoip {
+    turn_uris: Vec<String>,
+    turn_shared_secret: Option<String>,
+    turn_username: Option<String>,
+    turn_password: Option<String>,
+    turn_user_lifetime_secs: u64,
+}
+
+impl Default for RawVoip {
+    fn default() -> Self {
+        Self {
+            turn_uris: Vec::new(),
+            turn_shared_secret: None,
+            turn_username: None,
+            turn_password: None,
+            turn_user_lifetime_secs: 3600,
+        }
+    }
+}
+
+impl RawVoip {
+    fn validate(self) -> Result<VoipConfig, ConfigError> {
+        for uri in &self.turn_uris {
+            if !(uri.starts_with("turn:") || uri.starts_with("turns:") || uri.starts_with("stun:")) {
+                return Err(key_error(
+                    "voip.turn_uris",
+                    format!("\"{uri}\" is not a turn:, turns: or stun: URI"),
+                ));
+            }
+        }
+        if self.turn_shared_secret.as_deref() == Some("") {
+            return Err(key_error("voip.turn_shared_secret", "must not be empty"));
+        }
+        if self.turn_username.is_some() != self.turn_password.is_some() {
+            return Err(key_error(
+                "voip.turn_username",
+                "turn_username and turn_password go together",
+            ));
+        }
+        if self.turn_user_lifetime_secs == 0 {
+            return Err(key_error("voip.turn_user_lifetime_secs", "must be at least 1"));
+        }
+        Ok(VoipConfig {
+            turn_uris: self.turn_uris,
+            turn_shared_secret: self.turn_shared_secret,
+            turn_username: self.turn_username,
+            turn_password: self.turn_password,
+            turn_user_lifetime: Duration::from_secs(self.turn_user_lifetime_secs),
+        })
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRtc {
+    transports: Vec<toml::Table>,
+}
+
+impl RawRtc {
+    fn validate(self) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, ConfigError> {
+        let key = "rtc.transports";
+        self.transports
+            .into_iter()
+            .map(|table| {
+                let serde_json::Value::Object(object) = serde_json::to_value(&table).map_err(|e| key_error(key, e))?
+                else {
+                    return Err(key_error(key, "each transport must be a table"));
+                };
+                match object.get("type").and_then(serde_json::Value::as_str) {
+                    None | Some("") => return Err(key_error(key, "each transport needs a `type` string")),
+                    Some("livekit") => {
+                        let url = object.get("livekit_service_url").and_then(serde_json::Value::as_str);
+                        if !url.is_some_and(|u| u.starts_with("https://") || u.starts_with("http://")) {
+                            return Err(key_error(
+                                key,
+                                "a livekit transport needs `livekit_service_url`, an http(s):// URL",
+                            ));
+                        }
+                    }
+                    Some(_) => {}
+                }
+                Ok(object)
+            })
+            .collect()
     }
 }
 
@@ -407,6 +528,9 @@ impl Default for RawConfig {
             media: RawMedia::default(),
             public_baseurl: None,
             oauth: RawOAuth::default(),
+            user_directory: RawUserDirectory::default(),
+            voip: RawVoip::default(),
+            rtc: RawRtc::default(),
         }
     }
 }
@@ -503,6 +627,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "media",
     "public_baseurl",
     "oauth",
+    "user_directory",
+    "voip",
+    "rtc",
 ];
 
 /// Command-line values that win over the file and the environment.
@@ -812,6 +939,13 @@ impl RawConfig {
             media: self.media.validate()?,
             public_baseurl,
             oauth,
+            // A server anyone can sign up on would hand every stranger the list of its users.
+            user_directory_search_all_users: self
+                .user_directory
+                .search_all_users
+                .unwrap_or(registration != RegistrationMode::Open),
+            voip: self.voip.validate()?,
+            rtc_transports: self.rtc.validate()?,
         })
     }
 }
@@ -930,6 +1064,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("trusted_proxies"), "{err}");
+    }
+
+    #[test]
+    fn people_sections_are_read_and_checked() {
+        let defaults = Config::defaults();
+        assert!(
+            !defaults.user_directory_search_all_users,
+            "open registration: shared rooms only"
+        );
+        assert!(defaults.voip.turn_uris.is_empty() && defaults.rtc_transports.is_empty());
+        let c = load_str("listen = \"0.0.0.0:8008\"\n", &[]).unwrap();
+        assert!(c.user_directory_search_all_users, "a closed server searches everyone");
+        let c = load_str(
+            "[user_directory]\nsearch_all_users = false\n[registration]\nmode = \"token\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(!c.user_directory_search_all_users);
+        let c = load_str(
+            "[rtc]\ntransports = [{ type = \"livekit\", livekit_service_url = \"https://lk.example\" }]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.rtc_transports[0]["livekit_service_url"], "https://lk.example");
+        for bad in [
+            "[rtc]\ntransports = [{ type = \"livekit\" }]\n",
+            "[rtc]\ntransports = [{ url = \"x\" }]\n",
+        ] {
+            let err = load_str(bad, &[]).unwrap_err().to_string();
+            assert!(err.contains("rtc.transports"), "{err}");
+        }
+        let err = load_str("[voip]\nturn_uris = [\"http://x\"]\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("voip.turn_uris"), "{err}");
+        let err = load_str("[voip]\nturn_username = \"u\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("voip.turn_username"), "{err}");
+        let c = load_str(
+            "",
+            &[("HEARTH_VOIP__TURN_URIS", "[\"turn:127.0.0.1:3478?transport=udp\"]")],
+        )
+        .unwrap();
+        assert_eq!(c.voip.turn_uris.len(), 1);
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/.well-known/matrix/server",
         web::get().to(client::well_known::discover_server),
     );
+    // Served although federation is off: widgets and call services check OpenID tokens here.
+    cfg.route(
+        "/_matrix/federation/v1/openid/userinfo",
+        web::get().to(client::openid::userinfo),
+    );
 
     // Registration and login.
     t.add(LimitClass::Register, client::register::register);
@@ -153,6 +158,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::backup::delete_backup_keys);
     t.add(LimitClass::Client, client::backup::delete_backup_keys_for_room);
     t.add(LimitClass::Client, client::backup::delete_backup_keys_for_session);
+
+    // People and calls: the user directory, spaces, OpenID tokens, TURN, MatrixRTC transports.
+    t.add(LimitClass::Client, client::user_directory::search_users);
+    t.add_json(LimitClass::Client, client::space::get_hierarchy);
+    t.add(LimitClass::Client, client::openid::request_openid_token);
+    t.add_json(LimitClass::Client, client::voip::get_turn_server_info);
+    t.add(LimitClass::Client, client::voip::get_rtc_transports);
 
     // Reporting content.
     t.add(LimitClass::Client, client::reporting::report_content);

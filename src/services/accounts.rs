@@ -108,6 +108,17 @@ impl Accounts {
         Ok(self.table.get(user_id.as_str())?)
     }
 
+    /// Every account that is not deactivated (the user directory's start).
+    pub fn active_users(&self) -> Result<Vec<OwnedUserId>> {
+        Ok(self
+            .table
+            .all()?
+            .into_iter()
+            .filter(|(_, record)| !record.deactivated)
+            .filter_map(|(user, _)| OwnedUserId::try_from(user).ok())
+            .collect())
+    }
+
     /// Whether the user exists and is not deactivated.
     pub fn is_active(&self, user_id: &UserId) -> Result<bool> {
         Ok(self.get(user_id)?.is_some_and(|a| !a.deactivated))

@@ -736,9 +736,24 @@ impl Directory {
             Err(Error::Matrix { status, .. }) if status == StatusCode::NOT_FOUND => return Err(not_found()),
             Err(e) => return Err(e),
         };
-        let info = self.entry(rooms, &room_id)?.ok_or_else(not_found)?;
+        self.visible_summary(rooms, requester, &room_id)?.ok_or_else(not_found)
+    }
+
+    /// A room's summary and the requester's membership (`leave` when they have none; `None`
+    /// when unauthenticated), if the requester may see the room: the rules of
+    /// [`Self::summary`], which the space hierarchy applies to each room too. `None` for a
+    /// room the requester may not see and for one Hearth does not know.
+    pub fn visible_summary(
+        &self,
+        rooms: &Rooms,
+        requester: Option<&UserId>,
+        room_id: &RoomId,
+    ) -> Result<Option<(RoomSummary, Option<String>)>> {
+        let Some(info) = self.entry(rooms, room_id)? else {
+            return Ok(None);
+        };
         let membership = requester
-            .map(|user| rooms.membership(&room_id, user))
+            .map(|user| rooms.membership(room_id, user))
             .transpose()?
             .flatten();
         let open = matches!(
@@ -756,7 +771,7 @@ impl Directory {
             }
         }
         if !(open || info.world_readable || member || via_allowed_room) {
-            return Err(not_found());
+            return Ok(None);
         }
         let mut summary = RoomSummary::new(
             info.room_id.clone(),
@@ -773,7 +788,7 @@ impl Directory {
         summary.encryption = info.encryption.clone();
         summary.room_version = info.room_version.clone();
         let membership = requester.map(|_| membership.unwrap_or_else(|| "leave".to_owned()));
-        Ok((summary, membership))
+        Ok(Some((summary, membership)))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod events;
 pub mod keys;
 pub mod media;
 pub mod oauth;
+pub mod openid;
 pub mod passwords;
 pub mod presence;
 pub mod profile;
@@ -20,11 +21,14 @@ pub mod reports;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
+pub mod spaces;
 pub mod sync;
 pub mod tags;
 pub mod tokens;
 pub mod typing;
 pub mod uiaa;
+pub mod user_directory;
+pub mod voip;
 
 use std::sync::Arc;
 
@@ -84,6 +88,10 @@ pub struct Services {
     pub key_backup: keys::backup::KeyBackup,
     /// The OAuth 2.0 authorization server (clients, codes, device grants, browser sessions).
     pub oauth: oauth::OAuth,
+    /// The user directory (in memory, rebuilt at start).
+    pub user_directory: Arc<user_directory::UserDirectory>,
+    /// OpenID tokens for third parties (widgets, call services).
+    pub openid: openid::OpenId,
 }
 
 impl Services {
@@ -102,12 +110,16 @@ impl Services {
         )?);
         let positions = Arc::new(crate::storage::positions::Positions::open(Arc::clone(&db))?);
         let directory = Arc::new(directory::Directory::new(Arc::clone(&db), config.server_name.clone()));
+        let user_directory = Arc::new(user_directory::UserDirectory::new(
+            config.user_directory_search_all_users,
+        ));
         let rooms = rooms::Rooms::new(
             Arc::clone(&db),
             Arc::clone(&positions),
             Arc::clone(&server_keys),
             config.server_name.clone(),
             Arc::clone(&directory),
+            Arc::clone(&user_directory),
         )?;
         let accounts = accounts::Accounts::new(Arc::clone(&db), Arc::clone(&config))?;
         let sessions = sessions::Sessions::new(Arc::clone(&db), Arc::clone(&config));
@@ -131,6 +143,8 @@ impl Services {
         let rate_limit = rate_limit::RateLimiter::new(&config);
         let reports = reports::Reports::new(Arc::clone(&db));
         let media = media::Media::new(Arc::clone(&db), config.media.clone(), config.server_name.clone())?;
+        user_directory.rebuild(&accounts, &profile, &rooms)?;
+        let openid = openid::OpenId::new(Arc::clone(&db));
         Ok(Arc::new(Services {
             db,
             reports,
@@ -157,6 +171,8 @@ impl Services {
             keys,
             key_backup,
             oauth,
+            user_directory,
+            openid,
         }))
     }
 }
@@ -188,6 +204,7 @@ impl Services {
         self.profile.queue_clear(&mut batch, user_id);
         self.account_data.queue_clear(&mut batch, user_id)?;
         self.accounts.deactivate(user_id, batch).await?;
+        self.user_directory.account_deactivated(user_id);
         self.keys.devices_deleted(&self.rooms, user_id, &devices).await?;
         for (room_id, member) in self.rooms.memberships_of(user_id)?.iter() {
             if !matches!(member.membership.as_str(), "join" | "invite" | "knock") {

@@ -103,6 +103,10 @@ pub const ROOMPOS_THREADROOT: &str = "roompos_threadroot";
 
 /// u64 ms ++ u32 nonce → postcard `ReportRecord` (abuse reports).
 pub const REPORTID_REPORT: &str = "reportid_report";
+/// OpenID tokens, two key shapes: `0x00 ++ SHA-256(token)` → postcard `OpenIdRecord` (user,
+/// expiry), and `0x01 ++ u64 expiry (ms) ++ SHA-256(token)` → empty, the expiry index that
+/// each new token's batch sweeps.
+pub const OPENIDTOKEN_USER: &str = "openidtoken_user";
 
 /// server name SEP media id → postcard `MediaRecord` (uploader, type, name, content hash or
 /// pending).
@@ -190,6 +194,7 @@ pub const TABLES: &[TableDef] = &[
     small(SHORTEVENTID_HASRELATIONS),
     small(ROOMPOS_THREADROOT),
     small(REPORTID_REPORT),
+    small(OPENIDTOKEN_USER),
     small(MEDIAID_MEDIA),
     blobs(BLOBCHUNK_BYTES),
     small(CONTENTHASH_BLOB),

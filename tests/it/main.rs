@@ -30,6 +30,9 @@ mod media;
 mod oauth;
 /// Event relationships: `/relations`, bundled aggregations, `/threads`, per-thread unread counts.
 mod relations;
+/// People and calls: the user directory, the space hierarchy, OpenID, TURN (with a real coturn
+/// when installed), MatrixRTC transports.
+mod people;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
 /// Room upgrades.

@@ -37,6 +37,7 @@ async fn shown_in_rooms(
     profile: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     if matches!(field, "displayname" | "avatar_url") {
+        ctx.services.user_directory.profile_changed(user_id, profile);
         let profile = MemberProfile::from_profile(profile);
         ctx.services.rooms.refresh_member_profile(user_id, &profile).await?;
     }

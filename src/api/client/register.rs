@@ -63,6 +63,12 @@ pub async fn register(ctx: Ctx, req: register::v3::Request) -> Result<register::
         .create(&user_id, req.password.as_deref(), false, batch)
         .await?;
     tracing::info!(%user_id, "registered a new account");
+    if let Err(e) = services
+        .user_directory
+        .account_created(&services.profile, &services.rooms, &user_id)
+    {
+        tracing::warn!(%user_id, error = %e, "new account not added to the user directory");
+    }
 
     let mut response = register::v3::Response::new(user_id);
     if let Some(grant) = grant {

@@ -2,7 +2,8 @@
 //!
 //! Spec: client-server-api "Server Discovery" (`data/api/client-server/wellknown.yaml`) and
 //! server-server-api "Resolving server names". Each answers 404 `M_NOT_FOUND` unless the
-//! operator configured it (`[well_known]`).
+//! operator configured it (`[well_known]`). The client answer carries the MatrixRTC transports of
+//! `[rtc]` as `org.matrix.msc4143.rtc_foci` (MSC4143) when there are any.
 
 use actix_web::{HttpResponse, web};
 use ruma::api::client::discovery::discover_homeserver::{self, HomeserverInfo};
@@ -24,7 +25,10 @@ pub async fn discover_homeserver(
         .well_known_client
         .clone()
         .ok_or_else(|| Error::not_found("No client discovery information is configured"))?;
-    Ok(discover_homeserver::Response::new(HomeserverInfo::new(base_url)))
+    let mut response = discover_homeserver::Response::new(HomeserverInfo::new(base_url));
+    // MatrixRTC transports (MSC4143), absent when none are configured.
+    response.rtc_foci = super::voip::configured_transports(&ctx)?;
+    Ok(response)
 }
 
 /// `GET /.well-known/matrix/server` (plain actix handler: ruma types for it live in the

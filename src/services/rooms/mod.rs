@@ -141,6 +141,8 @@ pub struct Rooms {
     pending_txns: Mutex<HashMap<(String, String, String), OwnedEventId>>,
     /// Consulted to validate `m.room.canonical_alias` content.
     directory: Arc<Directory>,
+    /// Told about durable member events and room state changes.
+    user_directory: Arc<super::user_directory::UserDirectory>,
     /// Wakes long-polling syncs (see `sync_hooks`).
     notifier: Arc<Notifier>,
     /// Member lists of rooms (see `members`).
@@ -181,6 +183,7 @@ impl Rooms {
         keys: Arc<ServerKeys>,
         server_name: OwnedServerName,
         directory: Arc<Directory>,
+        user_directory: Arc<super::user_directory::UserDirectory>,
     ) -> Result<Self> {
         let heads = ((db.cache_bytes() >> 20) * HEADS_PER_MIB).max(16);
         let rooms = Self {
@@ -206,6 +209,7 @@ impl Rooms {
             locks: BoundedMap::new(heads),
             versions: quick_cache::sync::Cache::new(100_000),
             directory,
+            user_directory,
         };
         rooms.index_relations()?;
         Ok(rooms)
@@ -422,6 +426,26 @@ impl Rooms {
             return Ok(Vec::new());
         };
         self.served_state(&current.state)
+    }
+
+    /// The room's current state events of one type, as clients see them (the space
+    /// hierarchy's `m.space.child` events): only those events are read, the others are told
+    /// apart by their (cached) short state keys.
+    pub fn current_state_of_type(&self, room_id: &RoomId, kind: &str) -> Result<Vec<Pdu>> {
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
+            return Ok(Vec::new());
+        };
+        let Some(current) = self.current_state(short_room)? else {
+            return Ok(Vec::new());
+        };
+        let mut shorts = Vec::new();
+        for (key, short_event) in current.state.iter() {
+            if self.ids.state_key_of(*key)?.is_some_and(|(k, _)| k == kind) {
+                shorts.push(*short_event);
+            }
+        }
+        let events = self.stored_events(&shorts)?;
+        self.served(shorts.into_iter().zip(events).collect())
     }
 
     /// The room state right after an event (the state before it, plus the event itself when

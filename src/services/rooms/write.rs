@@ -254,6 +254,9 @@ impl Rooms {
             if event.directory_relevant {
                 self.directory.room_changed(&event.appended.room_id);
             }
+            if written.is_ok() {
+                self.tell_user_directory(&event);
+            }
             self.forget_pending(&event);
             tickets.push(event.ticket);
             appended.push(event.appended);
@@ -272,6 +275,20 @@ impl Rooms {
                 self.notifier.flush(self.positions.watermark());
                 Err(e.into())
             }
+        }
+    }
+
+    /// Keeps the user directory current: a member event re-reads the member's joined rooms,
+    /// other state the room directory shows re-reads whether the room is public.
+    fn tell_user_directory(&self, event: &Staged) {
+        let room_id = &event.appended.room_id;
+        let told = match &event.member_target {
+            Some(target) => self.user_directory.member_changed(self, room_id, target),
+            None if event.directory_relevant => self.user_directory.room_state_changed(self, room_id),
+            None => Ok(()),
+        };
+        if let Err(e) = told {
+            tracing::warn!(%room_id, error = %e, "user directory not updated");
         }
     }
 

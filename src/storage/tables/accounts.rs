@@ -52,6 +52,20 @@ impl AccountsTable {
         Ok(())
     }
 
+    /// Every account, in user id order (deactivated ones included).
+    pub fn all(&self) -> StorageResult<Vec<(String, AccountRecord)>> {
+        self.db
+            .scan_prefix(USERID_ACCOUNT, b"")?
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    codec::decode(USERID_ACCOUNT, &v)?,
+                ))
+            })
+            .collect()
+    }
+
     /// Approximate number of accounts, deactivated ones included.
     pub fn estimate_count(&self) -> StorageResult<u64> {
         self.db.estimate_count(USERID_ACCOUNT)

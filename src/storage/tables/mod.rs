@@ -13,6 +13,7 @@ pub mod key_backup;
 pub mod media;
 pub mod membership;
 pub mod oauth_clients;
+pub mod openid;
 pub mod pdus;
 pub mod registration_tokens;
 pub mod relations;

@@ -116,6 +116,19 @@ pub struct Config {
     pub rate_limit_public_rooms: RateLimit,
     /// The media repository.
     pub media: MediaConfig,
+    /// Push notifications (push gateways).
+    pub push: PushConfig,
+}
+
+/// The `[push]` section, validated.
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    /// Address ranges push gateways may have although the built-in rules deny them.
+    pub gateway_ip_allow: Vec<IpRange>,
+    /// Address ranges push gateways may never have.
+    pub gateway_ip_deny: Vec<IpRange>,
+    /// Time limit of one request to a push gateway.
+    pub gateway_timeout: Duration,
 }
 
 /// The `[media]` section, validated.
@@ -167,6 +180,43 @@ pub struct RawConfig {
     rooms: RawRooms,
     rate_limits: RawRateLimits,
     media: RawMedia,
+    push: RawPush,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPush {
+    gateway_ip_allow: Vec<String>,
+    gateway_ip_deny: Vec<String>,
+    gateway_timeout_secs: u64,
+}
+
+impl Default for RawPush {
+    fn default() -> Self {
+        Self {
+            gateway_ip_allow: Vec::new(),
+            gateway_ip_deny: Vec::new(),
+            gateway_timeout_secs: 10,
+        }
+    }
+}
+
+impl RawPush {
+    fn validate(self) -> Result<PushConfig, ConfigError> {
+        let ranges = |key: &str, list: &[String]| {
+            list.iter()
+                .map(|s| IpRange::parse(s).map_err(|e| key_error(key, e)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if self.gateway_timeout_secs == 0 {
+            return Err(key_error("push.gateway_timeout_secs", "must be at least 1"));
+        }
+        Ok(PushConfig {
+            gateway_ip_allow: ranges("push.gateway_ip_allow", &self.gateway_ip_allow)?,
+            gateway_ip_deny: ranges("push.gateway_ip_deny", &self.gateway_ip_deny)?,
+            gateway_timeout: Duration::from_secs(self.gateway_timeout_secs),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,6 +415,7 @@ impl Default for RawConfig {
             rooms: RawRooms::default(),
             rate_limits: RawRateLimits::default(),
             media: RawMedia::default(),
+            push: RawPush::default(),
         }
     }
 }
@@ -459,6 +510,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "rooms",
     "rate_limits",
     "media",
+    "push",
 ];
 
 /// Command-line values that win over the file and the environment.
@@ -732,6 +784,7 @@ impl RawConfig {
             rate_limit_key_upload: self.rate_limits.key_upload,
             rate_limit_public_rooms: self.rate_limits.public_rooms,
             media: self.media.validate()?,
+            push: self.push.validate()?,
         })
     }
 }

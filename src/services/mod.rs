@@ -12,6 +12,7 @@ pub mod media;
 pub mod passwords;
 pub mod presence;
 pub mod profile;
+pub mod push;
 pub mod rate_limit;
 pub mod receipts;
 pub mod registration;
@@ -77,6 +78,8 @@ pub struct Services {
     pub keys: keys::Keys,
     /// Server-side key backup.
     pub key_backup: keys::backup::KeyBackup,
+    /// Push rules, pushers, the notification log and push delivery.
+    pub push: push::Push,
 }
 
 impl Services {
@@ -123,6 +126,7 @@ impl Services {
         let rate_limit = rate_limit::RateLimiter::new(&config);
         let reports = reports::Reports::new(Arc::clone(&db));
         let media = media::Media::new(Arc::clone(&db), config.media.clone(), config.server_name.clone())?;
+        let push = push::Push::new(Arc::clone(&db), &config.push);
         Ok(Arc::new(Services {
             db,
             reports,
@@ -146,6 +150,7 @@ impl Services {
             presence,
             keys,
             key_backup,
+            push,
         }))
     }
 }

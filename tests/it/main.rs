@@ -26,6 +26,9 @@ mod http_layer;
 mod limits;
 /// Media repository: uploads, downloads, thumbnails, previews and SSRF, dedup, admin, SIGKILL.
 mod media;
+/// Push notifications: the push-rule API, `/notifications`, pushers and delivery to a push
+/// gateway on loopback (down, restarted, rejecting).
+mod push;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
 /// Room upgrades.

@@ -15,6 +15,7 @@ pub mod membership;
 pub mod message;
 pub mod presence;
 pub mod profile;
+pub mod push;
 pub mod push_rules;
 pub mod receipt;
 pub mod register;

@@ -13,6 +13,7 @@ pub mod key_backup;
 pub mod media;
 pub mod membership;
 pub mod pdus;
+pub mod push;
 pub mod registration_tokens;
 pub mod reports;
 pub mod shortids;

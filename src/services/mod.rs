@@ -181,6 +181,7 @@ impl Services {
         self.sessions.queue_delete_devices(&mut batch, user_id, None, None)?;
         self.profile.queue_clear(&mut batch, user_id);
         self.account_data.queue_clear(&mut batch, user_id)?;
+        self.push.queue_delete_pushers(&mut batch, user_id, None)?;
         self.accounts.deactivate(user_id, batch).await?;
         self.keys.devices_deleted(&self.rooms, user_id, &devices).await?;
         for (room_id, member) in self.rooms.memberships_of(user_id)?.iter() {
@@ -219,8 +220,8 @@ impl Services {
             .collect())
     }
 
-    /// Deletes devices (all when `only` is `None`, except `keep`) with their tokens, keys and
-    /// to-device inboxes in one batch, and records the device-list change.
+    /// Deletes devices (all when `only` is `None`, except `keep`) with their tokens, keys,
+    /// pushers and to-device inboxes in one batch, and records the device-list change.
     pub async fn delete_devices(
         &self,
         user_id: &ruma::UserId,
@@ -230,6 +231,7 @@ impl Services {
         let devices = self.device_ids(user_id, only, keep)?;
         self.keys
             .delete_devices_with(&self.rooms, user_id, &devices, |batch| {
+                self.push.queue_delete_pushers(batch, user_id, Some(&devices))?;
                 self.sessions.queue_delete_devices(batch, user_id, only, keep)
             })
             .await

@@ -593,12 +593,38 @@ fn notifications_page_and_filter_highlights() {
         .collect();
     assert_eq!(ids, vec![sent[3].as_str(), sent[1].as_str()]);
     assert_eq!(unread(&bob, &room), (5, 2));
+    // `@room` from alice (who has the power to notify the room) highlights too.
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/all", enc(&room));
+    let everyone = alice
+        .put(
+            &path,
+            json!({"msgtype": "m.text", "body": "all of you", "m.mentions": {"room": true}}),
+        )
+        .ok()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let highlights = notifications_when(&bob, "only=highlight", 3);
+    assert_eq!(highlights["notifications"][0]["event"]["event_id"], everyone.as_str());
+    assert_eq!(unread(&bob, &room), (6, 3));
+    // Bob (power level 0) may not notify the room: his `@room` only notifies alice.
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/bob-all", enc(&room));
+    bob.put(
+        &path,
+        json!({"msgtype": "m.text", "body": "hey all", "m.mentions": {"room": true}}),
+    )
+    .ok();
+    let log = notifications_when(&alice, "", 1);
+    let actions = log["notifications"][0]["actions"].as_array().unwrap();
+    assert!(actions.iter().all(|a| a["set_tweak"] != "highlight"), "{log}");
+    assert_eq!(unread(&alice, &room), (1, 0));
     bob.get("/_matrix/client/v3/notifications?from=yesterday")
         .expect_err(400, "M_INVALID_PARAM");
 }
 
 /// `/pushers/set`: validation errors, `kind: null` deletes, and without `append` a pushkey
-/// moves from another user to the caller (with `append` both keep it).
+/// moves from another user to the caller (with `append` both keep it); logout removes the
+/// device's pushers.
 #[test]
 fn pushers_set_validates_replaces_and_deletes() {
     let server = server();
@@ -696,4 +722,9 @@ fn pushers_set_validates_replaces_and_deletes() {
     let got = carol.get("/_matrix/client/v3/pushers").ok().clone();
     assert_eq!(got["pushers"].as_array().unwrap().len(), 1);
     assert_eq!(got["pushers"][0]["pushkey"], "key2");
+    // Logging the device out removes its pushers (Synapse).
+    carol.post("/_matrix/client/v3/logout", json!({})).ok();
+    let mut carol = server.client();
+    carol.login("carol", "pw");
+    assert_eq!(carol.get("/_matrix/client/v3/pushers").ok()["pushers"], json!([]));
 }

@@ -80,6 +80,25 @@ impl Push {
     }
 }
 
+impl Push {
+    /// Queues removal of a user's pushers set by `devices` (all when `None`), as Synapse
+    /// removes a device's pushers with the device (logout, device deletion, deactivation).
+    pub fn queue_delete_pushers(
+        &self,
+        batch: &mut crate::storage::Batch,
+        user_id: &UserId,
+        devices: Option<&[String]>,
+    ) -> Result<()> {
+        for (app_id, pushkey, record) in self.table.pushers(user_id.as_str())? {
+            if devices.is_none_or(|d| d.contains(&record.device_id)) {
+                self.table
+                    .queue_delete_pusher(batch, user_id.as_str(), &app_id, &pushkey);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn config_error(message: &str) -> Error {
     // Synapse answers pusher configuration errors with 400 M_MISSING_PARAM "Config Error: …".
     Error::missing_param(format!("Config Error: {message}"))

@@ -86,6 +86,25 @@ pub fn merge(user_id: &UserId, stored: &Ruleset) -> Ruleset {
     out
 }
 
+/// Whether an event's content says it mentions the whole room (`m.mentions.room`): only then
+/// do its push rules need the sender's power levels.
+pub fn mentions_room(content: &RawValue) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Content {
+        #[serde(rename = "m.mentions")]
+        mentions: Option<Mentions>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Mentions {
+        #[serde(default)]
+        room: bool,
+    }
+    serde_json::from_str::<Content>(content.get())
+        .ok()
+        .and_then(|c| c.mentions)
+        .is_some_and(|m| m.room)
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
     global: Ruleset,
@@ -224,6 +243,20 @@ impl Services {
             .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
             .and_then(|m| m.content_str("displayname"))
             .unwrap_or_else(|| user_id.localpart().to_owned());
+        let power = self.push_power_levels(room_id, sender)?;
+        Ok(PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
+            user_id.to_owned(),
+            display_name,
+        )
+        .with_power_levels(power))
+    }
+
+    /// What the `sender_notification_permission` condition (`@room`) needs: the sender's
+    /// level and the room's `notifications` levels.
+    pub fn push_power_levels(&self, room_id: &RoomId, sender: &UserId) -> Result<PushConditionPowerLevelsCtx> {
+        let rooms = &self.rooms;
         let notifications = rooms
             .state_event(room_id, &StateEventType::RoomPowerLevels, "")?
             .and_then(|pl| {
@@ -237,19 +270,12 @@ impl Services {
             .unwrap_or_default();
         let sender_level = rooms.power_level(room_id, sender).unwrap_or(0);
         let sender_level = Int::new(sender_level.min(i64::from(Int::MAX))).unwrap_or(Int::MAX);
-        let power = PushConditionPowerLevelsCtx::new(
+        Ok(PushConditionPowerLevelsCtx::new(
             [(sender.to_owned(), sender_level)].into_iter().collect(),
             Int::from(0),
             notifications,
             RoomPowerLevelsRules::new(&AuthorizationRules::V1, std::iter::empty::<OwnedUserId>()),
-        );
-        Ok(PushConditionRoomCtx::new(
-            room_id.to_owned(),
-            UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
-            user_id.to_owned(),
-            display_name,
-        )
-        .with_power_levels(power))
+        ))
     }
 }
 

@@ -126,9 +126,19 @@ impl Services {
                 let rules = self.push_rules(user_id)?;
                 for pdu in others {
                     let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
+                    // `@room` needs the sender's power levels (`services::push::rules`).
+                    let room_mention;
+                    let context = if crate::services::push::rules::mentions_room(&pdu.content) {
+                        room_mention = context
+                            .clone()
+                            .with_power_levels(self.push_power_levels(room_id, &pdu.sender)?);
+                        &room_mention
+                    } else {
+                        &context
+                    };
                     // The evaluation does no I/O (no thread-subscription lookup is configured),
                     // so its future is ready at once.
-                    let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
+                    let Some(actions) = rules.get_actions(&event, context).now_or_never() else {
                         continue;
                     };
                     counted.notify += u64::from(actions.iter().any(|a| a.should_notify()));

@@ -154,9 +154,9 @@ pub const USERAPPKEY_PUSHER: &str = "userappkey_pusher";
 pub const APPKEYUSER_EMPTY: &str = "appkeyuser_empty";
 /// user id SEP u64 stream position → postcard `NotificationRecord` (`/notifications`).
 pub const USERPOS_NOTIFICATION: &str = "userpos_notification";
-/// u64 stream position SEP user id SEP app id SEP pushkey → postcard `QueuedPush`: a push
-/// still to be delivered to a gateway.
-pub const POSPUSHER_PUSHQUEUE: &str = "pospusher_pushqueue";
+/// user id SEP app id SEP pushkey SEP u64 stream position → postcard `QueuedPush`: a push
+/// still to be delivered to a gateway (each pusher's in stream order).
+pub const PUSHERPOS_PUSHQUEUE: &str = "pusherpos_pushqueue";
 
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
@@ -214,7 +214,7 @@ pub const TABLES: &[TableDef] = &[
     small(USERAPPKEY_PUSHER),
     small(APPKEYUSER_EMPTY),
     small(USERPOS_NOTIFICATION),
-    small(POSPUSHER_PUSHQUEUE),
+    small(PUSHERPOS_PUSHQUEUE),
 ];
 
 const fn small(name: &'static str) -> TableDef {

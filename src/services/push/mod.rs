@@ -60,6 +60,8 @@ pub struct Push {
     /// Wakes the worker when a pusher is added (nothing else needs it: events wake it through
     /// the notifier).
     pub(super) wake: Arc<tokio::sync::Notify>,
+    /// Where the worker's next delivery round starts in the queue (round-robin over pushers).
+    queue_cursor: std::sync::Mutex<Vec<u8>>,
 }
 
 impl Push {
@@ -76,6 +78,7 @@ impl Push {
             },
             timeout: config.gateway_timeout,
             wake: Arc::new(tokio::sync::Notify::new()),
+            queue_cursor: std::sync::Mutex::new(Vec::new()),
         }
     }
 }

@@ -18,11 +18,10 @@
 //! after the gateway answered, so a crash between the answer and that batch sends the push
 //! again after the restart (Synapse likewise advances a pusher's `last_stream_ordering` only
 //! after the send). Nothing queued is lost: queue entries and back-off state are in RocksDB.
-//! Memory is bounded: at most [`PENDING_BATCH`] events and [`QUEUE_SCAN`] queued pushes are
-//! read per round.
+//! Memory is bounded: at most [`PENDING_BATCH`] events, and [`PER_PUSHER`] pushes of each of
+//! [`QUEUE_PUSHERS`] pushers (taken round-robin), are read per round.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Weak},
     time::Duration,
 };
@@ -46,8 +45,10 @@ use crate::{
 
 /// Events evaluated per round.
 pub const PENDING_BATCH: usize = 64;
-/// Queued pushes read per delivery round.
-pub const QUEUE_SCAN: usize = 512;
+/// Pushers served per delivery round (in parallel).
+pub const QUEUE_PUSHERS: usize = 64;
+/// Queued pushes of one pusher read per round.
+pub const PER_PUSHER: usize = 32;
 /// First retry delay after a failed push.
 pub const INITIAL_BACKOFF_MS: u64 = 1000;
 /// Longest retry delay.
@@ -246,22 +247,18 @@ impl Services {
         Ok(())
     }
 
-    /// Delivers the due pushes among the first [`QUEUE_SCAN`] queued; the time the earliest
-    /// waiting one is due, if any waits.
+    /// Delivers the due pushes of the next [`QUEUE_PUSHERS`] pushers with queued pushes; the
+    /// time the earliest waiting one is due, if any waits.
     async fn deliver_due(self: Arc<Self>) -> Result<Option<u64>> {
-        let queued = self.push.table.queued(QUEUE_SCAN)?;
-        let mut groups: Vec<Vec<QueueEntry>> = Vec::new();
-        let mut index: HashMap<(String, String, String), usize> = HashMap::new();
-        for entry in queued {
-            let key = (entry.user_id.clone(), entry.app_id.clone(), entry.pushkey.clone());
-            match index.get(&key) {
-                Some(&i) => groups[i].push(entry),
-                None => {
-                    index.insert(key, groups.len());
-                    groups.push(vec![entry]);
-                }
-            }
+        // Pushers are read round-robin from where the last round stopped, so pushers in
+        // back-off at the front of the queue never starve the others.
+        let from = std::mem::take(&mut *self.push.queue_cursor.lock().unwrap_or_else(|p| p.into_inner()));
+        let (mut groups, next) = self.push.table.queued(&from, QUEUE_PUSHERS, PER_PUSHER)?;
+        if next.is_none() && !from.is_empty() {
+            let (more, _) = self.push.table.queued(&[], QUEUE_PUSHERS - groups.len(), PER_PUSHER)?;
+            groups.extend(more.into_iter().filter(|g| g[0].key.as_slice() < from.as_slice()));
         }
+        *self.push.queue_cursor.lock().unwrap_or_else(|p| p.into_inner()) = next.clone().unwrap_or_default();
         let now = now_ms();
         let mut next_due: Option<u64> = None;
         let mut tasks = tokio::task::JoinSet::new();
@@ -291,7 +288,10 @@ impl Services {
                 next_due = Some(next_due.map_or(at, |d| d.min(at)));
             }
         }
-        // A full scan may have left more behind: look again soon.
+        // Pushers beyond this round: look again soon.
+        if next.is_some() {
+            next_due = Some(next_due.map_or(now, |d| d.min(now)));
+        }
         Ok(next_due)
     }
 

@@ -6,8 +6,9 @@
 //! - `userappkey_pusher`: user SEP app id SEP pushkey → postcard [`PusherRecord`];
 //!   `appkeyuser_empty`: app id SEP pushkey SEP user → empty (the same pushers by pushkey).
 //! - `userpos_notification`: user SEP u64 position → postcard [`NotificationRecord`].
-//! - `pospusher_pushqueue`: u64 position SEP user SEP app id SEP pushkey → postcard
-//!   [`QueuedPush`], in delivery order (stream order, then pusher).
+//! - `pusherpos_pushqueue`: user SEP app id SEP pushkey SEP u64 position → postcard
+//!   [`QueuedPush`]: each pusher's pushes together, in stream order, so a pusher in back-off is
+//!   skipped with one seek and never holds up the others.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::{
     Batch, Db, StorageResult, codec,
-    schema::{APPKEYUSER_EMPTY, POS_PUSHPENDING, POSPUSHER_PUSHQUEUE, USERAPPKEY_PUSHER, USERPOS_NOTIFICATION},
+    schema::{APPKEYUSER_EMPTY, POS_PUSHPENDING, PUSHERPOS_PUSHQUEUE, USERAPPKEY_PUSHER, USERPOS_NOTIFICATION},
 };
 
 /// A pusher as stored.
@@ -257,57 +258,76 @@ impl PushTable {
         push: &QueuedPush,
     ) -> StorageResult<()> {
         let key = queue_key(position, user_id, app_id, pushkey);
-        batch.put(POSPUSHER_PUSHQUEUE, &key, &codec::encode(POSPUSHER_PUSHQUEUE, push)?);
+        batch.put(PUSHERPOS_PUSHQUEUE, &key, &codec::encode(PUSHERPOS_PUSHQUEUE, push)?);
         Ok(())
     }
 
     /// Queues replacing a queued push's record (after a failed attempt).
     pub fn queue_update_push(&self, batch: &mut Batch, key: &[u8], push: &QueuedPush) -> StorageResult<()> {
-        batch.put(POSPUSHER_PUSHQUEUE, key, &codec::encode(POSPUSHER_PUSHQUEUE, push)?);
+        batch.put(PUSHERPOS_PUSHQUEUE, key, &codec::encode(PUSHERPOS_PUSHQUEUE, push)?);
         Ok(())
     }
 
     /// Queues removal of a queued push (delivered, given up, or no longer wanted).
     pub fn queue_delete_push(&self, batch: &mut Batch, key: &[u8]) {
-        batch.delete(POSPUSHER_PUSHQUEUE, key);
+        batch.delete(PUSHERPOS_PUSHQUEUE, key);
     }
 
-    /// The first `limit` queued pushes, in delivery order.
-    pub fn queued(&self, limit: usize) -> StorageResult<Vec<QueueEntry>> {
+    /// Queued pushes of at most `pushers` pushers (at most `per_pusher` each, oldest first),
+    /// starting with the first pusher at or after `from` (a key or pusher prefix), and where
+    /// the next read should start (`None`: the end of the queue was reached).
+    pub fn queued(
+        &self,
+        from: &[u8],
+        pushers: usize,
+        per_pusher: usize,
+    ) -> StorageResult<(Vec<Vec<QueueEntry>>, Option<Vec<u8>>)> {
         let mut out = Vec::new();
-        for (key, value) in self.db.scan_range(POSPUSHER_PUSHQUEUE, &[], &[0xFF; 9], false, limit)? {
-            let Some(position) = key
-                .get(..8)
-                .map(|b| codec::read_u64(POSPUSHER_PUSHQUEUE, b))
-                .transpose()?
+        let mut start = from.to_vec();
+        while out.len() < pushers {
+            let Some((first, _)) = self
+                .db
+                .scan_range(PUSHERPOS_PUSHQUEUE, &start, &[0xFF], false, 1)?
+                .into_iter()
+                .next()
             else {
-                continue;
+                return Ok((out, None));
             };
-            let mut parts = key.get(9..).map(codec::split).into_iter().flatten();
-            let (Some(user), Some(app), Some(pushkey)) = (parts.next(), parts.next(), parts.next()) else {
-                continue;
+            let Some(prefix) = first.len().checked_sub(8).map(|n| first[..n].to_vec()) else {
+                return Ok((out, None));
             };
-            out.push(QueueEntry {
-                position,
-                user_id: String::from_utf8_lossy(user).into_owned(),
-                app_id: String::from_utf8_lossy(app).into_owned(),
-                pushkey: String::from_utf8_lossy(pushkey).into_owned(),
-                push: codec::decode(POSPUSHER_PUSHQUEUE, &value)?,
-                key: key.to_vec(),
-            });
+            let mut end = prefix.clone();
+            end.extend_from_slice(&[0xFF; 9]);
+            let mut group = Vec::new();
+            for (key, value) in self
+                .db
+                .scan_range(PUSHERPOS_PUSHQUEUE, &prefix, &end, false, per_pusher)?
+            {
+                let mut parts = codec::split(&prefix[..prefix.len() - 1]);
+                let (Some(user), Some(app), Some(pushkey)) = (parts.next(), parts.next(), parts.next()) else {
+                    continue;
+                };
+                group.push(QueueEntry {
+                    position: codec::read_u64(PUSHERPOS_PUSHQUEUE, &key[prefix.len()..])?,
+                    user_id: String::from_utf8_lossy(user).into_owned(),
+                    app_id: String::from_utf8_lossy(app).into_owned(),
+                    pushkey: String::from_utf8_lossy(pushkey).into_owned(),
+                    push: codec::decode(PUSHERPOS_PUSHQUEUE, &value)?,
+                    key: key.to_vec(),
+                });
+            }
+            if !group.is_empty() {
+                out.push(group);
+            }
+            start = end;
         }
-        Ok(out)
+        Ok((out, Some(start)))
     }
 }
 
 fn queue_key(position: u64, user_id: &str, app_id: &str, pushkey: &str) -> Vec<u8> {
-    let mut key = codec::u64_bytes(position).to_vec();
-    key.push(codec::SEP);
-    key.extend_from_slice(&codec::key(&[
-        user_id.as_bytes(),
-        app_id.as_bytes(),
-        pushkey.as_bytes(),
-    ]));
+    let mut key = codec::prefix(&[user_id.as_bytes(), app_id.as_bytes(), pushkey.as_bytes()]);
+    key.extend_from_slice(&codec::u64_bytes(position));
     key
 }
 
@@ -341,12 +361,24 @@ mod tests {
         table
             .queue_put_pusher(&mut batch, "@a:x", "app", "k1", &pusher)
             .unwrap();
+        table.queue_push(&mut batch, 2, ("@b:x", "app", "k2"), &push).unwrap();
         batch.commit_blocking().unwrap();
-        let queued = table.queued(10).unwrap();
+        let (queued, next) = table.queued(&[], 10, 10).unwrap();
+        assert!(next.is_none());
         assert_eq!(queued.len(), 2);
-        assert_eq!((queued[0].position, queued[0].user_id.as_str()), (3, "@a:x"));
-        assert_eq!((queued[1].app_id.as_str(), queued[1].pushkey.as_str()), ("app", "k2"));
-        assert_eq!(queued[0].push, push);
+        assert_eq!((queued[0][0].position, queued[0][0].user_id.as_str()), (3, "@a:x"));
+        let b: Vec<u64> = queued[1].iter().map(|e| e.position).collect();
+        assert_eq!(b, vec![2, 7], "one pusher's pushes in stream order");
+        assert_eq!(
+            (queued[1][0].app_id.as_str(), queued[1][0].pushkey.as_str()),
+            ("app", "k2")
+        );
+        assert_eq!(queued[0][0].push, push);
+        // One pusher at a time: the second read starts after the first pusher.
+        let (first, next) = table.queued(&[], 1, 10).unwrap();
+        assert_eq!(first[0][0].user_id, "@a:x");
+        let (second, _) = table.queued(&next.unwrap(), 1, 10).unwrap();
+        assert_eq!(second[0][0].user_id, "@b:x");
         assert_eq!(table.pending(8, 10).unwrap().len(), 0);
         assert_eq!(table.pending(9, 10).unwrap()[0], (9, "!r:x".into(), "$e".into()));
         assert_eq!(table.pushers("@a:x").unwrap()[0].2, pusher);

@@ -3,6 +3,9 @@
 #   rooms: sending into one room with 1, 10 and 50 concurrent senders (mxbench send); across
 #          100 rooms with 50 senders (benches/rooms_load.rs); /messages back-pagination over a
 #          5,000-event room (mxbench history); joins of a public room, 10 at a time (mxbench join)
+#   push:  sending into a room of 20 members, 3 of them with an HTTP pusher at a loopback push
+#          gateway (benches/push_load.rs): send throughput and latency, the time until the
+#          gateway had every push, lost/duplicate pushes
 #   media: upload and download MB/s for 1 MB and 50 MB files, thumbnail latency, RSS while 1 GB
 #          is uploaded (benches/media.rs pointed at each server)
 #   sync:  initial sync of a user in 50 rooms x 100 events, plain and lazy-loading (mxbench
@@ -12,7 +15,7 @@
 # servers run durable defaults (Hearth syncs the WAL before answering; Synapse SQLite fsyncs
 # each commit), and each scenario runs against Hearth then Synapse. Loopback only.
 #
-# Usage: benches/vs_synapse.sh rooms|sync|media [OUT.md]   (QUICK=1 for small sizes)
+# Usage: benches/vs_synapse.sh rooms|sync|media|push [OUT.md]   (QUICK=1 for small sizes)
 # Needs the shared tools (BENCH_TOOLS, default ../shared/tools/bench): synapse.sh and mxbench.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,8 +37,8 @@ bench_bin() {  # the executable of benches/$1.rs
     (cd "$ROOT" && cargo bench --locked --bench "$1" --no-run --message-format=json 2>/dev/null |
         jq -r 'select(.executable != null and (.target.kind | index("bench"))) | .executable' | tail -n1)
 }
-LOAD=$(bench_bin rooms_load); MEDIA=$(bench_bin media)
-[ -x "$LOAD" ] && [ -x "$MEDIA" ] || { log "could not build the load tools in benches/"; exit 1; }
+LOAD=$(bench_bin rooms_load); MEDIA=$(bench_bin media); PUSH=$(bench_bin push_load)
+[ -x "$LOAD" ] && [ -x "$MEDIA" ] && [ -x "$PUSH" ] || { log "could not build the load tools in benches/"; exit 1; }
 
 HPID=""
 cleanup() {
@@ -46,6 +49,7 @@ trap cleanup EXIT
 
 log "starting hearth on $HPORT and synapse on $SPORT, both on CPU 0"
 (cd "$WORK/hearth" && exec taskset -c 0 env HEARTH_RATE_LIMITS__ENABLED=false HEARTH_REGISTRATION__MODE=open \
+    HEARTH_PUSH__GATEWAY_IP_ALLOW='["127.0.0.1/32"]' \
     HEARTH_LOGGING__LEVEL=warn "$HEARTH" serve --listen "127.0.0.1:$HPORT" --data-dir "$WORK/hearth/data" \
     --server-name bench.local >"$WORK/hearth/hearth.log" 2>&1) &
 HPID=$!
@@ -55,6 +59,12 @@ if [ "$SUITE" = media ]; then
     # give it Hearth's limit and on-demand thumbnails so both do the same work.
     "$TOOLS/synapse.sh" stop "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
     printf 'max_upload_size: 200M\ndynamic_thumbnails: true\n' >>"$WORK/synapse/homeserver.yaml"
+    taskset -c 0 "$TOOLS/synapse.sh" start "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
+fi
+if [ "$SUITE" = push ]; then
+    # Synapse refuses loopback push gateways by default, as Hearth does: allow the bench's.
+    "$TOOLS/synapse.sh" stop "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
+    printf 'ip_range_whitelist: ["127.0.0.1"]\n' >>"$WORK/synapse/homeserver.yaml"
     taskset -c 0 "$TOOLS/synapse.sh" start "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
 fi
 for port in "$HPORT" "$SPORT"; do
@@ -100,11 +110,15 @@ sync)
     run "delivery to $F1 long-polling receivers" "$MX" fanout --receivers "$F1" --messages "$K"
     run "delivery to $F2 long-polling receivers" "$MX" fanout --receivers "$F2" --messages "$K"
     ;;
+push)
+    if [ "${QUICK:-0}" = 1 ]; then PM=5; else PM=40; fi
+    run "send with 3 pushers, 20 members, 5 senders" "$PUSH" --members 20 --pushers 3 --senders 5 --messages "$PM"
+    ;;
 media)
     if [ "${QUICK:-0}" = 1 ]; then export BENCH_SMALL_FILES=5 BENCH_LARGE_FILES=1 BENCH_TOTAL_MB=100; fi
     run "media" "$MEDIA"
     ;;
-*) echo "unknown suite $SUITE (rooms, sync or media)" >&2; exit 2 ;;
+*) echo "unknown suite $SUITE (rooms, sync, media or push)" >&2; exit 2 ;;
 esac
 
 log "writing $OUT"
@@ -124,7 +138,7 @@ for r in rows:
 lower_better = lambda m: m.endswith("_ms") or m.endswith("_bytes") or m.endswith("_mb")
 wanted = ["events_per_s", "joins_per_s", "paginate_total_p50_ms", "send_p50_ms", "send_p99_ms", "join_p50_ms",
           "page_p50_ms", "isync_full_p50_ms", "isync_full_bytes", "isync_lazy_p50_ms", "isync_lazy_bytes",
-          "req_per_s", "sync_p50_ms", "sync_p99_ms", "deliver_p50_ms", "deliver_p99_ms", "check_lost",
+          "pushes_per_s", "all_pushed_ms", "req_per_s", "sync_p50_ms", "sync_p99_ms", "deliver_p50_ms", "deliver_p99_ms", "check_lost",
           "check_duplicates", "upload_1mb_mb_per_s", "download_1mb_mb_per_s", "upload_50mb_mb_per_s",
           "download_50mb_mb_per_s", "thumbnail_on_demand_ms", "thumbnail_cached_ms", "rss_idle_mb",
           "rss_peak_above_idle_during_1gb_mb"]

@@ -15,8 +15,8 @@
 //! failing for 24 h; a pushkey the gateway lists as `rejected` loses its pusher.
 //!
 //! **Delivery is at least once, as in Synapse**: the entry is deleted in the batch written
-//! after the gateway answered, so a crash between the answer and that batch sends the push
-//! again after the restart (Synapse likewise advances a pusher's `last_stream_ordering` only
+//! after the gateway answered (one batch per pusher and round), so a crash between the answer
+//! and that batch sends the push again after the restart (Synapse likewise advances a pusher's `last_stream_ordering` only
 //! after the send). Nothing queued is lost: queue entries and back-off state are in RocksDB.
 //! Memory is bounded: at most [`PENDING_BATCH`] events, and [`PER_PUSHER`] pushes of each of
 //! [`QUEUE_PUSHERS`] pushers (taken round-robin), are read per round.
@@ -139,9 +139,19 @@ fn tweaks(actions: &[Action]) -> serde_json::Map<String, Value> {
     out
 }
 
+/// What evaluating an event writes.
+enum Write {
+    /// A notification log entry for a user.
+    Notification(String, NotificationRecord),
+    /// A push for a user's pusher (app id, pushkey).
+    Push(String, String, String, QueuedPush),
+}
+
 enum Outcome {
     /// Delivered or dropped: the entry is gone.
     Done,
+    /// Delivered, and the pusher is gone (its pushkey was rejected): stop its group.
+    Stop,
     /// Failed: retry at this time (ms); later pushes of the pusher wait.
     Retry(u64),
 }
@@ -150,33 +160,47 @@ impl Services {
     /// Evaluates up to [`PENDING_BATCH`] events below the watermark; how many it took.
     async fn evaluate_pending(&self) -> Result<usize> {
         let pending = self.push.table.pending(self.rooms.watermark(), PENDING_BATCH)?;
-        for (position, room_id, event_id) in &pending {
-            let mut batch = self.batch();
-            self.push.table.queue_delete_pending(&mut batch, *position);
-            if let Err(e) = self.evaluate_event(&mut batch, *position, room_id, event_id) {
-                // One unreadable event must not stop the others: it is logged and skipped.
-                tracing::warn!(%room_id, %event_id, error = %e, "push rules could not be evaluated for an event");
-                batch = self.batch();
-                self.push.table.queue_delete_pending(&mut batch, *position);
-            }
-            batch.commit().await?;
+        if pending.is_empty() {
+            return Ok(0);
         }
+        // One batch for the round: every event's results with the removal of its entry.
+        let mut batch = self.batch();
+        for (position, room_id, event_id) in &pending {
+            self.push.table.queue_delete_pending(&mut batch, *position);
+            match self.evaluate_event(room_id, event_id) {
+                Ok(writes) => {
+                    for write in writes {
+                        match write {
+                            Write::Notification(user, record) => self
+                                .push
+                                .table
+                                .queue_notification(&mut batch, &user, *position, &record)?,
+                            Write::Push(user, app_id, pushkey, push) => {
+                                self.push
+                                    .table
+                                    .queue_push(&mut batch, *position, (&user, &app_id, &pushkey), &push)?
+                            }
+                        }
+                    }
+                }
+                // One unreadable event must not stop the others: it is logged and skipped.
+                Err(e) => {
+                    tracing::warn!(%room_id, %event_id, error = %e, "push rules could not be evaluated for an event")
+                }
+            }
+        }
+        batch.commit().await?;
         Ok(pending.len())
     }
 
-    /// Adds to `batch` the notifications and pushes one event makes.
-    fn evaluate_event(
-        &self,
-        batch: &mut crate::storage::Batch,
-        position: u64,
-        room_id: &str,
-        event_id: &str,
-    ) -> Result<()> {
+    /// The notifications and pushes one event makes.
+    fn evaluate_event(&self, room_id: &str, event_id: &str) -> Result<Vec<Write>> {
+        let mut writes = Vec::new();
         let (Ok(room_id), Ok(event_id)) = (OwnedRoomId::try_from(room_id), OwnedEventId::try_from(event_id)) else {
-            return Ok(());
+            return Ok(writes);
         };
         let Some(pdu) = self.rooms.event(&event_id)? else {
-            return Ok(());
+            return Ok(writes);
         };
         let sender = pdu.sender.clone();
         let members = self.rooms.members(&room_id)?;
@@ -195,7 +219,7 @@ impl Services {
             targets.push(invitee);
         }
         if targets.is_empty() {
-            return Ok(());
+            return Ok(writes);
         }
         let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
         let now = now_ms();
@@ -216,24 +240,22 @@ impl Services {
             let actions_json =
                 serde_json::to_string(actions).map_err(|e| crate::Error::internal(format!("actions: {e}")))?;
             let highlight = actions.iter().any(Action::is_highlight);
-            self.push.table.queue_notification(
-                batch,
-                user_id.as_str(),
-                position,
-                &NotificationRecord {
+            writes.push(Write::Notification(
+                user_id.to_string(),
+                NotificationRecord {
                     room_id: room_id.to_string(),
                     event_id: event_id.to_string(),
                     actions_json: actions_json.clone(),
                     ts: now,
                     highlight,
                 },
-            )?;
+            ));
             for (app_id, pushkey, _) in self.push.table.pushers(user_id.as_str())? {
-                self.push.table.queue_push(
-                    batch,
-                    position,
-                    (user_id.as_str(), &app_id, &pushkey),
-                    &QueuedPush {
+                writes.push(Write::Push(
+                    user_id.to_string(),
+                    app_id,
+                    pushkey,
+                    QueuedPush {
                         room_id: room_id.to_string(),
                         event_id: event_id.to_string(),
                         actions_json: actions_json.clone(),
@@ -241,10 +263,10 @@ impl Services {
                         next_try_ms: 0,
                         failing_since_ms: 0,
                     },
-                )?;
+                ));
             }
         }
-        Ok(())
+        Ok(writes)
     }
 
     /// Delivers the due pushes of the next [`QUEUE_PUSHERS`] pushers with queued pushes; the
@@ -261,6 +283,10 @@ impl Services {
         *self.push.queue_cursor.lock().unwrap_or_else(|p| p.into_inner()) = next.clone().unwrap_or_default();
         let now = now_ms();
         let mut next_due: Option<u64> = None;
+        // A pusher with a full page may have more queued: look again at once.
+        if groups.iter().any(|g| g.len() >= PER_PUSHER) {
+            next_due = Some(now);
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for group in groups {
             let head = group[0].push.next_try_ms;
@@ -270,17 +296,30 @@ impl Services {
             }
             let services = Arc::clone(&self);
             tasks.spawn(async move {
+                // What the group's attempts record goes in one batch, written when the group
+                // stops (a crash before it re-sends those pushes: at least once).
+                let mut batch = services.batch();
+                let mut retry = None;
                 for entry in group {
-                    match services.deliver_one(&entry).await {
+                    match services.deliver_one(&mut batch, &entry).await {
                         Ok(Outcome::Done) => {}
-                        Ok(Outcome::Retry(at)) => return Some(at),
+                        Ok(Outcome::Stop) => break,
+                        Ok(Outcome::Retry(at)) => {
+                            retry = Some(at);
+                            break;
+                        }
                         Err(e) => {
-                            tracing::warn!(error = %e, "push delivery could not be recorded");
-                            return Some(now_ms() + INITIAL_BACKOFF_MS);
+                            tracing::warn!(error = %e, "push delivery failed");
+                            retry = Some(now_ms() + INITIAL_BACKOFF_MS);
+                            break;
                         }
                     }
                 }
-                None
+                if let Err(e) = batch.commit().await {
+                    tracing::warn!(error = %e, "push delivery could not be recorded");
+                    retry = Some(now_ms() + INITIAL_BACKOFF_MS);
+                }
+                retry
             });
         }
         while let Some(done) = tasks.join_next().await {
@@ -295,37 +334,35 @@ impl Services {
         Ok(next_due)
     }
 
-    /// Tries one queued push.
-    async fn deliver_one(&self, entry: &QueueEntry) -> Result<Outcome> {
+    /// Tries one queued push; what it records goes into `batch`.
+    async fn deliver_one(&self, batch: &mut crate::storage::Batch, entry: &QueueEntry) -> Result<Outcome> {
         let table = &self.push.table;
-        let drop_entry = |reason: &'static str| async move {
+        let mut drop_entry = |reason: &'static str| {
             tracing::debug!(user = %entry.user_id, event = %entry.push.event_id, reason, "push dropped");
-            let mut batch = self.batch();
-            table.queue_delete_push(&mut batch, &entry.key);
-            batch.commit().await?;
+            table.queue_delete_push(batch, &entry.key);
             Ok(Outcome::Done)
         };
         let Some(record) = table.pusher(&entry.user_id, &entry.app_id, &entry.pushkey)? else {
-            return drop_entry("pusher removed").await;
+            return drop_entry("pusher removed");
         };
         let (Ok(user_id), Ok(room_id), Ok(event_id)) = (
             OwnedUserId::try_from(entry.user_id.as_str()),
             OwnedRoomId::try_from(entry.push.room_id.as_str()),
             OwnedEventId::try_from(entry.push.event_id.as_str()),
         ) else {
-            return drop_entry("unreadable entry").await;
+            return drop_entry("unreadable entry");
         };
         if read_up_to(self, &room_id, &user_id)? >= entry.position {
-            return drop_entry("already read").await;
+            return drop_entry("already read");
         }
         let Some(pdu) = self.rooms.event(&event_id)? else {
-            return drop_entry("event gone").await;
+            return drop_entry("event gone");
         };
         let Ok(pusher) = serde_json::from_str::<Pusher>(&record.json) else {
-            return drop_entry("unreadable pusher").await;
+            return drop_entry("unreadable pusher");
         };
         let PusherKind::Http(http) = &pusher.kind else {
-            return drop_entry("not an http pusher").await;
+            return drop_entry("not an http pusher");
         };
         let actions: Vec<Action> = serde_json::from_str(&entry.push.actions_json).unwrap_or_default();
         let body = self.notify_body(&pdu, &room_id, &user_id, &pusher, &actions, record.pushkey_ts_ms)?;
@@ -340,13 +377,12 @@ impl Services {
                     rejected: Vec<String>,
                 }
                 let answer: Answer = serde_json::from_slice(&answer).unwrap_or_default();
-                let mut batch = self.batch();
-                table.queue_delete_push(&mut batch, &entry.key);
+                table.queue_delete_push(batch, &entry.key);
                 if answer.rejected.iter().any(|k| *k == entry.pushkey) {
                     tracing::info!(user = %entry.user_id, app_id = %entry.app_id, "pushkey rejected by the gateway: pusher removed");
-                    table.queue_delete_pusher(&mut batch, &entry.user_id, &entry.app_id, &entry.pushkey);
+                    table.queue_delete_pusher(batch, &entry.user_id, &entry.app_id, &entry.pushkey);
+                    return Ok(Outcome::Stop);
                 }
-                batch.commit().await?;
                 Ok(Outcome::Done)
             }
             failed => {
@@ -360,7 +396,7 @@ impl Services {
                 }
                 if now.saturating_sub(push.failing_since_ms) > GIVE_UP_AFTER_MS {
                     tracing::warn!(user = %entry.user_id, app_id = %entry.app_id, "giving up on a push after a day of failures");
-                    return drop_entry("gave up").await;
+                    return drop_entry("gave up");
                 }
                 let delay = INITIAL_BACKOFF_MS
                     .saturating_mul(1u64 << push.attempts.min(32))
@@ -368,9 +404,7 @@ impl Services {
                 push.attempts = push.attempts.saturating_add(1);
                 push.next_try_ms = now + delay;
                 tracing::info!(user = %entry.user_id, app_id = %entry.app_id, %reason, delay_ms = delay, "push failed: will retry");
-                let mut batch = self.batch();
-                table.queue_update_push(&mut batch, &entry.key, &push)?;
-                batch.commit().await?;
+                table.queue_update_push(batch, &entry.key, &push)?;
                 Ok(Outcome::Retry(push.next_try_ms))
             }
         }

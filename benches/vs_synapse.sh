@@ -56,7 +56,7 @@ HEARTH_EXTRA=()
 if [ "$SUITE" = team ]; then
     # Setup registers 10,000 users: cheap password hashing on both sides (not measured).
     HEARTH_EXTRA=(HEARTH_PASSWORDS__ITERATIONS=1 HEARTH_PASSWORDS__MEMORY_KIB=1024
-        HEARTH_USER_DIRECTORY__SEARCH_ALL_USERS=true HEARTH_PUSH__ALLOW_PRIVATE_GATEWAYS=true)
+        HEARTH_USER_DIRECTORY__SEARCH_ALL_USERS=true 'HEARTH_PUSH__GATEWAY_IP_ALLOW=["127.0.0.1/32"]')
     export SYNAPSE_BCRYPT_ROUNDS=4
 fi
 (cd "$WORK/hearth" && exec taskset -c 0 env "${HEARTH_EXTRA[@]}" HEARTH_RATE_LIMITS__ENABLED=false HEARTH_REGISTRATION__MODE=open \

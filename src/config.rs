@@ -129,6 +129,19 @@ pub struct Config {
     /// MatrixRTC transports (`/rtc/transports`, `org.matrix.msc4143.rtc_foci`), each a JSON
     /// object with a `type`.
     pub rtc_transports: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Push notifications (push gateways).
+    pub push: PushConfig,
+}
+
+/// The `[push]` section, validated.
+#[derive(Clone, Debug)]
+pub struct PushConfig {
+    /// Address ranges push gateways may have although the built-in rules deny them.
+    pub gateway_ip_allow: Vec<IpRange>,
+    /// Address ranges push gateways may never have.
+    pub gateway_ip_deny: Vec<IpRange>,
+    /// Time limit of one request to a push gateway.
+    pub gateway_timeout: Duration,
 }
 
 /// The `[oauth]` section, validated.
@@ -213,6 +226,43 @@ pub struct RawConfig {
     user_directory: RawUserDirectory,
     voip: RawVoip,
     rtc: RawRtc,
+    push: RawPush,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPush {
+    gateway_ip_allow: Vec<String>,
+    gateway_ip_deny: Vec<String>,
+    gateway_timeout_secs: u64,
+}
+
+impl Default for RawPush {
+    fn default() -> Self {
+        Self {
+            gateway_ip_allow: Vec::new(),
+            gateway_ip_deny: Vec::new(),
+            gateway_timeout_secs: 10,
+        }
+    }
+}
+
+impl RawPush {
+    fn validate(self) -> Result<PushConfig, ConfigError> {
+        let ranges = |key: &str, list: &[String]| {
+            list.iter()
+                .map(|s| IpRange::parse(s).map_err(|e| key_error(key, e)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if self.gateway_timeout_secs == 0 {
+            return Err(key_error("push.gateway_timeout_secs", "must be at least 1"));
+        }
+        Ok(PushConfig {
+            gateway_ip_allow: ranges("push.gateway_ip_allow", &self.gateway_ip_allow)?,
+            gateway_ip_deny: ranges("push.gateway_ip_deny", &self.gateway_ip_deny)?,
+            gateway_timeout: Duration::from_secs(self.gateway_timeout_secs),
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -531,6 +581,7 @@ impl Default for RawConfig {
             user_directory: RawUserDirectory::default(),
             voip: RawVoip::default(),
             rtc: RawRtc::default(),
+            push: RawPush::default(),
         }
     }
 }
@@ -630,6 +681,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "user_directory",
     "voip",
     "rtc",
+    "push",
 ];
 
 /// Command-line values that win over the file and the environment.
@@ -946,6 +998,7 @@ impl RawConfig {
                 .unwrap_or(registration != RegistrationMode::Open),
             voip: self.voip.validate()?,
             rtc_transports: self.rtc.validate()?,
+            push: self.push.validate()?,
         })
     }
 }

@@ -39,6 +39,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     );
     let services = Services::open(config.clone()).map_err(|e| StartError::Services(e.to_string()))?;
     let accounts = services.accounts.estimate_count().unwrap_or(0);
+    crate::services::push::worker::spawn(&services);
     let server = bind(Arc::clone(&services), &config)?;
     for addr in server.addrs() {
         tracing::info!("listening on http://{addr}");

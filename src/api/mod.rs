@@ -73,6 +73,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::profile::delete_profile_field);
     t.add(LimitClass::Client, client::push_rules::get_pushrules_all);
     t.add(LimitClass::Client, client::push_rules::get_pushrules_global_scope);
+    t.add(LimitClass::Client, client::push_rules::get_pushrule);
+    t.add(LimitClass::Client, client::push_rules::set_pushrule);
+    t.add(LimitClass::Client, client::push_rules::delete_pushrule);
+    t.add(LimitClass::Client, client::push_rules::get_pushrule_enabled);
+    t.add(LimitClass::Client, client::push_rules::set_pushrule_enabled);
+    t.add(LimitClass::Client, client::push_rules::get_pushrule_actions);
+    t.add(LimitClass::Client, client::push_rules::set_pushrule_actions);
+    t.add(LimitClass::Client, client::push::get_pushers);
+    t.add(LimitClass::Client, client::push::set_pusher);
+    t.add(LimitClass::Client, client::push::get_notifications);
     t.add(LimitClass::Client, client::account_data::get_global_account_data);
     t.add(LimitClass::Client, client::account_data::set_global_account_data);
 

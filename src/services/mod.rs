@@ -14,6 +14,7 @@ pub mod openid;
 pub mod passwords;
 pub mod presence;
 pub mod profile;
+pub mod push;
 pub mod rate_limit;
 pub mod receipts;
 pub mod registration;
@@ -92,6 +93,8 @@ pub struct Services {
     pub user_directory: Arc<user_directory::UserDirectory>,
     /// OpenID tokens for third parties (widgets, call services).
     pub openid: openid::OpenId,
+    /// Push rules, pushers, the notification log and push delivery.
+    pub push: push::Push,
 }
 
 impl Services {
@@ -145,6 +148,7 @@ impl Services {
         let media = media::Media::new(Arc::clone(&db), config.media.clone(), config.server_name.clone())?;
         user_directory.rebuild(&accounts, &profile, &rooms)?;
         let openid = openid::OpenId::new(Arc::clone(&db));
+        let push = push::Push::new(Arc::clone(&db), &config.push);
         Ok(Arc::new(Services {
             db,
             reports,
@@ -173,6 +177,7 @@ impl Services {
             oauth,
             user_directory,
             openid,
+            push,
         }))
     }
 }
@@ -203,6 +208,7 @@ impl Services {
         self.sessions.queue_delete_devices(&mut batch, user_id, None, None)?;
         self.profile.queue_clear(&mut batch, user_id);
         self.account_data.queue_clear(&mut batch, user_id)?;
+        self.push.queue_delete_pushers(&mut batch, user_id, None)?;
         self.accounts.deactivate(user_id, batch).await?;
         self.user_directory.account_deactivated(user_id);
         self.keys.devices_deleted(&self.rooms, user_id, &devices).await?;
@@ -242,8 +248,8 @@ impl Services {
             .collect())
     }
 
-    /// Deletes devices (all when `only` is `None`, except `keep`) with their tokens, keys and
-    /// to-device inboxes in one batch, and records the device-list change.
+    /// Deletes devices (all when `only` is `None`, except `keep`) with their tokens, keys,
+    /// pushers and to-device inboxes in one batch, and records the device-list change.
     pub async fn delete_devices(
         &self,
         user_id: &ruma::UserId,
@@ -253,6 +259,7 @@ impl Services {
         let devices = self.device_ids(user_id, only, keep)?;
         self.keys
             .delete_devices_with(&self.rooms, user_id, &devices, |batch| {
+                self.push.queue_delete_pushers(batch, user_id, Some(&devices))?;
                 self.sessions.queue_delete_devices(batch, user_id, only, keep)
             })
             .await

@@ -161,6 +161,18 @@ pub const USERDEVICETXN_TODEVICE: &str = "userdevicetxn_todevice";
 pub const USERVERSION_BACKUP: &str = "userversion_backup";
 /// user id SEP u64 backup version SEP room id SEP session id → the backed-up key as JSON.
 pub const USERVERSIONROOMSESSION_BACKUPKEY: &str = "userversionroomsession_backupkey";
+/// u64 stream position → room id SEP event id: a room event whose push actions are still to be
+/// evaluated (written in the event's own batch; removed in the batch that records the result).
+pub const POS_PUSHPENDING: &str = "pos_pushpending";
+/// user id SEP app id SEP pushkey → postcard `PusherRecord`.
+pub const USERAPPKEY_PUSHER: &str = "userappkey_pusher";
+/// app id SEP pushkey SEP user id → empty: who holds a pushkey (for `append: false`).
+pub const APPKEYUSER_EMPTY: &str = "appkeyuser_empty";
+/// user id SEP u64 stream position → postcard `NotificationRecord` (`/notifications`).
+pub const USERPOS_NOTIFICATION: &str = "userpos_notification";
+/// user id SEP app id SEP pushkey SEP u64 stream position → postcard `QueuedPush`: a push
+/// still to be delivered to a gateway (each pusher's in stream order).
+pub const PUSHERPOS_PUSHQUEUE: &str = "pusherpos_pushqueue";
 
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
@@ -219,6 +231,11 @@ pub const TABLES: &[TableDef] = &[
     small(USERDEVICETXN_TODEVICE),
     small(USERVERSION_BACKUP),
     small(USERVERSIONROOMSESSION_BACKUPKEY),
+    small(POS_PUSHPENDING),
+    small(USERAPPKEY_PUSHER),
+    small(APPKEYUSER_EMPTY),
+    small(USERPOS_NOTIFICATION),
+    small(PUSHERPOS_PUSHQUEUE),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -33,6 +33,9 @@ mod relations;
 /// People and calls: the user directory, the space hierarchy, OpenID, TURN (with a real coturn
 /// when installed), MatrixRTC transports.
 mod people;
+/// Push notifications: the push-rule API, `/notifications`, pushers and delivery to a push
+/// gateway on loopback (down, restarted, rejecting).
+mod push;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
 /// Room upgrades.

@@ -18,6 +18,7 @@ pub mod oauth_pages;
 pub mod openid;
 pub mod presence;
 pub mod profile;
+pub mod push;
 pub mod push_rules;
 pub mod receipt;
 pub mod register;

@@ -4,6 +4,7 @@
 //! vetted again. Size and time are bounded: the body is cut at `max_bytes` and the whole fetch,
 //! redirects included, has one deadline. `https://` runs TLS (rustls) over the vetted
 //! connection, trusting the public web's roots plus `media.url_preview_extra_ca_file`.
+//! [`post_json`] is the same client for one JSON POST without redirects (push gateways).
 
 use std::{
     net::SocketAddr,
@@ -171,7 +172,7 @@ async fn fetch_inner(url: &str, policy: &AddressPolicy, max_bytes: usize) -> Res
     for _ in 0..=MAX_REDIRECTS {
         let target = parse_url(&current)?;
         let addrs = vetted_addrs(&target, policy).await?;
-        let (status, headers, body) = request(&target, &addrs, max_bytes).await?;
+        let (status, headers, body) = request(&target, &addrs, max_bytes, None).await?;
         let header = |name: &str| {
             headers
                 .iter()
@@ -218,7 +219,27 @@ fn join(base: &Target, location: &str) -> String {
 
 type Response = (u16, Vec<(String, String)>, Vec<u8>);
 
-async fn request(target: &Target, addrs: &[SocketAddr], max_bytes: usize) -> Result<Response> {
+/// POSTs a JSON body to `url` (redirects are not followed) within `timeout`, connecting only
+/// to addresses `policy` permits: the status and at most `max_bytes` of the answer's body.
+/// Push notifications to push gateways go out this way.
+pub(crate) async fn post_json(
+    url: &str,
+    policy: &AddressPolicy,
+    body: &[u8],
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>)> {
+    tokio::time::timeout(timeout, async {
+        let target = parse_url(url)?;
+        let addrs = vetted_addrs(&target, policy).await?;
+        let (status, _, body) = request(&target, &addrs, max_bytes, Some(body)).await?;
+        Ok((status, body))
+    })
+    .await
+    .map_err(|_| failed("Timed out"))?
+}
+
+async fn request(target: &Target, addrs: &[SocketAddr], max_bytes: usize, post: Option<&[u8]>) -> Result<Response> {
     let mut last_error = None;
     let mut stream = None;
     for addr in addrs {
@@ -238,7 +259,7 @@ async fn request(target: &Target, addrs: &[SocketAddr], max_bytes: usize) -> Res
         ))
     })?;
     if !target.tls {
-        return exchange(stream, target, max_bytes).await;
+        return exchange(stream, target, max_bytes, post).await;
     }
     let config = TLS.get().ok_or_else(|| failed("TLS for URL previews is unavailable"))?;
     let name = ServerName::try_from(target.host.trim_matches(['[', ']']).to_owned())
@@ -247,7 +268,7 @@ async fn request(target: &Target, addrs: &[SocketAddr], max_bytes: usize) -> Res
         .connect(name, stream)
         .await
         .map_err(|e| failed(format!("TLS with {} failed: {e}", target.host)))?;
-    exchange(stream, target, max_bytes).await
+    exchange(stream, target, max_bytes, post).await
 }
 
 /// One request and its response over an open connection.
@@ -255,6 +276,7 @@ async fn exchange(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     target: &Target,
     max_bytes: usize,
+    post: Option<&[u8]>,
 ) -> Result<Response> {
     let default_port = if target.tls { 443 } else { 80 };
     let host_header = if target.port == default_port {
@@ -262,12 +284,21 @@ async fn exchange(
     } else {
         format!("{}:{}", target.host, target.port)
     };
-    let head = format!(
-        "GET {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: Hearth URL preview\r\nAccept: text/html, application/xhtml+xml, */*;q=0.5\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
-        target.path
-    );
+    let head = match post {
+        None => format!(
+            "GET {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: Hearth URL preview\r\nAccept: text/html, application/xhtml+xml, */*;q=0.5\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+            target.path
+        ),
+        Some(body) => format!(
+            "POST {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: Hearth\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAccept: application/json\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+            target.path,
+            body.len()
+        ),
+    };
+    let mut request = head.into_bytes();
+    request.extend_from_slice(post.unwrap_or_default());
     stream
-        .write_all(head.as_bytes())
+        .write_all(&request)
         .await
         .map_err(|e| failed(format!("Cannot send the request: {e}")))?;
     // Read the head, then at most max_bytes of body (plus chunk framing).

@@ -11,7 +11,10 @@ use super::{Rooms, pdu::Pdu};
 use crate::{
     Result,
     services::sync::notifier::{Key, Notifier},
-    storage::{Batch, Db, tables::event_txns::EventTxnsTable},
+    storage::{
+        Batch, Db,
+        tables::{event_txns::EventTxnsTable, push::PushTable},
+    },
 };
 
 /// Queues the transaction that sent an event (for `unsigned.transaction_id` in `/sync`).
@@ -24,10 +27,16 @@ pub(super) fn queue_event_txn(
     EventTxnsTable::new(Arc::clone(db)).queue_put(batch, short_event, user, device, txn);
 }
 
-/// The keys an event wakes: its room, and for a membership event its target (who may not be
-/// waiting on the room yet: an invitee, a joiner).
+/// Queues an event for push-rule evaluation by the push worker (`services::push`), in the
+/// event's own batch, so no event is missed across a crash.
+pub(super) fn queue_push_pending(db: &Arc<Db>, batch: &mut Batch, position: u64, room_id: &str, event_id: &str) {
+    PushTable::new(Arc::clone(db)).queue_pending(batch, position, room_id, event_id);
+}
+
+/// The keys an event wakes: its room, the push worker, and for a membership event its target
+/// (who may not be waiting on the room yet: an invitee, a joiner).
 pub(super) fn concerns(room_id: &str, kind: &str, state_key: Option<&str>) -> Vec<Key> {
-    let mut keys = vec![Key::Room(room_id.to_owned())];
+    let mut keys = vec![Key::Room(room_id.to_owned()), Key::Push];
     if kind == "m.room.member"
         && let Some(target) = state_key
     {

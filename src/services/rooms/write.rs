@@ -467,6 +467,13 @@ impl Rooms {
         if let Some(relation) = relation {
             self.queue_relation(batch, (short_room, position, short_event), relation)?;
         }
+        sync_hooks::queue_push_pending(
+            &self.db,
+            batch,
+            position,
+            signed.room_id.as_str(),
+            signed.event_id.as_str(),
+        );
 
         // Until it is durable, the event is served from memory and its transaction remembered.
         locked(&self.pending).insert(short_event, Arc::new(signed.bytes.clone()));

@@ -36,6 +36,9 @@ pub enum Key {
     /// Every device-list change (marked with each, never waited on): whether any device list
     /// changed since a token.
     DeviceLists,
+    /// Every room event (marked by the rooms write path): the push worker waits on it to
+    /// evaluate new events once they are below the watermark.
+    Push,
 }
 
 impl Key {

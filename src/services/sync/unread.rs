@@ -1,6 +1,6 @@
 //! Unread notification counts for /sync (`unread_notifications`): the events after the user's
 //! latest read receipt that their push rules say notify (and highlight), evaluated with ruma's
-//! push-rule engine. Until users can edit push rules, the server-default rules apply.
+//! push-rule engine and the user's own push rules (`services::push::rules`).
 //!
 //! Counts are kept per (room, user) in a bounded in-memory cache with the position they were
 //! counted up to, so a sync after a new event evaluates only that event; a new receipt (or a
@@ -8,18 +8,13 @@
 //! receipt of the room moved since the counts. At most [`SCAN_LIMIT`] events are counted per room; a
 //! client shows a larger count as "99+" anyway.
 
-use std::sync::Arc;
-
 use futures_util::FutureExt;
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
-    events::StateEventType,
-    push::{PushConditionRoomCtx, Ruleset},
-    serde::Raw,
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId, events::StateEventType, push::PushConditionRoomCtx, serde::Raw,
 };
 
 use crate::{
-    Error, Result,
+    Result,
     services::{Services, rooms::pdu::Pdu, sync::notifier::Key},
 };
 
@@ -40,12 +35,11 @@ struct Counted {
     highlight: u64,
 }
 
-/// The cache of counts, of each user's push rules (built once, not per event) and of display
+/// The cache of counts and of display
 /// names by member event (room, user and the position of their member event, so a new member
 /// event is a new entry).
 pub struct UnreadCache {
     counts: quick_cache::sync::Cache<(OwnedRoomId, OwnedUserId), Counted>,
-    rules: quick_cache::sync::Cache<OwnedUserId, Arc<Ruleset>>,
     names: quick_cache::sync::Cache<(OwnedRoomId, OwnedUserId, u64), String>,
 }
 
@@ -53,7 +47,6 @@ impl Default for UnreadCache {
     fn default() -> Self {
         UnreadCache {
             counts: quick_cache::sync::Cache::new(100_000),
-            rules: quick_cache::sync::Cache::new(10_000),
             names: quick_cache::sync::Cache::new(100_000),
         }
     }
@@ -129,15 +122,23 @@ impl Services {
                     user_id.to_owned(),
                     display_name,
                 );
-                let rules = self
-                    .unread
-                    .rules
-                    .get_or_insert_with(user_id, || Ok::<_, Error>(Arc::new(Ruleset::server_default(user_id))))?;
+                // The user's own rules (`services::push::rules`), cached there.
+                let rules = self.push_rules(user_id)?;
                 for pdu in others {
                     let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
+                    // `@room` needs the sender's power levels (`services::push::rules`).
+                    let room_mention;
+                    let context = if crate::services::push::rules::mentions_room(&pdu.content) {
+                        room_mention = context
+                            .clone()
+                            .with_power_levels(self.push_power_levels(room_id, &pdu.sender)?);
+                        &room_mention
+                    } else {
+                        &context
+                    };
                     // The evaluation does no I/O (no thread-subscription lookup is configured),
                     // so its future is ready at once.
-                    let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
+                    let Some(actions) = rules.get_actions(&event, context).now_or_never() else {
                         continue;
                     };
                     counted.notify += u64::from(actions.iter().any(|a| a.should_notify()));

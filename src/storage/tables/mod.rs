@@ -15,6 +15,7 @@ pub mod membership;
 pub mod oauth_clients;
 pub mod openid;
 pub mod pdus;
+pub mod push;
 pub mod registration_tokens;
 pub mod relations;
 pub mod reports;

@@ -1,0 +1,529 @@
+//! The push worker: one background task that
+//!
+//! 1. **evaluates** every new room event (the `pos_pushpending` entries the rooms write path
+//!    adds to each event's batch, taken once they are below the watermark) with the push
+//!    rules of each joined member but the sender (and of an invitee), and records, in one
+//!    batch that also removes the entry: a notification log entry for each user it notifies
+//!    (`/notifications`) and one queued push per pusher of that user;
+//! 2. **delivers** the queued pushes to the push gateways (`POST /_matrix/push/v1/notify`), in
+//!    stream order per pusher, different pushers in parallel.
+//!
+//! Delivery follows Synapse's HTTP pusher: a push the user has read by then (a read receipt at
+//! or after the event) or whose pusher is gone is dropped; a failed request (no connection, a
+//! timeout, a non-2xx answer) is retried after a back-off of 1 s doubling up to 1 h, with the
+//! later pushes of that pusher waiting behind it, and given up once the pusher has been
+//! failing for 24 h; a pushkey the gateway lists as `rejected` loses its pusher.
+//!
+//! **Delivery is at least once, as in Synapse**: the entry is deleted in the batch written
+//! after the gateway answered (one batch per pusher and round), so a crash between the answer
+//! and that batch sends the push again after the restart (Synapse likewise advances a pusher's `last_stream_ordering` only
+//! after the send). Nothing queued is lost: queue entries and back-off state are in RocksDB.
+//! Memory is bounded: at most [`PENDING_BATCH`] events, and [`PER_PUSHER`] pushes of each of
+//! [`QUEUE_PUSHERS`] pushers (taken round-robin), are read per round.
+
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use futures_util::FutureExt;
+use ruma::{
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    api::client::push::{Pusher, PusherKind},
+    events::StateEventType,
+    push::{Action, PushFormat},
+    serde::Raw,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    Result,
+    services::{Services, media::fetch, rooms::pdu::Pdu, sync::notifier::Key},
+    storage::tables::push::{NotificationRecord, QueueEntry, QueuedPush},
+    util::now_ms,
+};
+
+/// Events evaluated per round.
+pub const PENDING_BATCH: usize = 64;
+/// Pushers served per delivery round (in parallel).
+pub const QUEUE_PUSHERS: usize = 64;
+/// Queued pushes of one pusher read per round.
+pub const PER_PUSHER: usize = 32;
+/// First retry delay after a failed push.
+pub const INITIAL_BACKOFF_MS: u64 = 1000;
+/// Longest retry delay.
+pub const MAX_BACKOFF_MS: u64 = 60 * 60 * 1000;
+/// A pusher failing this long gives up its oldest push (and starts again with the next).
+pub const GIVE_UP_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
+/// Largest gateway answer read.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Most rooms counted for a push's unread badge.
+const BADGE_ROOMS: usize = 1000;
+
+/// Starts the worker on the current runtime. It holds the services weakly and stops once they
+/// are dropped.
+pub fn spawn(services: &Arc<Services>) {
+    let waiter = services.rooms.notifier().register([Key::Push]);
+    let wake = Arc::clone(&services.push.wake);
+    let weak = Arc::downgrade(services);
+    tokio::spawn(async move {
+        loop {
+            let Some(next) = round(&weak).await else {
+                return;
+            };
+            let sleep = match next {
+                Round::Busy => continue,
+                Round::IdleUntil(due) => Duration::from_millis(due.saturating_sub(now_ms()).clamp(10, 60_000)),
+                Round::Idle => Duration::from_secs(60),
+            };
+            tokio::select! {
+                _ = waiter.changed() => {}
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    });
+}
+
+enum Round {
+    /// More events wait: go on at once.
+    Busy,
+    /// A push waits for its retry at this time (ms).
+    IdleUntil(u64),
+    /// Nothing to do.
+    Idle,
+}
+
+async fn round(weak: &Weak<Services>) -> Option<Round> {
+    let services = weak.upgrade()?;
+    let evaluated = match services.evaluate_pending().await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "push evaluation failed");
+            0
+        }
+    };
+    let due = match Arc::clone(&services).deliver_due().await {
+        Ok(due) => due,
+        Err(e) => {
+            tracing::warn!(error = %e, "push delivery failed");
+            Some(now_ms() + INITIAL_BACKOFF_MS)
+        }
+    };
+    Some(if evaluated >= PENDING_BATCH {
+        Round::Busy
+    } else {
+        due.map_or(Round::Idle, Round::IdleUntil)
+    })
+}
+
+/// The highest stream position of the user's read receipts in a room.
+fn read_up_to(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<u64> {
+    let mut read = 0;
+    for id in services.receipts.read_marks(room_id, user_id)? {
+        read = read.max(services.rooms.position_of(&id)?.unwrap_or(0));
+    }
+    Ok(read)
+}
+
+/// The tweaks of a push's actions (`{"sound": "default", "highlight": true}`).
+fn tweaks(actions: &[Action]) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    for action in actions {
+        if let Ok(Value::Object(o)) = serde_json::to_value(action)
+            && let Some(Value::String(name)) = o.get("set_tweak")
+        {
+            out.insert(name.clone(), o.get("value").cloned().unwrap_or(Value::Bool(true)));
+        }
+    }
+    out
+}
+
+/// What evaluating an event writes.
+enum Write {
+    /// A notification log entry for a user.
+    Notification(String, NotificationRecord),
+    /// A push for a user's pusher (app id, pushkey).
+    Push(String, String, String, QueuedPush),
+}
+
+enum Outcome {
+    /// Delivered or dropped: the entry is gone.
+    Done,
+    /// Delivered, and the pusher is gone (its pushkey was rejected): stop its group.
+    Stop,
+    /// Failed: retry at this time (ms); later pushes of the pusher wait.
+    Retry(u64),
+}
+
+impl Services {
+    /// Evaluates up to [`PENDING_BATCH`] events below the watermark; how many it took.
+    async fn evaluate_pending(&self) -> Result<usize> {
+        let pending = self.push.table.pending(self.rooms.watermark(), PENDING_BATCH)?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // One batch for the round: every event's results with the removal of its entry.
+        let mut batch = self.batch();
+        for (position, room_id, event_id) in &pending {
+            self.push.table.queue_delete_pending(&mut batch, *position);
+            match self.evaluate_event(room_id, event_id) {
+                Ok(writes) => {
+                    for write in writes {
+                        match write {
+                            Write::Notification(user, record) => self
+                                .push
+                                .table
+                                .queue_notification(&mut batch, &user, *position, &record)?,
+                            Write::Push(user, app_id, pushkey, push) => {
+                                self.push
+                                    .table
+                                    .queue_push(&mut batch, *position, (&user, &app_id, &pushkey), &push)?
+                            }
+                        }
+                    }
+                }
+                // One unreadable event must not stop the others: it is logged and skipped.
+                Err(e) => {
+                    tracing::warn!(%room_id, %event_id, error = %e, "push rules could not be evaluated for an event")
+                }
+            }
+        }
+        batch.commit().await?;
+        Ok(pending.len())
+    }
+
+    /// The notifications and pushes one event makes.
+    fn evaluate_event(&self, room_id: &str, event_id: &str) -> Result<Vec<Write>> {
+        let mut writes = Vec::new();
+        let (Ok(room_id), Ok(event_id)) = (OwnedRoomId::try_from(room_id), OwnedEventId::try_from(event_id)) else {
+            return Ok(writes);
+        };
+        let Some(pdu) = self.rooms.event(&event_id)? else {
+            return Ok(writes);
+        };
+        let sender = pdu.sender.clone();
+        let members = self.rooms.members(&room_id)?;
+        let mut targets: Vec<OwnedUserId> = members
+            .with("join")
+            .filter(|u| *u != sender)
+            .map(ToOwned::to_owned)
+            .collect();
+        // An invitee is not joined yet, but their invite is for them (`.m.rule.invite_for_me`).
+        if pdu.kind.to_string() == "m.room.member"
+            && pdu.content_str("membership").as_deref() == Some("invite")
+            && let Some(invitee) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok())
+            && invitee != sender
+            && !targets.contains(&invitee)
+        {
+            targets.push(invitee);
+        }
+        if targets.is_empty() {
+            return Ok(writes);
+        }
+        let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
+        let now = now_ms();
+        for user_id in targets {
+            if self.account_data.ignored_users(&user_id)?.contains(&sender) {
+                continue;
+            }
+            let rules = self.push_rules(&user_id)?;
+            let context = self.push_context(&room_id, &user_id, &sender)?;
+            // The evaluation does no I/O (no thread-subscription lookup is configured), so its
+            // future is ready at once.
+            let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
+                continue;
+            };
+            if !actions.iter().any(Action::should_notify) {
+                continue;
+            }
+            let actions_json =
+                serde_json::to_string(actions).map_err(|e| crate::Error::internal(format!("actions: {e}")))?;
+            let highlight = actions.iter().any(Action::is_highlight);
+            writes.push(Write::Notification(
+                user_id.to_string(),
+                NotificationRecord {
+                    room_id: room_id.to_string(),
+                    event_id: event_id.to_string(),
+                    actions_json: actions_json.clone(),
+                    ts: now,
+                    highlight,
+                },
+            ));
+            for (app_id, pushkey, _) in self.push.table.pushers(user_id.as_str())? {
+                writes.push(Write::Push(
+                    user_id.to_string(),
+                    app_id,
+                    pushkey,
+                    QueuedPush {
+                        room_id: room_id.to_string(),
+                        event_id: event_id.to_string(),
+                        actions_json: actions_json.clone(),
+                        attempts: 0,
+                        next_try_ms: 0,
+                        failing_since_ms: 0,
+                    },
+                ));
+            }
+        }
+        Ok(writes)
+    }
+
+    /// Delivers the due pushes of the next [`QUEUE_PUSHERS`] pushers with queued pushes; the
+    /// time the earliest waiting one is due, if any waits.
+    async fn deliver_due(self: Arc<Self>) -> Result<Option<u64>> {
+        // Pushers are read round-robin from where the last round stopped, so pushers in
+        // back-off at the front of the queue never starve the others.
+        let from = std::mem::take(&mut *self.push.queue_cursor.lock().unwrap_or_else(|p| p.into_inner()));
+        let (mut groups, next) = self.push.table.queued(&from, QUEUE_PUSHERS, PER_PUSHER)?;
+        if next.is_none() && !from.is_empty() {
+            let (more, _) = self.push.table.queued(&[], QUEUE_PUSHERS - groups.len(), PER_PUSHER)?;
+            groups.extend(more.into_iter().filter(|g| g[0].key.as_slice() < from.as_slice()));
+        }
+        *self.push.queue_cursor.lock().unwrap_or_else(|p| p.into_inner()) = next.clone().unwrap_or_default();
+        let now = now_ms();
+        let mut next_due: Option<u64> = None;
+        // A pusher with a full page may have more queued: look again at once.
+        if groups.iter().any(|g| g.len() >= PER_PUSHER) {
+            next_due = Some(now);
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for group in groups {
+            let head = group[0].push.next_try_ms;
+            if head > now {
+                next_due = Some(next_due.map_or(head, |d| d.min(head)));
+                continue;
+            }
+            let services = Arc::clone(&self);
+            tasks.spawn(async move {
+                // What the group's attempts record goes in one batch, written when the group
+                // stops (a crash before it re-sends those pushes: at least once).
+                let mut batch = services.batch();
+                let mut retry = None;
+                for entry in group {
+                    match services.deliver_one(&mut batch, &entry).await {
+                        Ok(Outcome::Done) => {}
+                        Ok(Outcome::Stop) => break,
+                        Ok(Outcome::Retry(at)) => {
+                            retry = Some(at);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "push delivery failed");
+                            retry = Some(now_ms() + INITIAL_BACKOFF_MS);
+                            break;
+                        }
+                    }
+                }
+                if let Err(e) = batch.commit().await {
+                    tracing::warn!(error = %e, "push delivery could not be recorded");
+                    retry = Some(now_ms() + INITIAL_BACKOFF_MS);
+                }
+                retry
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Some(at)) = done {
+                next_due = Some(next_due.map_or(at, |d| d.min(at)));
+            }
+        }
+        // Pushers beyond this round: look again soon.
+        if next.is_some() {
+            next_due = Some(next_due.map_or(now, |d| d.min(now)));
+        }
+        Ok(next_due)
+    }
+
+    /// Tries one queued push; what it records goes into `batch`.
+    async fn deliver_one(&self, batch: &mut crate::storage::Batch, entry: &QueueEntry) -> Result<Outcome> {
+        let table = &self.push.table;
+        let mut drop_entry = |reason: &'static str| {
+            tracing::debug!(user = %entry.user_id, event = %entry.push.event_id, reason, "push dropped");
+            table.queue_delete_push(batch, &entry.key);
+            Ok(Outcome::Done)
+        };
+        let Some(record) = table.pusher(&entry.user_id, &entry.app_id, &entry.pushkey)? else {
+            return drop_entry("pusher removed");
+        };
+        let (Ok(user_id), Ok(room_id), Ok(event_id)) = (
+            OwnedUserId::try_from(entry.user_id.as_str()),
+            OwnedRoomId::try_from(entry.push.room_id.as_str()),
+            OwnedEventId::try_from(entry.push.event_id.as_str()),
+        ) else {
+            return drop_entry("unreadable entry");
+        };
+        if read_up_to(self, &room_id, &user_id)? >= entry.position {
+            return drop_entry("already read");
+        }
+        let Some(pdu) = self.rooms.event(&event_id)? else {
+            return drop_entry("event gone");
+        };
+        let Ok(pusher) = serde_json::from_str::<Pusher>(&record.json) else {
+            return drop_entry("unreadable pusher");
+        };
+        let PusherKind::Http(http) = &pusher.kind else {
+            return drop_entry("not an http pusher");
+        };
+        let actions: Vec<Action> = serde_json::from_str(&entry.push.actions_json).unwrap_or_default();
+        let body = self.notify_body(&pdu, &room_id, &user_id, &pusher, &actions, record.pushkey_ts_ms)?;
+        let body = serde_json::to_vec(&body).map_err(|e| crate::Error::internal(format!("push body: {e}")))?;
+        let answer = fetch::post_json(&http.url, &self.push.policy, &body, MAX_ANSWER_BYTES, self.push.timeout).await;
+        let now = now_ms();
+        match answer {
+            Ok((status, answer)) if (200..300).contains(&status) => {
+                #[derive(serde::Deserialize, Default)]
+                struct Answer {
+                    #[serde(default)]
+                    rejected: Vec<String>,
+                }
+                let answer: Answer = serde_json::from_slice(&answer).unwrap_or_default();
+                table.queue_delete_push(batch, &entry.key);
+                if answer.rejected.iter().any(|k| *k == entry.pushkey) {
+                    tracing::info!(user = %entry.user_id, app_id = %entry.app_id, "pushkey rejected by the gateway: pusher removed");
+                    table.queue_delete_pusher(batch, &entry.user_id, &entry.app_id, &entry.pushkey);
+                    return Ok(Outcome::Stop);
+                }
+                Ok(Outcome::Done)
+            }
+            failed => {
+                let reason = match failed {
+                    Ok((status, _)) => format!("the gateway answered {status}"),
+                    Err(e) => e.to_string(),
+                };
+                let mut push = entry.push.clone();
+                if push.failing_since_ms == 0 {
+                    push.failing_since_ms = now;
+                }
+                if now.saturating_sub(push.failing_since_ms) > GIVE_UP_AFTER_MS {
+                    tracing::warn!(user = %entry.user_id, app_id = %entry.app_id, "giving up on a push after a day of failures");
+                    return drop_entry("gave up");
+                }
+                let delay = INITIAL_BACKOFF_MS
+                    .saturating_mul(1u64 << push.attempts.min(32))
+                    .min(MAX_BACKOFF_MS);
+                push.attempts = push.attempts.saturating_add(1);
+                push.next_try_ms = now + delay;
+                tracing::info!(user = %entry.user_id, app_id = %entry.app_id, %reason, delay_ms = delay, "push failed: will retry");
+                table.queue_update_push(batch, &entry.key, &push)?;
+                Ok(Outcome::Retry(push.next_try_ms))
+            }
+        }
+    }
+
+    /// The unread badge of a push: the number of rooms with unread notifications (Synapse's
+    /// default, `push.group_unread_count_by_room`).
+    fn badge(&self, user_id: &UserId) -> Result<u64> {
+        let watermark = self.rooms.watermark();
+        let mut rooms = 0;
+        for (room_id, member) in self.rooms.memberships_of(user_id)?.iter().take(BADGE_ROOMS) {
+            if member.membership == "join" && self.unread_counts(room_id, user_id, watermark)?.0 > 0 {
+                rooms += 1;
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// The body of `POST /_matrix/push/v1/notify` for one event and pusher, as Synapse builds
+    /// it: only ids and counts with `data.format = "event_id_only"`, else the event's type,
+    /// sender, content, the sender's display name and the room's name.
+    fn notify_body(
+        &self,
+        pdu: &Pdu,
+        room_id: &RoomId,
+        user_id: &UserId,
+        pusher: &Pusher,
+        actions: &[Action],
+        pushkey_ts_ms: u64,
+    ) -> Result<Value> {
+        let PusherKind::Http(http) = &pusher.kind else {
+            return Ok(Value::Null);
+        };
+        let tweaks = tweaks(actions);
+        let kind = pdu.kind.to_string();
+        let high =
+            kind == "m.room.encrypted" || tweaks.contains_key("sound") || actions.iter().any(Action::is_highlight);
+        let badge = self.badge(user_id)?;
+        let mut data = match serde_json::to_value(http) {
+            Ok(Value::Object(o)) => o,
+            _ => serde_json::Map::new(),
+        };
+        data.remove("url");
+        let mut device = json!({
+            "app_id": pusher.ids.app_id,
+            "pushkey": pusher.ids.pushkey,
+            "pushkey_ts": pushkey_ts_ms / 1000,
+            "data": data,
+        });
+        let mut notification = json!({
+            "event_id": pdu.event_id,
+            "room_id": room_id,
+            "prio": if high { "high" } else { "low" },
+            "counts": {"unread": badge},
+        });
+        if http.format == Some(PushFormat::EventIdOnly) {
+            // No tweaks with event_id_only (Synapse).
+        } else {
+            if !tweaks.is_empty() {
+                device["tweaks"] = Value::Object(tweaks);
+            }
+            notification["type"] = json!(kind);
+            notification["sender"] = json!(pdu.sender);
+            if kind == "m.room.member"
+                && let Some(state_key) = &pdu.state_key
+            {
+                notification["membership"] = json!(pdu.content_str("membership"));
+                notification["user_is_target"] = json!(state_key == user_id.as_str());
+            }
+            if let Ok(content) = serde_json::from_str::<Value>(pdu.content.get())
+                && content.as_object().is_some_and(|o| !o.is_empty())
+            {
+                notification["content"] = content;
+            }
+            if let Some(name) = self
+                .rooms
+                .state_event(room_id, &StateEventType::RoomMember, pdu.sender.as_str())?
+                .and_then(|m| m.content_str("displayname"))
+                .filter(|n| !n.is_empty())
+            {
+                notification["sender_display_name"] = json!(name);
+            }
+            let room_name = match self
+                .rooms
+                .state_event(room_id, &StateEventType::RoomName, "")?
+                .and_then(|e| e.content_str("name"))
+                .filter(|n| !n.is_empty())
+            {
+                Some(name) => Some(name),
+                None => self
+                    .rooms
+                    .state_event(room_id, &StateEventType::RoomCanonicalAlias, "")?
+                    .and_then(|e| e.content_str("alias"))
+                    .filter(|n| !n.is_empty()),
+            };
+            if let Some(name) = room_name {
+                notification["room_name"] = json!(name);
+            }
+        }
+        notification["devices"] = json!([device]);
+        Ok(json!({ "notification": notification }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::push::{Action, Tweak};
+
+    use super::tweaks;
+
+    #[test]
+    fn tweaks_come_from_set_tweak_actions() {
+        let actions = vec![
+            Action::Notify,
+            Action::SetTweak(Tweak::Sound("default".into())),
+            Action::SetTweak(Tweak::Highlight(ruma::push::HighlightTweakValue::Yes)),
+        ];
+        let t = tweaks(&actions);
+        assert_eq!(t.get("sound").unwrap(), "default");
+        assert!(t.contains_key("highlight"));
+    }
+}

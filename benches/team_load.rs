@@ -183,7 +183,10 @@ fn serve_gateway_connection(stream: TcpStream, log: &GatewayLog) {
                 let devices = notification["notification"]["devices"].as_array().map_or(1, Vec::len);
                 log.notifications.fetch_add(devices, Ordering::SeqCst);
                 let mut arrivals = log.arrivals.lock().unwrap();
-                arrivals.entry(event_id.to_owned()).or_default().extend((0..devices).map(|_| now));
+                arrivals
+                    .entry(event_id.to_owned())
+                    .or_default()
+                    .extend((0..devices).map(|_| now));
             }
         }
         let answer = "{\"rejected\":[]}";
@@ -221,7 +224,10 @@ fn send_round(
                         let (status, body) = call(
                             &agent,
                             "PUT",
-                            &format!("{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{tag}-{i}-{k}", enc(room)),
+                            &format!(
+                                "{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{tag}-{i}-{k}",
+                                enc(room)
+                            ),
                             Some(token),
                             &json!({"msgtype": "m.text", "body": format!("{tag} message {k} from {i}")}),
                         );
@@ -265,7 +271,13 @@ fn push(args: &Args) {
     assert_eq!(status, 200, "createRoom: {room}");
     let room = room["room_id"].as_str().unwrap().to_owned();
     for token in &tokens[1..] {
-        let (status, body) = call(&a, "POST", &format!("{url}/_matrix/client/v3/join/{}", enc(&room)), Some(token), &json!({}));
+        let (status, body) = call(
+            &a,
+            "POST",
+            &format!("{url}/_matrix/client/v3/join/{}", enc(&room)),
+            Some(token),
+            &json!({}),
+        );
         assert_eq!(status, 200, "join: {body}");
     }
     // The receivers are the first `pushers` members; the others send.
@@ -376,7 +388,10 @@ impl Words {
     }
 
     fn next_f64(&mut self) -> f64 {
-        self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.state = self
+            .state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.state >> 11) as f64 / (1u64 << 53) as f64
     }
 
@@ -425,7 +440,10 @@ fn search(args: &Args) {
                     let (status, body) = call(
                         &agent,
                         "PUT",
-                        &format!("{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{prefix}-{k}", enc(room)),
+                        &format!(
+                            "{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{prefix}-{k}",
+                            enc(room)
+                        ),
                         Some(token),
                         &json!({"msgtype": "m.text", "body": bodies[k]}),
                     );
@@ -485,12 +503,12 @@ fn search(args: &Args) {
 // directory
 
 const GIVEN: [&str; 24] = [
-    "alex", "maria", "john", "sofia", "liam", "emma", "noah", "olivia", "lucas", "mia", "jonas", "lea", "finn",
-    "anna", "elias", "lina", "paul", "clara", "ben", "ida", "max", "nora", "leon", "eva",
+    "alex", "maria", "john", "sofia", "liam", "emma", "noah", "olivia", "lucas", "mia", "jonas", "lea", "finn", "anna",
+    "elias", "lina", "paul", "clara", "ben", "ida", "max", "nora", "leon", "eva",
 ];
 const FAMILY: [&str; 20] = [
-    "smith", "muller", "garcia", "rossi", "novak", "kowalski", "jensen", "dubois", "silva", "nagy", "berg",
-    "popescu", "horvat", "ivanov", "larsen", "moreau", "costa", "fischer", "weber", "meyer",
+    "smith", "muller", "garcia", "rossi", "novak", "kowalski", "jensen", "dubois", "silva", "nagy", "berg", "popescu",
+    "horvat", "ivanov", "larsen", "moreau", "costa", "fischer", "weber", "meyer",
 ];
 
 fn directory(args: &Args) {
@@ -576,7 +594,14 @@ fn room_list_body(conn_id: &str, window: u64) -> Value {
     })
 }
 
-fn sliding_call(agent: &ureq::Agent, url: &str, token: &str, pos: Option<&str>, timeout_ms: u64, body: &Value) -> (u16, Value, usize) {
+fn sliding_call(
+    agent: &ureq::Agent,
+    url: &str,
+    token: &str,
+    pos: Option<&str>,
+    timeout_ms: u64,
+    body: &Value,
+) -> (u16, Value, usize) {
     let mut target = format!("{url}{SLIDING_PATH}?timeout={timeout_ms}");
     if let Some(pos) = pos {
         target.push_str(&format!("&pos={pos}"));
@@ -623,7 +648,10 @@ fn sliding(args: &Args) {
                     let (status, body) = call(
                         &agent,
                         "PUT",
-                        &format!("{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{prefix}-{r}", enc(room)),
+                        &format!(
+                            "{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{prefix}-{r}",
+                            enc(room)
+                        ),
                         Some(owner),
                         &json!({"msgtype": "m.text", "body": format!("hello room {r}")}),
                     );
@@ -638,7 +666,14 @@ fn sliding(args: &Args) {
     let mut listed = 0;
     for run in 0..7 {
         let t = Instant::now();
-        let (status, body, bytes) = sliding_call(&a, url, &owner, None, 0, &room_list_body(&format!("{prefix}-first-{run}"), 20));
+        let (status, body, bytes) = sliding_call(
+            &a,
+            url,
+            &owner,
+            None,
+            0,
+            &room_list_body(&format!("{prefix}-first-{run}"), 20),
+        );
         let took = t.elapsed();
         assert_eq!(status, 200, "sliding sync: {body}");
         if run > 0 {
@@ -671,7 +706,13 @@ fn sliding(args: &Args) {
     assert_eq!(status, 200, "createRoom: {room}");
     let room = room["room_id"].as_str().unwrap().to_owned();
     for token in &tokens[..receivers] {
-        let (status, body) = call(&a, "POST", &format!("{url}/_matrix/client/v3/join/{}", enc(&room)), Some(token), &json!({}));
+        let (status, body) = call(
+            &a,
+            "POST",
+            &format!("{url}/_matrix/client/v3/join/{}", enc(&room)),
+            Some(token),
+            &json!({}),
+        );
         assert_eq!(status, 200, "join: {body}");
     }
     let sends: Mutex<HashMap<String, Instant>> = Mutex::new(HashMap::new());
@@ -695,7 +736,10 @@ fn sliding(args: &Args) {
                     let mut arrivals = Vec::new();
                     let hard_stop = Instant::now() + Duration::from_secs(600);
                     loop {
-                        let finished = done_sending.lock().unwrap().is_some_and(|at| at.elapsed() > Duration::from_secs(30));
+                        let finished = done_sending
+                            .lock()
+                            .unwrap()
+                            .is_some_and(|at| at.elapsed() > Duration::from_secs(30));
                         if finished || Instant::now() > hard_stop || seen.len() >= messages {
                             break;
                         }
@@ -709,7 +753,9 @@ fn sliding(args: &Args) {
                             .flat_map(|rooms| rooms.values())
                             .flat_map(|room| room["timeline"].as_array().into_iter().flatten())
                         {
-                            let is_ours = event["content"]["body"].as_str().is_some_and(|b| b.starts_with(tag.as_str()));
+                            let is_ours = event["content"]["body"]
+                                .as_str()
+                                .is_some_and(|b| b.starts_with(tag.as_str()));
                             if let (true, Some(id)) = (is_ours, event["event_id"].as_str()) {
                                 let count = seen.entry(id.to_owned()).or_default();
                                 *count += 1;
@@ -737,13 +783,19 @@ fn sliding(args: &Args) {
             let (status, body) = call(
                 &agent,
                 "PUT",
-                &format!("{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{tag}-{k}", enc(&room)),
+                &format!(
+                    "{url}/_matrix/client/v3/rooms/{}/send/m.room.message/{tag}-{k}",
+                    enc(&room)
+                ),
                 Some(sender),
                 &json!({"msgtype": "m.text", "body": format!("{tag} {k}")}),
             );
             let answered = Instant::now();
             assert_eq!(status, 200, "send: {body}");
-            sends.lock().unwrap().insert(body["event_id"].as_str().unwrap().to_owned(), answered);
+            sends
+                .lock()
+                .unwrap()
+                .insert(body["event_id"].as_str().unwrap().to_owned(), answered);
             thread::sleep(Duration::from_millis(200));
         }
         *done_sending.lock().unwrap() = Some(Instant::now());

@@ -28,14 +28,14 @@ mod limits;
 mod media;
 /// The OAuth 2.0 API: metadata, client registration, code and device grants, sign-in pages.
 mod oauth;
-/// Event relationships: `/relations`, bundled aggregations, `/threads`, per-thread unread counts.
-mod relations;
 /// People and calls: the user directory, the space hierarchy, OpenID, TURN (with a real coturn
 /// when installed), MatrixRTC transports.
 mod people;
 /// Push notifications: the push-rule API, `/notifications`, pushers and delivery to a push
 /// gateway on loopback (down, restarted, rejecting).
 mod push;
+/// Event relationships: `/relations`, bundled aggregations, `/threads`, per-thread unread counts.
+mod relations;
 /// Who may read and join a room: history visibility, former members, knocking, restricted rooms.
 mod room_access;
 /// Room upgrades.

@@ -12,10 +12,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use futures_util::FutureExt;
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId, events::StateEventType, push::PushConditionRoomCtx,
-    serde::Raw,
 };
 
 use super::{notifier::Key, unread::SCAN_LIMIT};
@@ -118,7 +116,7 @@ impl Services {
                 user_id.to_owned(),
                 display_name,
             );
-            let rules = self.unread_rules(user_id)?;
+            let rules = self.push_rules(user_id)?;
             for (position, pdu) in others {
                 let root = rooms.thread_of(pdu)?;
                 let read = match &root {
@@ -135,15 +133,7 @@ impl Services {
                 if *position <= read {
                     continue;
                 }
-                let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
-                // The evaluation does no I/O, so its future is ready at once.
-                let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
-                    continue;
-                };
-                let (notify, highlight) = (
-                    actions.iter().any(|a| a.should_notify()),
-                    actions.iter().any(|a| a.is_highlight()),
-                );
+                let (notify, highlight) = self.notify_and_highlight(room_id, &rules, &context, pdu)?;
                 if !notify && !highlight {
                     continue;
                 }

@@ -10,7 +10,10 @@
 
 use futures_util::FutureExt;
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId, events::StateEventType, push::PushConditionRoomCtx, serde::Raw,
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    events::StateEventType,
+    push::{PushConditionRoomCtx, Ruleset},
+    serde::Raw,
 };
 
 use crate::{
@@ -125,24 +128,9 @@ impl Services {
                 // The user's own rules (`services::push::rules`), cached there.
                 let rules = self.push_rules(user_id)?;
                 for pdu in others {
-                    let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
-                    // `@room` needs the sender's power levels (`services::push::rules`).
-                    let room_mention;
-                    let context = if crate::services::push::rules::mentions_room(&pdu.content) {
-                        room_mention = context
-                            .clone()
-                            .with_power_levels(self.push_power_levels(room_id, &pdu.sender)?);
-                        &room_mention
-                    } else {
-                        &context
-                    };
-                    // The evaluation does no I/O (no thread-subscription lookup is configured),
-                    // so its future is ready at once.
-                    let Some(actions) = rules.get_actions(&event, context).now_or_never() else {
-                        continue;
-                    };
-                    counted.notify += u64::from(actions.iter().any(|a| a.should_notify()));
-                    counted.highlight += u64::from(actions.iter().any(|a| a.is_highlight()));
+                    let (notify, highlight) = self.notify_and_highlight(room_id, &rules, &context, pdu)?;
+                    counted.notify += u64::from(notify);
+                    counted.highlight += u64::from(highlight);
                 }
             }
             counted.counted_up_to = up_to;
@@ -157,10 +145,34 @@ impl Services {
 }
 
 impl Services {
-    /// The push rules `user_id`'s events are counted with (see `thread_unread`).
-    pub(super) fn unread_rules(&self, user_id: &UserId) -> Result<Arc<Ruleset>> {
-        self.unread
-            .rules
-            .get_or_insert_with(user_id, || Ok::<_, Error>(Arc::new(Ruleset::server_default(user_id))))
+    /// Whether `pdu` notifies and highlights the reader of `context` by their `rules`, evaluated
+    /// with ruma's push-rule engine (`@room` checked against the sender's power levels,
+    /// `services::push::rules`).
+    pub(crate) fn notify_and_highlight(
+        &self,
+        room_id: &RoomId,
+        rules: &Ruleset,
+        context: &PushConditionRoomCtx,
+        pdu: &Pdu,
+    ) -> Result<(bool, bool)> {
+        let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
+        let room_mention;
+        let context = if crate::services::push::rules::mentions_room(&pdu.content) {
+            room_mention = context
+                .clone()
+                .with_power_levels(self.push_power_levels(room_id, &pdu.sender)?);
+            &room_mention
+        } else {
+            context
+        };
+        // The evaluation does no I/O (no thread-subscription lookup is configured), so its
+        // future is ready at once.
+        let Some(actions) = rules.get_actions(&event, context).now_or_never() else {
+            return Ok((false, false));
+        };
+        Ok((
+            actions.iter().any(|a| a.should_notify()),
+            actions.iter().any(|a| a.is_highlight()),
+        ))
     }
 }

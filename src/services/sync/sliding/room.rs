@@ -203,6 +203,14 @@ impl Build<'_> {
         let limited = events.len() > limit;
         events.truncate(limit);
         events.reverse();
+        // Bundled aggregations when the client lacks part of the timeline, as /sync v2.
+        if limited || after == 0 {
+            let reader = crate::services::rooms::relations::Reader {
+                history: &history,
+                ignored,
+            };
+            rooms.bundle(&reader, events.iter_mut().map(|(_, pdu)| pdu))?;
+        }
 
         // State: all of it (then cut to what is wanted) or what changed since.
         let full = initial || config_changed || !joined;

@@ -26,8 +26,11 @@ READY_TIMEOUT_S=30
 # timeline support, detached pending events, Rust crypto): encrypted private room with
 # members joining and leaving, an Element-style DM, pagination from a new device;
 # js/team.mjs (matrix-js-sdk as Element Web): a DM started from the user directory, a
-# thread reply, an edit, a reaction, a search.
-SCRIPTS=(nio_smoke.py nio_sync.py nio_e2ee.py js/e2ee_backup.mjs js/element_rooms.mjs js/team.mjs)
+# thread reply, an edit, a reaction, a search; rust-sdk (tests/rust-sdk, matrix-rust-sdk as
+# Element X uses it, built by tests/run.sh into $HEARTH_RUST_SDK_BIN): OAuth sign-up through
+# Hearth's pages, SyncService/RoomListService over sliding sync, unread counts, E2EE.
+SCRIPTS=(nio_smoke.py nio_sync.py nio_e2ee.py js/e2ee_backup.mjs js/element_rooms.mjs js/team.mjs rust-sdk)
+RUST_SDK_BIN="${HEARTH_RUST_SDK_BIN:-$HOME/.cache/hearth-rust-sdk-target/debug/hearth-rust-sdk-test}"
 SCRIPT_TIMEOUT_S=90  # hard bound per script (each also bounds itself)
 
 SERVER_PID=""
@@ -170,7 +173,7 @@ for attempt in 1 2 3; do
     mkdir -p "$DATA"
     # hearth reads every HEARTH_* variable as config and refuses unknown keys, so this
     # script's own HEARTH_BIN / HEARTH_CLIENTS_VENV / HEARTH_CLIENTS_JS must not reach it.
-    env -u HEARTH_BIN -u HEARTH_CLIENTS_VENV -u HEARTH_CLIENTS_JS \
+    env -u HEARTH_BIN -u HEARTH_CLIENTS_VENV -u HEARTH_CLIENTS_JS -u HEARTH_RUST_SDK_BIN \
         HEARTH_RATE_LIMITS__ENABLED=false \
         HEARTH_PASSWORDS__MEMORY_KIB=64 \
         HEARTH_PASSWORDS__ITERATIONS=1 \
@@ -199,8 +202,18 @@ for script in "${SCRIPTS[@]}"; do
     echo "nio: --- $script ---"
     case "$script" in
         *.mjs) runner=("$NODE") ;;
+        rust-sdk) runner=() ;;
         *) runner=("$PY") ;;
     esac
+    target="$HERE/$script"
+    if [ "$script" = rust-sdk ]; then
+        target="$RUST_SDK_BIN"
+        if [ ! -x "$target" ]; then
+            FAILED=$((FAILED + 1))
+            echo "nio: $script FAILED (no test binary at $target: tests/run.sh builds it)"
+            continue
+        fi
+    fi
     started=$SECONDS
     if [[ "$script" == *.mjs && -n "$JS_SETUP_ERR" ]]; then
         FAILED=$((FAILED + 1))
@@ -208,9 +221,9 @@ for script in "${SCRIPTS[@]}"; do
         continue
     fi
     if command -v timeout >/dev/null; then
-        timeout -k 5 "$SCRIPT_TIMEOUT_S" "${runner[@]}" "$HERE/$script" "$HS"
+        timeout -k 5 "$SCRIPT_TIMEOUT_S" "${runner[@]}" "$target" "$HS"
     else
-        "${runner[@]}" "$HERE/$script" "$HS"
+        "${runner[@]}" "$target" "$HS"
     fi
     rc=$?
     if [ "$rc" -eq 0 ]; then

@@ -170,7 +170,7 @@ fn long_poll_wakes_and_a_message_moves_the_room_up() {
     let newer = public_room(&alice, "Newer");
     join(&bob, &older);
     join(&bob, &newer);
-    send(&alice, &newer, "n1", "newest");
+    let newest = send(&alice, &newer, "n1", "newest");
     // A window of one room: the most recent.
     let body = list_body("main", 0, 1, json!([]));
     let first = ss(&bob, None, 0, &body);
@@ -205,12 +205,12 @@ fn long_poll_wakes_and_a_message_moves_the_room_up() {
     assert_eq!(r["num_live"], 1, "{r}");
     assert!(woke["rooms"].get(&newer).is_none(), "{woke}");
 
-    // A reaction-like event that does not bump leaves the order as it is.
+    // A reaction, which does not bump, leaves the order as it is.
     let p2 = pos(&woke);
     alice
         .put(
             &format!("/_matrix/client/v3/rooms/{}/send/m.reaction/r1", enc(&newer)),
-            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": "$x", "key": "x"}}),
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": newest, "key": "x"}}),
         )
         .ok();
     let after = ss(&bob, Some(&p2), 0, &body);

@@ -173,8 +173,11 @@ for attempt in 1 2 3; do
     mkdir -p "$DATA"
     # hearth reads every HEARTH_* variable as config and refuses unknown keys, so this
     # script's own HEARTH_BIN / HEARTH_CLIENTS_VENV / HEARTH_CLIENTS_JS must not reach it.
+    # Registration is open here (loopback), but the users are a team: the user directory
+    # finds every user, as it does by default on a server with token or closed registration.
     env -u HEARTH_BIN -u HEARTH_CLIENTS_VENV -u HEARTH_CLIENTS_JS -u HEARTH_RUST_SDK_BIN \
         HEARTH_RATE_LIMITS__ENABLED=false \
+        HEARTH_USER_DIRECTORY__SEARCH_ALL_USERS=true \
         HEARTH_PASSWORDS__MEMORY_KIB=64 \
         HEARTH_PASSWORDS__ITERATIONS=1 \
         "$HEARTH_BIN" serve --listen "127.0.0.1:$PORT" --data-dir "$DATA" \

@@ -97,7 +97,7 @@ async function run() {
     check(`${step}. /relations lists bob's reply`, rel.status === 200 && rel.json.chunk?.some((e) => e.event_id === reply.event_id), "200 with the reply in chunk", rel);
     const threads = await v1("GET", `/rooms/${enc(dm.room_id)}/threads`, a.session.access_token);
     const summary = threads.json.chunk?.find((e) => e.event_id === root.event_id)?.unsigned?.["m.relations"]?.["m.thread"];
-    check(`${step}. /threads lists the thread with its summary`, threads.status === 200 && summary?.count === 1 && summary?.latest_event?.event_id === reply.event_id && summary?.current_user_participated === false, "the root with m.thread count 1, latest bob's reply, alice not participating", threads);
+    check(`${step}. /threads lists the thread with its summary`, threads.status === 200 && summary?.count === 1 && summary?.latest_event?.event_id === reply.event_id && summary?.current_user_participated === true, "the root with m.thread count 1, latest bob's reply, alice participating (she sent the root)", threads);
 
     step = "4";
     const edited = `lunch plans: ${word} cafe at one instead`;

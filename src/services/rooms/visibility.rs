@@ -36,6 +36,23 @@ pub struct HistoryFilter<'a> {
 pub(super) type HistoryDecisions = quick_cache::sync::Cache<(u64, OwnedUserId), (String, Option<String>)>;
 
 impl Rooms {
+    /// [`Rooms::read_scope`], or for a user who never joined (an invite rejected or withdrawn,
+    /// a knock withdrawn or refused) what the history rules show a non-member up to `end`:
+    /// their own departure, always. `true` when the user had a read scope of their own.
+    pub fn read_scope_or_outsider(&self, room_id: &RoomId, user_id: &UserId, end: u64) -> (ReadScope, bool) {
+        match self.read_scope(room_id, user_id) {
+            Ok(scope) => (scope, true),
+            Err(_) => (
+                ReadScope {
+                    up_to: end,
+                    member_until: None,
+                    departed_with: None,
+                },
+                false,
+            ),
+        }
+    }
+
     /// What `user_id` may read of a room: members read everything up to the live end; former
     /// members read up to their departure (Synapse's rule for departed users); anyone reads a
     /// room whose history is `world_readable`. Everyone else gets 403.

@@ -32,7 +32,7 @@ use crate::{
     services::{
         Services,
         account_data::Change,
-        rooms::{pdu::Pdu, relations::Reader, visibility::ReadScope},
+        rooms::{pdu::Pdu, relations::Reader},
         sync::notifier::Key,
     },
     storage::tables::membership::Membership,
@@ -570,20 +570,9 @@ impl Ctx<'_> {
     fn left(&self, room_id: &RoomId, departure: u64) -> Result<Option<LeftRoom>> {
         let rooms = &self.services.rooms;
         let end = departure.min(self.up_to);
-        let (scope, member) = match rooms.read_scope(room_id, self.user_id) {
-            Ok(scope) => (scope, true),
-            // Never joined (an invite rejected or withdrawn, a knock withdrawn or refused): the
-            // room still moves to `leave`, so it leaves the client's invites, with what the
-            // history rules show a non-member (their own departure, always) and no state.
-            Err(_) => (
-                ReadScope {
-                    up_to: end,
-                    member_until: None,
-                    departed_with: None,
-                },
-                false,
-            ),
-        };
+        // Never joined: the room still moves to `leave`, so it leaves the client's invites, with
+        // the non-member's view (their own departure) and no state.
+        let (scope, member) = rooms.read_scope_or_outsider(room_id, self.user_id, end);
         let history = rooms.history_filter(self.user_id, scope);
         let keep = |pos: u64, pdu: &Pdu| self.event_kept(pdu) && history.allows(pos, pdu);
         let after = self.after().unwrap_or(0);

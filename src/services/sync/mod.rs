@@ -105,15 +105,7 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
         .transpose()?;
     let filter: FilterDefinition = services.filters.resolve(user_id, params.filter)?;
     let rooms = &services.rooms;
-    let memberships = rooms.memberships_of(user_id)?;
-    let mut keys: Vec<Key> = memberships.iter().map(|(room, _)| Key::room(room)).collect();
-    let joined: Vec<Key> = memberships
-        .iter()
-        .filter(|(_, m)| m.membership == "join")
-        .map(|(room, _)| Key::room(room))
-        .collect();
-    services.presence.seen(user_id, params.set_presence, &joined);
-    keys.push(Key::user(user_id));
+    let keys = watched(services, user_id, params.set_presence)?;
     // Registered before the first look, so nothing committed in between is missed.
     let waiter = rooms.notifier().register(keys);
     // A sync from `since` shows the client holds the to-device messages up to it.
@@ -165,4 +157,19 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+/// What a sync of `user_id` (v2 or sliding) watches: the notifier keys of their rooms and of
+/// themselves. Marks the user seen with `presence` in the rooms they joined.
+pub(crate) fn watched(services: &Services, user_id: &UserId, presence: PresenceState) -> Result<Vec<Key>> {
+    let memberships = services.rooms.memberships_of(user_id)?;
+    let mut keys: Vec<Key> = memberships.iter().map(|(room, _)| Key::room(room)).collect();
+    let joined: Vec<Key> = memberships
+        .iter()
+        .filter(|(_, m)| m.membership == "join")
+        .map(|(room, _)| Key::room(room))
+        .collect();
+    services.presence.seen(user_id, presence, &joined);
+    keys.push(Key::user(user_id));
+    Ok(keys)
 }

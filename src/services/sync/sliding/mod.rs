@@ -33,7 +33,7 @@ use self::{
     model::{RoomOut, RoomRule, SlidingRequest, SlidingResponse},
     room::Build,
 };
-use super::{MAX_TIMEOUT, Token, notifier::Key};
+use super::{MAX_TIMEOUT, Token};
 use crate::{
     Error, Result,
     services::{Services, keys::to_device::TO_DEVICE_LIMIT},
@@ -295,15 +295,7 @@ pub async fn sliding_sync(
     let resumed = connections.resume(user_id, device_id, &conn_id, req.pos.as_deref())?;
     let base = resumed.base;
     let rooms = &services.rooms;
-    let memberships = rooms.memberships_of(user_id)?;
-    let mut keys: Vec<Key> = memberships.iter().map(|(room, _)| Key::room(room)).collect();
-    let joined: Vec<Key> = memberships
-        .iter()
-        .filter(|(_, m)| m.membership == "join")
-        .map(|(room, _)| Key::room(room))
-        .collect();
-    services.presence.seen(user_id, req.set_presence.clone(), &joined);
-    keys.push(Key::user(user_id));
+    let keys = super::watched(services, user_id, req.set_presence.clone())?;
     // Registered before the first look, so nothing committed in between is missed.
     let waiter = rooms.notifier().register(keys);
     let to_device = req.extensions.to_device.enabled == Some(true);

@@ -24,7 +24,7 @@ use crate::{
     Result,
     services::{
         Services,
-        rooms::{pdu::Pdu, visibility::ReadScope},
+        rooms::pdu::Pdu,
         sync::{
             build::{client_event, stripped_state},
             notifier::Key,
@@ -173,18 +173,7 @@ impl Build<'_> {
             return Ok((None, kept));
         }
 
-        let (scope, member) = match rooms.read_scope(room_id, self.user_id) {
-            Ok(scope) => (scope, true),
-            // Never joined (an invite rejected or withdrawn): only their own departure.
-            Err(_) => (
-                ReadScope {
-                    up_to: end,
-                    member_until: None,
-                    departed_with: None,
-                },
-                false,
-            ),
-        };
+        let (scope, member) = rooms.read_scope_or_outsider(room_id, self.user_id, end);
         let history = rooms.history_filter(self.user_id, scope);
         let ignored = &self.ignored;
         let keep = |pos: u64, pdu: &Pdu| !ignored.contains(&pdu.sender) && history.allows(pos, pdu);

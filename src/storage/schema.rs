@@ -146,6 +146,10 @@ pub const USERVERSION_BACKUP: &str = "userversion_backup";
 /// user id SEP u64 backup version SEP room id SEP session id → the backed-up key as JSON.
 pub const USERVERSIONROOMSESSION_BACKUPKEY: &str = "userversionroomsession_backupkey";
 
+/// u64 short room id ++ term ++ SEP ++ u64 stream position → 11-byte posting (short event id,
+/// field, term frequency, text length): the search index (`tables::search`).
+pub const ROOMTERMPOS_POSTING: &str = "roomtermpos_posting";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -198,6 +202,7 @@ pub const TABLES: &[TableDef] = &[
     small(USERDEVICETXN_TODEVICE),
     small(USERVERSION_BACKUP),
     small(USERVERSIONROOMSESSION_BACKUPKEY),
+    small(ROOMTERMPOS_POSTING),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -21,6 +21,7 @@ pub mod register;
 pub mod reporting;
 pub mod room;
 pub mod room_upgrade;
+pub mod search;
 pub mod session;
 pub mod state;
 pub mod sync;

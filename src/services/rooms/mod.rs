@@ -31,6 +31,7 @@ pub mod membership;
 pub mod pdu;
 mod power;
 mod redaction;
+mod search_hooks;
 mod sync_hooks;
 mod timeline;
 pub mod upgrade;
@@ -62,6 +63,7 @@ use crate::{
         tables::{
             membership::MembershipTable,
             pdus::PdusTable,
+            search::SearchTable,
             shortids::ShortIds,
             state::{Loaded, StateMap, StateTable},
             timeline::TimelineTable,
@@ -121,6 +123,8 @@ pub struct Rooms {
     state: StateTable,
     transactions: TransactionsTable,
     memberships: MembershipTable,
+    /// The search index, written in the events' batches (see `search_hooks`).
+    search: SearchTable,
     positions: Arc<Positions>,
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
@@ -194,6 +198,7 @@ impl Rooms {
             state: StateTable::new(Arc::clone(&db)),
             transactions: TransactionsTable::new(Arc::clone(&db)),
             memberships: MembershipTable::new(Arc::clone(&db)),
+            search: SearchTable::new(Arc::clone(&db)),
             db,
             positions,
             keys,

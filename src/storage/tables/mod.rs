@@ -15,6 +15,7 @@ pub mod membership;
 pub mod pdus;
 pub mod registration_tokens;
 pub mod reports;
+pub mod search;
 pub mod shortids;
 pub mod state;
 pub mod streams;

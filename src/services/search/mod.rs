@@ -1,0 +1,563 @@
+//! Server-side search (spec "Server Side Search", `POST /search`, category `room_events`).
+//!
+//! **The index.** An inverted index per room in RocksDB (`storage::tables::search`,
+//! `roomtermpos_posting`), chosen over tantivy by measuring both (numbers and reasons in
+//! `benches/results/2026-12-07-search-index.md`). What is indexed, as in Synapse: `body` of
+//! `m.room.message`, `name` of `m.room.name`, `topic` of `m.room.topic` (encrypted events have
+//! no text to index). The text is cut into terms by [`tokenize`] (Unicode words, lowercase,
+//! accents stripped). An event's postings are written in the event's own batch on the rooms
+//! write path, so an event is searchable exactly when it is durable, and a redaction that
+//! takes effect removes its target's postings in the redaction's batch. Databases from before
+//! the index get it rebuilt at start ([`rebuild`], in the background, with progress in the
+//! logs); searches meanwhile find what is indexed so far.
+//!
+//! **A query** reads, in every room the searcher is or was joined to, the postings of each
+//! term up to the last position they may read (a former member's departure), the last term
+//! also as a prefix; an event must hold every term. Ranking is BM25's term-frequency part
+//! (without the inverse document frequency, so an event's rank never changes and pages stay
+//! stable while new messages arrive). Every candidate then goes through what every read goes
+//! through: the redaction check (`served`), the request's filter and the per-event history
+//! visibility (`rooms::visibility`); `count` counts what survives that (at most
+//! [`MAX_CANDIDATES`] candidates are looked at, so it is exact below that and a lower bound
+//! above). `next_batch` names the last result returned (and the room, for a room group's
+//! token); the next page continues strictly after it.
+
+pub mod tokenize;
+
+use std::collections::{BTreeMap, HashMap};
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId, api::client::filter::RoomEventFilter};
+
+use crate::{
+    Error, Result,
+    services::rooms::{Rooms, pdu::Pdu, visibility::HistoryFilter},
+};
+
+/// Field bits of a posting.
+pub const FIELD_BODY: u8 = 1;
+/// `content.name` of `m.room.name`.
+pub const FIELD_NAME: u8 = 2;
+/// `content.topic` of `m.room.topic`.
+pub const FIELD_TOPIC: u8 = 4;
+/// Every field.
+pub const ALL_FIELDS: u8 = FIELD_BODY | FIELD_NAME | FIELD_TOPIC;
+
+/// Most postings read per term and room.
+const MAX_POSTINGS: usize = 50_000;
+/// Most candidates (events holding every term) ordered and checked per query.
+pub const MAX_CANDIDATES: usize = 10_000;
+/// Most results per page.
+pub const MAX_LIMIT: usize = 100;
+/// Most events of context on each side of a result.
+pub const MAX_CONTEXT: usize = 100;
+
+/// The indexed field of an event and its terms (`None`: nothing to index).
+pub fn index_text(kind: &str, content: &str) -> Option<(u8, Vec<String>)> {
+    let (field, key) = match kind {
+        "m.room.message" => (FIELD_BODY, "body"),
+        "m.room.name" => (FIELD_NAME, "name"),
+        "m.room.topic" => (FIELD_TOPIC, "topic"),
+        _ => return None,
+    };
+    let content: serde_json::Map<String, serde_json::Value> = serde_json::from_str(content).ok()?;
+    let text = content.get(key)?.as_str()?;
+    let terms = tokenize::terms(text);
+    (!terms.is_empty()).then_some((field, terms))
+}
+
+/// How results are ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// By relevance, then newest first.
+    Rank,
+    /// Newest first.
+    Recent,
+}
+
+/// A `room_events` search.
+pub struct Query<'a> {
+    /// The search term as the client sent it.
+    pub term: &'a str,
+    /// Which fields to search ([`FIELD_BODY`] …).
+    pub fields: u8,
+    /// The order.
+    pub order: Order,
+    /// Rooms, senders, types and the page size.
+    pub filter: &'a RoomEventFilter,
+    /// Events of context around each result: (before, after, with profiles).
+    pub context: Option<(usize, usize, bool)>,
+    /// Whether to return the state of the rooms with results.
+    pub include_state: bool,
+    /// The `next_batch` the client sent.
+    pub next_batch: Option<&'a str>,
+}
+
+/// The context of one result.
+pub struct Context {
+    /// Events before it, newest first.
+    pub before: Vec<Pdu>,
+    /// Events after it, oldest first.
+    pub after: Vec<Pdu>,
+    /// Token of the start of the context.
+    pub start: String,
+    /// Token of the end of the context.
+    pub end: String,
+    /// Senders' (display name, avatar URL) from their member events after the context.
+    pub profiles: BTreeMap<OwnedUserId, (Option<String>, Option<String>)>,
+}
+
+/// One result.
+pub struct Hit {
+    /// The event, as the searcher sees it.
+    pub event: Pdu,
+    /// Its rank.
+    pub rank: f64,
+    /// Its context, when asked for.
+    pub context: Option<Context>,
+}
+
+/// A page of results.
+pub struct Answer {
+    /// The results of this page, in order.
+    pub results: Vec<Hit>,
+    /// Visible results in total (see the module notes).
+    pub count: u64,
+    /// The words that matched (as indexed).
+    pub highlights: Vec<String>,
+    /// Token of the next page, if there is one.
+    pub next_batch: Option<String>,
+    /// Per room with results on this page: the token continuing in that room only.
+    pub room_next_batch: BTreeMap<OwnedRoomId, String>,
+    /// Current state of the rooms with results, as the searcher may see it.
+    pub state: BTreeMap<OwnedRoomId, Vec<Pdu>>,
+}
+
+/// An event holding every term.
+#[derive(Clone)]
+struct Candidate {
+    room: usize,
+    position: u64,
+    short_event: u64,
+    score: u64,
+    /// The full term the prefix (last) term matched.
+    prefixed: Option<String>,
+}
+
+impl Candidate {
+    /// Sort key: greatest first.
+    fn key(&self, order: Order) -> (u64, u64) {
+        match order {
+            Order::Rank => (self.score, self.position),
+            Order::Recent => (0, self.position),
+        }
+    }
+}
+
+/// A `next_batch` token: `{r|p}{room or 0}_{score}_{position}`, the last result returned.
+#[derive(Debug, PartialEq, Eq)]
+struct Batch {
+    order: Order,
+    room: Option<OwnedRoomId>,
+    key: (u64, u64),
+}
+
+impl Batch {
+    fn encode(&self) -> String {
+        let tag = if self.order == Order::Rank { 'r' } else { 'p' };
+        let room = self.room.as_ref().map_or(String::new(), |r| r.to_string());
+        format!("{tag}{}_{}_{room}", self.key.0, self.key.1)
+    }
+
+    fn parse(text: &str) -> Option<Batch> {
+        let order = match text.get(..1)? {
+            "r" => Order::Rank,
+            "p" => Order::Recent,
+            _ => return None,
+        };
+        let mut parts = text[1..].splitn(3, '_');
+        let number = |s: &str| {
+            (!s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        };
+        let score = number(parts.next()?)?;
+        let position = number(parts.next()?)?;
+        let room = match parts.next()? {
+            "" => None,
+            room => Some(RoomId::parse(room).ok()?),
+        };
+        Some(Batch {
+            order,
+            room,
+            key: (score, position),
+        })
+    }
+}
+
+/// Reads a client's `next_batch`, or 400 `M_INVALID_PARAM`.
+fn parse_batch(text: &str, order: Order) -> Result<Batch> {
+    match Batch::parse(text) {
+        Some(batch) if batch.order == order => Ok(batch),
+        Some(_) => Err(Error::invalid_param("next_batch was handed out for another order_by")),
+        None => Err(Error::invalid_param("Invalid next_batch token")),
+    }
+}
+
+/// One room being searched.
+struct Room<'r> {
+    id: OwnedRoomId,
+    history: HistoryFilter<'r>,
+}
+
+/// Runs a search for `user_id`.
+pub fn search(rooms: &Rooms, user_id: &UserId, query: &Query<'_>) -> Result<Answer> {
+    let batch = query.next_batch.map(|t| parse_batch(t, query.order)).transpose()?;
+    let limit = query
+        .filter
+        .limit
+        .map_or(10, |l| usize::try_from(u64::from(l)).unwrap_or(MAX_LIMIT))
+        .min(MAX_LIMIT);
+    let mut terms = tokenize::terms(query.term);
+    // The last term is also a prefix (`deplo` finds `deploy`); repeats count once.
+    let mut seen = std::collections::HashSet::new();
+    terms.retain(|t| seen.insert(t.clone()));
+    let mut answer = Answer {
+        results: Vec::new(),
+        count: 0,
+        highlights: Vec::new(),
+        next_batch: None,
+        room_next_batch: BTreeMap::new(),
+        state: BTreeMap::new(),
+    };
+    if terms.is_empty() || query.fields == 0 {
+        return Ok(answer);
+    }
+
+    // The rooms: those the user is or was joined to (a former member up to their departure),
+    // narrowed by the filter and by a room group's token.
+    let mut searched = Vec::new();
+    for (room_id, member) in rooms.memberships_of(user_id)?.iter() {
+        if !matches!(member.membership.as_str(), "join" | "leave" | "ban")
+            || !crate::services::sync::filter::event_filter_room(query.filter, room_id)
+            || batch
+                .as_ref()
+                .and_then(|b| b.room.as_ref())
+                .is_some_and(|r| r != room_id)
+        {
+            continue;
+        }
+        let scope = match rooms.read_scope(room_id, user_id) {
+            Ok(scope) => scope,
+            Err(e) if e.status().as_u16() == 403 => continue,
+            Err(e) => return Err(e),
+        };
+        searched.push(Room {
+            id: room_id.clone(),
+            history: rooms.history_filter(user_id, scope),
+        });
+    }
+
+    // Candidates: events of each room holding every term in a searched field.
+    let mut candidates = Vec::new();
+    for (index, room) in searched.iter().enumerate() {
+        let up_to = room.history.scope().up_to;
+        // Per term: position → (score, short event, the term matched); then intersected.
+        let mut found: Option<HashMap<u64, (f64, u64, String)>> = None;
+        for (i, term) in terms.iter().enumerate() {
+            let last = i + 1 == terms.len();
+            let mut matches: HashMap<u64, (f64, u64, String)> = HashMap::new();
+            for (matched, position, posting) in rooms.search_postings(&room.id, term, last, up_to, MAX_POSTINGS)? {
+                if posting.field & query.fields == 0 {
+                    continue;
+                }
+                let score = bm25(posting.frequency, posting.length);
+                let entry = matches
+                    .entry(position)
+                    .or_insert((score, posting.short_event, matched.clone()));
+                // Several terms with the prefix in one event: the best one counts.
+                if score > entry.0 {
+                    *entry = (score, posting.short_event, matched);
+                }
+            }
+            found = Some(match found {
+                None => matches,
+                Some(mut so_far) => {
+                    so_far.retain(|position, _| matches.contains_key(position));
+                    for (position, entry) in so_far.iter_mut() {
+                        let (score, _, matched) = &matches[position];
+                        entry.0 += score;
+                        entry.2 = matched.clone();
+                    }
+                    so_far
+                }
+            });
+        }
+        candidates.extend(
+            found
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(position, (score, short_event, matched))| Candidate {
+                    room: index,
+                    position,
+                    short_event,
+                    score: (score * 1_000_000.0) as u64,
+                    prefixed: Some(matched),
+                }),
+        );
+    }
+    candidates.sort_unstable_by_key(|c| std::cmp::Reverse(c.key(query.order)));
+    candidates.truncate(MAX_CANDIDATES);
+
+    // What the searcher may see of them: not redacted, passing the filter, visible.
+    let mut visible = Vec::new();
+    for chunk in candidates.chunks(256) {
+        let shorts: Vec<u64> = chunk.iter().map(|c| c.short_event).collect();
+        let events = rooms.search_events(&shorts)?;
+        for (candidate, event) in chunk.iter().zip(events) {
+            if event.redacted_because.is_none()
+                && event.matches(query.filter)
+                && searched[candidate.room].history.allows(candidate.position, &event)
+            {
+                visible.push(candidate.clone());
+            }
+        }
+    }
+    answer.count = visible.len() as u64;
+    let mut highlights: Vec<String> = terms.clone();
+    highlights.extend(visible.iter().filter_map(|c| c.prefixed.clone()));
+    highlights.sort();
+    highlights.dedup();
+    answer.highlights = highlights;
+
+    // The page: the visible results after the token.
+    let start = match &batch {
+        Some(b) => visible.partition_point(|c| c.key(query.order) >= b.key),
+        None => 0,
+    };
+    let page: Vec<Candidate> = visible.iter().skip(start).take(limit).cloned().collect();
+    if let Some(last) = page.last()
+        && start + page.len() < visible.len()
+    {
+        answer.next_batch = Some(
+            Batch {
+                order: query.order,
+                room: batch.as_ref().and_then(|b| b.room.clone()),
+                key: last.key(query.order),
+            }
+            .encode(),
+        );
+    }
+    // Per room on the page: a token continuing in that room, when it has more.
+    let rest = &visible[(start + page.len()).min(visible.len())..];
+    for candidate in &page {
+        let room = &searched[candidate.room];
+        let last_of_room = page.iter().rev().find(|c| c.room == candidate.room);
+        if let Some(last) = last_of_room
+            && rest.iter().any(|c| c.room == candidate.room)
+        {
+            answer.room_next_batch.insert(
+                room.id.clone(),
+                Batch {
+                    order: query.order,
+                    room: Some(room.id.clone()),
+                    key: last.key(query.order),
+                }
+                .encode(),
+            );
+        }
+    }
+
+    let shorts: Vec<u64> = page.iter().map(|c| c.short_event).collect();
+    let events = rooms.search_events(&shorts)?;
+    for (candidate, event) in page.iter().zip(events) {
+        let room = &searched[candidate.room];
+        let context = match query.context {
+            Some((before, after, profiles)) => Some(context(
+                rooms,
+                room,
+                candidate.position,
+                &event,
+                (before, after, profiles),
+            )?),
+            None => None,
+        };
+        if query.include_state && !answer.state.contains_key(&room.id) {
+            let state = rooms.visible_state(&room.id, room.history.scope())?;
+            answer.state.insert(room.id.clone(), state);
+        }
+        answer.results.push(Hit {
+            event,
+            rank: candidate.score as f64 / 1_000_000.0,
+            context,
+        });
+    }
+    Ok(answer)
+}
+
+/// BM25's term-frequency part (k1 = 1.2, b = 0.75, an average text of 12 terms).
+fn bm25(frequency: u8, length: u8) -> f64 {
+    let (tf, len) = (f64::from(frequency), f64::from(length.max(1)));
+    tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len / 12.0))
+}
+
+/// The events around a result the searcher may see, with the tokens around them and, when
+/// asked, the senders' profiles as of the end of the context (Synapse's rule).
+fn context(
+    rooms: &Rooms,
+    room: &Room<'_>,
+    position: u64,
+    event: &Pdu,
+    (before, after, profiles): (usize, usize, bool),
+) -> Result<Context> {
+    let keep = |pos: u64, pdu: &Pdu| room.history.allows(pos, pdu);
+    let (events_before, _) = if before == 0 {
+        (Vec::new(), None)
+    } else {
+        rooms.timeline_page(&room.id, (0, position - 1), true, before.min(MAX_CONTEXT), keep)?
+    };
+    let (events_after, _) = if after == 0 {
+        (Vec::new(), None)
+    } else {
+        rooms.timeline_page(
+            &room.id,
+            (position, room.history.scope().up_to),
+            false,
+            after.min(MAX_CONTEXT),
+            keep,
+        )?
+    };
+    let start = events_before.last().map_or(position, |(pos, _)| *pos).saturating_sub(1);
+    let end = events_after.last().map_or(position, |(pos, _)| *pos);
+    let mut profile_map = BTreeMap::new();
+    if profiles {
+        let last = events_after.last().map_or(event, |(_, pdu)| pdu);
+        let mut senders: Vec<&str> = std::iter::once(event)
+            .chain(events_before.iter().map(|(_, p)| p))
+            .chain(events_after.iter().map(|(_, p)| p))
+            .map(|p| p.sender.as_str())
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        for member in rooms.members_after(last, senders)? {
+            let Some(user) = member.state_key.as_deref().and_then(|u| UserId::parse(u).ok()) else {
+                continue;
+            };
+            profile_map.insert(
+                user,
+                (member.content_str("displayname"), member.content_str("avatar_url")),
+            );
+        }
+    }
+    Ok(Context {
+        before: events_before.into_iter().map(|(_, p)| p).collect(),
+        after: events_after.into_iter().map(|(_, p)| p).collect(),
+        start: rooms.room_token(&room.id, start)?,
+        end: rooms.room_token(&room.id, end)?,
+        profiles: profile_map,
+    })
+}
+
+/// Indexes the events written before the index existed (databases from before it), once,
+/// logging progress; later starts find it done and return at once. Run in the background:
+/// new events are indexed by the write path meanwhile.
+pub fn rebuild(rooms: &Rooms) -> Result<()> {
+    if rooms.search_index_built()? {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let up_to = rooms.watermark();
+    tracing::info!(up_to, "search index: indexing the events of existing rooms");
+    let (mut cursor, mut read, mut indexed) = ((0, 0), 0usize, 0usize);
+    let mut logged = std::time::Instant::now();
+    loop {
+        let (next, n) = rooms.search_index_existing(cursor, up_to, 1000)?;
+        let Some(next) = next else { break };
+        read += 1000;
+        indexed += n;
+        cursor = next;
+        if logged.elapsed() >= std::time::Duration::from_secs(5) {
+            tracing::info!(indexed, room = cursor.0, "search index: rebuilding");
+            logged = std::time::Instant::now();
+        }
+    }
+    rooms.search_index_mark_built()?;
+    tracing::info!(
+        indexed,
+        timeline_entries_approx = read,
+        ms = started.elapsed().as_millis() as u64,
+        "search index: rebuilt"
+    );
+    Ok(())
+}
+
+/// The candidate sets of the event ids on a page, grouped (for `groupings`): by room and by
+/// sender, each group with the event ids in page order and its order (1 for the group of the
+/// first result).
+pub fn groups<K: Ord + Clone>(hits: &[Hit], key: impl Fn(&Pdu) -> K) -> BTreeMap<K, (u64, Vec<OwnedEventId>)> {
+    let mut out: BTreeMap<K, (u64, Vec<OwnedEventId>)> = BTreeMap::new();
+    for hit in hits {
+        let next = out.len() as u64 + 1;
+        out.entry(key(&hit.event))
+            .or_insert_with(|| (next, Vec::new()))
+            .1
+            .push(hit.event.event_id.clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_tokens_round_trip_and_junk_is_refused() {
+        let b = Batch {
+            order: Order::Rank,
+            room: Some(RoomId::parse("!a:b.c").unwrap()),
+            key: (12, 34),
+        };
+        assert_eq!(Batch::parse(&b.encode()), Some(b));
+        let b = Batch {
+            order: Order::Recent,
+            room: None,
+            key: (0, 7),
+        };
+        assert_eq!(b.encode(), "p0_7_");
+        assert_eq!(Batch::parse("p0_7_"), Some(b));
+        for junk in [
+            "",
+            "x0_1_",
+            "p_1_",
+            "p0_",
+            "p0_1",
+            "p0_1_notaroom",
+            "p+1_2_",
+            "p1_99999999999999999999999_",
+        ] {
+            assert_eq!(Batch::parse(junk), None, "{junk}");
+        }
+        assert!(parse_batch("r1_2_", Order::Recent).is_err());
+    }
+
+    #[test]
+    fn only_the_searchable_fields_are_indexed() {
+        assert_eq!(
+            index_text("m.room.message", r#"{"body":"Hello Wörld","msgtype":"m.text"}"#),
+            Some((FIELD_BODY, vec!["hello".to_owned(), "world".to_owned()]))
+        );
+        assert_eq!(
+            index_text("m.room.topic", r#"{"topic":"Rust"}"#).unwrap().0,
+            FIELD_TOPIC
+        );
+        assert_eq!(index_text("m.room.name", r#"{"name":"Den"}"#).unwrap().0, FIELD_NAME);
+        assert_eq!(index_text("m.room.encrypted", r#"{"ciphertext":"abc"}"#), None);
+        assert_eq!(index_text("m.room.message", r#"{"body":5}"#), None);
+        assert_eq!(index_text("m.room.message", r#"{"body":"..."}"#), None);
+    }
+
+    #[test]
+    fn ranking_prefers_more_occurrences_and_shorter_texts() {
+        assert!(bm25(2, 10) > bm25(1, 10));
+        assert!(bm25(1, 5) > bm25(1, 50));
+    }
+}

@@ -77,7 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::room::get_message_events);
     t.add(LimitClass::Client, client::room::get_context);
     t.add(LimitClass::Client, client::room::get_event_by_timestamp);
-    t.add(LimitClass::Client, client::search::search);
+    t.add_json(LimitClass::Client, client::search::search);
     t.add(LimitClass::Client, client::room_upgrade::upgrade_room);
     t.add(LimitClass::Message, client::message::send_message_event);
     t.add(LimitClass::Message, client::message::redact_event);

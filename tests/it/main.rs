@@ -32,6 +32,8 @@ mod room_access;
 mod room_upgrade;
 /// Rooms: events, state, membership, authorization, pagination.
 mod rooms;
+/// Server-side search: matching, ordering, paging, groupings, context, and what stays hidden.
+mod search;
 /// Sync: tokens, long-polling, filters, typing, receipts, account data, presence.
 mod sync;
 /// Architecture invariants of the source tree.

@@ -25,7 +25,11 @@ use crate::{
 use ruma::api::client::search::search_events;
 
 /// `POST /_matrix/client/v3/search`
-pub async fn search(ctx: Ctx, req: search_events::v3::Request) -> Result<search_events::v3::Response> {
+///
+/// Answered as JSON built from ruma's response type, with `results` and `highlights` always
+/// present (ruma leaves empty lists out; clients such as matrix-js-sdk read `results` as an
+/// array, and Synapse always sends both).
+pub async fn search(ctx: Ctx, req: search_events::v3::Request) -> Result<serde_json::Value> {
     let user_id = ctx.owned_user_id()?;
     let criteria = req
         .search_categories
@@ -150,5 +154,15 @@ pub async fn search(ctx: Ctx, req: search_events::v3::Request) -> Result<search_
     }
     let mut categories = ResultCategories::new();
     categories.room_events = room_events;
-    Ok(search_events::v3::Response::new(categories))
+    let mut body = serde_json::to_value(categories).map_err(|e| Error::internal(e.to_string()))?;
+    if let Some(events) = body
+        .as_object_mut()
+        .map(|b| b.entry("room_events").or_insert_with(|| serde_json::json!({})))
+    {
+        if let Some(events) = events.as_object_mut() {
+            events.entry("results").or_insert_with(|| serde_json::json!([]));
+            events.entry("highlights").or_insert_with(|| serde_json::json!([]));
+        }
+    }
+    Ok(serde_json::json!({"search_categories": body}))
 }

@@ -110,6 +110,12 @@ impl Rooms {
         Ok(self.search.built()?)
     }
 
+    /// Empties the search index as if the database predated it (for tests of the rebuild).
+    #[cfg(test)]
+    pub(crate) fn search_index_clear(&self) -> Result<()> {
+        Ok(self.search.clear()?)
+    }
+
     /// Records that the rebuild is done.
     pub(crate) fn search_index_mark_built(&self) -> Result<()> {
         Ok(self.search.mark_built()?)

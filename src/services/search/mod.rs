@@ -555,6 +555,78 @@ mod tests {
         assert_eq!(index_text("m.room.message", r#"{"body":"..."}"#), None);
     }
 
+    /// A database from before the index (simulated by emptying it) is indexed by the rebuild,
+    /// redacted events left out; the rebuild runs once.
+    #[tokio::test]
+    async fn the_rebuild_indexes_rooms_written_before_the_index() {
+        use crate::services::{
+            Services,
+            rooms::{NewEvent, create::Preset, tests::named_room},
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 8 << 20);
+        let rooms = &services.rooms;
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room = rooms
+            .create_room(&alice, named_room("Otter den", Preset::PrivateChat, false))
+            .await
+            .unwrap();
+        let message = |body: &str| {
+            let content = serde_json::json!({"msgtype": "m.text", "body": body});
+            let Ok(ruma::CanonicalJsonValue::Object(content)) = ruma::CanonicalJsonValue::try_from(content) else {
+                unreachable!()
+            };
+            NewEvent {
+                kind: "m.room.message",
+                state_key: None,
+                content,
+                redacts: None,
+                txn: None,
+                origin_server_ts: None,
+            }
+        };
+        for i in 0..2500 {
+            rooms
+                .append(&room, &alice, message(&format!("otter number {i}")))
+                .await
+                .unwrap();
+        }
+        let secret = rooms.append(&room, &alice, message("otter secret")).await.unwrap();
+        rooms
+            .redact(&room, &alice, &secret.event_id, None, ("@alice:localhost", "D", "r1"))
+            .await
+            .unwrap();
+        let filter = RoomEventFilter::default();
+        let query = |term| Query {
+            term,
+            fields: ALL_FIELDS,
+            order: Order::Recent,
+            filter: &filter,
+            context: None,
+            include_state: false,
+            next_batch: None,
+        };
+        assert_eq!(search(rooms, &alice, &query("otter")).unwrap().count, 2501);
+
+        rooms.search_index_clear().unwrap();
+        assert_eq!(search(rooms, &alice, &query("otter")).unwrap().count, 0);
+        assert!(!rooms.search_index_built().unwrap());
+        rebuild(rooms).unwrap();
+        assert!(rooms.search_index_built().unwrap());
+        let answer = search(rooms, &alice, &query("otter")).unwrap();
+        assert_eq!(
+            answer.count, 2501,
+            "every message and the room name, not the redacted one"
+        );
+        assert_eq!(search(rooms, &alice, &query("secret")).unwrap().count, 0);
+        assert_eq!(search(rooms, &alice, &query("den")).unwrap().count, 1);
+        // A later start finds it built and does nothing.
+        rooms.search_index_clear().unwrap();
+        rooms.search_index_mark_built().unwrap();
+        rebuild(rooms).unwrap();
+        assert_eq!(search(rooms, &alice, &query("otter")).unwrap().count, 0);
+    }
+
     #[test]
     fn ranking_prefers_more_occurrences_and_shorter_texts() {
         assert!(bm25(2, 10) > bm25(1, 10));

@@ -197,6 +197,15 @@ impl SearchTable {
             .collect()
     }
 
+    /// Empties the index and forgets that it was built: the state of a database from before
+    /// the index (for tests of the rebuild).
+    pub fn clear(&self) -> StorageResult<()> {
+        let mut batch = self.db.batch();
+        batch.delete_range(ROOMTERMPOS_POSTING, &[], &[0xFF; 32]);
+        batch.delete(GLOBAL, BUILT_KEY);
+        batch.commit_blocking()
+    }
+
     /// A new batch (for the rebuild).
     pub fn batch(&self) -> Batch {
         self.db.batch()

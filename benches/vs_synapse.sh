@@ -5,6 +5,8 @@
 #          5,000-event room (mxbench history); joins of a public room, 10 at a time (mxbench join)
 #   media: upload and download MB/s for 1 MB and 50 MB files, thumbnail latency, RSS while 1 GB
 #          is uploaded (benches/media.rs pointed at each server)
+#   search: POST /search latency (ranked and newest first; one common word, one rare, two and
+#          three words) over a room of 100,000 messages (benches/search_load.rs)
 #   sync:  initial sync of a user in 50 rooms x 100 events, plain and lazy-loading (mxbench
 #          initial-sync); no-op incremental syncs (mxbench incremental); delivery from a send to
 #          20 and to 100 long-polling receivers, with lost/duplicate checks (mxbench fanout)
@@ -12,11 +14,11 @@
 # servers run durable defaults (Hearth syncs the WAL before answering; Synapse SQLite fsyncs
 # each commit), and each scenario runs against Hearth then Synapse. Loopback only.
 #
-# Usage: benches/vs_synapse.sh rooms|sync|media [OUT.md]   (QUICK=1 for small sizes)
+# Usage: benches/vs_synapse.sh rooms|sync|media|search [OUT.md]   (QUICK=1 for small sizes)
 # Needs the shared tools (BENCH_TOOLS, default ../shared/tools/bench): synapse.sh and mxbench.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SUITE=${1:?usage: benches/vs_synapse.sh rooms|sync [OUT.md]}
+SUITE=${1:?usage: benches/vs_synapse.sh rooms|sync|media|search [OUT.md]}
 TOOLS=${BENCH_TOOLS:-$ROOT/../shared/tools/bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}
 WORK=${BENCH_WORK:-$HOME/.cache/hearth-bench/$SUITE-$(date +%Y%m%d-%H%M%S)}
@@ -34,8 +36,8 @@ bench_bin() {  # the executable of benches/$1.rs
     (cd "$ROOT" && cargo bench --locked --bench "$1" --no-run --message-format=json 2>/dev/null |
         jq -r 'select(.executable != null and (.target.kind | index("bench"))) | .executable' | tail -n1)
 }
-LOAD=$(bench_bin rooms_load); MEDIA=$(bench_bin media)
-[ -x "$LOAD" ] && [ -x "$MEDIA" ] || { log "could not build the load tools in benches/"; exit 1; }
+LOAD=$(bench_bin rooms_load); MEDIA=$(bench_bin media); SEARCH=$(bench_bin search_load)
+[ -x "$LOAD" ] && [ -x "$MEDIA" ] && [ -x "$SEARCH" ] || { log "could not build the load tools in benches/"; exit 1; }
 
 HPID=""
 cleanup() {
@@ -78,7 +80,7 @@ run() {
         [ "$target" = synapse ] && port=$SPORT pid=$("$TOOLS/synapse.sh" pid "$WORK/synapse" "$SPORT")
         log "$label on $target"
         local line
-        line=$(HS_URL="http://127.0.0.1:$port" BENCH_SERVER_PID=$pid timeout 1200 taskset -c 1 "$@" 2>>"$WORK/load.log" | tail -n1) || true
+        line=$(HS_URL="http://127.0.0.1:$port" BENCH_SERVER_PID=$pid timeout "${BENCH_TIMEOUT:-1200}" taskset -c 1 "$@" 2>>"$WORK/load.log" | tail -n1) || true
         [ -n "$line" ] || line='{"metrics":{}}'
         echo "$line" | jq -c --arg l "$label" --arg t "$target" '. + {label: $l, target: $t}' >>"$RESULTS"
     done
@@ -100,11 +102,16 @@ sync)
     run "delivery to $F1 long-polling receivers" "$MX" fanout --receivers "$F1" --messages "$K"
     run "delivery to $F2 long-polling receivers" "$MX" fanout --receivers "$F2" --messages "$K"
     ;;
+search)
+    # Filling 100,000 messages takes Synapse a while: allow an hour per server.
+    if [ "${QUICK:-0}" = 1 ]; then N=5000 RUNS=10; else N=100000 RUNS=50; fi
+    BENCH_TIMEOUT=3600 run "search over $N messages" "$SEARCH" --messages "$N" --senders 20 --runs "$RUNS"
+    ;;
 media)
     if [ "${QUICK:-0}" = 1 ]; then export BENCH_SMALL_FILES=5 BENCH_LARGE_FILES=1 BENCH_TOTAL_MB=100; fi
     run "media" "$MEDIA"
     ;;
-*) echo "unknown suite $SUITE (rooms, sync or media)" >&2; exit 2 ;;
+*) echo "unknown suite $SUITE (rooms, sync, media or search)" >&2; exit 2 ;;
 esac
 
 log "writing $OUT"
@@ -127,7 +134,9 @@ wanted = ["events_per_s", "joins_per_s", "paginate_total_p50_ms", "send_p50_ms",
           "req_per_s", "sync_p50_ms", "sync_p99_ms", "deliver_p50_ms", "deliver_p99_ms", "check_lost",
           "check_duplicates", "upload_1mb_mb_per_s", "download_1mb_mb_per_s", "upload_50mb_mb_per_s",
           "download_50mb_mb_per_s", "thumbnail_on_demand_ms", "thumbnail_cached_ms", "rss_idle_mb",
-          "rss_peak_above_idle_during_1gb_mb"]
+          "rss_peak_above_idle_during_1gb_mb", "fill_events_per_s"] + [
+          f"search_{o}_{q}_{p}_ms" for o in ("rank", "recent")
+          for q in ("single_common", "single_rare", "two_words", "three_words") for p in ("p50", "p99")]
 suite = sys.argv[3]
 out = [f"# {suite.capitalize()}: Hearth vs Synapse (SQLite), side by side", "",
        f"Run {datetime.datetime.now():%Y-%m-%d %H:%M}; each server pinned to one core (CPU 0), load on CPU 1; durable writes on both.", "",

@@ -436,6 +436,37 @@ fn a_former_member_finds_nothing_from_after_leaving_and_strangers_nothing_at_all
 }
 
 #[test]
+fn ignored_users_are_neither_results_nor_context() {
+    let server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = create_room(&alice, json!({"preset": "public_chat"}));
+    join(&bob, &room);
+    send(&bob, &room, "b1", "bob talks about otters");
+    send(&alice, &room, "a1", "alice on otters too");
+    alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+                enc(&alice.uid())
+            ),
+            json!({"ignored_users": {bob.uid(): {}}}),
+        )
+        .ok();
+    let answer = search(&alice, "otters");
+    assert_eq!(bodies(&answer), ["alice on otters too"]);
+    assert_eq!(answer["count"], 1);
+    let before = &answer["results"][0]["context"]["events_before"];
+    assert!(
+        before
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["sender"] != bob.uid().as_str())
+    );
+}
+
+#[test]
 fn a_redacted_event_is_no_longer_found() {
     let server = TestServer::start();
     let alice = server.user("alice", "pw");

@@ -74,6 +74,7 @@ pub async fn search(ctx: Ctx, req: search_events::v3::Request) -> Result<serde_j
         limit(criteria.event_context.after_limit),
         criteria.event_context.include_profile,
     ));
+    let ignored = ctx.services.account_data.ignored_users(&user_id)?;
     let services = std::sync::Arc::clone(&ctx.services);
     let next_batch = req.next_batch;
     let answer = tokio::task::spawn_blocking(move || {
@@ -85,6 +86,7 @@ pub async fn search(ctx: Ctx, req: search_events::v3::Request) -> Result<serde_j
             context,
             include_state: criteria.include_state.unwrap_or(false),
             next_batch: next_batch.as_deref(),
+            ignored: &ignored,
         };
         search::search(&services.rooms, &user_id, &query)
     })

@@ -24,7 +24,7 @@
 
 pub mod tokenize;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId, api::client::filter::RoomEventFilter};
 
@@ -90,6 +90,8 @@ pub struct Query<'a> {
     pub include_state: bool,
     /// The `next_batch` the client sent.
     pub next_batch: Option<&'a str>,
+    /// Users the searcher ignores: their events are neither results nor context.
+    pub ignored: &'a HashSet<OwnedUserId>,
 }
 
 /// The context of one result.
@@ -316,6 +318,7 @@ pub fn search(rooms: &Rooms, user_id: &UserId, query: &Query<'_>) -> Result<Answ
         for (candidate, event) in chunk.iter().zip(events) {
             if event.redacted_because.is_none()
                 && event.matches(query.filter)
+                && !query.ignored.contains(&event.sender)
                 && searched[candidate.room].history.allows(candidate.position, &event)
             {
                 visible.push(candidate.clone());
@@ -375,6 +378,7 @@ pub fn search(rooms: &Rooms, user_id: &UserId, query: &Query<'_>) -> Result<Answ
             Some((before, after, profiles)) => Some(context(
                 rooms,
                 room,
+                query.ignored,
                 candidate.position,
                 &event,
                 (before, after, profiles),
@@ -405,11 +409,12 @@ fn bm25(frequency: u8, length: u8) -> f64 {
 fn context(
     rooms: &Rooms,
     room: &Room<'_>,
+    ignored: &HashSet<OwnedUserId>,
     position: u64,
     event: &Pdu,
     (before, after, profiles): (usize, usize, bool),
 ) -> Result<Context> {
-    let keep = |pos: u64, pdu: &Pdu| room.history.allows(pos, pdu);
+    let keep = |pos: u64, pdu: &Pdu| !ignored.contains(&pdu.sender) && room.history.allows(pos, pdu);
     let (events_before, _) = if before == 0 {
         (Vec::new(), None)
     } else {
@@ -597,7 +602,9 @@ mod tests {
             .await
             .unwrap();
         let filter = RoomEventFilter::default();
+        let ignored = HashSet::new();
         let query = |term| Query {
+            ignored: &ignored,
             term,
             fields: ALL_FIELDS,
             order: Order::Recent,

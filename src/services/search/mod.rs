@@ -24,7 +24,10 @@
 
 pub mod tokenize;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId, api::client::filter::RoomEventFilter};
 
@@ -142,7 +145,7 @@ struct Candidate {
     short_event: u64,
     score: u64,
     /// The full term the prefix (last) term matched.
-    prefixed: Option<String>,
+    prefixed: Option<Arc<str>>,
 }
 
 impl Candidate {
@@ -263,22 +266,27 @@ pub fn search(rooms: &Rooms, user_id: &UserId, query: &Query<'_>) -> Result<Answ
     let mut candidates = Vec::new();
     for (index, room) in searched.iter().enumerate() {
         let up_to = room.history.scope().up_to;
-        // Per term: position → (score, short event, the term matched); then intersected.
-        let mut found: Option<HashMap<u64, (f64, u64, String)>> = None;
+        // Per term: position → (score, short event, the term a prefix matched); intersected.
+        let mut found: Option<HashMap<u64, (f64, u64, Option<Arc<str>>)>> = None;
         for (i, term) in terms.iter().enumerate() {
             let last = i + 1 == terms.len();
-            let mut matches: HashMap<u64, (f64, u64, String)> = HashMap::new();
+            let mut matches: HashMap<u64, (f64, u64, Option<Arc<str>>)> = HashMap::new();
             for (matched, position, posting) in rooms.search_postings(&room.id, term, last, up_to, MAX_POSTINGS)? {
-                if posting.field & query.fields == 0 {
+                if posting.field & query.fields == 0
+                    || found.as_ref().is_some_and(|so_far| !so_far.contains_key(&position))
+                {
                     continue;
                 }
                 let score = bm25(posting.frequency, posting.length);
-                let entry = matches
-                    .entry(position)
-                    .or_insert((score, posting.short_event, matched.clone()));
-                // Several terms with the prefix in one event: the best one counts.
-                if score > entry.0 {
-                    *entry = (score, posting.short_event, matched);
+                match matches.entry(position) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((score, posting.short_event, matched));
+                    }
+                    // Several terms with the prefix in one event: the best one counts.
+                    std::collections::hash_map::Entry::Occupied(mut o) if score > o.get().0 => {
+                        o.insert((score, posting.short_event, matched));
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {}
                 }
             }
             found = Some(match found {
@@ -303,7 +311,7 @@ pub fn search(rooms: &Rooms, user_id: &UserId, query: &Query<'_>) -> Result<Answ
                     position,
                     short_event,
                     score: (score * 1_000_000.0) as u64,
-                    prefixed: Some(matched),
+                    prefixed: matched,
                 }),
         );
     }
@@ -327,7 +335,7 @@ pub fn search(rooms: &Rooms, user_id: &UserId, query: &Query<'_>) -> Result<Answ
     }
     answer.count = visible.len() as u64;
     let mut highlights: Vec<String> = terms.clone();
-    highlights.extend(visible.iter().filter_map(|c| c.prefixed.clone()));
+    highlights.extend(visible.iter().filter_map(|c| c.prefixed.as_deref().map(str::to_owned)));
     highlights.sort();
     highlights.dedup();
     answer.highlights = highlights;

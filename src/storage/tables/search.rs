@@ -61,8 +61,9 @@ fn corrupt(reason: String) -> StorageError {
     }
 }
 
-/// One posting as read: the term (a prefix query finds several), the position and the posting.
-pub type Hit = (String, u64, Posting);
+/// One posting as read: the term when a prefix was read (a prefix finds several terms; `None`
+/// for an exact term), the position and the posting.
+pub type Hit = (Option<Arc<str>>, u64, Posting);
 
 fn term_prefix(room: u64, term: &str, exact: bool) -> Vec<u8> {
     let mut key = Vec::with_capacity(9 + term.len() + 8);
@@ -80,14 +81,13 @@ fn posting_key(room: u64, term: &str, position: u64) -> Vec<u8> {
     key
 }
 
-/// Term and position of a posting key.
-fn split_key(key: &[u8]) -> StorageResult<(String, u64)> {
+/// Term bytes and position of a posting key.
+fn split_key(key: &[u8]) -> StorageResult<(&[u8], u64)> {
     if key.len() < 17 || key[key.len() - 9] != codec::SEP {
         return Err(corrupt(format!("key of {} bytes", key.len())));
     }
-    let term = std::str::from_utf8(&key[8..key.len() - 9]).map_err(|e| corrupt(e.to_string()))?;
     Ok((
-        term.to_owned(),
+        &key[8..key.len() - 9],
         codec::read_u64(ROOMTERMPOS_POSTING, &key[key.len() - 8..])?,
     ))
 }
@@ -126,7 +126,7 @@ impl SearchTable {
             .into_iter()
             .map(|(key, value)| {
                 let (_, position) = split_key(&key)?;
-                Ok((term.to_owned(), position, Posting::decode(&value)?))
+                Ok((None, position, Posting::decode(&value)?))
             })
             .collect()
     }
@@ -151,11 +151,23 @@ impl SearchTable {
             }
         };
         let mut out = Vec::new();
+        // Keys come grouped by term: one shared string per term.
+        let mut last: Option<Arc<str>> = None;
         for (key, value) in self.db.scan_range(ROOMTERMPOS_POSTING, &start, &end, false, limit)? {
             let (term, position) = split_key(&key)?;
-            if position <= up_to {
-                out.push((term, position, Posting::decode(&value)?));
+            if position > up_to {
+                continue;
             }
+            let term = match &last {
+                Some(known) if known.as_bytes() == term => Arc::clone(known),
+                _ => {
+                    let text = std::str::from_utf8(term).map_err(|e| corrupt(e.to_string()))?;
+                    let text: Arc<str> = Arc::from(text);
+                    last = Some(Arc::clone(&text));
+                    text
+                }
+            };
+            out.push((Some(term), position, Posting::decode(&value)?));
         }
         Ok(out)
     }
@@ -239,16 +251,16 @@ mod tests {
         assert_eq!(
             exact
                 .iter()
-                .map(|(t, pos, p)| (t.as_str(), *pos, p.short_event))
+                .map(|(t, pos, p)| (t.is_none(), *pos, p.short_event))
                 .collect::<Vec<_>>(),
-            [("cafe", 20, 200), ("cafe", 10, 100)]
+            [(true, 20, 200), (true, 10, 100)]
         );
         assert_eq!(table.postings(1, "cafe", 15, 10).unwrap().len(), 1);
         let prefixed: Vec<_> = table
             .prefixed(1, "cafe", u64::MAX, 10)
             .unwrap()
             .into_iter()
-            .map(|(t, pos, _)| (t, pos))
+            .map(|(t, pos, _)| (t.unwrap().to_string(), pos))
             .collect();
         // Key order: a longer term sorts before the shorter one's separator (0xFF).
         assert_eq!(

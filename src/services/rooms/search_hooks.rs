@@ -99,6 +99,20 @@ impl Rooms {
         })
     }
 
+    /// The postings of `term` for the events at `positions` of a room (point reads), in the
+    /// order of `positions`.
+    pub(crate) fn search_lookup(
+        &self,
+        room_id: &RoomId,
+        term: &str,
+        positions: &[u64],
+    ) -> Result<Vec<Option<Posting>>> {
+        let Some(room) = self.ids.room(room_id.as_str())? else {
+            return Ok(vec![None; positions.len()]);
+        };
+        Ok(self.search.lookup(room, term, positions)?)
+    }
+
     /// Events by short id as clients see them (redacted ones carry `redacted_because`).
     pub(crate) fn search_events(&self, shorts: &[u64]) -> Result<Vec<Pdu>> {
         let events = self.stored_events(shorts)?;

@@ -47,6 +47,8 @@ pub const ALL_FIELDS: u8 = FIELD_BODY | FIELD_NAME | FIELD_TOPIC;
 
 /// Most postings read per term and room.
 const MAX_POSTINGS: usize = 50_000;
+/// Postings first read per term and room, to find a rare term to drive the query.
+const PROBE: usize = 1024;
 /// Most candidates (events holding every term) ordered and checked per query.
 pub const MAX_CANDIDATES: usize = 10_000;
 /// Most results per page.
@@ -266,45 +268,9 @@ pub fn search(rooms: &Rooms, user_id: &UserId, query: &Query<'_>) -> Result<Answ
     let mut candidates = Vec::new();
     for (index, room) in searched.iter().enumerate() {
         let up_to = room.history.scope().up_to;
-        // Per term: position → (score, short event, the term a prefix matched); intersected.
-        let mut found: Option<HashMap<u64, (f64, u64, Option<Arc<str>>)>> = None;
-        for (i, term) in terms.iter().enumerate() {
-            let last = i + 1 == terms.len();
-            let mut matches: HashMap<u64, (f64, u64, Option<Arc<str>>)> = HashMap::new();
-            for (matched, position, posting) in rooms.search_postings(&room.id, term, last, up_to, MAX_POSTINGS)? {
-                if posting.field & query.fields == 0
-                    || found.as_ref().is_some_and(|so_far| !so_far.contains_key(&position))
-                {
-                    continue;
-                }
-                let score = bm25(posting.frequency, posting.length);
-                match matches.entry(position) {
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert((score, posting.short_event, matched));
-                    }
-                    // Several terms with the prefix in one event: the best one counts.
-                    std::collections::hash_map::Entry::Occupied(mut o) if score > o.get().0 => {
-                        o.insert((score, posting.short_event, matched));
-                    }
-                    std::collections::hash_map::Entry::Occupied(_) => {}
-                }
-            }
-            found = Some(match found {
-                None => matches,
-                Some(mut so_far) => {
-                    so_far.retain(|position, _| matches.contains_key(position));
-                    for (position, entry) in so_far.iter_mut() {
-                        let (score, _, matched) = &matches[position];
-                        entry.0 += score;
-                        entry.2 = matched.clone();
-                    }
-                    so_far
-                }
-            });
-        }
+        let found = room_matches(rooms, &room.id, &terms, query.fields, up_to)?;
         candidates.extend(
             found
-                .unwrap_or_default()
                 .into_iter()
                 .map(|(position, (score, short_event, matched))| Candidate {
                     room: index,
@@ -404,6 +370,105 @@ pub fn search(rooms: &Rooms, user_id: &UserId, query: &Query<'_>) -> Result<Answ
         });
     }
     Ok(answer)
+}
+
+/// Per event position: (score, short event, the term the prefix matched).
+type Matches = HashMap<u64, (f64, u64, Option<Arc<str>>)>;
+
+/// The postings of one term as matches: those in a searched field, the best term per event
+/// for a prefix.
+fn matches_of(hits: Vec<crate::storage::tables::search::Hit>, fields: u8, within: Option<&Matches>) -> Matches {
+    let mut matches = Matches::new();
+    for (matched, position, posting) in hits {
+        if posting.field & fields == 0 || within.is_some_and(|w| !w.contains_key(&position)) {
+            continue;
+        }
+        let score = bm25(posting.frequency, posting.length);
+        match matches.entry(position) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert((score, posting.short_event, matched));
+            }
+            // Several terms with the prefix in one event: the best one counts.
+            std::collections::hash_map::Entry::Occupied(mut o) if score > o.get().0 => {
+                o.insert((score, posting.short_event, matched));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+        }
+    }
+    matches
+}
+
+/// Keeps the events of `found` that `other` matched too, adding up their scores.
+fn intersect(mut found: Matches, other: &Matches) -> Matches {
+    found.retain(|position, _| other.contains_key(position));
+    for (position, entry) in found.iter_mut() {
+        let (score, _, matched) = &other[position];
+        entry.0 += score;
+        if matched.is_some() {
+            entry.2 = matched.clone();
+        }
+    }
+    found
+}
+
+/// The events of one room holding every term (the last one also as a prefix) in a searched
+/// field, up to position `up_to`.
+///
+/// Each term's postings are first read up to [`PROBE`] (newest first). When some term has
+/// fewer, the rarest such term drives: its events are the candidates, and every other exact
+/// term is looked up for just those events (point reads), so a common word next to a rare
+/// one costs a few hundred reads, not a scan of the common word. Otherwise every term is
+/// read in full (up to [`MAX_POSTINGS`]) and the sets intersected.
+fn room_matches(rooms: &Rooms, room_id: &RoomId, terms: &[String], fields: u8, up_to: u64) -> Result<Matches> {
+    let last = terms.len() - 1;
+    let mut probes = Vec::with_capacity(terms.len());
+    for (i, term) in terms.iter().enumerate() {
+        let hits = rooms.search_postings(room_id, term, i == last, up_to, PROBE)?;
+        if hits.is_empty() {
+            // A term found nowhere in the room: nothing holds every term.
+            return Ok(Matches::new());
+        }
+        probes.push(hits);
+    }
+    let driver = (0..terms.len())
+        .filter(|&i| probes[i].len() < PROBE)
+        .min_by_key(|&i| probes[i].len());
+    let Some(driver) = driver else {
+        let mut found: Option<Matches> = None;
+        for (i, term) in terms.iter().enumerate() {
+            let hits = rooms.search_postings(room_id, term, i == last, up_to, MAX_POSTINGS)?;
+            let matches = matches_of(hits, fields, found.as_ref());
+            found = Some(match found {
+                None => matches,
+                Some(so_far) => intersect(so_far, &matches),
+            });
+        }
+        return Ok(found.unwrap_or_default());
+    };
+    let mut found = matches_of(std::mem::take(&mut probes[driver]), fields, None);
+    for (i, term) in terms.iter().enumerate() {
+        if i == driver || found.is_empty() {
+            continue;
+        }
+        let matches = if probes[i].len() < PROBE {
+            matches_of(std::mem::take(&mut probes[i]), fields, Some(&found))
+        } else if i == last {
+            // A prefix cannot be looked up event by event: read it in full.
+            let hits = rooms.search_postings(room_id, term, true, up_to, MAX_POSTINGS)?;
+            matches_of(hits, fields, Some(&found))
+        } else {
+            let positions: Vec<u64> = found.keys().copied().collect();
+            let postings = rooms.search_lookup(room_id, term, &positions)?;
+            let hits = positions
+                .into_iter()
+                .zip(postings)
+                .filter_map(|(position, posting)| posting.map(|p| (None, position, p)))
+                .collect();
+            matches_of(hits, fields, None)
+        };
+        found = intersect(found, &matches);
+    }
+    Ok(found)
 }
 
 /// BM25's term-frequency part (k1 = 1.2, b = 0.75, an average text of 12 terms).
@@ -622,6 +687,15 @@ mod tests {
             next_batch: None,
         };
         assert_eq!(search(rooms, &alice, &query("otter")).unwrap().count, 2501);
+        // Each plan: a rare last term driving (prefix: 7, 70–79, 700–799), two common terms
+        // read in full, and a rare exact term driving point reads of a common one with a
+        // common prefix read in full.
+        assert_eq!(search(rooms, &alice, &query("otter 7")).unwrap().count, 111);
+        assert_eq!(search(rooms, &alice, &query("otter number")).unwrap().count, 2500);
+        let answer = search(rooms, &alice, &query("number 1234 ott")).unwrap();
+        assert_eq!(answer.count, 1);
+        assert_eq!(answer.highlights, ["1234", "number", "ott", "otter"]);
+        assert_eq!(search(rooms, &alice, &query("number 1234 den")).unwrap().count, 0);
 
         rooms.search_index_clear().unwrap();
         assert_eq!(search(rooms, &alice, &query("otter")).unwrap().count, 0);

@@ -131,6 +131,16 @@ impl SearchTable {
             .collect()
     }
 
+    /// The postings of `term` in `room` at each of `positions` (point reads), in their order.
+    pub fn lookup(&self, room: u64, term: &str, positions: &[u64]) -> StorageResult<Vec<Option<Posting>>> {
+        let keys: Vec<Vec<u8>> = positions.iter().map(|p| posting_key(room, term, *p)).collect();
+        self.db
+            .multi_get(ROOMTERMPOS_POSTING, keys.iter().map(|k| &k[..]))?
+            .into_iter()
+            .map(|value| value.map(|v| Posting::decode(&v)).transpose())
+            .collect()
+    }
+
     /// Up to `limit` postings of the terms starting with `prefix` in `room` at positions
     /// `<= up_to`, in key order.
     pub fn prefixed(&self, room: u64, prefix: &str, up_to: u64, limit: usize) -> StorageResult<Vec<Hit>> {
@@ -153,23 +163,39 @@ impl SearchTable {
         let mut out = Vec::new();
         // Keys come grouped by term: one shared string per term.
         let mut last: Option<Arc<str>> = None;
-        for (key, value) in self.db.scan_range(ROOMTERMPOS_POSTING, &start, &end, false, limit)? {
-            let (term, position) = split_key(&key)?;
-            if position > up_to {
-                continue;
-            }
-            let term = match &last {
-                Some(known) if known.as_bytes() == term => Arc::clone(known),
-                _ => {
-                    let text = std::str::from_utf8(term).map_err(|e| corrupt(e.to_string()))?;
-                    let text: Arc<str> = Arc::from(text);
-                    last = Some(Arc::clone(&text));
-                    text
+        // Read in chunks, so postings past `up_to` do not count against `limit`.
+        let mut from = start;
+        let chunk = limit.clamp(1, 4096);
+        loop {
+            let entries = self.db.scan_range(ROOMTERMPOS_POSTING, &from, &end, false, chunk)?;
+            let exhausted = entries.len() < chunk;
+            for (key, value) in &entries {
+                let (term, position) = split_key(key)?;
+                if position > up_to {
+                    continue;
                 }
-            };
-            out.push((Some(term), position, Posting::decode(&value)?));
+                let term = match &last {
+                    Some(known) if known.as_bytes() == term => Arc::clone(known),
+                    _ => {
+                        let text = std::str::from_utf8(term).map_err(|e| corrupt(e.to_string()))?;
+                        let text: Arc<str> = Arc::from(text);
+                        last = Some(Arc::clone(&text));
+                        text
+                    }
+                };
+                out.push((Some(term), position, Posting::decode(value)?));
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+            match entries.last() {
+                Some((key, _)) if !exhausted => {
+                    from = key.to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(out),
+            }
         }
-        Ok(out)
     }
 
     /// Whether the rebuild at start has indexed every event written before it.
@@ -256,6 +282,10 @@ mod tests {
             [(true, 20, 200), (true, 10, 100)]
         );
         assert_eq!(table.postings(1, "cafe", 15, 10).unwrap().len(), 1);
+        assert_eq!(
+            table.lookup(1, "cafe", &[20, 15, 10]).unwrap(),
+            [Some(p(200)), None, Some(p(100))]
+        );
         let prefixed: Vec<_> = table
             .prefixed(1, "cafe", u64::MAX, 10)
             .unwrap()
@@ -268,6 +298,10 @@ mod tests {
             [("cafeteria".into(), 15), ("cafe".into(), 10), ("cafe".into(), 20)]
         );
         assert_eq!(table.prefixed(1, "", u64::MAX, 10).unwrap().len(), 4);
+        // The limit counts postings up to `up_to` only, however many later ones come first.
+        assert_eq!(table.prefixed(1, "caf", 15, 1).unwrap()[0].1, 15);
+        assert_eq!(table.prefixed(1, "caf", 12, 1).unwrap()[0].1, 10);
+        assert_eq!(table.prefixed(1, "caf", 12, 5).unwrap().len(), 1);
         let mut batch = db.batch();
         table.queue_delete(&mut batch, 1, "cafe", 10);
         batch.commit_blocking().unwrap();

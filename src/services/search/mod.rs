@@ -417,8 +417,9 @@ fn intersect(mut found: Matches, other: &Matches) -> Matches {
 /// Each term's postings are first read up to [`PROBE`] (newest first). When some term has
 /// fewer, the rarest such term drives: its events are the candidates, and every other exact
 /// term is looked up for just those events (point reads), so a common word next to a rare
-/// one costs a few hundred reads, not a scan of the common word. Otherwise every term is
-/// read in full (up to [`MAX_POSTINGS`]) and the sets intersected.
+/// one costs a few hundred reads, not a scan of the common word. Otherwise the terms are read
+/// in full (up to [`MAX_POSTINGS`], longest word first) and intersected, switching to point
+/// reads once few candidates are left.
 fn room_matches(rooms: &Rooms, room_id: &RoomId, terms: &[String], fields: u8, up_to: u64) -> Result<Matches> {
     let last = terms.len() - 1;
     let mut probes = Vec::with_capacity(terms.len());
@@ -434,10 +435,35 @@ fn room_matches(rooms: &Rooms, room_id: &RoomId, terms: &[String], fields: u8, u
         .filter(|&i| probes[i].len() < PROBE)
         .min_by_key(|&i| probes[i].len());
     let Some(driver) = driver else {
+        // Every term is common here. Longer words are rarer, as a rule: read them first, and
+        // once few candidates are left, point-read the remaining exact terms.
+        let mut order: Vec<usize> = (0..terms.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(terms[i].len()));
         let mut found: Option<Matches> = None;
-        for (i, term) in terms.iter().enumerate() {
-            let hits = rooms.search_postings(room_id, term, i == last, up_to, MAX_POSTINGS)?;
-            let matches = matches_of(hits, fields, found.as_ref());
+        for i in order {
+            let matches = match &found {
+                Some(so_far) if i != last && so_far.len() <= PROBE / 2 => {
+                    point_reads(rooms, room_id, &terms[i], so_far)?
+                }
+                _ => {
+                    let mut hits = std::mem::take(&mut probes[i]);
+                    if i == last {
+                        // A prefix is read in key order: read it again, in full.
+                        hits = rooms.search_postings(room_id, &terms[i], true, up_to, MAX_POSTINGS)?;
+                    } else if let Some(&(_, oldest, _)) = hits.last() {
+                        // The probe read the newest; read on below it.
+                        let more = MAX_POSTINGS - PROBE;
+                        hits.extend(rooms.search_postings(
+                            room_id,
+                            &terms[i],
+                            false,
+                            oldest.saturating_sub(1),
+                            more,
+                        )?);
+                    }
+                    matches_of(hits, fields, found.as_ref())
+                }
+            };
             found = Some(match found {
                 None => matches,
                 Some(so_far) => intersect(so_far, &matches),
@@ -457,18 +483,24 @@ fn room_matches(rooms: &Rooms, room_id: &RoomId, terms: &[String], fields: u8, u
             let hits = rooms.search_postings(room_id, term, true, up_to, MAX_POSTINGS)?;
             matches_of(hits, fields, Some(&found))
         } else {
-            let positions: Vec<u64> = found.keys().copied().collect();
-            let postings = rooms.search_lookup(room_id, term, &positions)?;
-            let hits = positions
-                .into_iter()
-                .zip(postings)
-                .filter_map(|(position, posting)| posting.map(|p| (None, position, p)))
-                .collect();
-            matches_of(hits, fields, None)
+            point_reads(rooms, room_id, term, &found)?
         };
         found = intersect(found, &matches);
     }
     Ok(found)
+}
+
+/// The postings of an exact term for the events of `found` only, read one by one.
+fn point_reads(rooms: &Rooms, room_id: &RoomId, term: &str, found: &Matches) -> Result<Matches> {
+    let positions: Vec<u64> = found.keys().copied().collect();
+    let postings = rooms.search_lookup(room_id, term, &positions)?;
+    let hits = positions
+        .into_iter()
+        .zip(postings)
+        .filter_map(|(position, posting)| posting.map(|p| (None, position, p)))
+        .collect();
+    // An event has one indexed field, and the candidates were found in a searched one.
+    Ok(matches_of(hits, ALL_FIELDS, None))
 }
 
 /// BM25's term-frequency part (k1 = 1.2, b = 0.75, an average text of 12 terms).
@@ -664,10 +696,14 @@ mod tests {
             }
         };
         for i in 0..2500 {
-            rooms
-                .append(&room, &alice, message(&format!("otter number {i}")))
-                .await
-                .unwrap();
+            let mut body = format!("otter number {i}");
+            // Three common words (at least the probe's 1,024 each) whose first two leave 512.
+            for (word, has) in [("alphabet", i % 2 == 1), ("betamax", i < 1024), ("gamma", i % 5 != 0)] {
+                if has {
+                    body = format!("{body} {word}");
+                }
+            }
+            rooms.append(&room, &alice, message(&body)).await.unwrap();
         }
         let secret = rooms.append(&room, &alice, message("otter secret")).await.unwrap();
         rooms
@@ -696,6 +732,14 @@ mod tests {
         assert_eq!(answer.count, 1);
         assert_eq!(answer.highlights, ["1234", "number", "ott", "otter"]);
         assert_eq!(search(rooms, &alice, &query("number 1234 den")).unwrap().count, 0);
+        // No rare term: the longest words are read in full, then `gamma` point-read for the
+        // 512 events left (odd, below 1024; 410 of them not multiples of 5).
+        assert_eq!(
+            search(rooms, &alice, &query("alphabet betamax gamma otter"))
+                .unwrap()
+                .count,
+            410
+        );
 
         rooms.search_index_clear().unwrap();
         assert_eq!(search(rooms, &alice, &query("otter")).unwrap().count, 0);

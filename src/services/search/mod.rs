@@ -47,8 +47,8 @@ pub const ALL_FIELDS: u8 = FIELD_BODY | FIELD_NAME | FIELD_TOPIC;
 
 /// Most postings read per term and room.
 const MAX_POSTINGS: usize = 50_000;
-/// Postings first read per term and room, to find a rare term to drive the query.
-const PROBE: usize = 1024;
+/// Candidates few enough to look the remaining terms up for each (rather than read them).
+const POINT_READS: usize = 1024;
 /// Most candidates (events holding every term) ordered and checked per query.
 pub const MAX_CANDIDATES: usize = 10_000;
 /// Most results per page.
@@ -414,80 +414,31 @@ fn intersect(mut found: Matches, other: &Matches) -> Matches {
 /// The events of one room holding every term (the last one also as a prefix) in a searched
 /// field, up to position `up_to`.
 ///
-/// Each term's postings are first read up to [`PROBE`] (newest first). When some term has
-/// fewer, the rarest such term drives: its events are the candidates, and every other exact
-/// term is looked up for just those events (point reads), so a common word next to a rare
-/// one costs a few hundred reads, not a scan of the common word. Otherwise the terms are read
-/// in full (up to [`MAX_POSTINGS`], longest word first) and intersected, switching to point
-/// reads once few candidates are left.
+/// The terms are read longest first (longer words are rarer, as a rule), each in full (up to
+/// [`MAX_POSTINGS`]), and intersected; once at most [`POINT_READS`] candidates are left, each
+/// further exact term is looked up for just those events (point reads), so a common word next
+/// to a rarer one costs a few hundred reads, not a scan of the common word. The prefix (the
+/// last term) is always read in full.
 fn room_matches(rooms: &Rooms, room_id: &RoomId, terms: &[String], fields: u8, up_to: u64) -> Result<Matches> {
     let last = terms.len() - 1;
-    let mut probes = Vec::with_capacity(terms.len());
-    for (i, term) in terms.iter().enumerate() {
-        let hits = rooms.search_postings(room_id, term, i == last, up_to, PROBE)?;
-        if hits.is_empty() {
-            // A term found nowhere in the room: nothing holds every term.
-            return Ok(Matches::new());
-        }
-        probes.push(hits);
-    }
-    let driver = (0..terms.len())
-        .filter(|&i| probes[i].len() < PROBE)
-        .min_by_key(|&i| probes[i].len());
-    let Some(driver) = driver else {
-        // Every term is common here. Longer words are rarer, as a rule: read them first, and
-        // once few candidates are left, point-read the remaining exact terms.
-        let mut order: Vec<usize> = (0..terms.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(terms[i].len()));
-        let mut found: Option<Matches> = None;
-        for i in order {
-            let matches = match &found {
-                Some(so_far) if i != last && so_far.len() <= PROBE / 2 => {
-                    point_reads(rooms, room_id, &terms[i], so_far)?
-                }
-                _ => {
-                    let mut hits = std::mem::take(&mut probes[i]);
-                    if i == last {
-                        // A prefix is read in key order: read it again, in full.
-                        hits = rooms.search_postings(room_id, &terms[i], true, up_to, MAX_POSTINGS)?;
-                    } else if let Some(&(_, oldest, _)) = hits.last() {
-                        // The probe read the newest; read on below it.
-                        let more = MAX_POSTINGS - PROBE;
-                        hits.extend(rooms.search_postings(
-                            room_id,
-                            &terms[i],
-                            false,
-                            oldest.saturating_sub(1),
-                            more,
-                        )?);
-                    }
-                    matches_of(hits, fields, found.as_ref())
-                }
-            };
-            found = Some(match found {
-                None => matches,
-                Some(so_far) => intersect(so_far, &matches),
-            });
-        }
-        return Ok(found.unwrap_or_default());
-    };
-    let mut found = matches_of(std::mem::take(&mut probes[driver]), fields, None);
-    for (i, term) in terms.iter().enumerate() {
-        if i == driver || found.is_empty() {
-            continue;
-        }
-        let matches = if probes[i].len() < PROBE {
-            matches_of(std::mem::take(&mut probes[i]), fields, Some(&found))
-        } else if i == last {
-            // A prefix cannot be looked up event by event: read it in full.
-            let hits = rooms.search_postings(room_id, term, true, up_to, MAX_POSTINGS)?;
-            matches_of(hits, fields, Some(&found))
-        } else {
-            point_reads(rooms, room_id, term, &found)?
+    let mut order: Vec<usize> = (0..terms.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(terms[i].len()));
+    let mut found: Option<Matches> = None;
+    for i in order {
+        let matches = match &found {
+            Some(so_far) if so_far.is_empty() => return Ok(Matches::new()),
+            Some(so_far) if i != last && so_far.len() <= POINT_READS => point_reads(rooms, room_id, &terms[i], so_far)?,
+            _ => {
+                let hits = rooms.search_postings(room_id, &terms[i], i == last, up_to, MAX_POSTINGS)?;
+                matches_of(hits, fields, found.as_ref())
+            }
         };
-        found = intersect(found, &matches);
+        found = Some(match found {
+            None => matches,
+            Some(so_far) => intersect(so_far, &matches),
+        });
     }
-    Ok(found)
+    Ok(found.unwrap_or_default())
 }
 
 /// The postings of an exact term for the events of `found` only, read one by one.
@@ -723,17 +674,16 @@ mod tests {
             next_batch: None,
         };
         assert_eq!(search(rooms, &alice, &query("otter")).unwrap().count, 2501);
-        // Each plan: a rare last term driving (prefix: 7, 70–79, 700–799), two common terms
-        // read in full, and a rare exact term driving point reads of a common one with a
-        // common prefix read in full.
+        // A rare prefix (7, 70–79, 700–799), two common terms read in full, and a rare exact
+        // term first, then point reads of a common one, with a common prefix read in full.
         assert_eq!(search(rooms, &alice, &query("otter 7")).unwrap().count, 111);
         assert_eq!(search(rooms, &alice, &query("otter number")).unwrap().count, 2500);
         let answer = search(rooms, &alice, &query("number 1234 ott")).unwrap();
         assert_eq!(answer.count, 1);
         assert_eq!(answer.highlights, ["1234", "number", "ott", "otter"]);
         assert_eq!(search(rooms, &alice, &query("number 1234 den")).unwrap().count, 0);
-        // No rare term: the longest words are read in full, then `gamma` point-read for the
-        // 512 events left (odd, below 1024; 410 of them not multiples of 5).
+        // The longest words are read in full, then `gamma` point-read for the 512 events left
+        // (odd, below 1024; 410 of them not multiples of 5).
         assert_eq!(
             search(rooms, &alice, &query("alphabet betamax gamma otter"))
                 .unwrap()

@@ -416,7 +416,7 @@ fn intersect(mut found: Matches, other: &Matches) -> Matches {
 ///
 /// The terms are read longest first (longer words are rarer, as a rule), each in full (up to
 /// [`MAX_POSTINGS`]), and intersected; once at most [`POINT_READS`] candidates are left, each
-/// further exact term is read only if it has at most four postings per candidate, and
+/// further exact term is read only if it has at most eight postings per candidate, and
 /// otherwise looked up for just those events (point reads), so a common word next to a rarer
 /// one costs a few hundred reads, not a scan of the common word. The prefix (the last term)
 /// is always read in full.
@@ -431,7 +431,7 @@ fn room_matches(rooms: &Rooms, room_id: &RoomId, terms: &[String], fields: u8, u
             Some(so_far) if i != last && so_far.len() <= POINT_READS => {
                 // A term hardly more common than the candidates is read (a scan is cheaper per
                 // posting); a common one is looked up for the candidates only.
-                let bound = (so_far.len() * 4).max(64);
+                let bound = (so_far.len() * 8).max(64);
                 let hits = rooms.search_postings(room_id, &terms[i], false, up_to, bound)?;
                 if hits.len() < bound {
                     matches_of(hits, fields, Some(so_far))
@@ -659,8 +659,8 @@ mod tests {
         };
         for i in 0..2500 {
             let mut body = format!("otter number {i}");
-            // Three common words (at least the probe's 1,024 each) whose first two leave 512.
-            for (word, has) in [("alphabet", i % 2 == 1), ("betamax", i < 1024), ("gamma", i % 5 != 0)] {
+            // Three common words (more than 1,024 postings each but `betamax`) whose first two leave 300.
+            for (word, has) in [("alphabet", i % 2 == 1), ("betamax", i < 600), ("gamma", i % 5 != 0)] {
                 if has {
                     body = format!("{body} {word}");
                 }
@@ -693,20 +693,20 @@ mod tests {
         assert_eq!(answer.count, 1);
         assert_eq!(answer.highlights, ["1234", "number", "ott", "otter"]);
         assert_eq!(search(rooms, &alice, &query("number 1234 den")).unwrap().count, 0);
-        // The longest words are read in full; for the 512 events left (odd, below 1024),
-        // `number` (2,500 postings) is point-read and `gamma` (2,000: no more than four per
-        // candidate) read; 410 of them are not multiples of 5.
+        // The longest words are read in full; for the 300 events left (odd, below 600),
+        // `number` (2,500 postings, more than eight per candidate) is point-read and `gamma`
+        // (2,000) read; 240 of them are not multiples of 5.
         assert_eq!(
             search(rooms, &alice, &query("alphabet betamax number otter"))
                 .unwrap()
                 .count,
-            512
+            300
         );
         assert_eq!(
             search(rooms, &alice, &query("alphabet betamax gamma otter"))
                 .unwrap()
                 .count,
-            410
+            240
         );
 
         rooms.search_index_clear().unwrap();

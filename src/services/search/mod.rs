@@ -13,9 +13,11 @@
 //!
 //! **A query** reads, in every room the searcher is or was joined to, the postings of each
 //! term up to the last position they may read (a former member's departure), the last term
-//! also as a prefix; an event must hold every term. Ranking is BM25's term-frequency part
-//! (without the inverse document frequency, so an event's rank never changes and pages stay
-//! stable while new messages arrive). Every candidate then goes through what every read goes
+//! also as a prefix; an event must hold every term. Terms are read longest first, and a
+//! common one is point-read for the few candidates left (`room_matches`). Ranking is BM25's
+//! term-frequency part (without the inverse document frequency, so an event's rank never
+//! changes and pages stay stable while new messages arrive). Events of ignored users are left
+//! out, as `/messages` leaves them out. Every candidate then goes through what every read goes
 //! through: the redaction check (`served`), the request's filter and the per-event history
 //! visibility (`rooms::visibility`); `count` counts what survives that (at most
 //! [`MAX_CANDIDATES`] candidates are looked at, so it is exact below that and a lower bound

@@ -23,7 +23,7 @@
 # Needs the shared tools (BENCH_TOOLS, default ../shared/tools/bench): synapse.sh and mxbench.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SUITE=${1:?usage: benches/vs_synapse.sh rooms|sync [OUT.md]}
+SUITE=${1:?usage: benches/vs_synapse.sh rooms|sync|media|team|elementx [OUT.md]}
 TOOLS=${BENCH_TOOLS:-$ROOT/../shared/tools/bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}
 WORK=${BENCH_WORK:-$HOME/.cache/hearth-bench/$SUITE-$(date +%Y%m%d-%H%M%S)}

@@ -40,6 +40,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let services = Services::open(config.clone()).map_err(|e| StartError::Services(e.to_string()))?;
     let accounts = services.accounts.estimate_count().unwrap_or(0);
     crate::services::push::worker::spawn(&services);
+    // The search index of rooms written before it existed is built in the background.
+    let rebuilding = Arc::clone(&services);
+    std::thread::Builder::new()
+        .name("search-rebuild".into())
+        .spawn(move || {
+            if let Err(e) = crate::services::search::rebuild(&rebuilding.rooms) {
+                tracing::error!(error = %e, "search index rebuild failed");
+            }
+        })
+        .map_err(|e| StartError::Services(e.to_string()))?;
     let server = bind(Arc::clone(&services), &config)?;
     for addr in server.addrs() {
         tracing::info!("listening on http://{addr}");

@@ -99,6 +99,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         client::relations::get_relating_events_with_rel_type_and_event_type,
     );
     t.add(LimitClass::Client, client::relations::get_threads);
+    t.add_json(LimitClass::Client, client::search::search);
     t.add(LimitClass::Client, client::room_upgrade::upgrade_room);
     t.add(LimitClass::Message, client::message::send_message_event);
     t.add(LimitClass::Message, client::message::redact_event);

@@ -20,6 +20,7 @@ pub mod receipts;
 pub mod registration;
 pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod server_keys;
 pub mod sessions;
 pub mod spaces;

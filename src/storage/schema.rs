@@ -174,6 +174,10 @@ pub const USERPOS_NOTIFICATION: &str = "userpos_notification";
 /// still to be delivered to a gateway (each pusher's in stream order).
 pub const PUSHERPOS_PUSHQUEUE: &str = "pusherpos_pushqueue";
 
+/// u64 short room id ++ term ++ SEP ++ u64 stream position → 11-byte posting (short event id,
+/// field, term frequency, text length): the search index (`tables::search`).
+pub const ROOMTERMPOS_POSTING: &str = "roomtermpos_posting";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -236,6 +240,7 @@ pub const TABLES: &[TableDef] = &[
     small(APPKEYUSER_EMPTY),
     small(USERPOS_NOTIFICATION),
     small(PUSHERPOS_PUSHQUEUE),
+    small(ROOMTERMPOS_POSTING),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -44,6 +44,8 @@ mod room_upgrade;
 mod rooms;
 /// Simplified sliding sync (MSC4186): connections, lists, room subscriptions, extensions.
 mod sliding_sync;
+/// Server-side search: matching, ordering, paging, groupings, context, and what stays hidden.
+mod search;
 /// Sync: tokens, long-polling, filters, typing, receipts, account data, presence.
 mod sync;
 /// Architecture invariants of the source tree.

@@ -26,6 +26,7 @@ pub mod relations;
 pub mod reporting;
 pub mod room;
 pub mod room_upgrade;
+pub mod search;
 pub mod session;
 pub mod sliding_sync;
 pub mod space;

@@ -33,6 +33,7 @@ pub mod pdu;
 mod power;
 mod redaction;
 pub mod relations;
+mod search_hooks;
 mod sync_hooks;
 mod timeline;
 pub mod upgrade;
@@ -65,6 +66,7 @@ use crate::{
             membership::MembershipTable,
             pdus::PdusTable,
             relations::RelationsTable,
+            search::SearchTable,
             shortids::ShortIds,
             state::{Loaded, StateMap, StateTable},
             timeline::TimelineTable,
@@ -125,6 +127,8 @@ pub struct Rooms {
     state: StateTable,
     transactions: TransactionsTable,
     memberships: MembershipTable,
+    /// The search index, written in the events' batches (see `search_hooks`).
+    search: SearchTable,
     positions: Arc<Positions>,
     keys: Arc<ServerKeys>,
     server_name: OwnedServerName,
@@ -202,6 +206,7 @@ impl Rooms {
             state: StateTable::new(Arc::clone(&db)),
             transactions: TransactionsTable::new(Arc::clone(&db)),
             memberships: MembershipTable::new(Arc::clone(&db)),
+            search: SearchTable::new(Arc::clone(&db)),
             db,
             positions,
             keys,

@@ -428,6 +428,7 @@ impl Rooms {
         self.state.queue_before_event(batch, short_event, before.id);
         if let Some(target) = redacted {
             self.pdus.queue_redacted_by(batch, target, signed.event_id.as_str());
+            self.queue_search_removal(batch, target)?;
         }
         let after = if let Some(state_key) = event.state_key {
             let key = self.ids.state_key_or_create(event.kind, state_key)?;
@@ -474,6 +475,7 @@ impl Rooms {
             signed.room_id.as_str(),
             signed.event_id.as_str(),
         );
+        self.queue_search_postings(batch, short_room, position, short_event, &pdu);
 
         // Until it is durable, the event is served from memory and its transaction remembered.
         locked(&self.pending).insert(short_event, Arc::new(signed.bytes.clone()));

@@ -19,6 +19,7 @@ pub mod push;
 pub mod registration_tokens;
 pub mod relations;
 pub mod reports;
+pub mod search;
 pub mod shortids;
 pub mod state;
 pub mod streams;

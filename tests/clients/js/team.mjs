@@ -21,7 +21,7 @@
 // Output conventions as in common.mjs: `ok: <check>` per check, the first failing check
 // prints `FAIL: ...` and the script exits 1.
 
-import { sdk, ok, check, fail, errText, api, poll, register, makeClient, startAndWait, hs, main } from "./common.mjs";
+import { sdk, say, ok, check, fail, errText, api, poll, register, makeClient, startAndWait, hs, main } from "./common.mjs";
 
 const OVERALL_TIMEOUT_MS = 85_000;
 const WAIT_MS = 20_000;
@@ -101,12 +101,20 @@ async function run() {
 
     step = "4";
     const edited = `lunch plans: ${word} cafe at one instead`;
-    await alice.sendMessage(dm.room_id, {
-        msgtype: "m.text",
-        body: `* ${edited}`,
-        "m.new_content": { msgtype: "m.text", body: edited },
-        "m.relates_to": { rel_type: "m.replace", event_id: root.event_id },
-    });
+    try {
+        await alice.sendMessage(dm.room_id, {
+            msgtype: "m.text",
+            body: `* ${edited}`,
+            "m.new_content": { msgtype: "m.text", body: edited },
+            "m.relates_to": { rel_type: "m.replace", event_id: root.event_id },
+        });
+    } catch (e) {
+        // matrix-js-sdk 37 throws this when the remote echo of an edit of a thread root comes
+        // down /sync before the PUT's answer (its local-echo bookkeeping, not the server's
+        // answer, which was 200): the edit was sent, and what bob's client shows is checked next.
+        if (!String(e?.message).includes("not a local echo")) throw e;
+        say(`note: ${step}. js-sdk: ${e.message} (remote echo before the send's answer)`);
+    }
     await poll(`${step}. bob's client shows the edit`, "the new text on alice's message in bob's client", async () => {
         const ev = bob.getRoom(dm.room_id)?.findEventById(root.event_id);
         return { done: ev?.getContent()?.body === edited, got: ev?.getContent() };

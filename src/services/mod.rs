@@ -26,6 +26,7 @@ pub mod sessions;
 pub mod spaces;
 pub mod sync;
 pub mod tags;
+pub mod thread_subs;
 pub mod tokens;
 pub mod typing;
 pub mod uiaa;
@@ -96,6 +97,8 @@ pub struct Services {
     pub openid: openid::OpenId,
     /// Push rules, pushers, the notification log and push delivery.
     pub push: push::Push,
+    /// Thread subscriptions (MSC4306).
+    pub thread_subs: Arc<thread_subs::ThreadSubs>,
 }
 
 impl Services {
@@ -142,6 +145,11 @@ impl Services {
             config.server_name.clone(),
         );
         let key_backup = keys::backup::KeyBackup::new(Arc::clone(&db));
+        let thread_subs = Arc::new(thread_subs::ThreadSubs::new(
+            Arc::clone(&db),
+            Arc::clone(&positions),
+            Arc::clone(&notifier),
+        ));
         let receipts = receipts::Receipts::new(Arc::clone(&db), positions, Arc::clone(&notifier));
         let presence = presence::Presence::new(notifier);
         let rate_limit = rate_limit::RateLimiter::new(&config);
@@ -179,6 +187,7 @@ impl Services {
             user_directory,
             openid,
             push,
+            thread_subs,
         }))
     }
 }

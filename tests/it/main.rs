@@ -42,10 +42,10 @@ mod room_access;
 mod room_upgrade;
 /// Rooms: events, state, membership, authorization, pagination.
 mod rooms;
-/// Simplified sliding sync (MSC4186): connections, lists, room subscriptions, extensions.
-mod sliding_sync;
 /// Server-side search: matching, ordering, paging, groupings, context, and what stays hidden.
 mod search;
+/// Simplified sliding sync (MSC4186): connections, lists, room subscriptions, extensions.
+mod sliding_sync;
 /// Sync: tokens, long-polling, filters, typing, receipts, account data, presence.
 mod sync;
 /// Architecture invariants of the source tree.

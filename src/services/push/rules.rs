@@ -244,13 +244,15 @@ impl Services {
             .and_then(|m| m.content_str("displayname"))
             .unwrap_or_else(|| user_id.localpart().to_owned());
         let power = self.push_power_levels(room_id, sender)?;
-        Ok(PushConditionRoomCtx::new(
-            room_id.to_owned(),
-            UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
-            user_id.to_owned(),
-            display_name,
-        )
-        .with_power_levels(power))
+        Ok(self.thread_subs.push_lookup(
+            PushConditionRoomCtx::new(
+                room_id.to_owned(),
+                UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
+                user_id.to_owned(),
+                display_name,
+            )
+            .with_power_levels(power),
+        ))
     }
 
     /// What the `sender_notification_permission` condition (`@room`) needs: the sender's

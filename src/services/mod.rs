@@ -149,6 +149,7 @@ impl Services {
             Arc::clone(&db),
             Arc::clone(&positions),
             Arc::clone(&notifier),
+            config.push.thread_subscription_rules,
         ));
         let receipts = receipts::Receipts::new(Arc::clone(&db), positions, Arc::clone(&notifier));
         let presence = presence::Presence::new(notifier);

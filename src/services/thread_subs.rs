@@ -77,6 +77,8 @@ pub struct ThreadSubs {
     positions: Arc<Positions>,
     notifier: Arc<Notifier>,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// `push.thread_subscription_rules`.
+    push_rules: bool,
 }
 
 fn item(room_id: &RoomId, root: &EventId) -> Vec<u8> {
@@ -94,8 +96,9 @@ fn conflict() -> Error {
 
 impl ThreadSubs {
     /// Builds the service.
-    pub fn new(db: Arc<Db>, positions: Arc<Positions>, notifier: Arc<Notifier>) -> Self {
+    pub fn new(db: Arc<Db>, positions: Arc<Positions>, notifier: Arc<Notifier>, push_rules: bool) -> Self {
         Self {
+            push_rules,
             stream: StreamTable::new(Arc::clone(&db), FAMILY),
             db,
             positions,
@@ -208,8 +211,13 @@ impl ThreadSubs {
         Ok((out, more))
     }
 
-    /// The push-rule context with the `thread_subscription` lookup of `user_id` in `room_id`.
+    /// The push-rule context with the `thread_subscription` lookup of its user in its room
+    /// (unchanged when `push.thread_subscription_rules` is off: without a lookup the
+    /// condition never holds, so neither thread rule applies).
     pub fn push_lookup(self: &Arc<Self>, context: PushConditionRoomCtx) -> PushConditionRoomCtx {
+        if !self.push_rules {
+            return context;
+        }
         let user_id = context.user_id.clone();
         let room_id = context.room_id.clone();
         let subs = Arc::clone(self);

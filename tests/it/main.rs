@@ -48,6 +48,8 @@ mod search;
 mod sliding_sync;
 /// Sync: tokens, long-polling, filters, typing, receipts, account data, presence.
 mod sync;
+/// Thread subscriptions (MSC4306, MSC4308) and the list filters of the unstable sliding sync.
+mod thread_subscriptions;
 /// Architecture invariants of the source tree.
 mod tidy;
 /// Tokens: every token handed out is taken back where the spec takes one; bad ones refused.

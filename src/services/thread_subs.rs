@@ -17,7 +17,10 @@
 
 use std::sync::Arc;
 
-use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId, push::PushConditionRoomCtx};
+use ruma::{
+    EventId, OwnedEventId, OwnedRoomId, RoomId, UserId, api::client::threads::get_thread_subscriptions_changes,
+    push::PushConditionRoomCtx,
+};
 use serde::{Deserialize, Serialize};
 
 use super::sync::{
@@ -239,8 +242,6 @@ pub type UnsubscribedMap = std::collections::BTreeMap<
     std::collections::BTreeMap<OwnedEventId, get_thread_subscriptions_changes::unstable::ThreadUnsubscription>,
 >;
 
-use ruma::api::client::threads::get_thread_subscriptions_changes;
-
 /// One window of changes, newest first, in MSC4308's shape.
 #[derive(Debug, Default)]
 pub struct Page {
@@ -323,5 +324,21 @@ impl ThreadSubs {
             }
         }
         Ok(page)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip() {
+        let token = PageToken { upper: 41, lower: 7 };
+        assert_eq!(token.to_string(), "t41_7");
+        assert_eq!(PageToken::parse("t41_7"), Some(token));
+        assert_eq!(PageToken::parse("12"), Some(PageToken { upper: 12, lower: 0 }));
+        assert_eq!(PageToken::parse("3_99"), None);
+        assert_eq!(PageToken::parse("t1"), None);
+        assert_eq!(PageToken::parse("garbage"), None);
     }
 }

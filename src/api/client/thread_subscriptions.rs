@@ -36,9 +36,8 @@ const DEFAULT_LIMIT: u64 = 100;
 /// Most changes per page.
 const MAX_LIMIT: u64 = 1000;
 
-/// Checks that `root` is a thread root `user_id` may see in `room_id` (403 for a room they
-/// may not read, or are not joined to when `joined`; 404 for the rest) and returns its
-/// history filter's verdict on `cause` (an event id the user named), if any, as its position.
+/// Checks that `root` is a thread root `user_id` may see in `room_id`: 403 for a room they
+/// may not read (or are not joined to, when `joined`), 404 for the rest.
 fn check_root(services: &Services, user_id: &UserId, room_id: &RoomId, root: &EventId, joined: bool) -> Result<()> {
     let rooms = &services.rooms;
     let scope = rooms.read_scope(room_id, user_id)?;

@@ -205,5 +205,11 @@ mod tests {
             vec![(b"one".to_vec(), 4, b"zz".to_vec())]
         );
         assert!(t.since("@b:x", 0, 10).unwrap().is_empty());
+        // The newest first, limited, within the range.
+        let newest = |after, up_to, limit| items(t.newest("@a:x", after, up_to, limit).unwrap());
+        assert_eq!(newest(0, 10, 1), vec![(b"one".to_vec(), 7, b"v3".to_vec())]);
+        assert_eq!(newest(0, 10, 5).len(), 2);
+        assert_eq!(newest(0, 6, 5), vec![(b"two".to_vec(), 5, b"v2".to_vec())]);
+        assert!(newest(7, 10, 5).is_empty());
     }
 }

@@ -210,7 +210,7 @@ impl Services {
     }
 
     /// Deactivates an account: no password, no devices or tokens, no profile, no account
-    /// data, all in one batch (the user id stays reserved); then the user leaves every room
+    /// data, no thread subscriptions, all in one batch (the user id stays reserved); then the user leaves every room
     /// they are in, rejects their invites and withdraws their knocks, each with its member
     /// event, as Synapse does.
     pub async fn deactivate_user(&self, user_id: &ruma::UserId) -> Result<(), crate::Error> {
@@ -219,6 +219,7 @@ impl Services {
         self.sessions.queue_delete_devices(&mut batch, user_id, None, None)?;
         self.profile.queue_clear(&mut batch, user_id);
         self.account_data.queue_clear(&mut batch, user_id)?;
+        self.thread_subs.queue_clear(&mut batch, user_id)?;
         self.push.queue_delete_pushers(&mut batch, user_id, None)?;
         self.accounts.deactivate(user_id, batch).await?;
         self.user_directory.account_deactivated(user_id);

@@ -126,6 +126,11 @@ impl ThreadSubs {
         Ok(Some((record, entry.position)))
     }
 
+    /// Queues removal of every subscription of a user (deactivation).
+    pub fn queue_clear(&self, batch: &mut crate::storage::Batch, user_id: &UserId) -> Result<()> {
+        Ok(self.stream.queue_clear(batch, user_id.as_str())?)
+    }
+
     /// Whether the user is subscribed to the thread.
     pub fn is_subscribed(&self, user_id: &UserId, room_id: &RoomId, root: &EventId) -> bool {
         matches!(self.get(user_id, room_id, root), Ok(Some((r, _))) if r.subscribed)

@@ -151,6 +151,17 @@ impl StreamTable {
         Ok(out)
     }
 
+    /// Queues removal of every item of the scope and its position entries.
+    pub fn queue_clear(&self, batch: &mut Batch, scope: &str) -> StorageResult<()> {
+        let prefix = codec::prefix(&[self.kind.as_bytes(), scope.as_bytes()]);
+        for table in [SCOPEITEM_POSVALUE, SCOPEPOS_ITEM] {
+            for (key, _) in self.db.scan_prefix(table, &prefix)? {
+                batch.delete(table, &key);
+            }
+        }
+        Ok(())
+    }
+
     /// Every item of the scope whose last write is at or below `up_to`.
     pub fn all(&self, scope: &str, up_to: u64) -> StorageResult<Vec<Entry>> {
         let prefix = codec::prefix(&[self.kind.as_bytes(), scope.as_bytes()]);
@@ -211,5 +222,11 @@ mod tests {
         assert_eq!(newest(0, 10, 5).len(), 2);
         assert_eq!(newest(0, 6, 5), vec![(b"two".to_vec(), 5, b"v2".to_vec())]);
         assert!(newest(7, 10, 5).is_empty());
+        let mut batch = db.batch();
+        t.queue_clear(&mut batch, "@a:x").unwrap();
+        batch.commit_blocking().unwrap();
+        assert!(t.all("@a:x", 10).unwrap().is_empty());
+        assert!(t.since("@a:x", 0, 10).unwrap().is_empty());
+        assert_eq!(other.all("@a:x", 10).unwrap().len(), 1);
     }
 }

@@ -142,6 +142,9 @@ pub struct PushConfig {
     pub gateway_ip_deny: Vec<IpRange>,
     /// Time limit of one request to a push gateway.
     pub gateway_timeout: Duration,
+    /// Whether the thread-subscription push rules (MSC4306) apply: events in threads the user
+    /// is not subscribed to notify only on mentions.
+    pub thread_subscription_rules: bool,
 }
 
 /// The `[oauth]` section, validated.
@@ -235,6 +238,7 @@ struct RawPush {
     gateway_ip_allow: Vec<String>,
     gateway_ip_deny: Vec<String>,
     gateway_timeout_secs: u64,
+    thread_subscription_rules: bool,
 }
 
 impl Default for RawPush {
@@ -243,6 +247,7 @@ impl Default for RawPush {
             gateway_ip_allow: Vec::new(),
             gateway_ip_deny: Vec::new(),
             gateway_timeout_secs: 10,
+            thread_subscription_rules: true,
         }
     }
 }
@@ -261,6 +266,7 @@ impl RawPush {
             gateway_ip_allow: ranges("push.gateway_ip_allow", &self.gateway_ip_allow)?,
             gateway_ip_deny: ranges("push.gateway_ip_deny", &self.gateway_ip_deny)?,
             gateway_timeout: Duration::from_secs(self.gateway_timeout_secs),
+            thread_subscription_rules: self.thread_subscription_rules,
         })
     }
 }

@@ -99,6 +99,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         client::relations::get_relating_events_with_rel_type_and_event_type,
     );
     t.add(LimitClass::Client, client::relations::get_threads);
+    t.add(LimitClass::Client, client::thread_subscriptions::subscribe_thread);
+    t.add(
+        LimitClass::Client,
+        client::thread_subscriptions::get_thread_subscription,
+    );
+    t.add(LimitClass::Client, client::thread_subscriptions::unsubscribe_thread);
+    t.add(
+        LimitClass::Client,
+        client::thread_subscriptions::get_thread_subscriptions_changes,
+    );
     t.add_json(LimitClass::Client, client::search::search);
     t.add(LimitClass::Client, client::room_upgrade::upgrade_room);
     t.add(LimitClass::Message, client::message::send_message_event);

@@ -26,6 +26,7 @@ pub mod sessions;
 pub mod spaces;
 pub mod sync;
 pub mod tags;
+pub mod thread_subs;
 pub mod tokens;
 pub mod typing;
 pub mod uiaa;
@@ -96,6 +97,8 @@ pub struct Services {
     pub openid: openid::OpenId,
     /// Push rules, pushers, the notification log and push delivery.
     pub push: push::Push,
+    /// Thread subscriptions (MSC4306).
+    pub thread_subs: Arc<thread_subs::ThreadSubs>,
 }
 
 impl Services {
@@ -142,6 +145,12 @@ impl Services {
             config.server_name.clone(),
         );
         let key_backup = keys::backup::KeyBackup::new(Arc::clone(&db));
+        let thread_subs = Arc::new(thread_subs::ThreadSubs::new(
+            Arc::clone(&db),
+            Arc::clone(&positions),
+            Arc::clone(&notifier),
+            config.push.thread_subscription_rules,
+        ));
         let receipts = receipts::Receipts::new(Arc::clone(&db), positions, Arc::clone(&notifier));
         let presence = presence::Presence::new(notifier);
         let rate_limit = rate_limit::RateLimiter::new(&config);
@@ -179,6 +188,7 @@ impl Services {
             user_directory,
             openid,
             push,
+            thread_subs,
         }))
     }
 }
@@ -200,7 +210,7 @@ impl Services {
     }
 
     /// Deactivates an account: no password, no devices or tokens, no profile, no account
-    /// data, all in one batch (the user id stays reserved); then the user leaves every room
+    /// data, no thread subscriptions, all in one batch (the user id stays reserved); then the user leaves every room
     /// they are in, rejects their invites and withdraws their knocks, each with its member
     /// event, as Synapse does.
     pub async fn deactivate_user(&self, user_id: &ruma::UserId) -> Result<(), crate::Error> {
@@ -209,6 +219,7 @@ impl Services {
         self.sessions.queue_delete_devices(&mut batch, user_id, None, None)?;
         self.profile.queue_clear(&mut batch, user_id);
         self.account_data.queue_clear(&mut batch, user_id)?;
+        self.thread_subs.queue_clear(&mut batch, user_id)?;
         self.push.queue_delete_pushers(&mut batch, user_id, None)?;
         self.accounts.deactivate(user_id, batch).await?;
         self.user_directory.account_deactivated(user_id);

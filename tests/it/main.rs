@@ -42,12 +42,14 @@ mod room_access;
 mod room_upgrade;
 /// Rooms: events, state, membership, authorization, pagination.
 mod rooms;
-/// Simplified sliding sync (MSC4186): connections, lists, room subscriptions, extensions.
-mod sliding_sync;
 /// Server-side search: matching, ordering, paging, groupings, context, and what stays hidden.
 mod search;
+/// Simplified sliding sync (MSC4186): connections, lists, room subscriptions, extensions.
+mod sliding_sync;
 /// Sync: tokens, long-polling, filters, typing, receipts, account data, presence.
 mod sync;
+/// Thread subscriptions (MSC4306, MSC4308) and the list filters of the unstable sliding sync.
+mod thread_subscriptions;
 /// Architecture invariants of the source tree.
 mod tidy;
 /// Tokens: every token handed out is taken back where the spec takes one; bad ones refused.

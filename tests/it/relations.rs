@@ -495,6 +495,13 @@ fn thread_notifications_are_counted_per_thread_and_cleared_by_threaded_receipts(
     let room = create_room(&alice, json!({"preset": "public_chat"}));
     join(&bob, &room);
     let root = send(&alice, &room, "root", "root");
+    // Alice follows the thread (MSC4306: replies in unsubscribed threads do not notify).
+    let subscription = format!(
+        "/_matrix/client/unstable/io.element.msc4306/rooms/{}/thread/{}/subscription",
+        enc(&room),
+        enc(&root)
+    );
+    alice.put(&subscription, json!({})).ok();
     thread_reply(&bob, &room, "t1", &root, "one");
     let t2 = thread_reply(&bob, &room, "t2", &root, "two");
     let main = send(&bob, &room, "m", "main");

@@ -33,6 +33,7 @@ pub mod space;
 pub mod state;
 pub mod sync;
 pub mod thirdparty;
+pub mod thread_subscriptions;
 pub mod threepid;
 pub mod to_device;
 pub mod typing;

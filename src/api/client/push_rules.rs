@@ -38,7 +38,12 @@ pub async fn get_pushrules_global_scope(
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
 pub async fn get_pushrule(ctx: Ctx, req: get_pushrule::v3::Request) -> Result<get_pushrule::v3::Response> {
     let rule = ctx.services.push_rule(ctx.user_id()?, req.kind, &req.rule_id)?;
-    Ok(get_pushrule::v3::Response::new(rule.into()))
+    // ruma's `From<AnyPushRule>` has no arm for MSC4306's `postcontent` (it panics).
+    let rule = match rule {
+        ruma::push::AnyPushRule::PostContent(r) => r.into(),
+        other => other.into(),
+    };
+    Ok(get_pushrule::v3::Response::new(rule))
 }
 
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`

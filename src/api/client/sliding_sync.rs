@@ -2,7 +2,8 @@
 //!
 //! - `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (MSC4186 as Element X
 //!   sends it: `pos`, `timeout` and `set_presence` in the query; extensions of MSC3884, 3885,
-//!   3959, 3960 and 3961)
+//!   3959, 3960, 3961 and 4308; the list filters `spaces`, `tags` and `not_tags`, which ruma's
+//!   `v5` type drops, read from the body as well)
 //! - `POST /_matrix/client/v4/sync` (MSC4186 as accepted, on the same engine)
 //!
 //! Spec: not in the spec yet; `shared/msc/4186-simplified-sliding-sync.synapse-experimental.md`
@@ -13,15 +14,110 @@ use ruma::api::client::sync::sync_events::v5;
 use crate::{Result, api::extract::Ctx, services::sync::sliding};
 
 /// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`
-pub async fn sliding_sync(ctx: Ctx, req: v5::Request) -> Result<v5::Response> {
+pub async fn sliding_sync(ctx: Ctx, req: unstable::Request) -> Result<v5::Response> {
     let session = ctx.session()?;
     let answer = sliding::sliding_sync(
         &ctx.services,
         (&session.user_id, session.device_id.as_str()),
-        req.into(),
+        req.into_request(),
     )
     .await?;
     Ok(answer.into())
+}
+
+/// The unstable endpoint's request: ruma's `v5` type, plus the list filters it drops
+/// (`spaces`, `tags`, `not_tags`, which Element X and others send), read from the same body.
+pub mod unstable {
+    use std::collections::BTreeMap;
+
+    use ruma::{
+        OwnedRoomId,
+        api::{IncomingRequest, Metadata, client::sync::sync_events::v5, error::DeserializationError},
+    };
+    use serde::Deserialize;
+
+    use crate::services::sync::sliding::model::SlidingRequest;
+
+    /// ruma's request and the filters it has no fields for, per list.
+    #[derive(Clone, Debug)]
+    pub struct Request {
+        /// What ruma parsed.
+        pub inner: v5::Request,
+        /// List name → the filters ruma drops.
+        pub filters: BTreeMap<String, Filters>,
+    }
+
+    /// The filters ruma's `v5` request type drops.
+    #[derive(Clone, Debug, Default, Deserialize)]
+    pub struct Filters {
+        /// Only rooms that are children of these spaces.
+        #[serde(default)]
+        pub spaces: Option<Vec<OwnedRoomId>>,
+        /// Only rooms with one of these tags.
+        #[serde(default)]
+        pub tags: Option<Vec<String>>,
+        /// No room with one of these tags.
+        #[serde(default)]
+        pub not_tags: Option<Vec<String>>,
+    }
+
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default)]
+        lists: BTreeMap<String, List>,
+    }
+
+    #[derive(Deserialize)]
+    struct List {
+        #[serde(default)]
+        filters: Option<Filters>,
+    }
+
+    impl Metadata for Request {
+        const METHOD: http::Method = v5::Request::METHOD;
+        const RATE_LIMITED: bool = v5::Request::RATE_LIMITED;
+        type Authentication = <v5::Request as Metadata>::Authentication;
+        type PathBuilder = <v5::Request as Metadata>::PathBuilder;
+        const PATH_BUILDER: Self::PathBuilder = v5::Request::PATH_BUILDER;
+    }
+
+    impl IncomingRequest for Request {
+        type EndpointError = <v5::Request as IncomingRequest>::EndpointError;
+        type OutgoingResponse = v5::Response;
+
+        fn try_from_http_request_inner(
+            request: http::Request<&[u8]>,
+            path_args: &[&str],
+        ) -> Result<Self, DeserializationError> {
+            let bytes: &[u8] = request.body();
+            let filters = if bytes.is_empty() {
+                BTreeMap::new()
+            } else {
+                serde_json::from_slice::<Body>(bytes)?
+                    .lists
+                    .into_iter()
+                    .filter_map(|(name, list)| Some((name, list.filters?)))
+                    .collect()
+            };
+            let inner = v5::Request::try_from_http_request_inner(request, path_args)?;
+            Ok(Request { inner, filters })
+        }
+    }
+
+    impl Request {
+        /// The engine's request, with the filters ruma dropped put back.
+        pub fn into_request(self) -> SlidingRequest {
+            let mut request = SlidingRequest::from(self.inner);
+            for (name, filters) in self.filters {
+                if let Some(list) = request.lists.get_mut(&name) {
+                    list.filters.spaces = filters.spaces;
+                    list.filters.tags = filters.tags;
+                    list.filters.not_tags = filters.not_tags.unwrap_or_default();
+                }
+            }
+            request
+        }
+    }
 }
 
 /// `POST /_matrix/client/v4/sync`: the same engine in the accepted form of MSC4186 (body-only

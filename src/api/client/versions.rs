@@ -39,6 +39,8 @@ pub async fn get_supported_versions(
     unstable.insert("org.matrix.e2e_cross_signing".to_owned(), true);
     // Simplified sliding sync (MSC4186), the form Element X uses.
     unstable.insert("org.matrix.simplified_msc3575".to_owned(), true);
+    // Thread subscriptions (MSC4306) and their sliding-sync extension (MSC4308).
+    unstable.insert("org.matrix.msc4306".to_owned(), true);
     let mut response = get_supported_versions::Response::new(VERSIONS.iter().map(|v| (*v).to_owned()).collect());
     response.unstable_features = unstable;
     Ok(response)

@@ -41,11 +41,17 @@ fn unknown(message: impl Into<String>) -> Error {
     )
 }
 
-/// The rule kinds the API serves (`postcontent` and unknown kinds are refused as Synapse
-/// refuses them: 400 `M_UNRECOGNIZED`).
+/// The rule kinds the API serves (unknown kinds are refused as Synapse refuses them: 400
+/// `M_UNRECOGNIZED`). MSC4306's `postcontent` holds only its server defaults, which may be read,
+/// enabled and given actions; [`Services::set_push_rule`] refuses new rules there.
 fn check_kind(kind: &RuleKind) -> Result<()> {
     match kind {
-        RuleKind::Override | RuleKind::Underride | RuleKind::Sender | RuleKind::Room | RuleKind::Content => Ok(()),
+        RuleKind::Override
+        | RuleKind::Underride
+        | RuleKind::Sender
+        | RuleKind::Room
+        | RuleKind::Content
+        | RuleKind::PostContent => Ok(()),
         _ => Err(Error::new(
             http::StatusCode::BAD_REQUEST,
             ruma::api::error::ErrorKind::Unrecognized,
@@ -80,6 +86,7 @@ pub fn merge(user_id: &UserId, stored: &Ruleset) -> Ruleset {
     let master = usize::from(out.override_.first().is_some_and(|r| r.rule_id == ".m.rule.master"));
     merge_kind!(override_, RuleKind::Override, master);
     merge_kind!(content, RuleKind::Content, 0);
+    merge_kind!(postcontent, RuleKind::PostContent, 0);
     merge_kind!(room, RuleKind::Room, 0);
     merge_kind!(sender, RuleKind::Sender, 0);
     merge_kind!(underride, RuleKind::Underride, 0);
@@ -160,6 +167,10 @@ impl Services {
         after: Option<&str>,
     ) -> Result<()> {
         check_kind(&rule.kind())?;
+        if rule.kind() == RuleKind::PostContent {
+            // MSC4306: "clients MUST NOT be able to create custom rules with this kind".
+            return Err(Error::invalid_param("Rules of kind postcontent cannot be created"));
+        }
         self.change_push_rules(user_id, |rules| {
             rules.insert(rule, after, before).map_err(|e| match e {
                 InsertPushRuleError::ServerDefaultRuleId => unknown("cannot add new rule_ids that start with '.'"),
@@ -244,13 +255,15 @@ impl Services {
             .and_then(|m| m.content_str("displayname"))
             .unwrap_or_else(|| user_id.localpart().to_owned());
         let power = self.push_power_levels(room_id, sender)?;
-        Ok(PushConditionRoomCtx::new(
-            room_id.to_owned(),
-            UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
-            user_id.to_owned(),
-            display_name,
-        )
-        .with_power_levels(power))
+        Ok(self.thread_subs.push_lookup(
+            PushConditionRoomCtx::new(
+                room_id.to_owned(),
+                UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
+                user_id.to_owned(),
+                display_name,
+            )
+            .with_power_levels(power),
+        ))
     }
 
     /// What the `sender_notification_permission` condition (`@room`) needs: the sender's

@@ -229,8 +229,8 @@ impl Services {
             }
             let rules = self.push_rules(&user_id)?;
             let context = self.push_context(&room_id, &user_id, &sender)?;
-            // The evaluation does no I/O (no thread-subscription lookup is configured), so its
-            // future is ready at once.
+            // The evaluation does no asynchronous I/O (the thread-subscription lookup is a
+            // point read), so its future is ready at once.
             let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
                 continue;
             };

@@ -110,12 +110,12 @@ impl Services {
                 .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
                 .and_then(|m| m.content_str("displayname"))
                 .unwrap_or_else(|| user_id.localpart().to_owned());
-            let context = PushConditionRoomCtx::new(
+            let context = self.thread_subs.push_lookup(PushConditionRoomCtx::new(
                 room_id.to_owned(),
                 UInt::try_from(members.count("join") as u64).unwrap_or(UInt::MAX),
                 user_id.to_owned(),
                 display_name,
-            );
+            ));
             let rules = self.push_rules(user_id)?;
             for (position, pdu) in others {
                 let root = rooms.thread_of(pdu)?;

@@ -119,12 +119,12 @@ impl Services {
                         .get_or_insert_with(&(room_id.to_owned(), user_id.to_owned(), own), read_name)?,
                 };
                 let joined = members.count("join");
-                let context = PushConditionRoomCtx::new(
+                let context = self.thread_subs.push_lookup(PushConditionRoomCtx::new(
                     room_id.to_owned(),
                     UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
                     user_id.to_owned(),
                     display_name,
-                );
+                ));
                 // The user's own rules (`services::push::rules`), cached there.
                 let rules = self.push_rules(user_id)?;
                 for pdu in others {
@@ -165,8 +165,8 @@ impl Services {
         } else {
             context
         };
-        // The evaluation does no I/O (no thread-subscription lookup is configured), so its
-        // future is ready at once.
+        // The evaluation does no asynchronous I/O (the thread-subscription lookup is a point
+        // read), so its future is ready at once.
         let Some(actions) = rules.get_actions(&event, context).now_or_never() else {
             return Ok((false, false));
         };

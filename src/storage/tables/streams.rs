@@ -109,6 +109,59 @@ impl StreamTable {
         Ok(out)
     }
 
+    /// The newest `limit` items whose last write is at a position in `after < position <=
+    /// up_to`, newest first.
+    pub fn newest(&self, scope: &str, after: u64, up_to: u64, limit: usize) -> StorageResult<Vec<Entry>> {
+        let prefix = codec::prefix(&[self.kind.as_bytes(), scope.as_bytes()]);
+        let mut out: Vec<Entry> = Vec::new();
+        let mut top = up_to;
+        // Stale position entries (two concurrent rewrites) are skipped; rescan past them.
+        while out.len() < limit && top > after {
+            let want = limit - out.len();
+            let found = self
+                .db
+                .scan_numbered(SCOPEPOS_ITEM, &prefix, (after, top), true, want)?;
+            if found.is_empty() {
+                break;
+            }
+            let items: Vec<Vec<u8>> = found.iter().map(|(_, item)| item.to_vec()).collect();
+            let lowest = found
+                .iter()
+                .filter_map(|(key, _)| key.len().checked_sub(8).map(|at| &key[at..]))
+                .filter_map(|bytes| codec::read_u64(SCOPEPOS_ITEM, bytes).ok())
+                .min()
+                .unwrap_or(after);
+            let keys: Vec<Vec<u8>> = items.iter().map(|item| self.item_key(scope, item)).collect();
+            let values = self.db.multi_get(SCOPEITEM_POSVALUE, keys.iter().map(Vec::as_slice))?;
+            for (item, value) in items.into_iter().zip(values) {
+                if let Some(bytes) = value {
+                    let entry = Self::decode(item, &bytes)?;
+                    if entry.position > after && entry.position <= up_to && !out.iter().any(|e| e.item == entry.item) {
+                        out.push(entry);
+                    }
+                }
+            }
+            if found.len() < want || lowest <= after + 1 {
+                break;
+            }
+            top = lowest - 1;
+        }
+        out.sort_by(|a, b| b.position.cmp(&a.position));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Queues removal of every item of the scope and its position entries.
+    pub fn queue_clear(&self, batch: &mut Batch, scope: &str) -> StorageResult<()> {
+        let prefix = codec::prefix(&[self.kind.as_bytes(), scope.as_bytes()]);
+        for table in [SCOPEITEM_POSVALUE, SCOPEPOS_ITEM] {
+            for (key, _) in self.db.scan_prefix(table, &prefix)? {
+                batch.delete(table, &key);
+            }
+        }
+        Ok(())
+    }
+
     /// Every item of the scope whose last write is at or below `up_to`.
     pub fn all(&self, scope: &str, up_to: u64) -> StorageResult<Vec<Entry>> {
         let prefix = codec::prefix(&[self.kind.as_bytes(), scope.as_bytes()]);
@@ -163,5 +216,17 @@ mod tests {
             vec![(b"one".to_vec(), 4, b"zz".to_vec())]
         );
         assert!(t.since("@b:x", 0, 10).unwrap().is_empty());
+        // The newest first, limited, within the range.
+        let newest = |after, up_to, limit| items(t.newest("@a:x", after, up_to, limit).unwrap());
+        assert_eq!(newest(0, 10, 1), vec![(b"one".to_vec(), 7, b"v3".to_vec())]);
+        assert_eq!(newest(0, 10, 5).len(), 2);
+        assert_eq!(newest(0, 6, 5), vec![(b"two".to_vec(), 5, b"v2".to_vec())]);
+        assert!(newest(7, 10, 5).is_empty());
+        let mut batch = db.batch();
+        t.queue_clear(&mut batch, "@a:x").unwrap();
+        batch.commit_blocking().unwrap();
+        assert!(t.all("@a:x", 10).unwrap().is_empty());
+        assert!(t.since("@a:x", 0, 10).unwrap().is_empty());
+        assert_eq!(other.all("@a:x", 10).unwrap().len(), 1);
     }
 }

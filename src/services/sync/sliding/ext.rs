@@ -1,5 +1,5 @@
 //! The extensions of sliding sync on the unstable endpoint (MSC3884 e2ee, MSC3885 to-device,
-//! MSC3959 account data, MSC3960 receipts, MSC3961 typing), read with the same services as
+//! MSC3959 account data, MSC3960 receipts, MSC3961 typing, MSC4308 thread subscriptions), read with the same services as
 //! `/sync`. The room-scoped ones (account data, receipts, typing) apply to the rooms their
 //! `lists` and `rooms` name (each defaulting to `*`: every list, every subscription) among those
 //! of this answer's windows. An extension enabled for the first time on a connection starts
@@ -62,6 +62,9 @@ impl Windows {
         out
     }
 }
+
+/// Most thread-subscription changes per answer (and the default, as the MSC's).
+const THREAD_SUBSCRIPTIONS_LIMIT: u64 = 100;
 
 fn on(enabled: Option<bool>) -> bool {
     enabled == Some(true)
@@ -173,6 +176,22 @@ impl Build<'_> {
                         .insert(room.clone(), raw(&json!({"type": "m.receipt", "content": content}))?);
                 }
             }
+        }
+        if on(req.thread_subscriptions.enabled) {
+            // MSC4308: the newest `limit` changes since the connection's last answer (all of
+            // them on a connection's first answer with the extension), older ones behind
+            // `prev_batch`.
+            let after = self
+                .after
+                .filter(|_| base.extensions_on.contains("thread_subscriptions"))
+                .unwrap_or(0);
+            let limit = req.thread_subscriptions.limit.map_or(THREAD_SUBSCRIPTIONS_LIMIT, |l| {
+                u64::from(l).clamp(1, THREAD_SUBSCRIPTIONS_LIMIT)
+            });
+            let page = services.thread_subs.page(user_id, after, self.up_to, limit as usize)?;
+            out.thread_subscriptions.subscribed = page.subscribed;
+            out.thread_subscriptions.unsubscribed = page.unsubscribed;
+            out.thread_subscriptions.prev_batch = page.older;
         }
         if on(req.typing.enabled) {
             let selected = windows.select(req.typing.lists.as_ref(), req.typing.rooms.as_ref());

@@ -156,6 +156,7 @@ fn extensions_on(req: &SlidingRequest) -> BTreeSet<&'static str> {
         ("account_data", ext.account_data.enabled),
         ("receipts", ext.receipts.enabled),
         ("typing", ext.typing.enabled),
+        ("thread_subscriptions", ext.thread_subscriptions.enabled),
     ]
     .into_iter()
     .filter(|(_, on)| *on == Some(true))
@@ -172,6 +173,7 @@ fn has_news(response: &SlidingResponse, base: &ConnState) -> bool {
         || !ext.account_data.is_empty()
         || !ext.receipts.is_empty()
         || !ext.typing.is_empty()
+        || !ext.thread_subscriptions.is_empty()
 }
 
 /// One answer from `base` at the current watermark, and the connection's state after it.

@@ -247,7 +247,7 @@ impl Default for RawPush {
             gateway_ip_allow: Vec::new(),
             gateway_ip_deny: Vec::new(),
             gateway_timeout_secs: 10,
-            thread_subscription_rules: true,
+            thread_subscription_rules: false,
         }
     }
 }

@@ -220,7 +220,7 @@ fn counts(c: &Client, room: &str) -> (u64, u64) {
 
 #[test]
 fn notifications_follow_thread_subscriptions() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(&[("HEARTH_PUSH__THREAD_SUBSCRIPTION_RULES", "true")]);
     let alice = server.user("alice", "pw");
     let bob = server.user("bob", "pw");
     let room = create_room(&alice, json!({"preset": "public_chat"}));
@@ -482,8 +482,8 @@ fn spaces_and_tags_filters_on_the_unstable_endpoint() {
 }
 
 #[test]
-fn thread_rules_can_be_turned_off() {
-    let server = TestServer::start_with(&[("HEARTH_PUSH__THREAD_SUBSCRIPTION_RULES", "false")]);
+fn thread_rules_are_off_by_default() {
+    let server = TestServer::start();
     let alice = server.user("alice", "pw");
     let bob = server.user("bob", "pw");
     let room = create_room(&alice, json!({"preset": "public_chat"}));

@@ -104,6 +104,22 @@ impl<'a> NewEvent<'a> {
             origin_server_ts: None,
         }
     }
+
+    /// A message event (no transaction, the time now) with the JSON object `content`: for tests.
+    #[cfg(test)]
+    pub fn message(content: serde_json::Value) -> Self {
+        let Ok(ruma::CanonicalJsonValue::Object(content)) = ruma::CanonicalJsonValue::try_from(content) else {
+            panic!("message content must be a JSON object within canonical JSON's limits")
+        };
+        Self {
+            kind: "m.room.message",
+            state_key: None,
+            content,
+            redacts: None,
+            txn: None,
+            origin_server_ts: None,
+        }
+    }
 }
 
 /// An event once it is stored.

@@ -573,7 +573,7 @@ fn valid_edit(original: &Pdu, edit: &Pdu) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use ruma::{CanonicalJsonValue, UserId};
+    use ruma::UserId;
     use serde_json::{json, value::RawValue};
 
     use super::relates_to;
@@ -586,17 +586,7 @@ mod tests {
     };
 
     fn message(content: serde_json::Value) -> NewEvent<'static> {
-        let Ok(CanonicalJsonValue::Object(content)) = CanonicalJsonValue::try_from(content) else {
-            unreachable!()
-        };
-        NewEvent {
-            kind: "m.room.message",
-            state_key: None,
-            content,
-            redacts: None,
-            txn: None,
-            origin_server_ts: None,
-        }
+        NewEvent::message(content)
     }
 
     #[tokio::test]

@@ -645,20 +645,7 @@ mod tests {
             .create_room(&alice, named_room("Otter den", Preset::PrivateChat, false))
             .await
             .unwrap();
-        let message = |body: &str| {
-            let content = serde_json::json!({"msgtype": "m.text", "body": body});
-            let Ok(ruma::CanonicalJsonValue::Object(content)) = ruma::CanonicalJsonValue::try_from(content) else {
-                unreachable!()
-            };
-            NewEvent {
-                kind: "m.room.message",
-                state_key: None,
-                content,
-                redacts: None,
-                txn: None,
-                origin_server_ts: None,
-            }
-        };
+        let message = |body: &str| NewEvent::message(serde_json::json!({"msgtype": "m.text", "body": body}));
         for i in 0..2500 {
             let mut body = format!("otter number {i}");
             // Three common words (more than 1,024 postings each but `betamax`) whose first two leave 300.

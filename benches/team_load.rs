@@ -715,16 +715,17 @@ fn sliding(args: &Args) {
         );
         assert_eq!(status, 200, "join: {body}");
     }
-    let sends: Mutex<HashMap<String, Instant>> = Mutex::new(HashMap::new());
     let done_sending: Mutex<Option<Instant>> = Mutex::new(None);
     let ready = AtomicUsize::new(0);
     let tag = format!("{prefix}-fan");
-    let (deliveries, lost, duplicates) = thread::scope(|scope| {
+    // Each receiver notes when it first saw each event; matched with the sends afterwards (a
+    // delivery before the send's answer counts as 0 ms after it, as mxbench counts it).
+    let (seen_by_receivers, sent) = thread::scope(|scope| {
         let handles: Vec<_> = tokens[..receivers]
             .iter()
             .enumerate()
             .map(|(i, token)| {
-                let (sends, done_sending, ready, tag) = (&sends, &done_sending, &ready, &tag);
+                let (done_sending, ready, tag) = (&done_sending, &ready, &tag);
                 scope.spawn(move || {
                     let agent = agent();
                     let body = room_list_body(&format!("{tag}-{i}"), 20);
@@ -732,8 +733,7 @@ fn sliding(args: &Args) {
                     assert_eq!(status, 200, "sliding sync: {first}");
                     let mut pos = first["pos"].as_str().expect("pos").to_owned();
                     ready.fetch_add(1, Ordering::SeqCst);
-                    let mut seen: HashMap<String, usize> = HashMap::new();
-                    let mut arrivals = Vec::new();
+                    let mut seen: HashMap<String, (Instant, usize)> = HashMap::new();
                     let hard_stop = Instant::now() + Duration::from_secs(600);
                     loop {
                         let finished = done_sending
@@ -757,19 +757,11 @@ fn sliding(args: &Args) {
                                 .as_str()
                                 .is_some_and(|b| b.starts_with(tag.as_str()));
                             if let (true, Some(id)) = (is_ours, event["event_id"].as_str()) {
-                                let count = seen.entry(id.to_owned()).or_default();
-                                *count += 1;
-                                if *count == 1 {
-                                    let sent = sends.lock().unwrap().get(id).copied();
-                                    if let Some(sent) = sent {
-                                        arrivals.push(now.saturating_duration_since(sent));
-                                    }
-                                }
+                                seen.entry(id.to_owned()).or_insert((now, 0)).1 += 1;
                             }
                         }
                     }
-                    let duplicates: usize = seen.values().map(|c| c - 1).sum();
-                    (arrivals, seen.len(), duplicates)
+                    seen
                 })
             })
             .collect();
@@ -779,7 +771,9 @@ fn sliding(args: &Args) {
         }
         thread::sleep(Duration::from_millis(500)); // let every receiver be in its long-poll
         let agent = agent();
+        let mut sent = Vec::new();
         for k in 0..messages {
+            let started = Instant::now();
             let (status, body) = call(
                 &agent,
                 "PUT",
@@ -792,24 +786,29 @@ fn sliding(args: &Args) {
             );
             let answered = Instant::now();
             assert_eq!(status, 200, "send: {body}");
-            sends
-                .lock()
-                .unwrap()
-                .insert(body["event_id"].as_str().unwrap().to_owned(), answered);
+            sent.push((body["event_id"].as_str().unwrap().to_owned(), started, answered));
             thread::sleep(Duration::from_millis(200));
         }
         *done_sending.lock().unwrap() = Some(Instant::now());
-        let mut all = Vec::new();
-        let (mut lost, mut duplicates) = (0, 0);
-        for handle in handles {
-            let (arrivals, seen, dups) = handle.join().expect("receiver");
-            all.extend(arrivals);
-            lost += messages.saturating_sub(seen);
-            duplicates += dups;
-        }
-        (all, lost, duplicates)
+        let seen: Vec<_> = handles.into_iter().map(|h| h.join().expect("receiver")).collect();
+        (seen, sent)
     });
-    let mut deliveries = deliveries;
+    let (mut deliveries, mut from_start) = (Vec::new(), Vec::new());
+    let (mut lost, mut duplicates, mut early) = (0usize, 0usize, 0usize);
+    for seen in &seen_by_receivers {
+        for (id, started, answered) in &sent {
+            match seen.get(id) {
+                None => lost += 1,
+                Some((at, count)) => {
+                    duplicates += count - 1;
+                    early += usize::from(at < answered);
+                    deliveries.push(at.saturating_duration_since(*answered));
+                    from_start.push(at.saturating_duration_since(*started));
+                }
+            }
+        }
+    }
+    from_start.sort();
     deliveries.sort();
     let line = json!({
         "scenario": "sliding",
@@ -821,7 +820,9 @@ fn sliding(args: &Args) {
             "ss_deliver_p99_ms": percentile(&deliveries, 0.99),
         },
         "checks": {"lost": lost, "duplicates": duplicates},
-        "info": {"setup_s": round2(setup_s), "rooms_in_first_response": listed},
+        "info": {"setup_s": round2(setup_s), "rooms_in_first_response": listed,
+                 "deliver_from_send_start_p50_ms": percentile(&from_start, 0.5),
+                 "delivered_before_send_response": early},
     });
     println!("{line}");
 }

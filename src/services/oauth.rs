@@ -324,6 +324,8 @@ pub struct Exchange {
     pub scope: Scope,
     /// The client's name (the new device's display name).
     pub client_name: String,
+    /// The client the tokens are issued to (its refresh tokens are good for it only).
+    pub client_id: String,
 }
 
 /// A device authorization (RFC 8628).
@@ -774,6 +776,7 @@ impl OAuth {
                 user_id: entry.user_id.clone(),
                 scope: entry.request.scope.clone(),
                 client_name: entry.request.client.display_name(),
+                client_id: entry.request.client.client_id.clone(),
             }))
         })
     }
@@ -794,7 +797,12 @@ impl OAuth {
     }
 
     /// Checks the client of a refresh token request.
-    pub fn check_refresh_client(&self, client_id: Option<&str>) -> OAuthResult<()> {
+    /// Whether `client_id` may refresh the tokens of `owner` (the user and device the refresh
+    /// token belongs to, `None` for an unknown token): a registered client with the
+    /// `refresh_token` grant, and the one the device was issued to (RFC 9700 §4.14.2: a public
+    /// client's refresh tokens are bound to it). A device signed in with a password has no
+    /// client and is refreshed through `/refresh`, not here.
+    pub fn check_refresh_client(&self, client_id: Option<&str>, owner: Option<(&str, &str)>) -> OAuthResult<()> {
         let client = self.known_client(client_id)?;
         if !client.may_use("refresh_token") {
             return Err(oauth(
@@ -802,6 +810,20 @@ impl OAuth {
                 "The client did not register for the refresh_token grant",
             ));
         }
+        if let Some((user_id, device_id)) = owner
+            && self.clients.device_client(user_id, device_id)?.as_deref() != Some(client.client_id.as_str())
+        {
+            return Err(oauth("invalid_grant", "The refresh token was issued to another client"));
+        }
+        Ok(())
+    }
+
+    /// Records that `user_id`'s device `device_id` was issued to `client_id`.
+    pub async fn bind_device(&self, user_id: &str, device_id: &str, client_id: &str) -> crate::Result<()> {
+        let mut batch = self.db.batch();
+        self.clients
+            .put_device_client(&mut batch, user_id, device_id, client_id);
+        batch.commit().await?;
         Ok(())
     }
 
@@ -909,6 +931,7 @@ impl OAuth {
                         user_id: user_id.clone(),
                         scope: d.scope.clone(),
                         client_name: d.client.display_name(),
+                        client_id: d.client.client_id.clone(),
                     };
                     d.status = DeviceStatus::Done;
                     Ok(Some(exchange))

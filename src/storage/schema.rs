@@ -54,6 +54,9 @@ pub const TOKEN_REGISTRATION: &str = "token_registration";
 /// OAuth client id → postcard `OAuthClientRecord` (the client's registered metadata as JSON
 /// text, its redirect URIs, registration time).
 pub const CLIENTID_OAUTHCLIENT: &str = "clientid_oauthclient";
+/// user id SEP device id → the OAuth client id the device was issued to (its refresh tokens
+/// are good for that client only).
+pub const USERDEVICE_OAUTHCLIENT: &str = "userdevice_oauthclient";
 
 /// event id → u64 short event id.
 pub const EVENTID_SHORTEVENTID: &str = "eventid_shorteventid";
@@ -189,6 +192,7 @@ pub const TABLES: &[TableDef] = &[
     small(USERROOMTYPE_ACCOUNTDATA),
     small(TOKEN_REGISTRATION),
     small(CLIENTID_OAUTHCLIENT),
+    small(USERDEVICE_OAUTHCLIENT),
     small(EVENTID_SHORTEVENTID),
     small(SHORTEVENTID_EVENTID),
     small(ROOMID_SHORTROOMID),

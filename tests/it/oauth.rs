@@ -466,6 +466,20 @@ fn oauth_code_flow_end_to_end_with_refresh_and_revocation() {
         .clone();
     assert_eq!(dev["display_name"], "Test <App>");
 
+    // Another registered client cannot use this client's refresh token (RFC 9700 §4.14.2), and
+    // its attempt rotates nothing.
+    let other_client = register_client(&c, &["authorization_code", "refresh_token"]);
+    let stolen = token(
+        &c,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", &other_client),
+        ],
+    );
+    expect_oauth_error(&stolen, "invalid_grant");
+    whoami(&c, access).ok();
+
     // Refresh: new pair; once the new access token is used, the old refresh token is dead.
     let refreshed = token(
         &c,

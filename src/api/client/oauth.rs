@@ -245,11 +245,15 @@ fn token(req: HttpRequest, payload: web::Payload, services: web::Data<Services>)
                         }
                     }
                     Some("refresh_token") => {
-                        services.oauth.check_refresh_client(get("client_id"))?;
                         let refresh = get("refresh_token").ok_or_else(|| OAuthError::OAuth {
                             code: "invalid_request",
                             description: "refresh_token is required".into(),
                         })?;
+                        let owner = services.sessions.token_owner(refresh)?;
+                        services.oauth.check_refresh_client(
+                            get("client_id"),
+                            owner.as_ref().map(|(user, device)| (user.as_str(), device.as_str())),
+                        )?;
                         let grant = services.sessions.refresh(refresh).await.map_err(|e| match e {
                             Error::Matrix { .. } => OAuthError::OAuth {
                                 code: "invalid_grant",
@@ -319,6 +323,10 @@ async fn issue(
     if grant.new_device {
         services.keys.device_added(&services.rooms, &exchange.user_id).await?;
     }
+    services
+        .oauth
+        .bind_device(exchange.user_id.as_str(), device_id.as_str(), &exchange.client_id)
+        .await?;
     if from_code && services.oauth.code_issued(&exchange.code_hash, &device_id) {
         revoke_device(services, &exchange.user_id, &device_id).await?;
         return Err(invalid("The code was already used"));

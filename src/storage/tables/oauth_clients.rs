@@ -1,10 +1,14 @@
-//! OAuth 2.0 clients registered through dynamic client registration: `clientid_oauthclient`.
+//! OAuth 2.0 clients registered through dynamic client registration (`clientid_oauthclient`)
+//! and the client each OAuth device was issued to (`userdevice_oauthclient`).
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{Batch, Db, StorageResult, codec, schema::CLIENTID_OAUTHCLIENT};
+use crate::storage::{
+    Batch, Db, StorageResult, codec,
+    schema::{CLIENTID_OAUTHCLIENT, USERDEVICE_OAUTHCLIENT},
+};
 
 /// A registered client as stored.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -41,6 +45,21 @@ impl OAuthClientsTable {
             .get(CLIENTID_OAUTHCLIENT, client_id.as_bytes())?
             .map(|b| codec::decode(CLIENTID_OAUTHCLIENT, &b))
             .transpose()
+    }
+
+    /// The client `user_id`'s device `device_id` was issued to, if it came from OAuth.
+    pub fn device_client(&self, user_id: &str, device_id: &str) -> StorageResult<Option<String>> {
+        let key = codec::key(&[user_id.as_bytes(), device_id.as_bytes()]);
+        Ok(self
+            .db
+            .get(USERDEVICE_OAUTHCLIENT, &key)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// Queues the binding of a device to the client it was issued to.
+    pub fn put_device_client(&self, batch: &mut Batch, user_id: &str, device_id: &str, client_id: &str) {
+        let key = codec::key(&[user_id.as_bytes(), device_id.as_bytes()]);
+        batch.put(USERDEVICE_OAUTHCLIENT, &key, client_id.as_bytes());
     }
 
     /// Queues a write.

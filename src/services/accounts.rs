@@ -157,11 +157,22 @@ impl Accounts {
 
     /// Replaces the password, committing it with the caller's `batch` (revoked sessions).
     pub async fn set_password(&self, user_id: &UserId, password: &str, mut batch: Batch) -> Result<()> {
-        let hash = self.passwords.hash(password).await?;
+        let hash = self.hash_password(password).await?;
+        self.queue_password_hash(&mut batch, user_id, hash)?;
+        batch.commit().await?;
+        Ok(())
+    }
+
+    /// `password` hashed as stored (argon2id, on the blocking pool).
+    pub async fn hash_password(&self, password: &str) -> Result<String> {
+        self.passwords.hash(password).await
+    }
+
+    /// Queues `hash` (from [`Accounts::hash_password`]) as the account's password.
+    pub fn queue_password_hash(&self, batch: &mut Batch, user_id: &UserId, hash: String) -> Result<()> {
         let mut record = self.get(user_id)?.ok_or_else(|| Error::not_found("No such user"))?;
         record.password_hash = Some(hash);
-        self.table.put(&mut batch, user_id.as_str(), &record)?;
-        batch.commit().await?;
+        self.table.put(batch, user_id.as_str(), &record)?;
         Ok(())
     }
 

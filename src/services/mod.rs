@@ -260,6 +260,33 @@ impl Services {
             .collect())
     }
 
+    /// Replaces `user_id`'s password; with `sign_out_others`, every device but `keep` is signed
+    /// out in the same batch (tokens, keys, pushers and to-device inboxes, as
+    /// [`Services::delete_devices`]), as `/account/password` does with `logout_devices`.
+    pub async fn change_password(
+        &self,
+        user_id: &ruma::UserId,
+        new_password: &str,
+        sign_out_others: bool,
+        keep: Option<&str>,
+    ) -> Result<(), crate::Error> {
+        let devices = match sign_out_others {
+            true => self.device_ids(user_id, None, keep)?,
+            false => Vec::new(),
+        };
+        if devices.is_empty() {
+            return self.accounts.set_password(user_id, new_password, self.batch()).await;
+        }
+        let hash = self.accounts.hash_password(new_password).await?;
+        self.keys
+            .delete_devices_with(&self.rooms, user_id, &devices, |batch| {
+                self.accounts.queue_password_hash(batch, user_id, hash)?;
+                self.push.queue_delete_pushers(batch, user_id, Some(&devices))?;
+                self.sessions.queue_delete_devices(batch, user_id, None, keep)
+            })
+            .await
+    }
+
     /// Deletes devices (all when `only` is `None`, except `keep`) with their tokens, keys,
     /// pushers and to-device inboxes in one batch, and records the device-list change.
     pub async fn delete_devices(

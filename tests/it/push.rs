@@ -728,3 +728,37 @@ fn pushers_set_validates_replaces_and_deletes() {
     carol.login("carol", "pw");
     assert_eq!(carol.get("/_matrix/client/v3/pushers").ok()["pushers"], json!([]));
 }
+
+/// A password change that signs out the other devices (the default) takes their pushers too:
+/// a phone signed out must stop getting pushes. The device kept keeps its pusher.
+#[test]
+fn a_password_change_removes_the_signed_out_devices_pushers() {
+    let server = server();
+    let alice = server.user("alice", "old-pw");
+    let mut phone = server.client();
+    phone.login("alice", "old-pw");
+    let url = "https://push.example.org/_matrix/push/v1/notify";
+    set_pusher(&phone, url, "phone-key", json!({}));
+    set_pusher(&alice, url, "laptop-key", json!({}));
+    let keys = |c: &Client| -> Vec<String> {
+        let mut keys: Vec<String> = c.get("/_matrix/client/v3/pushers").ok()["pushers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&alice), ["laptop-key", "phone-key"]);
+    const PATH: &str = "/_matrix/client/v3/account/password";
+    let first = alice.uia_start("POST", PATH, json!({"new_password": "new-pw"}));
+    alice
+        .post(
+            PATH,
+            json!({"new_password": "new-pw", "auth": alice.password_auth("old-pw", first["session"].as_str())}),
+        )
+        .ok();
+    phone.whoami().expect_err(401, "M_UNKNOWN_TOKEN");
+    assert_eq!(keys(&alice), ["laptop-key"]);
+}

@@ -22,24 +22,13 @@ pub async fn whoami(ctx: Ctx, _req: whoami::v3::Request) -> Result<whoami::v3::R
 /// `POST /_matrix/client/v3/account/password`
 pub async fn change_password(ctx: Ctx, req: change_password::v3::Request) -> Result<change_password::v3::Response> {
     let session = ctx.confirm_with_password(req.auth.as_ref()).await?;
-    let services = &ctx.services;
-    let mut batch = services.batch();
-    let logged_out = match req.logout_devices {
-        true => services.device_ids(&session.user_id, None, Some(session.device_id.as_str()))?,
-        false => Vec::new(),
-    };
-    if req.logout_devices {
-        services
-            .sessions
-            .queue_delete_devices(&mut batch, &session.user_id, None, Some(session.device_id.as_str()))?;
-    }
-    services
-        .accounts
-        .set_password(&session.user_id, &req.new_password, batch)
-        .await?;
-    services
-        .keys
-        .devices_deleted(&services.rooms, &session.user_id, &logged_out)
+    ctx.services
+        .change_password(
+            &session.user_id,
+            &req.new_password,
+            req.logout_devices,
+            Some(session.device_id.as_str()),
+        )
         .await?;
     tracing::info!(user_id = %session.user_id, "password changed");
     Ok(change_password::v3::Response::new())

@@ -802,6 +802,8 @@ fn account_page(req: HttpRequest, payload: web::Payload, services: web::Data<Ser
             "<h2>Change password</h2><form method=\"post\" action=\"{PASSWORD}\">{}\
 <label for=\"current\">Current password</label><input id=\"current\" name=\"current\" type=\"password\" autocomplete=\"current-password\" required>\
 <label for=\"new\">New password</label><input id=\"new\" name=\"new\" type=\"password\" autocomplete=\"new-password\" required>\
+<p><input id=\"sign_out\" name=\"sign_out\" type=\"checkbox\" value=\"on\" checked> \
+<label for=\"sign_out\">Sign out all my devices</label></p>\
 <button type=\"submit\">Change password</button></form>\
 <form method=\"post\" action=\"{LOGOUT}\">{}<button type=\"submit\" class=\"secondary\">Sign out of this page</button></form>",
             b.csrf_field(),
@@ -864,8 +866,8 @@ fn password_post(req: HttpRequest, payload: web::Payload, services: web::Data<Se
                 "Choose a new password of 1 to 512 bytes.",
             ));
         }
-        let batch = b.services.batch();
-        if let Err(e) = b.services.accounts.set_password(&user, &new, batch).await {
+        let sign_out = form.get("sign_out").is_some_and(|v| v == "on");
+        if let Err(e) = b.services.change_password(&user, &new, sign_out, None).await {
             return b.render(from_error(e));
         }
         tracing::info!(%user, "password changed from the account page");

@@ -68,14 +68,14 @@ if [ "$SUITE" = media ]; then
     # Synapse's defaults cap uploads at 50 MiB and serve only pre-generated thumbnail sizes;
     # give it Hearth's limit and on-demand thumbnails so both do the same work.
     "$TOOLS/synapse.sh" stop "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
-    printf 'max_upload_size: 200M\ndynamic_thumbnails: true\n' >>"$WORK/synapse/homeserver.yaml"
+    printf '\nmax_upload_size: 200M\ndynamic_thumbnails: true\n' >>"$WORK/synapse/homeserver.yaml"
     taskset -c 0 "$TOOLS/synapse.sh" start "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
 fi
 if [ "$SUITE" = team ]; then
     # Pushers on loopback (Synapse refuses private gateway addresses by default), and the user
     # directory over all users, as Hearth is configured above.
     "$TOOLS/synapse.sh" stop "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
-    printf 'ip_range_whitelist: ["127.0.0.1"]\nuser_directory:\n  search_all_users: true\n' >>"$WORK/synapse/homeserver.yaml"
+    printf '\nip_range_whitelist: ["127.0.0.1"]\nuser_directory:\n  search_all_users: true\n' >>"$WORK/synapse/homeserver.yaml"
     taskset -c 0 "$TOOLS/synapse.sh" start "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1
 fi
 for port in "$HPORT" "$SPORT"; do
@@ -127,9 +127,15 @@ media)
     ;;
 team)
     if [ "${QUICK:-0}" = 1 ]; then PM=5 SM=2000 DU=300; else PM=30 SM=100000 DU=10000; fi
-    run "send with 3 pushers, 20 members" "$TEAM" push --members 20 --pushers 3 --messages "$PM"
-    run "search over $SM messages" "$TEAM" search --messages "$SM" --rooms 10
-    run "user directory over $DU users" "$TEAM" directory --users "$DU"
+    # TEAM_SCENARIOS picks some of them (default: all three).
+    for scenario in ${TEAM_SCENARIOS:-push search directory}; do
+        case "$scenario" in
+        push) run "send with 3 pushers, 20 members" "$TEAM" push --members 20 --pushers 3 --messages "$PM" ;;
+        search) run "search over $SM messages" "$TEAM" search --messages "$SM" --rooms 10 ;;
+        directory) run "user directory over $DU users" "$TEAM" directory --users "$DU" ;;
+        *) log "unknown team scenario $scenario"; exit 2 ;;
+        esac
+    done
     ;;
 elementx)
     if [ "${QUICK:-0}" = 1 ]; then SR=30 SK=10; else SR=200 SK=30; fi

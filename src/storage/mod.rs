@@ -279,6 +279,13 @@ impl Db {
             .unwrap_or(0))
     }
 
+    /// Compacts a whole table, so space freed by deletions goes back to the disk now (after a
+    /// migration empties a table).
+    pub fn compact(&self, table: &'static str) {
+        self.rocks
+            .compact_range_cf(self.cf(table), None::<&[u8]>, None::<&[u8]>);
+    }
+
     /// Starts a batch: the unit of atomic, durable change.
     pub fn batch(self: &Arc<Self>) -> Batch {
         Batch {

@@ -76,7 +76,10 @@ pub const ROOMPOS_SHORTEVENTID: &str = "roompos_shorteventid";
 pub const SHORTEVENTID_ROOMPOS: &str = "shorteventid_roompos";
 /// u64 short room id → postcard `Vec<u64>` of forward extremities.
 pub const SHORTROOMID_EXTREMITIES: &str = "shortroomid_extremities";
-/// u64 snapshot id → postcard `Snapshot` (a state set or a diff against a parent).
+/// u64 layer id → postcard `state::Record` (a delta against a layer below, or a base).
+pub const SHORTSTATEHASH_LAYER: &str = "shortstatehash_layer";
+/// Schema version 1's state: u64 snapshot id → postcard `OldSnapshot` (a state set or a diff
+/// against a parent). Emptied by the migration to version 2 (`state::migrate`).
 pub const SHORTSTATEHASH_SNAPSHOT: &str = "shortstatehash_snapshot";
 /// u64 short event id → u64 snapshot id of the state before the event.
 pub const SHORTEVENTID_SHORTSTATEHASH: &str = "shorteventid_shortstatehash";
@@ -202,6 +205,7 @@ pub const TABLES: &[TableDef] = &[
     small(ROOMPOS_SHORTEVENTID),
     small(SHORTEVENTID_ROOMPOS),
     small(SHORTROOMID_EXTREMITIES),
+    small(SHORTSTATEHASH_LAYER),
     small(SHORTSTATEHASH_SNAPSHOT),
     small(SHORTEVENTID_SHORTSTATEHASH),
     small(SHORTROOMID_SHORTSTATEHASH),
@@ -262,7 +266,7 @@ const fn blobs(name: &'static str) -> TableDef {
 }
 
 /// The schema version this build writes. Bump it with a migration in [`check_and_migrate`].
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 const VERSION_KEY: &[u8] = b"schema_version";
 
@@ -283,8 +287,13 @@ pub(super) fn check_and_migrate(db: &std::sync::Arc<Db>) -> StorageResult<()> {
             supported: SCHEMA_VERSION,
         });
     }
-    // Migrations from older versions go here, one step per version, each in its own batch that
-    // also stamps the new version. Version 1 is the first, so there is nothing to migrate yet.
+    // Migrations from older versions, one step per version; each stamps the version it reaches
+    // once its writes are durable, so an interrupted one runs again.
+    if found < 2 {
+        // Version 2: room state as layers of deltas.
+        super::tables::state::migrate::to_layers(db)?;
+        force_version(db, 2)?;
+    }
     Ok(())
 }
 

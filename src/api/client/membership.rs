@@ -26,7 +26,11 @@ use ruma::{
 };
 
 use super::room::raw_event;
-use crate::{Error, Result, api::extract::Ctx, services::rooms::membership::MemberProfile};
+use crate::{
+    Error, Result,
+    api::extract::Ctx,
+    services::rooms::{Selection, membership::MemberProfile},
+};
 
 /// The requester's display name and avatar, copied into their member events.
 fn member_profile(ctx: &Ctx) -> Result<MemberProfile> {
@@ -182,7 +186,7 @@ pub async fn get_member_events(
     let user_id = ctx.user_id()?;
     let scope = rooms.read_scope(&req.room_id, user_id)?;
     let state = match req.at.as_deref() {
-        None => rooms.visible_state(&req.room_id, &scope)?,
+        None => rooms.visible_state(&req.room_id, &scope, Selection::All)?,
         Some(token) => {
             let at = rooms.pagination_point(&req.room_id, "at", token)?;
             rooms.visible_state_at(&req.room_id, &rooms.history_filter(user_id, scope), at)?

@@ -28,6 +28,7 @@ use crate::{
     Error, Result,
     api::extract::Ctx,
     services::rooms::{
+        Selection,
         create::{CreateRoom, Preset},
         membership::MemberProfile,
         pdu::Pdu,
@@ -219,7 +220,23 @@ pub async fn get_context(ctx: Ctx, req: get_context::v3::Request) -> Result<get_
     response.start = Some(rooms.room_token(&req.room_id, start)?);
     let end = after.last().map_or(position, |(pos, _)| *pos);
     response.end = Some(rooms.room_token(&req.room_id, end)?);
-    response.state = rooms.state_after(last)?.iter().map(raw_event).collect::<Result<_>>()?;
+    // With lazy-loaded members, only the members of the events' senders (as /messages).
+    let senders: BTreeSet<String> = before
+        .iter()
+        .chain(&after)
+        .map(|(_, p)| p.sender.to_string())
+        .chain([event.sender.to_string()])
+        .collect();
+    let selection = if req.filter.lazy_load_options.is_disabled() {
+        Selection::All
+    } else {
+        Selection::MembersOf(&senders)
+    };
+    response.state = rooms
+        .state_after(last, selection)?
+        .iter()
+        .map(raw_event)
+        .collect::<Result<_>>()?;
     response.events_before = before.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
     response.events_after = after.iter().map(|(_, pdu)| raw_event(pdu)).collect::<Result<_>>()?;
     response.event = Some(raw_event(&event)?);

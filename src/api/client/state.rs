@@ -9,14 +9,18 @@
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 
 use super::room::{canonical_object, raw_event};
-use crate::{Error, Result, api::extract::Ctx, services::rooms::NewEvent};
+use crate::{
+    Error, Result,
+    api::extract::Ctx,
+    services::rooms::{NewEvent, Selection},
+};
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
 pub async fn get_state_events(ctx: Ctx, req: get_state_events::v3::Request) -> Result<get_state_events::v3::Response> {
     let rooms = &ctx.services.rooms;
     let scope = rooms.read_scope(&req.room_id, ctx.user_id()?)?;
     let events = rooms
-        .visible_state(&req.room_id, &scope)?
+        .visible_state(&req.room_id, &scope, Selection::All)?
         .iter()
         .map(raw_event)
         .collect::<Result<_>>()?;
@@ -34,7 +38,7 @@ pub async fn get_state_event_for_key(
         None => rooms.state_event(&req.room_id, &req.event_type, &req.state_key)?,
         Some(_) => {
             let kind = req.event_type.to_string();
-            let state = rooms.visible_state(&req.room_id, &scope)?;
+            let state = rooms.visible_state(&req.room_id, &scope, Selection::All)?;
             state
                 .into_iter()
                 .find(|p| p.kind.to_string() == kind && p.state_key.as_deref() == Some(req.state_key.as_str()))

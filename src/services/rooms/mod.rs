@@ -27,6 +27,7 @@
 //! aggregations, `/relations` and `/threads`.
 
 pub mod create;
+mod import;
 pub mod members;
 pub mod membership;
 pub mod pdu;
@@ -34,6 +35,7 @@ mod power;
 mod redaction;
 pub mod relations;
 mod search_hooks;
+mod state;
 mod sync_hooks;
 mod timeline;
 pub mod upgrade;
@@ -47,14 +49,11 @@ use std::{
 
 use tokio::sync::Mutex as AsyncMutex;
 
-use ruma::{
-    CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
-    events::StateEventType,
-};
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId};
 
 pub(crate) use self::power::validate_power_levels;
-pub use self::write::RoomDraft;
 use self::{pdu::Pdu, write::Head};
+pub use self::{state::Selection, write::RoomDraft};
 use super::{directory::Directory, server_keys::ServerKeys, sync::notifier::Notifier};
 use crate::{
     Error, Result,
@@ -63,14 +62,8 @@ use crate::{
         commit_queue::CommitQueue,
         positions::Positions,
         tables::{
-            membership::MembershipTable,
-            pdus::PdusTable,
-            relations::RelationsTable,
-            search::SearchTable,
-            shortids::ShortIds,
-            state::{Loaded, StateMap, StateTable},
-            timeline::TimelineTable,
-            transactions::TransactionsTable,
+            membership::MembershipTable, pdus::PdusTable, relations::RelationsTable, search::SearchTable,
+            shortids::ShortIds, state::StateTable, timeline::TimelineTable, transactions::TransactionsTable,
         },
     },
     util::{self, bounded::BoundedMap},
@@ -219,7 +212,7 @@ impl Rooms {
             pdus: PdusTable::new(Arc::clone(&db)),
             relations: RelationsTable::new(Arc::clone(&db)),
             timeline: TimelineTable::new(Arc::clone(&db)),
-            state: StateTable::new(Arc::clone(&db)),
+            state: StateTable::new(Arc::clone(&db))?,
             transactions: TransactionsTable::new(Arc::clone(&db)),
             memberships: MembershipTable::new(Arc::clone(&db)),
             search: SearchTable::new(Arc::clone(&db)),
@@ -358,7 +351,7 @@ impl Rooms {
         let Some(current) = self.current_state(short_room)? else {
             return Ok(None);
         };
-        let Some(create) = self.original_lookup(&current.state, "m.room.create", "")? else {
+        let Some(create) = self.original_lookup(&current, "m.room.create", "")? else {
             return Ok(None);
         };
         #[derive(serde::Deserialize)]
@@ -368,157 +361,6 @@ impl Rooms {
         }
         let content: Create = serde_json::from_str(create.content.get()).map_err(|e| Error::internal(e.to_string()))?;
         Ok(Some(content.room_version.unwrap_or(RoomVersionId::V1)))
-    }
-
-    /// The current state of a room (`None` if Hearth has no such room).
-    fn current_state(&self, short_room: u64) -> Result<Option<Arc<Loaded>>> {
-        match self.state.current(short_room)? {
-            Some(id) => Ok(Some(self.state.load(id)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The event a state set holds under `(kind, state_key)`: its short id and id.
-    fn state_entry(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<(u64, OwnedEventId)>> {
-        let Some(key) = self.ids.state_key(kind, state_key)? else {
-            return Ok(None);
-        };
-        let Some(&short_event) = state.get(&key) else {
-            return Ok(None);
-        };
-        let event_id = self
-            .ids
-            .event_id(short_event)?
-            .ok_or_else(|| Error::internal("state names an unknown event"))?;
-        let event_id = EventId::parse(event_id).map_err(|e| Error::internal(e.to_string()))?;
-        Ok(Some((short_event, event_id)))
-    }
-
-    /// One event of a state set exactly as stored, never redacted: what the authorization
-    /// rules and power levels read, so a redaction never changes a room's rules.
-    fn original_lookup(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
-        match self.state_entry(state, kind, state_key)? {
-            Some((short, id)) => self.raw_event_by_short(short, id).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// One event of a state set as clients see it (redacted when it was).
-    fn lookup(&self, state: &StateMap, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
-        match self.state_entry(state, kind, state_key)? {
-            Some((short, id)) => self.event_by_short(short, id).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// One event of the room's current state, as clients see it.
-    pub fn state_event(&self, room_id: &RoomId, kind: &StateEventType, state_key: &str) -> Result<Option<Pdu>> {
-        let Some(short_room) = self.ids.room(room_id.as_str())? else {
-            return Ok(None);
-        };
-        let Some(current) = self.current_state(short_room)? else {
-            return Ok(None);
-        };
-        self.lookup(&current.state, &kind.to_string(), state_key)
-    }
-
-    /// Some events of the room's current state, by `(type, state_key)`, in the order asked,
-    /// read from one snapshot (`None` if Hearth has no such room).
-    pub fn state_events(&self, room_id: &RoomId, wanted: &[(&str, &str)]) -> Result<Option<Vec<Option<Pdu>>>> {
-        let Some(short_room) = self.ids.room(room_id.as_str())? else {
-            return Ok(None);
-        };
-        let Some(current) = self.current_state(short_room)? else {
-            return Ok(None);
-        };
-        wanted
-            .iter()
-            .map(|(kind, state_key)| self.lookup(&current.state, kind, state_key))
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
-    }
-
-    /// Every event of the room's current state, as clients see them.
-    pub fn full_state(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
-        let Some(short_room) = self.ids.room(room_id.as_str())? else {
-            return Ok(Vec::new());
-        };
-        let Some(current) = self.current_state(short_room)? else {
-            return Ok(Vec::new());
-        };
-        self.served_state(&current.state)
-    }
-
-    /// The room's current state events of one type, as clients see them (the space
-    /// hierarchy's `m.space.child` events): only those events are read, the others are told
-    /// apart by their (cached) short state keys.
-    pub fn current_state_of_type(&self, room_id: &RoomId, kind: &str) -> Result<Vec<Pdu>> {
-        let Some(short_room) = self.ids.room(room_id.as_str())? else {
-            return Ok(Vec::new());
-        };
-        let Some(current) = self.current_state(short_room)? else {
-            return Ok(Vec::new());
-        };
-        let mut shorts = Vec::new();
-        for (key, short_event) in current.state.iter() {
-            if self.ids.state_key_of(*key)?.is_some_and(|(k, _)| k == kind) {
-                shorts.push(*short_event);
-            }
-        }
-        let events = self.stored_events(&shorts)?;
-        self.served(shorts.into_iter().zip(events).collect())
-    }
-
-    /// The room state right after an event (the state before it, plus the event itself when
-    /// it is a state event), as clients see it.
-    pub fn state_after(&self, pdu: &Pdu) -> Result<Vec<Pdu>> {
-        let short = self
-            .ids
-            .event(pdu.event_id.as_str())?
-            .ok_or_else(|| Error::not_found("Event not found"))?;
-        let before = self
-            .state
-            .before_event(short)?
-            .ok_or_else(|| Error::internal("event without state"))?;
-        let mut state = self.state.load(before)?.state.clone();
-        if let Some(key) = &pdu.state_key {
-            state.insert(self.ids.state_key_or_create(&pdu.kind.to_string(), key)?, short);
-        }
-        self.served_state(&state)
-    }
-
-    /// The member events of `users` in the state right after `pdu`, as clients see them: the
-    /// lazy-loaded members of a page of events, looked up one by one rather than by reading
-    /// the whole state (which, in a big room, is mostly other members).
-    pub fn members_after<'u>(&self, pdu: &Pdu, users: impl IntoIterator<Item = &'u str>) -> Result<Vec<Pdu>> {
-        let short = self
-            .ids
-            .event(pdu.event_id.as_str())?
-            .ok_or_else(|| Error::not_found("Event not found"))?;
-        let before = self
-            .state
-            .before_event(short)?
-            .ok_or_else(|| Error::internal("event without state"))?;
-        let state = self.state.load(before)?;
-        let mut members = Vec::new();
-        for user in users {
-            // The event itself is part of the state after it.
-            if pdu.kind.to_string() == "m.room.member" && pdu.state_key.as_deref() == Some(user) {
-                members.push(pdu.clone());
-            } else if let Some(member) = self.lookup(&state.state, "m.room.member", user)? {
-                members.push(member);
-            }
-        }
-        Ok(members)
-    }
-
-    /// Every event of a state set as clients see them: the one way whole states are read for
-    /// clients (`/state`, `/members`, `/joined_members`, `/context`, `/sync`), so each is
-    /// served redacted when it was, as the timeline serves it.
-    fn served_state(&self, state: &StateMap) -> Result<Vec<Pdu>> {
-        let shorts: Vec<u64> = state.values().copied().collect();
-        let events = self.stored_events(&shorts)?;
-        self.served(shorts.into_iter().zip(events).collect())
     }
 
     /// The highest stream position every writer has finished.

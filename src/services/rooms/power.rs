@@ -14,8 +14,9 @@ use ruma::{
     state_res::events::{RoomCreateEvent, RoomPowerLevelsEvent, RoomPowerLevelsIntField},
 };
 
+use super::state::StateAt;
 use super::{Rooms, pdu::Pdu};
-use crate::{Error, Result, services::events, storage::tables::state::StateMap};
+use crate::{Error, Result, services::events};
 
 /// The power levels of one room state.
 pub(super) struct Powers {
@@ -71,7 +72,7 @@ impl Powers {
 
 impl Rooms {
     /// The power levels of a state set of a room of `version`.
-    pub(super) fn powers_in(&self, version: &RoomVersionId, state: &StateMap) -> Result<Powers> {
+    pub(super) fn powers_in(&self, version: &RoomVersionId, state: &StateAt) -> Result<Powers> {
         let rules = events::rules(version)?.authorization;
         let create = self
             .original_lookup(state, "m.room.create", "")?
@@ -93,7 +94,7 @@ impl Rooms {
         let version = self.room_version(room_id)?.ok_or_else(unknown)?;
         let short_room = self.ids.room(room_id.as_str())?.ok_or_else(unknown)?;
         let current = self.current_state(short_room)?.ok_or_else(unknown)?;
-        self.powers_in(&version, &current.state)
+        self.powers_in(&version, &current)
     }
 
     /// A user's power level in the room's current state (see [`Powers::of`]).

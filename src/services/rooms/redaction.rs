@@ -16,8 +16,9 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
+use super::state::StateAt;
 use super::{Appended, NewEvent, Rooms, pdu::Pdu, power::Powers};
-use crate::{Error, Result, services::events, storage::tables::state::StateMap};
+use crate::{Error, Result, services::events};
 
 impl Rooms {
     /// `PUT /redact`: redacts an event of the room. Refused up front (404 for an event not in
@@ -70,7 +71,7 @@ impl Rooms {
         &self,
         version: &RoomVersionId,
         rules: &RoomVersionRules,
-        state: &StateMap,
+        state: &StateAt,
         redaction: &Pdu,
     ) -> Result<Option<u64>> {
         let Some(target) = redaction_target(rules, redaction) else {

@@ -64,11 +64,10 @@ impl Rooms {
         let Some(short) = self.ids.event(last.event_id.as_str())? else {
             return Ok(None);
         };
-        let Some(before) = self.state.before_event(short)? else {
+        let Some(before) = self.state_before(short)? else {
             return Ok(None);
         };
-        let state = self.state.load(before)?;
-        self.lookup(&state.state, "m.room.member", user_id.as_str())
+        self.lookup(&before, "m.room.member", user_id.as_str())
     }
 
     /// The transaction id with which `device_id` of `user_id` sent an event, if it did.

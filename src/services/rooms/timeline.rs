@@ -56,10 +56,10 @@ impl Rooms {
         let Some(key) = self.ids.state_key(&pdu.kind.to_string(), &state_key)? else {
             return Ok(pdu);
         };
-        let Some(snapshot) = self.state.before_event(short)? else {
+        let Some(before) = self.state_before(short)? else {
             return Ok(pdu);
         };
-        let Some(&previous) = self.state.load(snapshot)?.state.get(&key) else {
+        let Some(previous) = self.state_get(&before, key)? else {
             return Ok(pdu);
         };
         let id = self

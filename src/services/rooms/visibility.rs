@@ -8,7 +8,7 @@
 
 use ruma::{OwnedEventId, OwnedUserId, RoomId, UserId, events::StateEventType};
 
-use super::{Rooms, pdu::Pdu};
+use super::{Rooms, Selection, pdu::Pdu};
 use crate::{Error, Result};
 
 /// How far a user may read a room.
@@ -110,11 +110,10 @@ impl Rooms {
         let Some(short) = self.ids.event(member_event.event_id.as_str())? else {
             return Ok(false);
         };
-        let Some(snapshot) = self.state.before_event(short)? else {
+        let Some(before) = self.state_before(short)? else {
             return Ok(false);
         };
-        let before = self.state.load(snapshot)?;
-        let previous = self.lookup(&before.state, "m.room.member", user)?;
+        let previous = self.lookup(&before, "m.room.member", user)?;
         Ok(previous.and_then(|p| p.content_str("membership")).as_deref() == Some("join"))
     }
 
@@ -128,23 +127,23 @@ impl Rooms {
 
     /// The room state a reader sees: the current state, or for a former member the state
     /// right after their departure.
-    pub fn visible_state(&self, room_id: &RoomId, scope: &ReadScope) -> Result<Vec<Pdu>> {
+    pub fn visible_state(&self, room_id: &RoomId, scope: &ReadScope, selection: Selection<'_>) -> Result<Vec<Pdu>> {
         match &scope.departed_with {
-            None => self.full_state(room_id),
+            None => self.current_state_selected(room_id, selection),
             Some(departure) => {
                 let pdu = self
                     .event(departure)?
                     .ok_or_else(|| Error::internal("departure event missing"))?;
-                self.state_after(&pdu)
+                self.state_after(&pdu, selection)
             }
         }
     }
 
     /// The room state right after the last event at or before stream position `position`
-    /// (the state a sync token or pagination token points at).
-    pub fn state_at_position(&self, room_id: &RoomId, position: u64) -> Result<Vec<Pdu>> {
+    /// (the state a sync token or pagination token points at), the events `selection` asks for.
+    pub fn state_at_position(&self, room_id: &RoomId, position: u64, selection: Selection<'_>) -> Result<Vec<Pdu>> {
         match self.timeline(room_id, 0, position, true, 1)?.pop() {
-            Some((_, pdu)) => self.state_after(&pdu),
+            Some((_, pdu)) => self.state_after(&pdu, selection),
             None => Ok(Vec::new()),
         }
     }
@@ -157,7 +156,7 @@ impl Rooms {
             .timeline(room_id, 0, position.min(history.scope.up_to), true, 1)?
             .pop()
         {
-            Some((at, pdu)) if history.allows(at, &pdu) => self.state_after(&pdu),
+            Some((at, pdu)) if history.allows(at, &pdu) => self.state_after(&pdu, Selection::All),
             Some(_) => Err(Error::forbidden(
                 "You may not see the room at that point of its history",
             )),
@@ -264,11 +263,11 @@ impl HistoryFilter<'_> {
         if let Some(known) = rooms.history_decisions.get(&key) {
             return Ok(known);
         }
-        let state = rooms.state.load(snapshot)?;
-        let visibility = rooms.lookup(&state.state, "m.room.history_visibility", "")?;
+        let state = super::state::StateAt::layer(rooms.state.layer(snapshot)?);
+        let visibility = rooms.lookup(&state, "m.room.history_visibility", "")?;
         let visibility = normalise(visibility.as_ref().and_then(|e| e.content_str("history_visibility")));
         let membership = rooms
-            .lookup(&state.state, "m.room.member", self.user_id.as_str())?
+            .lookup(&state, "m.room.member", self.user_id.as_str())?
             .and_then(|e| e.content_str("membership"));
         let decided = (visibility, membership);
         rooms.history_decisions.insert(key, decided.clone());

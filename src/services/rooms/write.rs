@@ -13,7 +13,10 @@ use ruma::{
 use serde_json::value::RawValue;
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::{Appended, Directory, NewEvent, Rooms, locked, pdu::Pdu, redaction, sync_hooks, validate_power_levels};
+use super::{
+    Appended, Directory, NewEvent, Rooms, locked, pdu::Pdu, redaction, state::StateAt, sync_hooks,
+    validate_power_levels,
+};
 use crate::{
     Error, Result,
     services::{events, sync::notifier::Key},
@@ -23,7 +26,7 @@ use crate::{
         positions::Ticket,
         tables::{
             membership::Membership,
-            state::{Loaded, StateMap},
+            state::{Changes, Layer},
         },
     },
     util,
@@ -35,8 +38,20 @@ pub(super) struct Head {
     extremities: Vec<(u64, OwnedEventId)>,
     /// The greatest depth among them.
     depth: u64,
-    /// The current state.
-    current: Arc<Loaded>,
+    /// The current state's layer.
+    current: Arc<Layer>,
+}
+
+impl Head {
+    /// The current state's layer.
+    pub(super) fn current_layer(&self) -> Arc<Layer> {
+        Arc::clone(&self.current)
+    }
+
+    /// Moves the current state to `layer` (a bulk import of state).
+    pub(super) fn set_current_layer(&mut self, layer: Arc<Layer>) {
+        self.current = layer;
+    }
 }
 
 /// An event built and checked, its writes added to a batch that is not queued yet; served
@@ -204,13 +219,14 @@ impl Rooms {
     }
 
     /// The room's head as stored (used when no head is in memory).
-    fn load_head(&self, room_id: &RoomId) -> Result<Option<Head>> {
+    pub(super) fn load_head(&self, room_id: &RoomId) -> Result<Option<Head>> {
         let Some(short_room) = self.ids.room(room_id.as_str())? else {
             return Ok(None);
         };
-        let Some(current) = self.current_state(short_room)? else {
+        let Some(current) = self.state.current(short_room)? else {
             return Ok(None);
         };
+        let current = self.state.layer(current)?;
         let shorts = self.timeline.extremities(short_room)?;
         let mut extremities = Vec::new();
         let mut depth = 0u64;
@@ -338,8 +354,10 @@ impl Rooms {
         {
             *head = self.load_head(room)?;
         }
-        let empty = StateMap::new();
-        let state = head.as_ref().map_or(&empty, |h| &h.current.state);
+        let state = head
+            .as_ref()
+            .map_or_else(StateAt::default, |h| StateAt::layer(Arc::clone(&h.current)));
+        let state = &state;
         if event.kind == "m.room.canonical_alias"
             && let Some(room_id) = room_id
         {
@@ -423,7 +441,7 @@ impl Rooms {
         }
         let before = match head.as_ref() {
             Some(head) => Arc::clone(&head.current),
-            None => self.state.queue_snapshot(batch, None, StateMap::new())?,
+            None => self.state.queue_snapshot(batch, None, Changes::default())?,
         };
         self.state.queue_before_event(batch, short_event, before.id);
         if let Some(target) = redacted {
@@ -432,9 +450,8 @@ impl Rooms {
         }
         let after = if let Some(state_key) = event.state_key {
             let key = self.ids.state_key_or_create(event.kind, state_key)?;
-            let mut after = before.state.clone();
-            after.insert(key, short_event);
-            let after = self.state.queue_snapshot(batch, Some(&*before), after)?;
+            let change = Changes::one(key, short_event, event.kind == "m.room.member");
+            let after = self.state.queue_snapshot(batch, Some(&before), change)?;
             self.state.queue_current(batch, short_room, after.id);
             after
         } else {

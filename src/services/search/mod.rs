@@ -35,7 +35,7 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId, api::client::
 
 use crate::{
     Error, Result,
-    services::rooms::{Rooms, pdu::Pdu, visibility::HistoryFilter},
+    services::rooms::{Rooms, Selection, pdu::Pdu, visibility::HistoryFilter},
 };
 
 /// Field bits of a posting.
@@ -362,7 +362,7 @@ pub fn search(rooms: &Rooms, user_id: &UserId, query: &Query<'_>) -> Result<Answ
             None => None,
         };
         if query.include_state && !answer.state.contains_key(&room.id) {
-            let state = rooms.visible_state(&room.id, room.history.scope())?;
+            let state = rooms.visible_state(&room.id, room.history.scope(), Selection::All)?;
             answer.state.insert(room.id.clone(), state);
         }
         answer.results.push(Hit {

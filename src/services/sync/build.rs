@@ -32,7 +32,7 @@ use crate::{
     services::{
         Services,
         account_data::Change,
-        rooms::{pdu::Pdu, relations::Reader},
+        rooms::{Selection, pdu::Pdu, relations::Reader},
         sync::notifier::Key,
     },
     storage::tables::membership::Membership,
@@ -434,8 +434,21 @@ impl Ctx<'_> {
             return Ok(Vec::new());
         }
         let shown: HashSet<&ruma::EventId> = events.iter().map(|(_, p)| &*p.event_id).collect();
+        let lazy = match sf.lazy_load_options {
+            LazyLoadOptions::Enabled {
+                include_redundant_members,
+            } => Some(include_redundant_members),
+            LazyLoadOptions::Disabled => None,
+        };
+        // Lazy loading wants the members of the timeline's senders and the user's own.
+        let mut wanted: BTreeSet<String> = events.iter().map(|(_, p)| p.sender.to_string()).collect();
+        wanted.insert(self.user_id.to_string());
+        let selection = match lazy {
+            Some(_) => Selection::MembersOf(&wanted),
+            None => Selection::All,
+        };
         let mut state = match full_at {
-            Some(at) => rooms.state_at_position(room_id, at)?,
+            Some(at) => rooms.state_at_position(room_id, at, selection)?,
             None => {
                 // State changes since the token that the (filtered) timeline does not show,
                 // the latest per state key: those its scan noted, or else read again.
@@ -457,12 +470,7 @@ impl Ctx<'_> {
             }
         };
         state.retain(|p| p.matches(sf));
-        if let LazyLoadOptions::Enabled {
-            include_redundant_members,
-        } = sf.lazy_load_options
-        {
-            let mut wanted: BTreeSet<String> = events.iter().map(|(_, p)| p.sender.to_string()).collect();
-            wanted.insert(self.user_id.to_string());
+        if let Some(include_redundant_members) = lazy {
             state.retain(|p| {
                 p.kind.to_string() != "m.room.member" || p.state_key.as_ref().is_some_and(|k| wanted.contains(k))
             });

@@ -24,7 +24,7 @@ use crate::{
     Result,
     services::{
         Services,
-        rooms::pdu::Pdu,
+        rooms::{Selection, pdu::Pdu},
         sync::{
             build::{client_event, stripped_state},
             notifier::Key,
@@ -77,6 +77,28 @@ impl<'a> Wanted<'a> {
             user_id,
             lazy,
         }
+    }
+
+    /// The users whose member events the room's state section can hold: `None` when any
+    /// member's can (a wildcard state key for members, or a wildcard type without `$LAZY`),
+    /// else those named, `$ME`, and with `$LAZY` the timeline's `people`.
+    fn member_keys(&self, people: &BTreeSet<String>) -> Option<BTreeSet<String>> {
+        let mut keys = BTreeSet::new();
+        for (t, k) in self.entries {
+            let members = t == "m.room.member" || (t == "*" && !self.lazy);
+            match k.as_str() {
+                _ if !members => {}
+                "*" => return None,
+                "$ME" => {
+                    keys.insert(self.user_id.to_owned());
+                }
+                "$LAZY" => keys.extend(people.iter().cloned()),
+                _ => {
+                    keys.insert(k.clone());
+                }
+            }
+        }
+        Some(keys)
     }
 
     fn matches(&self, kind: &str, key: &str) -> bool {
@@ -201,10 +223,26 @@ impl Build<'_> {
             rooms.bundle(&reader, events.iter_mut().map(|(_, pdu)| pdu))?;
         }
 
-        // State: all of it (then cut to what is wanted) or what changed since.
+        // State: all of it (then cut to what is wanted) or what changed since; of the members
+        // only those `required_state` can want, when it names them.
+        let wanted = Wanted::new(config, self.user_id.as_str());
+        let mut people: BTreeSet<String> = BTreeSet::new();
+        for (_, pdu) in &events {
+            people.insert(pdu.sender.to_string());
+            if pdu.kind.to_string() == "m.room.member"
+                && let Some(target) = &pdu.state_key
+            {
+                people.insert(target.clone());
+            }
+        }
+        let member_keys = wanted.member_keys(&people);
+        let selection = match &member_keys {
+            Some(keys) => Selection::MembersOf(keys),
+            None => Selection::All,
+        };
         let full = initial || config_changed || !joined;
         let all_state = if full && member {
-            rooms.state_at_position(room_id, end)?
+            rooms.state_at_position(room_id, end, selection)?
         } else {
             Vec::new()
         };
@@ -215,7 +253,7 @@ impl Build<'_> {
                         pdu.is_state() && history.allows(pos, pdu)
                     })?;
                 if more.is_some() {
-                    rooms.state_at_position(room_id, end)?
+                    rooms.state_at_position(room_id, end, selection)?
                 } else {
                     let mut latest: BTreeMap<(String, String), Pdu> = BTreeMap::new();
                     for (_, pdu) in changes {
@@ -228,7 +266,6 @@ impl Build<'_> {
             _ => Vec::new(),
         };
         let source = if full { &all_state } else { &changes };
-        let wanted = Wanted::new(config, self.user_id.as_str());
         let mut state: Vec<&Pdu> = source
             .iter()
             .filter(|p| wanted.matches(&p.kind.to_string(), p.state_key.as_deref().unwrap_or_default()))
@@ -240,15 +277,6 @@ impl Build<'_> {
         };
         let mut lazy_extra = Vec::new();
         if wanted.lazy && member {
-            let mut people: BTreeSet<String> = BTreeSet::new();
-            for (_, pdu) in &events {
-                people.insert(pdu.sender.to_string());
-                if pdu.kind.to_string() == "m.room.member"
-                    && let Some(target) = &pdu.state_key
-                {
-                    people.insert(target.clone());
-                }
-            }
             for person in people {
                 if lazy_sent.contains(&person) {
                     continue;

@@ -1,0 +1,237 @@
+//! Storing a room's state in bulk: what a federation join (`send_join`'s `state` and
+//! `auth_chain`) delivers, 50,000–200,000 events for a public room. Every event is parsed and
+//! checked against the authorization rules that do not depend on the room's state (its auth
+//! events must be among those given or already stored, of the same room, of the right types),
+//! stored as an outlier (no timeline position), and the state becomes ONE new layer over what
+//! the room had: at this size a base, written once. The cost is `O(n log n)` for the sort of
+//! the layer and `O(n)` for everything else; events are written in chunks as they are checked
+//! (unsynced: nothing refers to them until the layer does), and the layer, the room's current
+//! pointer and the membership index go in one synced batch, so a crash leaves either the old
+//! state or the new one.
+
+use std::collections::HashMap;
+
+use ruma::{EventId, OwnedEventId, RoomId, state_res};
+
+use super::{Rooms, pdu::Pdu};
+use crate::{
+    Error, Result,
+    services::events,
+    storage::tables::{membership::Membership, state::Changes},
+};
+
+/// Events written per unsynced batch.
+const CHUNK: usize = 5_000;
+
+impl Rooms {
+    /// Stores `events` (event id, canonical JSON) as the room's state, over its current state;
+    /// returns how many entries the state then has. The room must exist. Signatures are the
+    /// caller's to verify (federation checks them against the origin's keys).
+    pub async fn import_state(&self, room_id: &RoomId, events: Vec<(OwnedEventId, Vec<u8>)>) -> Result<u64> {
+        let lock = self.room_lock(room_id);
+        let mut head = lock.lock().await;
+        let version = self
+            .room_version(room_id)?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let rules = events::rules(&version)?;
+        if head.is_none() {
+            *head = self.load_head(room_id)?;
+        }
+        let Some(current) = head.as_ref().map(|h| h.current_layer()) else {
+            return Err(Error::not_found("Unknown room"));
+        };
+
+        // Parsed events by id, for the auth checks of the events that name them.
+        let mut parsed: HashMap<OwnedEventId, Pdu> = HashMap::with_capacity(events.len());
+        for (event_id, bytes) in &events {
+            let pdu = Pdu::parse(event_id.clone(), bytes)?;
+            if pdu.room()? != room_id {
+                return Err(Error::bad_json(format!("{event_id} belongs to another room")));
+            }
+            if pdu.state_key.is_none() {
+                return Err(Error::bad_json(format!("{event_id} is not a state event")));
+            }
+            parsed.insert(event_id.clone(), pdu);
+        }
+        let fetch = |id: &EventId| match parsed.get(id) {
+            Some(pdu) => Some(pdu.clone()),
+            None => self.original_event(id).ok().flatten(),
+        };
+        for pdu in parsed.values() {
+            state_res::check_state_independent_auth_rules(&rules.authorization, pdu, &fetch)
+                .map_err(|reason| Error::forbidden(format!("{} is not authorized: {reason}", pdu.event_id)))?;
+        }
+
+        let mut changes = Changes::default();
+        let mut final_batch = self.db.batch();
+        let mut members = Vec::new();
+        for chunk in events.chunks(CHUNK) {
+            let mut batch = self.db.batch();
+            for (event_id, bytes) in chunk {
+                let pdu = &parsed[event_id];
+                let kind = pdu.kind.to_string();
+                let state_key = pdu.state_key.as_deref().unwrap_or_default();
+                let short_event = self.ids.event_or_create(event_id.as_str())?;
+                self.pdus.put(&mut batch, short_event, bytes);
+                let key = self.ids.state_key_or_create(&kind, state_key)?;
+                let member = kind == "m.room.member";
+                changes.push(key, short_event, member);
+                if member && let Some(membership) = pdu.content_str("membership") {
+                    // Position 0: set by an event outside the timeline (readers then look
+                    // the event up).
+                    self.memberships.queue_set(
+                        &mut final_batch,
+                        state_key,
+                        room_id.as_str(),
+                        &Membership {
+                            membership,
+                            position: 0,
+                        },
+                    );
+                    members.push(state_key.to_owned());
+                }
+            }
+            batch.commit_unsynced()?;
+        }
+        let short_room = self
+            .ids
+            .room(room_id.as_str())?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let layer = self.state.queue_snapshot(&mut final_batch, Some(&current), changes)?;
+        self.state.queue_current(&mut final_batch, short_room, layer.id);
+        let len = layer.len();
+        let written = self.commits.enqueue(final_batch).durable().await;
+        match written {
+            Ok(()) => {
+                if let Some(head) = head.as_mut() {
+                    head.set_current_layer(layer);
+                }
+                for user in members {
+                    if let Ok(user) = ruma::OwnedUserId::try_from(user) {
+                        self.member_lists.invalidate(room_id, &user);
+                    }
+                }
+                self.directory.room_changed(room_id);
+                Ok(len)
+            }
+            Err(e) => {
+                *head = None;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{OwnedEventId, RoomVersionId, UserId, events::StateEventType};
+    use serde_json::json;
+
+    use crate::services::{
+        Services, events,
+        rooms::{create::Preset, tests::named_room},
+    };
+
+    /// Join events of `count` made-up users of this server, each authorised by the room's
+    /// create, power-levels and join-rules events (`auth`), all built on `prev`.
+    fn joins(
+        services: &Services,
+        room_id: &ruma::RoomId,
+        auth: &[OwnedEventId],
+        prev: &OwnedEventId,
+        count: usize,
+    ) -> Vec<(OwnedEventId, Vec<u8>)> {
+        (0..count)
+            .map(|n| {
+                let user = UserId::parse(format!("@imported{n}:localhost")).unwrap();
+                let content = json!({"membership": "join", "displayname": format!("Imported {n}")});
+                let ruma::CanonicalJsonValue::Object(content) = ruma::CanonicalJsonValue::try_from(content).unwrap()
+                else {
+                    unreachable!()
+                };
+                let signed = events::build(
+                    &services.server_keys,
+                    "localhost",
+                    events::NewPdu {
+                        room_version: &RoomVersionId::V11,
+                        room_id: Some(room_id),
+                        sender: &user,
+                        kind: "m.room.member",
+                        state_key: Some(user.as_str()),
+                        content,
+                        prev_events: vec![prev.clone()],
+                        auth_events: auth.to_vec(),
+                        depth: 10,
+                        origin_server_ts: 1,
+                        redacts: None,
+                    },
+                )
+                .unwrap();
+                (signed.event_id, signed.bytes)
+            })
+            .collect()
+    }
+
+    /// 3,000 members arrive in one import: every one is then a joined member, found by a
+    /// state lookup, counted in the member list; the room's own state is kept; and a batch
+    /// holding one event whose auth events are wrong is refused whole, leaving the state as
+    /// it was.
+    #[tokio::test]
+    async fn a_bulk_state_import_becomes_the_rooms_state_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 8 << 20);
+        let rooms = &services.rooms;
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room = rooms
+            .create_room(&alice, named_room("big", Preset::PublicChat, false))
+            .await
+            .unwrap();
+        let id_of = |kind: StateEventType| rooms.state_event(&room, &kind, "").unwrap().unwrap().event_id;
+        let auth = vec![
+            id_of(StateEventType::RoomCreate),
+            id_of(StateEventType::RoomPowerLevels),
+            id_of(StateEventType::RoomJoinRules),
+        ];
+        let prev = id_of(StateEventType::RoomName);
+        let before = rooms.full_state(&room).unwrap().len() as u64;
+
+        // One forged event (no create event among its auth events) spoils the batch.
+        let mut bad = joins(&services, &room, &auth[1..], &prev, 1);
+        bad.extend(joins(&services, &room, &auth, &prev, 10).into_iter().skip(1));
+        let refused = rooms.import_state(&room, bad).await.unwrap_err();
+        assert_eq!(refused.errcode(), "M_FORBIDDEN");
+        assert_eq!(rooms.full_state(&room).unwrap().len() as u64, before);
+
+        let imported = joins(&services, &room, &auth, &prev, 3_000);
+        let len = rooms.import_state(&room, imported).await.unwrap();
+        assert_eq!(len, before + 3_000);
+        assert_eq!(rooms.full_state(&room).unwrap().len() as u64, len);
+        let member = rooms
+            .state_event(&room, &StateEventType::RoomMember, "@imported2999:localhost")
+            .unwrap()
+            .unwrap();
+        assert_eq!(member.content_str("displayname").as_deref(), Some("Imported 2999"));
+        assert_eq!(rooms.members(&room).unwrap().count("join"), 3_001);
+        assert!(
+            rooms
+                .state_event(&room, &StateEventType::RoomName, "")
+                .unwrap()
+                .is_some()
+        );
+
+        // The room goes on: the creator's next state event builds on the imported state.
+        let content = json!({"topic": "after the import"});
+        let ruma::CanonicalJsonValue::Object(content) = ruma::CanonicalJsonValue::try_from(content).unwrap() else {
+            unreachable!()
+        };
+        rooms
+            .append(
+                &room,
+                &alice,
+                crate::services::rooms::NewEvent::state("m.room.topic", "", content),
+            )
+            .await
+            .unwrap();
+        assert_eq!(rooms.full_state(&room).unwrap().len() as u64, len + 1);
+    }
+}

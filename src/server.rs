@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     if let Err(e) = result {
         tracing::error!("server stopped with an error: {e}");
     }
+    services.flush_for_shutdown();
     drop(services);
     tracing::info!("stopped");
     Ok(())

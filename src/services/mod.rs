@@ -305,6 +305,16 @@ impl Services {
     }
 }
 
+impl Services {
+    /// Flushes what is stored to the database's files before the process stops (every other
+    /// holder of the services, the background workers, may still hold the database open).
+    pub fn flush_for_shutdown(&self) {
+        if let Err(e) = self.db.flush_all() {
+            tracing::warn!(error = %e, "could not flush the database on stop; the next start replays its log");
+        }
+    }
+}
+
 #[cfg(test)]
 impl Services {
     /// Services on a fresh database in `dir` (writes not synced), with `cache_bytes` of cache.

@@ -1053,6 +1053,33 @@ fn messages_with_lazy_members_carry_the_senders_member_events() {
     let mut expected = vec![alice.uid(), bob.uid()];
     expected.sort();
     assert_eq!(members, expected, "carol sent nothing: {page}");
+    // `/context` with the option: the room's other state, and of the members only those of
+    // the events' senders; without it, every member.
+    let bobs = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+    let context = |filter: serde_json::Value| {
+        let filter = enc(&filter.to_string());
+        let answer = alice
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=0&filter={filter}",
+                enc(&room),
+                enc(&bobs)
+            ))
+            .ok()
+            .clone();
+        let state = answer["state"].as_array().expect("state").clone();
+        let mut members: Vec<String> = state
+            .iter()
+            .filter(|e| e["type"] == "m.room.member")
+            .map(|e| e["state_key"].as_str().unwrap().to_owned())
+            .collect();
+        members.sort();
+        assert!(state.iter().any(|e| e["type"] == "m.room.create"), "{answer}");
+        members
+    };
+    assert_eq!(context(json!({"lazy_load_members": true})), vec![bob.uid()]);
+    let mut everyone = vec![alice.uid(), bob.uid(), carol.uid()];
+    everyone.sort();
+    assert_eq!(context(json!({})), everyone);
     // Without the option, no state.
     let plain = alice
         .get(&format!(

@@ -203,21 +203,29 @@ impl Services {
             return Ok(writes);
         };
         let sender = pdu.sender.clone();
-        let members = self.rooms.members(&room_id)?;
-        let mut targets: Vec<OwnedUserId> = members
-            .with("join")
-            .filter(|u| *u != sender)
-            .map(ToOwned::to_owned)
-            .collect();
-        // An invitee is not joined yet, but their invite is for them (`.m.rule.invite_for_me`).
-        if pdu.kind.to_string() == "m.room.member"
-            && pdu.content_str("membership").as_deref() == Some("invite")
-            && let Some(invitee) = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok())
-            && invitee != sender
-            && !targets.contains(&invitee)
-        {
-            targets.push(invitee);
-        }
+        let targets: Vec<OwnedUserId> = if pdu.kind.to_string() == "m.room.member" {
+            // A member event is evaluated for its target only, as Synapse does: nobody's rules
+            // react to others' joins in practice (the default `.m.rule.member_event` silences
+            // them), and evaluating every member's rules for every join would make filling a
+            // big room quadratic. The target counts when someone else changed their
+            // membership and they are in the room, or are invited (`.m.rule.invite_for_me`).
+            let target = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok());
+            match target {
+                Some(target) if target != sender => {
+                    let invited = pdu.content_str("membership").as_deref() == Some("invite");
+                    let present = self.rooms.membership(&room_id, &target)?.as_deref() == Some("join");
+                    if invited || present { vec![target] } else { Vec::new() }
+                }
+                _ => Vec::new(),
+            }
+        } else {
+            let members = self.rooms.members(&room_id)?;
+            members
+                .with("join")
+                .filter(|u| *u != sender)
+                .map(ToOwned::to_owned)
+                .collect()
+        };
         if targets.is_empty() {
             return Ok(writes);
         }

@@ -4,16 +4,17 @@
 //! events must be among those given or already stored, of the same room, of the right types),
 //! stored as an outlier (no timeline position), and the state becomes ONE new layer over what
 //! the room had: at this size a base, written once. The cost is `O(n log n)` for the sort of
-//! the layer and `O(n)` for everything else; events are written in chunks as they are checked
-//! (unsynced: nothing refers to them until the layer does), and the layer, the room's current
-//! pointer and the membership index go in one synced batch, so a crash leaves either the old
-//! state or the new one.
+//! the layer and `O(n)` for everything else; events are parsed, checked and written in chunks
+//! (unsynced: nothing refers to them until the layer does), so memory holds the given bytes
+//! and the state's entries, not every event parsed; the layer, the room's current pointer and
+//! the membership index go in one synced batch, so a crash leaves either the old state or the
+//! new one (a refused event stops the import before that batch: nothing changes).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Mutex};
 
 use ruma::{EventId, OwnedEventId, RoomId, state_res};
 
-use super::{Rooms, pdu::Pdu};
+use super::{Rooms, locked, pdu::Pdu};
 use crate::{
     Error, Result,
     services::events,
@@ -41,26 +42,25 @@ impl Rooms {
             return Err(Error::not_found("Unknown room"));
         };
 
-        // Parsed events by id, for the auth checks of the events that name them.
-        let mut parsed: HashMap<OwnedEventId, Pdu> = HashMap::with_capacity(events.len());
-        for (event_id, bytes) in &events {
-            let pdu = Pdu::parse(event_id.clone(), bytes)?;
-            if pdu.room()? != room_id {
-                return Err(Error::bad_json(format!("{event_id} belongs to another room")));
+        // Where each event is, for the auth checks of the events that name it: events are
+        // parsed as they are checked, and again when another names them (auth events are few
+        // per event); the non-member ones (create, power levels, join rules: a few, named by
+        // nearly every event) are kept parsed.
+        let index: HashMap<&EventId, usize> = events.iter().enumerate().map(|(i, (id, _))| (&**id, i)).collect();
+        let kept: Mutex<HashMap<OwnedEventId, Pdu>> = Mutex::new(HashMap::new());
+        let fetch = |id: &EventId| {
+            if let Some(pdu) = locked(&kept).get(id) {
+                return Some(pdu.clone());
             }
-            if pdu.state_key.is_none() {
-                return Err(Error::bad_json(format!("{event_id} is not a state event")));
+            let Some(&i) = index.get(id) else {
+                return self.original_event(id).ok().flatten();
+            };
+            let pdu = Pdu::parse(id.to_owned(), &events[i].1).ok()?;
+            if pdu.kind.to_string() != "m.room.member" {
+                locked(&kept).insert(id.to_owned(), pdu.clone());
             }
-            parsed.insert(event_id.clone(), pdu);
-        }
-        let fetch = |id: &EventId| match parsed.get(id) {
-            Some(pdu) => Some(pdu.clone()),
-            None => self.original_event(id).ok().flatten(),
+            Some(pdu)
         };
-        for pdu in parsed.values() {
-            state_res::check_state_independent_auth_rules(&rules.authorization, pdu, &fetch)
-                .map_err(|reason| Error::forbidden(format!("{} is not authorized: {reason}", pdu.event_id)))?;
-        }
 
         let mut changes = Changes::default();
         let mut final_batch = self.db.batch();
@@ -68,7 +68,15 @@ impl Rooms {
         for chunk in events.chunks(CHUNK) {
             let mut batch = self.db.batch();
             for (event_id, bytes) in chunk {
-                let pdu = &parsed[event_id];
+                let pdu = Pdu::parse(event_id.clone(), bytes)?;
+                if pdu.room()? != room_id {
+                    return Err(Error::bad_json(format!("{event_id} belongs to another room")));
+                }
+                if pdu.state_key.is_none() {
+                    return Err(Error::bad_json(format!("{event_id} is not a state event")));
+                }
+                state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, fetch)
+                    .map_err(|reason| Error::forbidden(format!("{event_id} is not authorized: {reason}")))?;
                 let kind = pdu.kind.to_string();
                 let state_key = pdu.state_key.as_deref().unwrap_or_default();
                 let short_event = self.ids.event_or_create(event_id.as_str())?;

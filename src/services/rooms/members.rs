@@ -17,6 +17,21 @@ const CACHED_MEMBERS: u64 = 200_000;
 /// Everyone with a membership of one room, ordered by user id.
 pub struct RoomMembers {
     entries: Vec<(OwnedUserId, Membership)>,
+    /// How many are joined and invited (every sync asks, in rooms of any size).
+    joined: usize,
+    invited: usize,
+}
+
+impl RoomMembers {
+    fn new(entries: Vec<(OwnedUserId, Membership)>) -> Self {
+        let count = |wanted: &str| entries.iter().filter(|(_, m)| m.membership == wanted).count();
+        let (joined, invited) = (count("join"), count("invite"));
+        Self {
+            entries,
+            joined,
+            invited,
+        }
+    }
 }
 
 impl RoomMembers {
@@ -32,7 +47,11 @@ impl RoomMembers {
 
     /// How many members hold `membership`.
     pub fn count(&self, membership: &str) -> usize {
-        self.with(membership).count()
+        match membership {
+            "join" => self.joined,
+            "invite" => self.invited,
+            _ => self.with(membership).count(),
+        }
     }
 
     /// `user_id`'s membership and the position that set it.
@@ -108,7 +127,7 @@ impl Rooms {
                 .into_iter()
                 .filter_map(|(user, m)| OwnedUserId::try_from(user).ok().map(|u| (u, m)))
                 .collect();
-            Ok(Arc::new(RoomMembers { entries }))
+            Ok(Arc::new(RoomMembers::new(entries)))
         };
         self.member_lists
             .rooms

@@ -113,6 +113,11 @@ impl Rooms {
         limit: usize,
         keep: impl Fn(u64, &Pdu) -> bool,
     ) -> Result<(Vec<(u64, Pdu)>, Option<u64>)> {
+        if limit == 0 {
+            // Nothing asked (`/context?limit=0`): nothing read, and the range stays where it is.
+            let next = (after < up_to).then_some(if backwards { up_to } else { after });
+            return Ok((Vec::new(), next));
+        }
         let (mut low, mut high) = (after, up_to);
         // Read what the page needs; when `keep` rejects events, read more per round.
         let mut batch = limit.clamp(1, 500);

@@ -96,10 +96,17 @@ enum Round {
 
 async fn round(weak: &Weak<Services>) -> Option<Round> {
     let services = weak.upgrade()?;
-    let evaluated = match services.evaluate_pending().await {
-        Ok(n) => n,
-        Err(e) => {
+    // Evaluation is CPU work (every recipient's rules for every event): it runs on a blocking
+    // thread, never on the runtime that answers requests and signals.
+    let evaluating = Arc::clone(&services);
+    let evaluated = match tokio::task::spawn_blocking(move || evaluating.evaluate_pending()).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "push evaluation failed");
+            0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "push evaluation task failed");
             0
         }
     };
@@ -158,7 +165,7 @@ enum Outcome {
 
 impl Services {
     /// Evaluates up to [`PENDING_BATCH`] events below the watermark; how many it took.
-    async fn evaluate_pending(&self) -> Result<usize> {
+    fn evaluate_pending(&self) -> Result<usize> {
         let pending = self.push.table.pending(self.rooms.watermark(), PENDING_BATCH)?;
         if pending.is_empty() {
             return Ok(0);
@@ -189,7 +196,7 @@ impl Services {
                 }
             }
         }
-        batch.commit().await?;
+        batch.commit_blocking()?;
         Ok(pending.len())
     }
 

@@ -53,21 +53,12 @@ impl Rooms {
         let Some(state_key) = pdu.state_key.clone() else {
             return Ok(pdu);
         };
-        let Some(key) = self.ids.state_key(&pdu.kind.to_string(), &state_key)? else {
-            return Ok(pdu);
-        };
         let Some(before) = self.state_before(short)? else {
             return Ok(pdu);
         };
-        let Some(previous) = self.state_get(&before, key)? else {
+        let Some(previous) = self.lookup(&before, &pdu.kind.to_string(), &state_key)? else {
             return Ok(pdu);
         };
-        let id = self
-            .ids
-            .event_id(previous)?
-            .ok_or_else(|| Error::internal("state names an unknown event"))?;
-        let id = EventId::parse(id).map_err(|e| Error::internal(e.to_string()))?;
-        let previous = self.event_by_short(previous, id)?;
         let content: serde_json::Value =
             serde_json::from_str(previous.content.get()).map_err(|e| Error::internal(e.to_string()))?;
         pdu.unsigned_extra.insert("prev_content".into(), content);

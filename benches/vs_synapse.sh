@@ -15,15 +15,21 @@
 #   sync:  initial sync of a user in 50 rooms x 100 events, plain and lazy-loading (mxbench
 #          initial-sync); no-op incremental syncs (mxbench incremental); delivery from a send to
 #          20 and to 100 long-polling receivers, with lost/duplicate checks (mxbench fanout)
+#   bigroom: one public room grown by joins to 1,000, 4,000, 16,000 and 32,000 members (Synapse
+#          to 4,000 by default: SYNAPSE_SIZES; Hearth: HEARTH_SIZES), per size the join latency
+#          (200 joins one at a time), the fill rate, and a member's initial sync, lazy-loading and
+#          full; then a second room of 1,000 members (benches/big_room.rs grow). After a clean
+#          stop of each server: its data directory (Hearth: without the WAL, and per column
+#          family). Registration is made cheap on both sides (not measured).
 # Like ../shared/tools/bench/run.sh, each server is pinned to CPU 0 and the load to CPU 1, both
 # servers run durable defaults (Hearth syncs the WAL before answering; Synapse SQLite fsyncs
 # each commit), and each scenario runs against Hearth then Synapse. Loopback only.
 #
-# Usage: benches/vs_synapse.sh rooms|sync|media|team|elementx [OUT.md]   (QUICK=1 for small sizes)
+# Usage: benches/vs_synapse.sh rooms|sync|media|team|elementx|bigroom [OUT.md]   (QUICK=1 for small sizes)
 # Needs the shared tools (BENCH_TOOLS, default ../shared/tools/bench): synapse.sh and mxbench.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SUITE=${1:?usage: benches/vs_synapse.sh rooms|sync|media|team|elementx [OUT.md]}
+SUITE=${1:?usage: benches/vs_synapse.sh rooms|sync|media|team|elementx|bigroom [OUT.md]}
 TOOLS=${BENCH_TOOLS:-$ROOT/../shared/tools/bench}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/hearth-target}
 WORK=${BENCH_WORK:-$HOME/.cache/hearth-bench/$SUITE-$(date +%Y%m%d-%H%M%S)}
@@ -41,8 +47,10 @@ bench_bin() {  # the executable of benches/$1.rs
     (cd "$ROOT" && cargo bench --locked --bench "$1" --no-run --message-format=json 2>/dev/null |
         jq -r 'select(.executable != null and (.target.kind | index("bench"))) | .executable' | tail -n1)
 }
-LOAD=$(bench_bin rooms_load); MEDIA=$(bench_bin media); TEAM=$(bench_bin team_load)
-[ -x "$LOAD" ] && [ -x "$MEDIA" ] && [ -x "$TEAM" ] || { log "could not build the load tools in benches/"; exit 1; }
+LOAD=$(bench_bin rooms_load); MEDIA=$(bench_bin media); TEAM=$(bench_bin team_load); BIG=$(bench_bin big_room)
+[ -x "$LOAD" ] && [ -x "$MEDIA" ] && [ -x "$TEAM" ] && [ -x "$BIG" ] || { log "could not build the load tools in benches/"; exit 1; }
+# HEARTH_BIN measures another build of Hearth (e.g. the one before a change).
+HEARTH=${HEARTH_BIN:-$HEARTH}
 
 HPID=""
 cleanup() {
@@ -53,6 +61,11 @@ trap cleanup EXIT
 
 log "starting hearth on $HPORT and synapse on $SPORT, both on CPU 0"
 HEARTH_EXTRA=()
+if [ "$SUITE" = bigroom ]; then
+    # Setup registers up to 32,000 users (Synapse registers them as guests): cheap hashing.
+    HEARTH_EXTRA=(HEARTH_PASSWORDS__ITERATIONS=1 HEARTH_PASSWORDS__MEMORY_KIB=1024)
+    export SYNAPSE_BCRYPT_ROUNDS=4
+fi
 if [ "$SUITE" = team ]; then
     # Setup registers 10,000 users: cheap password hashing on both sides (not measured).
     HEARTH_EXTRA=(HEARTH_PASSWORDS__ITERATIONS=1 HEARTH_PASSWORDS__MEMORY_KIB=1024
@@ -141,7 +154,78 @@ elementx)
     if [ "${QUICK:-0}" = 1 ]; then SR=30 SK=10; else SR=200 SK=30; fi
     run "sliding sync, $SR rooms, 20 receivers" "$TEAM" sliding --rooms "$SR" --receivers 20 --messages "$SK"
     ;;
-*) echo "unknown suite $SUITE (rooms, sync, media, team or elementx)" >&2; exit 2 ;;
+bigroom)
+    if [ "${QUICK:-0}" = 1 ]; then HS=200,400; SS=200; PROBE=20; SECOND=100; else
+        HS=${HEARTH_SIZES:-1000,4000,16000,32000}; SS=${SYNAPSE_SIZES:-1000,4000}; PROBE=200; SECOND=1000; fi
+    for target in hearth synapse; do
+        port=$HPORT pid=$HPID sizes=$HS
+        [ "$target" = synapse ] && port=$SPORT pid=$("$TOOLS/synapse.sh" pid "$WORK/synapse" "$SPORT") sizes=$SS
+        log "big room to $sizes members on $target"
+        line=$(HS_URL="http://127.0.0.1:$port" BENCH_SERVER_PID=$pid timeout ${BENCH_TIMEOUT:-7200} taskset -c 1 \
+            "$BIG" grow --sizes "$sizes" --probe "$PROBE" --second-room "$SECOND" 2>>"$WORK/load.log" | tail -n1) || true
+        [ -n "$line" ] || line='{"metrics":{}}'
+        echo "$line" | jq -c --arg t "$target" '. + {label: "big room", target: $t}' >>"$RESULTS"
+    done
+    # Clean stops, then the data directories. Hearth's WAL (*.log) is left out: what remains is
+    # what its column families hold once flushed. Stopping may take a while when background
+    # work (push evaluation) is behind; after BIGROOM_STOP_WAIT seconds it is killed (noted).
+    DISK=$WORK/disk.txt
+    log "stopping hearth"
+    kill -TERM "$HPID"
+    stopped=killed
+    for _ in $(seq 1 "${BIGROOM_STOP_WAIT:-600}"); do kill -0 "$HPID" 2>/dev/null || { stopped=clean; break; }; sleep 1; done
+    [ "$stopped" = clean ] || kill -KILL "$HPID" 2>/dev/null || true
+    wait "$HPID" 2>/dev/null || true
+    HPID=""
+    {
+        echo "hearth_stop $stopped"
+        echo "hearth_total_bytes $(du -sb "$WORK/hearth/data" | cut -f1)"
+        echo "hearth_without_wal_bytes $(du -sb --exclude='*.log' "$WORK/hearth/data" | cut -f1)"
+        # Per column family: each SST file names its column family in its properties block.
+        python3 - "$WORK/hearth/data" <<'PY'
+import collections, glob, os, sys
+sizes = collections.Counter()
+for f in glob.glob(os.path.join(sys.argv[1], "*.sst")):
+    b = open(f, "rb").read()
+    i = b.rfind(b"column.family.id")
+    j = b.find(b"name", i) if i >= 0 else -1
+    sizes[b[j + 4:j + 4 + b[j - 1]].decode(errors="replace") if j > 0 else "?"] += os.path.getsize(f)
+for name, n in sizes.most_common():
+    print(f"cf {name} {n}")
+PY
+    } >>"$DISK"
+    "$TOOLS/synapse.sh" stop "$WORK/synapse" "$SPORT" >>"$WORK/synapse.log" 2>&1 || true
+    echo "synapse_db_bytes $(cat "$WORK"/synapse/homeserver.db* 2>/dev/null | wc -c)" >>"$DISK"
+    log "writing $OUT"
+    python3 - "$RESULTS" "$OUT" "$DISK" <<'PY'
+import json, sys, datetime
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+disk = [l.split() for l in open(sys.argv[3]) if l.strip()]
+out = ["# Big rooms: Hearth vs Synapse (SQLite), side by side", "",
+       f"Run {datetime.datetime.now():%Y-%m-%d %H:%M}; each server pinned to one core (CPU 0), load on CPU 1; durable writes on both.",
+       "Joins of the fill run 10 at a time; `join p50/p99`: further joins one at a time (200; 20 with QUICK=1); initial syncs: p50 of 5.",
+       "Hearth's size without the WAL counts what RocksDB has flushed to SST files (and its small metadata files); per column family: SST files only.", ""]
+cols = [("members", "members"), ("fill_joins_per_s", "fill joins/s"), ("join_p50_ms", "join p50 ms"),
+        ("join_p99_ms", "join p99 ms"), ("isync_lazy_p50_ms", "lazy sync p50 ms"), ("isync_lazy_bytes", "lazy bytes"),
+        ("isync_full_p50_ms", "full sync p50 ms"), ("isync_full_bytes", "full bytes"), ("peak_rss_mb", "peak RSS MB")]
+for r in rows:
+    out += [f"## {r['target'].capitalize()}", "", "| " + " | ".join(c[1] for c in cols) + " |", "|" + "---:|" * len(cols)]
+    for step in r.get("steps", []):
+        out.append("| " + " | ".join(f"{step.get(k, ''):,}" if isinstance(step.get(k), (int, float)) else "" for k, _ in cols) + " |")
+    if r.get("second_room"):
+        out.append("")
+        out.append(f"Second room: {r['second_room']}")
+    out.append("")
+out += ["## Data directories after the run", "", "| what | bytes |", "|---|---:|"]
+for d in disk:
+    value = "{:,}".format(int(d[-1])) if d[-1].isdigit() else d[-1]
+    out.append("| " + " ".join(d[:-1]) + " | " + value + " |")
+open(sys.argv[2], "w").write("\n".join(out) + "\n")
+print("\n".join(out))
+PY
+    exit 0
+    ;;
+*) echo "unknown suite $SUITE (rooms, sync, media, team, elementx or bigroom)" >&2; exit 2 ;;
 esac
 
 log "writing $OUT"

@@ -91,6 +91,8 @@ pub struct Config {
     pub password_parallelism: u32,
     /// Lifetime of access tokens issued with a refresh token.
     pub refreshable_token_lifetime: Duration,
+    /// Initial (and `full_state`) syncs built at once; more wait their turn (`[sync]`).
+    pub initial_sync_concurrency: usize,
     /// `tracing` filter directive.
     pub log_level: String,
     /// Log line format.
@@ -181,6 +183,7 @@ pub struct RawConfig {
     registration: RawRegistration,
     passwords: RawPasswords,
     sessions: RawSessions,
+    sync: RawSync,
     logging: RawLogging,
     well_known: RawWellKnown,
     federation: RawFederation,
@@ -317,6 +320,12 @@ struct RawSessions {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct RawSync {
+    initial_concurrency: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawLogging {
     level: String,
     format: String,
@@ -385,6 +394,7 @@ impl Default for RawConfig {
             registration: RawRegistration::default(),
             passwords: RawPasswords::default(),
             sessions: RawSessions::default(),
+            sync: RawSync::default(),
             logging: RawLogging::default(),
             well_known: RawWellKnown::default(),
             federation: RawFederation::default(),
@@ -426,6 +436,12 @@ impl Default for RawSessions {
         Self {
             refreshable_token_lifetime_secs: 300,
         }
+    }
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        Self { initial_concurrency: 2 }
     }
 }
 
@@ -485,6 +501,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "registration",
     "passwords",
     "sessions",
+    "sync",
     "logging",
     "well_known",
     "federation",
@@ -687,6 +704,9 @@ impl RawConfig {
                 "must be at least 1",
             ));
         }
+        if self.sync.initial_concurrency == 0 {
+            return Err(key_error("sync.initial_concurrency", "must be at least 1"));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.logging.level).map_err(|e| {
             key_error(
                 "logging.level",
@@ -789,6 +809,7 @@ impl RawConfig {
             password_iterations: p.iterations,
             password_parallelism: p.parallelism,
             refreshable_token_lifetime: Duration::from_secs(self.sessions.refreshable_token_lifetime_secs),
+            initial_sync_concurrency: self.sync.initial_concurrency,
             log_level: self.logging.level,
             log_format,
             well_known_client: self.well_known.client,

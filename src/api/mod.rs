@@ -141,7 +141,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add_json(LimitClass::Client, client::directory::get_summary);
     // Sync and what it carries (filters, typing, receipts, read markers, room account data,
     // tags, presence).
-    t.add(LimitClass::Client, client::sync::sync_events);
+    t.add_answering(LimitClass::Client, client::sync::sync_events, client::sync::answer);
     t.add(LimitClass::Client, client::sliding_sync::sliding_sync);
     t.add_json(LimitClass::Client, client::sliding_sync::sliding_sync_v4);
     t.add(LimitClass::Client, client::filter::create_filter);

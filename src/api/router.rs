@@ -77,7 +77,9 @@ impl RouteTable {
         self.add_answering(limit, handler, respond::json);
     }
 
-    fn add_answering<R, F, Fut, O>(&mut self, limit: LimitClass, handler: F, answer: fn(O) -> HttpResponse)
+    /// [`Self::add`] with the answer made by `answer`, for a handler whose output must live until
+    /// the answer is serialised (it holds something, such as a turn of a bounded queue).
+    pub fn add_answering<R, F, Fut, O>(&mut self, limit: LimitClass, handler: F, answer: fn(O) -> HttpResponse)
     where
         R: IncomingRequest + 'static,
         R::Authentication: AuthPolicy,

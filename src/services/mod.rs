@@ -81,6 +81,8 @@ pub struct Services {
     pub thread_unread: sync::thread_unread::ThreadUnreadCache,
     /// Lazy-loaded members already sent, per device and room.
     pub lazy_members: sync::lazy::SentMembers,
+    /// The bound on initial syncs under construction at once (`[sync] initial_concurrency`).
+    pub initial_syncs: sync::InitialSyncs,
     /// Sliding sync: connections and bump stamps (in memory).
     pub sliding: sync::sliding::SlidingSync,
     /// Presence (in memory).
@@ -159,6 +161,7 @@ impl Services {
         user_directory.rebuild(&accounts, &profile, &rooms)?;
         let openid = openid::OpenId::new(Arc::clone(&db));
         let push = push::Push::new(Arc::clone(&db), &config.push);
+        let initial_syncs = sync::InitialSyncs::new(config.initial_sync_concurrency);
         Ok(Arc::new(Services {
             db,
             reports,
@@ -180,6 +183,7 @@ impl Services {
             unread: sync::unread::UnreadCache::default(),
             thread_unread: Default::default(),
             lazy_members: sync::lazy::SentMembers::default(),
+            initial_syncs,
             sliding: sync::sliding::SlidingSync::default(),
             presence,
             keys,

@@ -48,6 +48,8 @@ mod search;
 mod sliding_sync;
 /// Sync: tokens, long-polling, filters, typing, receipts, account data, presence.
 mod sync;
+/// Many big syncs at once: the bound on initial syncs under construction (issue 23).
+mod sync_memory;
 /// Thread subscriptions (MSC4306, MSC4308) and the list filters of the unstable sliding sync.
 mod thread_subscriptions;
 /// Architecture invariants of the source tree.

@@ -23,6 +23,15 @@
 //! event says whether the membership changed since the token (a newly joined room is sent as in
 //! an initial sync; a room left since the token goes to `leave` with the timeline up to the
 //! departure). Building the answer is in [`build`].
+//!
+//! # Memory
+//!
+//! An initial sync (or a `full_state` one) holds the user's whole world in memory while it is
+//! built and serialised: megabytes for an account in a thousand rooms. [`InitialSyncs`] lets
+//! only `[sync] initial_concurrency` of them be under construction at once, whoever asks; the
+//! others wait their turn (a fair queue). The permit is taken after authentication and held
+//! until the answer is serialised ([`Answer`]), never across a long-poll wait, so it cannot
+//! deadlock (one user's many devices simply queue); incremental syncs never take one.
 
 pub mod build;
 pub mod filter;
@@ -32,13 +41,15 @@ pub mod sliding;
 pub mod thread_unread;
 pub mod unread;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use ruma::{
     UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3},
     presence::PresenceState,
 };
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use self::notifier::{Key, Notifier};
 pub use super::tokens::SyncToken as Token;
@@ -69,6 +80,35 @@ pub struct Params {
     pub filter: Option<v3::Filter>,
 }
 
+/// The bound on initial and `full_state` syncs under construction at once.
+pub struct InitialSyncs {
+    permits: Arc<Semaphore>,
+}
+
+impl InitialSyncs {
+    /// At most `limit` (at least 1) at once.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit.max(1))),
+        }
+    }
+
+    /// Waits for a turn (first come, first served).
+    async fn turn(&self) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed; were it, the sync would go unbounded, not fail.
+        Arc::clone(&self.permits).acquire_owned().await.ok()
+    }
+}
+
+/// A `/sync` answer with the turn it was built in: keep it until the answer is serialised
+/// (dropping it lets the next initial sync start).
+pub struct Answer {
+    /// The answer.
+    pub response: v3::Response,
+    /// The turn of an initial or `full_state` sync; `None` for an incremental one.
+    pub turn: Option<OwnedSemaphorePermit>,
+}
+
 /// Commits one change on the global stream: takes a position, marks it for the notifier with
 /// `keys`, queues the change (`queue` gets the position) and commits; once durable the
 /// position completes and the notifier flushes. Returns the position.
@@ -97,7 +137,7 @@ pub(crate) async fn commit_on_stream(
 
 /// Runs one `/sync` for `user_id`: answers at once when there is news (or for an initial or
 /// `full_state` sync), else waits until there is or the timeout passes.
-pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Result<v3::Response> {
+pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Result<Answer> {
     let since = params
         .since
         .as_deref()
@@ -117,6 +157,13 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
     }
     let timeout = params.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
+    // Initial and `full_state` syncs answer at once (no wait below): they take their turn here
+    // and hold it until the answer is serialised.
+    let turn = if since.is_none() || params.full_state {
+        services.initial_syncs.turn().await
+    } else {
+        None
+    };
     loop {
         // A token at the watermark with no ephemeral change after it: nothing can be new, so
         // wait without building an answer that would be empty.
@@ -150,7 +197,7 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
                 let after = since.map_or(0, |s| s.position);
                 services.keys.requeue_undelivered(user_id, device, after, up_to).await?;
             }
-            return Ok(response);
+            return Ok(Answer { response, turn });
         }
         tokio::select! {
             _ = waiter.changed() => {}

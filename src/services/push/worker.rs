@@ -223,12 +223,25 @@ impl Services {
         }
         let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
         let now = now_ms();
+        // What every recipient's context shares is read once; their display names come from
+        // one snapshot of the room's state.
+        let shared = self.room_push_context(&room_id, &sender, members.count("join"))?;
+        let mut recipients = Vec::with_capacity(targets.len());
         for user_id in targets {
-            if self.account_data.ignored_users(&user_id)?.contains(&sender) {
-                continue;
+            if !self.account_data.ignored_users(&user_id)?.contains(&sender) {
+                recipients.push(user_id);
             }
+        }
+        let wanted: Vec<(&str, &str)> = recipients.iter().map(|u| ("m.room.member", u.as_str())).collect();
+        let member_events = self.rooms.state_events(&room_id, &wanted)?.unwrap_or_default();
+        let mut member_events = member_events.into_iter();
+        for user_id in recipients {
+            let display_name = member_events
+                .next()
+                .flatten()
+                .and_then(|m| m.content_str("displayname"));
             let rules = self.push_rules(&user_id)?;
-            let context = self.push_context(&room_id, &user_id, &sender)?;
+            let context = self.user_push_context(&shared, &room_id, &user_id, display_name);
             // The evaluation does no asynchronous I/O (the thread-subscription lookup is a
             // point read), so its future is ready at once.
             let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {

@@ -31,7 +31,7 @@ use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
     api::client::push::{Pusher, PusherKind},
     events::StateEventType,
-    push::{Action, PushFormat},
+    push::{Action, FlattenedJson, PushConditionRoomCtx, PushFormat, Ruleset},
     serde::Raw,
 };
 use serde_json::{Value, json};
@@ -139,6 +139,19 @@ fn tweaks(actions: &[Action]) -> serde_json::Map<String, Value> {
     out
 }
 
+/// The actions of the first of `rules` that applies to an event (flattened), as
+/// `Ruleset::get_actions` finds them (the event is never the recipient's own here); `None` when
+/// the evaluation would wait, which it never does (the thread-subscription lookup is a point
+/// read).
+fn first_match<'r>(rules: &'r Ruleset, event: &FlattenedJson, context: &PushConditionRoomCtx) -> Option<&'r [Action]> {
+    for rule in rules {
+        if rule.applies(event, context).now_or_never()? {
+            return Some(rule.actions());
+        }
+    }
+    Some(&[])
+}
+
 /// What evaluating an event writes.
 enum Write {
     /// A notification log entry for a user.
@@ -222,6 +235,9 @@ impl Services {
             return Ok(writes);
         }
         let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
+        // Flattened once for every recipient (ruma's `Ruleset::get_actions` would flatten it
+        // again for each); the rules are still evaluated by ruma (`AnyPushRuleRef::applies`).
+        let flattened = FlattenedJson::from_raw(&event);
         let now = now_ms();
         // What every recipient's context shares is read once; their display names come from
         // one snapshot of the room's state.
@@ -244,7 +260,7 @@ impl Services {
             let context = self.user_push_context(&shared, &room_id, &user_id, display_name);
             // The evaluation does no asynchronous I/O (the thread-subscription lookup is a
             // point read), so its future is ready at once.
-            let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
+            let Some(actions) = first_match(&rules, &flattened, &context) else {
                 continue;
             };
             if !actions.iter().any(Action::should_notify) {

@@ -207,12 +207,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     t.add(LimitClass::Client, client::media::create);
     t.add(LimitClass::Client, client::media::preview_url);
 
-    t.mount(cfg);
     // The OAuth 2.0 API: metadata on ruma's paths, form-encoded endpoints and HTML pages as raw
-    // handlers (they answer 404 M_UNRECOGNIZED when `oauth.enabled` is false).
-    client::oauth::configure(cfg);
+    // handlers (they answer 404 M_UNRECOGNIZED when `oauth.enabled` is false). The
+    // streaming media endpoints are raw handlers too. Those under `/_matrix/` go in the table:
+    // it groups paths by prefix (`RouteTable::mount`), and a group answers every request under
+    // its prefix, so no path under one may be mounted outside it.
+    client::oauth::configure(&mut t, cfg);
+    client::media::configure_streaming(&mut t);
+    t.mount(cfg);
     client::oauth_pages::configure(cfg);
-    // After the table: actix tries resources in order, and these are all `{variable}` paths
-    // (matched by regex), which the literal paths such as `/sync` need not wait for.
-    client::media::configure_streaming(cfg);
 }

@@ -110,10 +110,26 @@ impl RouteTable {
         }
     }
 
+    /// Registers a raw actix route (a handler that streams its body, or answers what is not
+    /// Matrix JSON) under `path`, so that it takes part in the table's ordering and grouping.
+    pub fn add_route(&mut self, path: &'static str, make: impl Fn() -> actix_web::Route + 'static) {
+        self.paths.entry(path).or_default().push(Box::new(make));
+    }
+
     /// Adds every route to the app, each path with a 405 `M_UNRECOGNIZED` for other methods.
     /// Paths with fewer variables go first, so a literal segment wins over a `{variable}`.
     ///
     /// A trailing `{state_key}` also matches the empty string and its absence.
+    ///
+    /// actix tries resources one by one, matching each `{variable}` path with a regular
+    /// expression, so a send (three variables) would be tried against nearly every path first.
+    /// Paths whose first four segments are literal and that go on after them are therefore
+    /// grouped in one scope per such prefix ([`scope_prefix`]): a scope is a plain prefix
+    /// comparison, and only the paths inside the one that matches are tried. Two paths in
+    /// different groups, or a grouped one and one left outside, never match the same request
+    /// (they differ in a literal segment or in their number of segments), so the grouping
+    /// changes no answer. A request that matches a scope's prefix and none of its paths gets
+    /// the app's default answer (404 `M_UNRECOGNIZED`), as before.
     pub fn mount(self, cfg: &mut web::ServiceConfig) {
         let mut resources: Vec<(String, &[Handler])> = Vec::new();
         for (path, routes) in &self.paths {
@@ -127,13 +143,46 @@ impl RouteTable {
             }
         }
         resources.sort_by_key(|(path, _)| path.matches('{').count());
-        for (path, routes) in resources {
-            let resource = routes
+        let resource = |path: &str, routes: &[Handler]| {
+            routes
                 .iter()
-                .fold(web::resource(path), |resource, make| resource.route(make()));
-            cfg.service(resource.default_service(web::to(respond::method_not_allowed)));
+                .fold(web::resource(path), |resource, make| resource.route(make()))
+                .default_service(web::to(respond::method_not_allowed))
+        };
+        let mut groups: BTreeMap<String, Vec<(String, &[Handler])>> = BTreeMap::new();
+        for (path, routes) in resources {
+            match scope_prefix(&path) {
+                Some(prefix) => groups
+                    .entry(prefix.to_owned())
+                    .or_default()
+                    .push((path[prefix.len()..].to_owned(), routes)),
+                None => {
+                    cfg.service(resource(&path, routes));
+                }
+            }
+        }
+        for (prefix, paths) in groups {
+            let scope = paths.iter().fold(web::scope(&prefix), |scope, (path, routes)| {
+                scope.service(resource(path, routes))
+            });
+            cfg.service(scope);
         }
     }
+}
+
+/// The scope a path is grouped in: its first four segments, when they are all literal and the
+/// path goes on after them (`/_matrix/client/v3/rooms` for `/_matrix/client/v3/rooms/{room_id}/send/…`).
+fn scope_prefix(path: &str) -> Option<&str> {
+    let mut end = 0;
+    for _ in 0..4 {
+        let rest = path.get(end..)?.strip_prefix('/')?;
+        let segment = rest.split('/').next()?;
+        if segment.is_empty() || segment.contains('{') {
+            return None;
+        }
+        end += 1 + segment.len();
+    }
+    (path.len() > end + 1 && path[end..].starts_with('/')).then(|| &path[..end])
 }
 
 async fn serve<R, F, Fut, O>(
@@ -173,4 +222,26 @@ where
 /// Helper for handlers: the error when a required field of the spec is missing.
 pub fn require<T>(value: Option<T>, what: &str) -> Result<T> {
     value.ok_or_else(|| Error::missing_param(format!("Missing {what}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scope_prefix;
+
+    #[test]
+    fn paths_are_grouped_by_four_literal_segments() {
+        assert_eq!(
+            scope_prefix("/_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn_id}"),
+            Some("/_matrix/client/v3/rooms")
+        );
+        assert_eq!(
+            scope_prefix("/_matrix/client/v3/user/{user_id}/filter"),
+            Some("/_matrix/client/v3/user")
+        );
+        // Four segments or fewer, or a variable among the first four: not grouped.
+        assert_eq!(scope_prefix("/_matrix/client/v3/sync"), None);
+        assert_eq!(scope_prefix("/_matrix/client/versions"), None);
+        assert_eq!(scope_prefix("/_matrix/client/v3/"), None);
+        assert_eq!(scope_prefix("/_matrix/client/{version}/rooms/x"), None);
+    }
 }

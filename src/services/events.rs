@@ -124,7 +124,8 @@ pub fn build(keys: &ServerKeys, server_name: &str, new: NewPdu<'_>) -> Result<Si
         Some(room_id) => room_id.to_owned(),
         None => RoomId::parse(format!("!{reference}")).map_err(|e| Error::internal(format!("room id: {e}")))?,
     };
-    let bytes = CanonicalJsonValue::Object(object.clone()).to_string().into_bytes();
+    // The canonical form, serialised from the object itself (no copy of it first).
+    let bytes = serde_json::to_vec(&object).map_err(|e| Error::internal(format!("serialising an event: {e}")))?;
     if bytes.len() > MAX_PDU_BYTES {
         return Err(Error::too_large("Event is larger than 65536 bytes"));
     }
@@ -201,6 +202,13 @@ mod tests {
         );
         assert!(!create.object.contains_key("room_id"));
         assert_eq!(verify(&keys, &create, &v12).unwrap(), Verified::All);
+        // The stored bytes are the canonical form of what was signed.
+        assert_eq!(
+            create.bytes,
+            CanonicalJsonValue::Object(create.object.clone())
+                .to_string()
+                .into_bytes()
+        );
 
         let message = build(
             &keys,

@@ -44,6 +44,8 @@ mod room_upgrade;
 mod rooms;
 /// Server-side search: matching, ordering, paging, groupings, context, and what stays hidden.
 mod search;
+/// The send path's routing: grouped paths answer as before.
+mod send_path;
 /// Simplified sliding sync (MSC4186): connections, lists, room subscriptions, extensions.
 mod sliding_sync;
 /// Sync: tokens, long-polling, filters, typing, receipts, account data, presence.

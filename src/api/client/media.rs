@@ -43,7 +43,7 @@ use crate::{
     api::{
         extract::{self, Ctx},
         respond,
-        router::AuthPolicy,
+        router::{AuthPolicy, RouteTable},
     },
     services::{
         Services,
@@ -118,7 +118,7 @@ pub async fn preview_url(ctx: Ctx, request: auth_preview::v1::Request) -> Result
 // ---- Streaming endpoints ----
 
 /// Registers the streaming endpoints (upload, download, thumbnail) on every path ruma knows.
-pub fn configure_streaming(cfg: &mut web::ServiceConfig) {
+pub fn configure_streaming(cfg: &mut RouteTable) {
     raw::<create_content::v3::Request, _, _>(cfg, upload);
     raw::<create_content_async::v3::Request, _, _>(cfg, upload_async);
     raw::<auth_content::v1::Request, _, _>(cfg, |r, _, s, t| download::<auth_content::v1::Request>(r, s, t));
@@ -133,7 +133,7 @@ pub fn configure_streaming(cfg: &mut web::ServiceConfig) {
     });
 }
 
-fn raw<R, F, Fut>(cfg: &mut web::ServiceConfig, handler: F)
+fn raw<R, F, Fut>(table: &mut RouteTable, handler: F)
 where
     R: IncomingRequest,
     F: Fn(HttpRequest, web::Payload, Arc<Services>, &'static str) -> Fut + Clone + 'static,
@@ -142,15 +142,15 @@ where
     let method = actix_web::http::Method::from_bytes(R::METHOD.as_str().as_bytes()).expect("ruma methods are valid");
     for path in ruma::api::path_builder::PathBuilder::all_paths(&R::PATH_BUILDER) {
         let handler = handler.clone();
-        cfg.service(
-            web::resource(path)
-                .route(web::method(method.clone()).to(
-                    move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
-                        handler(req, payload, services.into_inner(), path)
-                    },
-                ))
-                .default_service(web::to(respond::method_not_allowed)),
-        );
+        let method = method.clone();
+        table.add_route(path, move || {
+            let handler = handler.clone();
+            web::method(method.clone()).to(
+                move |req: HttpRequest, payload: web::Payload, services: web::Data<Services>| {
+                    handler(req, payload, services.into_inner(), path)
+                },
+            )
+        });
     }
 }
 

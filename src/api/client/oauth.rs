@@ -29,6 +29,7 @@ use crate::{
     api::{
         extract::{self, AuthRequirement},
         respond,
+        router::RouteTable,
     },
     config::RegistrationMode,
     services::{
@@ -49,15 +50,12 @@ pub const DEVICE_VERIFY: &str = "/_hearth/account/device";
 /// The account management page.
 pub const ACCOUNT: &str = "/_hearth/account/";
 
-/// Registers the metadata endpoint on ruma's paths and the OAuth endpoints.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers the metadata endpoint on ruma's paths (in the route table, which groups
+/// `/_matrix/…` paths) and the OAuth endpoints.
+pub fn configure(table: &mut RouteTable, cfg: &mut web::ServiceConfig) {
     let paths = ruma::api::path_builder::PathBuilder::all_paths(&metadata::Request::PATH_BUILDER);
     for path in paths {
-        cfg.service(
-            web::resource(path)
-                .route(web::get().to(auth_metadata))
-                .default_service(web::to(respond::method_not_allowed)),
-        );
+        table.add_route(path, || web::get().to(auth_metadata));
     }
     for (path, handler) in [
         (REGISTER, register as fn(_, _, _) -> _),

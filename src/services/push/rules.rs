@@ -112,6 +112,13 @@ pub fn mentions_room(content: &RawValue) -> bool {
         .is_some_and(|m| m.room)
 }
 
+/// The part of a push-rule context that is the same for every recipient of an event
+/// ([`Services::room_push_context`]).
+pub struct RoomPushContext {
+    joined: UInt,
+    power: PushConditionPowerLevelsCtx,
+}
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Stored {
     global: Ruleset,
@@ -248,22 +255,37 @@ impl Services {
     /// member count, the user's display name in the room and the sender's power to notify the
     /// room (`@room`).
     pub fn push_context(&self, room_id: &RoomId, user_id: &UserId, sender: &UserId) -> Result<PushConditionRoomCtx> {
-        let rooms = &self.rooms;
-        let joined = rooms.members(room_id)?.count("join");
-        let display_name = rooms
+        let shared = self.room_push_context(room_id, sender, self.rooms.members(room_id)?.count("join"))?;
+        let display_name = self
+            .rooms
             .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
-            .and_then(|m| m.content_str("displayname"))
-            .unwrap_or_else(|| user_id.localpart().to_owned());
-        let power = self.push_power_levels(room_id, sender)?;
-        Ok(self.thread_subs.push_lookup(
-            PushConditionRoomCtx::new(
-                room_id.to_owned(),
-                UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
-                user_id.to_owned(),
-                display_name,
-            )
-            .with_power_levels(power),
-        ))
+            .and_then(|m| m.content_str("displayname"));
+        Ok(self.user_push_context(&shared, room_id, user_id, display_name))
+    }
+
+    /// What the push contexts of every recipient of one event of `sender` share (`joined`
+    /// members, the sender's power to notify the room): read once per event, not per recipient.
+    pub fn room_push_context(&self, room_id: &RoomId, sender: &UserId, joined: usize) -> Result<RoomPushContext> {
+        Ok(RoomPushContext {
+            joined: UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
+            power: self.push_power_levels(room_id, sender)?,
+        })
+    }
+
+    /// One recipient's context from the shared part and their display name in the room (their
+    /// localpart when they have none).
+    pub fn user_push_context(
+        &self,
+        shared: &RoomPushContext,
+        room_id: &RoomId,
+        user_id: &UserId,
+        display_name: Option<String>,
+    ) -> PushConditionRoomCtx {
+        let display_name = display_name.unwrap_or_else(|| user_id.localpart().to_owned());
+        self.thread_subs.push_lookup(
+            PushConditionRoomCtx::new(room_id.to_owned(), shared.joined, user_id.to_owned(), display_name)
+                .with_power_levels(shared.power.clone()),
+        )
     }
 
     /// What the `sender_notification_permission` condition (`@room`) needs: the sender's

@@ -31,7 +31,7 @@ use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
     api::client::push::{Pusher, PusherKind},
     events::StateEventType,
-    push::{Action, PushFormat},
+    push::{Action, FlattenedJson, PushConditionRoomCtx, PushFormat, Ruleset},
     serde::Raw,
 };
 use serde_json::{Value, json};
@@ -146,6 +146,19 @@ fn tweaks(actions: &[Action]) -> serde_json::Map<String, Value> {
     out
 }
 
+/// The actions of the first of `rules` that applies to an event (flattened), as
+/// `Ruleset::get_actions` finds them (the event is never the recipient's own here); `None` when
+/// the evaluation would wait, which it never does (the thread-subscription lookup is a point
+/// read).
+fn first_match<'r>(rules: &'r Ruleset, event: &FlattenedJson, context: &PushConditionRoomCtx) -> Option<&'r [Action]> {
+    for rule in rules {
+        if rule.applies(event, context).now_or_never()? {
+            return Some(rule.actions());
+        }
+    }
+    Some(&[])
+}
+
 /// What evaluating an event writes.
 enum Write {
     /// A notification log entry for a user.
@@ -234,19 +247,38 @@ impl Services {
                 .collect()
         };
         if targets.is_empty() {
+            // A join or leave of one's own: nobody to evaluate, and the member list (just
+            // changed, so read again from the index) is not read.
             return Ok(writes);
         }
+        let joined = self.rooms.members(&room_id)?.count("join");
         let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
+        // Flattened once for every recipient (ruma's `Ruleset::get_actions` would flatten it
+        // again for each); the rules are still evaluated by ruma (`AnyPushRuleRef::applies`).
+        let flattened = FlattenedJson::from_raw(&event);
         let now = now_ms();
+        // What every recipient's context shares is read once; their display names come from
+        // one snapshot of the room's state.
+        let shared = self.room_push_context(&room_id, &sender, joined)?;
+        let mut recipients = Vec::with_capacity(targets.len());
         for user_id in targets {
-            if self.account_data.ignored_users(&user_id)?.contains(&sender) {
-                continue;
+            if !self.account_data.ignored_users(&user_id)?.contains(&sender) {
+                recipients.push(user_id);
             }
+        }
+        let wanted: Vec<(&str, &str)> = recipients.iter().map(|u| ("m.room.member", u.as_str())).collect();
+        let member_events = self.rooms.state_events(&room_id, &wanted)?.unwrap_or_default();
+        let mut member_events = member_events.into_iter();
+        for user_id in recipients {
+            let display_name = member_events
+                .next()
+                .flatten()
+                .and_then(|m| m.content_str("displayname"));
             let rules = self.push_rules(&user_id)?;
-            let context = self.push_context(&room_id, &user_id, &sender)?;
+            let context = self.user_push_context(&shared, &room_id, &user_id, display_name);
             // The evaluation does no asynchronous I/O (the thread-subscription lookup is a
             // point read), so its future is ready at once.
-            let Some(actions) = rules.get_actions(&event, &context).now_or_never() else {
+            let Some(actions) = first_match(&rules, &flattened, &context) else {
                 continue;
             };
             if !actions.iter().any(Action::should_notify) {

@@ -10,7 +10,6 @@ use ruma::{
     events::{StateEventType, TimelineEventType},
     state_res,
 };
-use serde_json::value::RawValue;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::{
@@ -368,8 +367,8 @@ impl Rooms {
         }
 
         // Auth events: the relevant subset of the current state.
-        let content_raw = RawValue::from_string(ruma::CanonicalJsonValue::Object(event.content.clone()).to_string())
-            .map_err(|e| Error::internal(e.to_string()))?;
+        let content_raw =
+            serde_json::value::to_raw_value(&event.content).map_err(|e| Error::internal(e.to_string()))?;
         let kind = TimelineEventType::from(event.kind);
         let auth_types =
             state_res::auth_types_for_event(&kind, sender, event.state_key, &content_raw, &rules.authorization)

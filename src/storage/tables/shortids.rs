@@ -31,7 +31,8 @@ struct Kind {
     forward: &'static str,
     reverse: Option<&'static str>,
     counter: &'static [u8],
-    lock: Mutex<()>,
+    /// Held while interning; the last id handed out, once read from `global`.
+    lock: Mutex<Option<u64>>,
     ids: quick_cache::sync::Cache<Vec<u8>, u64>,
     names: quick_cache::sync::Cache<u64, Vec<u8>>,
 }
@@ -55,7 +56,7 @@ impl ShortIds {
             forward,
             reverse,
             counter,
-            lock: Mutex::new(()),
+            lock: Mutex::new(None),
             ids: quick_cache::sync::Cache::new(CACHED_IDS),
             names: quick_cache::sync::Cache::new(CACHED_IDS),
         };
@@ -90,17 +91,20 @@ impl ShortIds {
         if let Some(id) = self.get(kind, name)? {
             return Ok(id);
         }
-        let _guard = kind.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = kind.lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = self.get(kind, name)? {
             return Ok(id);
         }
-        let last = self
-            .db
-            .get(GLOBAL, kind.counter)?
-            .map(|b| codec::read_u64(GLOBAL, &b))
-            .transpose()?
-            .unwrap_or(0);
-        let id = last + 1;
+        // Only this lock's holder moves the counter, so after the first read it is known.
+        let id = match *last {
+            Some(last) => last,
+            None => self
+                .db
+                .get(GLOBAL, kind.counter)?
+                .map(|b| codec::read_u64(GLOBAL, &b))
+                .transpose()?
+                .unwrap_or(0),
+        } + 1;
         let mut batch = self.db.batch();
         batch.put(GLOBAL, kind.counter, &codec::u64_bytes(id));
         batch.put(kind.forward, name, &codec::u64_bytes(id));
@@ -108,6 +112,7 @@ impl ShortIds {
             batch.put(reverse, &codec::u64_bytes(id), name);
         }
         batch.commit_unsynced()?;
+        *last = Some(id);
         kind.ids.insert(name.to_vec(), id);
         Ok(id)
     }

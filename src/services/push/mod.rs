@@ -62,6 +62,10 @@ pub struct Push {
     pub(super) wake: Arc<tokio::sync::Notify>,
     /// Where the worker's next delivery round starts in the queue (round-robin over pushers).
     queue_cursor: std::sync::Mutex<Vec<u8>>,
+    /// Every event to evaluate at or below this position has been: the next look at the
+    /// pending entries starts above it, past the deletions of the evaluated ones (a scan from
+    /// the start would step over all of them until RocksDB compacts them away).
+    pending_after: std::sync::atomic::AtomicU64,
 }
 
 impl Push {
@@ -79,6 +83,7 @@ impl Push {
             timeout: config.gateway_timeout,
             wake: Arc::new(tokio::sync::Notify::new()),
             queue_cursor: std::sync::Mutex::new(Vec::new()),
+            pending_after: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }

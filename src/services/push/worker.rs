@@ -22,7 +22,7 @@
 //! [`QUEUE_PUSHERS`] pushers (taken round-robin), are read per round.
 
 use std::{
-    sync::{Arc, Weak},
+    sync::{Arc, Weak, atomic::Ordering},
     time::Duration,
 };
 
@@ -179,8 +179,17 @@ enum Outcome {
 impl Services {
     /// Evaluates up to [`PENDING_BATCH`] events below the watermark; how many it took.
     fn evaluate_pending(&self) -> Result<usize> {
-        let pending = self.push.table.pending(self.rooms.watermark(), PENDING_BATCH)?;
+        // Every position up to the watermark is durable or abandoned, so nothing new can
+        // appear at or below it: what one look leaves behind is all done.
+        let after = self.push.pending_after.load(Ordering::Acquire);
+        let watermark = self.rooms.watermark();
+        let pending = self.push.table.pending((after, watermark), PENDING_BATCH)?;
+        let done_up_to = match pending.last() {
+            Some((last, _, _)) if pending.len() >= PENDING_BATCH => *last,
+            _ => watermark,
+        };
         if pending.is_empty() {
+            self.push.pending_after.fetch_max(done_up_to, Ordering::AcqRel);
             return Ok(0);
         }
         // One batch for the round: every event's results with the removal of its entry.
@@ -210,6 +219,7 @@ impl Services {
             }
         }
         batch.commit_blocking()?;
+        self.push.pending_after.fetch_max(done_up_to, Ordering::AcqRel);
         Ok(pending.len())
     }
 

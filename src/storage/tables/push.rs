@@ -101,9 +101,12 @@ impl PushTable {
     }
 
     /// Up to `limit` events awaiting evaluation at positions `<= up_to`: (position, room, event).
-    pub fn pending(&self, up_to: u64, limit: usize) -> StorageResult<Vec<(u64, String, String)>> {
+    pub fn pending(&self, (after, up_to): (u64, u64), limit: usize) -> StorageResult<Vec<(u64, String, String)>> {
         let mut out = Vec::new();
-        for (key, value) in self.db.scan_numbered(POS_PUSHPENDING, &[], (0, up_to), false, limit)? {
+        for (key, value) in self
+            .db
+            .scan_numbered(POS_PUSHPENDING, &[], (after, up_to), false, limit)?
+        {
             let position = codec::read_u64(POS_PUSHPENDING, &key)?;
             let mut parts = codec::split(&value);
             let (Some(room), Some(event)) = (parts.next(), parts.next()) else {
@@ -379,8 +382,8 @@ mod tests {
         assert_eq!(first[0][0].user_id, "@a:x");
         let (second, _) = table.queued(&next.unwrap(), 1, 10).unwrap();
         assert_eq!(second[0][0].user_id, "@b:x");
-        assert_eq!(table.pending(8, 10).unwrap().len(), 0);
-        assert_eq!(table.pending(9, 10).unwrap()[0], (9, "!r:x".into(), "$e".into()));
+        assert_eq!(table.pending((0, 8), 10).unwrap().len(), 0);
+        assert_eq!(table.pending((0, 9), 10).unwrap()[0], (9, "!r:x".into(), "$e".into()));
         assert_eq!(table.pushers("@a:x").unwrap()[0].2, pusher);
         assert_eq!(table.pushkey_users("app", "k1").unwrap(), vec!["@a:x".to_owned()]);
     }

@@ -39,7 +39,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use support::{agent, call, register, status_mb};
+use support::{agent, call, enc, percentile, register, round2, status_mb};
 
 mod support;
 
@@ -94,11 +94,7 @@ fn parse_args() -> Args {
             _ => {} // `cargo bench` adds `--bench`
         }
     }
-    let host = args.url.trim_start_matches("http://");
-    assert!(
-        host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]"),
-        "--url must be a loopback address"
-    );
+    support::require_loopback(&args.url);
     args
 }
 
@@ -109,22 +105,6 @@ fn main() {
         "syncs" => syncs(&args),
         _ => panic!("usage: big_room grow|syncs --url URL [flags]"),
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    round2(sorted[index].as_secs_f64() * 1000.0)
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-fn enc(id: &str) -> String {
-    id.replace('!', "%21").replace(':', "%3A").replace('@', "%40")
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

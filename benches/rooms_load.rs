@@ -44,11 +44,7 @@ fn parse_args() -> Args {
             _ => {} // `cargo bench` adds `--bench`
         }
     }
-    let host = args.url.trim_start_matches("http://");
-    assert!(
-        host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]"),
-        "--url must be a loopback address"
-    );
+    support::require_loopback(&args.url);
     args
 }
 

@@ -42,7 +42,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use support::{agent, call, register};
+use support::{agent, call, enc, percentile, register, round2};
 
 mod support;
 
@@ -86,28 +86,8 @@ fn parse_args() -> Args {
             _ => {} // `cargo bench` adds `--bench`
         }
     }
-    let host = args.url.trim_start_matches("http://");
-    assert!(
-        host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]"),
-        "--url must be a loopback address"
-    );
+    support::require_loopback(&args.url);
     args
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    round2(sorted[index].as_secs_f64() * 1000.0)
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
-}
-
-fn enc(id: &str) -> String {
-    id.replace('!', "%21").replace(':', "%3A").replace('@', "%40")
 }
 
 fn main() {

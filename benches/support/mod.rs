@@ -138,3 +138,31 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
+
+/// Refuses a server URL that is not on loopback (the benches send traffic nowhere else).
+pub fn require_loopback(url: &str) {
+    let host = url.trim_start_matches("http://");
+    assert!(
+        host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]"),
+        "--url must be a loopback address"
+    );
+}
+
+/// The `p` quantile of sorted durations, in milliseconds rounded to two decimals.
+pub fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    round2(sorted[index].as_secs_f64() * 1000.0)
+}
+
+/// Rounded to two decimals.
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// A room, event or user id for a URL path.
+pub fn enc(id: &str) -> String {
+    id.replace('!', "%21").replace(':', "%3A").replace('@', "%40")
+}

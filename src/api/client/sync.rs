@@ -22,7 +22,6 @@ use actix_web::{
 };
 use bytes::Bytes;
 use ruma::api::client::sync::sync_events;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
     Result,
@@ -82,7 +81,7 @@ pub fn answer(answer: Answer) -> HttpResponse {
     })
 }
 
-fn give_back(turn: &Mutex<Option<OwnedSemaphorePermit>>) {
+fn give_back(turn: &Mutex<Option<sync::Turn>>) {
     if let Ok(mut turn) = turn.lock() {
         turn.take();
     }
@@ -92,7 +91,7 @@ fn give_back(turn: &Mutex<Option<OwnedSemaphorePermit>>) {
 struct TurnBody {
     size: u64,
     rest: Bytes,
-    turn: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+    turn: Arc<Mutex<Option<sync::Turn>>>,
 }
 
 impl MessageBody for TurnBody {

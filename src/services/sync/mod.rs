@@ -44,12 +44,11 @@ pub mod unread;
 use std::{sync::Arc, time::Duration};
 
 use ruma::{
-    UserId,
+    OwnedUserId, UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3},
     presence::PresenceState,
 };
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 use self::notifier::{Key, Notifier};
 pub use super::tokens::SyncToken as Token;
@@ -57,6 +56,7 @@ use super::{Services, keys::to_device::TO_DEVICE_LIMIT};
 use crate::{
     Error, Result,
     storage::{Batch, Db, positions::Positions},
+    util::bounded::BoundedMap,
 };
 
 /// Longest wait of one long-poll.
@@ -80,23 +80,48 @@ pub struct Params {
     pub filter: Option<v3::Filter>,
 }
 
-/// The bound on initial and `full_state` syncs under construction at once.
+/// The bound on initial and `full_state` syncs under construction at once. A user's own
+/// initial syncs queue behind each other before they queue for a turn, so one account firing
+/// many (or reading its answers slowly) holds at most one of the turns everybody shares.
 pub struct InitialSyncs {
     permits: Arc<Semaphore>,
+    /// One gate per user with an initial sync under way (entries in use are never dropped).
+    users: BoundedMap<OwnedUserId, Arc<AsyncMutex<()>>>,
 }
+
+/// A turn: kept until the answer is sent.
+pub struct Turn {
+    _permit: OwnedSemaphorePermit,
+    _user: OwnedMutexGuard<()>,
+}
+
+/// Users whose initial-sync gates are kept (more only while in use).
+const GATED_USERS: usize = 10_000;
 
 impl InitialSyncs {
     /// At most `limit` (at least 1) at once.
     pub fn new(limit: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit.max(1))),
+            users: BoundedMap::new(GATED_USERS),
         }
     }
 
-    /// Waits for a turn (first come, first served).
-    async fn turn(&self) -> Option<OwnedSemaphorePermit> {
+    /// Waits for `user_id`'s other initial syncs, then for a turn (first come, first served).
+    pub async fn turn(&self, user_id: &UserId) -> Option<Turn> {
+        let gate = self.users.get_or_insert_with(
+            user_id,
+            || user_id.to_owned(),
+            Default::default,
+            |gate| Arc::clone(gate),
+        );
+        let user = gate.lock_owned().await;
         // The semaphore is never closed; were it, the sync would go unbounded, not fail.
-        Arc::clone(&self.permits).acquire_owned().await.ok()
+        let permit = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        Some(Turn {
+            _permit: permit,
+            _user: user,
+        })
     }
 }
 
@@ -106,7 +131,7 @@ pub struct Answer {
     /// The answer.
     pub response: v3::Response,
     /// The turn of an initial or `full_state` sync; `None` for an incremental one.
-    pub turn: Option<OwnedSemaphorePermit>,
+    pub turn: Option<Turn>,
 }
 
 /// Commits one change on the global stream: takes a position, marks it for the notifier with
@@ -160,7 +185,7 @@ pub async fn sync(services: &Services, user_id: &UserId, params: Params) -> Resu
     // Initial and `full_state` syncs answer at once (no wait below): they take their turn here
     // and hold it until the answer is serialised.
     let turn = if since.is_none() || params.full_state {
-        services.initial_syncs.turn().await
+        services.initial_syncs.turn(user_id).await
     } else {
         None
     };
@@ -219,4 +244,35 @@ pub(crate) fn watched(services: &Services, user_id: &UserId, presence: PresenceS
     services.presence.seen(user_id, presence, &joined);
     keys.push(Key::user(user_id));
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use ruma::UserId;
+
+    use super::InitialSyncs;
+
+    /// One user's initial syncs wait for each other, not in the queue everyone shares: while
+    /// Alice holds a turn, her second waits and Bob still gets the free one.
+    #[tokio::test]
+    async fn one_user_holds_at_most_one_turn() {
+        let syncs = InitialSyncs::new(2);
+        let alice = UserId::parse("@alice:x").unwrap();
+        let bob = UserId::parse("@bob:x").unwrap();
+        let first = syncs.turn(&alice).await.expect("a turn");
+        let mut second = Box::pin(syncs.turn(&alice));
+        assert!(
+            (&mut second).now_or_never().is_none(),
+            "Alice's second sync waits for her first"
+        );
+        let bobs = syncs.turn(&bob).now_or_never().flatten();
+        assert!(bobs.is_some(), "Bob gets the other turn at once");
+        drop(bobs);
+        drop(first);
+        assert!(
+            second.await.is_some(),
+            "Alice's second sync goes once her first is done"
+        );
+    }
 }

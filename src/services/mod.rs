@@ -226,6 +226,7 @@ impl Services {
         self.thread_subs.queue_clear(&mut batch, user_id)?;
         self.push.queue_delete_pushers(&mut batch, user_id, None)?;
         self.accounts.deactivate(user_id, batch).await?;
+        self.push.pushers_changed(user_id);
         self.user_directory.account_deactivated(user_id);
         self.keys.devices_deleted(&self.rooms, user_id, &devices).await?;
         for (room_id, member) in self.rooms.memberships_of(user_id)?.iter() {
@@ -288,7 +289,9 @@ impl Services {
                 self.push.queue_delete_pushers(batch, user_id, Some(&devices))?;
                 self.sessions.queue_delete_devices(batch, user_id, None, keep)
             })
-            .await
+            .await?;
+        self.push.pushers_changed(user_id);
+        Ok(())
     }
 
     /// Deletes devices (all when `only` is `None`, except `keep`) with their tokens, keys,
@@ -305,7 +308,9 @@ impl Services {
                 self.push.queue_delete_pushers(batch, user_id, Some(&devices))?;
                 self.sessions.queue_delete_devices(batch, user_id, only, keep)
             })
-            .await
+            .await?;
+        self.push.pushers_changed(user_id);
+        Ok(())
     }
 }
 

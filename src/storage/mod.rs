@@ -133,7 +133,19 @@ impl Db {
             ColumnFamilyDescriptor::new(table.name, cf)
         });
 
-        let rocks = rocksdb::DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
+        // Tables a previous version kept and this one dropped are opened only to be dropped.
+        let existing = rocksdb::DB::list_cf(&db_opts, path).unwrap_or_default();
+        let retired: Vec<&str> = schema::RETIRED_TABLES
+            .iter()
+            .copied()
+            .filter(|name| existing.iter().any(|e| e == name))
+            .collect();
+        let descriptors = descriptors.chain(
+            retired
+                .iter()
+                .map(|name| ColumnFamilyDescriptor::new(*name, Options::default())),
+        );
+        let mut rocks = rocksdb::DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| {
             let text = e.to_string();
             if text.contains("lock")
                 && (text.contains("Resource temporarily unavailable")
@@ -145,6 +157,10 @@ impl Db {
                 StorageError::Rocks(e)
             }
         })?;
+        for name in retired {
+            tracing::info!(table = name, "dropping a table this version no longer keeps");
+            rocks.drop_cf(name)?;
+        }
         let db = Arc::new(Db {
             rocks,
             sync_writes: options.sync_writes,

@@ -174,8 +174,6 @@ pub const POS_PUSHPENDING: &str = "pos_pushpending";
 pub const USERAPPKEY_PUSHER: &str = "userappkey_pusher";
 /// app id SEP pushkey SEP user id → empty: who holds a pushkey (for `append: false`).
 pub const APPKEYUSER_EMPTY: &str = "appkeyuser_empty";
-/// user id SEP u64 stream position → postcard `NotificationRecord` (`/notifications`).
-pub const USERPOS_NOTIFICATION: &str = "userpos_notification";
 /// user id SEP app id SEP pushkey SEP u64 stream position → postcard `QueuedPush`: a push
 /// still to be delivered to a gateway (each pusher's in stream order).
 pub const PUSHERPOS_PUSHQUEUE: &str = "pusherpos_pushqueue";
@@ -246,7 +244,6 @@ pub const TABLES: &[TableDef] = &[
     small(POS_PUSHPENDING),
     small(USERAPPKEY_PUSHER),
     small(APPKEYUSER_EMPTY),
-    small(USERPOS_NOTIFICATION),
     small(PUSHERPOS_PUSHQUEUE),
     small(ROOMTERMPOS_POSTING),
 ];
@@ -264,6 +261,11 @@ const fn blobs(name: &'static str) -> TableDef {
         preset: Preset::Blobs,
     }
 }
+
+/// Tables older versions kept and this one no longer has: dropped, with what they hold, when
+/// the database is opened. `userpos_notification` was a per-recipient log of notifications,
+/// now evaluated when `/notifications` asks (`services::push::notifications`).
+pub const RETIRED_TABLES: &[&str] = &["userpos_notification"];
 
 /// The schema version this build writes. Bump it with a migration in [`check_and_migrate`].
 pub const SCHEMA_VERSION: u64 = 2;
@@ -344,5 +346,32 @@ mod tests {
             Err(StorageError::Locked(_)) => {}
             other => panic!("expected Locked, got {:?}", other.map(|_| ())),
         }
+    }
+
+    #[test]
+    fn retired_tables_are_dropped_on_open_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path(), &options()).unwrap();
+            let mut batch = db.batch();
+            batch.put(USERID_PROFILE, b"@a:x", b"{}");
+            batch.commit_blocking().unwrap();
+        }
+        {
+            // What an older version left: the retired table, with entries.
+            let mut opts = rocksdb::Options::default();
+            opts.create_missing_column_families(true);
+            let mut names = rocksdb::DB::list_cf(&opts, dir.path()).unwrap();
+            names.push(RETIRED_TABLES[0].to_owned());
+            let old = rocksdb::DB::open_cf(&opts, dir.path(), &names).unwrap();
+            let cf = old.cf_handle(RETIRED_TABLES[0]).unwrap();
+            old.put_cf(cf, b"@a:x\xff\0\0\0\0\0\0\0\x01", b"entry").unwrap();
+        }
+        let db = Db::open(dir.path(), &options()).unwrap();
+        assert_eq!(db.get(USERID_PROFILE, b"@a:x").unwrap().as_deref(), Some(&b"{}"[..]));
+        drop(db);
+        let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+        assert!(!names.iter().any(|n| n == RETIRED_TABLES[0]), "{names:?}");
+        assert!(names.iter().any(|n| n == USERID_PROFILE));
     }
 }

@@ -622,6 +622,121 @@ fn notifications_page_and_filter_highlights() {
         .expect_err(400, "M_INVALID_PARAM");
 }
 
+/// The event ids of a `/notifications` page.
+fn notification_ids(page: &Value) -> Vec<String> {
+    page["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"]["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every notification of `c`, page by page (`limit` each), with the number of pages.
+fn all_notifications(c: &Client, limit: usize) -> (Vec<String>, usize) {
+    let (mut ids, mut pages) = (Vec::new(), 0);
+    let mut from: Option<String> = None;
+    while pages < 50 {
+        let query = match &from {
+            Some(t) => format!("limit={limit}&from={}", enc(t)),
+            None => format!("limit={limit}"),
+        };
+        let page = c.get(&format!("/_matrix/client/v3/notifications?{query}")).ok().clone();
+        pages += 1;
+        ids.extend(notification_ids(&page));
+        match page["next_token"].as_str() {
+            Some(t) => from = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    (ids, pages)
+}
+
+/// `/notifications` is worked out when asked, with no pusher and no wait: the user's rooms
+/// merged newest first, an invite included, nothing from before their join, nothing they sent
+/// and nothing redacted; paging across rooms gives the same list.
+#[test]
+fn notifications_merge_rooms_newest_first_without_pushers() {
+    let server = server();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let carol = server.user("carol", "pw");
+    let first = room_with(&alice, &bob, "First");
+    let second = room_with(&alice, &bob, "Second");
+    let late = create_room(&alice, json!({"preset": "public_chat"}));
+    send(&alice, &late, "l0", "before bob came");
+    bob.post(&format!("/_matrix/client/v3/join/{}", enc(&late)), json!({}))
+        .ok();
+    let a1 = send(&alice, &first, "a1", "one");
+    let b1 = send(&alice, &second, "b1", "two");
+    let own = send(&bob, &first, "own", "bob's own");
+    let l1 = send(&alice, &late, "l1", "three");
+    let gone = send(&alice, &second, "b2", "soon redacted");
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/redact/{}/r1", enc(&second), enc(&gone)),
+            json!({}),
+        )
+        .ok();
+    let mention = send(&alice, &first, "a2", "bob!");
+    let invite_room = create_room(&carol, json!({}));
+    carol
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&invite_room)),
+            json!({"user_id": bob.uid()}),
+        )
+        .ok();
+    let page = bob.get("/_matrix/client/v3/notifications").ok().clone();
+    let ids = notification_ids(&page);
+    assert_eq!(ids.len(), 5, "{page:#}");
+    assert_eq!(page["notifications"][0]["room_id"], invite_room.as_str());
+    assert_eq!(page["notifications"][0]["event"]["type"], "m.room.member");
+    assert_eq!(&ids[1..], [mention.as_str(), l1.as_str(), b1.as_str(), a1.as_str()]);
+    assert!(page.get("next_token").is_none(), "{page:#}");
+    let (paged, pages) = all_notifications(&bob, 1);
+    assert_eq!(paged, ids);
+    assert!(pages <= 6, "{pages} pages");
+    // Alice's: bob's message only, none of her own.
+    assert_eq!(
+        notification_ids(&alice.get("/_matrix/client/v3/notifications").ok().clone()),
+        [own]
+    );
+}
+
+/// One request reads a bounded number of events: a muted room with more messages than that
+/// gives an empty page with a `next_token`, and following it reaches what lies beyond.
+#[test]
+fn notifications_scan_a_bounded_number_of_events_per_request() {
+    let server = server();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let quiet = room_with(&alice, &bob, "Quiet");
+    let heard = send(&alice, &quiet, "q1", "worth hearing");
+    let noisy = room_with(&alice, &bob, "Noisy");
+    bob.put(
+        &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&noisy)),
+        json!({"actions": []}),
+    )
+    .ok();
+    // More muted messages than one request reads (`SCAN_BUDGET`, 2,000), from 4 senders.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (alice, noisy) = (&alice, &noisy);
+            scope.spawn(move || {
+                for i in 0..520 {
+                    send(alice, noisy, &format!("n{t}-{i}"), "noise");
+                }
+            });
+        }
+    });
+    let first = bob.get("/_matrix/client/v3/notifications?limit=5").ok().clone();
+    assert!(notification_ids(&first).is_empty(), "{first:#}");
+    assert!(first["next_token"].is_string(), "more to read: {first:#}");
+    let (ids, pages) = all_notifications(&bob, 5);
+    assert_eq!(ids, vec![heard], "after {pages} pages");
+    assert_eq!(pages, 2);
+}
+
 /// `/pushers/set`: validation errors, `kind: null` deletes, and without `append` a pushkey
 /// moves from another user to the caller (with `append` both keep it); logout removes the
 /// device's pushers.

@@ -2,27 +2,28 @@
 //!
 //! - `rules.rs`: each user's push rules (stored as `m.push_rules` account data, merged with the
 //!   server defaults) and the context they are evaluated in. The same rules decide the unread
-//!   counts of `/sync` (`sync/unread.rs`), the notification log and pushes.
-//! - here: pushers (`/pushers`, `/pushers/set`) and the notification log (`/notifications`).
+//!   counts of `/sync` (`sync/unread.rs`), `/notifications` and pushes.
+//! - here: pushers (`/pushers`, `/pushers/set`).
+//! - `notifications.rs`: `/notifications`, evaluated when asked.
 //! - `worker.rs`: the background task that evaluates every new room event for the room's
-//!   members, logs the notifications and queues and delivers pushes.
+//!   members who have pushers, and queues and delivers their pushes.
 //!
 //! The write path of rooms only adds one small "to evaluate" entry to each event's batch
 //! (`pos_pushpending`); everything else happens in the worker, off the send path.
 
+pub mod notifications;
 pub mod rules;
 pub mod worker;
 
 use std::sync::Arc;
 
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, UInt, UserId,
+    OwnedUserId, UserId,
     api::{
-        client::push::{Pusher, PusherKind, get_notifications, set_pusher::v3::PusherAction},
+        client::push::{Pusher, PusherKind, set_pusher::v3::PusherAction},
         error::ErrorKind,
     },
-    push::{Action, Ruleset},
-    serde::Raw,
+    push::Ruleset,
 };
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -39,8 +40,6 @@ use crate::{
 
 /// Most pushers one user may have.
 pub const MAX_PUSHERS_PER_USER: usize = 100;
-/// Most entries one `/notifications` page holds.
-pub const MAX_NOTIFICATIONS_PAGE: usize = 1000;
 /// The path every HTTP pusher's URL must have (Push Gateway API).
 pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 
@@ -49,6 +48,9 @@ pub struct Push {
     table: PushTable,
     /// Parsed rules per user, until the user changes them.
     rules: FreshCache<OwnedUserId, Arc<Ruleset>>,
+    /// Each user's pushers (app id, pushkey), until they change: the worker asks for every
+    /// recipient of every event, and most have none.
+    pusher_keys: FreshCache<OwnedUserId, PusherKeys>,
     /// Serialises rule changes per user (by shard).
     rule_locks: Vec<AsyncMutex<()>>,
     /// Serialises pusher changes.
@@ -74,6 +76,7 @@ impl Push {
         Push {
             table: PushTable::new(db),
             rules: FreshCache::new(10_000),
+            pusher_keys: FreshCache::new(100_000),
             rule_locks: (0..rules::RULE_LOCKS).map(|_| AsyncMutex::new(())).collect(),
             pusher_lock: AsyncMutex::new(()),
             policy: AddressPolicy {
@@ -88,7 +91,32 @@ impl Push {
     }
 }
 
+/// A user's pushers as (app id, pushkey).
+pub type PusherKeys = Arc<Vec<(String, String)>>;
+
 impl Push {
+    /// A user's pushers as (app id, pushkey), from the cache.
+    pub fn pusher_keys(&self, user_id: &UserId) -> Result<PusherKeys> {
+        self.pusher_keys.get_or_read(
+            user_id,
+            || user_id.to_owned(),
+            || -> Result<PusherKeys> {
+                Ok(Arc::new(
+                    self.table
+                        .pushers(user_id.as_str())?
+                        .into_iter()
+                        .map(|(app_id, pushkey, _)| (app_id, pushkey))
+                        .collect(),
+                ))
+            },
+        )
+    }
+
+    /// Forgets the cached pushers of a user; call it once a change to them is durable.
+    pub fn pushers_changed(&self, user_id: &UserId) {
+        self.pusher_keys.invalidate(user_id);
+    }
+
     /// Queues removal of a user's pushers set by `devices` (all when `None`), as Synapse
     /// removes a device's pushers with the device (logout, device deletion, deactivation).
     pub fn queue_delete_pushers(
@@ -151,6 +179,7 @@ impl Services {
                 let mut batch = self.batch();
                 table.queue_delete_pusher(&mut batch, user_id.as_str(), &ids.app_id, &ids.pushkey);
                 batch.commit().await?;
+                self.push.pushers_changed(user_id);
                 return Ok(());
             }
             PusherAction::Post(data) => data,
@@ -205,95 +234,24 @@ impl Services {
             device_id: previous.map_or_else(|| device_id.to_owned(), |p| p.device_id),
         };
         let mut batch = self.batch();
+        let mut losers = Vec::new();
         if !data.append {
             for other in table.pushkey_users(&app_id, &pushkey)? {
                 if other != user_id.as_str() {
                     tracing::info!(%app_id, user = %other, "pushkey taken over by another user: pusher removed");
                     table.queue_delete_pusher(&mut batch, &other, &app_id, &pushkey);
+                    losers.extend(OwnedUserId::try_from(other).ok());
                 }
             }
         }
         table.queue_put_pusher(&mut batch, user_id.as_str(), &app_id, &pushkey, &record)?;
         batch.commit().await?;
+        self.push.pushers_changed(user_id);
+        for other in &losers {
+            self.push.pushers_changed(other);
+        }
         self.push.wake.notify_one();
         Ok(())
-    }
-
-    /// `GET /notifications`: the user's notification log, newest first, from the token
-    /// `from` (a stream position; entries below it), at most `limit` (default 50), only
-    /// highlights when `only` is `highlight`.
-    pub fn notifications(
-        &self,
-        user_id: &UserId,
-        from: Option<&str>,
-        limit: Option<UInt>,
-        only: Option<&str>,
-    ) -> Result<get_notifications::v3::Response> {
-        let before = match from {
-            None => u64::MAX,
-            Some(token) => token
-                .parse::<u64>()
-                .map_err(|_| Error::invalid_param("Invalid from token"))?,
-        };
-        let limit = limit
-            .map_or(50, |l| u64::from(l) as usize)
-            .clamp(1, MAX_NOTIFICATIONS_PAGE);
-        let highlight_only = only.is_some_and(|o| o.contains("highlight"));
-        let mut out = Vec::new();
-        let mut next_token = None;
-        let mut cursor = before;
-        let mut read_marks: std::collections::HashMap<OwnedRoomId, u64> = std::collections::HashMap::new();
-        // Highlights only: scan at most this many entries per page.
-        let mut budget = 20 * MAX_NOTIFICATIONS_PAGE;
-        'pages: while out.len() < limit && budget > 0 {
-            let page = self.push.table.notifications(user_id.as_str(), cursor, 200)?;
-            if page.is_empty() {
-                break;
-            }
-            for (position, record) in page {
-                budget = budget.saturating_sub(1);
-                cursor = position;
-                if highlight_only && !record.highlight {
-                    continue;
-                }
-                let (Ok(room_id), Ok(event_id)) = (
-                    OwnedRoomId::try_from(record.room_id.as_str()),
-                    ruma::OwnedEventId::try_from(record.event_id.as_str()),
-                ) else {
-                    continue;
-                };
-                let Some(pdu) = self.rooms.event(&event_id)? else {
-                    continue;
-                };
-                let read_up_to = match read_marks.get(&room_id) {
-                    Some(read) => *read,
-                    None => {
-                        let mut read = 0;
-                        for id in self.receipts.read_marks(&room_id, user_id)? {
-                            read = read.max(self.rooms.position_of(&id)?.unwrap_or(0));
-                        }
-                        read_marks.insert(room_id.clone(), read);
-                        read
-                    }
-                };
-                let actions: Vec<Action> = serde_json::from_str(&record.actions_json).unwrap_or_default();
-                let event = Raw::from_json(pdu.to_client_json()?);
-                out.push(get_notifications::v3::Notification::new(
-                    actions,
-                    event,
-                    position <= read_up_to,
-                    room_id,
-                    MilliSecondsSinceUnixEpoch(UInt::try_from(record.ts).unwrap_or(UInt::MAX)),
-                ));
-                if out.len() >= limit {
-                    next_token = Some(position.to_string());
-                    break 'pages;
-                }
-            }
-        }
-        let mut response = get_notifications::v3::Response::new(out);
-        response.next_token = next_token;
-        Ok(response)
     }
 }
 

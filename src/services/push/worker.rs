@@ -2,9 +2,9 @@
 //!
 //! 1. **evaluates** every new room event (the `pos_pushpending` entries the rooms write path
 //!    adds to each event's batch, taken once they are below the watermark) with the push
-//!    rules of each joined member but the sender (and of an invitee), and records, in one
-//!    batch that also removes the entry: a notification log entry for each user it notifies
-//!    (`/notifications`) and one queued push per pusher of that user;
+//!    rules of each joined member but the sender (and of an invitee) who has a pusher, and
+//!    records, in one batch that also removes the entry, one queued push per pusher of each
+//!    user it notifies;
 //! 2. **delivers** the queued pushes to the push gateways (`POST /_matrix/push/v1/notify`), in
 //!    stream order per pusher, different pushers in parallel.
 //!
@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use crate::{
     Result,
     services::{Services, media::fetch, rooms::pdu::Pdu, sync::notifier::Key},
-    storage::tables::push::{NotificationRecord, QueueEntry, QueuedPush},
+    storage::tables::push::{QueueEntry, QueuedPush},
     util::now_ms,
 };
 
@@ -125,7 +125,7 @@ async fn round(weak: &Weak<Services>) -> Option<Round> {
 }
 
 /// The highest stream position of the user's read receipts in a room.
-fn read_up_to(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<u64> {
+pub(super) fn read_up_to(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<u64> {
     let mut read = 0;
     for id in services.receipts.read_marks(room_id, user_id)? {
         read = read.max(services.rooms.position_of(&id)?.unwrap_or(0));
@@ -159,13 +159,8 @@ fn first_match<'r>(rules: &'r Ruleset, event: &FlattenedJson, context: &PushCond
     Some(&[])
 }
 
-/// What evaluating an event writes.
-enum Write {
-    /// A notification log entry for a user.
-    Notification(String, NotificationRecord),
-    /// A push for a user's pusher (app id, pushkey).
-    Push(String, String, String, QueuedPush),
-}
+/// What evaluating an event writes: a push for a user's pusher (user, app id, pushkey).
+struct Write(String, String, String, QueuedPush);
 
 enum Outcome {
     /// Delivered or dropped: the entry is gone.
@@ -198,18 +193,10 @@ impl Services {
             self.push.table.queue_delete_pending(&mut batch, *position);
             match self.evaluate_event(room_id, event_id) {
                 Ok(writes) => {
-                    for write in writes {
-                        match write {
-                            Write::Notification(user, record) => self
-                                .push
-                                .table
-                                .queue_notification(&mut batch, &user, *position, &record)?,
-                            Write::Push(user, app_id, pushkey, push) => {
-                                self.push
-                                    .table
-                                    .queue_push(&mut batch, *position, (&user, &app_id, &pushkey), &push)?
-                            }
-                        }
+                    for Write(user, app_id, pushkey, push) in writes {
+                        self.push
+                            .table
+                            .queue_push(&mut batch, *position, (&user, &app_id, &pushkey), &push)?
                     }
                 }
                 // One unreadable event must not stop the others: it is logged and skipped.
@@ -223,7 +210,9 @@ impl Services {
         Ok(pending.len())
     }
 
-    /// The notifications and pushes one event makes.
+    /// The pushes one event makes: for each recipient with a pusher whose rules say it
+    /// notifies them, one per pusher. Recipients without pushers cost one cache lookup
+    /// (`/notifications` and the unread counts evaluate their rules when they ask).
     fn evaluate_event(&self, room_id: &str, event_id: &str) -> Result<Vec<Write>> {
         let mut writes = Vec::new();
         let (Ok(room_id), Ok(event_id)) = (OwnedRoomId::try_from(room_id), OwnedEventId::try_from(event_id)) else {
@@ -233,32 +222,33 @@ impl Services {
             return Ok(writes);
         };
         let sender = pdu.sender.clone();
-        let targets: Vec<OwnedUserId> = if pdu.kind.to_string() == "m.room.member" {
+        let mut targets: Vec<(OwnedUserId, super::PusherKeys)> = Vec::new();
+        let mut add_target = |user_id: &UserId| -> Result<()> {
+            let keys = self.push.pusher_keys(user_id)?;
+            if !keys.is_empty() {
+                targets.push((user_id.to_owned(), keys));
+            }
+            Ok(())
+        };
+        if pdu.kind.to_string() == "m.room.member" {
             // A member event is evaluated for its target only, as Synapse does: nobody's rules
             // react to others' joins in practice (the default `.m.rule.member_event` silences
             // them), and evaluating every member's rules for every join would make filling a
             // big room quadratic. The target counts when someone else changed their
             // membership and they are in the room, or are invited (`.m.rule.invite_for_me`).
             let target = pdu.state_key.as_deref().and_then(|s| OwnedUserId::try_from(s).ok());
-            match target {
-                Some(target) if target != sender => {
-                    let invited = pdu.content_str("membership").as_deref() == Some("invite");
-                    let present = self.rooms.membership(&room_id, &target)?.as_deref() == Some("join");
-                    if invited || present { vec![target] } else { Vec::new() }
+            if let Some(target) = target.filter(|t| *t != sender) {
+                let invited = pdu.content_str("membership").as_deref() == Some("invite");
+                if invited || self.rooms.membership(&room_id, &target)?.as_deref() == Some("join") {
+                    add_target(&target)?;
                 }
-                _ => Vec::new(),
             }
         } else {
-            let members = self.rooms.members(&room_id)?;
-            members
-                .with("join")
-                .filter(|u| *u != sender)
-                .map(ToOwned::to_owned)
-                .collect()
-        };
+            for user_id in self.rooms.members(&room_id)?.with("join").filter(|u| *u != sender) {
+                add_target(user_id)?;
+            }
+        }
         if targets.is_empty() {
-            // A join or leave of one's own: nobody to evaluate, and the member list (just
-            // changed, so read again from the index) is not read.
             return Ok(writes);
         }
         let joined = self.rooms.members(&room_id)?.count("join");
@@ -266,20 +256,19 @@ impl Services {
         // Flattened once for every recipient (ruma's `Ruleset::get_actions` would flatten it
         // again for each); the rules are still evaluated by ruma (`AnyPushRuleRef::applies`).
         let flattened = FlattenedJson::from_raw(&event);
-        let now = now_ms();
         // What every recipient's context shares is read once; their display names come from
         // one snapshot of the room's state.
         let shared = self.room_push_context(&room_id, &sender, joined)?;
         let mut recipients = Vec::with_capacity(targets.len());
-        for user_id in targets {
+        for (user_id, keys) in targets {
             if !self.account_data.ignored_users(&user_id)?.contains(&sender) {
-                recipients.push(user_id);
+                recipients.push((user_id, keys));
             }
         }
-        let wanted: Vec<(&str, &str)> = recipients.iter().map(|u| ("m.room.member", u.as_str())).collect();
+        let wanted: Vec<(&str, &str)> = recipients.iter().map(|(u, _)| ("m.room.member", u.as_str())).collect();
         let member_events = self.rooms.state_events(&room_id, &wanted)?.unwrap_or_default();
         let mut member_events = member_events.into_iter();
-        for user_id in recipients {
+        for (user_id, keys) in recipients {
             let display_name = member_events
                 .next()
                 .flatten()
@@ -296,22 +285,11 @@ impl Services {
             }
             let actions_json =
                 serde_json::to_string(actions).map_err(|e| crate::Error::internal(format!("actions: {e}")))?;
-            let highlight = actions.iter().any(Action::is_highlight);
-            writes.push(Write::Notification(
-                user_id.to_string(),
-                NotificationRecord {
-                    room_id: room_id.to_string(),
-                    event_id: event_id.to_string(),
-                    actions_json: actions_json.clone(),
-                    ts: now,
-                    highlight,
-                },
-            ));
-            for (app_id, pushkey, _) in self.push.table.pushers(user_id.as_str())? {
-                writes.push(Write::Push(
+            for (app_id, pushkey) in keys.iter() {
+                writes.push(Write(
                     user_id.to_string(),
-                    app_id,
-                    pushkey,
+                    app_id.clone(),
+                    pushkey.clone(),
                     QueuedPush {
                         room_id: room_id.to_string(),
                         event_id: event_id.to_string(),
@@ -357,10 +335,14 @@ impl Services {
                 // stops (a crash before it re-sends those pushes: at least once).
                 let mut batch = services.batch();
                 let mut retry = None;
+                let mut rejected = None;
                 for entry in group {
                     match services.deliver_one(&mut batch, &entry).await {
                         Ok(Outcome::Done) => {}
-                        Ok(Outcome::Stop) => break,
+                        Ok(Outcome::Stop) => {
+                            rejected = OwnedUserId::try_from(entry.user_id).ok();
+                            break;
+                        }
                         Ok(Outcome::Retry(at)) => {
                             retry = Some(at);
                             break;
@@ -372,9 +354,16 @@ impl Services {
                         }
                     }
                 }
-                if let Err(e) = batch.commit().await {
-                    tracing::warn!(error = %e, "push delivery could not be recorded");
-                    retry = Some(now_ms() + INITIAL_BACKOFF_MS);
+                match batch.commit().await {
+                    Err(e) => {
+                        tracing::warn!(error = %e, "push delivery could not be recorded");
+                        retry = Some(now_ms() + INITIAL_BACKOFF_MS);
+                    }
+                    Ok(()) => {
+                        if let Some(user_id) = rejected {
+                            services.push.pushers_changed(&user_id);
+                        }
+                    }
                 }
                 retry
             });

@@ -31,6 +31,27 @@ impl Rooms {
             .collect()
     }
 
+    /// The positions of up to `limit` events of a room with `after < position <= up_to`, oldest
+    /// first or newest first when `backwards` (no event is read).
+    pub fn timeline_positions(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        backwards: bool,
+        limit: usize,
+    ) -> Result<Vec<u64>> {
+        let Some(short_room) = self.ids.room(room_id.as_str())? else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .timeline
+            .range(short_room, after, up_to, backwards, limit)?
+            .into_iter()
+            .map(|(pos, _)| pos)
+            .collect())
+    }
+
     /// Up to `limit` events with `after < position <= up_to`, oldest first, exactly as stored
     /// (no redaction applied): for server-side evaluation such as push rules.
     pub fn timeline_undecorated(

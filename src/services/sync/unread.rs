@@ -12,13 +12,17 @@ use futures_util::FutureExt;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
     events::StateEventType,
-    push::{PushConditionRoomCtx, Ruleset},
+    push::{Action, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
 
 use crate::{
     Result,
-    services::{Services, rooms::pdu::Pdu, sync::notifier::Key},
+    services::{
+        Services,
+        rooms::{members::RoomMembers, pdu::Pdu},
+        sync::notifier::Key,
+    },
 };
 
 /// Most events counted per room.
@@ -80,15 +84,7 @@ impl Services {
         };
         // Nothing before the user's own latest membership counts.
         let members = rooms.members(room_id)?;
-        let own = match members.membership_of(user_id) {
-            Some(own) if own.position > 0 => own.position,
-            // An index written before positions: ask the member event.
-            Some(_) => match rooms.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? {
-                Some(member) => rooms.position_of(&member.event_id)?.unwrap_or(0),
-                None => 0,
-            },
-            None => 0,
-        };
+        let own = self.own_membership_position(room_id, user_id, &members)?;
         let read_up_to = marks_up_to.max(own);
         let mut counted = match known {
             Some(known) if known.read_up_to == read_up_to && known.counted_up_to <= up_to => known,
@@ -105,26 +101,7 @@ impl Services {
             let events = rooms.timeline_undecorated(room_id, counted.counted_up_to, up_to, SCAN_LIMIT)?;
             let others: Vec<&Pdu> = events.iter().map(|(_, p)| p).filter(|p| p.sender != user_id).collect();
             if !others.is_empty() {
-                let read_name = || -> Result<String> {
-                    Ok(rooms
-                        .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
-                        .and_then(|m| m.content_str("displayname"))
-                        .unwrap_or_else(|| user_id.localpart().to_owned()))
-                };
-                let display_name = match own {
-                    0 => read_name()?,
-                    _ => self
-                        .unread
-                        .names
-                        .get_or_insert_with(&(room_id.to_owned(), user_id.to_owned(), own), read_name)?,
-                };
-                let joined = members.count("join");
-                let context = self.thread_subs.push_lookup(PushConditionRoomCtx::new(
-                    room_id.to_owned(),
-                    UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
-                    user_id.to_owned(),
-                    display_name,
-                ));
+                let context = self.reader_push_context(room_id, user_id, &members, own)?;
                 // The user's own rules (`services::push::rules`), cached there.
                 let rules = self.push_rules(user_id)?;
                 for pdu in others {
@@ -155,6 +132,22 @@ impl Services {
         context: &PushConditionRoomCtx,
         pdu: &Pdu,
     ) -> Result<(bool, bool)> {
+        let actions = self.push_actions(room_id, rules, context, pdu)?;
+        Ok((
+            actions.iter().any(|a| a.should_notify()),
+            actions.iter().any(|a| a.is_highlight()),
+        ))
+    }
+
+    /// The actions of the first of `rules` that applies to `pdu` for the reader of `context`
+    /// (none when no rule applies).
+    pub(crate) fn push_actions(
+        &self,
+        room_id: &RoomId,
+        rules: &Ruleset,
+        context: &PushConditionRoomCtx,
+        pdu: &Pdu,
+    ) -> Result<Vec<Action>> {
         let event: Raw<ruma::events::AnySyncTimelineEvent> = Raw::from_json(pdu.to_client_json()?);
         let room_mention;
         let context = if crate::services::push::rules::mentions_room(&pdu.content) {
@@ -167,12 +160,63 @@ impl Services {
         };
         // The evaluation does no asynchronous I/O (the thread-subscription lookup is a point
         // read), so its future is ready at once.
-        let Some(actions) = rules.get_actions(&event, context).now_or_never() else {
-            return Ok((false, false));
+        Ok(rules
+            .get_actions(&event, context)
+            .now_or_never()
+            .map(<[Action]>::to_vec)
+            .unwrap_or_default())
+    }
+
+    /// The stream position of the user's own latest member event in a room (0: none), before
+    /// which nothing counts for them.
+    pub(crate) fn own_membership_position(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        members: &RoomMembers,
+    ) -> Result<u64> {
+        let rooms = &self.rooms;
+        Ok(match members.membership_of(user_id) {
+            Some(own) if own.position > 0 => own.position,
+            // An index written before positions: ask the member event.
+            Some(_) => match rooms.state_event(room_id, &StateEventType::RoomMember, user_id.as_str())? {
+                Some(member) => rooms.position_of(&member.event_id)?.unwrap_or(0),
+                None => 0,
+            },
+            None => 0,
+        })
+    }
+
+    /// The push-rule context of a reader in a room: the member count and their display name
+    /// there (their localpart when they have none), cached by their member event's position
+    /// `own`.
+    pub(crate) fn reader_push_context(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+        members: &RoomMembers,
+        own: u64,
+    ) -> Result<PushConditionRoomCtx> {
+        let rooms = &self.rooms;
+        let read_name = || -> Result<String> {
+            Ok(rooms
+                .state_event(room_id, &StateEventType::RoomMember, user_id.as_str())?
+                .and_then(|m| m.content_str("displayname"))
+                .unwrap_or_else(|| user_id.localpart().to_owned()))
         };
-        Ok((
-            actions.iter().any(|a| a.should_notify()),
-            actions.iter().any(|a| a.is_highlight()),
-        ))
+        let display_name = match own {
+            0 => read_name()?,
+            _ => self
+                .unread
+                .names
+                .get_or_insert_with(&(room_id.to_owned(), user_id.to_owned(), own), read_name)?,
+        };
+        let joined = members.count("join");
+        Ok(self.thread_subs.push_lookup(PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            UInt::try_from(joined as u64).unwrap_or(UInt::MAX),
+            user_id.to_owned(),
+            display_name,
+        )))
     }
 }

@@ -1,11 +1,9 @@
-//! Push notifications: events awaiting evaluation, pushers, the per-user notification log and
-//! the queue of pushes to deliver.
+//! Push notifications: events awaiting evaluation, pushers and the queue of pushes to deliver.
 //!
 //! - `pos_pushpending`: u64 position → room id SEP event id. Written in a room event's batch,
 //!   deleted in the batch that records what the event notifies.
 //! - `userappkey_pusher`: user SEP app id SEP pushkey → postcard [`PusherRecord`];
 //!   `appkeyuser_empty`: app id SEP pushkey SEP user → empty (the same pushers by pushkey).
-//! - `userpos_notification`: user SEP u64 position → postcard [`NotificationRecord`].
 //! - `pusherpos_pushqueue`: user SEP app id SEP pushkey SEP u64 position → postcard
 //!   [`QueuedPush`]: each pusher's pushes together, in stream order, so a pusher in back-off is
 //!   skipped with one seek and never holds up the others.
@@ -16,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::{
     Batch, Db, StorageResult, codec,
-    schema::{APPKEYUSER_EMPTY, POS_PUSHPENDING, PUSHERPOS_PUSHQUEUE, USERAPPKEY_PUSHER, USERPOS_NOTIFICATION},
+    schema::{APPKEYUSER_EMPTY, POS_PUSHPENDING, PUSHERPOS_PUSHQUEUE, USERAPPKEY_PUSHER},
 };
 
 /// A pusher as stored.
@@ -28,21 +26,6 @@ pub struct PusherRecord {
     pub pushkey_ts_ms: u64,
     /// The device that set it.
     pub device_id: String,
-}
-
-/// One entry of a user's notification log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NotificationRecord {
-    /// The event's room.
-    pub room_id: String,
-    /// The event.
-    pub event_id: String,
-    /// The push actions (JSON array).
-    pub actions_json: String,
-    /// When it was logged (ms since the epoch).
-    pub ts: u64,
-    /// Whether the actions highlight.
-    pub highlight: bool,
 }
 
 /// A push still to deliver.
@@ -206,50 +189,6 @@ impl PushTable {
             APPKEYUSER_EMPTY,
             &codec::key(&[app_id.as_bytes(), pushkey.as_bytes(), user_id.as_bytes()]),
         );
-    }
-
-    /// Queues a notification log entry.
-    pub fn queue_notification(
-        &self,
-        batch: &mut Batch,
-        user_id: &str,
-        position: u64,
-        record: &NotificationRecord,
-    ) -> StorageResult<()> {
-        let mut key = codec::prefix(&[user_id.as_bytes()]);
-        key.extend_from_slice(&codec::u64_bytes(position));
-        batch.put(
-            USERPOS_NOTIFICATION,
-            &key,
-            &codec::encode(USERPOS_NOTIFICATION, record)?,
-        );
-        Ok(())
-    }
-
-    /// Up to `limit` log entries of a user at positions `< before`, newest first.
-    pub fn notifications(
-        &self,
-        user_id: &str,
-        before: u64,
-        limit: usize,
-    ) -> StorageResult<Vec<(u64, NotificationRecord)>> {
-        let prefix = codec::prefix(&[user_id.as_bytes()]);
-        self.db
-            .scan_numbered(
-                USERPOS_NOTIFICATION,
-                &prefix,
-                (0, before.saturating_sub(1)),
-                true,
-                limit,
-            )?
-            .into_iter()
-            .map(|(key, value)| {
-                Ok((
-                    codec::read_u64(USERPOS_NOTIFICATION, &key[prefix.len()..])?,
-                    codec::decode(USERPOS_NOTIFICATION, &value)?,
-                ))
-            })
-            .collect()
     }
 
     /// Queues a push for delivery.

@@ -6,7 +6,11 @@
 //! depend on `R` (reading the body, authenticating, rate limiting, turning errors into responses)
 //! is in non-generic functions, so each endpoint adds only a thin layer of generic code.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    future::Future,
+    sync::Arc,
+};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use ruma::api::{IncomingRequest, auth_scheme, path_builder::PathBuilder};
@@ -162,12 +166,38 @@ impl RouteTable {
             }
         }
         for (prefix, paths) in groups {
-            let scope = paths.iter().fold(web::scope(&prefix), |scope, (path, routes)| {
+            // Inside a group, the paths that start with one same `{variable}` segment and go
+            // on (`/{room_id}/send/…`) form a nested scope: it matches that segment once, and
+            // each of its paths then starts with a literal, which the regex engine rejects
+            // at its first byte. The group's other paths go first, so a literal segment still
+            // wins over the variable.
+            let heads: BTreeSet<&str> = paths.iter().filter_map(|(path, _)| variable_head(path)).collect();
+            let nested = match heads.len() {
+                1 => heads.into_iter().next(),
+                _ => None,
+            };
+            let (inner, outer): (Vec<_>, Vec<_>) = paths
+                .iter()
+                .partition(|(path, _)| nested.is_some() && variable_head(path) == nested);
+            let mut scope = outer.iter().fold(web::scope(&prefix), |scope, (path, routes)| {
                 scope.service(resource(path, routes))
             });
+            if let Some(head) = nested {
+                scope = scope.service(inner.iter().fold(web::scope(head), |scope, (path, routes)| {
+                    scope.service(resource(&path[head.len()..], routes))
+                }));
+            }
             cfg.service(scope);
         }
     }
+}
+
+/// The first segment of a path inside a group when it is a `{variable}` and more segments
+/// follow (`/{room_id}` for `/{room_id}/send/{event_type}/{txn_id}`).
+fn variable_head(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    let segment = rest.split('/').next()?;
+    (segment.starts_with('{') && rest.len() > segment.len() + 1).then(|| &path[..1 + segment.len()])
 }
 
 /// The scope a path is grouped in: its first four segments, when they are all literal and the
@@ -226,7 +256,19 @@ pub fn require<T>(value: Option<T>, what: &str) -> Result<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::scope_prefix;
+    use super::{scope_prefix, variable_head};
+
+    #[test]
+    fn a_leading_variable_segment_heads_a_nested_scope_only_when_more_follows() {
+        assert_eq!(
+            variable_head("/{room_id}/send/{event_type}/{txn_id}"),
+            Some("/{room_id}")
+        );
+        assert_eq!(variable_head("/{user_id}/filter"), Some("/{user_id}"));
+        assert_eq!(variable_head("/{room_id}"), None);
+        assert_eq!(variable_head("/{room_id}/"), None);
+        assert_eq!(variable_head("/joined/{x}"), None);
+    }
 
     #[test]
     fn paths_are_grouped_by_four_literal_segments() {

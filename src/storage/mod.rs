@@ -358,14 +358,6 @@ impl Db {
             .write_opt(batch, &opts)
             .map_err(|e| self.fail_closed(what, e))
     }
-
-    /// Syncs the WAL (everything written so far), failing the database closed on error.
-    fn sync_wal(&self) -> StorageResult<()> {
-        self.writable()?;
-        self.rocks
-            .flush_wal(true)
-            .map_err(|e| self.fail_closed("a WAL sync", e))
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,10 @@
 //! to (events after their join) and their pending invites (the invite itself, which
 //! `.m.rule.invite_for_me` notifies); redacted events no longer notify, as in Synapse.
 //!
+//! The rules applied are the user's rules as they are when asked (a room muted since, or a
+//! thread subscribed to since, counts as it is now), as the unread counts do; Synapse instead
+//! keeps the actions of the moment each event arrived.
+//!
 //! One request reads at most [`SCAN_BUDGET`] events; when the budget runs out before the page
 //! fills, `next_token` says where the next request goes on, so a user whose rooms are quiet or
 //! muted pages through them at a bounded cost per request.

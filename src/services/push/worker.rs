@@ -45,6 +45,8 @@ use crate::{
 
 /// Events evaluated per round.
 pub const PENDING_BATCH: usize = 64;
+/// How long new events wait for others to join them before a round evaluates them.
+const GATHER: Duration = Duration::from_millis(10);
 /// Pushers served per delivery round (in parallel).
 pub const QUEUE_PUSHERS: usize = 64;
 /// Queued pushes of one pusher read per round.
@@ -77,7 +79,11 @@ pub fn spawn(services: &Arc<Services>) {
                 Round::Idle => Duration::from_secs(60),
             };
             tokio::select! {
-                _ = waiter.changed() => {}
+                _ = waiter.changed() => {
+                    // New events: let those sent meanwhile join them, so a busy room costs a
+                    // round per batch of events rather than one per event.
+                    tokio::time::sleep(GATHER).await;
+                }
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
@@ -205,7 +211,10 @@ impl Services {
                 }
             }
         }
-        batch.commit_blocking()?;
+        // Unsynced: a crash that loses this batch keeps the entries it removes, so the events
+        // are evaluated again after the restart (pushes are at least once anyway); the next
+        // synced write, or RocksDB's own WAL flushes, make it durable.
+        batch.commit_unsynced()?;
         self.push.pending_after.fetch_max(done_up_to, Ordering::AcqRel);
         Ok(pending.len())
     }

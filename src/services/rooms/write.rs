@@ -431,7 +431,7 @@ impl Rooms {
 
         // One batch: the event, its place in the timeline and the state around it.
         let short_room = self.ids.room_or_create(signed.room_id.as_str())?;
-        let short_event = self.ids.event_or_create(signed.event_id.as_str())?;
+        let short_event = self.ids.queue_new_event(batch, signed.event_id.as_str())?;
         self.pdus.put(batch, short_event, &signed.bytes);
         if let Some((user, device, txn)) = event.txn {
             self.transactions

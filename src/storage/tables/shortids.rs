@@ -5,7 +5,12 @@
 //!
 //! Interning is get-or-create under a lock per kind, written at once without a WAL sync: the
 //! id only matters once an event that uses it is stored, and that event's synced batch comes
-//! later in the same sequential WAL, so it makes the interning durable too.
+//! later in the same sequential WAL, so it makes the interning durable too. An event built
+//! here is new by construction (its id hashes its `prev_events`, the room's head, which moves
+//! past it under the room's lock), so its id is interned without a lookup, in the event's own
+//! batch ([`ShortIds::queue_new_event`]). Batches may land out of id order, so the last id
+//! handed out is read back as the larger of the stored counter and the highest id in the
+//! reverse table.
 //!
 //! A mapping never changes or goes away once made, so each kind keeps the mappings it has
 //! seen (both ways) in a bounded in-memory cache; only misses reach RocksDB.
@@ -15,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use crate::util::cached_many;
 
 use crate::storage::{
-    Db, StorageError, StorageResult, codec,
+    Batch, Db, StorageError, StorageResult, codec,
     schema::{
         EVENTID_SHORTEVENTID, GLOBAL, ROOMID_SHORTROOMID, SHORTEVENTID_EVENTID, SHORTSTATEKEY_STATEKEY,
         STATEKEY_SHORTSTATEKEY,
@@ -95,26 +100,59 @@ impl ShortIds {
         if let Some(id) = self.get(kind, name)? {
             return Ok(id);
         }
+        let mut batch = self.db.batch();
+        let id = self.intern_in(kind, &mut last, &mut batch, name)?;
+        batch.commit_unsynced()?;
+        Ok(id)
+    }
+
+    /// Hands out the next id of `kind` for `name` (the caller holds the kind's lock, `last`)
+    /// and adds the mapping to `batch`; readers find it in the cache at once.
+    fn intern_in(&self, kind: &Kind, last: &mut Option<u64>, batch: &mut Batch, name: &[u8]) -> StorageResult<u64> {
         // Only this lock's holder moves the counter, so after the first read it is known.
         let id = match *last {
             Some(last) => last,
-            None => self
-                .db
-                .get(GLOBAL, kind.counter)?
-                .map(|b| codec::read_u64(GLOBAL, &b))
-                .transpose()?
-                .unwrap_or(0),
+            None => self.last_stored_id(kind)?,
         } + 1;
-        let mut batch = self.db.batch();
         batch.put(GLOBAL, kind.counter, &codec::u64_bytes(id));
         batch.put(kind.forward, name, &codec::u64_bytes(id));
         if let Some(reverse) = kind.reverse {
             batch.put(reverse, &codec::u64_bytes(id), name);
+            kind.names.insert(id, name.to_vec());
         }
-        batch.commit_unsynced()?;
         *last = Some(id);
         kind.ids.insert(name.to_vec(), id);
         Ok(id)
+    }
+
+    /// The highest id of `kind` stored: the counter, or a higher id in the reverse table (a
+    /// batch interning a later id may have landed before one interning an earlier id).
+    fn last_stored_id(&self, kind: &Kind) -> StorageResult<u64> {
+        let counter = self
+            .db
+            .get(GLOBAL, kind.counter)?
+            .map(|b| codec::read_u64(GLOBAL, &b))
+            .transpose()?
+            .unwrap_or(0);
+        let highest = match kind.reverse {
+            Some(reverse) => self
+                .db
+                .scan_range(reverse, &[], &[0xFF; 9], true, 1)?
+                .first()
+                .map(|(key, _)| codec::read_u64(reverse, key))
+                .transpose()?
+                .unwrap_or(0),
+            None => 0,
+        };
+        Ok(counter.max(highest))
+    }
+
+    /// Interns the id of an event built here, which is new by construction (see the module
+    /// doc), in the event's own batch: no lookup and no write of its own.
+    pub fn queue_new_event(&self, batch: &mut Batch, event_id: &str) -> StorageResult<u64> {
+        let kind = &self.events;
+        let mut last = kind.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.intern_in(kind, &mut last, batch, event_id.as_bytes())
     }
 
     fn name_of(&self, kind: &Kind, id: u64) -> StorageResult<Option<Vec<u8>>> {
@@ -269,5 +307,31 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), 200);
+    }
+
+    /// Ids interned in events' own batches stay unique across a restart even when the batches
+    /// land out of id order (the stored counter then lags the highest id).
+    #[test]
+    fn ids_interned_in_batches_landing_out_of_order_are_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = {
+            let db = db(dir.path());
+            let ids = ShortIds::new(Arc::clone(&db));
+            let mut early = db.batch();
+            let mut late = db.batch();
+            let first = ids.queue_new_event(&mut early, "$first").unwrap();
+            let second = ids.queue_new_event(&mut late, "$second").unwrap();
+            assert!(second > first);
+            assert_eq!(ids.event("$second").unwrap(), Some(second), "served before it lands");
+            assert_eq!(ids.event_id(second).unwrap().as_deref(), Some("$second"));
+            late.commit_blocking().unwrap();
+            early.commit_blocking().unwrap();
+            (first, second)
+        };
+        let ids = ShortIds::new(db(dir.path()));
+        assert_eq!(ids.event("$first").unwrap(), Some(first));
+        assert_eq!(ids.event_id(second).unwrap().as_deref(), Some("$second"));
+        let next = ids.event_or_create("$third").unwrap();
+        assert!(next > second, "{next} after {second}");
     }
 }

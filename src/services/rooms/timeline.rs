@@ -52,8 +52,9 @@ impl Rooms {
             .collect())
     }
 
-    /// Up to `limit` events with `after < position <= up_to`, oldest first, exactly as stored
-    /// (no redaction applied): for server-side evaluation such as push rules.
+    /// The newest `limit` events with `after < position <= up_to`, oldest first, exactly as
+    /// stored (no redaction applied): for server-side evaluation such as the unread counts,
+    /// which count at most that many and want the latest.
     pub fn timeline_undecorated(
         &self,
         room_id: &RoomId,
@@ -62,8 +63,9 @@ impl Rooms {
         limit: usize,
     ) -> Result<Vec<(u64, Pdu)>> {
         Ok(self
-            .timeline_raw(room_id, after, up_to, false, limit)?
+            .timeline_raw(room_id, after, up_to, true, limit)?
             .into_iter()
+            .rev()
             .map(|(pos, _, pdu)| (pos, pdu))
             .collect())
     }

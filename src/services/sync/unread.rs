@@ -5,7 +5,7 @@
 //! Counts are kept per (room, user) in a bounded in-memory cache with the position they were
 //! counted up to, so a sync after a new event evaluates only that event; a new receipt (or a
 //! cache miss) recounts from the receipt. The receipts are read only when the notifier says a
-//! receipt of the room moved since the counts. At most [`SCAN_LIMIT`] events are counted per room; a
+//! receipt of the room moved since the counts. At most the newest [`SCAN_LIMIT`] events are counted per room; a
 //! client shows a larger count as "99+" anyway.
 
 use futures_util::FutureExt;

@@ -390,9 +390,7 @@ fn push_rule_api_orders_rules_and_refuses_bad_requests() {
     );
     alice.delete(notices, json!({})).expect_err(404, "M_NOT_FOUND");
     // Disabling a user rule keeps it; PUTting it again keeps it disabled (Synapse).
-    alice
-        .put(&format!("{}", rule("a", "/enabled")), json!({"enabled": false}))
-        .ok();
+    alice.put(&rule("a", "/enabled"), json!({"enabled": false})).ok();
     alice.put(&rule("a", ""), body.clone()).ok();
     assert_eq!(alice.get(&rule("a", "/enabled")).ok()["enabled"], false);
 

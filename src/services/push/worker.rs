@@ -433,7 +433,7 @@ impl Services {
                 }
                 let answer: Answer = serde_json::from_slice(&answer).unwrap_or_default();
                 table.queue_delete_push(batch, &entry.key);
-                if answer.rejected.iter().any(|k| *k == entry.pushkey) {
+                if answer.rejected.contains(&entry.pushkey) {
                     tracing::info!(user = %entry.user_id, app_id = %entry.app_id, "pushkey rejected by the gateway: pusher removed");
                     table.queue_delete_pusher(batch, &entry.user_id, &entry.app_id, &entry.pushkey);
                     return Ok(Outcome::Stop);

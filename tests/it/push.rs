@@ -504,6 +504,27 @@ fn a_read_event_is_not_pushed() {
     assert!(gateway.delivered(&first).is_empty(), "{:#?}", gateway.seen());
 }
 
+/// The worker's cache of who has pushers follows a new pusher at once: a message the worker
+/// evaluated while bob had none pushes nothing, the next one after his pusher is set pushes.
+#[test]
+fn a_pusher_set_after_messages_were_evaluated_gets_the_next_one() {
+    let gateway = Gateway::start(Mode::Up);
+    let server = server();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let room = room_with(&alice, &bob, "Later");
+    let before = send(&alice, &room, "a0", "nobody is pushed yet");
+    // The worker evaluates it (and caches that bob has no pusher) well within this.
+    std::thread::sleep(Duration::from_millis(500));
+    set_pusher(&bob, &gateway.url(), "k", json!({}));
+    let after = send(&alice, &room, "a1", "now bob is");
+    gateway.wait_for("the message after the pusher", |seen| {
+        seen.iter()
+            .any(|s| s.body["notification"]["event_id"] == after.as_str())
+    });
+    assert!(gateway.delivered(&before).is_empty(), "{:#?}", gateway.seen());
+}
+
 /// A pushkey the gateway rejects loses its pusher.
 #[test]
 fn a_rejected_pushkey_removes_the_pusher() {

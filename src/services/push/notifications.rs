@@ -73,7 +73,7 @@ impl Services {
         let highlight_only = only.is_some_and(|o| o.contains("highlight"));
         let rules = self.push_rules(user_id)?;
 
-        // Each room's newest unread-by-us event below `below`, in a max-heap by position.
+        // Each room's newest event below `below` the user may see, in a max-heap by position.
         let mut sources = Vec::new();
         let mut heads = BinaryHeap::new();
         for (room_id, member) in self.rooms.memberships_of(user_id)?.iter() {

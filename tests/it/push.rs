@@ -717,6 +717,33 @@ fn notifications_merge_rooms_newest_first_without_pushers() {
     );
 }
 
+/// Events from a user one ignores are not among one's notifications (as no push is made for
+/// them).
+#[test]
+fn notifications_leave_out_ignored_users() {
+    let server = server();
+    let alice = server.user("alice", "pw");
+    let bob = server.user("bob", "pw");
+    let carol = server.user("carol", "pw");
+    let room = room_with(&alice, &bob, "Ignoring");
+    carol
+        .post(&format!("/_matrix/client/v3/join/{}", enc(&room)), json!({}))
+        .ok();
+    bob.put(
+        &format!(
+            "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
+            enc(&bob.uid())
+        ),
+        json!({"ignored_users": {carol.uid(): {}}}),
+    )
+    .ok();
+    let heard = send(&alice, &room, "a1", "from alice");
+    send(&carol, &room, "c1", "from carol, ignored");
+    assert_eq!(notification_ids(&notifications(&bob, "")), [heard.clone()]);
+    // Alice ignores nobody: she hears carol.
+    assert_eq!(notification_ids(&notifications(&alice, "")).len(), 1);
+}
+
 /// One request reads a bounded number of events: a muted room with more messages than that
 /// gives an empty page with a `next_token`, and following it reaches what lies beyond.
 #[test]

@@ -3,8 +3,8 @@
 //! Nothing is logged per recipient when an event is sent (that would be one write per member
 //! of the room for every message, which in a big room costs more than the message itself).
 //! Instead the user's rooms are read backwards from the `from` position, merged by stream
-//! position, and each event from someone else is evaluated with the user's push rules, as
-//! `/sync`'s unread counts are (`sync/unread.rs`). The rooms read are those the user is joined
+//! position, and each event from someone else (and not from a user they ignore) is evaluated
+//! with the user's push rules, as `/sync`'s unread counts are (`sync/unread.rs`). The rooms read are those the user is joined
 //! to (events after their join) and their pending invites (the invite itself, which
 //! `.m.rule.invite_for_me` notifies); redacted events no longer notify, as in Synapse.
 //!
@@ -72,6 +72,7 @@ impl Services {
             .clamp(1, MAX_NOTIFICATIONS_PAGE);
         let highlight_only = only.is_some_and(|o| o.contains("highlight"));
         let rules = self.push_rules(user_id)?;
+        let ignored = self.account_data.ignored_users(user_id)?;
 
         // Each room's newest event below `below` the user may see, in a max-heap by position.
         let mut sources = Vec::new();
@@ -108,7 +109,8 @@ impl Services {
             for (position, pdu) in chunk {
                 budget -= 1;
                 lowest = position;
-                if let Some(actions) = self.notifying_actions(user_id, &rules, source, &pdu)?
+                if !ignored.contains(&pdu.sender)
+                    && let Some(actions) = self.notifying_actions(user_id, &rules, source, &pdu)?
                     && (!highlight_only || actions.iter().any(Action::is_highlight))
                 {
                     let read_up_to = match source.read_up_to {

@@ -30,6 +30,13 @@ pub async fn get_notifications(
     ctx: Ctx,
     req: get_notifications::v3::Request,
 ) -> Result<get_notifications::v3::Response> {
-    ctx.services
-        .notifications(ctx.user_id()?, req.from.as_deref(), req.limit, req.only.as_deref())
+    // Up to `SCAN_BUDGET` events are read and evaluated: on the blocking pool, as `/search`,
+    // so a long page never holds up the HTTP thread's other requests.
+    let services = std::sync::Arc::clone(&ctx.services);
+    let user_id = ctx.user_id()?.to_owned();
+    tokio::task::spawn_blocking(move || {
+        services.notifications(&user_id, req.from.as_deref(), req.limit, req.only.as_deref())
+    })
+    .await
+    .map_err(|e| crate::Error::internal(e.to_string()))?
 }

@@ -25,7 +25,6 @@ use ruma::{
     serde::Raw,
 };
 
-use super::worker::read_up_to;
 use crate::{
     Error, Result,
     services::{Services, rooms::pdu::Pdu},
@@ -115,7 +114,7 @@ impl Services {
                 {
                     let read_up_to = match source.read_up_to {
                         Some(read) => read,
-                        None => *source.read_up_to.insert(read_up_to(self, &source.room_id, user_id)?),
+                        None => *source.read_up_to.insert(self.read_up_to(&source.room_id, user_id)?),
                     };
                     out.push(get_notifications::v3::Notification::new(
                         actions,

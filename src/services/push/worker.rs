@@ -130,15 +130,6 @@ async fn round(weak: &Weak<Services>) -> Option<Round> {
     })
 }
 
-/// The highest stream position of the user's read receipts in a room.
-pub(super) fn read_up_to(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<u64> {
-    let mut read = 0;
-    for id in services.receipts.read_marks(room_id, user_id)? {
-        read = read.max(services.rooms.position_of(&id)?.unwrap_or(0));
-    }
-    Ok(read)
-}
-
 /// The tweaks of a push's actions (`{"sound": "default", "highlight": true}`).
 fn tweaks(actions: &[Action]) -> serde_json::Map<String, Value> {
     let mut out = serde_json::Map::new();
@@ -407,7 +398,7 @@ impl Services {
         ) else {
             return drop_entry("unreadable entry");
         };
-        if read_up_to(self, &room_id, &user_id)? >= entry.position {
+        if self.read_up_to(&room_id, &user_id)? >= entry.position {
             return drop_entry("already read");
         }
         let Some(pdu) = self.rooms.event(&event_id)? else {

@@ -74,13 +74,7 @@ impl Services {
             {
                 known.marks_up_to
             }
-            _ => {
-                let mut marks_up_to = 0;
-                for event_id in self.receipts.read_marks(room_id, user_id)? {
-                    marks_up_to = marks_up_to.max(rooms.position_of(&event_id)?.unwrap_or(0));
-                }
-                marks_up_to
-            }
+            _ => self.read_up_to(room_id, user_id)?,
         };
         // Nothing before the user's own latest membership counts.
         let members = rooms.members(room_id)?;
@@ -165,6 +159,16 @@ impl Services {
             .now_or_never()
             .map(<[Action]>::to_vec)
             .unwrap_or_default())
+    }
+
+    /// The highest stream position the user's read receipts (unthreaded or on the main
+    /// timeline) point at in a room (0: none).
+    pub(crate) fn read_up_to(&self, room_id: &RoomId, user_id: &UserId) -> Result<u64> {
+        let mut read = 0;
+        for event_id in self.receipts.read_marks(room_id, user_id)? {
+            read = read.max(self.rooms.position_of(&event_id)?.unwrap_or(0));
+        }
+        Ok(read)
     }
 
     /// The stream position of the user's own latest member event in a room (0: none), before

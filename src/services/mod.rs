@@ -7,6 +7,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod directory;
 pub mod events;
+pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod oauth;

@@ -19,6 +19,9 @@ mod directory;
 mod e2ee;
 /// What Element Web relies on: invite state, display names, feature flags, presets.
 mod element_web;
+/// Federation server discovery and the outbound HTTPS transport, as a library against a DNS
+/// server and TLS servers on loopback.
+mod federation_resolver;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

@@ -154,6 +154,8 @@ struct Script {
     silent: bool,
     /// Answers with bytes that are not HTTP.
     garbage: bool,
+    /// Closes the connection after one answer (without saying so in the answer).
+    close_after_one: bool,
 }
 
 fn well_known(body: &str) -> Script {
@@ -273,6 +275,10 @@ async fn connection(tcp: TcpStream, acceptor: TlsAcceptor, script: Script, seen:
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}".to_vec()
         };
         if tls.write_all(&response).await.is_err() || tls.flush().await.is_err() {
+            return;
+        }
+        if script.close_after_one {
+            let _ = tls.shutdown().await;
             return;
         }
     }
@@ -923,4 +929,27 @@ async fn chunked_bodies_are_read_and_connections_are_reused() {
     }
     assert_eq!(target.seen().len(), 4);
     assert_eq!(target.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_server_closed_is_replaced() {
+    let ca = Ca::new();
+    let port = free_port(42).await;
+    let script = Script {
+        close_after_one: true,
+        ..Script::default()
+    };
+    let target = serve(at(42, port), ca.acceptor(&["127.0.0.42"]), script).await;
+    let transport = Transport::new(&[ca.der()], true);
+    let dest = Destination {
+        addrs: vec![at(42, port)],
+        host: "127.0.0.42".into(),
+        tls_name: "127.0.0.42".into(),
+    };
+    for _ in 0..3 {
+        let response = get(&transport, &dest, "/_matrix/test").await.unwrap();
+        assert_eq!(response.body(), br#"{"ok":true}"#);
+    }
+    assert_eq!(target.seen().len(), 3);
+    assert_eq!(target.connections(), 3);
 }

@@ -134,10 +134,11 @@ impl Transport {
         }
         let head = request_head(dest, &request)?;
         let body = request.body();
+        let head_only = request.method() == http::Method::HEAD;
         tokio::time::timeout_at(deadline, async {
             // A reused connection first; if it fails before answering, a fresh one.
             if let Some((stream, addr)) = self.take_idle(dest, &addrs) {
-                match exchange(stream, &head, body, max_response_bytes).await {
+                match exchange(stream, &head, body, head_only, max_response_bytes).await {
                     Ok((response, reusable)) => {
                         self.put_idle(addr, dest, reusable);
                         return Ok(response);
@@ -149,7 +150,7 @@ impl Transport {
                 }
             }
             let (stream, addr) = self.connect(dest, &addrs, deadline).await?;
-            match exchange(stream, &head, body, max_response_bytes).await {
+            match exchange(stream, &head, body, head_only, max_response_bytes).await {
                 Ok((response, reusable)) => {
                     self.put_idle(addr, dest, reusable);
                     Ok(response)
@@ -220,10 +221,10 @@ impl Transport {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            return match self.tls.connect(name.clone(), tcp).await {
-                Ok(stream) => Ok((stream, *addr)),
-                Err(e) => Err(failed(format!("TLS with {} ({addr}) failed: {e}", dest.tls_name))),
-            };
+            match self.tls.connect(name.clone(), tcp).await {
+                Ok(stream) => return Ok((stream, *addr)),
+                Err(e) => last_error = format!("TLS with {} ({addr}) failed: {e}", dest.tls_name),
+            }
         }
         Err(failed(format!("Cannot connect to {}: {last_error}", dest.host)))
     }
@@ -340,6 +341,7 @@ async fn exchange(
     mut stream: Stream,
     head: &[u8],
     body: &[u8],
+    head_only: bool,
     max_bytes: usize,
 ) -> std::result::Result<(http::Response<Vec<u8>>, Option<Stream>), Failure> {
     let write = async {
@@ -397,7 +399,7 @@ async fn exchange(
             }
         }
     };
-    read_body(reader, status, version, headers, max_bytes)
+    read_body(reader, status, version, headers, head_only, max_bytes)
         .await
         .map_err(Failure::Answer)
 }
@@ -407,6 +409,7 @@ async fn read_body(
     status: u16,
     version: u8,
     headers: Vec<(String, Vec<u8>)>,
+    head_only: bool,
     max_bytes: usize,
 ) -> Result<(http::Response<Vec<u8>>, Option<Stream>)> {
     let status = StatusCode::from_u16(status).map_err(|_| failed(format!("Invalid status {status}")))?;
@@ -425,7 +428,8 @@ async fn read_body(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(failed("The server switched protocols"));
     }
-    if status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+    if head_only || status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+    {
         // No body.
     } else if chunked {
         loop {

@@ -145,11 +145,14 @@ struct Seen {
     path: String,
 }
 
+/// A canned answer: status, extra headers, body.
+type Answer = (u16, Vec<(&'static str, String)>, Vec<u8>);
+
 /// What a test server answers.
 #[derive(Clone, Default)]
 struct Script {
-    /// The answer to `GET /.well-known/matrix/server`: status, extra headers, body (404 if none).
-    well_known: Option<(u16, Vec<(&'static str, String)>, Vec<u8>)>,
+    /// The answer to `GET /.well-known/matrix/server` (404 if none).
+    well_known: Option<Answer>,
     /// Reads requests and never answers.
     silent: bool,
     /// Answers with bytes that are not HTTP.
@@ -682,12 +685,14 @@ async fn a_well_known_whose_m_server_is_not_a_server_name_is_ignored() {
 #[tokio::test]
 async fn well_known_redirects_are_followed_with_the_new_host() {
     let ca = Ca::new();
-    let mut script = Script::default();
-    script.well_known = Some((
-        301,
-        vec![("Location", "https://other53.test/.well-known/matrix/server".to_owned())],
-        Vec::new(),
-    ));
+    let script = Script {
+        well_known: Some((
+            301,
+            vec![("Location", "https://other53.test/.well-known/matrix/server".to_owned())],
+            Vec::new(),
+        )),
+        ..Script::default()
+    };
     let first = serve(at(52, 443), ca.acceptor(&["host52.test"]), script).await;
     let second = serve(
         at(53, 443),
@@ -747,8 +752,10 @@ async fn a_well_known_answer_with_max_age_is_not_fetched_twice() {
 #[tokio::test]
 async fn a_well_known_error_is_not_retried_at_once() {
     let ca = Ca::new();
-    let mut script = Script::default();
-    script.well_known = Some((500, vec![], b"{}".to_vec()));
+    let script = Script {
+        well_known: Some((500, vec![], b"{}".to_vec())),
+        ..Script::default()
+    };
     let wk = serve(at(32, 443), ca.acceptor(&["host32.test"]), script).await;
     let target = serve(at(32, 8448), ca.acceptor(&["host32.test"]), Script::default()).await;
     let resolver = resolver(&ca, dns(&[Rec::A("host32.test", ip(32))], 0).await);

@@ -119,10 +119,12 @@ enum Host {
 }
 
 fn parse_host(host: &str) -> Host {
-    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        if let Ok(ip) = inner.parse::<Ipv6Addr>() {
-            return Host::Ip(IpAddr::V6(ip));
-        }
+    if let Some(Ok(ip)) = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .map(|inner| inner.parse::<Ipv6Addr>())
+    {
+        return Host::Ip(IpAddr::V6(ip));
     }
     match host.parse::<std::net::Ipv4Addr>() {
         Ok(ip) => Host::Ip(IpAddr::V4(ip)),
@@ -484,10 +486,11 @@ fn cache_lifetime(headers: &http::HeaderMap) -> Duration {
             if directive == "no-store" || directive == "no-cache" {
                 return Duration::ZERO;
             }
-            if let Some(seconds) = directive.strip_prefix("max-age=") {
-                if let Ok(seconds) = seconds.trim_matches('"').parse::<u64>() {
-                    max_age = Some(Duration::from_secs(seconds));
-                }
+            if let Some(Ok(seconds)) = directive
+                .strip_prefix("max-age=")
+                .map(|s| s.trim_matches('"').parse::<u64>())
+            {
+                max_age = Some(Duration::from_secs(seconds));
             }
         }
     }

@@ -960,3 +960,32 @@ async fn a_kept_connection_the_server_closed_is_replaced() {
     assert_eq!(target.seen().len(), 3);
     assert_eq!(target.connections(), 3);
 }
+
+#[tokio::test]
+async fn concurrent_resolutions_of_one_name_fetch_the_well_known_once() {
+    let ca = Ca::new();
+    let wk = serve(
+        at(43, 443),
+        ca.acceptor(&["host43.test"]),
+        well_known(r#"{"m.server":"127.0.0.44:8448"}"#),
+    )
+    .await;
+    let resolver = resolver(&ca, dns(&[Rec::A("host43.test", ip(43))], 60).await);
+    let name = <&ServerName>::try_from("host43.test").unwrap();
+    let (a, b, c, d) = tokio::join!(
+        resolver.resolve(name),
+        resolver.resolve(name),
+        resolver.resolve(name),
+        resolver.resolve(name)
+    );
+    for dest in [a, b, c, d] {
+        let dest = dest.unwrap();
+        assert_eq!(dest.addrs, [at(44, 8448)]);
+        assert_eq!(dest.host, "127.0.0.44:8448");
+    }
+    assert_eq!(wk.well_known_fetches(), 1);
+    // Forgetting the destination resolves again, but the .well-known answer stays cached.
+    resolver.forget(name);
+    assert_eq!(resolver.resolve(name).await.unwrap().addrs, [at(44, 8448)]);
+    assert_eq!(wk.well_known_fetches(), 1);
+}

@@ -24,11 +24,13 @@
 //! default, at least [`WELL_KNOWN_MIN_CACHE`] (as Synapse does), at most 48 hours; errors are
 //! cached for 10 minutes, doubled on each consecutive failure, up to an hour. The final
 //! destination is cached as long as its DNS records (and its `.well-known` answer) are valid,
-//! at most an hour. Both caches are bounded maps.
+//! at most an hour. Both caches are bounded maps. Concurrent resolutions of one server name
+//! wait for the first one and share its result.
 
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -85,6 +87,8 @@ pub struct Resolver {
     transport: Transport,
     well_known: BoundedMap<String, WellKnownEntry>,
     destinations: BoundedMap<OwnedServerName, DestinationEntry>,
+    /// One resolution at a time per server name: others wait for it and read the cache.
+    in_flight: BoundedMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// A cached `.well-known` outcome: the delegated server name, or `None` after an error.
@@ -164,6 +168,7 @@ impl Resolver {
             transport: Transport::new(&settings.extra_roots, settings.allow_private),
             well_known: BoundedMap::new(CACHE_ENTRIES),
             destinations: BoundedMap::new(CACHE_ENTRIES),
+            in_flight: BoundedMap::new(CACHE_ENTRIES),
         })
     }
 
@@ -174,11 +179,17 @@ impl Resolver {
 
     /// Where to send requests for `server_name`.
     pub async fn resolve(&self, server_name: &ServerName) -> Result<Destination> {
-        let now = Instant::now();
-        let cached = self.destinations.with(server_name, |entry| {
-            entry.filter(|e| e.expires > now).map(|e| e.destination.clone())
-        });
-        if let Some(destination) = cached {
+        if let Some(destination) = self.cached(server_name) {
+            return Ok(destination);
+        }
+        let lock = self.in_flight.get_or_insert_with(
+            server_name,
+            || server_name.to_owned(),
+            || Arc::new(tokio::sync::Mutex::new(())),
+            |lock| Arc::clone(lock),
+        );
+        let _resolving = lock.lock().await;
+        if let Some(destination) = self.cached(server_name) {
             return Ok(destination);
         }
         let (destination, valid_until) = self.resolve_uncached(server_name).await?;
@@ -193,6 +204,20 @@ impl Resolver {
             );
         }
         Ok(destination)
+    }
+
+    /// Forgets the cached destination of `server_name` (say, after it could not be reached),
+    /// so the next [`resolve`](Self::resolve) looks it up again (`.well-known` answers stay
+    /// cached).
+    pub fn forget(&self, server_name: &ServerName) {
+        self.destinations.remove(server_name);
+    }
+
+    fn cached(&self, server_name: &ServerName) -> Option<Destination> {
+        let now = Instant::now();
+        self.destinations.with(server_name, |entry| {
+            entry.filter(|e| e.expires > now).map(|e| e.destination.clone())
+        })
     }
 
     async fn resolve_uncached(&self, server_name: &ServerName) -> Result<(Destination, Instant)> {

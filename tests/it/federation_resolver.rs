@@ -989,3 +989,25 @@ async fn concurrent_resolutions_of_one_name_fetch_the_well_known_once() {
     assert_eq!(resolver.resolve(name).await.unwrap().addrs, [at(44, 8448)]);
     assert_eq!(wk.well_known_fetches(), 1);
 }
+
+#[tokio::test]
+async fn a_well_known_server_that_never_answers_is_given_up_on() {
+    let ca = Ca::new();
+    let silent = Script {
+        silent: true,
+        ..Script::default()
+    };
+    let wk = serve(at(45, 443), ca.acceptor(&["host45.test"]), silent).await;
+    let target = serve(at(45, 8448), ca.acceptor(&["host45.test"]), Script::default()).await;
+    let resolver = resolver(&ca, dns(&[Rec::A("host45.test", ip(45))], 60).await);
+    resolve_and_check(
+        &resolver,
+        "host45.test",
+        &target,
+        &[at(45, 8448)],
+        "host45.test",
+        Some("host45.test"),
+    )
+    .await;
+    assert_eq!(wk.well_known_fetches(), 1);
+}

@@ -159,6 +159,8 @@ struct Script {
     garbage: bool,
     /// Closes the connection after one answer (without saying so in the answer).
     close_after_one: bool,
+    /// Answers any request with these bytes, then closes.
+    raw: Option<Vec<u8>>,
 }
 
 fn well_known(body: &str) -> Script {
@@ -250,6 +252,11 @@ async fn connection(tcp: TcpStream, acceptor: TlsAcceptor, script: Script, seen:
         });
         if script.silent {
             tokio::time::sleep(TIMEOUT).await;
+            return;
+        }
+        if let Some(raw) = &script.raw {
+            let _ = tls.write_all(raw).await;
+            let _ = tls.shutdown().await;
             return;
         }
         if script.garbage {
@@ -1010,4 +1017,93 @@ async fn a_well_known_server_that_never_answers_is_given_up_on() {
     )
     .await;
     assert_eq!(wk.well_known_fetches(), 1);
+}
+
+#[tokio::test]
+async fn malformed_and_hostile_answers_are_errors_without_panics() {
+    let ca = Ca::new();
+    let acceptor = ca.acceptor(&["127.0.0.46"]);
+    let transport = Transport::new(&[ca.der()], true);
+    let huge_head = format!("HTTP/1.1 200 OK\r\nX-A: {}\r\n\r\n", "a".repeat(40 * 1024));
+    let many_headers = format!("HTTP/1.1 200 OK\r\n{}\r\n", "X-A: 1\r\n".repeat(101));
+    let mut cases: Vec<(Vec<u8>, bool)> = vec![
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n".to_vec(),
+            false,
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n".to_vec(), false),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n".to_vec(), false),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc".to_vec(), false),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n".to_vec(),
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n".to_vec(),
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n".to_vec(),
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc".to_vec(),
+            false,
+        ),
+        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec(), false),
+        (b"HTTP/1.1 200 OK\r\n".to_vec(), false),
+        (b"".to_vec(), false),
+        (huge_head.into_bytes(), false),
+        (many_headers.into_bytes(), false),
+        (
+            format!("HTTP/1.1 200 OK\r\n\r\n{}", "x".repeat(2000)).into_bytes(),
+            false,
+        ),
+        // Fine: a body up to the end of the connection, an informational answer first.
+        (b"HTTP/1.1 200 OK\r\n\r\n{\"ok\":true}".to_vec(), true),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+            true,
+        ),
+    ];
+    // Random bytes, some behind a valid status line: any outcome but a panic or a hang.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..40 {
+        let mut bytes = if i % 2 == 0 {
+            b"HTTP/1.1 200 OK\r\n".to_vec()
+        } else {
+            Vec::new()
+        };
+        for _ in 0..(i * 37 % 500) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let alphabet = b"\r\n:0123456789abcdefHTTP/ \x00\xff";
+            bytes.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+        }
+        cases.push((bytes, false));
+    }
+    for (i, (raw, fine)) in cases.into_iter().enumerate() {
+        let script = Script {
+            raw: Some(raw),
+            ..Script::default()
+        };
+        let server = serve(at(46, 0), acceptor.clone(), script).await;
+        let dest = Destination {
+            addrs: vec![server.addr],
+            host: "127.0.0.46".into(),
+            tls_name: "127.0.0.46".into(),
+        };
+        let request = http::Request::get("/_matrix/test").body(Vec::new()).unwrap();
+        let outcome = transport.send(&dest, request, 1024, Duration::from_secs(5)).await;
+        if fine {
+            assert!(outcome.is_ok(), "case {i}: {outcome:?}");
+        } else if i < 15 {
+            assert!(outcome.is_err(), "case {i} must fail");
+        }
+    }
 }

@@ -67,6 +67,8 @@ pub const WELL_KNOWN_ERROR_CACHE: Duration = Duration::from_secs(10 * 60);
 pub const WELL_KNOWN_MAX_ERROR_CACHE: Duration = Duration::from_secs(3600);
 /// The longest a resolved destination is kept.
 pub const MAX_DESTINATION_CACHE: Duration = Duration::from_secs(3600);
+/// The time for a whole resolution (`.well-known` and DNS).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Entries of each cache.
 pub const CACHE_ENTRIES: usize = 10_000;
 
@@ -192,7 +194,9 @@ impl Resolver {
         if let Some(destination) = self.cached(server_name) {
             return Ok(destination);
         }
-        let (destination, valid_until) = self.resolve_uncached(server_name).await?;
+        let (destination, valid_until) = tokio::time::timeout(RESOLVE_TIMEOUT, self.resolve_uncached(server_name))
+            .await
+            .map_err(|_| failed(format!("Timed out resolving {server_name}")))??;
         let valid_until = valid_until.min(Instant::now() + MAX_DESTINATION_CACHE);
         if valid_until > Instant::now() {
             self.destinations.insert(

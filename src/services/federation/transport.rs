@@ -377,6 +377,9 @@ async fn exchange(
             }
         };
         match parsed {
+            Some((len, ..)) if len > MAX_HEAD_BYTES => {
+                return Err(Failure::Answer(failed("The response's headers are too large")));
+            }
             Some((len, code, _, _)) if (100..200).contains(&code) && code != 101 => reader.pos += len,
             Some((len, code, version, headers)) => {
                 reader.pos += len;

@@ -66,6 +66,13 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// The server's signing key (works on the data directory; stop the server first).
+    SigningKey {
+        #[command(subcommand)]
+        action: SigningKeyAction,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Media repository housekeeping (works on the data directory; stop the server first).
     Media {
         #[command(subcommand)]
@@ -73,6 +80,13 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SigningKeyAction {
+    /// Retire the current key and create a new one. Other servers keep checking old signatures
+    /// with the retired key, which `/_matrix/key/v2/server` lists under `old_verify_keys`.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -249,6 +263,22 @@ fn run(cli: Cli) -> Result<(), String> {
                     TokenAction::Delete { token } => admin::delete_token(&services, &token).await,
                 }
             })
+        }
+        Command::SigningKey {
+            action: SigningKeyAction::Rotate,
+            common,
+        } => {
+            let config = load(&common, Overrides::default())?;
+            init_logging_quiet();
+            let key_path = config.signing_key_path.clone();
+            let services = admin::open(config)?;
+            let (old, new) = services
+                .federation
+                .own_keys
+                .rotate(&key_path)
+                .map_err(|e| e.to_string())?;
+            println!("retired {old}; now signing with {new} ({})", key_path.display());
+            Ok(())
         }
         Command::Reports { common } => {
             let config = load(&common, Overrides::default())?;

@@ -13,11 +13,14 @@ use serde::Deserialize;
 use crate::services::media::ssrf::IpRange;
 
 mod features;
+mod federation;
 mod load;
 mod media;
 
 pub use features::{OAuthConfig, PushConfig, VoipConfig};
 use features::{RawOAuth, RawPush, RawRtc, RawUserDirectory, RawVoip};
+use federation::RawFederation;
+pub use federation::{FederationConfig, TlsListener};
 pub use load::{Overrides, load};
 pub use media::MediaConfig;
 use media::RawMedia;
@@ -102,8 +105,8 @@ pub struct Config {
     pub well_known_client: Option<String>,
     /// `m.server` for `/.well-known/matrix/server`.
     pub well_known_server: Option<String>,
-    /// Federation on or off (only off exists yet: `true` is refused at start).
-    pub federation_enabled: bool,
+    /// The `[federation]` section.
+    pub federation: FederationConfig,
     /// The room version `createRoom` uses when the client names none.
     pub default_room_version: ruma::RoomVersionId,
     /// Rate limiting on or off.
@@ -232,12 +235,6 @@ struct RawLogging {
 struct RawWellKnown {
     client: Option<String>,
     server: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawFederation {
-    enabled: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -442,12 +439,6 @@ impl RawConfig {
                 ));
             }
         };
-        if self.federation.enabled {
-            return Err(key_error(
-                "federation.enabled",
-                "federation is not available in this version of Hearth yet; leave it false",
-            ));
-        }
         let version = match &self.rooms.default_room_version {
             RoomVersionText::Text(text) => text.clone(),
             RoomVersionText::Number(number) => number.to_string(),
@@ -587,7 +578,7 @@ impl RawConfig {
             log_format,
             well_known_client: self.well_known.client,
             well_known_server: self.well_known.server,
-            federation_enabled: self.federation.enabled,
+            federation: self.federation.validate()?,
             default_room_version,
             rate_limits_enabled: self.rate_limits.enabled,
             rate_limit_login: self.rate_limits.login,
@@ -711,9 +702,40 @@ mod tests {
     }
 
     #[test]
-    fn federation_on_is_refused_until_it_exists() {
-        let err = load_str("[federation]\nenabled = true\n", &[]).unwrap_err().to_string();
-        assert!(err.contains("federation.enabled"), "{err}");
+    fn the_federation_section_is_read_and_checked() {
+        let off = Config::defaults().federation;
+        assert!(!off.enabled && off.listen.is_none() && !off.allow_private_destinations);
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "not used until the listener starts").unwrap();
+        let pem = pem.display().to_string();
+        let c = load_str(
+            &format!("[federation]\nenabled = true\nlisten = \"127.0.0.1:8448\"\ntls_cert_file = \"{pem}\"\ntls_key_file = \"{pem}\"\n"),
+            &[
+                ("HEARTH_FEDERATION__DENIED_SERVERS", "[\"*.evil.example\"]"),
+                ("HEARTH_FEDERATION__ALLOW_PRIVATE_DESTINATIONS", "true"),
+                ("HEARTH_FEDERATION__DNS_SERVER", "127.0.0.1:5353"),
+            ],
+        )
+        .unwrap()
+        .federation;
+        assert!(c.enabled && c.allow_private_destinations);
+        assert_eq!(c.listen.unwrap().addr.port(), 8448);
+        assert_eq!(c.denied_servers, ["*.evil.example"]);
+        assert_eq!(c.dns_server.unwrap().port(), 5353);
+        for (text, key) in [
+            ("listen = \"127.0.0.1:8448\"", "federation.tls_cert_file"),
+            ("listen = \"8448\"", "federation.listen"),
+            ("allowed_servers = [\"a b\"]", "federation.allowed_servers"),
+            ("trusted_key_servers = [\"\"]", "federation.trusted_key_servers"),
+            ("extra_ca_file = \"/nonexistent/ca.pem\"", "federation.extra_ca_file"),
+            ("tls_cert = \"x\"", "federation.tls_cert"),
+        ] {
+            let err = load_str(&format!("[federation]\n{text}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

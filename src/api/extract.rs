@@ -35,6 +35,8 @@ pub enum AuthRequirement {
     Optional,
     /// A valid token is required.
     Required,
+    /// A federation request: a valid `X-Matrix` signature of another server is required.
+    Server,
 }
 
 /// What a handler gets besides its request: the services and who is asking.
@@ -45,6 +47,8 @@ pub struct Ctx {
     pub session: Option<Session>,
     /// The client's address.
     pub ip: Option<String>,
+    /// The server that signed a federation request.
+    pub origin: Option<ruma::OwnedServerName>,
 }
 
 impl Ctx {
@@ -115,6 +119,9 @@ pub async fn prepare(
 ) -> Result<Prepared> {
     let mut prepared = prepare_head(req, services, auth, limit, template).await?;
     prepared.body = read_body(req, payload, services.config.max_request_size).await?;
+    if auth == AuthRequirement::Server {
+        prepared.ctx.origin = Some(services.federation.authenticate(&prepared.http_request()).await?);
+    }
     // An empty POST body reads as `{}`, as Synapse allows for the endpoints whose fields are
     // all optional (clients send `join`, `leave`, `logout` with no body); an endpoint with
     // required fields still answers M_BAD_JSON / M_MISSING_PARAM.
@@ -151,7 +158,7 @@ pub async fn prepare_head(
         .map(|peer| client_address(peer.ip(), req.headers(), &services.config.trusted_proxies));
     let ip = client.map(|a| a.to_string());
     let session = match (auth, access_token(req)) {
-        (AuthRequirement::None, _) => None,
+        (AuthRequirement::None | AuthRequirement::Server, _) => None,
         (AuthRequirement::Required, None) => return Err(Error::missing_token()),
         (_, Some(token)) => Some(services.sessions.authenticate(&token, ip.as_deref()).await?),
         (AuthRequirement::Optional, None) => None,
@@ -184,6 +191,7 @@ pub async fn prepare_head(
             services: Arc::clone(services),
             session,
             ip,
+            origin: None,
         },
         path_args,
         method,

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod extract;
+pub mod federation;
 pub mod respond;
 pub mod router;
 
@@ -15,9 +16,18 @@ use actix_web::web;
 use crate::services::rate_limit::LimitClass;
 use router::RouteTable;
 
-/// Registers every route of the server on `cfg`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers every route of the server on `cfg`; the server-server routes only when
+/// `federation` is on.
+pub fn configure(cfg: &mut web::ServiceConfig, federation: bool) {
     let mut t = RouteTable::default();
+
+    if federation {
+        t.add(LimitClass::Client, self::federation::version::get_server_version);
+        t.add(LimitClass::Client, self::federation::keys::get_server_keys);
+        t.add(LimitClass::Client, self::federation::keys::get_remote_server_keys);
+        t.add(LimitClass::Client, self::federation::keys::get_remote_server_keys_batch);
+        t.add(LimitClass::Client, self::federation::query::get_profile_information);
+    }
 
     // Discovery and server information.
     t.add(LimitClass::Client, client::versions::get_supported_versions);

@@ -42,6 +42,9 @@ impl AuthPolicy for auth_scheme::AccessToken {
 impl AuthPolicy for auth_scheme::AccessTokenOptional {
     const REQUIREMENT: AuthRequirement = AuthRequirement::Optional;
 }
+impl AuthPolicy for ruma::api::federation::authentication::ServerSignatures {
+    const REQUIREMENT: AuthRequirement = AuthRequirement::Server;
+}
 /// Endpoints such as `/login` and `/register` take an optional application-service token.
 /// Until application services exist no token is read there, so a stale user token sent along
 /// (as Synapse also tolerates) does not turn a login into a 401.

@@ -102,6 +102,8 @@ pub struct Services {
     pub push: push::Push,
     /// Thread subscriptions (MSC4306).
     pub thread_subs: Arc<thread_subs::ThreadSubs>,
+    /// Talking to other servers.
+    pub federation: federation::Federation,
 }
 
 impl Services {
@@ -163,7 +165,9 @@ impl Services {
         let openid = openid::OpenId::new(Arc::clone(&db));
         let push = push::Push::new(Arc::clone(&db), &config.push);
         let initial_syncs = sync::InitialSyncs::new(config.initial_sync_concurrency);
+        let federation = federation::Federation::new(&config, Arc::clone(&db), Arc::clone(&server_keys))?;
         Ok(Arc::new(Services {
+            federation,
             db,
             reports,
             media,

@@ -42,6 +42,16 @@ pub fn generate_key_file() -> Result<String> {
 }
 
 impl ServerKeys {
+    /// The key id, `ed25519:<version>`.
+    pub fn key_id(&self) -> String {
+        format!("ed25519:{}", self.version)
+    }
+
+    /// The public key (32 bytes).
+    pub fn public_key(&self) -> Vec<u8> {
+        self.keypair.public_key().to_vec()
+    }
+
     /// Loads the key at `path`, creating the file (mode 0600) when it does not exist.
     pub fn load_or_create(path: &Path, server_name: &str) -> Result<ServerKeys> {
         if !path.exists() {
@@ -49,7 +59,7 @@ impl ServerKeys {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
             }
-            write_private(path, &generate_key_file()?)?;
+            write_private(path, &generate_key_file()?, false)?;
             tracing::info!(path = %path.display(), "created a new signing key for {server_name}");
         }
         let text = std::fs::read_to_string(path)
@@ -77,11 +87,20 @@ impl ServerKeys {
     }
 }
 
+/// Replaces the key at `path` by a new one (key rotation), whole and durably.
+pub fn replace_key_file(path: &Path) -> Result<ServerKeys> {
+    let text = generate_key_file()?;
+    let keys = ServerKeys::parse(&text).map_err(Error::internal)?;
+    write_private(path, &text, true)?;
+    Ok(keys)
+}
+
 /// Creates the key file whole and durably, or not at all: the contents go to a temporary file,
-/// which is synced and then linked under `path` (never replacing a file already there), and the
-/// directory is synced, so the new name survives a power cut. (Without the directory sync a
-/// power cut could drop the file and the next start would sign with a new key.)
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+/// which is synced and then linked under `path` (never replacing a file already there, unless
+/// `replace`: then renamed over it), and the directory is synced, so the new name survives a
+/// power cut. (Without the directory sync a power cut could drop the file and the next start
+/// would sign with a new key.)
+fn write_private(path: &Path, contents: &str, replace: bool) -> Result<()> {
     use std::io::Write;
     let fail = |e: std::io::Error| Error::internal(format!("cannot create {}: {e}", path.display()));
     let mut partial = path.as_os_str().to_owned();
@@ -96,9 +115,13 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
     file.write_all(contents.as_bytes())
         .and_then(|_| file.sync_all())
         .map_err(fail)?;
-    let linked = std::fs::hard_link(&partial, path);
-    let _ = std::fs::remove_file(&partial);
-    linked.map_err(fail)?;
+    if replace {
+        std::fs::rename(&partial, path).map_err(fail)?;
+    } else {
+        let linked = std::fs::hard_link(&partial, path);
+        let _ = std::fs::remove_file(&partial);
+        linked.map_err(fail)?;
+    }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

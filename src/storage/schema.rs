@@ -113,6 +113,12 @@ pub const REPORTID_REPORT: &str = "reportid_report";
 /// expiry), and `0x01 ++ u64 expiry (ms) ++ SHA-256(token)` → empty, the expiry index that
 /// each new token's batch sweeps.
 pub const OPENIDTOKEN_USER: &str = "openidtoken_user";
+/// server name SEP key id (`ed25519:abc`) → postcard `VerifyKeyRecord` (public key, valid
+/// until, expired at): the signing keys of other servers, and ours retired by rotation.
+pub const SERVERKEYID_VERIFYKEY: &str = "serverkeyid_verifykey";
+/// server name → canonical JSON bytes: the server's latest self-signed key answer
+/// (`/_matrix/key/v2/server`), as received, served again by our notary endpoints.
+pub const SERVER_KEYANSWER: &str = "server_keyanswer";
 
 /// server name SEP media id → postcard `MediaRecord` (uploader, type, name, content hash or
 /// pending).
@@ -217,6 +223,8 @@ pub const TABLES: &[TableDef] = &[
     small(ROOMPOS_THREADROOT),
     small(REPORTID_REPORT),
     small(OPENIDTOKEN_USER),
+    small(SERVERKEYID_VERIFYKEY),
+    small(SERVER_KEYANSWER),
     small(MEDIAID_MEDIA),
     blobs(BLOBCHUNK_BYTES),
     small(CONTENTHASH_BLOB),

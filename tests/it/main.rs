@@ -19,6 +19,8 @@ mod directory;
 mod e2ee;
 /// What Element Web relies on: invite state, display names, feature flags, presets.
 mod element_web;
+/// Federation, part 1: keys, the TLS listener, X-Matrix.
+mod federation;
 /// Federation server discovery and the outbound HTTPS transport, as a library against a DNS
 /// server and TLS servers on loopback.
 mod federation_resolver;

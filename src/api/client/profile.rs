@@ -15,7 +15,16 @@ use ruma::{
 
 use crate::{Error, Result, api::extract::Ctx, services::rooms::membership::MemberProfile};
 
-fn profile_of(ctx: &Ctx, user_id: &UserId) -> Result<serde_json::Map<String, serde_json::Value>> {
+/// The profile of a local user, or of a remote one asked of their server when federation is on.
+async fn profile_of(
+    ctx: &Ctx,
+    user_id: &UserId,
+    field: Option<&str>,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let federation = &ctx.services.federation;
+    if user_id.server_name() != ctx.services.config.server_name && federation.enabled {
+        return federation.remote_profile(user_id, field).await;
+    }
     ctx.services
         .profile
         .get(user_id)?
@@ -47,7 +56,7 @@ async fn shown_in_rooms(
 /// `GET /_matrix/client/v3/profile/{userId}`
 pub async fn get_profile(ctx: Ctx, req: get_profile::v3::Request) -> Result<get_profile::v3::Response> {
     let mut profile = UserProfile::new();
-    for (key, value) in profile_of(&ctx, &req.user_id)? {
+    for (key, value) in profile_of(&ctx, &req.user_id, None).await? {
         profile.set(key, value);
     }
     let mut response = get_profile::v3::Response::new();
@@ -61,7 +70,8 @@ pub async fn get_profile_field(
     req: get_profile_field::v3::Request,
 ) -> Result<get_profile_field::v3::Response> {
     let field = req.field.as_str();
-    let value = profile_of(&ctx, &req.user_id)?
+    let value = profile_of(&ctx, &req.user_id, Some(field))
+        .await?
         .remove(field)
         .ok_or_else(|| Error::not_found(format!("The user has no {field}")))?;
     let value = ProfileFieldValue::new(field, value)

@@ -20,6 +20,7 @@ pub mod registration_tokens;
 pub mod relations;
 pub mod reports;
 pub mod search;
+pub mod server_keys;
 pub mod shortids;
 pub mod state;
 pub mod streams;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod federation;
 pub mod powercut;
 
 use std::{
@@ -32,6 +33,8 @@ pub struct TestServer {
     env: Vec<(String, String)>,
     /// The server's ERROR and WARN log lines, across restarts.
     errors: Arc<Mutex<Vec<String>>>,
+    /// `--server-name` (default `hearth.test`).
+    pub server_name: String,
 }
 
 /// Environment for fast tests: cheap argon2, no rate limits, quiet logs.
@@ -66,6 +69,7 @@ impl TestServer {
             _dir: Some(dir),
             env,
             errors: Arc::default(),
+            server_name: "hearth.test".into(),
         };
         server.launch();
         server
@@ -85,6 +89,7 @@ impl TestServer {
             _dir: Some(dir),
             env,
             errors: Arc::default(),
+            server_name: "hearth.test".into(),
         }
     }
 
@@ -118,7 +123,7 @@ impl TestServer {
             "--listen",
             "127.0.0.1:0",
             "--server-name",
-            "hearth.test",
+            &self.server_name,
             "--data-dir",
         ])
         .arg(&self.data_dir)
@@ -206,7 +211,7 @@ impl TestServer {
         );
         let env = vec![
             ("HEARTH_DATABASE__PATH".to_owned(), self.data_dir.display().to_string()),
-            ("HEARTH_SERVER_NAME".to_owned(), "hearth.test".to_owned()),
+            ("HEARTH_SERVER_NAME".to_owned(), self.server_name.clone()),
         ];
         let config = hearth::config::load(None, env, &hearth::config::Overrides::default()).unwrap();
         hearth::services::Services::open(config).unwrap()
@@ -224,7 +229,9 @@ impl TestServer {
 
     /// Runs `hearth ARGS…` against this server's data directory with the test environment.
     pub fn admin(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        run_hearth(args, &self.data_dir, &self.env, stdin)
+        let mut env = self.env.clone();
+        env.push(("HEARTH_SERVER_NAME".into(), self.server_name.clone()));
+        run_hearth(args, &self.data_dir, &env, stdin)
     }
 
     /// Registers `name` with password `pw` and returns a logged-in client.
@@ -256,7 +263,9 @@ pub fn run_hearth(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.env("HEARTH_SERVER_NAME", "hearth.test");
+    if !env.iter().any(|(k, _)| k == "HEARTH_SERVER_NAME") {
+        cmd.env("HEARTH_SERVER_NAME", "hearth.test");
+    }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn hearth");
     if let Some(input) = stdin {

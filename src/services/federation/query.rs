@@ -1,0 +1,31 @@
+//! Outbound queries (server-server-api "Query"): the profile of a user of another server, asked
+//! of that server for a client's `GET /profile/{userId}`.
+
+use ruma::{UserId, api::federation::query::get_profile_information, profile::ProfileFieldName};
+use serde_json::{Map, Value};
+
+use super::Federation;
+use crate::{Error, Result};
+
+/// Profile fields kept from another server's answer, and the bytes of each.
+const MAX_FIELDS: usize = 100;
+const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+impl Federation {
+    /// The profile of `user_id` (of another server), all fields or only `field`.
+    pub async fn remote_profile(&self, user_id: &UserId, field: Option<&str>) -> Result<Map<String, Value>> {
+        let mut request = get_profile_information::v1::Request::new(user_id.to_owned());
+        request.field = field.map(ProfileFieldName::from);
+        let answer = self.send_signed(user_id.server_name(), request).await?;
+        let profile: Map<String, Value> = answer
+            .iter()
+            .filter(|(_, value)| serde_json::to_vec(value).map_or(false, |v| v.len() <= MAX_FIELD_BYTES))
+            .take(MAX_FIELDS)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        if field.is_some_and(|f| !profile.contains_key(f)) {
+            return Err(Error::not_found("The user has no such profile field"));
+        }
+        Ok(profile)
+    }
+}

@@ -1,0 +1,341 @@
+//! Federation, part 1: the switch, the TLS listener and its reload, server keys (rotation, the
+//! notary), and `X-Matrix` request signing both ways, between real Hearth servers on loopback
+//! addresses with certificates from a test CA.
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue};
+use serde_json::{Value, json};
+
+use crate::support::{
+    TestServer,
+    federation::{TestCa, TlsAnswer, federated_server, tls_request},
+    out_text, run_plain,
+};
+
+fn get_tls(ca: &TestCa, server: &TestServer, path: &str) -> TlsAnswer {
+    let ip = server.server_name.split(':').next().unwrap();
+    tls_request(
+        ca.client_config(),
+        &server.server_name,
+        ip,
+        &server.server_name,
+        "GET",
+        path,
+        &[],
+        None,
+    )
+    .unwrap()
+}
+
+/// Checks a key answer's signature by `server` with the keys it lists itself.
+fn assert_self_signed(answer: &Value, server: &str) {
+    let mut keys = std::collections::BTreeMap::new();
+    for (id, key) in answer["verify_keys"].as_object().unwrap() {
+        let bytes = STANDARD_NO_PAD.decode(key["key"].as_str().unwrap()).unwrap();
+        keys.insert(id.clone(), ruma::serde::Base64::new(bytes));
+    }
+    let mut object: CanonicalJsonObject = serde_json::from_value(answer.clone()).unwrap();
+    let own = object["signatures"].as_object().unwrap()[server].clone();
+    object.insert(
+        "signatures".into(),
+        CanonicalJsonValue::Object([(server.to_owned(), own)].into()),
+    );
+    ruma::signatures::verify_json(&[(server.to_owned(), keys)].into(), &object).expect("a valid self-signature");
+}
+
+fn key_ids(answer: &Value, field: &str) -> Vec<String> {
+    answer[field].as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn federation_routes_answer_unrecognized_while_federation_is_off() {
+    let server = TestServer::start();
+    let c = server.client();
+    for path in [
+        "/_matrix/key/v2/server",
+        "/_matrix/federation/v1/version",
+        "/_matrix/key/v2/query/example.org",
+        "/_matrix/federation/v1/query/profile?user_id=@a:hearth.test",
+    ] {
+        c.get(path).expect_err(404, "M_UNRECOGNIZED");
+    }
+    c.raw(
+        "POST",
+        "/_matrix/key/v2/query",
+        Some(b"{\"server_keys\":{}}"),
+        Some("application/json"),
+    )
+    .expect_err(404, "M_UNRECOGNIZED");
+}
+
+#[test]
+fn a_listener_without_its_certificate_does_not_start_and_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let out = run_plain(
+        &["serve", "--listen", "127.0.0.1:0", "--data-dir", &data],
+        &[
+            ("HEARTH_FEDERATION__ENABLED", "true"),
+            ("HEARTH_FEDERATION__LISTEN", "127.0.0.1:0"),
+            ("HEARTH_FEDERATION__TLS_CERT_FILE", "/nonexistent/cert.pem"),
+            ("HEARTH_FEDERATION__TLS_KEY_FILE", "/nonexistent/key.pem"),
+        ],
+    );
+    let (_, stderr) = out_text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("federation.tls_cert_file"), "{stderr}");
+}
+
+#[test]
+fn keys_are_served_signed_over_tls_and_sighup_reloads_the_certificate() {
+    let ca = TestCa::new();
+    let mut server = federated_server(&ca, "127.0.0.31", &[]);
+    server.launch();
+    let name = server.server_name.clone();
+
+    let answer = get_tls(&ca, &server, "/_matrix/key/v2/server");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let keys = answer.body;
+    assert_eq!(keys["server_name"], name.as_str());
+    assert_eq!(key_ids(&keys, "verify_keys").len(), 1);
+    assert!(key_ids(&keys, "old_verify_keys").is_empty());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(keys["valid_until_ts"].as_u64().unwrap() > now);
+    assert_self_signed(&keys, &name);
+
+    let version = get_tls(&ca, &server, "/_matrix/federation/v1/version");
+    assert_eq!(version.body["server"]["name"], "Hearth");
+    // The plain listener serves the same, for a reverse proxy that terminates TLS.
+    let plain = server.client().get("/_matrix/key/v2/server");
+    assert_eq!(plain.ok()["verify_keys"], keys["verify_keys"]);
+
+    // A renewed certificate copied over the files is presented after SIGHUP.
+    let (cert_file, key_file) = ca.files(&name);
+    let (new_cert, new_key, new_der) = ca.issue("127.0.0.31", "renewed");
+    let first = get_tls(&ca, &server, "/_matrix/federation/v1/version").peer_cert;
+    assert_ne!(first, new_der);
+    std::fs::copy(&new_cert, &cert_file).unwrap();
+    std::fs::copy(&new_key, &key_file).unwrap();
+    let hup = |server: &TestServer| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+    };
+    hup(&server);
+    let mut shown = first.clone();
+    for _ in 0..100 {
+        shown = get_tls(&ca, &server, "/_matrix/federation/v1/version").peer_cert;
+        if shown == new_der {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(shown, new_der, "the renewed certificate is presented");
+
+    // A broken file is refused and the renewed certificate stays.
+    std::fs::write(&cert_file, "not a certificate").unwrap();
+    hup(&server);
+    let mut logged = false;
+    for _ in 0..100 {
+        if server
+            .logged_errors()
+            .iter()
+            .any(|l| l.contains("federation.tls_cert_file"))
+        {
+            logged = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(logged, "{:?}", server.logged_errors());
+    assert_eq!(
+        get_tls(&ca, &server, "/_matrix/federation/v1/version").peer_cert,
+        new_der
+    );
+}
+
+#[test]
+fn a_rotated_key_is_listed_as_old_with_its_expiry() {
+    let ca = TestCa::new();
+    let mut server = federated_server(&ca, "127.0.0.35", &[]);
+    server.launch();
+    let name = server.server_name.clone();
+    let before = server.client().get("/_matrix/key/v2/server").ok().clone();
+    let old_id = key_ids(&before, "verify_keys").remove(0);
+    server.stop();
+
+    let out = server.admin(&["signing-key", "rotate"], None);
+    let (stdout, stderr) = out_text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains(&old_id), "{stdout}");
+
+    server.launch();
+    let after = get_tls(&ca, &server, "/_matrix/key/v2/server").body;
+    let new_id = key_ids(&after, "verify_keys").remove(0);
+    assert_ne!(new_id, old_id);
+    assert_eq!(key_ids(&after, "old_verify_keys"), [old_id.clone()]);
+    let old = &after["old_verify_keys"][&old_id];
+    assert_eq!(old["key"], before["verify_keys"][&old_id]["key"]);
+    assert!(old["expired_ts"].as_u64().unwrap() > 0);
+    assert_self_signed(&after, &name);
+}
+
+/// Signs `method uri` (with `content`) as `origin` for `destination` with `key`, as the
+/// `Authorization` header value.
+fn x_matrix(
+    key: &hearth::services::server_keys::ServerKeys,
+    origin: &str,
+    destination: &str,
+    method: &str,
+    uri: &str,
+    content: Option<&Value>,
+) -> String {
+    let mut object: CanonicalJsonObject = serde_json::from_value(json!({
+        "method": method, "uri": uri, "origin": origin, "destination": destination,
+    }))
+    .unwrap();
+    if let Some(content) = content {
+        object.insert("content".into(), serde_json::from_value(content.clone()).unwrap());
+    }
+    ruma::signatures::sign_json(origin, &key.keypair, &mut object).unwrap();
+    let key_id = format!("ed25519:{}", key.version);
+    let sig = serde_json::to_value(&object).unwrap()["signatures"][origin][&key_id]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    format!("X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"{key_id}\",sig=\"{sig}\"")
+}
+
+fn signing_key_of(server: &TestServer) -> hearth::services::server_keys::ServerKeys {
+    let text = std::fs::read_to_string(server.data_dir.join("signing.key")).unwrap();
+    hearth::services::server_keys::ServerKeys::parse(&text).unwrap()
+}
+
+#[test]
+fn two_servers_fetch_each_others_keys_and_sign_their_requests() {
+    let ca = TestCa::new();
+    let mut a = federated_server(&ca, "127.0.0.32", &[]);
+    let mut b = federated_server(&ca, "127.0.0.33", &[]);
+    a.launch();
+    b.launch();
+    let (a_name, b_name) = (a.server_name.clone(), b.server_name.clone());
+
+    let bob = b.user("bob", "secret-password");
+    bob.put(
+        &format!("/_matrix/client/v3/profile/@bob:{b_name}/displayname"),
+        json!({"displayname": "Bob of B"}),
+    )
+    .ok();
+    let alice = a.user("alice", "secret-password");
+
+    // A asks B (signed); B checks the signature with A's key, fetched from A.
+    let profile = alice.get(&format!("/_matrix/client/v3/profile/@bob:{b_name}"));
+    assert_eq!(profile.ok()["displayname"], "Bob of B");
+    let field = alice.get(&format!("/_matrix/client/v3/profile/@bob:{b_name}/displayname"));
+    assert_eq!(field.ok()["displayname"], "Bob of B");
+    alice
+        .get(&format!("/_matrix/client/v3/profile/@nobody:{b_name}"))
+        .expect_err(404, "M_NOT_FOUND");
+
+    // A as a notary: B's own answer, countersigned by A.
+    let relayed = a.client().get(&format!("/_matrix/key/v2/query/{b_name}"));
+    let relayed = relayed.ok()["server_keys"][0].clone();
+    assert_eq!(relayed["server_name"], b_name.as_str());
+    assert_self_signed(&relayed, &b_name);
+    let signers: Vec<&String> = relayed["signatures"].as_object().unwrap().keys().collect();
+    assert_eq!(signers.len(), 2, "{signers:?}");
+    assert!(signers.contains(&&a_name));
+    let batch = a.client().post(
+        "/_matrix/key/v2/query",
+        json!({"server_keys": {b_name.clone(): {}, a_name.clone(): {}}}),
+    );
+    let names: Vec<Value> = batch.ok()["server_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["server_name"].clone())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn forged_and_misdirected_federation_requests_are_refused() {
+    let ca = TestCa::new();
+    let mut a = federated_server(&ca, "127.0.0.36", &[]);
+    a.launch();
+    let mut c = federated_server(&ca, "127.0.0.38", &[]);
+    c.launch();
+    let c_name = c.server_name.clone();
+    let denied = format!("[\"{c_name}\"]");
+    let mut b = federated_server(
+        &ca,
+        "127.0.0.37",
+        &[("HEARTH_FEDERATION__DENIED_SERVERS", denied.as_str())],
+    );
+    b.launch();
+    let (a_name, b_name) = (a.server_name.clone(), b.server_name.clone());
+    b.user("bob", "secret-password");
+    let a_key = signing_key_of(&a);
+    let uri = format!(
+        "/_matrix/federation/v1/query/profile?user_id=%40bob%3A{}",
+        b_name.replace(':', "%3A")
+    );
+    let ask = |auth: Option<&str>| {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        tls_request(
+            ca.client_config(),
+            &b_name,
+            "127.0.0.37",
+            &b_name,
+            "GET",
+            &uri,
+            &headers,
+            None,
+        )
+        .unwrap()
+    };
+    let errcode = |answer: &TlsAnswer| (answer.status, answer.body["errcode"].as_str().unwrap_or("").to_owned());
+
+    // Correctly signed by A: answered.
+    let good = ask(Some(&x_matrix(&a_key, &a_name, &b_name, "GET", &uri, None)));
+    assert_eq!(good.status, 200, "{}", good.body);
+
+    let unauthorized = (401, "M_UNAUTHORIZED".to_owned());
+    assert_eq!(errcode(&ask(None)), unauthorized);
+    assert_eq!(errcode(&ask(Some("X-Matrix nonsense"))), unauthorized);
+    // Signed for another URI, or for another destination.
+    let other_uri = x_matrix(&a_key, &a_name, &b_name, "GET", "/_matrix/federation/v1/version", None);
+    assert_eq!(errcode(&ask(Some(&other_uri))), unauthorized);
+    let other_destination = x_matrix(&a_key, &a_name, "elsewhere.example", "GET", &uri, None);
+    assert_eq!(errcode(&ask(Some(&other_destination))), unauthorized);
+    // A's key id with a key that is not A's.
+    let impostor = hearth::services::server_keys::ServerKeys::parse(&format!(
+        "ed25519 {} {}",
+        a_key.version,
+        STANDARD_NO_PAD.encode([7u8; 32])
+    ))
+    .unwrap();
+    assert_eq!(
+        errcode(&ask(Some(&x_matrix(&impostor, &a_name, &b_name, "GET", &uri, None)))),
+        unauthorized
+    );
+    // Claiming to be B itself, or a server that does not answer.
+    let as_b = x_matrix(&impostor, &b_name, &b_name, "GET", &uri, None);
+    assert_eq!(errcode(&ask(Some(&as_b))), unauthorized);
+    let ghost = x_matrix(&impostor, "127.0.0.39:9", &b_name, "GET", &uri, None);
+    assert_eq!(errcode(&ask(Some(&ghost))), unauthorized);
+    // A denied server, however well it signs.
+    let c_key = signing_key_of(&c);
+    let from_c = ask(Some(&x_matrix(&c_key, &c_name, &b_name, "GET", &uri, None)));
+    assert_eq!(errcode(&from_c), (403, "M_FORBIDDEN".to_owned()));
+    // And B does not talk to C either.
+    let bob = b.user("bob2", "secret-password");
+    bob.get(&format!("/_matrix/client/v3/profile/@carol:{c_name}"))
+        .expect_err(403, "M_FORBIDDEN");
+}

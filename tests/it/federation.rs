@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     TestServer,
-    federation::{TestCa, TlsAnswer, federated_server, tls_request},
+    federation::{TestCa, TlsAnswer, federated_server, signing_key_of, tls_request, x_matrix},
     out_text, run_plain,
 };
 
@@ -184,37 +184,6 @@ fn a_rotated_key_is_listed_as_old_with_its_expiry() {
     assert_eq!(old["key"], before["verify_keys"][&old_id]["key"]);
     assert!(old["expired_ts"].as_u64().unwrap() > 0);
     assert_self_signed(&after, &name);
-}
-
-/// Signs `method uri` (with `content`) as `origin` for `destination` with `key`, as the
-/// `Authorization` header value.
-fn x_matrix(
-    key: &hearth::services::server_keys::ServerKeys,
-    origin: &str,
-    destination: &str,
-    method: &str,
-    uri: &str,
-    content: Option<&Value>,
-) -> String {
-    let mut object: CanonicalJsonObject = serde_json::from_value(json!({
-        "method": method, "uri": uri, "origin": origin, "destination": destination,
-    }))
-    .unwrap();
-    if let Some(content) = content {
-        object.insert("content".into(), serde_json::from_value(content.clone()).unwrap());
-    }
-    ruma::signatures::sign_json(origin, &key.keypair, &mut object).unwrap();
-    let key_id = format!("ed25519:{}", key.version);
-    let sig = serde_json::to_value(&object).unwrap()["signatures"][origin][&key_id]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    format!("X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"{key_id}\",sig=\"{sig}\"")
-}
-
-fn signing_key_of(server: &TestServer) -> hearth::services::server_keys::ServerKeys {
-    let text = std::fs::read_to_string(server.data_dir.join("signing.key")).unwrap();
-    hearth::services::server_keys::ServerKeys::parse(&text).unwrap()
 }
 
 #[test]

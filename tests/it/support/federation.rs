@@ -11,7 +11,8 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
+use ruma::CanonicalJsonObject;
+use serde_json::{Value, json};
 use tokio_rustls::rustls::{
     ClientConfig, ClientConnection, RootCertStore, StreamOwned,
     crypto::ring::default_provider,
@@ -192,4 +193,36 @@ fn dechunk(mut rest: &str) -> String {
         rest = after[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// Signs `method uri` (with `content`) as `origin` for `destination` with `key`, as the
+/// `Authorization` header value.
+pub fn x_matrix(
+    key: &hearth::services::server_keys::ServerKeys,
+    origin: &str,
+    destination: &str,
+    method: &str,
+    uri: &str,
+    content: Option<&Value>,
+) -> String {
+    let mut object: CanonicalJsonObject = serde_json::from_value(json!({
+        "method": method, "uri": uri, "origin": origin, "destination": destination,
+    }))
+    .unwrap();
+    if let Some(content) = content {
+        object.insert("content".into(), serde_json::from_value(content.clone()).unwrap());
+    }
+    ruma::signatures::sign_json(origin, &key.keypair, &mut object).unwrap();
+    let key_id = format!("ed25519:{}", key.version);
+    let sig = serde_json::to_value(&object).unwrap()["signatures"][origin][&key_id]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    format!("X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"{key_id}\",sig=\"{sig}\"")
+}
+
+/// The signing key a server made in its data directory (for requests signed as that server).
+pub fn signing_key_of(server: &TestServer) -> hearth::services::server_keys::ServerKeys {
+    let text = std::fs::read_to_string(server.data_dir.join("signing.key")).unwrap();
+    hearth::services::server_keys::ServerKeys::parse(&text).unwrap()
 }

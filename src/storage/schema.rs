@@ -113,6 +113,10 @@ pub const REPORTID_REPORT: &str = "reportid_report";
 /// expiry), and `0x01 ++ u64 expiry (ms) ++ SHA-256(token)` → empty, the expiry index that
 /// each new token's batch sweeps.
 pub const OPENIDTOKEN_USER: &str = "openidtoken_user";
+/// short event id → one byte (0 rejected by the authorization rules, 1 soft-failed) and the
+/// reason as UTF-8: events received over federation that are stored but never served as
+/// accepted.
+pub const SHORTEVENTID_OUTCOME: &str = "shorteventid_outcome";
 /// server name SEP key id (`ed25519:abc`) → postcard `VerifyKeyRecord` (public key, valid
 /// until, expired at): the signing keys of other servers, and ours retired by rotation.
 pub const SERVERKEYID_VERIFYKEY: &str = "serverkeyid_verifykey";
@@ -223,6 +227,7 @@ pub const TABLES: &[TableDef] = &[
     small(ROOMPOS_THREADROOT),
     small(REPORTID_REPORT),
     small(OPENIDTOKEN_USER),
+    small(SHORTEVENTID_OUTCOME),
     small(SERVERKEYID_VERIFYKEY),
     small(SERVER_KEYANSWER),
     small(MEDIAID_MEDIA),

@@ -308,3 +308,58 @@ fn forged_and_misdirected_federation_requests_are_refused() {
     bob.get(&format!("/_matrix/client/v3/profile/@carol:{c_name}"))
         .expect_err(403, "M_FORBIDDEN");
 }
+
+/// Two servers with a user each: `(a, b, alice on a, bob on b)`.
+fn pair(
+    ca: &TestCa,
+    ip_a: &str,
+    ip_b: &str,
+) -> (TestServer, TestServer, crate::support::Client, crate::support::Client) {
+    let mut a = federated_server(ca, ip_a, &[]);
+    let mut b = federated_server(ca, ip_b, &[]);
+    a.launch();
+    b.launch();
+    let alice = a.user("alice", "secret-password");
+    let bob = b.user("bob", "secret-password");
+    (a, b, alice, bob)
+}
+
+#[test]
+fn a_user_joins_a_room_of_another_server_by_id_and_by_alias() {
+    let ca = TestCa::new();
+    let (a, b, alice, bob) = pair(&ca, "127.0.0.41", "127.0.0.42");
+    let (a_name, b_name) = (a.server_name.clone(), b.server_name.clone());
+    let room = alice.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "public_chat", "name": "Shared", "room_alias_name": "shared"}),
+    );
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+
+    // By id, through the server named in `via`.
+    let joined = bob.post(&format!("/_matrix/client/v3/join/{room_id}?via={a_name}"), json!({}));
+    assert_eq!(joined.ok()["room_id"], room_id.as_str(), "{}", joined.ok());
+    let name = bob.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name"));
+    assert_eq!(name.ok()["name"], "Shared");
+    let rooms = bob.get("/_matrix/client/v3/joined_rooms");
+    assert_eq!(rooms.ok()["joined_rooms"][0], room_id.as_str());
+    let members = alice.get(&format!("/_matrix/client/v3/rooms/{room_id}/joined_members"));
+    assert!(
+        members.ok()["joined"].get(format!("@bob:{b_name}")).is_some(),
+        "{}",
+        members.ok()
+    );
+
+    // By alias: the alias's server is asked which room it names.
+    let carol = b.user("carol", "secret-password");
+    let by_alias = carol.post(&format!("/_matrix/client/v3/join/%23shared:{a_name}"), json!({}));
+    assert_eq!(by_alias.ok()["room_id"], room_id.as_str());
+    let members = carol.get(&format!("/_matrix/client/v3/rooms/{room_id}/joined_members"));
+    let joined = members.ok()["joined"].as_object().unwrap().len();
+    assert_eq!(joined, 3, "{}", members.ok());
+
+    // An invite-only room refuses a user without an invite.
+    let private = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "private_chat"}));
+    let private_id = private.ok()["room_id"].as_str().unwrap().to_owned();
+    bob.post(&format!("/_matrix/client/v3/join/{private_id}?via={a_name}"), json!({}))
+        .expect_err(403, "M_FORBIDDEN");
+}

@@ -81,10 +81,17 @@ async fn dns(records: &[Rec], ttl: u32) -> SocketAddr {
     }
     let mut catalog = Catalog::new();
     catalog.upsert(origin.into(), vec![Arc::new(authority)]);
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = udp.local_addr().unwrap().port();
-    // The same port for TCP; retried in the unlikely case it is taken.
-    let tcp = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    // A UDP port whose TCP twin is free too (tried again when another test holds it).
+    let mut sockets = None;
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if let Ok(tcp) = TcpListener::bind(("127.0.0.1", port)).await {
+            sockets = Some((udp, tcp, port));
+            break;
+        }
+    }
+    let (udp, tcp, port) = sockets.expect("a UDP and TCP port pair on 127.0.0.1");
     let mut server = ServerFuture::new(catalog);
     server.register_socket(udp);
     server.register_listener(tcp, Duration::from_secs(5));

@@ -40,12 +40,28 @@ fn member_profile(ctx: &Ctx) -> Result<MemberProfile> {
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 pub async fn join_room_by_id(ctx: Ctx, req: join_room_by_id::v3::Request) -> Result<join_room_by_id::v3::Response> {
-    let profile = member_profile(&ctx)?;
-    ctx.services
-        .rooms
-        .join(&req.room_id, ctx.user_id()?, req.reason.as_deref(), &profile)
-        .await?;
+    join(&ctx, &req.room_id, &[], req.reason.as_deref()).await?;
     Ok(join_room_by_id::v3::Response::new(req.room_id))
+}
+
+/// Joins the requester to a room: here, or over federation through `via` when this server does
+/// not have the room and federation is on.
+async fn join(ctx: &Ctx, room_id: &RoomId, via: &[ruma::OwnedServerName], reason: Option<&str>) -> Result<()> {
+    let profile = member_profile(ctx)?;
+    let services = &ctx.services;
+    let user_id = ctx.user_id()?;
+    if services.federation.enabled && services.rooms.room_version(room_id)?.is_none() {
+        let mut content = profile.content();
+        if let Some(reason) = reason {
+            content.insert("reason".into(), ruma::CanonicalJsonValue::String(reason.to_owned()));
+        }
+        return services
+            .federation
+            .join_remote(&services.rooms, user_id, room_id, via, content)
+            .await;
+    }
+    services.rooms.join(room_id, user_id, reason, &profile).await?;
+    Ok(())
 }
 
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}` (local aliases are resolved through the
@@ -222,12 +238,17 @@ pub async fn join_room_by_id_or_alias(
     ctx: Ctx,
     req: join_room_by_id_or_alias::v3::Request,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
-    let room_id = ctx.services.directory.resolve_room(&req.room_id_or_alias)?;
-    let profile = member_profile(&ctx)?;
-    ctx.services
-        .rooms
-        .join(&room_id, ctx.user_id()?, req.reason.as_deref(), &profile)
-        .await?;
+    let services = &ctx.services;
+    let mut via = req.via.clone();
+    let room_id = match <&ruma::RoomAliasId>::try_from(&*req.room_id_or_alias) {
+        Ok(alias) if alias.server_name() != services.config.server_name && services.federation.enabled => {
+            let (room_id, servers) = services.federation.remote_alias(alias).await?;
+            via.extend(servers);
+            room_id
+        }
+        _ => services.directory.resolve_room(&req.room_id_or_alias)?,
+    };
+    join(&ctx, &room_id, &via, req.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

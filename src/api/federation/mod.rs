@@ -5,5 +5,16 @@
 //! in `ctx.origin`.
 
 pub mod keys;
+pub mod membership;
 pub mod query;
+pub mod send;
 pub mod version;
+
+use crate::{Error, Result, api::extract::Ctx};
+
+/// The server that signed the request (every handler here is behind `X-Matrix`).
+fn origin(ctx: &Ctx) -> Result<&ruma::ServerName> {
+    ctx.origin
+        .as_deref()
+        .ok_or_else(|| Error::internal("a federation handler without an origin"))
+}

@@ -8,7 +8,10 @@
 //! 403 before resolving anything.
 
 pub mod access;
+pub mod intake;
+pub mod membership;
 pub mod own_keys;
+pub mod pdu;
 pub mod query;
 pub mod remote_keys;
 pub mod resolver;
@@ -50,6 +53,8 @@ pub struct Federation {
     /// Other servers' keys.
     pub remote_keys: remote_keys::RemoteKeys,
     resolver: resolver::Resolver,
+    /// Inbound transaction answers, for replays.
+    answered: intake::AnsweredTransactions,
 }
 
 fn unauthorized(message: impl Into<String>) -> Error {
@@ -89,6 +94,7 @@ impl Federation {
                 extra_roots: f.extra_roots.clone(),
                 allow_private: f.allow_private_destinations,
             })?,
+            answered: crate::util::bounded::BoundedMap::new(intake::REMEMBERED_TRANSACTIONS),
         })
     }
 

@@ -1,7 +1,12 @@
 //! Outbound queries (server-server-api "Query"): the profile of a user of another server, asked
-//! of that server for a client's `GET /profile/{userId}`.
+//! of that server for a client's `GET /profile/{userId}`, and an alias of another server (to
+//! join a room by it).
 
-use ruma::{UserId, api::federation::query::get_profile_information, profile::ProfileFieldName};
+use ruma::{
+    OwnedRoomId, OwnedServerName, RoomAliasId, UserId,
+    api::federation::query::{get_profile_information, get_room_information},
+    profile::ProfileFieldName,
+};
 use serde_json::{Map, Value};
 
 use super::Federation;
@@ -27,5 +32,18 @@ impl Federation {
             return Err(Error::not_found("The user has no such profile field"));
         }
         Ok(profile)
+    }
+
+    /// The room an alias of another server names, and servers in it (at most 20 kept).
+    pub async fn remote_alias(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+        let answer = self
+            .send_signed(
+                alias.server_name(),
+                get_room_information::v1::Request::new(alias.to_owned()),
+            )
+            .await?;
+        let mut servers = answer.servers;
+        servers.truncate(20);
+        Ok((answer.room_id, servers))
     }
 }

@@ -130,6 +130,52 @@ impl Rooms {
     }
 }
 
+impl Rooms {
+    /// Stores a room this server is joining over federation (`send_join`'s answer, every event
+    /// already checked for signatures and hashes): the room with version `version`, the
+    /// `auth_chain` events as outliers, and `state` as its current state ([`Self::import_state`],
+    /// each state event checked against its auth events). The join event itself then goes
+    /// through [`Self::receive_remote`] with that state.
+    pub async fn import_remote_room(
+        &self,
+        room_id: &RoomId,
+        version: &ruma::RoomVersionId,
+        auth_chain: Vec<(OwnedEventId, Vec<u8>)>,
+        state: Vec<(OwnedEventId, Vec<u8>)>,
+    ) -> Result<u64> {
+        let lock = self.room_lock(room_id);
+        {
+            let mut head = lock.lock().await;
+            let short_room = self.ids.room_or_create(room_id.as_str())?;
+            if self.state.current(short_room)?.is_none() {
+                let mut batch = self.db.batch();
+                let empty = self.state.queue_snapshot(&mut batch, None, Changes::default())?;
+                self.state.queue_current(&mut batch, short_room, empty.id);
+                self.commits.enqueue(batch).durable().await?;
+                *head = None;
+            }
+            self.versions.insert(room_id.to_owned(), version.clone());
+            let state_ids: std::collections::HashSet<&EventId> = state.iter().map(|(id, _)| &**id).collect();
+            for chunk in auth_chain.chunks(CHUNK) {
+                let mut batch = self.db.batch();
+                for (event_id, bytes) in chunk {
+                    if state_ids.contains(&**event_id) || self.ids.event(event_id.as_str())?.is_some() {
+                        continue;
+                    }
+                    let pdu = Pdu::parse(event_id.clone(), bytes)?;
+                    if pdu.room()? != room_id {
+                        return Err(Error::bad_json(format!("{event_id} belongs to another room")));
+                    }
+                    let short_event = self.ids.event_or_create(event_id.as_str())?;
+                    self.pdus.put(&mut batch, short_event, bytes);
+                }
+                batch.commit_unsynced()?;
+            }
+        }
+        self.import_state(room_id, state).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ruma::{OwnedEventId, RoomVersionId, UserId, events::StateEventType};

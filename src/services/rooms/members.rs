@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, UserId};
 
 use super::Rooms;
 use crate::{Result, storage::tables::membership::Membership, util::fresh_cache::FreshCache};
@@ -20,17 +20,32 @@ pub struct RoomMembers {
     /// How many are joined and invited (every sync asks, in rooms of any size).
     joined: usize,
     invited: usize,
+    /// The servers of the joined members, each once (where federation sends the room's events).
+    servers: Vec<OwnedServerName>,
 }
 
 impl RoomMembers {
     fn new(entries: Vec<(OwnedUserId, Membership)>) -> Self {
         let count = |wanted: &str| entries.iter().filter(|(_, m)| m.membership == wanted).count();
         let (joined, invited) = (count("join"), count("invite"));
+        let mut servers: Vec<OwnedServerName> = entries
+            .iter()
+            .filter(|(_, m)| m.membership == "join")
+            .map(|(u, _)| u.server_name().to_owned())
+            .collect();
+        servers.sort();
+        servers.dedup();
         Self {
             entries,
             joined,
             invited,
+            servers,
         }
+    }
+
+    /// The servers of the joined members, each once.
+    pub fn joined_servers(&self) -> &[OwnedServerName] {
+        &self.servers
     }
 }
 

@@ -28,7 +28,8 @@ impl MemberProfile {
         }
     }
 
-    pub(super) fn content(&self) -> CanonicalJsonObject {
+    /// The member event content fields (`displayname`, `avatar_url`) that are set.
+    pub fn content(&self) -> CanonicalJsonObject {
         let mut content = CanonicalJsonObject::new();
         if let Some(name) = &self.displayname {
             content.insert("displayname".into(), CanonicalJsonValue::String(name.clone()));
@@ -136,7 +137,7 @@ impl Rooms {
 
     /// For a join under a `restricted`/`knock_restricted` rule: a joined local member who may
     /// invite, provided the user is in one of the allowed rooms (`None` under other rules).
-    fn restricted_join_authoriser(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<OwnedUserId>> {
+    pub(super) fn restricted_join_authoriser(&self, room_id: &RoomId, user_id: &UserId) -> Result<Option<OwnedUserId>> {
         #[derive(serde::Deserialize)]
         struct JoinRules {
             join_rule: String,

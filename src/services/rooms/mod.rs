@@ -34,6 +34,7 @@ pub mod pdu;
 mod power;
 mod redaction;
 pub mod relations;
+pub mod remote;
 mod search_hooks;
 mod state;
 mod sync_hooks;
@@ -62,8 +63,14 @@ use crate::{
         commit_queue::CommitQueue,
         positions::Positions,
         tables::{
-            membership::MembershipTable, pdus::PdusTable, relations::RelationsTable, search::SearchTable,
-            shortids::ShortIds, state::StateTable, timeline::TimelineTable, transactions::TransactionsTable,
+            membership::MembershipTable,
+            pdus::{Outcome, PdusTable},
+            relations::RelationsTable,
+            search::SearchTable,
+            shortids::ShortIds,
+            state::StateTable,
+            timeline::TimelineTable,
+            transactions::TransactionsTable,
         },
     },
     util::{self, bounded::BoundedMap},
@@ -165,6 +172,22 @@ pub struct Rooms {
     /// Stored events parsed, by short event id: what is stored under a short id never changes
     /// (a redaction is applied on the way out), so nothing invalidates them.
     parsed: quick_cache::sync::Cache<u64, Arc<Pdu>, PduWeight>,
+    /// Where this server's own events go once durable, when federation is on (see
+    /// [`Rooms::forward_local_events`]).
+    outbound: std::sync::OnceLock<tokio::sync::mpsc::Sender<Outbound>>,
+}
+
+/// A durable event of this server for the other servers in its room.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Its room.
+    pub room_id: OwnedRoomId,
+    /// Its id.
+    pub event_id: OwnedEventId,
+    /// The servers with joined members, ours left out.
+    pub destinations: Vec<OwnedServerName>,
+    /// Its canonical JSON.
+    pub bytes: Arc<Vec<u8>>,
 }
 
 /// Rooms whose head (current state included) is kept in memory, per MiB of the configured
@@ -224,9 +247,18 @@ impl Rooms {
             versions: quick_cache::sync::Cache::new(100_000),
             directory,
             user_directory,
+            outbound: std::sync::OnceLock::new(),
         };
         rooms.index_relations()?;
         Ok(rooms)
+    }
+
+    /// From now on, every event of this server that becomes durable in a room with members on
+    /// other servers is handed to the returned receiver (`capacity` at a time: writers wait when
+    /// it is full). Federation calls this once at start.
+    pub fn forward_local_events(&self, capacity: usize) -> Option<tokio::sync::mpsc::Receiver<Outbound>> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(capacity);
+        self.outbound.set(sender).ok().map(|()| receiver)
     }
 
     fn room_lock(&self, room_id: &RoomId) -> Arc<AsyncMutex<Option<Head>>> {
@@ -250,8 +282,8 @@ impl Rooms {
             return Ok(None);
         };
         match self.stored_event(short, event_id.to_owned())? {
-            Some(pdu) => self.apply_redaction(short, pdu).map(Some),
-            None => Ok(None),
+            Some(pdu) if !pdu.rejected && !pdu.soft_failed => self.apply_redaction(short, pdu).map(Some),
+            _ => Ok(None),
         }
     }
 
@@ -290,7 +322,12 @@ impl Rooms {
         let Some(bytes) = self.pdus.get(short)? else {
             return Ok(None);
         };
-        let pdu = Pdu::parse(event_id, &bytes)?;
+        let mut pdu = Pdu::parse(event_id, &bytes)?;
+        match self.pdus.outcome(short)? {
+            Some((Outcome::Rejected, _)) => pdu.rejected = true,
+            Some((Outcome::SoftFailed, _)) => pdu.soft_failed = true,
+            None => {}
+        }
         self.parsed.insert(short, Arc::new(pdu.clone()));
         Ok(Some(pdu))
     }

@@ -41,9 +41,12 @@ pub struct Pdu {
     /// Redacted event (top level, room versions before 11).
     #[serde(default)]
     pub redacts: Option<OwnedEventId>,
-    /// Rejected by the authorization rules (never set for events Hearth stores as accepted).
+    /// Rejected by the authorization rules (an event from another server stored as such).
     #[serde(skip)]
     pub rejected: bool,
+    /// Soft-failed: allowed by the state before it, not by the room's current state.
+    #[serde(skip)]
+    pub soft_failed: bool,
     /// The redaction event (client format) when this event was redacted; `content` is then
     /// already the redacted content.
     #[serde(skip)]

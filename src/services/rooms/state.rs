@@ -17,9 +17,9 @@ use crate::{
 /// on top (`None` layer: the empty state a room starts from).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct StateAt {
-    top: Option<Arc<Layer>>,
+    pub(super) top: Option<Arc<Layer>>,
     /// (short state key, short event id, is a member event) on top of the layer.
-    extra: Option<(u64, u64, bool)>,
+    pub(super) extra: Option<(u64, u64, bool)>,
 }
 
 impl StateAt {
@@ -67,7 +67,7 @@ impl Rooms {
 
     /// The state right after `pdu`: the state before it, with the event itself when it is a
     /// state event.
-    fn state_after_event(&self, pdu: &Pdu) -> Result<StateAt> {
+    pub(super) fn state_after_event(&self, pdu: &Pdu) -> Result<StateAt> {
         let short = self
             .ids
             .event(pdu.event_id.as_str())?

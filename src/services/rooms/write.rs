@@ -34,11 +34,11 @@ use crate::{
 /// What the next event of a room builds on, kept in memory under the room's lock.
 pub(super) struct Head {
     /// Forward extremities: short id and event id.
-    extremities: Vec<(u64, OwnedEventId)>,
+    pub(super) extremities: Vec<(u64, OwnedEventId)>,
     /// The greatest depth among them.
-    depth: u64,
+    pub(super) depth: u64,
     /// The current state's layer.
-    current: Arc<Layer>,
+    pub(super) current: Arc<Layer>,
 }
 
 impl Head {
@@ -55,18 +55,20 @@ impl Head {
 
 /// An event built and checked, its writes added to a batch that is not queued yet; served
 /// from memory until it is durable.
-struct Staged {
-    appended: Appended,
-    short_event: u64,
-    txn: Option<(String, String, String)>,
-    ticket: Ticket,
+pub(super) struct Staged {
+    pub(super) appended: Appended,
+    pub(super) short_event: u64,
+    pub(super) txn: Option<(String, String, String)>,
+    pub(super) ticket: Ticket,
     /// A member event's target: the room's member list and the target's list of rooms change
     /// once it is durable.
-    member_target: Option<OwnedUserId>,
+    pub(super) member_target: Option<OwnedUserId>,
     /// The keys its position wakes (marked when its batch is queued).
-    concerns: Vec<Key>,
+    pub(super) concerns: Vec<Key>,
     /// Whether the event changes what the room directory shows of the room.
-    directory_relevant: bool,
+    pub(super) directory_relevant: bool,
+    /// Whether it is this server's own event, to be sent to the other servers in the room.
+    pub(super) forward: bool,
 }
 
 /// A room being created ([`Rooms::draft_room`]): its events are built and checked one by one
@@ -244,7 +246,7 @@ impl Rooms {
 
     /// Hands staged events' batch to the commit queue, after marking their positions for the
     /// long-polls they concern.
-    fn queue(&self, batch: Batch, staged: &[Staged]) -> Queued {
+    pub(super) fn queue(&self, batch: Batch, staged: &[Staged]) -> Queued {
         for event in staged {
             self.notifier.mark(event.ticket.position(), event.concerns.clone());
         }
@@ -253,7 +255,7 @@ impl Rooms {
 
     /// Waits until staged events are durable, then publishes their positions. If the write
     /// failed, the room's head is dropped so the next sender rebuilds it from what is stored.
-    async fn finish(
+    pub(super) async fn finish(
         &self,
         staged: Vec<Staged>,
         queued: Queued,
@@ -262,7 +264,15 @@ impl Rooms {
         let written = queued.durable().await;
         let mut tickets = Vec::with_capacity(staged.len());
         let mut appended = Vec::with_capacity(staged.len());
+        let mut outbound = Vec::new();
         for event in staged {
+            if written.is_ok()
+                && event.forward
+                && self.outbound.get().is_some()
+                && let Some(bytes) = locked(&self.pending).get(&event.short_event).cloned()
+            {
+                outbound.push((event.appended.room_id.clone(), event.appended.event_id.clone(), bytes));
+            }
             if let Some(target) = &event.member_target {
                 self.member_lists.invalidate(&event.appended.room_id, target);
             }
@@ -280,6 +290,7 @@ impl Rooms {
             Ok(()) => {
                 tickets.into_iter().for_each(Ticket::complete);
                 self.notifier.flush(self.positions.watermark());
+                self.send_outbound(outbound).await;
                 Ok(appended)
             }
             Err(e) => {
@@ -289,6 +300,39 @@ impl Rooms {
                 drop(tickets);
                 self.notifier.flush(self.positions.watermark());
                 Err(e.into())
+            }
+        }
+    }
+
+    /// Hands durable local events of rooms with members elsewhere to federation.
+    async fn send_outbound(&self, events: Vec<(OwnedRoomId, OwnedEventId, Arc<Vec<u8>>)>) {
+        let Some(sender) = self.outbound.get() else {
+            return;
+        };
+        for (room_id, event_id, bytes) in events {
+            let destinations: Vec<_> = match self.members(&room_id) {
+                Ok(members) => members
+                    .joined_servers()
+                    .iter()
+                    .filter(|s| **s != self.server_name)
+                    .cloned()
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(%room_id, error = %e, "cannot read the room's servers");
+                    continue;
+                }
+            };
+            if destinations.is_empty() {
+                continue;
+            }
+            let event = super::Outbound {
+                room_id,
+                event_id,
+                destinations,
+                bytes,
+            };
+            if sender.send(event).await.is_err() {
+                tracing::warn!("federation is not taking events any more");
             }
         }
     }
@@ -519,6 +563,7 @@ impl Rooms {
             member_target,
             concerns,
             directory_relevant: Directory::concerns(event.kind, event.state_key),
+            forward: true,
         })
     }
 }

@@ -1,14 +1,25 @@
 //! Events as stored: `shorteventid_pdu` maps a short event id to the canonical JSON bytes that
 //! were hashed and signed (never rewritten, not even by a redaction); `shorteventid_redactedby`
 //! records which event redacted it, so the redacted form is produced when the event is read.
-//! Parsed forms are built (and cached) above this layer.
+//! Parsed forms are built (and cached) above this layer. `shorteventid_outcome` marks events from
+//! other servers that were stored but not accepted (rejected, or soft-failed).
 
 use std::sync::Arc;
 
 use crate::storage::{
     Batch, Db, StorageResult, codec,
-    schema::{SHORTEVENTID_PDU, SHORTEVENTID_REDACTEDBY},
+    schema::{SHORTEVENTID_OUTCOME, SHORTEVENTID_PDU, SHORTEVENTID_REDACTEDBY},
 };
+
+/// Why a stored event from another server is not an accepted one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Refused by the authorization rules: never used as an auth event, never served.
+    Rejected,
+    /// Allowed by the state before it but not by the room's current state: kept in the graph,
+    /// never shown to clients.
+    SoftFailed,
+}
 
 /// Typed access to stored PDUs.
 #[derive(Clone)]
@@ -60,5 +71,31 @@ impl PdusTable {
     /// Queues the mark that `redaction` redacted the event `short`.
     pub fn queue_redacted_by(&self, batch: &mut Batch, short: u64, redaction: &str) {
         batch.put(SHORTEVENTID_REDACTEDBY, &codec::u64_bytes(short), redaction.as_bytes());
+    }
+
+    /// Queues the mark that the event `short` was not accepted, and why.
+    pub fn queue_outcome(&self, batch: &mut Batch, short: u64, outcome: Outcome, reason: &str) {
+        let mut value = vec![match outcome {
+            Outcome::Rejected => 0,
+            Outcome::SoftFailed => 1,
+        }];
+        value.extend_from_slice(reason.as_bytes());
+        batch.put(SHORTEVENTID_OUTCOME, &codec::u64_bytes(short), &value);
+    }
+
+    /// Whether (and why) the event `short` was not accepted.
+    pub fn outcome(&self, short: u64) -> StorageResult<Option<(Outcome, String)>> {
+        Ok(self
+            .db
+            .get(SHORTEVENTID_OUTCOME, &codec::u64_bytes(short))?
+            .and_then(|value| {
+                let (kind, reason) = value.split_first()?;
+                let outcome = if *kind == 0 {
+                    Outcome::Rejected
+                } else {
+                    Outcome::SoftFailed
+                };
+                Some((outcome, String::from_utf8_lossy(reason).into_owned()))
+            }))
     }
 }

@@ -1,0 +1,31 @@
+//! Joining over federation (server-server-api "Joining Rooms"):
+//!
+//! - `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
+//! - `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
+
+use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+
+use super::origin;
+use crate::{Error, Result, api::extract::Ctx};
+
+/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
+pub async fn make_join(ctx: Ctx, req: prepare_join_event::v1::Request) -> Result<prepare_join_event::v1::Response> {
+    let services = &ctx.services;
+    let (version, event) = services
+        .federation
+        .make_join(&services.rooms, origin(&ctx)?, &req.room_id, &req.user_id, &req.ver)
+        .await?;
+    let mut response = prepare_join_event::v1::Response::new(event);
+    response.room_version = Some(version);
+    Ok(response)
+}
+
+/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
+pub async fn send_join(ctx: Ctx, req: create_join_event::v2::Request) -> Result<serde_json::Value> {
+    let services = &ctx.services;
+    let answer = services
+        .federation
+        .send_join(&services.rooms, origin(&ctx)?, &req.room_id, &req.event_id, &req.pdu)
+        .await?;
+    serde_json::to_value(answer).map_err(|e| Error::internal(e.to_string()))
+}

@@ -12,6 +12,7 @@ pub mod own_keys;
 pub mod query;
 pub mod remote_keys;
 pub mod resolver;
+pub mod serve;
 pub mod transport;
 
 use std::{sync::Arc, time::Duration};

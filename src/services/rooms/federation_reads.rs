@@ -439,3 +439,299 @@ fn normalise(visibility: Option<String>) -> String {
         _ => "shared".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use ruma::{OwnedEventId, OwnedRoomId, RoomVersionId, ServerName, UserId, events::StateEventType};
+    use serde_json::{Value, json};
+
+    use super::{FedEvent, MAX_BACKFILL};
+    use crate::services::{
+        Services, events,
+        rooms::{NewEvent, create::Preset, tests::named_room},
+    };
+
+    async fn message(services: &Services, room: &ruma::RoomId, body: &str) -> OwnedEventId {
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let content = json!({"msgtype": "m.text", "body": body});
+        services
+            .rooms
+            .append(room, &alice, NewEvent::message(content))
+            .await
+            .unwrap()
+            .event_id
+    }
+
+    async fn set_visibility(services: &Services, room: &ruma::RoomId, visibility: &str) {
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let Ok(ruma::CanonicalJsonValue::Object(content)) =
+            ruma::CanonicalJsonValue::try_from(json!({"history_visibility": visibility}))
+        else {
+            unreachable!()
+        };
+        services
+            .rooms
+            .append(room, &alice, NewEvent::state("m.room.history_visibility", "", content))
+            .await
+            .unwrap();
+    }
+
+    async fn room(services: &Services, preset: Preset) -> OwnedRoomId {
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        services
+            .rooms
+            .create_room(&alice, named_room("fed", preset, false))
+            .await
+            .unwrap()
+    }
+
+    fn ids(events: &[FedEvent]) -> Vec<OwnedEventId> {
+        events.iter().map(|e| e.pdu.event_id.clone()).collect()
+    }
+
+    /// Every auth event of every event in `events` and of the chain is in the chain.
+    fn assert_closed(events: &[&FedEvent], chain: &[FedEvent]) {
+        let have: HashSet<&OwnedEventId> = chain.iter().map(|e| &e.pdu.event_id).collect();
+        for event in events.iter().copied().chain(chain.iter()) {
+            for auth in &event.pdu.auth_events {
+                assert!(
+                    have.contains(auth),
+                    "{auth} (auth event of {}) missing",
+                    event.pdu.event_id
+                );
+            }
+        }
+    }
+
+    /// The state before a message is the room's state then, whole, as stored PDUs; its auth
+    /// chain and the message's are closed under `auth_events` and start at the create event.
+    #[tokio::test]
+    async fn state_before_an_event_and_auth_chains_are_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 8 << 20);
+        let rooms = &services.rooms;
+        let room = room(&services, Preset::PublicChat).await;
+        let first = message(&services, &room, "one").await;
+        let state_then: HashSet<OwnedEventId> = rooms
+            .full_state(&room)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.event_id)
+            .collect();
+        // A later state change is not in the state before `first`.
+        set_visibility(&services, &room, "joined").await;
+
+        let event = rooms.federation_event_in(&room, &first).unwrap();
+        let state = rooms.federation_state_before(&room, &event).unwrap();
+        let got: HashSet<OwnedEventId> = ids(&state).into_iter().collect();
+        assert_eq!(got, state_then);
+        // As stored: the canonical JSON bytes.
+        for e in &state {
+            assert_eq!(
+                e.json.get().as_bytes(),
+                rooms.event_json(&e.pdu.event_id).unwrap().unwrap()
+            );
+        }
+        let chain = rooms.auth_chain(&room, &state.iter().collect::<Vec<_>>()).unwrap();
+        assert_closed(&state.iter().collect::<Vec<_>>(), &chain);
+        assert_eq!(chain[0].pdu.kind.to_string(), "m.room.create", "oldest first");
+
+        let chain = rooms.auth_chain(&room, &[&event]).unwrap();
+        assert_closed(&[&event], &chain);
+        let kinds: HashSet<String> = chain.iter().map(|e| e.pdu.kind.to_string()).collect();
+        assert!(
+            kinds.contains("m.room.create") && kinds.contains("m.room.power_levels") && kinds.contains("m.room.member")
+        );
+        assert!(!ids(&chain).contains(&first), "the event is not its own auth event");
+
+        // The create event has an empty state before it; an event of another room is 404.
+        let create = rooms
+            .state_event(&room, &StateEventType::RoomCreate, "")
+            .unwrap()
+            .unwrap();
+        let create = rooms.federation_event_in(&room, &create.event_id).unwrap();
+        assert!(rooms.federation_state_before(&room, &create).unwrap().is_empty());
+        let other = self::room(&services, Preset::PublicChat).await;
+        assert_eq!(
+            rooms.federation_event_in(&other, &first).unwrap_err().errcode(),
+            "M_NOT_FOUND"
+        );
+    }
+
+    /// Backfill walks back from the given events, newest first, up to the limit, the given
+    /// events included; never past the create event, never into another room, at most 100.
+    #[tokio::test]
+    async fn backfill_walks_back_newest_first_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 8 << 20);
+        let rooms = &services.rooms;
+        let room = room(&services, Preset::PublicChat).await;
+        let mut sent = Vec::new();
+        for n in 0..10 {
+            sent.push(message(&services, &room, &format!("m{n}")).await);
+        }
+        let page = rooms.backfill(&room, &[sent[9].clone()], 4).unwrap();
+        assert_eq!(
+            ids(&page),
+            vec![sent[9].clone(), sent[8].clone(), sent[7].clone(), sent[6].clone()]
+        );
+        let page = rooms.backfill(&room, &[sent[3].clone()], 2).unwrap();
+        assert_eq!(ids(&page), vec![sent[3].clone(), sent[2].clone()]);
+
+        // Everything back to the create event, depth descending.
+        let all = rooms.backfill(&room, &[sent[9].clone()], 1_000).unwrap();
+        assert_eq!(all.last().unwrap().pdu.kind.to_string(), "m.room.create");
+        assert!(all.windows(2).all(|w| w[0].pdu.depth > w[1].pdu.depth));
+        let distinct: HashSet<_> = ids(&all).into_iter().collect();
+        assert_eq!(distinct.len(), all.len());
+        assert!(rooms.backfill(&room, &[sent[9].clone()], 0).unwrap().is_empty());
+
+        // A seed of another room is ignored.
+        let other = self::room(&services, Preset::PublicChat).await;
+        assert!(rooms.backfill(&other, &[sent[9].clone()], 10).unwrap().is_empty());
+
+        // The cap.
+        for n in 0..MAX_BACKFILL {
+            sent.push(message(&services, &room, &format!("more {n}")).await);
+        }
+        let capped = rooms.backfill(&room, &[sent.last().unwrap().clone()], 10_000).unwrap();
+        assert_eq!(capped.len(), MAX_BACKFILL);
+    }
+
+    /// Missing events: what lies between earliest and latest, oldest first, latest and
+    /// earliest themselves excluded, the limit keeping the newest, `min_depth` respected.
+    #[tokio::test]
+    async fn missing_events_lie_between_earliest_and_latest_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 8 << 20);
+        let rooms = &services.rooms;
+        let room = room(&services, Preset::PublicChat).await;
+        let mut m = Vec::new();
+        for n in 0..10 {
+            m.push(message(&services, &room, &format!("m{n}")).await);
+        }
+        let got = rooms
+            .missing_events(&room, &[m[2].clone()], &[m[9].clone()], 10, 0)
+            .unwrap();
+        assert_eq!(ids(&got), m[3..9].to_vec());
+        let got = rooms
+            .missing_events(&room, &[m[2].clone()], &[m[9].clone()], 3, 0)
+            .unwrap();
+        assert_eq!(ids(&got), m[6..9].to_vec());
+        let depth5 = u64::from(rooms.federation_event(&m[5]).unwrap().unwrap().pdu.depth);
+        let got = rooms
+            .missing_events(&room, &[m[2].clone()], &[m[9].clone()], 10, depth5)
+            .unwrap();
+        assert_eq!(ids(&got), m[5..9].to_vec());
+        // Capped at 20; a latest event of another room gives nothing.
+        for n in 0..30 {
+            m.push(message(&services, &room, &format!("n{n}")).await);
+        }
+        let got = rooms
+            .missing_events(&room, &[m[0].clone()], &[m[39].clone()], 1_000, 0)
+            .unwrap();
+        assert_eq!(ids(&got), m[19..39].to_vec());
+        let other = self::room(&services, Preset::PublicChat).await;
+        assert!(
+            rooms
+                .missing_events(&other, &[], &[m[9].clone()], 10, 0)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    /// Server-level history visibility: `joined` history is hidden from a server with no
+    /// member then and shown once one of its users joined; `world_readable` is open to all.
+    /// A redacted event is served in its redacted form, still signed.
+    #[tokio::test]
+    async fn servers_see_what_their_users_could_see() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 8 << 20);
+        let rooms = &services.rooms;
+        let room = room(&services, Preset::PublicChat).await;
+        let other = ServerName::parse("other.example").unwrap();
+        let third = ServerName::parse("third.example").unwrap();
+        set_visibility(&services, &room, "joined").await;
+        let before = message(&services, &room, "before").await;
+        let before = rooms.federation_event(&before).unwrap().unwrap();
+        assert!(!rooms.server_filter(&room, &other).unwrap().allows(&before).unwrap());
+        assert!(!rooms.server_in_room(&room, &other).unwrap());
+
+        // @bob:other.example joins (as a federation join would store it).
+        let id_of = |kind: StateEventType| rooms.state_event(&room, &kind, "").unwrap().unwrap().event_id;
+        let auth = vec![
+            id_of(StateEventType::RoomCreate),
+            id_of(StateEventType::RoomPowerLevels),
+            id_of(StateEventType::RoomJoinRules),
+        ];
+        let bob = UserId::parse("@bob:other.example").unwrap();
+        let Ok(ruma::CanonicalJsonValue::Object(content)) =
+            ruma::CanonicalJsonValue::try_from(json!({"membership": "join"}))
+        else {
+            unreachable!()
+        };
+        let join = events::build(
+            &services.server_keys,
+            "localhost",
+            events::NewPdu {
+                room_version: &RoomVersionId::V11,
+                room_id: Some(&room),
+                sender: &bob,
+                kind: "m.room.member",
+                state_key: Some(bob.as_str()),
+                content,
+                prev_events: vec![before.pdu.event_id.clone()],
+                auth_events: auth,
+                depth: 10,
+                origin_server_ts: 1,
+                redacts: None,
+            },
+        )
+        .unwrap();
+        rooms
+            .import_state(&room, vec![(join.event_id, join.bytes)])
+            .await
+            .unwrap();
+        let after = message(&services, &room, "after").await;
+        let after = rooms.federation_event(&after).unwrap().unwrap();
+        let mut filter = rooms.server_filter(&room, &other).unwrap();
+        assert!(filter.in_room_now());
+        assert!(filter.allows(&after).unwrap());
+        assert!(filter.joined_at(&after).unwrap());
+        assert!(
+            !filter.allows(&before).unwrap(),
+            "joined history before the join stays hidden"
+        );
+        let mut outsider = rooms.server_filter(&room, &third).unwrap();
+        assert!(!outsider.in_room_now());
+        assert!(!outsider.allows(&after).unwrap());
+        assert!(!outsider.joined_at(&after).unwrap());
+
+        set_visibility(&services, &room, "world_readable").await;
+        let open = message(&services, &room, "open").await;
+        let open = rooms.federation_event(&open).unwrap().unwrap();
+        assert!(rooms.server_filter(&room, &third).unwrap().allows(&open).unwrap());
+
+        // Redacted: the redacted PDU, hashes and signatures kept.
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        rooms
+            .redact(
+                &room,
+                &alice,
+                &open.pdu.event_id,
+                None,
+                ("@alice:localhost", "DEV", "t1"),
+            )
+            .await
+            .unwrap();
+        let served: Value =
+            serde_json::from_str(rooms.federation_event(&open.pdu.event_id).unwrap().unwrap().json.get()).unwrap();
+        assert!(served["content"].get("body").is_none(), "{served}");
+        assert!(served.get("signatures").is_some() && served.get("hashes").is_some());
+        let pruned: Value = serde_json::from_str(rooms.pruned(&after).unwrap().get()).unwrap();
+        assert!(pruned["content"].get("body").is_none());
+        assert_eq!(pruned["sender"], "@alice:localhost");
+    }
+}

@@ -32,6 +32,8 @@ use crate::{
 
 /// Most rooms one public room list answer holds.
 pub const MAX_PUBLIC_ROOMS: usize = 500;
+/// Most servers a `query/directory` answer names.
+pub const MAX_ALIAS_SERVERS: usize = 100;
 
 fn not_in_room(server: &ServerName, room_id: &RoomId) -> Error {
     Error::forbidden(format!("{server} is not in the room {room_id}"))
@@ -204,7 +206,7 @@ pub fn query_directory(services: &Services, alias: &RoomAliasId) -> Result<(ruma
     let members = services.rooms.members(&room_id)?;
     for user in members.with("join") {
         let server = user.server_name();
-        if servers.len() >= MAX_PUBLIC_ROOMS {
+        if servers.len() >= MAX_ALIAS_SERVERS {
             break;
         }
         if !servers.iter().any(|s| s == server) {

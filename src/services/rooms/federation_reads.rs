@@ -294,6 +294,7 @@ impl Rooms {
             server: server.to_owned(),
             users,
             in_room_now,
+            world_readable_now: self.history_visibility(room_id)? == "world_readable",
             decisions: HashMap::new(),
         })
     }
@@ -304,13 +305,16 @@ impl Rooms {
 /// when the server has a joined member now or had one then; `invited` when one of its users
 /// was invited or joined then; `joined` when one was joined then. A change of history
 /// visibility, or of one of the server's users' membership, counts with the state after it
-/// too. Events Hearth holds no state for (the create event, outliers) are visible.
+/// too. Events Hearth holds no state for (outliers) are visible to servers in the room now,
+/// and to all while the room is `world_readable`.
 pub struct ServerFilter<'a> {
     rooms: &'a Rooms,
     server: OwnedServerName,
     /// The server's users with a membership of the room (at most [`MAX_SERVER_USERS`]).
     users: Vec<OwnedUserId>,
     in_room_now: bool,
+    /// Whether the room's current history visibility is `world_readable`.
+    world_readable_now: bool,
     /// State snapshot → (history visibility, the server's best membership).
     decisions: HashMap<u64, (String, Option<&'static str>)>,
 }
@@ -347,7 +351,9 @@ impl ServerFilter<'_> {
     /// Whether the server may see `event`.
     pub fn allows(&mut self, event: &FedEvent) -> Result<bool> {
         let Some(snapshot) = self.rooms.state.before_event(event.short)? else {
-            return Ok(true);
+            // No state before it (an outlier): open to servers in the room, and to all while
+            // the room is world-readable.
+            return Ok(self.in_room_now || self.world_readable_now);
         };
         let (visibility, membership) = self.decision(snapshot)?;
         if self.allowed(&visibility, membership) {
@@ -690,6 +696,7 @@ mod tests {
             },
         )
         .unwrap();
+        let join_id = join.event_id.clone();
         rooms
             .import_state(&room, vec![(join.event_id, join.bytes)])
             .await
@@ -709,7 +716,20 @@ mod tests {
         assert!(!outsider.allows(&after).unwrap());
         assert!(!outsider.joined_at(&after).unwrap());
 
+        // An event without a state before it (the imported join) follows the room's current
+        // membership and history visibility; the create event, the `shared` rule of the empty
+        // state before it.
+        let create = rooms
+            .state_event(&room, &StateEventType::RoomCreate, "")
+            .unwrap()
+            .unwrap();
+        let create = rooms.federation_event(&create.event_id).unwrap().unwrap();
+        let bobs_join = rooms.federation_event(&join_id).unwrap().unwrap();
+        assert!(filter.allows(&create).unwrap() && filter.allows(&bobs_join).unwrap());
+        assert!(!outsider.allows(&create).unwrap() && !outsider.allows(&bobs_join).unwrap());
+
         set_visibility(&services, &room, "world_readable").await;
+        assert!(rooms.server_filter(&room, &third).unwrap().allows(&bobs_join).unwrap());
         let open = message(&services, &room, "open").await;
         let open = rooms.federation_event(&open).unwrap().unwrap();
         assert!(rooms.server_filter(&room, &third).unwrap().allows(&open).unwrap());

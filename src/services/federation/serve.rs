@@ -30,6 +30,9 @@ use crate::{
     },
 };
 
+/// PDUs as sent.
+pub type Pdus = Vec<Box<RawValue>>;
+
 /// Most rooms one public room list answer holds.
 pub const MAX_PUBLIC_ROOMS: usize = 500;
 /// Most servers a `query/directory` answer names.
@@ -100,12 +103,7 @@ pub fn event(rooms: &Rooms, origin: &ServerName, event_id: &EventId) -> Result<B
 }
 
 /// `GET /state/{roomId}?event_id=`: the state before the event and its auth chain, as PDUs.
-pub fn state(
-    rooms: &Rooms,
-    origin: &ServerName,
-    room_id: &RoomId,
-    event_id: &EventId,
-) -> Result<(Vec<Box<RawValue>>, Vec<Box<RawValue>>)> {
+pub fn state(rooms: &Rooms, origin: &ServerName, room_id: &RoomId, event_id: &EventId) -> Result<(Pdus, Pdus)> {
     let event = event_for_member(rooms, origin, room_id, event_id)?;
     let state = rooms.federation_state_before(room_id, &event)?;
     let chain = rooms.auth_chain(room_id, &state.iter().collect::<Vec<_>>())?;

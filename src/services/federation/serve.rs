@@ -224,3 +224,162 @@ pub fn public_rooms(services: &Services, query: ListQuery<'_>) -> Result<ListPag
     };
     services.directory.public_rooms(&services.rooms, &query)
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{OwnedEventId, OwnedRoomId, RoomVersionId, ServerName, UserId, events::StateEventType};
+    use serde_json::{Value, json};
+
+    use crate::services::{
+        Services, events,
+        rooms::{NewEvent, create::Preset, tests::named_room},
+    };
+
+    fn object(value: Value) -> ruma::CanonicalJsonObject {
+        let Ok(ruma::CanonicalJsonValue::Object(o)) = ruma::CanonicalJsonValue::try_from(value) else {
+            unreachable!()
+        };
+        o
+    }
+
+    async fn message(services: &Services, room: &ruma::RoomId, body: &str) -> OwnedEventId {
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let content = json!({"msgtype": "m.text", "body": body});
+        services
+            .rooms
+            .append(room, &alice, NewEvent::message(content))
+            .await
+            .unwrap()
+            .event_id
+    }
+
+    /// Stores a membership of `@bob:other.example` as a federation join would (an outlier
+    /// that becomes the room's state).
+    async fn bob(services: &Services, room: &OwnedRoomId, membership: &str, prev: &OwnedEventId) -> OwnedEventId {
+        let rooms = &services.rooms;
+        let id_of = |kind: StateEventType, key: &str| rooms.state_event(room, &kind, key).unwrap().map(|p| p.event_id);
+        let bob = UserId::parse("@bob:other.example").unwrap();
+        let mut auth = vec![
+            id_of(StateEventType::RoomCreate, "").unwrap(),
+            id_of(StateEventType::RoomPowerLevels, "").unwrap(),
+        ];
+        match id_of(StateEventType::RoomMember, bob.as_str()) {
+            Some(own) => auth.push(own),
+            None => auth.push(id_of(StateEventType::RoomJoinRules, "").unwrap()),
+        }
+        let event = events::build(
+            &services.server_keys,
+            "localhost",
+            events::NewPdu {
+                room_version: &RoomVersionId::V11,
+                room_id: Some(room),
+                sender: &bob,
+                kind: "m.room.member",
+                state_key: Some(bob.as_str()),
+                content: object(json!({"membership": membership})),
+                prev_events: vec![prev.clone()],
+                auth_events: auth,
+                depth: 20,
+                origin_server_ts: 1,
+                redacts: None,
+            },
+        )
+        .unwrap();
+        let id = event.event_id.clone();
+        rooms
+            .import_state(room, vec![(event.event_id, event.bytes)])
+            .await
+            .unwrap();
+        id
+    }
+
+    fn bodies(pdus: &[Box<serde_json::value::RawValue>]) -> Vec<Option<String>> {
+        pdus.iter()
+            .map(|p| {
+                let v: Value = serde_json::from_str(p.get()).unwrap();
+                v["content"]["body"].as_str().map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// In a `joined` room: a server with a joined member reads the state, auth chains,
+    /// backfill and missing events (what came before its join redacted), another server gets
+    /// 403 (404 for `/event`); once its member left, it still reads the state at events from
+    /// its time in the room, but nothing later and no more backfill.
+    #[tokio::test]
+    async fn servers_read_rooms_as_their_members_could() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 8 << 20);
+        let rooms = &services.rooms;
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room = rooms
+            .create_room(&alice, named_room("fed", Preset::PublicChat, false))
+            .await
+            .unwrap();
+        rooms
+            .append(
+                &room,
+                &alice,
+                NewEvent::state(
+                    "m.room.history_visibility",
+                    "",
+                    object(json!({"history_visibility": "joined"})),
+                ),
+            )
+            .await
+            .unwrap();
+        let other = ServerName::parse("other.example").unwrap();
+        let third = ServerName::parse("third.example").unwrap();
+        let forbidden = |e: crate::Error| e.errcode() == "M_FORBIDDEN";
+        let not_found = |e: crate::Error| e.errcode() == "M_NOT_FOUND";
+
+        let m0 = message(&services, &room, "m0").await;
+        assert!(super::backfill(rooms, &other, &room, &[m0.clone()], 10).is_err_and(forbidden));
+        let join = bob(&services, &room, "join", &m0).await;
+        let m1 = message(&services, &room, "m1").await;
+        let m2 = message(&services, &room, "m2").await;
+
+        // /event: after the join only.
+        assert!(super::event(rooms, &other, &m1).is_ok());
+        assert!(super::event(rooms, &other, &m0).is_err_and(not_found));
+        assert!(super::event(rooms, &third, &m1).is_err_and(not_found));
+
+        // State at m1: the member server reads it, with bob's join and a closed auth chain.
+        let (pdus, chain) = super::state_ids(rooms, &other, &room, &m1).unwrap();
+        assert!(pdus.contains(&join));
+        assert!(!chain.is_empty() && !chain.contains(&m1));
+        let (full, full_chain) = super::state(rooms, &other, &room, &m1).unwrap();
+        assert_eq!((full.len(), full_chain.len()), (pdus.len(), chain.len()));
+        assert!(!super::event_auth(rooms, &other, &room, &m1).unwrap().is_empty());
+        for (server, expect) in [(&third, forbidden as fn(crate::Error) -> bool), (&other, not_found)] {
+            let unknown = OwnedEventId::try_from("$unknown").unwrap();
+            assert!(super::state_ids(rooms, server, &room, &unknown).is_err_and(expect));
+        }
+        assert!(super::state_ids(rooms, &third, &room, &m1).is_err_and(forbidden));
+        assert!(super::event_auth(rooms, &third, &room, &m1).is_err_and(forbidden));
+        let nowhere = OwnedRoomId::try_from("!nowhere:localhost").unwrap();
+        assert!(super::state_ids(rooms, &other, &nowhere, &m1).is_err_and(not_found));
+
+        // Backfill and missing events: whole after the join, redacted before it.
+        let back = super::backfill(rooms, &other, &room, &[m2.clone()], 3).unwrap();
+        let got = bodies(&back);
+        assert_eq!(got[0].as_deref(), Some("m2"));
+        assert_eq!(got[1].as_deref(), Some("m1"));
+        let back = super::backfill(rooms, &other, &room, &[m0.clone()], 1).unwrap();
+        assert_eq!(bodies(&back), vec![None], "m0 redacted for a server that joined later");
+        let missing = super::missing_events(rooms, &other, &room, &[], &[m2.clone()], 2, 0).unwrap();
+        assert_eq!(bodies(&missing), vec![None, Some("m1".to_owned())]);
+        assert!(super::missing_events(rooms, &third, &room, &[], &[m2.clone()], 2, 0).is_err_and(forbidden));
+        assert!(super::timestamp_to_event(rooms, &other, &room, 0, true).is_ok());
+        assert!(super::timestamp_to_event(rooms, &third, &room, 0, true).is_err_and(forbidden));
+
+        // Bob leaves: the state at m1 stays readable, later events and backfill do not.
+        bob(&services, &room, "leave", &m2).await;
+        let m3 = message(&services, &room, "m3").await;
+        assert!(super::state_ids(rooms, &other, &room, &m1).is_ok());
+        assert!(super::state_ids(rooms, &other, &room, &m3).is_err_and(forbidden));
+        assert!(super::backfill(rooms, &other, &room, &[m3.clone()], 10).is_err_and(forbidden));
+        assert!(super::event(rooms, &other, &m3).is_err_and(not_found));
+        assert!(super::event(rooms, &other, &m1).is_ok(), "seen while joined");
+    }
+}

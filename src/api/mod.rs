@@ -30,6 +30,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, federation: bool) {
         t.add(LimitClass::Client, self::federation::membership::make_join);
         t.add_json(LimitClass::Client, self::federation::membership::send_join);
         t.add(LimitClass::Client, self::federation::send::send_transaction);
+        t.add(LimitClass::Client, self::federation::events::get_event);
+        t.add(LimitClass::Client, self::federation::events::get_room_state);
+        t.add(LimitClass::Client, self::federation::events::get_room_state_ids);
+        t.add(LimitClass::Client, self::federation::events::get_event_authorization);
+        t.add(LimitClass::Client, self::federation::events::get_backfill);
+        t.add(LimitClass::Client, self::federation::events::get_missing_events);
+        t.add(LimitClass::Client, self::federation::events::get_event_by_timestamp);
+        t.add(LimitClass::Client, self::federation::directory::get_room_information);
+        t.add(LimitClass::Client, self::federation::directory::get_public_rooms);
+        t.add(
+            LimitClass::Client,
+            self::federation::directory::get_public_rooms_filtered,
+        );
     }
 
     // Discovery and server information.

@@ -4,6 +4,8 @@
 //! signature before the handler runs (`extract::prepare`), which then finds the sending server
 //! in `ctx.origin`.
 
+pub mod directory;
+pub mod events;
 pub mod keys;
 pub mod membership;
 pub mod query;

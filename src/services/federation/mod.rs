@@ -15,6 +15,7 @@ pub mod pdu;
 pub mod query;
 pub mod remote_keys;
 pub mod resolver;
+pub mod serve;
 pub mod transport;
 
 use std::{sync::Arc, time::Duration};

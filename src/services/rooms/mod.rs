@@ -27,6 +27,7 @@
 //! aggregations, `/relations` and `/threads`.
 
 pub mod create;
+pub mod federation_reads;
 mod import;
 pub mod members;
 pub mod membership;

@@ -431,7 +431,10 @@ impl Rooms {
 
     /// Every event reachable from `roots` through `auth_events` (the roots included), at most
     /// [`MAX_AUTH_CHAIN`].
-    pub(super) fn auth_chain(&self, roots: impl IntoIterator<Item = OwnedEventId>) -> Result<HashSet<OwnedEventId>> {
+    pub(super) fn auth_chain_ids(
+        &self,
+        roots: impl IntoIterator<Item = OwnedEventId>,
+    ) -> Result<HashSet<OwnedEventId>> {
         let mut seen: HashSet<OwnedEventId> = HashSet::new();
         let mut todo: Vec<OwnedEventId> = roots.into_iter().collect();
         while let Some(id) = todo.pop() {
@@ -458,7 +461,7 @@ impl Rooms {
         let auth_chains = maps
             .iter()
             .map(|map| {
-                self.auth_chain(map.values().cloned())
+                self.auth_chain_ids(map.values().cloned())
                     .map(|set| set.into_iter().collect::<EventIdSet<OwnedEventId>>())
             })
             .collect::<Result<Vec<_>>>()?;
@@ -472,7 +475,7 @@ impl Rooms {
     /// from a conflicted event through `auth_events` and reach a conflicted event that way.
     fn conflicted_subgraph(&self, conflicted: &StateMap<Vec<OwnedEventId>>) -> Result<EventIdSet<OwnedEventId>> {
         let roots: BTreeSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
-        let chain = self.auth_chain(roots.iter().cloned())?;
+        let chain = self.auth_chain_ids(roots.iter().cloned())?;
         // Whether each event of the chain reaches a conflicted event (itself included).
         let mut reaches: HashMap<OwnedEventId, bool> = HashMap::with_capacity(chain.len());
         for id in &chain {
@@ -618,7 +621,7 @@ impl Rooms {
         let mut roots = state_ids.clone();
         roots.push(event_id.to_owned());
         let mut chain: Vec<OwnedEventId> = self
-            .auth_chain(roots)?
+            .auth_chain_ids(roots)?
             .into_iter()
             .filter(|id| id != event_id && !state_set.contains(id))
             .collect();

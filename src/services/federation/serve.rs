@@ -360,7 +360,7 @@ mod tests {
         let not_found = |e: crate::Error| e.errcode() == "M_NOT_FOUND";
 
         let m0 = message(&services, &room, "m0").await;
-        assert!(super::backfill(rooms, &other, &room, &[m0.clone()], 10).is_err_and(forbidden));
+        assert!(super::backfill(rooms, &other, &room, std::slice::from_ref(&m0), 10).is_err_and(forbidden));
         let join = bob(&services, &room, "join", &m0).await;
         let m1 = message(&services, &room, "m1").await;
         let m2 = message(&services, &room, "m2").await;
@@ -387,15 +387,17 @@ mod tests {
         assert!(super::state_ids(rooms, &other, &nowhere, &m1).is_err_and(not_found));
 
         // Backfill and missing events: whole after the join, redacted before it.
-        let back = super::backfill(rooms, &other, &room, &[m2.clone()], 3).unwrap();
+        let back = super::backfill(rooms, &other, &room, std::slice::from_ref(&m2), 3).unwrap();
         let got = bodies(&back);
         assert_eq!(got[0].as_deref(), Some("m2"));
         assert_eq!(got[1].as_deref(), Some("m1"));
-        let back = super::backfill(rooms, &other, &room, &[m0.clone()], 1).unwrap();
+        let back = super::backfill(rooms, &other, &room, std::slice::from_ref(&m0), 1).unwrap();
         assert_eq!(bodies(&back), vec![None], "m0 redacted for a server that joined later");
-        let missing = super::missing_events(rooms, &other, &room, &[], &[m2.clone()], 2, 0).unwrap();
+        let missing = super::missing_events(rooms, &other, &room, &[], std::slice::from_ref(&m2), 2, 0).unwrap();
         assert_eq!(bodies(&missing), vec![None, Some("m1".to_owned())]);
-        assert!(super::missing_events(rooms, &third, &room, &[], &[m2.clone()], 2, 0).is_err_and(forbidden));
+        assert!(
+            super::missing_events(rooms, &third, &room, &[], std::slice::from_ref(&m2), 2, 0).is_err_and(forbidden)
+        );
         assert!(super::timestamp_to_event(rooms, &other, &room, 0, true).is_ok());
         assert!(super::timestamp_to_event(rooms, &third, &room, 0, true).is_err_and(forbidden));
 
@@ -412,7 +414,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(super::backfill(rooms, &other, &room, &[m2.clone()], 3).is_err_and(forbidden));
+        assert!(super::backfill(rooms, &other, &room, std::slice::from_ref(&m2), 3).is_err_and(forbidden));
         assert!(super::state_ids(rooms, &other, &room, &m1).is_err_and(forbidden));
         rooms
             .append(
@@ -422,14 +424,14 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(super::backfill(rooms, &other, &room, &[m2.clone()], 3).is_ok());
+        assert!(super::backfill(rooms, &other, &room, std::slice::from_ref(&m2), 3).is_ok());
 
         // Bob leaves: the state at m1 stays readable, later events and backfill do not.
         bob(&services, &room, "leave", &m2).await;
         let m3 = message(&services, &room, "m3").await;
         assert!(super::state_ids(rooms, &other, &room, &m1).is_ok());
         assert!(super::state_ids(rooms, &other, &room, &m3).is_err_and(forbidden));
-        assert!(super::backfill(rooms, &other, &room, &[m3.clone()], 10).is_err_and(forbidden));
+        assert!(super::backfill(rooms, &other, &room, std::slice::from_ref(&m3), 10).is_err_and(forbidden));
         assert!(super::event(rooms, &other, &m3).is_err_and(not_found));
         assert!(super::event(rooms, &other, &m1).is_ok(), "seen while joined");
     }

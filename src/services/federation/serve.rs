@@ -13,9 +13,14 @@
 //! - `/backfill`, `/get_missing_events`, `/timestamp_to_event`: a joined member now, else 403;
 //!   events the origin may not see are sent in their redacted form (Synapse's `redact=True`),
 //!   which keeps the DAG walkable and hides their content.
+//! - A server the room's `m.room.server_acl` bars gets 403 for all of them but `/event`
+//!   (as Synapse).
 //! - An unknown room is 404 `M_NOT_FOUND` for all of them.
 
-use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName, RoomAliasId, RoomId, ServerName};
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName, RoomAliasId, RoomId, ServerName,
+    events::room::server_acl::RoomServerAclEventContent,
+};
 use serde_json::value::RawValue;
 
 use crate::{
@@ -50,11 +55,31 @@ fn known_room(rooms: &Rooms, room_id: &RoomId) -> Result<()> {
     }
 }
 
+/// 403 when the room's `m.room.server_acl` bars `origin` (Synapse checks it on every room
+/// read but `/event`).
+fn check_acl(rooms: &Rooms, origin: &ServerName, room_id: &RoomId) -> Result<()> {
+    let Some(acl) = rooms.state_event(room_id, &ruma::events::StateEventType::RoomServerAcl, "")? else {
+        return Ok(());
+    };
+    let content: RoomServerAclEventContent = match serde_json::from_str(acl.content.get()) {
+        Ok(content) => content,
+        Err(_) => return Ok(()),
+    };
+    if content.is_allowed(origin) {
+        Ok(())
+    } else {
+        Err(Error::forbidden(format!(
+            "{origin} is barred from the room by its server ACL"
+        )))
+    }
+}
+
 /// The event `event_id` of `room_id`, if `origin` may read the room at it (a joined member
 /// now or at the event); 403 otherwise, unknown events included, 404 for an unknown event
 /// when the origin is in the room.
 fn event_for_member(rooms: &Rooms, origin: &ServerName, room_id: &RoomId, event_id: &EventId) -> Result<FedEvent> {
     known_room(rooms, room_id)?;
+    check_acl(rooms, origin, room_id)?;
     let mut filter = rooms.server_filter(room_id, origin)?;
     let event = match rooms.federation_event_in(room_id, event_id) {
         Ok(event) => event,
@@ -70,6 +95,7 @@ fn event_for_member(rooms: &Rooms, origin: &ServerName, room_id: &RoomId, event_
 /// A filter for reads that need the origin in the room now (403 otherwise).
 fn filter_for_member<'a>(rooms: &'a Rooms, origin: &ServerName, room_id: &RoomId) -> Result<ServerFilter<'a>> {
     known_room(rooms, room_id)?;
+    check_acl(rooms, origin, room_id)?;
     let filter = rooms.server_filter(room_id, origin)?;
     if !filter.in_room_now() {
         return Err(not_in_room(origin, room_id));
@@ -334,7 +360,7 @@ mod tests {
         let not_found = |e: crate::Error| e.errcode() == "M_NOT_FOUND";
 
         let m0 = message(&services, &room, "m0").await;
-        assert!(super::backfill(rooms, &other, &room, &[m0.clone()], 10).is_err_and(forbidden));
+        assert!(super::backfill(rooms, &other, &room, std::slice::from_ref(&m0), 10).is_err_and(forbidden));
         let join = bob(&services, &room, "join", &m0).await;
         let m1 = message(&services, &room, "m1").await;
         let m2 = message(&services, &room, "m2").await;
@@ -361,24 +387,51 @@ mod tests {
         assert!(super::state_ids(rooms, &other, &nowhere, &m1).is_err_and(not_found));
 
         // Backfill and missing events: whole after the join, redacted before it.
-        let back = super::backfill(rooms, &other, &room, &[m2.clone()], 3).unwrap();
+        let back = super::backfill(rooms, &other, &room, std::slice::from_ref(&m2), 3).unwrap();
         let got = bodies(&back);
         assert_eq!(got[0].as_deref(), Some("m2"));
         assert_eq!(got[1].as_deref(), Some("m1"));
-        let back = super::backfill(rooms, &other, &room, &[m0.clone()], 1).unwrap();
+        let back = super::backfill(rooms, &other, &room, std::slice::from_ref(&m0), 1).unwrap();
         assert_eq!(bodies(&back), vec![None], "m0 redacted for a server that joined later");
-        let missing = super::missing_events(rooms, &other, &room, &[], &[m2.clone()], 2, 0).unwrap();
+        let missing = super::missing_events(rooms, &other, &room, &[], std::slice::from_ref(&m2), 2, 0).unwrap();
         assert_eq!(bodies(&missing), vec![None, Some("m1".to_owned())]);
-        assert!(super::missing_events(rooms, &third, &room, &[], &[m2.clone()], 2, 0).is_err_and(forbidden));
+        assert!(
+            super::missing_events(rooms, &third, &room, &[], std::slice::from_ref(&m2), 2, 0).is_err_and(forbidden)
+        );
         assert!(super::timestamp_to_event(rooms, &other, &room, 0, true).is_ok());
         assert!(super::timestamp_to_event(rooms, &third, &room, 0, true).is_err_and(forbidden));
+
+        // A server ACL barring the member server: 403 for its room reads.
+        rooms
+            .append(
+                &room,
+                &alice,
+                NewEvent::state(
+                    "m.room.server_acl",
+                    "",
+                    object(json!({"allow": ["*"], "deny": ["other.example"]})),
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(super::backfill(rooms, &other, &room, std::slice::from_ref(&m2), 3).is_err_and(forbidden));
+        assert!(super::state_ids(rooms, &other, &room, &m1).is_err_and(forbidden));
+        rooms
+            .append(
+                &room,
+                &alice,
+                NewEvent::state("m.room.server_acl", "", object(json!({"allow": ["*"]}))),
+            )
+            .await
+            .unwrap();
+        assert!(super::backfill(rooms, &other, &room, std::slice::from_ref(&m2), 3).is_ok());
 
         // Bob leaves: the state at m1 stays readable, later events and backfill do not.
         bob(&services, &room, "leave", &m2).await;
         let m3 = message(&services, &room, "m3").await;
         assert!(super::state_ids(rooms, &other, &room, &m1).is_ok());
         assert!(super::state_ids(rooms, &other, &room, &m3).is_err_and(forbidden));
-        assert!(super::backfill(rooms, &other, &room, &[m3.clone()], 10).is_err_and(forbidden));
+        assert!(super::backfill(rooms, &other, &room, std::slice::from_ref(&m3), 10).is_err_and(forbidden));
         assert!(super::event(rooms, &other, &m3).is_err_and(not_found));
         assert!(super::event(rooms, &other, &m1).is_ok(), "seen while joined");
     }

@@ -139,6 +139,8 @@ pub struct Sender {
     /// This process's start (ms, base 36): the first part of its transaction ids.
     process: String,
     txn_counter: AtomicU64,
+    /// The back-off's first and longest waits, ms ([`INITIAL_BACKOFF`], [`MAX_BACKOFF`]).
+    backoff_ms: (AtomicU64, AtomicU64),
 }
 
 impl Sender {
@@ -162,7 +164,30 @@ impl Sender {
             started: OnceLock::new(),
             process: base36(crate::util::now_ms()),
             txn_counter: AtomicU64::new(0),
+            backoff_ms: (
+                AtomicU64::new(INITIAL_BACKOFF.as_millis() as u64),
+                AtomicU64::new(MAX_BACKOFF.as_millis() as u64),
+            ),
         }
+    }
+
+    /// Changes the back-off's first and longest waits (for tests that need a long one).
+    #[doc(hidden)]
+    pub fn set_backoff_for_tests(&self, initial: Duration, max: Duration) {
+        self.backoff_ms.0.store(initial.as_millis() as u64, Ordering::Relaxed);
+        self.backoff_ms.1.store(max.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The number of PDUs queued for `server` (reads them all: for reports and tests).
+    pub fn queued_pdus(&self, server: &ServerName) -> Result<usize> {
+        Ok(self.table.first(server.as_str(), usize::MAX)?.len())
+    }
+
+    /// Whether delivery to `server` is waiting out a back-off after a failure.
+    pub fn is_backing_off(&self, server: &ServerName) -> bool {
+        self.dests
+            .with(server, |dest| dest.map(|d| d.lock().backoff.is_some()))
+            .unwrap_or(false)
     }
 
     fn dest(&self, name: &ServerName) -> Arc<Dest> {
@@ -330,9 +355,11 @@ impl Sender {
     /// After a failure: the next back-off of `dest`.
     fn failed(&self, dest: &Dest) -> Duration {
         let mut state = dest.lock();
+        let initial = Duration::from_millis(self.backoff_ms.0.load(Ordering::Relaxed));
+        let max = Duration::from_millis(self.backoff_ms.1.load(Ordering::Relaxed));
         let next = match state.backoff {
-            None => INITIAL_BACKOFF,
-            Some(last) => (last * 2).min(MAX_BACKOFF),
+            None => initial,
+            Some(last) => (last * 2).min(max),
         };
         state.backoff = Some(next);
         next

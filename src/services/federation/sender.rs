@@ -241,7 +241,7 @@ impl Sender {
                     self.table.queue_delete_below(&mut batch, name.as_str(), new_head);
                     let dropped = new_head - state.head;
                     state.head = new_head;
-                    if state.dropped % DROP_LOG_EVERY == 0 {
+                    if state.dropped.is_multiple_of(DROP_LOG_EVERY) {
                         tracing::warn!(
                             destination = %name,
                             dropped = state.dropped + dropped,
@@ -510,7 +510,7 @@ impl Federation {
 
     /// Queues a PDU (its canonical JSON bytes) for `destinations`, durably, in one batch, and
     /// wakes their delivery. Our own server name and servers we do not federate with are left
-    /// out; with federation off nothing is stored.
+    /// out; with federation off nothing is stored. `pdu` must be JSON (500 otherwise).
     pub async fn queue_pdu(&self, destinations: &[OwnedServerName], event_id: &EventId, pdu: &[u8]) -> Result<()> {
         if !self.enabled {
             return Ok(());
@@ -518,6 +518,11 @@ impl Federation {
         let destinations = self.destinations_for(destinations);
         if destinations.is_empty() {
             return Ok(());
+        }
+        if serde_json::from_slice::<&RawValue>(pdu).is_err() {
+            return Err(crate::Error::internal(format!(
+                "PDU {event_id} queued for federation is not JSON"
+            )));
         }
         self.sender.enqueue(&destinations, event_id, pdu).await
     }
@@ -600,7 +605,10 @@ mod tests {
         // A fresh sender (a restart) reads the bounds back and goes on numbering after them.
         let sender = Sender::for_tests(Arc::clone(&db), 5);
         let event_id = EventId::parse("$e8").unwrap();
-        sender.enqueue(&[full.clone()], &event_id, b"{}").await.unwrap();
+        sender
+            .enqueue(std::slice::from_ref(&full), &event_id, b"{}")
+            .await
+            .unwrap();
         let kept: Vec<(u64, String)> = sender
             .table
             .first("full.test", 100)

@@ -11,8 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hearth::services::{Services, federation::sender};
-use ruma::{EventId, OwnedServerName, ServerName};
+use hearth::services::{
+    Services,
+    federation::{remote_keys::key_map, sender},
+};
+use ruma::{EventId, OwnedServerName, ServerName, api::federation::authentication::XMatrix};
 use serde_json::json;
 
 use crate::support::{
@@ -161,6 +164,26 @@ fn pdus_arrive_in_order_in_transactions_of_at_most_fifty() {
         assert_eq!(t.destination.as_deref(), Some(receiver.name.as_str()));
         assert_eq!(t.body["origin"], OUR_NAME);
         assert!(t.body["origin_server_ts"].as_u64().is_some());
+    }
+    let keys = &node.services.server_keys;
+    let our_key = key_map(
+        ServerName::parse(OUR_NAME).unwrap().as_ref(),
+        &keys.key_id(),
+        &keys.public_key(),
+    );
+    for t in &transactions {
+        let authorization = t.authorization.as_deref().unwrap();
+        let request = http::Request::builder()
+            .method("PUT")
+            .uri(&t.path)
+            .header(http::header::AUTHORIZATION, authorization)
+            .body(t.raw_body.as_slice())
+            .unwrap();
+        let x_matrix = XMatrix::parse(authorization).unwrap();
+        let destination = ServerName::parse(&receiver.name).unwrap();
+        x_matrix
+            .verify_http_request(&request, &destination, &our_key)
+            .expect("signed with our key");
     }
     assert_eq!(receiver.max_in_flight(), 1);
     assert_eq!(receiver.received().len(), transactions.len(), "no retries");

@@ -50,8 +50,12 @@ pub struct Received {
     /// The `X-Matrix` `origin` and `destination` of the `Authorization` header.
     pub origin: Option<String>,
     pub destination: Option<String>,
+    /// The whole `Authorization` header.
+    pub authorization: Option<String>,
     /// The JSON body (Null when none).
     pub body: Value,
+    /// The body as received.
+    pub raw_body: Vec<u8>,
     /// The status answered.
     pub status: u16,
 }
@@ -207,14 +211,17 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut tls:
                         .find(|h| h.name.eq_ignore_ascii_case(name))
                         .map(|h| String::from_utf8_lossy(h.value).into_owned())
                 };
-                let auth = header("authorization").unwrap_or_default();
+                let authorization = header("authorization");
+                let auth = authorization.clone().unwrap_or_default();
                 let body_len = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0usize);
                 let received = Received {
                     method: request.method.unwrap_or_default().to_owned(),
                     path: request.path.unwrap_or_default().to_owned(),
                     origin: x_matrix_param(&auth, "origin"),
                     destination: x_matrix_param(&auth, "destination"),
+                    authorization,
                     body: Value::Null,
+                    raw_body: Vec::new(),
                     status: 0,
                 };
                 break (received, body_len, len);
@@ -232,7 +239,8 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut tls:
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
-        received.body = serde_json::from_slice(&buf[head_len..head_len + body_len]).unwrap_or(Value::Null);
+        received.raw_body = buf[head_len..head_len + body_len].to_vec();
+        received.body = serde_json::from_slice(&received.raw_body).unwrap_or(Value::Null);
         buf.drain(..head_len + body_len);
 
         let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;

@@ -333,6 +333,40 @@ fn a_slow_destination_does_not_delay_another() {
     assert_eq!(pdu_numbers(&delivered(&slow)), (0..5).collect::<Vec<_>>());
 }
 
+/// At most so many transactions are in flight at once, all destinations together (50; 2
+/// here): a destination beyond that waits for one to finish.
+#[test]
+fn transactions_in_flight_are_bounded_overall() {
+    let ca = TestCa::new();
+    // Three servers on one address, each on its own port.
+    let servers: Vec<FakeServer> = (0..3).map(|_| FakeServer::start(&ca, "127.0.0.69")).collect();
+    for server in &servers {
+        server.set_mode(Mode::Hang);
+    }
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path(), &ca, true);
+    node.services.federation.sender.set_max_in_flight_for_tests(2);
+    let names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+    node.queue(&names, 0..1);
+    let held = || servers.iter().map(FakeServer::in_flight).sum::<usize>();
+    wait_until("two transactions are held", || held() == 2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(held(), 2, "a third waits");
+    let first = servers.iter().find(|s| s.in_flight() == 1).unwrap();
+    first.release();
+    wait_until("the third is sent", || {
+        servers.iter().filter(|s| s.max_in_flight() == 1).count() == 3
+    });
+    for server in &servers {
+        server.release();
+    }
+    for server in &servers {
+        wait_until("every server has the PDU", || {
+            pdu_numbers(&delivered(server)) == vec![0]
+        });
+    }
+}
+
 /// With federation off nothing is queued and nothing is sent.
 #[test]
 fn nothing_is_queued_or_sent_with_federation_off() {

@@ -178,6 +178,13 @@ impl Sender {
         self.backoff_ms.1.store(max.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Lowers the number of transactions in flight at once (before any is sent; for tests).
+    #[doc(hidden)]
+    pub fn set_max_in_flight_for_tests(&self, max: usize) {
+        let excess = self.in_flight.available_permits().saturating_sub(max.max(1));
+        self.in_flight.forget_permits(excess);
+    }
+
     /// The number of PDUs queued for `server` (reads them all: for reports and tests).
     pub fn queued_pdus(&self, server: &ServerName) -> Result<usize> {
         Ok(self.table.first(server.as_str(), usize::MAX)?.len())
@@ -347,7 +354,9 @@ impl Sender {
         if let Some((last, _, _)) = txn.pdus.last() {
             state.head = state.head.max(last + 1);
         }
-        state.backoff = None;
+        if state.backoff.take().is_some() {
+            tracing::info!(destination = %dest.name, "federation destination reachable again");
+        }
         state.dropped = 0;
         Ok(())
     }
@@ -358,7 +367,10 @@ impl Sender {
         let initial = Duration::from_millis(self.backoff_ms.0.load(Ordering::Relaxed));
         let max = Duration::from_millis(self.backoff_ms.1.load(Ordering::Relaxed));
         let next = match state.backoff {
-            None => initial,
+            None => {
+                tracing::info!(destination = %dest.name, "federation destination unreachable: backing off");
+                initial
+            }
             Some(last) => (last * 2).min(max),
         };
         state.backoff = Some(next);

@@ -35,14 +35,21 @@ struct Node {
 impl Node {
     /// Opens the services on `data` (federation on or off) and starts the sender.
     fn start(data: &Path, ca: &TestCa, federation: bool) -> Node {
-        let env = [
+        Self::start_with(data, ca, federation, &[])
+    }
+
+    /// [`Node::start`] with more `HEARTH_*` settings.
+    fn start_with(data: &Path, ca: &TestCa, federation: bool, extra: &[(&str, &str)]) -> Node {
+        let mut env: Vec<(String, String)> = [
             ("HEARTH_DATABASE__PATH", data.display().to_string()),
             ("HEARTH_SERVER_NAME", OUR_NAME.to_owned()),
             ("HEARTH_FEDERATION__ENABLED", federation.to_string()),
             ("HEARTH_FEDERATION__ALLOW_PRIVATE_DESTINATIONS", "true".to_owned()),
             ("HEARTH_FEDERATION__EXTRA_CA_FILE", ca.ca_file.display().to_string()),
         ]
-        .map(|(k, v)| (k.to_owned(), v));
+        .map(|(k, v)| (k.to_owned(), v))
+        .into();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = hearth::config::load(None, env, &hearth::config::Overrides::default()).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -365,6 +372,33 @@ fn transactions_in_flight_are_bounded_overall() {
             pdu_numbers(&delivered(server)) == vec![0]
         });
     }
+}
+
+/// A server we do not federate with (`denied_servers`) gets nothing queued and nothing sent,
+/// PDUs or EDUs; the others still get theirs.
+#[test]
+fn a_denied_server_gets_nothing() {
+    let ca = TestCa::new();
+    let denied = FakeServer::start(&ca, "127.0.0.60");
+    let allowed = FakeServer::start(&ca, "127.0.0.60");
+    let data = tempfile::tempdir().unwrap();
+    let pattern = format!("[\"{}\"]", denied.name);
+    let node = Node::start_with(
+        data.path(),
+        &ca,
+        true,
+        &[("HEARTH_FEDERATION__DENIED_SERVERS", pattern.as_str())],
+    );
+    node.queue(&[&denied.name, &allowed.name], 0..3);
+    node.queue_edu(&denied.name, 0);
+    node.queue_edu(&allowed.name, 0);
+    assert_eq!(node.queued(&denied.name), 0);
+    wait_until("the allowed server has everything", || {
+        let got = delivered(&allowed);
+        pdu_numbers(&got).len() >= 3 && !edu_numbers(&got).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(denied.received().is_empty());
 }
 
 /// With federation off nothing is queued and nothing is sent.

@@ -52,7 +52,7 @@ pub struct Federation {
     /// Other servers' keys.
     pub remote_keys: remote_keys::RemoteKeys,
     resolver: resolver::Resolver,
-    /// The outbound transaction queue and its delivery (`sender.rs`).
+    /// The outbound transaction queue and its delivery (`sender/`).
     pub sender: sender::Sender,
 }
 

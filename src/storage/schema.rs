@@ -192,6 +192,12 @@ pub const PUSHERPOS_PUSHQUEUE: &str = "pusherpos_pushqueue";
 /// field, term frequency, text length): the search index (`tables::search`).
 pub const ROOMTERMPOS_POSTING: &str = "roomtermpos_posting";
 
+/// destination server name SEP u64 sequence number (per destination, in queue order) →
+/// postcard `QueuedPdu` (event id, the PDU's canonical JSON bytes): the outbound federation
+/// queue (`tables::federation_queue`), each entry deleted once a transaction carrying it was
+/// answered 200.
+pub const DESTSEQ_FEDPDU: &str = "destseq_fedpdu";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -259,6 +265,7 @@ pub const TABLES: &[TableDef] = &[
     small(APPKEYUSER_EMPTY),
     small(PUSHERPOS_PUSHQUEUE),
     small(ROOMTERMPOS_POSTING),
+    small(DESTSEQ_FEDPDU),
 ];
 
 const fn small(name: &'static str) -> TableDef {

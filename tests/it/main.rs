@@ -26,6 +26,9 @@ mod federation_read;
 /// Federation server discovery and the outbound HTTPS transport, as a library against a DNS
 /// server and TLS servers on loopback.
 mod federation_resolver;
+/// The outbound side of federation transactions (the persistent queue and its delivery), as a
+/// library against fake servers on loopback.
+mod federation_sender;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

@@ -2,7 +2,8 @@
 //! (`[federation] enabled`), who we talk to (`access`), our keys as others see them
 //! (`own_keys`), other servers' keys (`remote_keys`, the notary too), and requests both ways:
 //! outbound requests are resolved (`resolver`), signed with `X-Matrix` and sent (`transport`);
-//! inbound ones are checked here ([`Federation::authenticate`]).
+//! inbound ones are checked here ([`Federation::authenticate`]). PDUs and EDUs for other
+//! servers are queued and delivered in transactions by `sender`.
 //!
 //! When federation is off nothing here ever opens a connection: every outbound call fails with
 //! 403 before resolving anything.
@@ -16,6 +17,7 @@ pub mod query;
 pub mod remote_keys;
 pub mod resolver;
 pub mod serve;
+pub mod sender;
 pub mod transport;
 
 use std::{sync::Arc, time::Duration};
@@ -56,6 +58,8 @@ pub struct Federation {
     resolver: resolver::Resolver,
     /// Inbound transaction answers, for replays.
     answered: intake::AnsweredTransactions,
+    /// The outbound transaction queue and its delivery (`sender/`).
+    pub sender: sender::Sender,
 }
 
 fn unauthorized(message: impl Into<String>) -> Error {
@@ -78,6 +82,7 @@ impl Federation {
     /// The service, from the `[federation]` section.
     pub fn new(config: &Config, db: Arc<Db>, keys: Arc<ServerKeys>) -> Result<Federation> {
         let f = &config.federation;
+        let sender = sender::Sender::new(Arc::clone(&db));
         let table = ServerKeysTable::new(db);
         let trusted = f
             .trusted_key_servers
@@ -96,6 +101,7 @@ impl Federation {
                 allow_private: f.allow_private_destinations,
             })?,
             answered: crate::util::bounded::BoundedMap::new(intake::REMEMBERED_TRANSACTIONS),
+            sender,
         })
     }
 

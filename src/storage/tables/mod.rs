@@ -8,6 +8,7 @@ pub mod aliases;
 pub mod device_keys;
 pub mod devices;
 pub mod event_txns;
+pub mod federation_queue;
 pub mod filters;
 pub mod key_backup;
 pub mod media;

@@ -45,6 +45,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let services = Services::open(config.clone()).map_err(|e| StartError::Services(e.to_string()))?;
     let accounts = services.accounts.estimate_count().unwrap_or(0);
     crate::services::push::worker::spawn(&services);
+    crate::services::federation::sender::spawn(&services);
+    crate::services::federation::forward::spawn(&services);
     // The search index of rooms written before it existed is built in the background.
     let rebuilding = Arc::clone(&services);
     std::thread::Builder::new()

@@ -363,3 +363,93 @@ fn a_user_joins_a_room_of_another_server_by_id_and_by_alias() {
     bob.post(&format!("/_matrix/client/v3/join/{private_id}?via={a_name}"), json!({}))
         .expect_err(403, "M_FORBIDDEN");
 }
+
+/// Polls `check` every 100 ms for up to 30 s; true once it holds.
+fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// The bodies of the latest messages of a room as `client` sees them.
+fn bodies(client: &crate::support::Client, room_id: &str) -> Vec<String> {
+    let page = client.get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=50"));
+    page.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn membership_of(client: &crate::support::Client, room_id: &str, user: &str) -> Option<String> {
+    let answer = client.get(&format!(
+        "/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{user}"
+    ));
+    (answer.status == 200).then(|| answer.body["membership"].as_str().unwrap_or("").to_owned())
+}
+
+#[test]
+fn two_servers_chat_both_ways_and_apply_each_others_state_changes() {
+    let ca = TestCa::new();
+    let (a, b, alice, bob) = pair(&ca, "127.0.0.43", "127.0.0.44");
+    let (a_name, b_name) = (a.server_name.clone(), b.server_name.clone());
+    let room = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}));
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    bob.post(&format!("/_matrix/client/v3/join/{room_id}?via={a_name}"), json!({}))
+        .ok();
+
+    let send = |client: &crate::support::Client, txn: &str, body: &str| {
+        client
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}"),
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .ok()
+            .clone()
+    };
+    send(&alice, "a1", "hello from A");
+    assert!(eventually(
+        || bodies(&bob, &room_id).contains(&"hello from A".to_owned())
+    ));
+    send(&bob, "b1", "hello from B");
+    assert!(eventually(
+        || bodies(&alice, &room_id).contains(&"hello from B".to_owned())
+    ));
+
+    // State set on one side is the state on the other.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"),
+            json!({"topic": "federated"}),
+        )
+        .ok();
+    assert!(eventually(|| {
+        let topic = bob.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"));
+        topic.status == 200 && topic.body["topic"] == "federated"
+    }));
+
+    // A kick on A reaches B; bob can no longer send there.
+    let bob_id = format!("@bob:{b_name}");
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room_id}/kick"),
+            json!({"user_id": bob_id, "reason": "testing"}),
+        )
+        .ok();
+    assert!(eventually(|| membership_of(&bob, &room_id, &bob_id).is_none()
+        || membership_of(&alice, &room_id, &bob_id).as_deref() == Some("leave")));
+    assert!(eventually(|| {
+        let rooms = bob.get("/_matrix/client/v3/joined_rooms");
+        rooms.ok()["joined_rooms"].as_array().unwrap().is_empty()
+    }));
+    bob.put(
+        &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/b2"),
+        json!({"msgtype": "m.text", "body": "after the kick"}),
+    )
+    .expect_err(403, "M_FORBIDDEN");
+}

@@ -182,6 +182,16 @@ impl Federation {
                 return Err(Error::forbidden(format!("The join is not allowed: {reason}")));
             }
         }
+        // The resident server tells the room's other servers about the join.
+        if let Ok(members) = rooms.members(room_id) {
+            let others: Vec<OwnedServerName> = members
+                .joined_servers()
+                .iter()
+                .filter(|s| **s != origin)
+                .cloned()
+                .collect();
+            self.queue_pdu(&others, &checked.event_id, &checked.bytes).await?;
+        }
         let (state, chain) = rooms.state_and_auth_chain_before(event_id)?;
         let to_raw = |events: Vec<Vec<u8>>| -> Result<Vec<Box<RawValue>>> {
             events

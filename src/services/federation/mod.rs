@@ -9,6 +9,7 @@
 //! 403 before resolving anything.
 
 pub mod access;
+pub mod forward;
 pub mod intake;
 pub mod membership;
 pub mod own_keys;
@@ -16,8 +17,8 @@ pub mod pdu;
 pub mod query;
 pub mod remote_keys;
 pub mod resolver;
-pub mod serve;
 pub mod sender;
+pub mod serve;
 pub mod transport;
 
 use std::{sync::Arc, time::Duration};
@@ -208,6 +209,7 @@ impl Federation {
         x_matrix
             .verify_http_request(request, &self.server_name, &map)
             .map_err(|e| unauthorized(format!("Invalid X-Matrix signature: {e}")))?;
+        self.peer_is_back(&origin);
         Ok(origin)
     }
 }

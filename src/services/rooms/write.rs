@@ -71,6 +71,9 @@ pub(super) struct Staged {
     pub(super) forward: bool,
 }
 
+/// A durable local event for federation: room, id, bytes, and a member event's target server.
+type OutboundEvent = (OwnedRoomId, OwnedEventId, Arc<Vec<u8>>, Option<ruma::OwnedServerName>);
+
 /// A room being created ([`Rooms::draft_room`]): its events are built and checked one by one
 /// on a head kept here, and written together in one batch by [`RoomDraft::commit`]. Until
 /// then nobody can read or reach the room; dropped uncommitted, it leaves nothing behind (at
@@ -271,7 +274,13 @@ impl Rooms {
                 && self.outbound.get().is_some()
                 && let Some(bytes) = locked(&self.pending).get(&event.short_event).cloned()
             {
-                outbound.push((event.appended.room_id.clone(), event.appended.event_id.clone(), bytes));
+                let target = event.member_target.as_ref().map(|t| t.server_name().to_owned());
+                outbound.push((
+                    event.appended.room_id.clone(),
+                    event.appended.event_id.clone(),
+                    bytes,
+                    target,
+                ));
             }
             if let Some(target) = &event.member_target {
                 self.member_lists.invalidate(&event.appended.room_id, target);
@@ -304,19 +313,22 @@ impl Rooms {
         }
     }
 
-    /// Hands durable local events of rooms with members elsewhere to federation.
-    async fn send_outbound(&self, events: Vec<(OwnedRoomId, OwnedEventId, Arc<Vec<u8>>)>) {
+    /// Hands durable local events of rooms with members elsewhere to federation: to the
+    /// servers with joined members, and for a member event to its target's server too (a
+    /// user kicked, banned or invited there must hear of it).
+    async fn send_outbound(&self, events: Vec<OutboundEvent>) {
         let Some(sender) = self.outbound.get() else {
             return;
         };
-        for (room_id, event_id, bytes) in events {
+        for (room_id, event_id, bytes, target) in events {
             let destinations: Vec<_> = match self.members(&room_id) {
-                Ok(members) => members
-                    .joined_servers()
-                    .iter()
-                    .filter(|s| **s != self.server_name)
-                    .cloned()
-                    .collect(),
+                Ok(members) => {
+                    let mut servers: Vec<_> = members.joined_servers().iter().chain(&target).cloned().collect();
+                    servers.sort();
+                    servers.dedup();
+                    servers.retain(|s| *s != self.server_name);
+                    servers
+                }
                 Err(e) => {
                     tracing::warn!(%room_id, error = %e, "cannot read the room's servers");
                     continue;

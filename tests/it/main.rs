@@ -21,6 +21,8 @@ mod e2ee;
 mod element_web;
 /// Federation, part 1: keys, the TLS listener, X-Matrix.
 mod federation;
+/// A hostile federation peer: forged, unauthorised, oversized and replayed transactions.
+mod federation_hostile;
 /// Federation reads served to other servers: events, state, backfill, visibility, directory.
 mod federation_read;
 /// Federation server discovery and the outbound HTTPS transport, as a library against a DNS

@@ -453,3 +453,121 @@ fn two_servers_chat_both_ways_and_apply_each_others_state_changes() {
     )
     .expect_err(403, "M_FORBIDDEN");
 }
+
+#[test]
+fn a_server_that_was_down_gets_everything_queued_even_after_the_sender_restarts() {
+    let ca = TestCa::new();
+    let (mut a, mut b, alice, bob) = pair(&ca, "127.0.0.45", "127.0.0.46");
+    let a_name = a.server_name.clone();
+    let room = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}));
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    bob.post(&format!("/_matrix/client/v3/join/{room_id}?via={a_name}"), json!({}))
+        .ok();
+
+    b.stop();
+    for n in 0..3 {
+        alice
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/down{n}"),
+                json!({"msgtype": "m.text", "body": format!("while down {n}")}),
+            )
+            .ok();
+    }
+    // The sender restarts too, with the messages still queued.
+    a.stop();
+    a.launch();
+    b.launch();
+    let bob = bob.with_base(&b.base);
+    let expected: Vec<String> = (0..3).map(|n| format!("while down {n}")).collect();
+    assert!(
+        eventually(|| {
+            let seen = bodies(&bob, &room_id);
+            expected.iter().all(|e| seen.contains(e))
+        }),
+        "{:?}",
+        bodies(&bob, &room_id)
+    );
+    let _ = &a;
+}
+
+#[test]
+fn concurrent_state_changes_on_both_servers_converge() {
+    let ca = TestCa::new();
+    let (a, mut b, alice, bob) = pair(&ca, "127.0.0.47", "127.0.0.48");
+    let a_name = a.server_name.clone();
+    let room = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}));
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    bob.post(&format!("/_matrix/client/v3/join/{room_id}?via={a_name}"), json!({}))
+        .ok();
+    let topic = |client: &crate::support::Client| {
+        let answer = client.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"));
+        (answer.status == 200).then(|| answer.body["topic"].as_str().unwrap_or("").to_owned())
+    };
+    let set_topic = |client: &crate::support::Client, text: &str| {
+        client
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"),
+                json!({"topic": text}),
+            )
+            .ok();
+    };
+    // Bob may change the topic too.
+    let bob_id = format!("@bob:{}", b.server_name);
+    let levels_path = format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels");
+    let mut levels = alice.get(&levels_path).ok().clone();
+    levels["users"][&bob_id] = json!(50);
+    alice.put(&levels_path, levels).ok();
+    assert!(eventually(|| {
+        let seen = bob.get(&levels_path);
+        seen.status == 200 && seen.body["users"][&bob_id] == 50
+    }));
+    // Each side changes the topic without having seen the other's change: a fork.
+    b.stop();
+    set_topic(&alice, "from A");
+    b.launch();
+    let bob = bob.with_base(&b.base);
+    set_topic(&bob, "from B");
+    bob.put(
+        &format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{bob_id}"),
+        json!({"membership": "join", "displayname": "Bob after the fork"}),
+    )
+    .ok();
+    assert!(
+        eventually(|| {
+            let (on_a, on_b) = (topic(&alice), topic(&bob));
+            on_a.is_some() && on_a == on_b
+        }),
+        "A: {:?}, B: {:?}",
+        topic(&alice),
+        topic(&bob)
+    );
+    // Both servers hold the same current state, event for event.
+    let state = |client: &crate::support::Client| {
+        let mut ids: Vec<String> = client
+            .get(&format!("/_matrix/client/v3/rooms/{room_id}/state"))
+            .ok()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let described = |client: &crate::support::Client| {
+        client
+            .get(&format!("/_matrix/client/v3/rooms/{room_id}/state"))
+            .ok()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {} {} {}", e["type"], e["state_key"], e["event_id"], e["content"]))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(|| state(&alice) == state(&bob)),
+        "{:#?}\n{:#?}",
+        described(&alice),
+        described(&bob)
+    );
+}

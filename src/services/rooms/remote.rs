@@ -160,6 +160,7 @@ impl Rooms {
                     self.ruma_state(&StateAt::layer(Arc::clone(&old_current)))?,
                     self.ruma_state(&StateAt::layer(Arc::clone(&after)))?,
                 ],
+                Some(&pdu),
             )?;
             self.layer_for(&mut batch, &old_current, &resolved)?
         };
@@ -359,7 +360,7 @@ impl Rooms {
             }));
         }
         let maps = afters.iter().map(|s| self.ruma_state(s)).collect::<Result<Vec<_>>>()?;
-        let resolved = self.resolve(rules, maps)?;
+        let resolved = self.resolve(rules, maps, None)?;
         Ok(Some(self.layer_for(batch, &base, &resolved)?))
     }
 
@@ -434,6 +435,7 @@ impl Rooms {
     pub(super) fn auth_chain_ids(
         &self,
         roots: impl IntoIterator<Item = OwnedEventId>,
+        incoming: Option<&Pdu>,
     ) -> Result<HashSet<OwnedEventId>> {
         let mut seen: HashSet<OwnedEventId> = HashSet::new();
         let mut todo: Vec<OwnedEventId> = roots.into_iter().collect();
@@ -444,15 +446,30 @@ impl Rooms {
             if !seen.insert(id.clone()) {
                 continue;
             }
-            if let Some(pdu) = self.original_event(&id)? {
+            if let Some(pdu) = self.event_or_incoming(&id, incoming) {
                 todo.extend(pdu.auth_events.iter().filter(|a| !seen.contains(*a)).cloned());
             }
         }
         Ok(seen)
     }
 
-    /// State resolution of `maps` by the room version's algorithm.
-    fn resolve(&self, rules: &RoomVersionRules, maps: Vec<StateMap<OwnedEventId>>) -> Result<StateMap<OwnedEventId>> {
+    /// A stored event as the rules read it, or `incoming` (the event being received, which is
+    /// not stored yet but takes part in the resolution of the state after it).
+    fn event_or_incoming(&self, id: &EventId, incoming: Option<&Pdu>) -> Option<Pdu> {
+        match incoming {
+            Some(pdu) if pdu.event_id == id => Some(pdu.clone()),
+            _ => self.original_event(id).ok().flatten(),
+        }
+    }
+
+    /// State resolution of `maps` by the room version's algorithm; `incoming` is the event being
+    /// received when one of the states is the state after it.
+    fn resolve(
+        &self,
+        rules: &RoomVersionRules,
+        maps: Vec<StateMap<OwnedEventId>>,
+        incoming: Option<&Pdu>,
+    ) -> Result<StateMap<OwnedEventId>> {
         let StateResolutionVersion::V2(res_rules) = &rules.state_res else {
             return Err(Error::forbidden(
                 "State resolution v1 (room versions 1 and 2) is not supported",
@@ -461,21 +478,25 @@ impl Rooms {
         let auth_chains = maps
             .iter()
             .map(|map| {
-                self.auth_chain_ids(map.values().cloned())
+                self.auth_chain_ids(map.values().cloned(), incoming)
                     .map(|set| set.into_iter().collect::<EventIdSet<OwnedEventId>>())
             })
             .collect::<Result<Vec<_>>>()?;
-        let fetch = |id: &EventId| self.original_event(id).ok().flatten();
-        let subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(conflicted).ok();
+        let fetch = |id: &EventId| self.event_or_incoming(id, incoming);
+        let subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(conflicted, incoming).ok();
         state_res::resolve(&rules.authorization, res_rules, &maps, auth_chains, fetch, subgraph)
             .map_err(|e| Error::forbidden(format!("State resolution failed: {e}")))
     }
 
     /// The conflicted state subgraph (state resolution v2.1): the events that are both reachable
     /// from a conflicted event through `auth_events` and reach a conflicted event that way.
-    fn conflicted_subgraph(&self, conflicted: &StateMap<Vec<OwnedEventId>>) -> Result<EventIdSet<OwnedEventId>> {
+    fn conflicted_subgraph(
+        &self,
+        conflicted: &StateMap<Vec<OwnedEventId>>,
+        incoming: Option<&Pdu>,
+    ) -> Result<EventIdSet<OwnedEventId>> {
         let roots: BTreeSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
-        let chain = self.auth_chain_ids(roots.iter().cloned())?;
+        let chain = self.auth_chain_ids(roots.iter().cloned(), incoming)?;
         // Whether each event of the chain reaches a conflicted event (itself included).
         let mut reaches: HashMap<OwnedEventId, bool> = HashMap::with_capacity(chain.len());
         for id in &chain {
@@ -485,7 +506,7 @@ impl Rooms {
                     continue;
                 }
                 let parents: Vec<OwnedEventId> = self
-                    .original_event(&current)?
+                    .event_or_incoming(&current, incoming)
                     .map(|p| p.auth_events.into_iter().filter(|a| chain.contains(a)).collect())
                     .unwrap_or_default();
                 if expanded || parents.iter().all(|p| reaches.contains_key(p)) {
@@ -621,7 +642,7 @@ impl Rooms {
         let mut roots = state_ids.clone();
         roots.push(event_id.to_owned());
         let mut chain: Vec<OwnedEventId> = self
-            .auth_chain_ids(roots)?
+            .auth_chain_ids(roots, None)?
             .into_iter()
             .filter(|id| id != event_id && !state_set.contains(id))
             .collect();

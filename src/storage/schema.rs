@@ -117,6 +117,9 @@ pub const OPENIDTOKEN_USER: &str = "openidtoken_user";
 /// reason as UTF-8: events received over federation that are stored but never served as
 /// accepted.
 pub const SHORTEVENTID_OUTCOME: &str = "shorteventid_outcome";
+/// user id SEP room id → postcard `RemoteInvite` (the invite event's canonical JSON and the
+/// stripped state the inviting server sent): invites to rooms this server does not have.
+pub const USERROOM_REMOTEINVITE: &str = "userroom_remoteinvite";
 /// server name SEP key id (`ed25519:abc`) → postcard `VerifyKeyRecord` (public key, valid
 /// until, expired at): the signing keys of other servers, and ours retired by rotation.
 pub const SERVERKEYID_VERIFYKEY: &str = "serverkeyid_verifykey";
@@ -234,6 +237,7 @@ pub const TABLES: &[TableDef] = &[
     small(REPORTID_REPORT),
     small(OPENIDTOKEN_USER),
     small(SHORTEVENTID_OUTCOME),
+    small(USERROOM_REMOTEINVITE),
     small(SERVERKEYID_VERIFYKEY),
     small(SERVER_KEYANSWER),
     small(MEDIAID_MEDIA),

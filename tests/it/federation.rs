@@ -571,3 +571,58 @@ fn concurrent_state_changes_on_both_servers_converge() {
         described(&bob)
     );
 }
+
+#[test]
+fn invites_cross_servers_and_are_accepted_or_declined() {
+    let ca = TestCa::new();
+    let (a, b, alice, bob) = pair(&ca, "127.0.0.49", "127.0.0.50");
+    let b_name = b.server_name.clone();
+    let room = alice.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "private_chat", "name": "Invitation only"}),
+    );
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    let invite = |user: &str| {
+        alice.post(
+            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+            json!({"user_id": format!("@{user}:{b_name}")}),
+        )
+    };
+    invite("bob").ok();
+
+    // Bob sees the invite with the room's name, and accepts it.
+    let sync = bob.get("/_matrix/client/v3/sync?timeout=0");
+    let invited = &sync.ok()["rooms"]["invite"][&room_id]["invite_state"]["events"];
+    let events = invited.as_array().unwrap_or_else(|| panic!("{}", sync.ok()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Invitation only")
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "invite")
+    );
+    bob.post(&format!("/_matrix/client/v3/join/{room_id}"), json!({})).ok();
+    let members = alice.get(&format!("/_matrix/client/v3/rooms/{room_id}/joined_members"));
+    assert!(members.ok()["joined"].get(format!("@bob:{b_name}")).is_some());
+
+    // Carol declines hers: gone from her invites.
+    let carol = b.user("carol", "secret-password");
+    invite("carol").ok();
+    carol
+        .post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({}))
+        .ok();
+    let sync = carol.get("/_matrix/client/v3/sync?timeout=0");
+    assert!(sync.ok()["rooms"]["invite"].get(&room_id).is_none(), "{}", sync.ok());
+
+    // A user their server does not know: the invite is refused and withdrawn.
+    let refused = invite("nobody");
+    assert_eq!(refused.status, 404, "{}", refused.text);
+    let member = alice.get(&format!(
+        "/_matrix/client/v3/rooms/{room_id}/state/m.room.member/@nobody:{b_name}"
+    ));
+    assert_eq!(member.ok()["membership"], "leave");
+    let _ = a;
+}

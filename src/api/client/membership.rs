@@ -51,6 +51,12 @@ async fn join(ctx: &Ctx, room_id: &RoomId, via: &[ruma::OwnedServerName], reason
     let services = &ctx.services;
     let user_id = ctx.user_id()?;
     if services.federation.enabled && services.rooms.room_version(room_id)?.is_none() {
+        // An invite names a server that is in the room: the inviter's.
+        let mut via = via.to_vec();
+        if let Some((invite, _)) = services.rooms.remote_invite(room_id, user_id)? {
+            via.push(invite.sender.server_name().to_owned());
+        }
+        let via = &via[..];
         let mut content = profile.content();
         if let Some(reason) = reason {
             content.insert("reason".into(), ruma::CanonicalJsonValue::String(reason.to_owned()));
@@ -88,12 +94,19 @@ pub async fn invite_user(ctx: Ctx, req: invite_user::v3::Request) -> Result<invi
         return Err(Error::invalid_param("Third-party invites are not supported"));
     };
     let user_id = ctx.user_id()?;
-    let rooms = &ctx.services.rooms;
+    let services = &ctx.services;
+    let rooms = &services.rooms;
     rooms.ensure_joined(&req.room_id, user_id)?;
-    if !ctx.services.accounts.is_active(&recipient.user_id)? {
+    let remote = recipient.user_id.server_name() != services.config.server_name;
+    if remote && !services.federation.enabled {
+        return Err(Error::forbidden("Federation is disabled on this server"));
+    }
+    if remote {
+        services.federation.check_peer(recipient.user_id.server_name())?;
+    } else if !services.accounts.is_active(&recipient.user_id)? {
         return Err(Error::not_found(format!("Unknown user {}", recipient.user_id)));
     }
-    rooms
+    let invite = rooms
         .set_membership(
             &req.room_id,
             user_id,
@@ -102,6 +115,18 @@ pub async fn invite_user(ctx: Ctx, req: invite_user::v3::Request) -> Result<invi
             recipient.reason.as_deref(),
         )
         .await?;
+    if remote
+        && let Err(refused) = services
+            .federation
+            .send_invite(rooms, &req.room_id, &invite.event_id, &recipient.user_id)
+            .await
+    {
+        // Their server would not take it: the invite is withdrawn.
+        rooms
+            .set_membership(&req.room_id, user_id, &recipient.user_id, "leave", None)
+            .await?;
+        return Err(refused);
+    }
     Ok(invite_user::v3::Response::new())
 }
 
@@ -109,6 +134,11 @@ pub async fn invite_user(ctx: Ctx, req: invite_user::v3::Request) -> Result<invi
 pub async fn leave_room(ctx: Ctx, req: leave_room::v3::Request) -> Result<leave_room::v3::Response> {
     let user_id = ctx.user_id()?;
     let rooms = &ctx.services.rooms;
+    // Declining an invite to a room this server does not have.
+    if rooms.remote_invite(&req.room_id, user_id)?.is_some() && rooms.room_version(&req.room_id)?.is_none() {
+        rooms.drop_remote_invite(&req.room_id, user_id).await?;
+        return Ok(leave_room::v3::Response::new());
+    }
     if !matches!(
         rooms.membership(&req.room_id, user_id)?.as_deref(),
         Some("join" | "invite" | "knock")

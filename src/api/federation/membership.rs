@@ -2,8 +2,9 @@
 //!
 //! - `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
 //! - `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
+//! - `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` ("Inviting to a room")
 
-use ruma::api::federation::membership::{create_join_event, prepare_join_event};
+use ruma::api::federation::membership::{create_invite, create_join_event, prepare_join_event};
 
 use super::origin;
 use crate::{Error, Result, api::extract::Ctx};
@@ -28,4 +29,22 @@ pub async fn send_join(ctx: Ctx, req: create_join_event::v2::Request) -> Result<
         .send_join(&services.rooms, origin(&ctx)?, &req.room_id, &req.event_id, &req.pdu)
         .await?;
     serde_json::to_value(answer).map_err(|e| Error::internal(e.to_string()))
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`
+pub async fn invite(ctx: Ctx, req: create_invite::v2::Request) -> Result<create_invite::v2::Response> {
+    let services = &ctx.services;
+    let event = services
+        .federation
+        .receive_invite(
+            services,
+            origin(&ctx)?,
+            &req.room_id,
+            &req.event_id,
+            &req.room_version,
+            &req.event,
+            &req.invite_room_state,
+        )
+        .await?;
+    Ok(create_invite::v2::Response::new(event))
 }

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod forward;
 pub mod intake;
+pub mod invite;
 pub mod membership;
 pub mod own_keys;
 pub mod pdu;

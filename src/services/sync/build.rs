@@ -152,6 +152,14 @@ pub fn build(
             }
             "invite" if changed => {
                 let Some(member) = ctx.member_event(&room_id)? else {
+                    // An invite to a room this server does not have (over federation).
+                    if let Some((invite, state)) = ctx.services.rooms.remote_invite(&room_id, ctx.user_id)?
+                        && !ctx.ignored.contains(&invite.sender)
+                    {
+                        let mut invited = InvitedRoom::new();
+                        invited.invite_state = InviteState::from(remote_stripped_state(&invite, state)?);
+                        response.rooms.invite.insert(room_id, invited);
+                    }
                     continue;
                 };
                 if ctx.ignored.contains(&member.sender) {
@@ -708,6 +716,27 @@ pub(crate) fn stripped_state(
     }
     out.push(raw(&strip(member)?)?);
     Ok(out)
+}
+
+/// Stripped state for an invite to a room this server does not have: what the inviting server
+/// sent, and last the invite itself. (Shared with sliding sync.)
+pub(crate) fn remote_stripped_state(
+    invite: &Pdu,
+    state: Vec<Value>,
+) -> Result<Vec<Raw<ruma::events::AnyStrippedStateEvent>>> {
+    let content: Value = serde_json::from_str(invite.content.get()).map_err(|e| Error::internal(e.to_string()))?;
+    let own = json!({
+        "type": "m.room.member",
+        "state_key": invite.state_key.clone().unwrap_or_default(),
+        "content": content,
+        "sender": invite.sender,
+    });
+    state
+        .iter()
+        .filter(|e| e["type"] != "m.room.member" || e["state_key"] != own["state_key"])
+        .chain([&own])
+        .map(raw)
+        .collect()
 }
 
 /// A room event in the client format for `user_id`'s device (their own events carry

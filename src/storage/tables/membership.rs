@@ -2,14 +2,26 @@
 //! is this user in", and `roomuser_membership` (room id SEP user id) for "who is in this room",
 //! both holding the membership and the stream position of the `m.room.member` event that set
 //! it, and both kept in that event's batch; and `userroom_forgotten`, the rooms a user has
-//! forgotten, which their next membership clears.
+//! forgotten, which their next membership clears; `userroom_remoteinvite`, invites to rooms
+//! this server does not have (the event and the stripped state the inviting server sent).
 
 use std::sync::Arc;
 
 use crate::storage::{
     Batch, Db, StorageResult, codec,
-    schema::{ROOMUSER_MEMBERSHIP, USERROOM_FORGOTTEN, USERROOM_MEMBERSHIP},
+    schema::{ROOMUSER_MEMBERSHIP, USERROOM_FORGOTTEN, USERROOM_MEMBERSHIP, USERROOM_REMOTEINVITE},
 };
+
+/// An invite to a room this server does not have.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RemoteInvite {
+    /// The invite event's id.
+    pub event_id: String,
+    /// The invite event's canonical JSON (signed by both servers).
+    pub event: Vec<u8>,
+    /// The stripped state events the inviting server sent, as one JSON array.
+    pub stripped: Vec<u8>,
+}
 
 /// Typed access to the membership indexes.
 #[derive(Clone)]
@@ -68,6 +80,35 @@ impl MembershipTable {
             &codec::key(&[room_id.as_bytes(), user_id.as_bytes()]),
             &value,
         );
+    }
+
+    /// Queues a remote invite (and drops it with `None`).
+    pub fn queue_remote_invite(
+        &self,
+        batch: &mut Batch,
+        user_id: &str,
+        room_id: &str,
+        invite: Option<&RemoteInvite>,
+    ) -> StorageResult<()> {
+        let key = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        match invite {
+            Some(invite) => batch.put(
+                USERROOM_REMOTEINVITE,
+                &key,
+                &codec::encode(USERROOM_REMOTEINVITE, invite)?,
+            ),
+            None => batch.delete(USERROOM_REMOTEINVITE, &key),
+        }
+        Ok(())
+    }
+
+    /// A user's invite to a room this server does not have.
+    pub fn remote_invite(&self, user_id: &str, room_id: &str) -> StorageResult<Option<RemoteInvite>> {
+        let key = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        self.db
+            .get(USERROOM_REMOTEINVITE, &key)?
+            .map(|bytes| codec::decode(USERROOM_REMOTEINVITE, &bytes))
+            .transpose()
     }
 
     /// One user's membership of one room (a point lookup).

@@ -26,7 +26,7 @@ use crate::{
         Services,
         rooms::{Selection, pdu::Pdu},
         sync::{
-            build::{client_event, stripped_state},
+            build::{client_event, remote_stripped_state, stripped_state},
             notifier::Key,
         },
     },
@@ -411,15 +411,26 @@ impl Build<'_> {
             return Ok((None, sent));
         }
         let rooms = &self.services.rooms;
-        let Some(member) = rooms.member_at(&candidate.room_id, self.user_id, self.up_to)? else {
-            return Ok((None, sent));
+        let (member, invite_state) = match rooms.member_at(&candidate.room_id, self.user_id, self.up_to)? {
+            Some(member) => {
+                let state = stripped_state(self.services, &candidate.room_id, &member)?;
+                (member, state)
+            }
+            // An invite to a room this server does not have (over federation).
+            None => match rooms.remote_invite(&candidate.room_id, self.user_id)? {
+                Some((invite, state)) => {
+                    let state = remote_stripped_state(&invite, state)?;
+                    (invite, state)
+                }
+                None => return Ok((None, sent)),
+            },
         };
         if self.ignored.contains(&member.sender) {
             return Ok((None, sent));
         }
         let mut room = response::Room::new();
         room.initial = Some(true);
-        room.invite_state = Some(stripped_state(self.services, &candidate.room_id, &member)?);
+        room.invite_state = Some(invite_state);
         room.bump_stamp = Some(count(candidate.bump));
         let direct = serde_json::from_str::<serde_json::Value>(member.content.get())
             .is_ok_and(|c| c["is_direct"].as_bool() == Some(true));

@@ -214,6 +214,10 @@ impl super::Services {
         }
         for (kind, event_id, thread) in receipts {
             self.receipts.set(room_id, user_id, kind, event_id, *thread).await?;
+            if *kind == "m.read" {
+                self.federation
+                    .send_receipt(&self.rooms, room_id, user_id, event_id, *thread);
+            }
         }
         Ok(())
     }

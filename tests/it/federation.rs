@@ -626,3 +626,65 @@ fn invites_cross_servers_and_are_accepted_or_declined() {
     assert_eq!(member.ok()["membership"], "leave");
     let _ = a;
 }
+
+#[test]
+fn typing_and_read_receipts_cross_servers() {
+    let ca = TestCa::new();
+    let (a, b, alice, bob) = pair(&ca, "127.0.0.51", "127.0.0.52");
+    let (a_name, b_name) = (a.server_name.clone(), b.server_name.clone());
+    let room = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}));
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    bob.post(&format!("/_matrix/client/v3/join/{room_id}?via={a_name}"), json!({}))
+        .ok();
+    let sent = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/r1"),
+            json!({"msgtype": "m.text", "body": "read me"}),
+        )
+        .ok()
+        .clone();
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    assert!(eventually(|| bodies(&bob, &room_id).contains(&"read me".to_owned())));
+    let bob_id = format!("@bob:{b_name}");
+    bob.put(
+        &format!("/_matrix/client/v3/rooms/{room_id}/typing/{bob_id}"),
+        json!({"typing": true, "timeout": 20000}),
+    )
+    .ok();
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{room_id}/receipt/m.read/{event_id}"),
+        json!({}),
+    )
+    .ok();
+    let (mut typing_seen, mut receipt_seen) = (false, false);
+    let mut since: Option<String> = None;
+    assert!(
+        eventually(|| {
+            let path = match &since {
+                Some(token) => format!("/_matrix/client/v3/sync?timeout=0&since={token}"),
+                None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+            };
+            let sync = alice.get(&path);
+            let body = sync.ok().clone();
+            since = body["next_batch"].as_str().map(str::to_owned);
+            for event in body["rooms"]["join"][&room_id]["ephemeral"]["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if event["type"] == "m.typing"
+                    && event["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|u| u.contains(&json!(bob_id)))
+                {
+                    typing_seen = true;
+                }
+                if event["type"] == "m.receipt" && event["content"][&event_id]["m.read"].get(&bob_id).is_some() {
+                    receipt_seen = true;
+                }
+            }
+            typing_seen && receipt_seen
+        }),
+        "typing {typing_seen}, receipt {receipt_seen}"
+    );
+}

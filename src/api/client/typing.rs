@@ -23,5 +23,8 @@ pub async fn create_typing_event(
         _ => None,
     };
     ctx.services.typing.set(&req.room_id, user_id, timeout);
+    ctx.services
+        .federation
+        .send_typing(&ctx.services.rooms, &req.room_id, user_id, timeout.is_some());
     Ok(create_typing_event::v3::Response::new())
 }

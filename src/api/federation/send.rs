@@ -27,5 +27,6 @@ pub async fn send_transaction(
             req.edus.len(),
         )
         .await?;
+    crate::services::federation::edu::receive_edus(services, origin, &req.edus).await;
     Ok(send_transaction_message::v1::Response::new((*results).clone()))
 }

@@ -1,0 +1,364 @@
+//! Federation with a real Synapse (1.163.2 from PyPI, `support::synapse`) on loopback, both
+//! directions: a room created on Hearth that a Synapse user joins, and a room created on Synapse
+//! that a Hearth user joins; messages, redactions, leaves, bans and state set on either side,
+//! until both servers show the same current state. Skipped with a note when the Synapse venv is
+//! missing, unless `HEARTH_TEST_REQUIRE_SYNAPSE=1` (set by `tests/run.sh`, which installs it).
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::support::{
+    Client, TestServer,
+    federation::{TestCa, federated_server},
+    synapse::{self, Synapse},
+};
+
+/// A Hearth server on `hearth_ip` and a Synapse on `synapse_ip`, trusting the same CA; `None`
+/// when Synapse is not installed (and not required).
+fn servers(hearth_ip: &str, synapse_ip: &str) -> Option<(TestCa, TestServer, Synapse)> {
+    let python = synapse::python()?;
+    let ca = TestCa::new();
+    let mut hearth = federated_server(&ca, hearth_ip, &[]);
+    hearth.launch();
+    let synapse = Synapse::start(&python, &ca, synapse_ip);
+    Some((ca, hearth, synapse))
+}
+
+/// Polls `check` every 200 ms for up to 60 s; true once it holds.
+fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The latest events of a room as `client` sees them (`/messages`, newest first).
+fn timeline(client: &Client, room_id: &str) -> Vec<Value> {
+    let page = client.get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=100"));
+    if page.status != 200 {
+        return Vec::new();
+    }
+    page.body["chunk"].as_array().cloned().unwrap_or_default()
+}
+
+fn bodies(client: &Client, room_id: &str) -> Vec<String> {
+    timeline(client, room_id)
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The event `event_id` as `client` sees it in the timeline.
+fn event_in_timeline(client: &Client, room_id: &str, event_id: &str) -> Option<Value> {
+    timeline(client, room_id)
+        .into_iter()
+        .find(|e| e["event_id"] == event_id)
+}
+
+fn send_text(client: &Client, room_id: &str, txn: &str, body: &str) -> String {
+    let answer = client.put(
+        &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/{txn}"),
+        json!({"msgtype": "m.text", "body": body}),
+    );
+    answer.ok()["event_id"].as_str().unwrap().to_owned()
+}
+
+fn redact(client: &Client, room_id: &str, event_id: &str, txn: &str) {
+    client
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room_id}/redact/{event_id}/{txn}"),
+            json!({"reason": "interop"}),
+        )
+        .ok();
+}
+
+fn set_state(client: &Client, room_id: &str, event_type: &str, content: Value) -> String {
+    let answer = client.put(
+        &format!("/_matrix/client/v3/rooms/{room_id}/state/{event_type}"),
+        content,
+    );
+    answer.ok()["event_id"].as_str().unwrap().to_owned()
+}
+
+fn membership_of(client: &Client, room_id: &str, user: &str) -> Option<String> {
+    let answer = client.get(&format!(
+        "/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{user}"
+    ));
+    (answer.status == 200).then(|| answer.body["membership"].as_str().unwrap_or("").to_owned())
+}
+
+/// Current state as `(type, state_key) -> event_id`.
+fn state_map(client: &Client, room_id: &str) -> BTreeMap<(String, String), String> {
+    let answer = client.get(&format!("/_matrix/client/v3/rooms/{room_id}/state"));
+    answer
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["state_key"].as_str().unwrap().to_owned(),
+                ),
+                e["event_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until both see the same current state, then returns it; panics with both maps.
+fn assert_state_converges(a: &Client, b: &Client, room_id: &str) -> BTreeMap<(String, String), String> {
+    let mut last = (BTreeMap::new(), BTreeMap::new());
+    let same = eventually(|| {
+        last = (state_map(a, room_id), state_map(b, room_id));
+        last.0 == last.1
+    });
+    assert!(same, "current state differs:\n{:#?}\nvs\n{:#?}", last.0, last.1);
+    last.0
+}
+
+fn is_redacted(event: &Value) -> bool {
+    event["content"].as_object().is_some_and(|c| c.is_empty())
+}
+
+fn joined_rooms(client: &Client) -> Vec<String> {
+    let rooms = client.get("/_matrix/client/v3/joined_rooms");
+    rooms.ok()["joined_rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_synapse_user_joins_a_hearth_room_chats_redacts_leaves_and_is_banned() {
+    let Some((_ca, hearth, synapse)) = servers("127.0.0.81", "127.0.0.82") else {
+        return;
+    };
+    let alice = hearth.user("alice", "secret-password");
+    let bob = synapse.user("bob", "secret-password");
+    let carol = synapse.user("carol", "secret-password");
+    let (bob_id, carol_id) = (bob.uid(), carol.uid());
+    let room = alice.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "public_chat", "name": "Hearth room"}),
+    );
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    let early = send_text(&alice, &room_id, "h0", "before bob joined");
+
+    // Join over federation (Synapse: make_join, send_join to Hearth).
+    let joined = bob.post(
+        &format!("/_matrix/client/v3/join/{room_id}?server_name={}", hearth.server_name),
+        json!({}),
+    );
+    assert_eq!(joined.ok()["room_id"], room_id.as_str());
+    let name = bob.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name"));
+    assert_eq!(name.ok()["name"], "Hearth room");
+    assert!(eventually(
+        || membership_of(&alice, &room_id, &bob_id).as_deref() == Some("join")
+    ));
+    // History from before the join: Synapse backfills it from Hearth.
+    assert!(
+        eventually(|| event_in_timeline(&bob, &room_id, &early).is_some()),
+        "bob never saw the message from before his join: {:#?}",
+        timeline(&bob, &room_id)
+    );
+
+    // Messages both ways.
+    let from_alice = send_text(&alice, &room_id, "h1", "hello from Hearth");
+    assert!(eventually(
+        || bodies(&bob, &room_id).contains(&"hello from Hearth".to_owned())
+    ));
+    let from_bob = send_text(&bob, &room_id, "s1", "hello from Synapse");
+    assert!(eventually(
+        || bodies(&alice, &room_id).contains(&"hello from Synapse".to_owned())
+    ));
+
+    // Redactions both ways.
+    redact(&alice, &room_id, &from_alice, "hr1");
+    assert!(
+        eventually(|| event_in_timeline(&bob, &room_id, &from_alice).is_some_and(|e| is_redacted(&e))),
+        "{:#?}",
+        event_in_timeline(&bob, &room_id, &from_alice)
+    );
+    redact(&bob, &room_id, &from_bob, "sr1");
+    assert!(
+        eventually(|| event_in_timeline(&alice, &room_id, &from_bob).is_some_and(|e| is_redacted(&e))),
+        "{:#?}",
+        event_in_timeline(&alice, &room_id, &from_bob)
+    );
+
+    // State set on each side: alice gives bob power, sets the topic; bob renames the room.
+    let mut power = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels"))
+        .ok()
+        .clone();
+    power["users"][&bob_id] = json!(50);
+    set_state(&alice, &room_id, "m.room.power_levels", power);
+    set_state(&alice, &room_id, "m.room.topic", json!({"topic": "set on Hearth"}));
+    assert!(eventually(|| {
+        let topic = bob.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"));
+        topic.status == 200 && topic.body["topic"] == "set on Hearth"
+    }));
+    set_state(&bob, &room_id, "m.room.name", json!({"name": "renamed on Synapse"}));
+    assert!(eventually(|| {
+        let name = alice.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name"));
+        name.status == 200 && name.body["name"] == "renamed on Synapse"
+    }));
+    assert_state_converges(&alice, &bob, &room_id);
+
+    // Bob leaves: Hearth sees it.
+    bob.post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({}))
+        .ok();
+    assert!(
+        eventually(|| membership_of(&alice, &room_id, &bob_id).as_deref() == Some("leave")),
+        "{:?}",
+        membership_of(&alice, &room_id, &bob_id)
+    );
+
+    // Carol joins, alice bans her: Synapse sees the ban and refuses carol's messages.
+    carol
+        .post(
+            &format!("/_matrix/client/v3/join/{room_id}?server_name={}", hearth.server_name),
+            json!({}),
+        )
+        .ok();
+    assert!(eventually(
+        || membership_of(&alice, &room_id, &carol_id).as_deref() == Some("join")
+    ));
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room_id}/ban"),
+            json!({"user_id": carol_id, "reason": "interop"}),
+        )
+        .ok();
+    assert!(
+        eventually(|| !joined_rooms(&carol).contains(&room_id)),
+        "Synapse still has carol joined"
+    );
+    let after = carol.put(
+        &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/c1"),
+        json!({"msgtype": "m.text", "body": "after the ban"}),
+    );
+    assert_eq!(after.status, 403, "{}", after.text);
+    // Synapse still has the room (bob left, carol is banned) as a remote state: both agree on
+    // the memberships Hearth holds.
+    assert_eq!(membership_of(&alice, &room_id, &carol_id).as_deref(), Some("ban"));
+}
+
+#[test]
+fn a_hearth_user_joins_a_synapse_room_chats_redacts_leaves_and_is_banned() {
+    let Some((_ca, hearth, synapse)) = servers("127.0.0.83", "127.0.0.84") else {
+        return;
+    };
+    let alice = hearth.user("alice", "secret-password");
+    let bob = synapse.user("bob", "secret-password");
+    let alice_id = alice.uid();
+    let room = bob.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "public_chat", "name": "Synapse room"}),
+    );
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    let early = send_text(&bob, &room_id, "s0", "before alice joined");
+
+    // Join over federation (Hearth: make_join, send_join to Synapse).
+    let joined = alice.post(
+        &format!("/_matrix/client/v3/join/{room_id}?via={}", synapse.server_name),
+        json!({}),
+    );
+    assert_eq!(joined.ok()["room_id"], room_id.as_str(), "{}", joined.text);
+    let name = alice.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name"));
+    assert_eq!(name.ok()["name"], "Synapse room");
+    assert!(eventually(
+        || membership_of(&bob, &room_id, &alice_id).as_deref() == Some("join")
+    ));
+
+    // Messages both ways.
+    let from_bob = send_text(&bob, &room_id, "s1", "hello from Synapse");
+    assert!(eventually(
+        || bodies(&alice, &room_id).contains(&"hello from Synapse".to_owned())
+    ));
+    let from_alice = send_text(&alice, &room_id, "h1", "hello from Hearth");
+    assert!(eventually(
+        || bodies(&bob, &room_id).contains(&"hello from Hearth".to_owned())
+    ));
+
+    // Redactions both ways.
+    redact(&bob, &room_id, &from_bob, "sr1");
+    assert!(
+        eventually(|| event_in_timeline(&alice, &room_id, &from_bob).is_some_and(|e| is_redacted(&e))),
+        "{:#?}",
+        event_in_timeline(&alice, &room_id, &from_bob)
+    );
+    redact(&alice, &room_id, &from_alice, "hr1");
+    assert!(
+        eventually(|| event_in_timeline(&bob, &room_id, &from_alice).is_some_and(|e| is_redacted(&e))),
+        "{:#?}",
+        event_in_timeline(&bob, &room_id, &from_alice)
+    );
+
+    // State set on each side.
+    let mut power = bob
+        .get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels"))
+        .ok()
+        .clone();
+    power["users"][&alice_id] = json!(50);
+    set_state(&bob, &room_id, "m.room.power_levels", power);
+    set_state(&bob, &room_id, "m.room.topic", json!({"topic": "set on Synapse"}));
+    assert!(eventually(|| {
+        let topic = alice.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.topic"));
+        topic.status == 200 && topic.body["topic"] == "set on Synapse"
+    }));
+    set_state(&alice, &room_id, "m.room.name", json!({"name": "renamed on Hearth"}));
+    assert!(eventually(|| {
+        let name = bob.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.name"));
+        name.status == 200 && name.body["name"] == "renamed on Hearth"
+    }));
+    assert_state_converges(&alice, &bob, &room_id);
+
+    // Alice leaves: Synapse sees it; she joins again.
+    alice
+        .post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({}))
+        .ok();
+    assert!(eventually(
+        || membership_of(&bob, &room_id, &alice_id).as_deref() == Some("leave")
+    ));
+    alice
+        .post(
+            &format!("/_matrix/client/v3/join/{room_id}?via={}", synapse.server_name),
+            json!({}),
+        )
+        .ok();
+    assert!(eventually(
+        || membership_of(&bob, &room_id, &alice_id).as_deref() == Some("join")
+    ));
+
+    // Bob bans alice: Hearth sees the ban and refuses her messages.
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{room_id}/ban"),
+        json!({"user_id": alice_id, "reason": "interop"}),
+    )
+    .ok();
+    assert!(
+        eventually(|| !joined_rooms(&alice).contains(&room_id)),
+        "Hearth still has alice joined"
+    );
+    let after = alice.put(
+        &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/h2"),
+        json!({"msgtype": "m.text", "body": "after the ban"}),
+    );
+    assert_eq!(after.status, 403, "{}", after.text);
+    let _ = early;
+}

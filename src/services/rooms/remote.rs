@@ -154,12 +154,15 @@ impl Rooms {
         let current = if follows_all {
             Arc::clone(&after)
         } else {
-            let resolved = self.resolve(
+            // The event is not stored yet: the resolution is handed it (a state event of the
+            // fork it starts is one of the conflicted events, and must not be dropped as unknown).
+            let resolved = self.resolve_with(
                 &rules,
                 vec![
                     self.ruma_state(&StateAt::layer(Arc::clone(&old_current)))?,
                     self.ruma_state(&StateAt::layer(Arc::clone(&after)))?,
                 ],
+                Some(&pdu),
             )?;
             self.layer_for(&mut batch, &old_current, &resolved)?
         };
@@ -435,6 +438,23 @@ impl Rooms {
         &self,
         roots: impl IntoIterator<Item = OwnedEventId>,
     ) -> Result<HashSet<OwnedEventId>> {
+        self.auth_chain_ids_with(roots, None)
+    }
+
+    /// An event stored, or `incoming` (an event being received, not stored yet).
+    fn original_or(&self, id: &EventId, incoming: Option<&Pdu>) -> Result<Option<Pdu>> {
+        match incoming {
+            Some(pdu) if pdu.event_id == id => Ok(Some(pdu.clone())),
+            _ => self.original_event(id),
+        }
+    }
+
+    /// [`Self::auth_chain_ids`], knowing `incoming` too.
+    fn auth_chain_ids_with(
+        &self,
+        roots: impl IntoIterator<Item = OwnedEventId>,
+        incoming: Option<&Pdu>,
+    ) -> Result<HashSet<OwnedEventId>> {
         let mut seen: HashSet<OwnedEventId> = HashSet::new();
         let mut todo: Vec<OwnedEventId> = roots.into_iter().collect();
         while let Some(id) = todo.pop() {
@@ -444,7 +464,7 @@ impl Rooms {
             if !seen.insert(id.clone()) {
                 continue;
             }
-            if let Some(pdu) = self.original_event(&id)? {
+            if let Some(pdu) = self.original_or(&id, incoming)? {
                 todo.extend(pdu.auth_events.iter().filter(|a| !seen.contains(*a)).cloned());
             }
         }
@@ -453,6 +473,17 @@ impl Rooms {
 
     /// State resolution of `maps` by the room version's algorithm.
     fn resolve(&self, rules: &RoomVersionRules, maps: Vec<StateMap<OwnedEventId>>) -> Result<StateMap<OwnedEventId>> {
+        self.resolve_with(rules, maps, None)
+    }
+
+    /// [`Self::resolve`], with `incoming` (an event being received, not stored yet) among the
+    /// events it may look up.
+    fn resolve_with(
+        &self,
+        rules: &RoomVersionRules,
+        maps: Vec<StateMap<OwnedEventId>>,
+        incoming: Option<&Pdu>,
+    ) -> Result<StateMap<OwnedEventId>> {
         let StateResolutionVersion::V2(res_rules) = &rules.state_res else {
             return Err(Error::forbidden(
                 "State resolution v1 (room versions 1 and 2) is not supported",
@@ -461,21 +492,25 @@ impl Rooms {
         let auth_chains = maps
             .iter()
             .map(|map| {
-                self.auth_chain_ids(map.values().cloned())
+                self.auth_chain_ids_with(map.values().cloned(), incoming)
                     .map(|set| set.into_iter().collect::<EventIdSet<OwnedEventId>>())
             })
             .collect::<Result<Vec<_>>>()?;
-        let fetch = |id: &EventId| self.original_event(id).ok().flatten();
-        let subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(conflicted).ok();
+        let fetch = |id: &EventId| self.original_or(id, incoming).ok().flatten();
+        let subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(conflicted, incoming).ok();
         state_res::resolve(&rules.authorization, res_rules, &maps, auth_chains, fetch, subgraph)
             .map_err(|e| Error::forbidden(format!("State resolution failed: {e}")))
     }
 
     /// The conflicted state subgraph (state resolution v2.1): the events that are both reachable
     /// from a conflicted event through `auth_events` and reach a conflicted event that way.
-    fn conflicted_subgraph(&self, conflicted: &StateMap<Vec<OwnedEventId>>) -> Result<EventIdSet<OwnedEventId>> {
+    fn conflicted_subgraph(
+        &self,
+        conflicted: &StateMap<Vec<OwnedEventId>>,
+        incoming: Option<&Pdu>,
+    ) -> Result<EventIdSet<OwnedEventId>> {
         let roots: BTreeSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
-        let chain = self.auth_chain_ids(roots.iter().cloned())?;
+        let chain = self.auth_chain_ids_with(roots.iter().cloned(), incoming)?;
         // Whether each event of the chain reaches a conflicted event (itself included).
         let mut reaches: HashMap<OwnedEventId, bool> = HashMap::with_capacity(chain.len());
         for id in &chain {
@@ -485,7 +520,7 @@ impl Rooms {
                     continue;
                 }
                 let parents: Vec<OwnedEventId> = self
-                    .original_event(&current)?
+                    .original_or(&current, incoming)?
                     .map(|p| p.auth_events.into_iter().filter(|a| chain.contains(a)).collect())
                     .unwrap_or_default();
                 if expanded || parents.iter().all(|p| reaches.contains_key(p)) {

@@ -1,10 +1,14 @@
 //! Outbound queries (server-server-api "Query"): the profile of a user of another server, asked
-//! of that server for a client's `GET /profile/{userId}`, and an alias of another server (to
-//! join a room by it).
+//! of that server for a client's `GET /profile/{userId}`, an alias of another server (to
+//! resolve it for a client, or join a room by it), and another server's public room list
+//! (server-server-api "Public Room Directory", for a client's `publicRooms?server=`).
 
 use ruma::{
     OwnedRoomId, OwnedServerName, RoomAliasId, UserId,
-    api::federation::query::{get_profile_information, get_room_information},
+    api::federation::{
+        directory::get_public_rooms_filtered,
+        query::{get_profile_information, get_room_information},
+    },
     profile::ProfileFieldName,
 };
 use serde_json::{Map, Value};
@@ -46,4 +50,25 @@ impl Federation {
         servers.truncate(20);
         Ok((answer.room_id, servers))
     }
+
+    /// A page of `server`'s public room list (`POST publicRooms`, which Synapse and Hearth
+    /// both serve), at most [`MAX_PUBLIC_ROOMS`] rooms of it kept.
+    pub async fn remote_public_rooms(
+        &self,
+        server: &ruma::ServerName,
+        limit: Option<ruma::UInt>,
+        since: Option<String>,
+        filter: ruma::directory::Filter,
+    ) -> Result<get_public_rooms_filtered::v1::Response> {
+        let mut request = get_public_rooms_filtered::v1::Request::new();
+        request.limit = limit;
+        request.since = since;
+        request.filter = filter;
+        let mut answer = self.send_signed(server, request).await?;
+        answer.chunk.truncate(MAX_PUBLIC_ROOMS);
+        Ok(answer)
+    }
 }
+
+/// Rooms kept of one page of another server's public room list.
+pub const MAX_PUBLIC_ROOMS: usize = 500;

@@ -143,6 +143,9 @@ form_secret: 'test-form-secret'
 registration_shared_secret: 'test-registration-secret'
 trusted_key_servers: []
 suppress_key_server_warning: true
+allow_public_rooms_over_federation: true
+# Synapse's default publishes no room in its directory.
+room_list_publication_rules: [{{action: allow}}]
 report_stats: false
 enable_metrics: false
 enable_registration: true

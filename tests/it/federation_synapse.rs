@@ -674,3 +674,94 @@ fn concurrent_state_changes_on_both_sides_converge() {
         || bodies(&alice, &room_id).contains(&"after the forks from Synapse".to_owned())
     ));
 }
+
+/// Self-signed device keys and a signed one-time key of `client`'s device.
+fn signed_keys(client: &Client) -> (Value, Value) {
+    use ruma::signatures::{Ed25519KeyPair, sign_json};
+    let device = client.device_id.clone().unwrap();
+    let doc = Ed25519KeyPair::generate();
+    let pair = Ed25519KeyPair::from_der(&doc, device.clone()).unwrap();
+    let public = ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(pair.public_key().to_vec()).encode();
+    let sign = |value: Value| {
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(value).unwrap();
+        sign_json(&client.uid(), &pair, &mut object).unwrap();
+        serde_json::to_value(object).unwrap()
+    };
+    let keys = sign(json!({
+        "user_id": client.uid(),
+        "device_id": device,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            format!("curve25519:{device}"): "Y3VydmUyNTUxOWtleWN1cnZlMjU1MTlrZXljdXJ2ZTI1",
+            format!("ed25519:{device}"): public,
+        },
+    }));
+    let otk = sign(json!({"key": "b3RrZXkxb3RrZXkxb3RrZXkxb3RrZXkxb3RrZXkx"}));
+    (keys, otk)
+}
+
+#[test]
+fn a_synapse_user_gets_the_device_keys_of_a_hearth_user_and_claims_a_one_time_key() {
+    let Some((_ca, hearth, synapse)) = servers("127.0.0.95", "127.0.0.96") else {
+        return;
+    };
+    let alice = hearth.user("alice", "secret-password");
+    let bob = synapse.user("bob", "secret-password");
+    let (alice_id, alice_device) = (alice.uid(), alice.device_id.clone().unwrap());
+    let (keys, otk) = signed_keys(&alice);
+    alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({"device_keys": keys, "one_time_keys": {"signed_curve25519:AAAAAQ": otk}}),
+        )
+        .ok();
+    // A shared room, so Synapse tracks alice's device list.
+    let room = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}));
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    bob.post(
+        &format!("/_matrix/client/v3/join/{room_id}?server_name={}", hearth.server_name),
+        json!({}),
+    )
+    .ok();
+
+    // Synapse asks Hearth (user/devices or user/keys/query) and hands bob alice's keys as
+    // uploaded, signatures intact.
+    let mut answer = Value::Null;
+    let found = eventually(|| {
+        answer = bob
+            .post(
+                "/_matrix/client/v3/keys/query",
+                json!({"device_keys": {alice_id.clone(): []}}),
+            )
+            .ok()
+            .clone();
+        answer["device_keys"][&alice_id][&alice_device].is_object()
+    });
+    assert!(found, "{answer:#}");
+    let got = &answer["device_keys"][&alice_id][&alice_device];
+    assert_eq!(got["keys"], keys["keys"]);
+    assert_eq!(got["signatures"], keys["signatures"]);
+    assert_eq!(answer["failures"], json!({}), "{answer:#}");
+
+    // One-time keys: claimed once through Synapse (user/keys/claim), then gone.
+    let claim = || {
+        bob.post(
+            "/_matrix/client/v3/keys/claim",
+            json!({"one_time_keys": {alice_id.clone(): {alice_device.clone(): "signed_curve25519"}}}),
+        )
+        .ok()
+        .clone()
+    };
+    let first = claim();
+    assert_eq!(
+        first["one_time_keys"][&alice_id][&alice_device]["signed_curve25519:AAAAAQ"], otk,
+        "{first:#}"
+    );
+    let second = claim();
+    assert!(
+        second["one_time_keys"][&alice_id][&alice_device]
+            .as_object()
+            .is_none_or(|k| k.is_empty()),
+        "{second:#}"
+    );
+}

@@ -199,6 +199,27 @@ fn a_synapse_user_joins_a_hearth_room_chats_redacts_leaves_and_is_banned() {
         "{:#?}",
         event_in_timeline(&alice, &room_id, &from_bob)
     );
+    // A moderator's redaction of another server's user's message.
+    let moderated = send_text(&bob, &room_id, "s2", "to be moderated");
+    assert!(eventually(|| event_in_timeline(&alice, &room_id, &moderated).is_some()));
+    redact(&alice, &room_id, &moderated, "hr2");
+    assert!(
+        eventually(|| event_in_timeline(&bob, &room_id, &moderated).is_some_and(|e| is_redacted(&e))),
+        "{:#?}",
+        event_in_timeline(&bob, &room_id, &moderated)
+    );
+    // A new display name (a member event over the join) shows on the other side.
+    bob.put(
+        &format!("/_matrix/client/v3/profile/{bob_id}/displayname"),
+        json!({"displayname": "Bob renamed"}),
+    )
+    .ok();
+    assert!(eventually(|| {
+        let member = alice.get(&format!(
+            "/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{bob_id}"
+        ));
+        member.status == 200 && member.body["displayname"] == "Bob renamed"
+    }));
 
     // State set on each side: alice gives bob power, sets the topic; bob renames the room.
     let mut power = alice
@@ -308,6 +329,28 @@ fn a_hearth_user_joins_a_synapse_room_chats_redacts_leaves_and_is_banned() {
         "{:#?}",
         event_in_timeline(&bob, &room_id, &from_alice)
     );
+    // A moderator's redaction of another server's user's message.
+    let moderated = send_text(&alice, &room_id, "h2", "to be moderated");
+    assert!(eventually(|| event_in_timeline(&bob, &room_id, &moderated).is_some()));
+    redact(&bob, &room_id, &moderated, "sr2");
+    assert!(
+        eventually(|| event_in_timeline(&alice, &room_id, &moderated).is_some_and(|e| is_redacted(&e))),
+        "{:#?}",
+        event_in_timeline(&alice, &room_id, &moderated)
+    );
+    // A new display name (a member event over the join) shows on the other side.
+    alice
+        .put(
+            &format!("/_matrix/client/v3/profile/{alice_id}/displayname"),
+            json!({"displayname": "Alice renamed"}),
+        )
+        .ok();
+    assert!(eventually(|| {
+        let member = bob.get(&format!(
+            "/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{alice_id}"
+        ));
+        member.status == 200 && member.body["displayname"] == "Alice renamed"
+    }));
 
     // State set on each side.
     let mut power = bob

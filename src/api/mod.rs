@@ -27,6 +27,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, federation: bool) {
         t.add(LimitClass::Client, self::federation::keys::get_remote_server_keys);
         t.add(LimitClass::Client, self::federation::keys::get_remote_server_keys_batch);
         t.add(LimitClass::Client, self::federation::query::get_profile_information);
+        t.add(LimitClass::Client, self::federation::e2ee::get_keys);
+        t.add(LimitClass::Client, self::federation::e2ee::claim_keys);
+        t.add(LimitClass::Client, self::federation::e2ee::get_devices);
         t.add(LimitClass::Client, self::federation::membership::make_join);
         t.add_json(LimitClass::Client, self::federation::membership::send_join);
         t.add(LimitClass::Client, self::federation::membership::invite);

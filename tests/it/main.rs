@@ -31,6 +31,9 @@ mod federation_resolver;
 /// The outbound side of federation transactions (the persistent queue and its delivery), as a
 /// library against fake servers on loopback.
 mod federation_sender;
+/// Interoperability with a real Synapse from PyPI on loopback, both directions: joins,
+/// messages, redactions, leaves, bans, state convergence, history from before a join.
+mod federation_synapse;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

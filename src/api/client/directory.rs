@@ -1,8 +1,10 @@
 //! The room directory: aliases, the published room list and room summaries.
 //!
-//! - `PUT/GET/DELETE /_matrix/client/v3/directory/room/{roomAlias}`
+//! - `PUT/GET/DELETE /_matrix/client/v3/directory/room/{roomAlias}` (`GET` of another
+//!   server's alias asks that server, when federation is on)
 //! - `GET /_matrix/client/v3/rooms/{roomId}/aliases`
-//! - `GET/POST /_matrix/client/v3/publicRooms`
+//! - `GET/POST /_matrix/client/v3/publicRooms` (`?server=` another server: its list, asked
+//!   over federation when it is on)
 //! - `GET/PUT /_matrix/client/v3/directory/list/room/{roomId}`
 //! - `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}`
 //!
@@ -38,7 +40,13 @@ pub async fn create_alias(ctx: Ctx, req: create_alias::v3::Request) -> Result<cr
 
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn get_alias(ctx: Ctx, req: get_alias::v3::Request) -> Result<get_alias::v3::Response> {
-    let (room_id, servers) = ctx.services.directory.resolve(&req.room_alias)?;
+    let services = &ctx.services;
+    let alias = &req.room_alias;
+    let (room_id, servers) = if alias.server_name() != services.config.server_name && services.federation.enabled {
+        services.federation.remote_alias(alias).await?
+    } else {
+        services.directory.resolve(alias)?
+    };
     Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
@@ -87,14 +95,20 @@ impl IncomingRequest for PublicRoomsRequest {
     }
 }
 
-/// Another server's list needs federation, which Hearth does not speak yet: refused as Synapse
-/// refuses a server its federation settings exclude (403 `M_FORBIDDEN`).
-fn check_server(ctx: &Ctx, server: Option<&ServerName>) -> Result<()> {
+/// The other server whose list is asked for, if any. Without federation it is refused as
+/// Synapse refuses a server its federation settings exclude (403 `M_FORBIDDEN`).
+fn other_server<'a>(ctx: &Ctx, server: Option<&'a ServerName>) -> Result<Option<&'a ServerName>> {
     match server {
-        Some(server) if server.as_str() != ctx.services.config.server_name.as_str() => Err(Error::forbidden(format!(
-            "Federation is not available: cannot list the rooms of {server}"
-        ))),
-        _ => Ok(()),
+        Some(server) if server.as_str() != ctx.services.config.server_name.as_str() => {
+            if ctx.services.federation.enabled {
+                Ok(Some(server))
+            } else {
+                Err(Error::forbidden(format!(
+                    "Federation is not available: cannot list the rooms of {server}"
+                )))
+            }
+        }
+        _ => Ok(None),
     }
 }
 
@@ -110,7 +124,18 @@ fn limit(value: Option<ruma::UInt>, default: Option<usize>) -> Option<usize> {
 /// `GET /_matrix/client/v3/publicRooms`
 pub async fn get_public_rooms(ctx: Ctx, req: PublicRoomsRequest) -> Result<get_public_rooms::v3::Response> {
     let req = req.0;
-    check_server(&ctx, req.server.as_deref())?;
+    if let Some(server) = other_server(&ctx, req.server.as_deref())? {
+        let page = ctx
+            .services
+            .federation
+            .remote_public_rooms(server, req.limit, req.since, Default::default())
+            .await?;
+        let mut response = get_public_rooms::v3::Response::new(page.chunk);
+        response.next_batch = page.next_batch;
+        response.prev_batch = page.prev_batch;
+        response.total_room_count_estimate = page.total_room_count_estimate;
+        return Ok(response);
+    }
     let query = ListQuery {
         limit: limit(req.limit, None),
         since: req.since.as_deref(),
@@ -135,7 +160,19 @@ pub async fn get_public_rooms_filtered(
     ctx: Ctx,
     req: get_public_rooms_filtered::v3::Request,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
-    check_server(&ctx, req.server.as_deref())?;
+    if let Some(server) = other_server(&ctx, req.server.as_deref())? {
+        let page = ctx
+            .services
+            .federation
+            .remote_public_rooms(server, req.limit, req.since.clone(), req.filter.clone())
+            .await?;
+        let mut response = get_public_rooms_filtered::v3::Response::new();
+        response.chunk = page.chunk;
+        response.next_batch = page.next_batch;
+        response.prev_batch = page.prev_batch;
+        response.total_room_count_estimate = page.total_room_count_estimate;
+        return Ok(response);
+    }
     let query = ListQuery {
         limit: limit(req.limit, Some(100)),
         since: req.since.as_deref(),

@@ -3,6 +3,9 @@
 //! - `POST /_matrix/client/v3/keys/upload`
 //! - `POST /_matrix/client/v3/keys/query`
 //! - `POST /_matrix/client/v3/keys/claim`
+//!
+//!   (other servers' users: asked of their servers over federation when it is on, one request
+//!   per server; a server that fails is named under `failures`)
 //! - `GET /_matrix/client/v3/keys/changes`
 //! - `POST /_matrix/client/v3/keys/device_signing/upload` (user-interactive auth to replace a
 //!   master key)
@@ -26,6 +29,35 @@ fn raw<T>(value: &Value) -> Result<Raw<T>> {
     Ok(Raw::from_json(
         serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))?,
     ))
+}
+
+/// Splits `users` into ours (and everyone when federation is off: the keys service then
+/// reports the others as failures) and those of each other server.
+fn split_remote<T>(
+    ctx: &Ctx,
+    users: BTreeMap<ruma::OwnedUserId, T>,
+) -> (
+    BTreeMap<ruma::OwnedUserId, T>,
+    BTreeMap<ruma::OwnedServerName, BTreeMap<ruma::OwnedUserId, T>>,
+) {
+    let mut local = BTreeMap::new();
+    let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<_, _>> = BTreeMap::new();
+    for (user, value) in users {
+        if ctx.services.federation.enabled && user.server_name() != ctx.services.config.server_name {
+            remote
+                .entry(user.server_name().to_owned())
+                .or_default()
+                .insert(user, value);
+        } else {
+            local.insert(user, value);
+        }
+    }
+    (local, remote)
+}
+
+/// A `failures` entry for a server that could not be asked.
+fn failure(error: &Error) -> Value {
+    serde_json::json!({"status": 503, "message": error.to_string()})
 }
 
 /// `POST /_matrix/client/v3/keys/upload`
@@ -75,9 +107,26 @@ pub async fn get_keys(ctx: Ctx, req: get_keys::v3::Request) -> Result<get_keys::
             .flatten()
             .and_then(|d| d.display_name)
     };
+    let (users, remote) = split_remote(&ctx, users);
     let found = ctx.services.keys.query(user_id, &users, &display_name)?;
     let mut response = get_keys::v3::Response::new();
     response.failures = found.failures;
+    for (server, users) in remote {
+        let users = users
+            .into_iter()
+            .map(|(u, devices)| (u, devices.into_iter().map(OwnedDeviceId::from).collect()))
+            .collect();
+        match ctx.services.federation.remote_device_keys(&server, users).await {
+            Ok(answer) => {
+                response.device_keys.extend(answer.device_keys);
+                response.master_keys.extend(answer.master_keys);
+                response.self_signing_keys.extend(answer.self_signing_keys);
+            }
+            Err(e) => {
+                response.failures.insert(server.to_string(), failure(&e));
+            }
+        }
+    }
     for (user, devices) in found.device_keys {
         let mut out = BTreeMap::new();
         for (device, keys) in devices {
@@ -111,7 +160,25 @@ pub async fn claim_keys(ctx: Ctx, req: claim_keys::v3::Request) -> Result<claim_
             (u.clone(), devices)
         })
         .collect();
-    let (claimed, failures) = ctx.services.keys.claim(&wanted).await?;
+    let (wanted, remote) = split_remote(&ctx, wanted);
+    let (claimed, mut failures) = ctx.services.keys.claim(&wanted).await?;
+    let mut from_remote = BTreeMap::new();
+    for (server, wanted) in remote {
+        let mut claims = BTreeMap::new();
+        for (user, devices) in wanted {
+            let mut by_device = BTreeMap::new();
+            for (device, algorithm) in devices {
+                by_device.insert(OwnedDeviceId::from(device), algorithm.as_str().into());
+            }
+            claims.insert(user, by_device);
+        }
+        match ctx.services.federation.remote_claim_keys(&server, claims).await {
+            Ok(keys) => from_remote.extend(keys),
+            Err(e) => {
+                failures.insert(server.to_string(), failure(&e));
+            }
+        }
+    }
     let mut keys = BTreeMap::new();
     for (user, devices) in claimed {
         let mut by_device = BTreeMap::new();
@@ -126,6 +193,7 @@ pub async fn claim_keys(ctx: Ctx, req: claim_keys::v3::Request) -> Result<claim_
         }
         keys.insert(user, by_device);
     }
+    keys.extend(from_remote);
     let mut response = claim_keys::v3::Response::new(keys);
     response.failures = failures;
     Ok(response)

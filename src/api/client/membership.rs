@@ -44,27 +44,44 @@ pub async fn join_room_by_id(ctx: Ctx, req: join_room_by_id::v3::Request) -> Res
     Ok(join_room_by_id::v3::Response::new(req.room_id))
 }
 
-/// Joins the requester to a room: here, or over federation through `via` when this server does
-/// not have the room and federation is on.
+/// Joins the requester to a room: here, or over federation when federation is on and none of
+/// our users is in the room (this server does not have it, or has only the state it saw when
+/// its last user left, which may be stale): through `via`, then the servers that had members
+/// joined when we last knew the room. As Synapse, a server not in the room never joins on its
+/// own copy of the state, unless no other server is known to be in it.
 async fn join(ctx: &Ctx, room_id: &RoomId, via: &[ruma::OwnedServerName], reason: Option<&str>) -> Result<()> {
     let profile = member_profile(ctx)?;
     let services = &ctx.services;
     let user_id = ctx.user_id()?;
-    if services.federation.enabled && services.rooms.room_version(room_id)?.is_none() {
+    if services.federation.enabled {
+        let known = services.rooms.room_version(room_id)?.is_some();
+        let resident = known && services.federation.resident(&services.rooms, room_id)?;
+        let mut servers = Vec::new();
+        let former = if known && !resident {
+            services.rooms.members(room_id)?.joined_servers().to_vec()
+        } else {
+            Vec::new()
+        };
         // An invite names a server that is in the room: the inviter's.
-        let mut via = via.to_vec();
-        if let Some((invite, _)) = services.rooms.remote_invite(room_id, user_id)? {
-            via.push(invite.sender.server_name().to_owned());
+        let inviter = match services.rooms.remote_invite(room_id, user_id)? {
+            Some((invite, _)) => vec![invite.sender.server_name().to_owned()],
+            None => Vec::new(),
+        };
+        for server in via.iter().chain(&former).chain(&inviter) {
+            if !servers.contains(server) && server != services.federation.server_name() {
+                servers.push(server.clone());
+            }
         }
-        let via = &via[..];
-        let mut content = profile.content();
-        if let Some(reason) = reason {
-            content.insert("reason".into(), ruma::CanonicalJsonValue::String(reason.to_owned()));
+        if !known || (!resident && !servers.is_empty()) {
+            let mut content = profile.content();
+            if let Some(reason) = reason {
+                content.insert("reason".into(), ruma::CanonicalJsonValue::String(reason.to_owned()));
+            }
+            return services
+                .federation
+                .join_remote(&services.rooms, user_id, room_id, &servers, content)
+                .await;
         }
-        return services
-            .federation
-            .join_remote(&services.rooms, user_id, room_id, via, content)
-            .await;
     }
     services.rooms.join(room_id, user_id, reason, &profile).await?;
     Ok(())

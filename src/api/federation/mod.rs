@@ -5,6 +5,7 @@
 //! in `ctx.origin`.
 
 pub mod directory;
+pub mod e2ee;
 pub mod events;
 pub mod keys;
 pub mod membership;

@@ -218,9 +218,9 @@ impl Directory {
             .transpose()
     }
 
-    /// Resolves an alias to its room and the servers to join through. Remote aliases need
-    /// federation, which Hearth does not speak yet: they fail as in Synapse when the other
-    /// server cannot be asked (502 `M_UNKNOWN`).
+    /// Resolves an alias to its room and the servers to join through. Remote aliases are asked
+    /// of their server over federation by the callers when it is on; here (federation off)
+    /// they fail as in Synapse when the other server cannot be asked (502 `M_UNKNOWN`).
     pub fn resolve(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
         if alias.server_name().as_str() != self.server_name.as_str() {
             return Err(Error::new(

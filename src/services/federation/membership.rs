@@ -120,7 +120,7 @@ impl Federation {
     }
 
     /// Whether one of our users is joined to the room.
-    fn resident(&self, rooms: &Rooms, room_id: &RoomId) -> Result<bool> {
+    pub fn resident(&self, rooms: &Rooms, room_id: &RoomId) -> Result<bool> {
         Ok(rooms
             .members(room_id)?
             .with("join")

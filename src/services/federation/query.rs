@@ -1,10 +1,17 @@
 //! Outbound queries (server-server-api "Query"): the profile of a user of another server, asked
-//! of that server for a client's `GET /profile/{userId}`, and an alias of another server (to
-//! join a room by it).
+//! of that server for a client's `GET /profile/{userId}`, an alias of another server (to
+//! resolve it for a client, or join a room by it), and another server's public room list
+//! (server-server-api "Public Room Directory", for a client's `publicRooms?server=`), and the
+//! device and one-time keys of another server's users (server-server-api "End-to-End
+//! Encryption", for a client's `keys/query` and `keys/claim`).
 
 use ruma::{
     OwnedRoomId, OwnedServerName, RoomAliasId, UserId,
-    api::federation::query::{get_profile_information, get_room_information},
+    api::federation::{
+        directory::get_public_rooms_filtered,
+        keys::{claim_keys, get_keys},
+        query::{get_profile_information, get_room_information},
+    },
     profile::ProfileFieldName,
 };
 use serde_json::{Map, Value};
@@ -46,4 +53,55 @@ impl Federation {
         servers.truncate(20);
         Ok((answer.room_id, servers))
     }
+
+    /// A page of `server`'s public room list (`POST publicRooms`, which Synapse and Hearth
+    /// both serve), at most [`MAX_PUBLIC_ROOMS`] rooms of it kept.
+    pub async fn remote_public_rooms(
+        &self,
+        server: &ruma::ServerName,
+        limit: Option<ruma::UInt>,
+        since: Option<String>,
+        filter: ruma::directory::Filter,
+    ) -> Result<get_public_rooms_filtered::v1::Response> {
+        let mut request = get_public_rooms_filtered::v1::Request::new();
+        request.limit = limit;
+        request.since = since;
+        request.filter = filter;
+        let mut answer = self.send_signed(server, request).await?;
+        answer.chunk.truncate(MAX_PUBLIC_ROOMS);
+        Ok(answer)
+    }
 }
+
+impl Federation {
+    /// The device and cross-signing keys of `users` (of `server`), as `server` answers; only
+    /// what concerns those users is kept.
+    pub async fn remote_device_keys(
+        &self,
+        server: &ruma::ServerName,
+        users: std::collections::BTreeMap<ruma::OwnedUserId, Vec<ruma::OwnedDeviceId>>,
+    ) -> Result<get_keys::v1::Response> {
+        let asked: Vec<ruma::OwnedUserId> = users.keys().cloned().collect();
+        let mut answer = self.send_signed(server, get_keys::v1::Request::new(users)).await?;
+        answer.device_keys.retain(|user, _| asked.contains(user));
+        answer.master_keys.retain(|user, _| asked.contains(user));
+        answer.self_signing_keys.retain(|user, _| asked.contains(user));
+        Ok(answer)
+    }
+
+    /// One-time keys of `server`'s users' devices, claimed from `server`; only what concerns
+    /// those users is kept.
+    pub async fn remote_claim_keys(
+        &self,
+        server: &ruma::ServerName,
+        wanted: claim_keys::v1::OneTimeKeyClaims,
+    ) -> Result<claim_keys::v1::OneTimeKeys> {
+        let asked: Vec<ruma::OwnedUserId> = wanted.keys().cloned().collect();
+        let mut answer = self.send_signed(server, claim_keys::v1::Request::new(wanted)).await?;
+        answer.one_time_keys.retain(|user, _| asked.contains(user));
+        Ok(answer.one_time_keys)
+    }
+}
+
+/// Rooms kept of one page of another server's public room list.
+pub const MAX_PUBLIC_ROOMS: usize = 500;

@@ -7,6 +7,7 @@
 pub mod fake_server;
 pub mod federation;
 pub mod powercut;
+pub mod synapse;
 
 use std::{
     io::{BufRead, BufReader},

@@ -117,7 +117,7 @@ impl Federation {
     }
 
     /// A checked PDU: fetches what it misses, then hands it to the rooms service.
-    async fn receive_checked(
+    pub(super) async fn receive_checked(
         &self,
         rooms: &Rooms,
         origin: &ServerName,

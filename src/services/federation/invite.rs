@@ -21,7 +21,7 @@ use crate::{
     Error, Result,
     services::{
         Services, events,
-        rooms::{Rooms, remote::Received},
+        rooms::Rooms,
     },
 };
 
@@ -117,18 +117,11 @@ impl Federation {
         }
         let rooms = &services.rooms;
         if rooms.room_version(room_id)?.is_some() {
-            match rooms
-                .receive_remote(room_id, checked.event_id.clone(), checked.bytes, None)
+            // A room this server has: the invite joins its graph, what it misses fetched from
+            // the inviting server first.
+            self.receive_checked(rooms, origin, version, room_id, checked, true)
                 .await
-            {
-                Ok(Received::Accepted(_) | Received::Known) => {}
-                Ok(Received::Rejected(reason) | Received::SoftFailed(reason)) => {
-                    return Err(Error::forbidden(format!("The invite is not allowed: {reason}")));
-                }
-                // Prev events this server lacks: the invite reaches the room with the next
-                // transaction; the user sees it as a remote invite meanwhile.
-                Err(_) => {}
-            }
+                .map_err(|reason| Error::forbidden(format!("The invite is not allowed: {reason}")))?;
         } else {
             let state: Vec<serde_json::Value> = invite_room_state
                 .iter()

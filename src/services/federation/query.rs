@@ -31,7 +31,7 @@ impl Federation {
         let answer = self.send_signed(user_id.server_name(), request).await?;
         let profile: Map<String, Value> = answer
             .iter()
-            .filter(|(_, value)| serde_json::to_vec(value).map_or(false, |v| v.len() <= MAX_FIELD_BYTES))
+            .filter(|(_, value)| serde_json::to_vec(value).is_ok_and(|v| v.len() <= MAX_FIELD_BYTES))
             .take(MAX_FIELDS)
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();

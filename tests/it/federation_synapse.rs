@@ -895,3 +895,61 @@ fn messages_sent_while_the_hearth_server_was_down_arrive_after_its_restart() {
     assert!(all, "Hearth shows {seen:?}");
     assert_state_converges(&alice, &bob, &room_id);
 }
+
+#[test]
+fn invites_cross_both_ways_and_are_accepted() {
+    let Some((_ca, hearth, synapse)) = servers("127.0.0.80") else {
+        return;
+    };
+    let alice = hearth.user("alice", "secret-password");
+    let bob = synapse.user("bob", "secret-password");
+    let bob_id = format!("@bob:{}", synapse.server_name);
+    let alice_id = format!("@alice:{}", hearth.server_name);
+
+    // Hearth invites a Synapse user to a private room; Synapse shows it, bob accepts.
+    let room = alice.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "private_chat", "name": "From Hearth"}),
+    );
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+            json!({"user_id": bob_id}),
+        )
+        .ok();
+    assert!(eventually(|| {
+        let sync = bob.get("/_matrix/client/v3/sync?timeout=0");
+        sync.status == 200 && sync.body["rooms"]["invite"].get(&room_id).is_some()
+    }));
+    bob.post(&format!("/_matrix/client/v3/join/{room_id}"), json!({})).ok();
+    assert!(eventually(
+        || membership_of(&alice, &room_id, &bob_id).as_deref() == Some("join")
+    ));
+
+    // Synapse invites a Hearth user; Hearth shows it with the room's name, alice accepts.
+    let room = bob.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "private_chat", "name": "From Synapse"}),
+    );
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+        json!({"user_id": alice_id}),
+    )
+    .ok();
+    let sync = alice.get("/_matrix/client/v3/sync?timeout=0");
+    let state = sync.ok()["rooms"]["invite"][&room_id]["invite_state"]["events"].clone();
+    assert!(
+        state
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["content"]["name"] == "From Synapse")),
+        "{}",
+        sync.ok()
+    );
+    alice
+        .post(&format!("/_matrix/client/v3/join/{room_id}"), json!({}))
+        .ok();
+    send_text(&alice, &room_id, "i1", "accepted");
+    assert!(eventually(|| bodies(&bob, &room_id).contains(&"accepted".to_owned())));
+}

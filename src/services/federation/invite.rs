@@ -19,10 +19,7 @@ use serde_json::value::RawValue;
 use super::Federation;
 use crate::{
     Error, Result,
-    services::{
-        Services, events,
-        rooms::Rooms,
-    },
+    services::{Services, events, rooms::Rooms},
 };
 
 /// Stripped state events kept with an invite, and the size of each.

@@ -179,7 +179,7 @@ fn a_rotated_key_is_listed_as_old_with_its_expiry() {
     let after = get_tls(&ca, &server, "/_matrix/key/v2/server").body;
     let new_id = key_ids(&after, "verify_keys").remove(0);
     assert_ne!(new_id, old_id);
-    assert_eq!(key_ids(&after, "old_verify_keys"), [old_id.clone()]);
+    assert_eq!(key_ids(&after, "old_verify_keys"), std::slice::from_ref(&old_id));
     let old = &after["old_verify_keys"][&old_id];
     assert_eq!(old["key"], before["verify_keys"][&old_id]["key"]);
     assert!(old["expired_ts"].as_u64().unwrap() > 0);

@@ -247,7 +247,7 @@ fn forged_and_unauthorised_events_are_refused_and_nothing_stored_changes() {
     ));
     let mut levels = before.ok().clone();
     levels["users"][&mallory] = json!(100);
-    let pl_auth = vec!["m.room.power_levels|".to_owned(), format!("m.room.member|{mallory}")];
+    let pl_auth = ["m.room.power_levels|".to_owned(), format!("m.room.member|{mallory}")];
     let pl_auth: Vec<&str> = pl_auth.iter().map(String::as_str).collect();
     let (coup, pdu) = s.forge(&key, &mallory, "m.room.power_levels", Some(""), levels, &pl_auth);
     let (_, body) = s.send("t5", vec![pdu]);

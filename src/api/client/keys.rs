@@ -25,7 +25,30 @@ use serde_json::Value;
 
 use crate::{Error, Result, api::extract::Ctx};
 
-fn raw<T>(value: &Value) -> Result<Raw<T>> {
+/// One-time keys by user, device and key id, as `keys/claim` answers them.
+pub(crate) type OneTimeKeys<T> =
+    BTreeMap<ruma::OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<OwnedOneTimeKeyId, Raw<T>>>>;
+
+/// Claimed one-time keys in the shape of a `keys/claim` answer (client and federation).
+pub(crate) fn claimed_map<T>(claimed: crate::services::keys::device_keys::Claimed) -> Result<OneTimeKeys<T>> {
+    let mut keys = BTreeMap::new();
+    for (user, devices) in claimed {
+        let mut by_device = BTreeMap::new();
+        for (device, found) in devices {
+            let mut by_id = BTreeMap::new();
+            for (key_id, key) in found {
+                let key_id = OwnedOneTimeKeyId::try_from(key_id.as_str())
+                    .map_err(|e| Error::internal(format!("stored key id {key_id}: {e}")))?;
+                by_id.insert(key_id, raw(&key)?);
+            }
+            by_device.insert(OwnedDeviceId::from(device), by_id);
+        }
+        keys.insert(user, by_device);
+    }
+    Ok(keys)
+}
+
+pub(crate) fn raw<T>(value: &Value) -> Result<Raw<T>> {
     Ok(Raw::from_json(
         serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))?,
     ))
@@ -179,20 +202,7 @@ pub async fn claim_keys(ctx: Ctx, req: claim_keys::v3::Request) -> Result<claim_
             }
         }
     }
-    let mut keys = BTreeMap::new();
-    for (user, devices) in claimed {
-        let mut by_device = BTreeMap::new();
-        for (device, found) in devices {
-            let mut by_id = BTreeMap::new();
-            for (key_id, key) in found {
-                let key_id = OwnedOneTimeKeyId::try_from(key_id.as_str())
-                    .map_err(|e| Error::internal(format!("stored key id {key_id}: {e}")))?;
-                by_id.insert(key_id, raw(&key)?);
-            }
-            by_device.insert(OwnedDeviceId::from(device), by_id);
-        }
-        keys.insert(user, by_device);
-    }
+    let mut keys = claimed_map(claimed)?;
     keys.extend(from_remote);
     let mut response = claim_keys::v3::Response::new(keys);
     response.failures = failures;

@@ -11,22 +11,19 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    OwnedDeviceId, OwnedOneTimeKeyId, UInt,
+    OwnedDeviceId, UInt,
     api::federation::{
         device::get_devices,
         keys::{claim_keys, get_keys},
     },
-    serde::Raw,
 };
 use serde_json::Value;
 
-use crate::{Error, Result, api::extract::Ctx, util};
-
-fn raw<T>(value: &Value) -> Result<Raw<T>> {
-    Ok(Raw::from_json(
-        serde_json::value::to_raw_value(value).map_err(|e| Error::internal(e.to_string()))?,
-    ))
-}
+use crate::{
+    Error, Result,
+    api::{client::keys::raw, extract::Ctx},
+    util,
+};
 
 fn is_ours(ctx: &Ctx, user_id: &ruma::UserId) -> bool {
     user_id.server_name() == ctx.services.config.server_name
@@ -78,20 +75,7 @@ pub async fn claim_keys(ctx: Ctx, req: claim_keys::v1::Request) -> Result<claim_
         })
         .collect();
     let (claimed, _) = ctx.services.keys.claim(&wanted).await?;
-    let mut keys = BTreeMap::new();
-    for (user, devices) in claimed {
-        let mut by_device = BTreeMap::new();
-        for (device, found) in devices {
-            let mut by_id = BTreeMap::new();
-            for (key_id, key) in found {
-                let key_id = OwnedOneTimeKeyId::try_from(key_id.as_str())
-                    .map_err(|e| Error::internal(format!("stored key id {key_id}: {e}")))?;
-                by_id.insert(key_id, raw(&key)?);
-            }
-            by_device.insert(OwnedDeviceId::from(device), by_id);
-        }
-        keys.insert(user, by_device);
-    }
+    let keys = crate::api::client::keys::claimed_map(claimed)?;
     Ok(claim_keys::v1::Response::new(keys))
 }
 

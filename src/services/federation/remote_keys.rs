@@ -204,7 +204,10 @@ impl RemoteKeys {
         let mut last_error = None;
         for notary in self.trusted.iter().filter(|n| **n != server && **n != self.server_name) {
             match self.fetch_via_notary(fed, notary, &server).await {
-                Ok(()) => return Ok(self.succeeded(&server)),
+                Ok(()) => {
+                    self.succeeded(&server);
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::info!(%server, %notary, error = %e, "notary key query failed");
                     last_error = Some(e);
@@ -212,7 +215,10 @@ impl RemoteKeys {
             }
         }
         match self.fetch_direct(fed, &server).await {
-            Ok(()) => Ok(self.succeeded(&server)),
+            Ok(()) => {
+                self.succeeded(&server);
+                Ok(())
+            }
             Err(e) => {
                 let delay = self
                     .failures

@@ -45,6 +45,9 @@ use crate::{
     },
 };
 
+/// An event's canonical JSON.
+pub type EventJson = Vec<u8>;
+
 /// Auth chains are walked at most this far (events), in state resolution.
 const MAX_AUTH_CHAIN: usize = 100_000;
 
@@ -618,7 +621,7 @@ impl Rooms {
 
     /// The canonical JSON of the state before `event_id` and of its auth chain (the state's
     /// events' and the event's own), as `send_join` answers them.
-    pub fn state_and_auth_chain_before(&self, event_id: &EventId) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    pub fn state_and_auth_chain_before(&self, event_id: &EventId) -> Result<(Vec<EventJson>, Vec<EventJson>)> {
         let short = self
             .ids
             .event(event_id.as_str())?

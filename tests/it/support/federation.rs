@@ -125,6 +125,7 @@ pub struct TlsAnswer {
     pub peer_cert: Vec<u8>,
 }
 
+#[allow(clippy::too_many_arguments)]
 /// `method path` over HTTPS to `addr` (`ip:port`), verifying the certificate for `tls_name`
 /// with `config`; `Host` is `host`.
 pub fn tls_request(

@@ -688,3 +688,47 @@ fn typing_and_read_receipts_cross_servers() {
         "typing {typing_seen}, receipt {receipt_seen}"
     );
 }
+
+#[test]
+fn history_from_before_a_join_is_fetched_from_the_other_server() {
+    let ca = TestCa::new();
+    let (a, _b, alice, bob) = pair(&ca, "127.0.0.53", "127.0.0.54");
+    let room = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}));
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    for n in 0..5 {
+        alice
+            .put(
+                &format!("/_matrix/client/v3/rooms/{room_id}/send/m.room.message/early{n}"),
+                json!({"msgtype": "m.text", "body": format!("early {n}")}),
+            )
+            .ok();
+    }
+    bob.post(
+        &format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name),
+        json!({}),
+    )
+    .ok();
+    // Shared history: paging back from the join reaches the messages sent before it, in order,
+    // down to the room's creation.
+    let page = bob.get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=50"));
+    let chunk = page.ok()["chunk"].as_array().unwrap().clone();
+    let early: Vec<&str> = chunk.iter().filter_map(|e| e["content"]["body"].as_str()).collect();
+    assert_eq!(
+        early,
+        ["early 4", "early 3", "early 2", "early 1", "early 0"],
+        "{}",
+        page.ok()
+    );
+    assert!(chunk.iter().any(|e| e["type"] == "m.room.create"), "{}", page.ok());
+    // Nothing new for an incremental sync: history is not news.
+    let since = bob.get("/_matrix/client/v3/sync?timeout=0").ok()["next_batch"].clone();
+    let later = bob.get(&format!(
+        "/_matrix/client/v3/sync?timeout=0&since={}",
+        since.as_str().unwrap()
+    ));
+    assert!(
+        later.ok()["rooms"]["join"]
+            .get(&room_id)
+            .is_none_or(|r| r["timeline"]["events"].as_array().is_none_or(|e| e.is_empty()))
+    );
+}

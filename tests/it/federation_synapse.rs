@@ -455,7 +455,6 @@ fn a_hearth_user_who_left_a_synapse_room_rejoins_through_synapse() {
 }
 
 #[test]
-#[ignore = "Hearth does not backfill from other servers yet: /messages of a room joined over federation ends at the join"]
 fn a_hearth_user_joining_a_synapse_room_sees_the_history_from_before_the_join() {
     let Some((_ca, hearth, synapse)) = servers("127.0.0.84") else {
         return;

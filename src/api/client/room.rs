@@ -163,7 +163,16 @@ pub async fn get_message_events(
     let ignored = ctx.services.account_data.ignored_users(user_id)?;
     let keep =
         |pos: u64, pdu: &Pdu| pdu.matches(&req.filter) && !ignored.contains(&pdu.sender) && history.allows(pos, pdu);
-    let (mut events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, keep)?;
+    let (mut events, mut end) = rooms.timeline_page(&req.room_id, range, backwards, limit, keep)?;
+    // Paging back past the earliest event here, in a room joined over federation: the
+    // history before it is fetched from a server in the room, once per request.
+    if backwards
+        && end.is_none()
+        && events.len() < limit
+        && ctx.services.federation.backfill(rooms, &req.room_id, limit).await? > 0
+    {
+        (events, end) = rooms.timeline_page(&req.room_id, range, backwards, limit, keep)?;
+    }
     let reader = Reader {
         history: &history,
         ignored: &ignored,

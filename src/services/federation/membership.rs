@@ -352,6 +352,9 @@ impl Federation {
             chain.push((checked.event_id, checked.bytes));
         }
         rooms.import_remote_room(room_id, &version, chain, state).await?;
+        if rooms.earliest_event(room_id)?.is_none() {
+            rooms.reserve_history()?;
+        }
         match rooms
             .receive_remote(room_id, join.event_id, join.bytes, Some(state_map))
             .await?

@@ -9,6 +9,7 @@
 //! 403 before resolving anything.
 
 pub mod access;
+pub mod backfill;
 pub mod edu;
 pub mod forward;
 pub mod intake;

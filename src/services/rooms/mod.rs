@@ -26,6 +26,7 @@
 //! redaction redacts and how events are served, `relations.rs` the relations index, bundled
 //! aggregations, `/relations` and `/threads`.
 
+mod backfill;
 pub mod create;
 pub mod federation_reads;
 mod import;

@@ -616,6 +616,11 @@ fn invites_cross_servers_and_are_accepted_or_declined() {
         .ok();
     let sync = carol.get("/_matrix/client/v3/sync?timeout=0");
     assert!(sync.ok()["rooms"]["invite"].get(&room_id).is_none(), "{}", sync.ok());
+    // ... and the inviting server hears of it (make_leave/send_leave).
+    let carol_id = format!("@carol:{b_name}");
+    assert!(eventually(
+        || membership_of(&alice, &room_id, &carol_id).as_deref() == Some("leave")
+    ));
 
     // A user their server does not know: the invite is refused and withdrawn.
     let refused = invite("nobody");
@@ -731,4 +736,25 @@ fn history_from_before_a_join_is_fetched_from_the_other_server() {
             .get(&room_id)
             .is_none_or(|r| r["timeline"]["events"].as_array().is_none_or(|e| e.is_empty()))
     );
+}
+
+#[test]
+fn an_invite_to_a_room_this_server_lacks_is_declined_through_the_inviting_server() {
+    let ca = TestCa::new();
+    let (_a, b, alice, bob) = pair(&ca, "127.0.0.55", "127.0.0.56");
+    let room = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "private_chat"}));
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    let bob_id = format!("@bob:{}", b.server_name);
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+            json!({"user_id": bob_id}),
+        )
+        .ok();
+    bob.post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({}))
+        .ok();
+    // make_leave/send_leave reached the inviting server at once.
+    assert_eq!(membership_of(&alice, &room_id, &bob_id).as_deref(), Some("leave"));
+    let sync = bob.get("/_matrix/client/v3/sync?timeout=0");
+    assert!(sync.ok()["rooms"]["invite"].get(&room_id).is_none(), "{}", sync.ok());
 }

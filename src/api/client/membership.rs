@@ -151,8 +151,19 @@ pub async fn invite_user(ctx: Ctx, req: invite_user::v3::Request) -> Result<invi
 pub async fn leave_room(ctx: Ctx, req: leave_room::v3::Request) -> Result<leave_room::v3::Response> {
     let user_id = ctx.user_id()?;
     let rooms = &ctx.services.rooms;
-    // Declining an invite to a room this server does not have.
-    if rooms.remote_invite(&req.room_id, user_id)?.is_some() && rooms.room_version(&req.room_id)?.is_none() {
+    // Declining an invite to a room this server does not have: told to the inviter's server
+    // (`make_leave`/`send_leave`); if it cannot be reached, declined here only (as Synapse).
+    if let Some((invite, _)) = rooms.remote_invite(&req.room_id, user_id)?
+        && rooms.room_version(&req.room_id)?.is_none()
+    {
+        if let Err(e) = ctx
+            .services
+            .federation
+            .leave_remote(user_id, &req.room_id, invite.sender.server_name())
+            .await
+        {
+            tracing::info!(room_id = %req.room_id, error = %e, "invite declined here only");
+        }
         rooms.drop_remote_invite(&req.room_id, user_id).await?;
         return Ok(leave_room::v3::Response::new());
     }

@@ -3,8 +3,12 @@
 //! - `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
 //! - `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
 //! - `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` ("Inviting to a room")
+//! - `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`,
+//!   `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}` ("Leaving Rooms")
 
-use ruma::api::federation::membership::{create_invite, create_join_event, prepare_join_event};
+use ruma::api::federation::membership::{
+    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+};
 
 use super::origin;
 use crate::{Error, Result, api::extract::Ctx};
@@ -47,4 +51,24 @@ pub async fn invite(ctx: Ctx, req: create_invite::v2::Request) -> Result<create_
         )
         .await?;
     Ok(create_invite::v2::Response::new(event))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`
+pub async fn make_leave(ctx: Ctx, req: prepare_leave_event::v1::Request) -> Result<prepare_leave_event::v1::Response> {
+    let services = &ctx.services;
+    let (version, event) = services
+        .federation
+        .make_leave(&services.rooms, origin(&ctx)?, &req.room_id, &req.user_id)
+        .await?;
+    Ok(prepare_leave_event::v1::Response::new(Some(version), event))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`
+pub async fn send_leave(ctx: Ctx, req: create_leave_event::v2::Request) -> Result<create_leave_event::v2::Response> {
+    let services = &ctx.services;
+    services
+        .federation
+        .send_leave(&services.rooms, origin(&ctx)?, &req.room_id, &req.event_id, &req.pdu)
+        .await?;
+    Ok(create_leave_event::v2::Response::new())
 }

@@ -252,69 +252,14 @@ impl Federation {
         user_id: &UserId,
         room_id: &RoomId,
         server: &ServerName,
-        mut content: CanonicalJsonObject,
+        content: CanonicalJsonObject,
     ) -> Result<()> {
         let mut request = prepare_join_event::v1::Request::new(room_id.to_owned(), user_id.to_owned());
         request.ver = supported_versions();
         let answer = self.send_signed(server, request).await?;
         let version = answer.room_version.unwrap_or(RoomVersionId::V1);
-        let rules = events::rules(&version)?;
-        let template: CanonicalJsonObject = serde_json::from_str(answer.event.get())
-            .map_err(|e| Error::bad_json(format!("{server} sent a template that is not canonical JSON: {e}")))?;
-        // Never sign what we were handed: the template may only choose the DAG position and
-        // the authorising member of a restricted join.
-        if text(&template, "type") != Some("m.room.member")
-            || text(&template, "state_key") != Some(user_id.as_str())
-            || text(&template, "sender") != Some(user_id.as_str())
-            || content_text(&template, "membership") != Some("join")
-            || text(&template, "room_id").is_some_and(|r| r != room_id.as_str())
-        {
-            return Err(Error::forbidden(format!(
-                "{server} sent a join template for something else"
-            )));
-        }
-        content.insert("membership".into(), CanonicalJsonValue::String("join".into()));
-        if let Some(via) = content_text(&template, "join_authorised_via_users_server")
-            && UserId::parse(via).is_ok()
-        {
-            content.insert(
-                "join_authorised_via_users_server".into(),
-                CanonicalJsonValue::String(via.to_owned()),
-            );
-        }
-        let mut event = CanonicalJsonObject::new();
-        for field in ["prev_events", "auth_events", "depth"] {
-            let value = template
-                .get(field)
-                .cloned()
-                .ok_or_else(|| Error::forbidden(format!("{server} sent a join template without {field}")))?;
-            event.insert(field.into(), value);
-        }
-        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
-        event.insert("type".into(), string("m.room.member"));
-        event.insert("state_key".into(), string(user_id.as_str()));
-        event.insert("sender".into(), string(user_id.as_str()));
-        event.insert("room_id".into(), string(room_id.as_str()));
-        event.insert("content".into(), CanonicalJsonValue::Object(content));
-        event.insert("origin".into(), string(self.server_name().as_str()));
-        event.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(ruma::Int::try_from(util::now_ms()).unwrap_or_default()),
-        );
-        if rules.event_id_format == EventIdFormatVersion::V1 {
-            event.insert(
-                "event_id".into(),
-                string(&format!("${}:{}", util::random_string(18), self.server_name())),
-            );
-        }
-        ruma::signatures::hash_and_sign_event(
-            self.server_name().as_str(),
-            &self.own_keys.current().keypair,
-            &mut event,
-            &rules.redaction,
-        )
-        .map_err(|e| Error::internal(format!("cannot sign the join: {e}")))?;
-        let event_id = super::pdu::event_id_of(&mut event.clone(), &version)?;
+        let (event, event_id) =
+            self.member_event_from_template(server, &version, &answer.event, room_id, user_id, "join", content)?;
         let request = create_join_event::v2::Request::new(room_id.to_owned(), event_id.clone(), raw(&event)?);
         let joined = self.send_signed(server, request).await?.room_state;
 
@@ -364,6 +309,81 @@ impl Federation {
                 Err(Error::forbidden(format!("The join was not allowed: {reason}")))
             }
         }
+    }
+
+    /// Our member event built from another server's `make_join`/`make_leave` template, signed:
+    /// the template may only choose the DAG position (`prev_events`, `auth_events`, `depth`)
+    /// and, for a join, the authorising member of a restricted join; type, state key, sender,
+    /// membership and room are ours (we never sign what we were handed). Returns the event and
+    /// its id.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn member_event_from_template(
+        &self,
+        server: &ServerName,
+        version: &RoomVersionId,
+        template: &RawValue,
+        room_id: &RoomId,
+        user_id: &UserId,
+        membership: &str,
+        mut content: CanonicalJsonObject,
+    ) -> Result<(CanonicalJsonObject, OwnedEventId)> {
+        let rules = events::rules(version)?;
+        let template: CanonicalJsonObject = serde_json::from_str(template.get())
+            .map_err(|e| Error::bad_json(format!("{server} sent a template that is not canonical JSON: {e}")))?;
+        if text(&template, "type") != Some("m.room.member")
+            || text(&template, "state_key") != Some(user_id.as_str())
+            || text(&template, "sender") != Some(user_id.as_str())
+            || content_text(&template, "membership") != Some(membership)
+            || text(&template, "room_id").is_some_and(|r| r != room_id.as_str())
+        {
+            return Err(Error::forbidden(format!(
+                "{server} sent a {membership} template for something else"
+            )));
+        }
+        content.insert("membership".into(), CanonicalJsonValue::String(membership.into()));
+        if membership == "join"
+            && let Some(via) = content_text(&template, "join_authorised_via_users_server")
+            && UserId::parse(via).is_ok()
+        {
+            content.insert(
+                "join_authorised_via_users_server".into(),
+                CanonicalJsonValue::String(via.to_owned()),
+            );
+        }
+        let mut event = CanonicalJsonObject::new();
+        for field in ["prev_events", "auth_events", "depth"] {
+            let value = template
+                .get(field)
+                .cloned()
+                .ok_or_else(|| Error::forbidden(format!("{server} sent a template without {field}")))?;
+            event.insert(field.into(), value);
+        }
+        let string = |s: &str| CanonicalJsonValue::String(s.to_owned());
+        event.insert("type".into(), string("m.room.member"));
+        event.insert("state_key".into(), string(user_id.as_str()));
+        event.insert("sender".into(), string(user_id.as_str()));
+        event.insert("room_id".into(), string(room_id.as_str()));
+        event.insert("content".into(), CanonicalJsonValue::Object(content));
+        event.insert("origin".into(), string(self.server_name().as_str()));
+        event.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(ruma::Int::try_from(util::now_ms()).unwrap_or_default()),
+        );
+        if rules.event_id_format == EventIdFormatVersion::V1 {
+            event.insert(
+                "event_id".into(),
+                string(&format!("${}:{}", util::random_string(18), self.server_name())),
+            );
+        }
+        ruma::signatures::hash_and_sign_event(
+            self.server_name().as_str(),
+            &self.own_keys.current().keypair,
+            &mut event,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::internal(format!("cannot sign the {membership}: {e}")))?;
+        let event_id = super::pdu::event_id_of(&mut event.clone(), version)?;
+        Ok((event, event_id))
     }
 
     async fn checked_in_room(

@@ -14,6 +14,7 @@ pub mod edu;
 pub mod forward;
 pub mod intake;
 pub mod invite;
+pub mod leave;
 pub mod membership;
 pub mod own_keys;
 pub mod pdu;

@@ -326,3 +326,46 @@ fn oversized_transactions_are_refused_whole() {
     let (status, _) = s.send("huge", vec![one; 10_000]);
     assert!(status == 400 || status == 413, "{status}");
 }
+
+/// A server that answers `make_join` with a template for another event: a ban of someone else,
+/// or a join of another user. Hearth must never sign it, and stores nothing of the room.
+#[test]
+fn a_lying_join_template_is_never_signed() {
+    use crate::support::fake_server::FakeServer;
+    let ca = TestCa::new();
+    let mut b = federated_server(&ca, "127.0.0.95", &[]);
+    b.launch();
+    let bob = b.user("bob", "secret-password");
+    let bob_id = format!("@bob:{}", b.server_name);
+    let liar = FakeServer::start(&ca, "127.0.0.96");
+    let room_id = format!("!liar:{}", liar.name);
+    let victim = format!("@victim:{}", liar.name);
+    for (sender, state_key, membership) in [
+        (bob_id.as_str(), victim.as_str(), "ban"),
+        (bob_id.as_str(), bob_id.as_str(), "ban"),
+        (victim.as_str(), victim.as_str(), "join"),
+    ] {
+        let template = json!({
+            "room_version": "10",
+            "event": {
+                "type": "m.room.member", "room_id": room_id, "sender": sender, "state_key": state_key,
+                "content": {"membership": membership}, "prev_events": [], "auth_events": [], "depth": 5,
+                "origin_server_ts": 1, "origin": liar.name,
+            },
+        });
+        liar.answer_with(&template.to_string());
+        let answer = bob.post(
+            &format!("/_matrix/client/v3/join/{room_id}?via={}", liar.name),
+            json!({}),
+        );
+        assert_eq!(answer.status, 403, "{membership} of {state_key}: {}", answer.text);
+        // Only make_join was asked: nothing was signed and sent with send_join.
+        assert!(
+            liar.received().iter().all(|r| !r.path.contains("send_join")),
+            "{:?}",
+            liar.received()
+        );
+    }
+    let rooms = bob.get("/_matrix/client/v3/joined_rooms");
+    assert!(rooms.ok()["joined_rooms"].as_array().unwrap().is_empty());
+}

@@ -66,6 +66,8 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     release: Notify,
+    /// A body every request is answered with (200) instead of `{"pdus":{}}`.
+    fixed: Mutex<Option<String>>,
 }
 
 /// The server; stops when dropped (drop it outside any runtime).
@@ -112,6 +114,7 @@ impl FakeServer {
                 in_flight: AtomicUsize::new(0),
                 max_in_flight: AtomicUsize::new(0),
                 release: Notify::new(),
+                fixed: Mutex::new(None),
             }),
             accept: Mutex::new(None),
             runtime,
@@ -165,6 +168,11 @@ impl FakeServer {
     /// Changes how requests are answered (requests already held stay held).
     pub fn set_mode(&self, mode: Mode) {
         *self.shared.mode.lock().unwrap() = mode;
+    }
+
+    /// Answers every request with `body` (200) from now on: a peer that lies.
+    pub fn answer_with(&self, body: &str) {
+        *self.shared.fixed.lock().unwrap() = Some(body.to_owned());
     }
 
     /// Answers the requests held by [`Mode::Hang`] and switches to [`Mode::Answer`].
@@ -253,8 +261,10 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut tls:
                 released.await;
             }
         }
-        let (status, body) = match mode {
-            Mode::Unavailable => (503, r#"{"errcode":"M_UNKNOWN","error":"down"}"#),
+        let fixed = shared.fixed.lock().unwrap().clone();
+        let (status, body) = match (mode, &fixed) {
+            (Mode::Unavailable, _) => (503, r#"{"errcode":"M_UNKNOWN","error":"down"}"#),
+            (_, Some(body)) => (200, body.as_str()),
             _ => (200, r#"{"pdus":{}}"#),
         };
         received.status = status;

@@ -35,6 +35,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, federation: bool) {
         t.add(LimitClass::Client, self::federation::membership::invite);
         t.add(LimitClass::Client, self::federation::membership::make_leave);
         t.add(LimitClass::Client, self::federation::membership::send_leave);
+        t.add(LimitClass::Client, self::federation::membership::make_knock);
+        t.add(LimitClass::Client, self::federation::membership::send_knock);
         t.add(LimitClass::Client, self::federation::send::send_transaction);
         t.add(LimitClass::Client, self::federation::events::get_event);
         t.add(LimitClass::Client, self::federation::events::get_room_state);

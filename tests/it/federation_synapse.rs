@@ -952,3 +952,42 @@ fn invites_cross_both_ways_and_are_accepted() {
     send_text(&alice, &room_id, "i1", "accepted");
     assert!(eventually(|| bodies(&bob, &room_id).contains(&"accepted".to_owned())));
 }
+
+#[test]
+fn a_synapse_user_knocks_on_a_hearth_room_and_is_let_in() {
+    let Some((_ca, hearth, synapse)) = servers("127.0.0.79") else {
+        return;
+    };
+    let alice = hearth.user("alice", "secret-password");
+    let bob = synapse.user("bob", "secret-password");
+    let bob_id = format!("@bob:{}", synapse.server_name);
+    let room = alice.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "private_chat", "initial_state": [
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+        ]}),
+    );
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    bob.post(
+        &format!("/_matrix/client/v3/knock/{room_id}?server_name={}", hearth.server_name),
+        json!({"reason": "let me in"}),
+    )
+    .ok();
+    assert_eq!(membership_of(&alice, &room_id, &bob_id).as_deref(), Some("knock"));
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+            json!({"user_id": bob_id}),
+        )
+        .ok();
+    assert!(eventually(|| bob
+        .post(
+            &format!("/_matrix/client/v3/join/{room_id}?server_name={}", hearth.server_name),
+            json!({})
+        )
+        .status
+        == 200));
+    assert!(eventually(
+        || membership_of(&alice, &room_id, &bob_id).as_deref() == Some("join")
+    ));
+}

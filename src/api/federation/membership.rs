@@ -5,9 +5,12 @@
 //! - `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}` ("Inviting to a room")
 //! - `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`,
 //!   `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}` ("Leaving Rooms")
+//! - `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`,
+//!   `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}` ("Knocking upon a room")
 
 use ruma::api::federation::membership::{
-    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+    prepare_leave_event,
 };
 
 use super::origin;
@@ -58,7 +61,7 @@ pub async fn make_leave(ctx: Ctx, req: prepare_leave_event::v1::Request) -> Resu
     let services = &ctx.services;
     let (version, event) = services
         .federation
-        .make_leave(&services.rooms, origin(&ctx)?, &req.room_id, &req.user_id)
+        .make_membership(&services.rooms, origin(&ctx)?, &req.room_id, &req.user_id, "leave")
         .await?;
     Ok(prepare_leave_event::v1::Response::new(Some(version), event))
 }
@@ -68,7 +71,56 @@ pub async fn send_leave(ctx: Ctx, req: create_leave_event::v2::Request) -> Resul
     let services = &ctx.services;
     services
         .federation
-        .send_leave(&services.rooms, origin(&ctx)?, &req.room_id, &req.event_id, &req.pdu)
+        .send_membership(
+            &services.rooms,
+            origin(&ctx)?,
+            &req.room_id,
+            &req.event_id,
+            &req.pdu,
+            "leave",
+        )
         .await?;
     Ok(create_leave_event::v2::Response::new())
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
+pub async fn make_knock(ctx: Ctx, req: prepare_knock_event::v1::Request) -> Result<prepare_knock_event::v1::Response> {
+    let services = &ctx.services;
+    let version = services
+        .rooms
+        .room_version(&req.room_id)?
+        .ok_or_else(|| Error::not_found("Unknown room"))?;
+    if !req.ver.contains(&version) {
+        return Err(Error::new(
+            http::StatusCode::BAD_REQUEST,
+            ruma::api::error::ErrorKind::IncompatibleRoomVersion(
+                ruma::api::error::IncompatibleRoomVersionErrorData::new(version),
+            ),
+            "The requesting server does not support the room's version",
+        ));
+    }
+    let (version, event) = services
+        .federation
+        .make_membership(&services.rooms, origin(&ctx)?, &req.room_id, &req.user_id, "knock")
+        .await?;
+    Ok(prepare_knock_event::v1::Response::new(version, event))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
+pub async fn send_knock(ctx: Ctx, req: create_knock_event::v1::Request) -> Result<create_knock_event::v1::Response> {
+    let services = &ctx.services;
+    let federation = &services.federation;
+    federation
+        .send_membership(
+            &services.rooms,
+            origin(&ctx)?,
+            &req.room_id,
+            &req.event_id,
+            &req.pdu,
+            "knock",
+        )
+        .await?;
+    Ok(create_knock_event::v1::Response::new(
+        federation.stripped_state(&services.rooms, &req.room_id)?,
+    ))
 }

@@ -61,6 +61,11 @@ fn stripped(entry: &RawStrippedState) -> Option<serde_json::Value> {
     }))
 }
 
+fn to_raw(bytes: Vec<u8>) -> Result<Box<RawValue>> {
+    RawValue::from_string(String::from_utf8(bytes).map_err(|e| Error::internal(e.to_string()))?)
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
 impl Federation {
     /// `PUT /v2/invite/{roomId}/{eventId}` from `origin`: the countersigned event.
     #[allow(clippy::too_many_arguments)]
@@ -133,6 +138,20 @@ impl Federation {
         Ok(raw)
     }
 
+    /// The room's stripped state (its descriptive state events) as full PDUs, sent with an
+    /// invite and in answer to a knock.
+    pub fn stripped_state(&self, rooms: &Rooms, room_id: &RoomId) -> Result<Vec<RawStrippedState>> {
+        let mut state = Vec::new();
+        for kind in STRIPPED_TYPES {
+            if let Some(pdu) = rooms.state_event(room_id, &(*kind).into(), "")?
+                && let Some(bytes) = rooms.event_json(&pdu.event_id)?
+            {
+                state.push(RawStrippedState::Pdu(to_raw(bytes)?));
+            }
+        }
+        Ok(state)
+    }
+
     /// Sends the invite `event_id` (already in the room) to its target's server, with the
     /// room's stripped state as full PDUs.
     pub async fn send_invite(
@@ -148,18 +167,7 @@ impl Federation {
         let event = rooms
             .event_json(event_id)?
             .ok_or_else(|| Error::internal("the invite is not stored"))?;
-        let to_raw = |bytes: Vec<u8>| -> Result<Box<RawValue>> {
-            RawValue::from_string(String::from_utf8(bytes).map_err(|e| Error::internal(e.to_string()))?)
-                .map_err(|e| Error::internal(e.to_string()))
-        };
-        let mut state = Vec::new();
-        for kind in STRIPPED_TYPES {
-            if let Some(pdu) = rooms.state_event(room_id, &(*kind).into(), "")?
-                && let Some(bytes) = rooms.event_json(&pdu.event_id)?
-            {
-                state.push(RawStrippedState::Pdu(to_raw(bytes)?));
-            }
-        }
+        let state = self.stripped_state(rooms, room_id)?;
         let request =
             create_invite::v2::Request::new(room_id.to_owned(), event_id.to_owned(), version, to_raw(event)?, state);
         self.send_signed(target.server_name(), request).await?;

@@ -1,9 +1,11 @@
-//! Leaving through another server (server-server-api "Leaving Rooms (Rejecting Invites)"):
-//! `make_leave`/`send_leave` (v2) both ways. Inbound, a user of another server leaves (or
-//! declines an invite to) one of our rooms: a template built on our state, then the signed
-//! event through the checks every PDU gets, passed on to the room's other servers. Outbound,
-//! one of our users declines an invite to a room this server does not have: the template is
-//! rebuilt as for a join (only the DAG position is taken from it), signed and sent.
+//! Leaving and knocking through another server (server-server-api "Leaving Rooms (Rejecting
+//! Invites)", "Knocking upon a room"): `make_leave`/`send_leave` (v2) both ways, and
+//! `make_knock`/`send_knock` served. Inbound, a user of another server leaves (or declines an
+//! invite to) or knocks on one of our rooms: a template built on our state (refused when the
+//! room's rules would refuse it), then the signed event through the checks every PDU gets,
+//! passed on to the room's other servers; a knock is answered with the room's stripped state.
+//! Outbound, one of our users declines an invite to a room this server does not have: the
+//! template is rebuilt as for a join (only the DAG position is taken from it), signed and sent.
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
@@ -25,13 +27,15 @@ fn text<'a>(object: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
 }
 
 impl Federation {
-    /// `make_leave`: the template of `user_id`'s leave, for `origin` (the user's server).
-    pub async fn make_leave(
+    /// `make_leave`/`make_knock`: the template of `user_id`'s `membership` event, for
+    /// `origin` (the user's server).
+    pub async fn make_membership(
         &self,
         rooms: &Rooms,
         origin: &ServerName,
         room_id: &RoomId,
         user_id: &UserId,
+        membership: &str,
     ) -> Result<(RoomVersionId, Box<RawValue>)> {
         if user_id.server_name() != origin {
             return Err(Error::forbidden("The user does not belong to the requesting server"));
@@ -40,7 +44,7 @@ impl Federation {
             return Err(Error::not_found("This server is not in the room"));
         }
         let mut content = CanonicalJsonObject::new();
-        content.insert("membership".into(), CanonicalJsonValue::String("leave".into()));
+        content.insert("membership".into(), CanonicalJsonValue::String(membership.into()));
         let (version, template) = rooms
             .event_template(room_id, user_id, "m.room.member", user_id.as_str(), content)
             .await?;
@@ -48,14 +52,15 @@ impl Federation {
         Ok((version, template))
     }
 
-    /// `send_leave`: `origin`'s signed leave event for `room_id`.
-    pub async fn send_leave(
+    /// `send_leave`/`send_knock`: `origin`'s signed `membership` event for `room_id`.
+    pub async fn send_membership(
         &self,
         rooms: &Rooms,
         origin: &ServerName,
         room_id: &RoomId,
         event_id: &ruma::EventId,
         pdu: &RawValue,
+        membership: &str,
     ) -> Result<()> {
         let version = rooms
             .room_version(room_id)?
@@ -67,11 +72,11 @@ impl Federation {
         let object = &checked.object;
         let sender = text(object, "sender").and_then(|s| UserId::parse(s).ok());
         let leaving = matches!(object.get("content"), Some(CanonicalJsonValue::Object(c))
-            if matches!(c.get("membership"), Some(CanonicalJsonValue::String(m)) if m == "leave"));
+            if matches!(c.get("membership"), Some(CanonicalJsonValue::String(m)) if m == membership));
         let Some(sender) = sender.filter(|s| {
             text(object, "type") == Some("m.room.member") && text(object, "state_key") == Some(s.as_str()) && leaving
         }) else {
-            return Err(Error::bad_json("Not a leave event of its sender"));
+            return Err(Error::bad_json(format!("Not a {membership} event of its sender")));
         };
         if sender.server_name() != origin {
             return Err(Error::forbidden(
@@ -84,7 +89,7 @@ impl Federation {
         {
             Received::Accepted(_) | Received::Known => {}
             Received::Rejected(reason) | Received::SoftFailed(reason) => {
-                return Err(Error::forbidden(format!("The leave is not allowed: {reason}")));
+                return Err(Error::forbidden(format!("The {membership} is not allowed: {reason}")));
             }
         }
         let others: Vec<OwnedServerName> = rooms

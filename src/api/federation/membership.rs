@@ -91,12 +91,8 @@ pub async fn make_knock(ctx: Ctx, req: prepare_knock_event::v1::Request) -> Resu
         .room_version(&req.room_id)?
         .ok_or_else(|| Error::not_found("Unknown room"))?;
     if !req.ver.contains(&version) {
-        return Err(Error::new(
-            http::StatusCode::BAD_REQUEST,
-            ruma::api::error::ErrorKind::IncompatibleRoomVersion(
-                ruma::api::error::IncompatibleRoomVersionErrorData::new(version),
-            ),
-            "The requesting server does not support the room's version",
+        return Err(crate::services::federation::membership::incompatible_room_version(
+            &version,
         ));
     }
     let (version, event) = services

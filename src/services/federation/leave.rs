@@ -8,16 +8,13 @@
 //! template is rebuilt as for a join (only the DAG position is taken from it), signed and sent.
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, RoomId, RoomVersionId, ServerName, UserId,
     api::federation::membership::{create_leave_event, prepare_leave_event},
 };
 use serde_json::value::RawValue;
 
 use super::Federation;
-use crate::{
-    Error, Result,
-    services::rooms::{Rooms, remote::Received},
-};
+use crate::{Error, Result, services::rooms::Rooms};
 
 fn text<'a>(object: &'a CanonicalJsonObject, name: &str) -> Option<&'a str> {
     match object.get(name) {
@@ -79,27 +76,10 @@ impl Federation {
             return Err(Error::bad_json(format!("Not a {membership} event of its sender")));
         };
         if sender.server_name() != origin {
-            return Err(Error::forbidden(
-                "The leaving user does not belong to the requesting server",
-            ));
+            return Err(Error::forbidden("The user does not belong to the requesting server"));
         }
-        match rooms
-            .receive_remote(room_id, checked.event_id.clone(), checked.bytes.clone(), None)
-            .await?
-        {
-            Received::Accepted(_) | Received::Known => {}
-            Received::Rejected(reason) | Received::SoftFailed(reason) => {
-                return Err(Error::forbidden(format!("The {membership} is not allowed: {reason}")));
-            }
-        }
-        let others: Vec<OwnedServerName> = rooms
-            .members(room_id)?
-            .joined_servers()
-            .iter()
-            .filter(|s| **s != origin)
-            .cloned()
-            .collect();
-        self.queue_pdu(&others, &checked.event_id, &checked.bytes).await
+        self.accept_member_event(rooms, origin, room_id, &checked, membership)
+            .await
     }
 
     /// Declines `user_id`'s (ours) invite to a room this server does not have, through

@@ -24,6 +24,7 @@ use ruma::{
 use serde_json::value::RawValue;
 
 use super::{Federation, pdu::CheckedPdu};
+use crate::services::rooms::federation_reads::FedEvent;
 use crate::{
     Error, Result,
     services::{
@@ -67,6 +68,16 @@ fn raw(object: &CanonicalJsonObject) -> Result<Box<RawValue>> {
     serde_json::value::to_raw_value(object).map_err(|e| Error::internal(e.to_string()))
 }
 
+/// 400 `M_INCOMPATIBLE_ROOM_VERSION`: the requesting server does not support `version`
+/// (`make_join`, `make_knock`).
+pub fn incompatible_room_version(version: &RoomVersionId) -> Error {
+    Error::new(
+        http::StatusCode::BAD_REQUEST,
+        ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(version.clone())),
+        format!("The room is version {version}, which the requesting server does not support"),
+    )
+}
+
 /// What `send_join` answers.
 #[derive(serde::Serialize)]
 pub struct JoinAnswer {
@@ -100,13 +111,7 @@ impl Federation {
             .room_version(room_id)?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         if !versions.contains(&version) {
-            return Err(Error::new(
-                http::StatusCode::BAD_REQUEST,
-                ErrorKind::IncompatibleRoomVersion(ruma::api::error::IncompatibleRoomVersionErrorData::new(
-                    version.clone(),
-                )),
-                format!("The room is version {version}, which the requesting server does not support"),
-            ));
+            return Err(incompatible_room_version(&version));
         }
         if !self.resident(rooms, room_id)? {
             return Err(Error::not_found("This server is not in the room"));
@@ -173,42 +178,50 @@ impl Federation {
         if checked.event_id != event_id || checked.room_id != room_id {
             return Err(Error::bad_json("The event id or room does not match the request"));
         }
+        self.accept_member_event(rooms, origin, room_id, &checked, "join")
+            .await?;
+        let join = rooms.federation_event_in(room_id, event_id)?;
+        let state = rooms.federation_state_before(room_id, &join)?;
+        let mut roots: Vec<&FedEvent> = state.iter().collect();
+        roots.push(&join);
+        let chain = rooms.auth_chain(room_id, &roots)?;
+        Ok(JoinAnswer {
+            origin: self.server_name().to_string(),
+            auth_chain: chain.into_iter().map(|e| e.json).collect(),
+            state: state.into_iter().map(|e| e.json).collect(),
+            event: countersign.then(|| raw(&checked.object)).transpose()?,
+            members_omitted: false,
+        })
+    }
+
+    /// Takes a member event that a user of `origin` signed (`send_join`, `send_leave`,
+    /// `send_knock`) into the room, and passes it on to the room's other servers: the resident
+    /// server's duty. 403 when the room's rules refuse it.
+    pub(super) async fn accept_member_event(
+        &self,
+        rooms: &Rooms,
+        origin: &ServerName,
+        room_id: &RoomId,
+        checked: &CheckedPdu,
+        membership: &str,
+    ) -> Result<()> {
         match rooms
             .receive_remote(room_id, checked.event_id.clone(), checked.bytes.clone(), None)
             .await?
         {
             Received::Accepted(_) | Received::Known => {}
             Received::Rejected(reason) | Received::SoftFailed(reason) => {
-                return Err(Error::forbidden(format!("The join is not allowed: {reason}")));
+                return Err(Error::forbidden(format!("The {membership} is not allowed: {reason}")));
             }
         }
-        // The resident server tells the room's other servers about the join.
-        if let Ok(members) = rooms.members(room_id) {
-            let others: Vec<OwnedServerName> = members
-                .joined_servers()
-                .iter()
-                .filter(|s| **s != origin)
-                .cloned()
-                .collect();
-            self.queue_pdu(&others, &checked.event_id, &checked.bytes).await?;
-        }
-        let (state, chain) = rooms.state_and_auth_chain_before(event_id)?;
-        let to_raw = |events: Vec<Vec<u8>>| -> Result<Vec<Box<RawValue>>> {
-            events
-                .into_iter()
-                .map(|bytes| {
-                    RawValue::from_string(String::from_utf8(bytes).map_err(|e| Error::internal(e.to_string()))?)
-                        .map_err(|e| Error::internal(e.to_string()))
-                })
-                .collect()
-        };
-        Ok(JoinAnswer {
-            origin: self.server_name().to_string(),
-            state: to_raw(state)?,
-            auth_chain: to_raw(chain)?,
-            event: countersign.then(|| raw(&checked.object)).transpose()?,
-            members_omitted: false,
-        })
+        let others: Vec<OwnedServerName> = rooms
+            .members(room_id)?
+            .joined_servers()
+            .iter()
+            .filter(|s| **s != origin)
+            .cloned()
+            .collect();
+        self.queue_pdu(&others, &checked.event_id, &checked.bytes).await
     }
 
     /// Joins `user_id` (ours) to `room_id` through the first of `via` (then the room id's

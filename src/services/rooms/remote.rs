@@ -45,9 +45,6 @@ use crate::{
     },
 };
 
-/// An event's canonical JSON.
-pub type EventJson = Vec<u8>;
-
 /// Auth chains are walked at most this far (events), in state resolution.
 const MAX_AUTH_CHAIN: usize = 100_000;
 
@@ -617,47 +614,5 @@ impl Rooms {
             })
             .map_err(|reason| Error::forbidden(format!("The room does not allow this: {reason}")))?;
         Ok((version, object))
-    }
-
-    /// The canonical JSON of the state before `event_id` and of its auth chain (the state's
-    /// events' and the event's own), as `send_join` answers them.
-    pub fn state_and_auth_chain_before(&self, event_id: &EventId) -> Result<(Vec<EventJson>, Vec<EventJson>)> {
-        let short = self
-            .ids
-            .event(event_id.as_str())?
-            .ok_or_else(|| Error::not_found("Unknown event"))?;
-        let state = self
-            .state_before(short)?
-            .ok_or_else(|| Error::not_found("No state is known before this event"))?;
-        let entries = match &state.top {
-            Some(top) => self.state.entries(top)?,
-            None => Default::default(),
-        };
-        let shorts: Vec<u64> = entries.values().copied().collect();
-        let state_ids: Vec<OwnedEventId> = self
-            .ids
-            .event_ids(&shorts)?
-            .into_iter()
-            .flatten()
-            .filter_map(|id| EventId::parse(id).ok())
-            .collect();
-        let state_set: HashSet<&OwnedEventId> = state_ids.iter().collect();
-        let mut roots = state_ids.clone();
-        roots.push(event_id.to_owned());
-        let mut chain: Vec<OwnedEventId> = self
-            .auth_chain_ids(roots, None)?
-            .into_iter()
-            .filter(|id| id != event_id && !state_set.contains(id))
-            .collect();
-        chain.sort();
-        let read = |ids: &[OwnedEventId]| -> Result<Vec<Vec<u8>>> {
-            ids.iter()
-                .map(|id| {
-                    self.event_json(id)?
-                        .ok_or_else(|| Error::internal(format!("{id} is not stored")))
-                })
-                .collect()
-        };
-        Ok((read(&state_ids)?, read(&chain)?))
     }
 }

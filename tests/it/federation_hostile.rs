@@ -369,3 +369,68 @@ fn a_lying_join_template_is_never_signed() {
     let rooms = bob.get("/_matrix/client/v3/joined_rooms");
     assert!(rooms.ok()["joined_rooms"].as_array().unwrap().is_empty());
 }
+
+/// A transaction whose PDUs name many unknown auth events makes the receiving server ask the
+/// origin for at most a bounded number of them, however many the PDUs name.
+#[test]
+fn a_transaction_causes_a_bounded_number_of_requests_back() {
+    use crate::support::fake_server::FakeServer;
+    let ca = TestCa::new();
+    let mut a = federated_server(&ca, "127.0.0.97", &[]);
+    a.launch();
+    let alice = a.user("alice", "secret-password");
+    let room = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}));
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    let peer = FakeServer::start(&ca, "127.0.0.98");
+    let key_text = hearth::services::server_keys::generate_key_file().unwrap();
+    let key = hearth::services::server_keys::ServerKeys::parse(&key_text).unwrap();
+    // The peer answers every request with its key answer: fetched auth events come back
+    // as nonsense, so each missing one stays missing and would be asked for again.
+    let mut answer: CanonicalJsonObject = serde_json::from_value(json!({
+        "server_name": peer.name,
+        "verify_keys": {key.key_id(): {"key": STANDARD_NO_PAD.encode(key.public_key())}},
+        "old_verify_keys": {},
+        "valid_until_ts": 4_000_000_000_000u64,
+    }))
+    .unwrap();
+    ruma::signatures::sign_json(&peer.name, &key.keypair, &mut answer).unwrap();
+    peer.answer_with(&serde_json::to_string(&answer).unwrap());
+
+    let rules = RoomVersionId::V12.rules().unwrap();
+    let pdus: Vec<Value> = (0..50)
+        .map(|n| {
+            let unknown: Vec<String> = (0..10).map(|k| format!("$unknown{n}x{k}")).collect();
+            let mut object: CanonicalJsonObject = serde_json::from_value(json!({
+                "type": "m.room.message", "room_id": room_id, "sender": format!("@eve:{}", peer.name),
+                "content": {"body": format!("m{n}"), "msgtype": "m.text"},
+                "prev_events": [], "auth_events": unknown, "depth": 5, "origin_server_ts": 1,
+            }))
+            .unwrap();
+            ruma::signatures::hash_and_sign_event(&peer.name, &key.keypair, &mut object, &rules.redaction).unwrap();
+            serde_json::to_value(&object).unwrap()
+        })
+        .collect();
+    let body = json!({"origin": peer.name, "origin_server_ts": 1, "pdus": pdus, "edus": []});
+    let uri = "/_matrix/federation/v1/send/flood";
+    let auth = x_matrix(&key, &peer.name, &a.server_name, "PUT", uri, Some(&body));
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let answer = tls_request(
+        ca.client_config(),
+        &a.server_name,
+        "127.0.0.97",
+        &a.server_name,
+        "PUT",
+        uri,
+        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        Some(&bytes),
+    )
+    .unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let asked = peer
+        .received()
+        .iter()
+        .filter(|r| r.path.starts_with("/_matrix/federation/v1/event/"))
+        .count();
+    assert!(asked > 0, "the missing auth events were asked for");
+    assert!(asked <= 20, "{asked} requests back for one transaction");
+}

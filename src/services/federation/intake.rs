@@ -10,9 +10,16 @@
 //! `get_missing_events` (at most 10 events, between the room's forward extremities and it),
 //! which go through the same path without fetching further. Then `Rooms::receive_remote`
 //! decides (accepted, soft-failed, rejected). An event whose prev events are still unknown
-//! after that is answered with an error, not stored.
+//! after that is answered with an error, not stored. One transaction causes at most
+//! [`FETCHES_PER_TRANSACTION`] requests to its origin in all, whatever its PDUs miss.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use ruma::{
     EventId, OwnedEventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UInt,
@@ -35,6 +42,9 @@ pub const MAX_EDUS: usize = 100;
 const MAX_AUTH_FETCHES: usize = 10;
 /// Events asked for with `get_missing_events`.
 const MISSING_EVENTS_LIMIT: u32 = 10;
+/// Requests to the origin (`/event`, `get_missing_events`) one transaction may cause in all:
+/// a server cannot make us send hundreds of requests per transaction it sends.
+pub const FETCHES_PER_TRANSACTION: usize = 20;
 /// Transaction answers remembered.
 pub const REMEMBERED_TRANSACTIONS: usize = 10_000;
 
@@ -77,8 +87,9 @@ impl Federation {
             return Ok(answered);
         }
         let mut results = PduResults::new();
+        let budget = AtomicUsize::new(FETCHES_PER_TRANSACTION);
         for raw in pdus {
-            let (event_id, outcome) = self.receive_one(rooms, origin, raw).await;
+            let (event_id, outcome) = self.receive_one(rooms, origin, raw, &budget).await;
             if let Some(event_id) = event_id {
                 if let Err(e) = &outcome {
                     tracing::info!(%origin, %event_id, error = %e, "PDU not accepted");
@@ -97,6 +108,7 @@ impl Federation {
         rooms: &Rooms,
         origin: &ServerName,
         raw: &RawValue,
+        budget: &AtomicUsize,
     ) -> (Option<OwnedEventId>, std::result::Result<(), String>) {
         let Some(room_id) = room_of(raw) else {
             return (None, Err("no room id".into()));
@@ -111,12 +123,14 @@ impl Federation {
         };
         let event_id = checked.event_id.clone();
         let outcome = self
-            .receive_checked(rooms, origin, &version, &room_id, checked, true)
+            .receive_checked(rooms, origin, &version, &room_id, checked, true, budget)
             .await;
         (Some(event_id), outcome)
     }
 
-    /// A checked PDU: fetches what it misses, then hands it to the rooms service.
+    /// A checked PDU: fetches what it misses (as far as `budget`, the requests left, goes),
+    /// then hands it to the rooms service.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn receive_checked(
         &self,
         rooms: &Rooms,
@@ -125,6 +139,7 @@ impl Federation {
         room_id: &RoomId,
         checked: super::pdu::CheckedPdu,
         fetch_prevs: bool,
+        budget: &AtomicUsize,
     ) -> std::result::Result<(), String> {
         if checked.room_id != room_id {
             return Err("the event belongs to another room".into());
@@ -141,14 +156,14 @@ impl Federation {
                 _ => Vec::new(),
             }
         };
-        self.fetch_auth_events(rooms, origin, version, room_id, ids("auth_events"), 2)
+        self.fetch_auth_events(rooms, origin, version, room_id, ids("auth_events"), 2, budget)
             .await;
         let missing_prevs: Vec<OwnedEventId> = ids("prev_events")
             .into_iter()
             .filter(|id| rooms.event_json(id).ok().flatten().is_none())
             .collect();
-        if fetch_prevs && !missing_prevs.is_empty() {
-            self.fetch_missing(rooms, origin, version, room_id, &checked.event_id)
+        if fetch_prevs && !missing_prevs.is_empty() && spend(budget) {
+            self.fetch_missing(rooms, origin, version, room_id, &checked.event_id, budget)
                 .await;
         }
         match rooms
@@ -166,7 +181,8 @@ impl Federation {
     }
 
     /// Fetches and stores (as outliers) the auth events of an event that are not stored,
-    /// `depth` levels deep at most.
+    /// `depth` levels deep at most, one request of `budget` each.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_auth_events(
         &self,
         rooms: &Rooms,
@@ -175,6 +191,7 @@ impl Federation {
         room_id: &RoomId,
         wanted: Vec<OwnedEventId>,
         depth: u8,
+        budget: &AtomicUsize,
     ) {
         let missing: Vec<OwnedEventId> = wanted
             .into_iter()
@@ -182,6 +199,9 @@ impl Federation {
             .take(MAX_AUTH_FETCHES)
             .collect();
         for event_id in missing {
+            if !spend(budget) {
+                return;
+            }
             let fetched = match self
                 .send_signed(origin, get_event::v1::Request::new(event_id.clone()))
                 .await
@@ -208,7 +228,7 @@ impl Federation {
                         _ => None,
                     })
                     .collect();
-                Box::pin(self.fetch_auth_events(rooms, origin, version, room_id, auth, depth - 1)).await;
+                Box::pin(self.fetch_auth_events(rooms, origin, version, room_id, auth, depth - 1, budget)).await;
             }
             if let Err(e) = rooms.store_outlier(room_id, checked.event_id, checked.bytes).await {
                 tracing::info!(%event_id, error = %e, "fetched auth event not stored");
@@ -225,6 +245,7 @@ impl Federation {
         version: &RoomVersionId,
         room_id: &RoomId,
         latest: &EventId,
+        budget: &AtomicUsize,
     ) {
         let mut request = get_missing_events::v1::Request::new(
             room_id.to_owned(),
@@ -252,9 +273,18 @@ impl Federation {
         events.sort_by_key(|(depth, _)| *depth);
         for (_, checked) in events {
             let event_id = checked.event_id.clone();
-            if let Err(e) = Box::pin(self.receive_checked(rooms, origin, version, room_id, checked, false)).await {
+            if let Err(e) =
+                Box::pin(self.receive_checked(rooms, origin, version, room_id, checked, false, budget)).await
+            {
                 tracing::info!(%event_id, error = %e, "missing event not accepted");
             }
         }
     }
+}
+
+/// Takes one request from `budget`; false when none is left.
+fn spend(budget: &AtomicUsize) -> bool {
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
+        .is_ok()
 }

@@ -121,7 +121,8 @@ impl Federation {
         if rooms.room_version(room_id)?.is_some() {
             // A room this server has: the invite joins its graph, what it misses fetched from
             // the inviting server first.
-            self.receive_checked(rooms, origin, version, room_id, checked, true)
+            let budget = std::sync::atomic::AtomicUsize::new(super::intake::FETCHES_PER_TRANSACTION);
+            self.receive_checked(rooms, origin, version, room_id, checked, true, &budget)
                 .await
                 .map_err(|reason| Error::forbidden(format!("The invite is not allowed: {reason}")))?;
         } else {

@@ -117,6 +117,10 @@ pub const OPENIDTOKEN_USER: &str = "openidtoken_user";
 /// reason as UTF-8: events received over federation that are stored but never served as
 /// accepted.
 pub const SHORTEVENTID_OUTCOME: &str = "shorteventid_outcome";
+/// short event id → empty: this server's events in rooms with members on other servers, written
+/// in the event's own batch and deleted once the event is in the federation queue
+/// (`federation_queue`); those left at start (a crash in between) are queued then.
+pub const SHORTEVENTID_UNSENT: &str = "shorteventid_unsent";
 /// user id SEP room id → postcard `RemoteInvite` (the invite event's canonical JSON and the
 /// stripped state the inviting server sent): invites to rooms this server does not have.
 pub const USERROOM_REMOTEINVITE: &str = "userroom_remoteinvite";
@@ -237,6 +241,7 @@ pub const TABLES: &[TableDef] = &[
     small(REPORTID_REPORT),
     small(OPENIDTOKEN_USER),
     small(SHORTEVENTID_OUTCOME),
+    small(SHORTEVENTID_UNSENT),
     small(USERROOM_REMOTEINVITE),
     small(SERVERKEYID_VERIFYKEY),
     small(SERVER_KEYANSWER),

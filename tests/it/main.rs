@@ -21,6 +21,8 @@ mod e2ee;
 mod element_web;
 /// Federation, part 1: keys, the TLS listener, X-Matrix.
 mod federation;
+/// Gaps in a room's graph over federation: missing events, the state before them, lying state.
+mod federation_gaps;
 /// A hostile federation peer: forged, unauthorised, oversized and replayed transactions.
 mod federation_hostile;
 /// Federation reads served to other servers: events, state, backfill, visibility, directory.

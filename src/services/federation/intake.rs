@@ -8,10 +8,12 @@
 //! the origin with `/event` (at most 10 per PDU, their own auth events one level deeper at
 //! most) and stored as outliers; its missing prev events are asked for once with
 //! `get_missing_events` (at most 10 events, between the room's forward extremities and it),
-//! which go through the same path without fetching further. Then `Rooms::receive_remote`
-//! decides (accepted, soft-failed, rejected). An event whose prev events are still unknown
-//! after that is answered with an error, not stored. One transaction causes at most
-//! [`FETCHES_PER_TRANSACTION`] requests to its origin in all, whatever its PDUs miss.
+//! which go through the same path without fetching further. An event whose prev events are
+//! still unknown after that (the oldest of those fetched, or a gap deeper than 10 events) gets
+//! the state before it from the origin instead (`gaps.rs`); one whose state cannot be had is
+//! answered with an error, not stored. Then `Rooms::receive_remote` decides (accepted,
+//! soft-failed, rejected). One transaction causes at most [`FETCHES_PER_TRANSACTION`]
+//! requests to its origin in all, whatever its PDUs miss.
 
 use std::{
     collections::BTreeMap,
@@ -166,8 +168,20 @@ impl Federation {
             self.fetch_missing(rooms, origin, version, room_id, &checked.event_id, budget)
                 .await;
         }
+        let still_missing = missing_prevs
+            .iter()
+            .any(|id| rooms.event_json(id).ok().flatten().is_none());
+        let given_before = if still_missing {
+            let state = self
+                .state_before_gap(rooms, origin, version, room_id, &checked.event_id, budget)
+                .await
+                .map_err(|e| format!("its prev events are unknown and so is the state before it: {e}"))?;
+            Some(state)
+        } else {
+            None
+        };
         match rooms
-            .receive_remote(room_id, checked.event_id.clone(), checked.bytes, None)
+            .receive_remote(room_id, checked.event_id.clone(), checked.bytes, given_before)
             .await
         {
             Ok(Received::Accepted(_) | Received::Known) => Ok(()),
@@ -283,7 +297,7 @@ impl Federation {
 }
 
 /// Takes one request from `budget`; false when none is left.
-fn spend(budget: &AtomicUsize) -> bool {
+pub(super) fn spend(budget: &AtomicUsize) -> bool {
     budget
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1))
         .is_ok()

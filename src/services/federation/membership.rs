@@ -399,7 +399,7 @@ impl Federation {
         Ok((event, event_id))
     }
 
-    async fn checked_in_room(
+    pub(super) async fn checked_in_room(
         &self,
         version: &RoomVersionId,
         raw_event: &RawValue,

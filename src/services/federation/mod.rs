@@ -12,6 +12,7 @@ pub mod access;
 pub mod backfill;
 pub mod edu;
 pub mod forward;
+pub mod gaps;
 pub mod intake;
 pub mod invite;
 pub mod leave;

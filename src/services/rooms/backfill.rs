@@ -8,7 +8,7 @@
 //! (a failure stores them as rejected, outside the timeline) and read with the state before
 //! the earliest event already there (the history visibility then in force).
 
-use ruma::{EventId, OwnedEventId, RoomId, state_res};
+use ruma::{EventId, OwnedEventId, RoomId};
 
 use super::{Rooms, pdu::Pdu};
 use crate::{Error, Result, services::events, storage::tables::pdus::Outcome};
@@ -85,10 +85,8 @@ impl Rooms {
             }
             let short = self.ids.event_or_create(pdu.event_id.as_str())?;
             self.pdus.put(&mut batch, short, &bytes);
-            let fetch = |id: &EventId| self.original_event(id).ok().flatten();
-            if let Err(reason) = state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, fetch) {
-                self.pdus
-                    .queue_outcome(&mut batch, short, Outcome::Rejected, &reason.to_string());
+            if let Err(reason) = self.check_by_auth_events(&rules, &pdu, |_| None) {
+                self.pdus.queue_outcome(&mut batch, short, Outcome::Rejected, &reason);
                 continue;
             }
             position -= 1;

@@ -53,7 +53,7 @@ use std::{
 
 use tokio::sync::Mutex as AsyncMutex;
 
-use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId};
+use ruma::{CanonicalJsonObject, EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId};
 
 pub(crate) use self::power::validate_power_levels;
 use self::{pdu::Pdu, write::Head};
@@ -187,6 +187,8 @@ pub struct Outbound {
     pub room_id: OwnedRoomId,
     /// Its id.
     pub event_id: OwnedEventId,
+    /// Its short id (for [`Rooms::forwarded`]).
+    pub short_event: u64,
     /// The servers with joined members, ours left out.
     pub destinations: Vec<OwnedServerName>,
     /// Its canonical JSON.
@@ -262,6 +264,64 @@ impl Rooms {
     pub fn forward_local_events(&self, capacity: usize) -> Option<tokio::sync::mpsc::Receiver<Outbound>> {
         let (sender, receiver) = tokio::sync::mpsc::channel(capacity);
         self.outbound.set(sender).ok().map(|()| receiver)
+    }
+
+    /// The servers an event of this server in `room_id` goes to: those with joined members,
+    /// and for a member event its target's (a user kicked, banned or invited there must hear
+    /// of it); ours left out.
+    fn federation_destinations(&self, room_id: &RoomId, target: Option<&UserId>) -> Result<Vec<OwnedServerName>> {
+        let members = self.members(room_id)?;
+        let mut servers: Vec<OwnedServerName> = members
+            .joined_servers()
+            .iter()
+            .cloned()
+            .chain(target.map(|t| t.server_name().to_owned()))
+            .filter(|s| *s != self.server_name)
+            .collect();
+        servers.sort();
+        servers.dedup();
+        Ok(servers)
+    }
+
+    /// Federation has queued our event `short` (or it had nowhere to go): its unsent mark
+    /// goes. Unsynced: a mark that outlives a crash only sends the event again, which
+    /// receivers ignore.
+    pub fn forwarded(&self, short: u64) {
+        let mut batch = self.db.batch();
+        self.pdus.queue_sent(&mut batch, short);
+        if let Err(e) = batch.commit_unsynced() {
+            tracing::warn!(short, error = %e, "cannot clear an event's unsent mark");
+        }
+    }
+
+    /// Up to `limit` of our durable events that federation had not queued when the server
+    /// last stopped, oldest first, with where they go now (federation queues them at start).
+    pub fn unsent_local_events(&self, limit: usize) -> Result<Vec<Outbound>> {
+        let mut out = Vec::new();
+        for short in self.pdus.unsent(limit)? {
+            let event = self
+                .ids
+                .event_id(short)?
+                .and_then(|id| EventId::parse(id).ok())
+                .and_then(|id| self.original_event(&id).ok().flatten().map(|pdu| (id, pdu)));
+            let (Some((event_id, pdu)), Some(bytes)) = (event, self.pdus.get(short)?) else {
+                self.forwarded(short);
+                continue;
+            };
+            let room_id = pdu.room()?;
+            let target = match (&pdu.state_key, pdu.kind.to_string() == "m.room.member") {
+                (Some(key), true) => UserId::parse(key.as_str()).ok(),
+                _ => None,
+            };
+            out.push(Outbound {
+                destinations: self.federation_destinations(&room_id, target.as_deref())?,
+                room_id,
+                event_id,
+                short_event: short,
+                bytes: Arc::new(bytes),
+            });
+        }
+        Ok(out)
     }
 
     fn room_lock(&self, room_id: &RoomId) -> Arc<AsyncMutex<Option<Head>>> {

@@ -3,8 +3,8 @@
 //! format, the signatures and the content hash, and made sure the auth and prev events are
 //! stored (or fetched the state before the event), before it calls [`Rooms::receive_remote`].
 //!
-//! 1. The event is checked against its own auth events (the state-independent rules): a
-//!    failure rejects it.
+//! 1. The event is checked against its own auth events (the list, then every rule with the
+//!    state they form: [`Rooms::check_by_auth_events`]): a failure rejects it.
 //! 2. The state before it comes from its prev events: the state after the one prev event, or the
 //!    resolution (ruma-state-res, the room version's algorithm) of the states after each; when
 //!    its prev events are missing, the state the caller fetched from the sender. The event is
@@ -103,11 +103,8 @@ impl Rooms {
         let mut batch = self.db.batch();
         let short_event = self.ids.event_or_create(event_id.as_str())?;
         self.pdus.put(&mut batch, short_event, &bytes);
-        let fetch_event = |id: &EventId| self.original_event(id).ok().flatten();
-        if let Err(reason) = state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, fetch_event) {
-            return self
-                .store_outcome(batch, short_event, Outcome::Rejected, reason.to_string())
-                .await;
+        if let Err(reason) = self.check_by_auth_events(&rules, &pdu, |_| None) {
+            return self.store_outcome(batch, short_event, Outcome::Rejected, reason).await;
         }
         let before = match self.state_after_prevs(&rules, &pdu, &mut batch)? {
             Some(layer) => layer,
@@ -294,14 +291,46 @@ impl Rooms {
         let mut batch = self.db.batch();
         let short_event = self.ids.event_or_create(event_id.as_str())?;
         self.pdus.put(&mut batch, short_event, &bytes);
-        let fetch_event = |id: &EventId| self.original_event(id).ok().flatten();
-        if let Err(reason) = state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, fetch_event) {
-            self.store_outcome(batch, short_event, Outcome::Rejected, reason.to_string())
+        if let Err(reason) = self.check_by_auth_events(&rules, &pdu, |_| None) {
+            self.store_outcome(batch, short_event, Outcome::Rejected, reason)
                 .await?;
             return Ok(false);
         }
         self.commits.enqueue(batch).durable().await?;
         Ok(true)
+    }
+
+    /// The authorization rules applied to `pdu` with the state its own auth events form (the
+    /// spec's "passes authorization rules based on the event's auth events"): the list of auth
+    /// events itself, then every rule that reads the state, read from them. `given` finds the
+    /// events not stored yet (an answer being stored whole); the rest come from storage.
+    pub(super) fn check_by_auth_events(
+        &self,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        given: impl Fn(&EventId) -> Option<Pdu>,
+    ) -> std::result::Result<(), String> {
+        let fetch = |id: &EventId| given(id).or_else(|| self.original_event(id).ok().flatten());
+        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, fetch)?;
+        let mut by_key: HashMap<(String, String), Pdu> = HashMap::with_capacity(pdu.auth_events.len() + 1);
+        let mut auth_ids: Vec<OwnedEventId> = pdu.auth_events.clone();
+        // Room version 12 leaves the create event out of the list: the room id names it.
+        if rules.authorization.room_create_event_id_as_room_id
+            && let Ok(room) = pdu.room()
+            && let Ok(create) = EventId::parse(format!("${}", &room.as_str()[1..]))
+        {
+            auth_ids.push(create);
+        }
+        for id in &auth_ids {
+            if let Some(event) = fetch(id)
+                && let Some(state_key) = event.state_key.clone()
+            {
+                by_key.insert((event.kind.to_string(), state_key), event);
+            }
+        }
+        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
+            by_key.get(&(kind.to_string(), key.to_owned())).cloned()
+        })
     }
 
     /// Stores an event that was not accepted, with why.

@@ -71,8 +71,15 @@ pub(super) struct Staged {
     pub(super) forward: bool,
 }
 
-/// A durable local event for federation: room, id, bytes, and a member event's target server.
-type OutboundEvent = (OwnedRoomId, OwnedEventId, Arc<Vec<u8>>, Option<ruma::OwnedServerName>);
+/// A durable local event for federation.
+struct OutboundEvent {
+    room_id: OwnedRoomId,
+    event_id: OwnedEventId,
+    short_event: u64,
+    bytes: Arc<Vec<u8>>,
+    /// A member event's target, whose server must hear of it too.
+    target: Option<OwnedUserId>,
+}
 
 /// A room being created ([`Rooms::draft_room`]): its events are built and checked one by one
 /// on a head kept here, and written together in one batch by [`RoomDraft::commit`]. Until
@@ -274,13 +281,13 @@ impl Rooms {
                 && self.outbound.get().is_some()
                 && let Some(bytes) = locked(&self.pending).get(&event.short_event).cloned()
             {
-                let target = event.member_target.as_ref().map(|t| t.server_name().to_owned());
-                outbound.push((
-                    event.appended.room_id.clone(),
-                    event.appended.event_id.clone(),
+                outbound.push(OutboundEvent {
+                    room_id: event.appended.room_id.clone(),
+                    event_id: event.appended.event_id.clone(),
+                    short_event: event.short_event,
                     bytes,
-                    target,
-                ));
+                    target: event.member_target.clone(),
+                });
             }
             if let Some(target) = &event.member_target {
                 self.member_lists.invalidate(&event.appended.room_id, target);
@@ -313,35 +320,32 @@ impl Rooms {
         }
     }
 
-    /// Hands durable local events of rooms with members elsewhere to federation: to the
-    /// servers with joined members, and for a member event to its target's server too (a
-    /// user kicked, banned or invited there must hear of it).
+    /// Hands durable local events of rooms with members elsewhere to federation
+    /// ([`Self::federation_destinations`]). Each was marked unsent in its own batch (when it had
+    /// destinations then), so a crash before federation queued it loses nothing
+    /// ([`Self::unsent_local_events`]).
     async fn send_outbound(&self, events: Vec<OutboundEvent>) {
         let Some(sender) = self.outbound.get() else {
             return;
         };
-        for (room_id, event_id, bytes, target) in events {
-            let destinations: Vec<_> = match self.members(&room_id) {
-                Ok(members) => {
-                    let mut servers: Vec<_> = members.joined_servers().iter().chain(&target).cloned().collect();
-                    servers.sort();
-                    servers.dedup();
-                    servers.retain(|s| *s != self.server_name);
-                    servers
-                }
+        for event in events {
+            let destinations = match self.federation_destinations(&event.room_id, event.target.as_deref()) {
+                Ok(destinations) => destinations,
                 Err(e) => {
-                    tracing::warn!(%room_id, error = %e, "cannot read the room's servers");
+                    tracing::warn!(room_id = %event.room_id, error = %e, "cannot read the room's servers");
                     continue;
                 }
             };
             if destinations.is_empty() {
+                self.forwarded(event.short_event);
                 continue;
             }
             let event = super::Outbound {
-                room_id,
-                event_id,
+                room_id: event.room_id,
+                event_id: event.event_id,
+                short_event: event.short_event,
                 destinations,
-                bytes,
+                bytes: event.bytes,
             };
             if sender.send(event).await.is_err() {
                 tracing::warn!("federation is not taking events any more");
@@ -556,6 +560,13 @@ impl Rooms {
             .map(|(user, device, txn)| (user.to_owned(), device.to_owned(), txn.to_owned()));
         if let Some(txn) = &txn {
             locked(&self.pending_txns).insert(txn.clone(), signed.event_id.clone());
+        }
+        if self.outbound.get().is_some()
+            && !self
+                .federation_destinations(&signed.room_id, member_target.as_deref())?
+                .is_empty()
+        {
+            self.pdus.queue_unsent(batch, short_event);
         }
         let concerns = sync_hooks::concerns(signed.room_id.as_str(), event.kind, event.state_key);
         *head = Some(Head {

@@ -2,13 +2,14 @@
 //! were hashed and signed (never rewritten, not even by a redaction); `shorteventid_redactedby`
 //! records which event redacted it, so the redacted form is produced when the event is read.
 //! Parsed forms are built (and cached) above this layer. `shorteventid_outcome` marks events from
-//! other servers that were stored but not accepted (rejected, or soft-failed).
+//! other servers that were stored but not accepted (rejected, or soft-failed);
+//! `shorteventid_unsent` marks our own events not yet in the federation queue.
 
 use std::sync::Arc;
 
 use crate::storage::{
     Batch, Db, StorageResult, codec,
-    schema::{SHORTEVENTID_OUTCOME, SHORTEVENTID_PDU, SHORTEVENTID_REDACTEDBY},
+    schema::{SHORTEVENTID_OUTCOME, SHORTEVENTID_PDU, SHORTEVENTID_REDACTEDBY, SHORTEVENTID_UNSENT},
 };
 
 /// Why a stored event from another server is not an accepted one.
@@ -97,5 +98,25 @@ impl PdusTable {
                 };
                 Some((outcome, String::from_utf8_lossy(reason).into_owned()))
             }))
+    }
+
+    /// Queues the mark that our event `short` is still to be queued for other servers.
+    pub fn queue_unsent(&self, batch: &mut Batch, short: u64) {
+        batch.put(SHORTEVENTID_UNSENT, &codec::u64_bytes(short), &[]);
+    }
+
+    /// Queues the removal of [`Self::queue_unsent`]'s mark.
+    pub fn queue_sent(&self, batch: &mut Batch, short: u64) {
+        batch.delete(SHORTEVENTID_UNSENT, &codec::u64_bytes(short));
+    }
+
+    /// Up to `limit` of our events still to be queued for other servers, oldest first.
+    pub fn unsent(&self, limit: usize) -> StorageResult<Vec<u64>> {
+        Ok(self
+            .db
+            .scan_range(SHORTEVENTID_UNSENT, &[], &[0xff; 9], false, limit)?
+            .into_iter()
+            .filter_map(|(key, _)| Some(u64::from_be_bytes(key.get(..8)?.try_into().ok()?)))
+            .collect())
     }
 }

@@ -2,8 +2,9 @@
 //! keep-alive) on its own 127.0.0.x address with a certificate of a [`TestCa`], named by that
 //! IP literal and port (so no DNS is needed). It runs on a runtime of its own, records every
 //! request (method, path, the `X-Matrix` origin and destination, the JSON body), counts the
-//! requests it holds at once, and answers `{"pdus":{}}` (or the configured [`Mode`]). It can be
-//! stopped (connections refused) and started again on the same address.
+//! requests it holds at once, and answers `{"pdus":{}}` (or the configured [`Mode`], or a
+//! body set for a path prefix). It can be stopped (connections refused) and started again on
+//! the same address.
 
 use std::{
     net::SocketAddr,
@@ -68,6 +69,9 @@ struct Shared {
     release: Notify,
     /// A body every request is answered with (200) instead of `{"pdus":{}}`.
     fixed: Mutex<Option<String>>,
+    /// Bodies (200) for the requests whose path starts with a prefix: (prefix, body), the
+    /// first match wins over `fixed`.
+    routes: Mutex<Vec<(String, String)>>,
 }
 
 /// The server; stops when dropped (drop it outside any runtime).
@@ -115,6 +119,7 @@ impl FakeServer {
                 max_in_flight: AtomicUsize::new(0),
                 release: Notify::new(),
                 fixed: Mutex::new(None),
+                routes: Mutex::new(Vec::new()),
             }),
             accept: Mutex::new(None),
             runtime,
@@ -173,6 +178,14 @@ impl FakeServer {
     /// Answers every request with `body` (200) from now on: a peer that lies.
     pub fn answer_with(&self, body: &str) {
         *self.shared.fixed.lock().unwrap() = Some(body.to_owned());
+    }
+
+    /// Answers the requests whose path starts with `prefix` with `body` (200) from now on,
+    /// before any other rule; a later call for the same prefix replaces the body.
+    pub fn answer_path(&self, prefix: &str, body: &str) {
+        let mut routes = self.shared.routes.lock().unwrap();
+        routes.retain(|(p, _)| p != prefix);
+        routes.push((prefix.to_owned(), body.to_owned()));
     }
 
     /// Answers the requests held by [`Mode::Hang`] and switches to [`Mode::Answer`].
@@ -261,7 +274,14 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut tls:
                 released.await;
             }
         }
-        let fixed = shared.fixed.lock().unwrap().clone();
+        let routed = shared
+            .routes
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(prefix, _)| received.path.starts_with(prefix.as_str()))
+            .map(|(_, body)| body.clone());
+        let fixed = routed.or_else(|| shared.fixed.lock().unwrap().clone());
         let (status, body) = match (mode, &fixed) {
             (Mode::Unavailable, _) => (503, r#"{"errcode":"M_UNKNOWN","error":"down"}"#),
             (_, Some(body)) => (200, body.as_str()),

@@ -1,4 +1,4 @@
-//! Gaps in the room graph: a peer (a fake server whose key the test holds, with eve joined to
+//! Gaps in the room graph and state answers that lie: a peer (a fake server whose key the test holds, with eve joined to
 //! alice's room on a real Hearth through `make_join`/`send_join`) sends an event on top of a
 //! deep chain of events Hearth never saw. Hearth asks once for the missing events
 //! (`get_missing_events`), then for the state before the oldest it got (`/state_ids`): the
@@ -314,4 +314,146 @@ fn a_state_answer_its_auth_chain_does_not_support_is_refused() {
     let results = gap.send("honest-state", vec![third]);
     assert!(results[&third_id].get("error").is_none(), "{results}");
     assert!(gap.bodies().contains(&"after an honest state".to_owned()));
+}
+
+/// A room of the fake server (version 11): its create event, the owner's join, power levels
+/// giving the owner 100, a public join rule, mallory's join, and a power-levels event mallory
+/// forged (her power 0 cannot change them) that gives her 100. Returns the room id and the
+/// events by name.
+fn fake_room(gap: &Gap) -> (String, std::collections::HashMap<&'static str, (String, Value)>) {
+    let room_id = format!("!fake:{}", gap.peer.name);
+    let owner = format!("@owner:{}", gap.peer.name);
+    let mallory = format!("@mallory:{}", gap.peer.name);
+    let sign = |object: Value| {
+        let mut object: CanonicalJsonObject = serde_json::from_value(object).unwrap();
+        let rules = RoomVersionId::V11.rules().unwrap();
+        ruma::signatures::hash_and_sign_event(&gap.peer.name, &gap.key.keypair, &mut object, &rules.redaction).unwrap();
+        let hash = ruma::signatures::reference_hash(&object, &rules).unwrap();
+        (format!("${hash}"), serde_json::to_value(&object).unwrap())
+    };
+    let event = |kind: &str, sender: &str, key: &str, content: Value, auth: &[&str], prev: &str, depth: u64| {
+        sign(json!({
+            "type": kind, "state_key": key, "sender": sender, "room_id": room_id, "content": content,
+            "auth_events": auth, "prev_events": if prev.is_empty() { vec![] } else { vec![prev] },
+            "depth": depth, "origin_server_ts": 1_700_000_000_000u64 + depth,
+        }))
+    };
+    let mut events = std::collections::HashMap::new();
+    let create = event("m.room.create", &owner, "", json!({"room_version": "11"}), &[], "", 1);
+    let c = create.0.clone();
+    let member = event(
+        "m.room.member",
+        &owner,
+        &owner,
+        json!({"membership": "join"}),
+        &[&c],
+        &c,
+        2,
+    );
+    let m = member.0.clone();
+    let power = event(
+        "m.room.power_levels",
+        &owner,
+        "",
+        json!({"users": {owner.clone(): 100}}),
+        &[&c, &m],
+        &m,
+        3,
+    );
+    let p = power.0.clone();
+    let rule = event(
+        "m.room.join_rules",
+        &owner,
+        "",
+        json!({"join_rule": "public"}),
+        &[&c, &m, &p],
+        &p,
+        4,
+    );
+    let j = rule.0.clone();
+    let joined = event(
+        "m.room.member",
+        &mallory,
+        &mallory,
+        json!({"membership": "join"}),
+        &[&c, &j, &p],
+        &j,
+        5,
+    );
+    let mm = joined.0.clone();
+    let forged = event(
+        "m.room.power_levels",
+        &mallory,
+        "",
+        json!({"users": {owner.clone(): 100, mallory.clone(): 100}}),
+        &[&c, &p, &mm],
+        &mm,
+        6,
+    );
+    for (name, e) in [
+        ("create", create),
+        ("owner", member),
+        ("power", power),
+        ("rule", rule),
+        ("mallory", joined),
+        ("forged", forged),
+    ] {
+        events.insert(name, e);
+    }
+    (room_id, events)
+}
+
+/// A server that answers `send_join` with a state holding an event its own auth events do not
+/// allow (mallory's forged power levels) gets no room: the join fails, and nothing of its
+/// state is taken. The same server answering honestly lets the user in with the real power
+/// levels.
+#[test]
+fn a_join_answer_with_a_forged_state_event_is_refused() {
+    let gap = gap_scene("127.0.0.105", "127.0.0.106");
+    let (room_id, events) = fake_room(&gap);
+    let id = |name: &str| events[name].0.clone();
+    let pdu = |name: &str| events[name].1.clone();
+    let alice = format!("@alice:{}", gap.a.server_name);
+    let template = json!({
+        "room_version": "11",
+        "event": {
+            "type": "m.room.member", "state_key": alice, "sender": alice, "room_id": room_id,
+            "content": {"membership": "join"}, "prev_events": [id("forged")],
+            "auth_events": [id("create"), id("rule"), id("power")], "depth": 7,
+            "origin_server_ts": 1_700_000_000_100u64, "origin": gap.a.server_name,
+        },
+    });
+    gap.peer
+        .answer_path("/_matrix/federation/v1/make_join/", &template.to_string());
+    let chain: Vec<Value> = ["create", "owner", "power", "rule", "mallory"]
+        .iter()
+        .map(|n| pdu(n))
+        .collect();
+    let answer = |power: &str| {
+        let state: Vec<Value> = ["create", "owner", power, "rule", "mallory"]
+            .iter()
+            .map(|n| pdu(n))
+            .collect();
+        json!({
+            "origin": gap.peer.name, "members_omitted": false, "servers_in_room": [gap.peer.name],
+            "state": state, "auth_chain": chain,
+        })
+        .to_string()
+    };
+    gap.peer
+        .answer_path("/_matrix/federation/v2/send_join/", &answer("forged"));
+    let join = format!("/_matrix/client/v3/join/{room_id}?via={}", gap.peer.name);
+    let refused = gap.alice.post(&join, json!({}));
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert!(refused.text.contains(&id("forged")), "{}", refused.text);
+    let rooms = gap.alice.get("/_matrix/client/v3/joined_rooms");
+    assert!(!rooms.ok()["joined_rooms"].as_array().unwrap().contains(&json!(room_id)));
+
+    gap.peer
+        .answer_path("/_matrix/federation/v2/send_join/", &answer("power"));
+    gap.alice.post(&join, json!({})).ok();
+    let power = gap.alice.get(&format!(
+        "/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels/"
+    ));
+    assert_eq!(power.ok()["users"], json!({format!("@owner:{}", gap.peer.name): 100}));
 }

@@ -120,6 +120,10 @@ pub const SHORTEVENTID_OUTCOME: &str = "shorteventid_outcome";
 /// user id SEP room id → postcard `RemoteInvite` (the invite event's canonical JSON and the
 /// stripped state the inviting server sent): invites to rooms this server does not have.
 pub const USERROOM_REMOTEINVITE: &str = "userroom_remoteinvite";
+/// user id SEP room id → postcard `RemoteKnock` (the knock event's canonical JSON, the
+/// `knock_room_state` the resident server answered, the server knocked through and the room
+/// version): our users' knocks on rooms this server does not have.
+pub const USERROOM_REMOTEKNOCK: &str = "userroom_remoteknock";
 /// server name SEP key id (`ed25519:abc`) → postcard `VerifyKeyRecord` (public key, valid
 /// until, expired at): the signing keys of other servers, and ours retired by rotation.
 pub const SERVERKEYID_VERIFYKEY: &str = "serverkeyid_verifykey";
@@ -238,6 +242,7 @@ pub const TABLES: &[TableDef] = &[
     small(OPENIDTOKEN_USER),
     small(SHORTEVENTID_OUTCOME),
     small(USERROOM_REMOTEINVITE),
+    small(USERROOM_REMOTEKNOCK),
     small(SERVERKEYID_VERIFYKEY),
     small(SERVER_KEYANSWER),
     small(MEDIAID_MEDIA),

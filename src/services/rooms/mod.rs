@@ -37,7 +37,7 @@ mod power;
 mod redaction;
 pub mod relations;
 pub mod remote;
-mod remote_invites;
+pub mod remote_invites;
 mod search_hooks;
 mod state;
 mod sync_hooks;

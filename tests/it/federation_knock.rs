@@ -278,3 +278,55 @@ fn pending_invites_from_one_server_are_bounded_and_a_rescinded_one_is_cleared() 
         .ok();
     assert_eq!(membership_of(&alice, &rooms[2], &bob_id).as_deref(), Some("join"));
 }
+
+/// A server that says the room's version is one of ours it cannot serve, or one we do not
+/// support, or that answers `make_knock` with a template for another event: the client gets
+/// the spec's room-version errors or 403, and nothing is signed and sent with `send_knock`.
+#[test]
+fn room_version_errors_and_lying_knock_templates() {
+    use crate::support::fake_server::FakeServer;
+    let ca = TestCa::new();
+    let mut b = federated_server(&ca, "127.0.0.179", &[]);
+    b.launch();
+    let bob = b.user("bob", "secret-password");
+    let bob_id = format!("@bob:{}", b.server_name);
+    let remote = FakeServer::start(&ca, "127.0.0.180");
+    let room_id = format!("!door:{}", remote.name);
+    let knock = || bob.post(&format!("/_matrix/client/v3/knock/{room_id}"), json!({}));
+
+    remote.answer_status_with(
+        400,
+        r#"{"errcode":"M_INCOMPATIBLE_ROOM_VERSION","error":"no","room_version":"org.example.future"}"#,
+    );
+    let answer = knock();
+    answer.expect_err(400, "M_INCOMPATIBLE_ROOM_VERSION");
+    assert_eq!(answer.body["room_version"], "org.example.future");
+
+    let template = |version: &str, sender: &str, membership: &str| {
+        json!({
+            "room_version": version,
+            "event": {
+                "type": "m.room.member", "room_id": room_id, "sender": sender, "state_key": sender,
+                "content": {"membership": membership}, "prev_events": [], "auth_events": [], "depth": 5,
+                "origin_server_ts": 1, "origin": remote.name,
+            },
+        })
+        .to_string()
+    };
+    remote.answer_with(&template("org.example.future", &bob_id, "knock"));
+    knock().expect_err(400, "M_UNSUPPORTED_ROOM_VERSION");
+
+    let other = format!("@other:{}", remote.name);
+    for (sender, membership) in [(bob_id.as_str(), "join"), (other.as_str(), "knock")] {
+        remote.answer_with(&template("11", sender, membership));
+        let answer = knock();
+        assert_eq!(answer.status, 403, "{membership} of {sender}: {}", answer.text);
+    }
+    assert!(
+        remote.received().iter().all(|r| !r.path.contains("send_knock")),
+        "{:?}",
+        remote.received()
+    );
+    let body = sync(&bob);
+    assert!(body["rooms"]["knock"].get(&room_id).is_none(), "{body}");
+}

@@ -66,8 +66,8 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     release: Notify,
-    /// A body every request is answered with (200) instead of `{"pdus":{}}`.
-    fixed: Mutex<Option<String>>,
+    /// A status and body every request is answered with instead of 200 `{"pdus":{}}`.
+    fixed: Mutex<Option<(u16, String)>>,
 }
 
 /// The server; stops when dropped (drop it outside any runtime).
@@ -172,7 +172,12 @@ impl FakeServer {
 
     /// Answers every request with `body` (200) from now on: a peer that lies.
     pub fn answer_with(&self, body: &str) {
-        *self.shared.fixed.lock().unwrap() = Some(body.to_owned());
+        self.answer_status_with(200, body);
+    }
+
+    /// Answers every request with `status` and `body` from now on.
+    pub fn answer_status_with(&self, status: u16, body: &str) {
+        *self.shared.fixed.lock().unwrap() = Some((status, body.to_owned()));
     }
 
     /// Answers the requests held by [`Mode::Hang`] and switches to [`Mode::Answer`].
@@ -264,7 +269,7 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut tls:
         let fixed = shared.fixed.lock().unwrap().clone();
         let (status, body) = match (mode, &fixed) {
             (Mode::Unavailable, _) => (503, r#"{"errcode":"M_UNKNOWN","error":"down"}"#),
-            (_, Some(body)) => (200, body.as_str()),
+            (_, Some((status, body))) => (*status, body.as_str()),
             _ => (200, r#"{"pdus":{}}"#),
         };
         received.status = status;

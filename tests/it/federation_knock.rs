@@ -184,6 +184,19 @@ fn a_knock_is_withdrawn_through_the_room_server_or_refused_by_it() {
     carol
         .post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({}))
         .expect_err(403, "M_FORBIDDEN");
+
+    // Dave knocks, then deactivates his account: the knock is withdrawn on the room's server.
+    let dave = b.user("dave", "secret-password");
+    let dave_id = format!("@dave:{b_name}");
+    dave.post(&format!("/_matrix/client/v3/knock/{room_id}?via={a_name}"), json!({}))
+        .ok();
+    assert_eq!(membership_of(&alice, &room_id, &dave_id).as_deref(), Some("knock"));
+    let first = dave.uia_start("POST", "/_matrix/client/v3/account/deactivate", json!({}));
+    let session = first["session"].as_str().unwrap().to_owned();
+    let auth = dave.password_auth("secret-password", Some(&session));
+    dave.post("/_matrix/client/v3/account/deactivate", json!({"auth": auth}))
+        .ok();
+    assert_eq!(membership_of(&alice, &room_id, &dave_id).as_deref(), Some("leave"));
 }
 
 #[test]

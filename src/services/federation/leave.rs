@@ -250,8 +250,16 @@ impl Federation {
             return None;
         }
         let checked = self.check_pdu(&version, raw).await.ok()?;
+        // Event ids, or `[id, hashes]` pairs in room versions 1 and 2.
+        let names_ours = |entry: &CanonicalJsonValue| match entry {
+            CanonicalJsonValue::String(id) => *id == ours.as_str(),
+            CanonicalJsonValue::Array(pair) => {
+                matches!(pair.first(), Some(CanonicalJsonValue::String(id)) if *id == ours.as_str())
+            }
+            _ => false,
+        };
         let builds_on_ours = matches!(checked.object.get("auth_events"), Some(CanonicalJsonValue::Array(ids))
-            if ids.iter().any(|id| matches!(id, CanonicalJsonValue::String(id) if *id == ours.as_str())));
+            if ids.iter().any(names_ours));
         if checked.room_id != room_id || !builds_on_ours {
             return None;
         }

@@ -78,6 +78,7 @@ impl Rooms {
         stripped: Vec<u8>,
         limits: RemoteInviteLimits,
     ) -> Result<()> {
+        let _counting = self.remote_invite_writes.lock().await;
         let mut stale = Vec::new();
         let (mut total, mut from_inviter) = (0usize, 0usize);
         for (room, invite) in self.memberships.remote_invites_of(user_id.as_str())? {

@@ -343,3 +343,55 @@ fn room_version_errors_and_lying_knock_templates() {
     let body = sync(&bob);
     assert!(body["rooms"]["knock"].get(&room_id).is_none(), "{body}");
 }
+
+/// Synapse's rule for a leave reaching a server not in the room: only the inviter rescinds an
+/// invite (we cannot check a moderator's power without the room's state). A leave by another
+/// moderator is ignored; the inviter's, sent after it on the same queue, is applied, so once
+/// that one is seen the other has been decided.
+#[test]
+fn only_the_inviter_rescinds_an_invite_to_a_room_this_server_lacks() {
+    let ca = TestCa::new();
+    let (a, b, alice, bob) = pair(&ca, "127.0.0.182", "127.0.0.183", &[]);
+    let carol = a.user("carol", "secret-password");
+    let (carol_id, bob_id) = (format!("@carol:{}", a.server_name), format!("@bob:{}", b.server_name));
+    let moderated = alice.post(
+        "/_matrix/client/v3/createRoom",
+        json!({
+            "preset": "private_chat",
+            "invite": [carol_id],
+            "power_level_content_override": {"users": {carol_id.clone(): 100}},
+        }),
+    );
+    let moderated = moderated.ok()["room_id"].as_str().unwrap().to_owned();
+    carol
+        .post(&format!("/_matrix/client/v3/join/{moderated}"), json!({}))
+        .ok();
+    let other = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "private_chat"}));
+    let other = other.ok()["room_id"].as_str().unwrap().to_owned();
+    for room_id in [&moderated, &other] {
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+                json!({"user_id": bob_id}),
+            )
+            .ok();
+    }
+    // Carol (not the inviter) kicks the invite: fine on A, ignored on B.
+    carol
+        .post(
+            &format!("/_matrix/client/v3/rooms/{moderated}/kick"),
+            json!({"user_id": bob_id}),
+        )
+        .ok();
+    assert_eq!(membership_of(&alice, &moderated, &bob_id).as_deref(), Some("leave"));
+    // Alice rescinds the other one, after Carol's kick in A's queue to B.
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{other}/kick"),
+            json!({"user_id": bob_id}),
+        )
+        .ok();
+    assert!(eventually(|| sync(&bob)["rooms"]["invite"].get(&other).is_none()));
+    let body = sync(&bob);
+    assert!(body["rooms"]["invite"].get(&moderated).is_some(), "{body}");
+}

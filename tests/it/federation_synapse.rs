@@ -1052,4 +1052,33 @@ fn a_hearth_user_knocks_on_a_synapse_room_and_is_let_in() {
     assert!(eventually(
         || bodies(&alice, &room_id).contains(&"welcome in".to_owned())
     ));
+
+    // A Hearth user knocks on a second room, where our server is not, and withdraws through
+    // Synapse's make_leave/send_leave.
+    let room = bob.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "private_chat", "room_version": "10", "initial_state": [
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+        ]}),
+    );
+    let second = room.ok()["room_id"].as_str().unwrap().to_owned();
+    let carol = hearth.user("carol", "secret-password");
+    let carol_id = format!("@carol:{}", hearth.server_name);
+    carol
+        .post(
+            &format!("/_matrix/client/v3/knock/{second}?via={}", synapse.server_name),
+            json!({}),
+        )
+        .ok();
+    assert!(eventually(
+        || membership_of(&bob, &second, &carol_id).as_deref() == Some("knock")
+    ));
+    carol
+        .post(&format!("/_matrix/client/v3/rooms/{second}/leave"), json!({}))
+        .ok();
+    assert!(eventually(
+        || membership_of(&bob, &second, &carol_id).as_deref() == Some("leave")
+    ));
+    let sync = carol.get("/_matrix/client/v3/sync?timeout=0");
+    assert!(sync.ok()["rooms"]["knock"].get(&second).is_none(), "{}", sync.ok());
 }

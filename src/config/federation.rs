@@ -13,7 +13,7 @@ use super::{ConfigError, key_error};
 use crate::services::media::fetch::read_pem_certificates;
 
 /// The `[federation]` section, validated.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FederationConfig {
     /// Federation on or off. Off: nothing leaves the machine and the federation endpoints answer
     /// 404 `M_UNRECOGNIZED`.
@@ -33,6 +33,25 @@ pub struct FederationConfig {
     /// Servers asked for other servers' keys (`/_matrix/key/v2/query`) before the servers
     /// themselves. Empty: keys are fetched from each server directly.
     pub trusted_key_servers: Vec<String>,
+    /// Pending invites to rooms this server does not have that one local user may hold from
+    /// users of one other server; further ones are refused with 403.
+    pub max_remote_invites_per_server: usize,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            enabled: false,
+            listen: None,
+            extra_roots: Vec::new(),
+            allow_private_destinations: false,
+            allowed_servers: Vec::new(),
+            denied_servers: Vec::new(),
+            dns_server: None,
+            trusted_key_servers: Vec::new(),
+            max_remote_invites_per_server: DEFAULT_MAX_REMOTE_INVITES_PER_SERVER,
+        }
+    }
 }
 
 /// Where the TLS listener binds and what it presents.
@@ -59,7 +78,11 @@ pub(super) struct RawFederation {
     denied_servers: Vec<String>,
     dns_server: Option<String>,
     trusted_key_servers: Vec<String>,
+    max_remote_invites_per_server: Option<usize>,
 }
+
+/// `federation.max_remote_invites_per_server` when not set.
+const DEFAULT_MAX_REMOTE_INVITES_PER_SERVER: usize = 100;
 
 fn check_pattern(key: &str, pattern: &str) -> Result<(), ConfigError> {
     let valid = !pattern.is_empty()
@@ -136,6 +159,15 @@ impl RawFederation {
                     .map_err(|_| key_error("federation.dns_server", format!("\"{text}\" is not an address:port")))?,
             ),
         };
+        let max_remote_invites_per_server = self
+            .max_remote_invites_per_server
+            .unwrap_or(DEFAULT_MAX_REMOTE_INVITES_PER_SERVER);
+        if max_remote_invites_per_server == 0 {
+            return Err(key_error(
+                "federation.max_remote_invites_per_server",
+                "must be at least 1",
+            ));
+        }
         Ok(FederationConfig {
             enabled: self.enabled,
             listen,
@@ -145,6 +177,7 @@ impl RawFederation {
             denied_servers: self.denied_servers,
             dns_server,
             trusted_key_servers: self.trusted_key_servers,
+            max_remote_invites_per_server,
         })
     }
 }

@@ -238,6 +238,25 @@ impl Services {
             if !matches!(member.membership.as_str(), "join" | "invite" | "knock") {
                 continue;
             }
+            // An invite to or knock on a room this server does not have: ended through the
+            // server it came from or went through (here only if that server cannot be reached).
+            let remote = match self.rooms.remote_invite(room_id, user_id)? {
+                Some((invite, _)) => Some(invite.sender.server_name().to_owned()),
+                None => self.rooms.remote_knock(room_id, user_id)?.map(|knock| knock.via),
+            };
+            if let Some(server) = remote
+                && !self.federation.resident(&self.rooms, room_id)?
+            {
+                if self.federation.enabled
+                    && let Err(e) = self.federation.leave_remote(user_id, room_id, &server).await
+                {
+                    tracing::info!(%user_id, %room_id, error = %e, "remote invite or knock ended here only");
+                }
+                if let Err(e) = self.rooms.drop_remote_invite(room_id, user_id).await {
+                    tracing::warn!(%user_id, %room_id, error = %e, "deactivated user's remote membership stays");
+                }
+                continue;
+            }
             // One room refusing (say, a broken room) must not keep the user in the others.
             if let Err(e) = self
                 .rooms

@@ -124,6 +124,10 @@ pub const SHORTEVENTID_UNSENT: &str = "shorteventid_unsent";
 /// user id SEP room id → postcard `RemoteInvite` (the invite event's canonical JSON and the
 /// stripped state the inviting server sent): invites to rooms this server does not have.
 pub const USERROOM_REMOTEINVITE: &str = "userroom_remoteinvite";
+/// user id SEP room id → postcard `RemoteKnock` (the knock event's canonical JSON, the
+/// `knock_room_state` the resident server answered, the server knocked through and the room
+/// version): our users' knocks on rooms this server does not have.
+pub const USERROOM_REMOTEKNOCK: &str = "userroom_remoteknock";
 /// server name SEP key id (`ed25519:abc`) → postcard `VerifyKeyRecord` (public key, valid
 /// until, expired at): the signing keys of other servers, and ours retired by rotation.
 pub const SERVERKEYID_VERIFYKEY: &str = "serverkeyid_verifykey";
@@ -243,6 +247,7 @@ pub const TABLES: &[TableDef] = &[
     small(SHORTEVENTID_OUTCOME),
     small(SHORTEVENTID_UNSENT),
     small(USERROOM_REMOTEINVITE),
+    small(USERROOM_REMOTEKNOCK),
     small(SERVERKEYID_VERIFYKEY),
     small(SERVER_KEYANSWER),
     small(MEDIAID_MEDIA),

@@ -991,3 +991,94 @@ fn a_synapse_user_knocks_on_a_hearth_room_and_is_let_in() {
         || membership_of(&alice, &room_id, &bob_id).as_deref() == Some("join")
     ));
 }
+
+#[test]
+fn a_hearth_user_knocks_on_a_synapse_room_and_is_let_in() {
+    let Some((_ca, hearth, synapse)) = servers("127.0.0.181") else {
+        return;
+    };
+    let alice = hearth.user("alice", "secret-password");
+    let bob = synapse.user("bob", "secret-password");
+    let alice_id = format!("@alice:{}", hearth.server_name);
+    let room = bob.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "private_chat", "room_version": "11", "name": "Synapse door",
+            "room_alias_name": "door", "initial_state": [
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+        ]}),
+    );
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+
+    // By alias: Synapse resolves it and answers make_knock/send_knock.
+    let knocked = alice.post(
+        &format!("/_matrix/client/v3/knock/%23door:{}", synapse.server_name),
+        json!({"reason": "let me in"}),
+    );
+    assert_eq!(knocked.ok()["room_id"], room_id.as_str(), "{}", knocked.text);
+    let sync = alice.get("/_matrix/client/v3/sync?timeout=0");
+    let state = sync.ok()["rooms"]["knock"][&room_id]["knock_state"]["events"].clone();
+    assert!(
+        state
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["content"]["name"] == "Synapse door")),
+        "{}",
+        sync.ok()
+    );
+
+    // Synapse shows the knock; bob lets alice in; the invite reaches Hearth and she joins.
+    assert!(eventually(
+        || membership_of(&bob, &room_id, &alice_id).as_deref() == Some("knock")
+    ));
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{room_id}/invite"),
+        json!({"user_id": alice_id}),
+    )
+    .ok();
+    assert!(eventually(|| {
+        let sync = alice.get("/_matrix/client/v3/sync?timeout=0");
+        sync.status == 200 && sync.body["rooms"]["invite"].get(&room_id).is_some()
+    }));
+    alice
+        .post(&format!("/_matrix/client/v3/join/{room_id}"), json!({}))
+        .ok();
+    assert!(eventually(
+        || membership_of(&bob, &room_id, &alice_id).as_deref() == Some("join")
+    ));
+    send_text(&alice, &room_id, "k1", "hello from the knocker");
+    assert!(eventually(
+        || bodies(&bob, &room_id).contains(&"hello from the knocker".to_owned())
+    ));
+    send_text(&bob, &room_id, "k2", "welcome in");
+    assert!(eventually(
+        || bodies(&alice, &room_id).contains(&"welcome in".to_owned())
+    ));
+
+    // A Hearth user knocks on a second room, where our server is not, and withdraws through
+    // Synapse's make_leave/send_leave.
+    let room = bob.post(
+        "/_matrix/client/v3/createRoom",
+        json!({"preset": "private_chat", "room_version": "10", "initial_state": [
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}
+        ]}),
+    );
+    let second = room.ok()["room_id"].as_str().unwrap().to_owned();
+    let carol = hearth.user("carol", "secret-password");
+    let carol_id = format!("@carol:{}", hearth.server_name);
+    carol
+        .post(
+            &format!("/_matrix/client/v3/knock/{second}?via={}", synapse.server_name),
+            json!({}),
+        )
+        .ok();
+    assert!(eventually(
+        || membership_of(&bob, &second, &carol_id).as_deref() == Some("knock")
+    ));
+    carol
+        .post(&format!("/_matrix/client/v3/rooms/{second}/leave"), json!({}))
+        .ok();
+    assert!(eventually(
+        || membership_of(&bob, &second, &carol_id).as_deref() == Some("leave")
+    ));
+    let sync = carol.get("/_matrix/client/v3/sync?timeout=0");
+    assert!(sync.ok()["rooms"]["knock"].get(&second).is_none(), "{}", sync.ok());
+}

@@ -25,6 +25,9 @@ mod federation;
 mod federation_gaps;
 /// A hostile federation peer: forged, unauthorised, oversized and replayed transactions.
 mod federation_hostile;
+/// Knocks over federation both ways (knock, accept, withdraw, refuse) and the bound on remote
+/// invites, between Hearth servers on loopback.
+mod federation_knock;
 /// Federation reads served to other servers: events, state, backfill, visibility, directory.
 mod federation_read;
 /// Federation server discovery and the outbound HTTPS transport, as a library against a DNS

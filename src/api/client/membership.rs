@@ -77,10 +77,12 @@ async fn join(ctx: &Ctx, room_id: &RoomId, via: &[ruma::OwnedServerName], reason
             if let Some(reason) = reason {
                 content.insert("reason".into(), ruma::CanonicalJsonValue::String(reason.to_owned()));
             }
-            return services
+            services
                 .federation
                 .join_remote(&services.rooms, user_id, room_id, &servers, content)
-                .await;
+                .await?;
+            // An invite or knock that led here is over.
+            return services.rooms.clear_remote_records(room_id, user_id).await;
         }
     }
     services.rooms.join(room_id, user_id, reason, &profile).await?;
@@ -88,13 +90,51 @@ async fn join(ctx: &Ctx, room_id: &RoomId, via: &[ruma::OwnedServerName], reason
 }
 
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}` (local aliases are resolved through the
-/// directory)
+/// directory, remote ones over federation). A room none of our users is in is knocked on
+/// through another server (`via`, the alias's servers, then the servers that had members
+/// joined when we last knew the room), as a join would be.
 pub async fn knock_room(ctx: Ctx, req: knock_room::v3::Request) -> Result<knock_room::v3::Response> {
-    let room_id = ctx.services.directory.resolve_room(&req.room_id_or_alias)?;
+    let services = &ctx.services;
+    let mut via = req.via.clone();
+    let room_id = match <&ruma::RoomAliasId>::try_from(&*req.room_id_or_alias) {
+        Ok(alias) if alias.server_name() != services.config.server_name && services.federation.enabled => {
+            let (room_id, servers) = services.federation.remote_alias(alias).await?;
+            via.extend(servers);
+            room_id
+        }
+        _ => services.directory.resolve_room(&req.room_id_or_alias)?,
+    };
     let profile = member_profile(&ctx)?;
-    ctx.services
+    let user_id = ctx.user_id()?;
+    if services.federation.enabled {
+        let known = services.rooms.room_version(&room_id)?.is_some();
+        let resident = known && services.federation.resident(&services.rooms, &room_id)?;
+        let mut servers = Vec::new();
+        let former = if known && !resident {
+            services.rooms.members(&room_id)?.joined_servers().to_vec()
+        } else {
+            Vec::new()
+        };
+        for server in via.iter().chain(&former) {
+            if !servers.contains(server) && server != services.federation.server_name() {
+                servers.push(server.clone());
+            }
+        }
+        if !known || (!resident && !servers.is_empty()) {
+            let mut content = profile.content();
+            if let Some(reason) = &req.reason {
+                content.insert("reason".into(), ruma::CanonicalJsonValue::String(reason.clone()));
+            }
+            services
+                .federation
+                .knock_remote(&services.rooms, user_id, &room_id, &servers, content)
+                .await?;
+            return Ok(knock_room::v3::Response::new(room_id));
+        }
+    }
+    services
         .rooms
-        .knock(&room_id, ctx.user_id()?, req.reason.as_deref(), &profile)
+        .knock(&room_id, user_id, req.reason.as_deref(), &profile)
         .await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
@@ -163,6 +203,22 @@ pub async fn leave_room(ctx: Ctx, req: leave_room::v3::Request) -> Result<leave_
             .await
         {
             tracing::info!(room_id = %req.room_id, error = %e, "invite declined here only");
+        }
+        rooms.drop_remote_invite(&req.room_id, user_id).await?;
+        return Ok(leave_room::v3::Response::new());
+    }
+    // Withdrawing a knock on a room none of our users is in: told to the server the knock went
+    // through; if it cannot be reached, withdrawn here only (as a declined invite).
+    if let Some(knock) = rooms.remote_knock(&req.room_id, user_id)?
+        && !ctx.services.federation.resident(rooms, &req.room_id)?
+    {
+        if let Err(e) = ctx
+            .services
+            .federation
+            .leave_remote(user_id, &req.room_id, &knock.via)
+            .await
+        {
+            tracing::info!(room_id = %req.room_id, error = %e, "knock withdrawn here only");
         }
         rooms.drop_remote_invite(&req.room_id, user_id).await?;
         return Ok(leave_room::v3::Response::new());

@@ -3,7 +3,8 @@
 //! the first answer; the last 10,000 answers are remembered, and past that an event already
 //! stored is answered as such).
 //!
-//! Each PDU, in order: its room must be one this server has (else an error for that PDU);
+//! Each PDU, in order: its room must be one this server has (else an error for that PDU, but
+//! for the leave that rescinds a remote invite or refuses a remote knock: `leave.rs`);
 //! its signatures and hashes are checked (`pdu.rs`); its missing auth events are fetched from
 //! the origin with `/event` (at most 10 per PDU, their own auth events one level deeper at
 //! most) and stored as outliers; its missing prev events are asked for once with
@@ -117,7 +118,13 @@ impl Federation {
         };
         let version = match rooms.room_version(&room_id) {
             Ok(Some(version)) => version,
-            _ => return (None, Err(format!("this server is not in {room_id}"))),
+            _ => {
+                // A room we only know through an invite or a knock: its end may still reach us.
+                if let Some(event_id) = self.receive_out_of_band_leave(rooms, origin, &room_id, raw).await {
+                    return (Some(event_id), Ok(()));
+                }
+                return (None, Err(format!("this server is not in {room_id}")));
+            }
         };
         let checked = match self.check_pdu(&version, raw).await {
             Ok(checked) => checked,

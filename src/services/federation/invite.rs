@@ -19,9 +19,16 @@ use serde_json::value::RawValue;
 use super::Federation;
 use crate::{
     Error, Result,
-    services::{Services, events, rooms::Rooms},
+    services::{
+        Services, events,
+        rooms::{Rooms, remote_invites::RemoteInviteLimits},
+    },
 };
 
+/// Pending remote invites one user may have, from all servers together (the per-server bound
+/// is `federation.max_remote_invites_per_server`; see `RemoteInviteLimits` for why further ones
+/// are refused).
+const MAX_REMOTE_INVITES: usize = 1_000;
 /// Stripped state events kept with an invite, and the size of each.
 const MAX_STRIPPED: usize = 50;
 const MAX_STRIPPED_BYTES: usize = 65_536;
@@ -59,6 +66,13 @@ fn stripped(entry: &RawStrippedState) -> Option<serde_json::Value> {
     Some(serde_json::json!({
         "type": kind, "state_key": state_key, "sender": sender, "content": value.get("content")?,
     }))
+}
+
+/// The stripped state sent with an invite or a knock's answer, in the client-facing form, as
+/// one JSON array (at most `MAX_STRIPPED` entries, each at most `MAX_STRIPPED_BYTES`).
+pub(super) fn stripped_list(entries: &[RawStrippedState]) -> Result<Vec<u8>> {
+    let state: Vec<serde_json::Value> = entries.iter().filter_map(stripped).take(MAX_STRIPPED).collect();
+    serde_json::to_vec(&state).map_err(|e| Error::internal(e.to_string()))
 }
 
 fn to_raw(bytes: Vec<u8>) -> Result<Box<RawValue>> {
@@ -126,14 +140,14 @@ impl Federation {
                 .await
                 .map_err(|reason| Error::forbidden(format!("The invite is not allowed: {reason}")))?;
         } else {
-            let state: Vec<serde_json::Value> = invite_room_state
-                .iter()
-                .filter_map(stripped)
-                .take(MAX_STRIPPED)
-                .collect();
-            let state = serde_json::to_vec(&state).map_err(|e| Error::internal(e.to_string()))?;
+            let state = stripped_list(invite_room_state)?;
+            let federation = &services.config.federation;
+            let limits = RemoteInviteLimits {
+                per_server: federation.max_remote_invites_per_server,
+                total: MAX_REMOTE_INVITES,
+            };
             rooms
-                .store_remote_invite(room_id, &target, event_id, checked.bytes, state)
+                .store_remote_invite(room_id, &target, origin, event_id, checked.bytes, state, limits)
                 .await?;
         }
         Ok(raw)

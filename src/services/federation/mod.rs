@@ -226,9 +226,33 @@ fn parse_response<T: IncomingResponse>(server: &ServerName, response: &http::Res
         .body(response.body().as_slice())
         .map_err(|e| Error::internal(e.to_string()))?;
     use ruma::api::IncomingResponseExt;
-    T::try_from_http_response(borrowed).map_err(|e| match response.status() {
-        StatusCode::NOT_FOUND => Error::not_found(format!("Not found on {server}")),
-        StatusCode::FORBIDDEN => Error::forbidden(format!("{server} refused the request")),
-        status => remote_failed(server, format!("{status}: {e}")),
+    T::try_from_http_response(borrowed).map_err(|e| {
+        // The remote's own words, relayed where they are the answer to the client: its
+        // refusal, and a room version one side does not support.
+        let remote: serde_json::Value = serde_json::from_slice(response.body()).unwrap_or_default();
+        let (errcode, said) = (remote["errcode"].as_str(), remote["error"].as_str().unwrap_or_default());
+        match response.status() {
+            StatusCode::NOT_FOUND => Error::not_found(format!("Not found on {server}")),
+            StatusCode::FORBIDDEN if said.is_empty() => Error::forbidden(format!("{server} refused the request")),
+            StatusCode::FORBIDDEN => Error::forbidden(format!(
+                "{server} refused the request: {}",
+                said.chars().take(500).collect::<String>()
+            )),
+            StatusCode::BAD_REQUEST if errcode == Some("M_INCOMPATIBLE_ROOM_VERSION") => {
+                match remote["room_version"]
+                    .as_str()
+                    .and_then(|v| ruma::RoomVersionId::try_from(v).ok())
+                {
+                    Some(version) => membership::incompatible_room_version(&version),
+                    None => remote_failed(server, "400 M_INCOMPATIBLE_ROOM_VERSION without a room version"),
+                }
+            }
+            StatusCode::BAD_REQUEST if errcode == Some("M_UNSUPPORTED_ROOM_VERSION") => Error::new(
+                StatusCode::BAD_REQUEST,
+                ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+                format!("{server} does not support the room's version"),
+            ),
+            status => remote_failed(server, format!("{status}: {e}")),
+        }
     })
 }

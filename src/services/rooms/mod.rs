@@ -37,7 +37,7 @@ mod power;
 mod redaction;
 pub mod relations;
 pub mod remote;
-mod remote_invites;
+pub mod remote_invites;
 mod search_hooks;
 mod state;
 mod sync_hooks;
@@ -178,6 +178,9 @@ pub struct Rooms {
     /// Where this server's own events go once durable, when federation is on (see
     /// [`Rooms::forward_local_events`]).
     outbound: std::sync::OnceLock<tokio::sync::mpsc::Sender<Outbound>>,
+    /// Taken while a remote invite is counted against its bound and written, so concurrent
+    /// invites cannot both take the last place (see `remote_invites`).
+    remote_invite_writes: AsyncMutex<()>,
 }
 
 /// A durable event of this server for the other servers in its room.
@@ -253,6 +256,7 @@ impl Rooms {
             directory,
             user_directory,
             outbound: std::sync::OnceLock::new(),
+            remote_invite_writes: AsyncMutex::new(()),
         };
         rooms.index_relations()?;
         Ok(rooms)

@@ -170,11 +170,20 @@ pub fn build(
                 response.rooms.invite.insert(room_id, invited);
             }
             "knock" if changed => {
-                let Some(member) = ctx.member_event(&room_id)? else {
-                    continue;
-                };
                 let mut knocked = KnockedRoom::new();
-                knocked.knock_state.events = ctx.stripped(&room_id, &member)?;
+                match ctx.member_event(&room_id)? {
+                    Some(member) if member.content_str("membership").as_deref() == Some("knock") => {
+                        knocked.knock_state.events = ctx.stripped(&room_id, &member)?;
+                    }
+                    // A knock on a room this server is not in (over federation), with the
+                    // stripped state the room's server answered.
+                    _ => match ctx.services.rooms.remote_knock(&room_id, ctx.user_id)? {
+                        Some(knock) => {
+                            knocked.knock_state.events = remote_stripped_state(&knock.event, knock.stripped)?
+                        }
+                        None => continue,
+                    },
+                }
                 response.rooms.knock.insert(room_id, knocked);
             }
             "leave" | "ban" if (since.is_some() && changed) || (since.is_none() && filter.room.include_leave) => {

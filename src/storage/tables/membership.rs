@@ -3,13 +3,17 @@
 //! both holding the membership and the stream position of the `m.room.member` event that set
 //! it, and both kept in that event's batch; and `userroom_forgotten`, the rooms a user has
 //! forgotten, which their next membership clears; `userroom_remoteinvite`, invites to rooms
-//! this server does not have (the event and the stripped state the inviting server sent).
+//! this server does not have (the event and the stripped state the inviting server sent);
+//! `userroom_remoteknock`, our users' knocks on rooms this server does not have (the event, the
+//! stripped state the resident server answered, that server and the room version).
 
 use std::sync::Arc;
 
 use crate::storage::{
     Batch, Db, StorageResult, codec,
-    schema::{ROOMUSER_MEMBERSHIP, USERROOM_FORGOTTEN, USERROOM_MEMBERSHIP, USERROOM_REMOTEINVITE},
+    schema::{
+        ROOMUSER_MEMBERSHIP, USERROOM_FORGOTTEN, USERROOM_MEMBERSHIP, USERROOM_REMOTEINVITE, USERROOM_REMOTEKNOCK,
+    },
 };
 
 /// An invite to a room this server does not have.
@@ -21,6 +25,21 @@ pub struct RemoteInvite {
     pub event: Vec<u8>,
     /// The stripped state events the inviting server sent, as one JSON array.
     pub stripped: Vec<u8>,
+}
+
+/// A knock on a room this server does not have, sent through another server.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RemoteKnock {
+    /// The knock event's id.
+    pub event_id: String,
+    /// The knock event's canonical JSON (signed by us).
+    pub event: Vec<u8>,
+    /// The stripped state the resident server answered (`knock_room_state`), as one JSON array.
+    pub stripped: Vec<u8>,
+    /// The server the knock went through (a withdrawal goes there too).
+    pub via: String,
+    /// The room's version, as that server said.
+    pub room_version: String,
 }
 
 /// Typed access to the membership indexes.
@@ -111,6 +130,45 @@ impl MembershipTable {
             .transpose()
     }
 
+    /// Every remote invite row of a user (pending or not: the membership index says), with
+    /// its room id.
+    pub fn remote_invites_of(&self, user_id: &str) -> StorageResult<Vec<(String, RemoteInvite)>> {
+        let prefix = codec::prefix(&[user_id.as_bytes()]);
+        self.db
+            .scan_prefix(USERROOM_REMOTEINVITE, &prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let room = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                Ok((room, codec::decode(USERROOM_REMOTEINVITE, &v)?))
+            })
+            .collect()
+    }
+
+    /// Queues a remote knock (and drops it with `None`).
+    pub fn queue_remote_knock(
+        &self,
+        batch: &mut Batch,
+        user_id: &str,
+        room_id: &str,
+        knock: Option<&RemoteKnock>,
+    ) -> StorageResult<()> {
+        let key = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        match knock {
+            Some(knock) => batch.put(USERROOM_REMOTEKNOCK, &key, &codec::encode(USERROOM_REMOTEKNOCK, knock)?),
+            None => batch.delete(USERROOM_REMOTEKNOCK, &key),
+        }
+        Ok(())
+    }
+
+    /// A user's knock on a room this server does not have.
+    pub fn remote_knock(&self, user_id: &str, room_id: &str) -> StorageResult<Option<RemoteKnock>> {
+        let key = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
+        self.db
+            .get(USERROOM_REMOTEKNOCK, &key)?
+            .map(|bytes| codec::decode(USERROOM_REMOTEKNOCK, &bytes))
+            .transpose()
+    }
+
     /// One user's membership of one room (a point lookup).
     pub fn get(&self, user_id: &str, room_id: &str) -> StorageResult<Option<Membership>> {
         let key = codec::key(&[user_id.as_bytes(), room_id.as_bytes()]);
@@ -191,5 +249,43 @@ mod tests {
         assert_eq!(t.get("@b:x", "!r2").unwrap(), None);
         // An index written before positions reads as position 0.
         assert_eq!(Membership::decode(b"join"), m("join", 0));
+    }
+
+    #[test]
+    fn remote_invites_and_knocks_round_trip_and_list_per_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
+        let t = MembershipTable::new(Arc::clone(&db));
+        let invite = RemoteInvite {
+            event_id: "$i".into(),
+            event: b"{}".to_vec(),
+            stripped: b"[]".to_vec(),
+        };
+        let knock = RemoteKnock {
+            event_id: "$k".into(),
+            event: b"{\"a\":1}".to_vec(),
+            stripped: b"[]".to_vec(),
+            via: "b.example".into(),
+            room_version: "11".into(),
+        };
+        let mut batch = db.batch();
+        t.queue_remote_invite(&mut batch, "@a:x", "!r1", Some(&invite)).unwrap();
+        t.queue_remote_invite(&mut batch, "@a:x", "!r2", Some(&invite)).unwrap();
+        t.queue_remote_invite(&mut batch, "@ab:x", "!r3", Some(&invite))
+            .unwrap();
+        t.queue_remote_knock(&mut batch, "@a:x", "!r4", Some(&knock)).unwrap();
+        batch.commit_blocking().unwrap();
+        let rooms: Vec<String> = t
+            .remote_invites_of("@a:x")
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(rooms, ["!r1", "!r2"]);
+        assert_eq!(t.remote_knock("@a:x", "!r4").unwrap(), Some(knock));
+        let mut batch = db.batch();
+        t.queue_remote_knock(&mut batch, "@a:x", "!r4", None).unwrap();
+        batch.commit_blocking().unwrap();
+        assert_eq!(t.remote_knock("@a:x", "!r4").unwrap(), None);
     }
 }

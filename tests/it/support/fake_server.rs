@@ -67,8 +67,8 @@ struct Shared {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     release: Notify,
-    /// A body every request is answered with (200) instead of `{"pdus":{}}`.
-    fixed: Mutex<Option<String>>,
+    /// A status and body every request is answered with instead of 200 `{"pdus":{}}`.
+    fixed: Mutex<Option<(u16, String)>>,
     /// Bodies (200) for the requests whose path starts with a prefix: (prefix, body), the
     /// first match wins over `fixed`.
     routes: Mutex<Vec<(String, String)>>,
@@ -177,7 +177,12 @@ impl FakeServer {
 
     /// Answers every request with `body` (200) from now on: a peer that lies.
     pub fn answer_with(&self, body: &str) {
-        *self.shared.fixed.lock().unwrap() = Some(body.to_owned());
+        self.answer_status_with(200, body);
+    }
+
+    /// Answers every request with `status` and `body` from now on.
+    pub fn answer_status_with(&self, status: u16, body: &str) {
+        *self.shared.fixed.lock().unwrap() = Some((status, body.to_owned()));
     }
 
     /// Answers the requests whose path starts with `prefix` with `body` (200) from now on,
@@ -280,11 +285,11 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut tls:
             .unwrap()
             .iter()
             .find(|(prefix, _)| received.path.starts_with(prefix.as_str()))
-            .map(|(_, body)| body.clone());
+            .map(|(_, body)| (200, body.clone()));
         let fixed = routed.or_else(|| shared.fixed.lock().unwrap().clone());
         let (status, body) = match (mode, &fixed) {
             (Mode::Unavailable, _) => (503, r#"{"errcode":"M_UNKNOWN","error":"down"}"#),
-            (_, Some(body)) => (200, body.as_str()),
+            (_, Some((status, body))) => (*status, body.as_str()),
             _ => (200, r#"{"pdus":{}}"#),
         };
         received.status = status;

@@ -138,6 +138,16 @@ class _Process:
         except OSError:
             return ""
 
+    def log_problems(self, lines=40):
+        """The log's last `lines` warnings and errors (Hearth's WARN/ERROR, Synapse's
+        WARNING/ERROR lines)."""
+        marks = (" WARN ", " ERROR ", " - WARNING - ", " - ERROR - ")
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join([line for line in f if any(m in line for m in marks)][-lines:])
+        except OSError:
+            return ""
+
 
 class Hearth(_Process):
     """`hearth serve` named `ip:PORT` (see the module doc); `name`, `base` (client API)."""

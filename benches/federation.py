@@ -5,7 +5,7 @@ whose certificate a throwaway CA (openssl) issued (tests/clients/fed_pair.py sta
 1. `receive`, Hearth -> Hearth: a user of Hearth A sends MESSAGES messages (CONCURRENCY at a
    time) into a room a user of Hearth B joined; reports the events/s at which they became
    visible on B (from the first send to the last one seen by B's /sync), and at which A
-   accepted them.
+   accepted them, and the CPU seconds each server used meanwhile.
 2. `synapse_receive`, Synapse -> Hearth: the same with a Synapse (from the venv at
    $HEARTH_SYNAPSE_VENV, default ~/.cache/hearth-bench/synapse-venv; its rate limits out of
    reach) as the sender and a fresh Hearth C as the receiver: a Synapse user creates the room, a
@@ -55,6 +55,7 @@ def receive(part, sender, receiver, messages, extra=None):
         call(sender.base, "PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/b{n}",
              {"msgtype": "m.text", "body": f"m{n}"}, alice)
 
+    cpu_before = sender.cpu_s(), receiver.cpu_s()
     start = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
         list(pool.map(send, range(messages)))
@@ -70,6 +71,9 @@ def receive(part, sender, receiver, messages, extra=None):
         events = answer.get("rooms", {}).get("join", {}).get(room, {}).get("timeline", {}).get("events", [])
         if any(e.get("content", {}).get("body") == "last" for e in events):
             done = time.monotonic()
+    # CPU seconds each server spent from the first send until the receiver showed the last one
+    # (plus at most one 5 s long-poll of the receiver's /sync, which costs nothing).
+    sender_cpu, receiver_cpu = sender.cpu_s() - cpu_before[0], receiver.cpu_s() - cpu_before[1]
     seen, token = 0, None
     for _ in range(messages // 100 + 5):
         page = call(receiver.base, "GET", f"/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100"
@@ -78,12 +82,14 @@ def receive(part, sender, receiver, messages, extra=None):
         token = page.get("end")
         if not token or not page["chunk"]:
             break
-    sender_key = "sent_per_s_on_a" if part == "receive" else "sent_per_s_on_synapse"
+    sender_name = "a" if part == "receive" else "synapse"
+    sender_key = f"sent_per_s_on_{sender_name}"
     receiver_key = "b" if part == "receive" else "hearth"
     print(json.dumps({"part": part, "messages": messages + 1, f"seen_on_{receiver_key}": seen,
                       sender_key: round((messages + 1) / (sent - start), 1),
                       f"received_per_s_on_{receiver_key}": round((messages + 1) / (done - start), 1) if done else None,
                       f"{receiver_key}_lag_after_last_send_s": round(done - sent, 2) if done else None,
+                      f"{sender_name}_cpu_s": round(sender_cpu, 1), f"{receiver_key}_cpu_s": round(receiver_cpu, 1),
                       f"{receiver_key}_rss_kib": receiver.rss_kib(), **(extra or {})}), flush=True)
 
 

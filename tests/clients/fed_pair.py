@@ -131,6 +131,12 @@ class _Process:
                     return int(line.split()[1])
         return 0
 
+    def cpu_s(self):
+        """CPU seconds (user + system) the process used so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines=30):
         try:
             with open(self.log_path, errors="replace") as f:

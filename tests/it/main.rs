@@ -7,6 +7,8 @@ mod support;
 mod cli;
 /// Accounts: registration, login, tokens, password, deactivation (spec "Client authentication").
 mod client_account;
+/// What real client libraries need in served events (found by tests/clients/): `redacts`.
+mod client_compat;
 /// Devices, profiles and account data.
 mod client_devices_profile;
 /// Durability: SIGKILL and restart, simulated power loss (`support::powercut`), failing closed

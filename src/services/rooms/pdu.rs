@@ -168,13 +168,14 @@ impl Pdu {
             out.extend_from_slice(b"\":");
             serde_json::to_writer(&mut *out, value).map_err(fail)
         };
+        let (top_redacts, content) = self.redaction_for_clients()?;
         // Keys in sorted order, as a JSON object map would write them.
         out.extend_from_slice(b"{\"content\":");
-        out.extend_from_slice(self.content.get().as_bytes());
+        out.extend_from_slice(content.as_deref().unwrap_or(self.content.get()).as_bytes());
         field(&mut out, "event_id", self.event_id.as_str())?;
         out.extend_from_slice(format!(",\"origin_server_ts\":{}", u64::from(self.origin_server_ts.0)).as_bytes());
-        if let Some(redacts) = &self.redacts {
-            field(&mut out, "redacts", redacts.as_str())?;
+        if let Some(redacts) = &top_redacts {
+            field(&mut out, "redacts", redacts)?;
         }
         field(&mut out, "room_id", self.room()?.as_str())?;
         field(&mut out, "sender", self.sender.as_str())?;
@@ -198,6 +199,32 @@ impl Pdu {
 }
 
 impl Pdu {
+    /// The top-level `redacts` and, when it differs from the stored one, the content clients
+    /// are shown. Room version 11 moved `redacts` into the content of `m.room.redaction`;
+    /// servers serving such events to clients add a top-level copy for older clients, and in
+    /// older room versions a copy in the content for newer ones (spec, room version 11,
+    /// "Moving the `redacts` property"). matrix-nio, for one, rejects a redaction without the
+    /// top-level key.
+    fn redaction_for_clients(&self) -> Result<(Option<String>, Option<String>)> {
+        let top = self.redacts.as_ref().map(|r| r.to_string());
+        if self.kind != TimelineEventType::RoomRedaction {
+            return Ok((top, None));
+        }
+        let Ok(mut content) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(self.content.get())
+        else {
+            return Ok((top, None));
+        };
+        match top {
+            Some(redacts) if !content.contains_key("redacts") => {
+                content.insert("redacts".into(), serde_json::Value::String(redacts.clone()));
+                let text = serde_json::to_string(&content).map_err(|e| Error::internal(e.to_string()))?;
+                Ok((Some(redacts), Some(text)))
+            }
+            Some(redacts) => Ok((Some(redacts), None)),
+            None => Ok((content.get("redacts").and_then(|r| r.as_str()).map(str::to_owned), None)),
+        }
+    }
+
     /// Whether the event passes a room event filter's event criteria (`types`, `not_types`,
     /// `senders`, `not_senders`, `contains_url`; `*` is a wildcard in types).
     pub fn matches(&self, filter: &ruma::api::client::filter::RoomEventFilter) -> bool {

@@ -179,6 +179,27 @@ impl Positions {
         }
     }
 
+    /// Skips `count` positions at once: none of them is ever handed out, and the watermark
+    /// passes them. One durable write of the stored mark, whatever `count` is.
+    pub fn skip(&self, count: u64) -> StorageResult<()> {
+        {
+            let _only_writer = self.shared.reserving.lock().unwrap_or_else(PoisonError::into_inner);
+            // Allocators may hand out positions meanwhile, at most up to the stored mark: the
+            // new mark covers the skip from wherever `next` is then.
+            let reserved = self.shared.lock_state().reserved;
+            let new_mark = reserved + count + self.shared.block;
+            let mut batch = self.shared.db.batch();
+            batch.put(schema::GLOBAL, RESERVED_KEY, &codec::u64_bytes(new_mark));
+            batch.commit_blocking()?;
+            let mut state = self.shared.lock_state();
+            state.next += count;
+            state.reserved = new_mark;
+        }
+        // Publishes the new watermark (an abandoned position counts as done).
+        drop(self.allocate()?);
+        Ok(())
+    }
+
     /// The highest position `P` such that every position `<= P` is done (completed or
     /// abandoned). Readers may advance up to it and never beyond. It never decreases.
     pub fn watermark(&self) -> u64 {
@@ -552,5 +573,25 @@ mod tests {
             2,
             "never past the position abandoned after the failure"
         );
+    }
+
+    #[test]
+    fn skipped_positions_are_never_handed_out_and_the_watermark_passes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path());
+        let positions = Positions::open_with_block(Arc::clone(&db), 10).unwrap();
+        let held = positions.allocate().unwrap();
+        positions.skip(1_000_000).unwrap();
+        // A position in flight still holds the watermark below it.
+        assert_eq!(positions.watermark(), held.position() - 1);
+        held.complete();
+        let after = positions.allocate().unwrap();
+        assert!(after.position() > 1_000_000, "{after:?}");
+        after.complete();
+        assert_eq!(positions.watermark(), positions.allocate().unwrap().position() - 1);
+        drop(positions);
+        // After a restart too.
+        let reopened = Positions::open_with_block(db, 10).unwrap();
+        assert!(reopened.allocate().unwrap().position() > 1_000_000);
     }
 }

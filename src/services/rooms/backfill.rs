@@ -14,16 +14,13 @@ use super::{Rooms, pdu::Pdu};
 use crate::{Error, Result, services::events, storage::tables::pdus::Outcome};
 
 /// Positions skipped before a join over federation: room for that many events of history.
-pub(super) const HISTORY_SLOTS: usize = 1_000;
+pub(super) const HISTORY_SLOTS: u64 = 1_000_000;
 
 impl Rooms {
-    /// Skips [`HISTORY_SLOTS`] stream positions (abandoned at once, so readers pass them):
+    /// Skips [`HISTORY_SLOTS`] stream positions (never handed out, so readers pass them):
     /// called right before a room joined over federation gets its first event.
     pub fn reserve_history(&self) -> Result<()> {
-        for _ in 0..HISTORY_SLOTS {
-            drop(self.positions.allocate()?);
-        }
-        Ok(())
+        Ok(self.positions.skip(HISTORY_SLOTS)?)
     }
 
     /// The room's earliest event in the timeline, if any.

@@ -377,13 +377,7 @@ fn eventually(mut check: impl FnMut() -> bool) -> bool {
 
 /// The bodies of the latest messages of a room as `client` sees them.
 fn bodies(client: &crate::support::Client, room_id: &str) -> Vec<String> {
-    let page = client.get(&format!("/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit=50"));
-    page.ok()["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
-        .collect()
+    crate::support::federation::message_bodies(client, room_id, 50)
 }
 
 fn membership_of(client: &crate::support::Client, room_id: &str, user: &str) -> Option<String> {

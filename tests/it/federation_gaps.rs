@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::support::{
     Client, TestServer,
     fake_server::FakeServer,
-    federation::{TestCa, federated_server, tls_request, x_matrix},
+    federation::{TestCa, federated_server, message_bodies, room_state_ids, tls_request, x_matrix},
 };
 
 /// Alice's room on `a`, and eve of the fake server `peer` joined to it.
@@ -115,21 +115,7 @@ impl Gap {
 
     /// The room's current state as alice sees it: `type|state_key` → event id.
     fn state_ids(&self) -> std::collections::BTreeMap<String, String> {
-        let state = self
-            .alice
-            .get(&format!("/_matrix/client/v3/rooms/{}/state", self.room_id));
-        state
-            .ok()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    format!("{}|{}", e["type"].as_str().unwrap(), e["state_key"].as_str().unwrap()),
-                    e["event_id"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
+        room_state_ids(&self.alice, &self.room_id)
     }
 
     /// A message from eve after `prev`, allowed by the room's power levels and eve's join.
@@ -159,16 +145,7 @@ impl Gap {
 
     /// The message bodies alice sees, newest first (one page of 100).
     fn bodies(&self) -> Vec<String> {
-        let page = self.alice.get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
-            self.room_id
-        ));
-        page.ok()["chunk"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
-            .collect()
+        message_bodies(&self.alice, &self.room_id, 100)
     }
 
     /// The requests `a` made to the peer whose path starts with `prefix`.

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::{
     Client, TestServer,
-    federation::{TestCa, federated_server, signing_key_of, tls_request, x_matrix},
+    federation::{TestCa, federated_server, room_state_ids, signing_key_of, tls_request, x_matrix},
 };
 
 /// The victim (`a`, with alice), the hostile server (`m`, with mallory joined to alice's public
@@ -54,22 +54,8 @@ impl Scene {
     }
 
     /// The event ids of the room's current state, by `type|state_key`.
-    fn state_ids(&self) -> std::collections::HashMap<String, String> {
-        let state = self
-            .alice
-            .get(&format!("/_matrix/client/v3/rooms/{}/state", self.room_id));
-        state
-            .ok()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    format!("{}|{}", e["type"].as_str().unwrap(), e["state_key"].as_str().unwrap()),
-                    e["event_id"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
+    fn state_ids(&self) -> std::collections::BTreeMap<String, String> {
+        room_state_ids(&self.alice, &self.room_id)
     }
 
     /// The newest event of the room, as alice sees it.

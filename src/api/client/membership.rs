@@ -95,15 +95,7 @@ async fn join(ctx: &Ctx, room_id: &RoomId, via: &[ruma::OwnedServerName], reason
 /// joined when we last knew the room), as a join would be.
 pub async fn knock_room(ctx: Ctx, req: knock_room::v3::Request) -> Result<knock_room::v3::Response> {
     let services = &ctx.services;
-    let mut via = req.via.clone();
-    let room_id = match <&ruma::RoomAliasId>::try_from(&*req.room_id_or_alias) {
-        Ok(alias) if alias.server_name() != services.config.server_name && services.federation.enabled => {
-            let (room_id, servers) = services.federation.remote_alias(alias).await?;
-            via.extend(servers);
-            room_id
-        }
-        _ => services.directory.resolve_room(&req.room_id_or_alias)?,
-    };
+    let (room_id, via) = room_and_servers(&ctx, &req.room_id_or_alias, &req.via).await?;
     let profile = member_profile(&ctx)?;
     let user_id = ctx.user_id()?;
     if services.federation.enabled {
@@ -346,22 +338,34 @@ pub async fn get_member_events(
     Ok(get_member_events::v3::Response::new(chunk))
 }
 
+/// The room `room_id_or_alias` names, and the servers to ask about it: `via`, then for an
+/// alias of another server the servers its directory answer names (local aliases are resolved
+/// through our directory).
+async fn room_and_servers(
+    ctx: &Ctx,
+    room_id_or_alias: &ruma::RoomOrAliasId,
+    via: &[ruma::OwnedServerName],
+) -> Result<(ruma::OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    let services = &ctx.services;
+    let mut via = via.to_vec();
+    let room_id = match <&ruma::RoomAliasId>::try_from(room_id_or_alias) {
+        Ok(alias) if alias.server_name() != services.config.server_name && services.federation.enabled => {
+            let (room_id, servers) = services.federation.remote_alias(alias).await?;
+            via.extend(servers);
+            room_id
+        }
+        _ => services.directory.resolve_room(room_id_or_alias)?,
+    };
+    Ok((room_id, via))
+}
+
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}` (local aliases are resolved through the
 /// directory; remote ones need federation)
 pub async fn join_room_by_id_or_alias(
     ctx: Ctx,
     req: join_room_by_id_or_alias::v3::Request,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
-    let services = &ctx.services;
-    let mut via = req.via.clone();
-    let room_id = match <&ruma::RoomAliasId>::try_from(&*req.room_id_or_alias) {
-        Ok(alias) if alias.server_name() != services.config.server_name && services.federation.enabled => {
-            let (room_id, servers) = services.federation.remote_alias(alias).await?;
-            via.extend(servers);
-            room_id
-        }
-        _ => services.directory.resolve_room(&req.room_id_or_alias)?,
-    };
+    let (room_id, via) = room_and_servers(&ctx, &req.room_id_or_alias, &req.via).await?;
     join(&ctx, &room_id, &via, req.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }

@@ -149,17 +149,7 @@ impl Federation {
         via: &[OwnedServerName],
         content: CanonicalJsonObject,
     ) -> Result<()> {
-        let mut candidates: Vec<OwnedServerName> = Vec::new();
-        for server in via.iter().cloned().chain(room_id.server_name().map(ToOwned::to_owned)) {
-            if server != self.server_name() && !candidates.contains(&server) {
-                candidates.push(server);
-            }
-        }
-        if candidates.is_empty() {
-            return Err(Error::not_found(
-                "No server to knock on the room through: give one with `via`",
-            ));
-        }
+        let candidates = self.servers_to_ask(room_id, via, "knock on")?;
         let mut best: Option<Error> = None;
         for server in candidates.into_iter().take(KNOCK_CANDIDATES) {
             match self.knock_via(rooms, user_id, room_id, &server, content.clone()).await {

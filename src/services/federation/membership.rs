@@ -224,6 +224,28 @@ impl Federation {
         self.queue_pdu(&others, &checked.event_id, &checked.bytes).await
     }
 
+    /// The servers to ask about `room_id` for a `what` (join, knock): `via`, then the room id's
+    /// server (room versions before 12 name one), each once, ours left out; 404 when none.
+    pub(super) fn servers_to_ask(
+        &self,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+        what: &str,
+    ) -> Result<Vec<OwnedServerName>> {
+        let mut candidates: Vec<OwnedServerName> = Vec::new();
+        for server in via.iter().cloned().chain(room_id.server_name().map(ToOwned::to_owned)) {
+            if server != self.server_name() && !candidates.contains(&server) {
+                candidates.push(server);
+            }
+        }
+        if candidates.is_empty() {
+            return Err(Error::not_found(format!(
+                "No server to {what} the room through: give one with `via`"
+            )));
+        }
+        Ok(candidates)
+    }
+
     /// Joins `user_id` (ours) to `room_id` through the first of `via` (then the room id's
     /// server, for room versions that name one) that lets them in. `content` is the member
     /// event's content besides `membership` (display name, avatar).
@@ -235,17 +257,7 @@ impl Federation {
         via: &[OwnedServerName],
         content: CanonicalJsonObject,
     ) -> Result<()> {
-        let mut candidates: Vec<OwnedServerName> = Vec::new();
-        for server in via.iter().cloned().chain(room_id.server_name().map(ToOwned::to_owned)) {
-            if server != self.server_name() && !candidates.contains(&server) {
-                candidates.push(server);
-            }
-        }
-        if candidates.is_empty() {
-            return Err(Error::not_found(
-                "No server to join the room through: give one with `via`",
-            ));
-        }
+        let candidates = self.servers_to_ask(room_id, via, "join")?;
         let mut last = None;
         for server in candidates.into_iter().take(JOIN_CANDIDATES) {
             match self.join_via(rooms, user_id, room_id, &server, content.clone()).await {

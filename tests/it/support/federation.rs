@@ -227,3 +227,33 @@ pub fn signing_key_of(server: &TestServer) -> hearth::services::server_keys::Ser
     let text = std::fs::read_to_string(server.data_dir.join("signing.key")).unwrap();
     hearth::services::server_keys::ServerKeys::parse(&text).unwrap()
 }
+
+/// The room's current state as `client` sees it: `type|state_key` → event id.
+pub fn room_state_ids(client: &super::Client, room_id: &str) -> std::collections::BTreeMap<String, String> {
+    let state = client.get(&format!("/_matrix/client/v3/rooms/{room_id}/state"));
+    state
+        .ok()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                format!("{}|{}", e["type"].as_str().unwrap(), e["state_key"].as_str().unwrap()),
+                e["event_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The bodies of the latest `limit` events of a room as `client` sees them, newest first.
+pub fn message_bodies(client: &super::Client, room_id: &str, limit: usize) -> Vec<String> {
+    let page = client.get(&format!(
+        "/_matrix/client/v3/rooms/{room_id}/messages?dir=b&limit={limit}"
+    ));
+    page.ok()["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}

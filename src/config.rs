@@ -12,11 +12,13 @@ use serde::Deserialize;
 
 use crate::services::media::ssrf::IpRange;
 
+mod appservices;
 mod features;
 mod federation;
 mod load;
 mod media;
 
+use appservices::RawAppservices;
 pub use features::{OAuthConfig, PushConfig, VoipConfig};
 use features::{RawOAuth, RawPush, RawRtc, RawUserDirectory, RawVoip};
 use federation::RawFederation;
@@ -107,6 +109,8 @@ pub struct Config {
     pub well_known_server: Option<String>,
     /// The `[federation]` section.
     pub federation: FederationConfig,
+    /// The registration files of the application services (`[appservices]`).
+    pub appservice_registration_files: Vec<PathBuf>,
     /// The room version `createRoom` uses when the client names none.
     pub default_room_version: ruma::RoomVersionId,
     /// Rate limiting on or off.
@@ -161,6 +165,7 @@ pub struct RawConfig {
     logging: RawLogging,
     well_known: RawWellKnown,
     federation: RawFederation,
+    appservices: RawAppservices,
     rooms: RawRooms,
     rate_limits: RawRateLimits,
     media: RawMedia,
@@ -291,6 +296,7 @@ impl Default for RawConfig {
             logging: RawLogging::default(),
             well_known: RawWellKnown::default(),
             federation: RawFederation::default(),
+            appservices: RawAppservices::default(),
             rooms: RawRooms::default(),
             rate_limits: RawRateLimits::default(),
             media: RawMedia::default(),
@@ -579,6 +585,7 @@ impl RawConfig {
             well_known_client: self.well_known.client,
             well_known_server: self.well_known.server,
             federation: self.federation.validate()?,
+            appservice_registration_files: self.appservices.validate()?,
             default_room_version,
             rate_limits_enabled: self.rate_limits.enabled,
             rate_limit_login: self.rate_limits.login,

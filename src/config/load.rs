@@ -15,6 +15,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "max_request_size",
     "signing_key_path",
     "database",
+    "appservices",
     "registration",
     "passwords",
     "sessions",

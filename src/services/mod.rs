@@ -5,6 +5,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod appservice;
 pub mod directory;
 pub mod events;
 pub mod federation;
@@ -104,6 +105,8 @@ pub struct Services {
     pub thread_subs: Arc<thread_subs::ThreadSubs>,
     /// Talking to other servers.
     pub federation: federation::Federation,
+    /// The registered application services (bridges, bots).
+    pub appservices: appservice::Appservices,
 }
 
 impl Services {
@@ -166,8 +169,11 @@ impl Services {
         let push = push::Push::new(Arc::clone(&db), &config.push);
         let initial_syncs = sync::InitialSyncs::new(config.initial_sync_concurrency);
         let federation = federation::Federation::new(&config, Arc::clone(&db), Arc::clone(&server_keys))?;
+        let appservices = appservice::Appservices::load(&config.appservice_registration_files, &config.server_name)
+            .map_err(crate::Error::internal)?;
         Ok(Arc::new(Services {
             federation,
+            appservices,
             db,
             reports,
             media,

@@ -40,6 +40,7 @@ pub mod remote;
 mod remote_invites;
 mod search_hooks;
 mod state;
+pub mod state_res_v1;
 mod sync_hooks;
 mod timeline;
 pub mod upgrade;

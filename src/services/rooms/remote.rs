@@ -6,7 +6,8 @@
 //! 1. The event is checked against its own auth events (the state-independent rules): a
 //!    failure rejects it.
 //! 2. The state before it comes from its prev events: the state after the one prev event, or the
-//!    resolution (ruma-state-res, the room version's algorithm) of the states after each; when
+//!    resolution (the room version's algorithm: ruma-state-res for v2 and v2.1, `state_res_v1`
+//!    for room version 1) of the states after each; when
 //!    its prev events are missing, the state the caller fetched from the sender. The event is
 //!    checked against that state: a failure rejects it.
 //! 3. It is checked against the room's current state: a failure soft-fails it (stored and part
@@ -470,10 +471,13 @@ impl Rooms {
         maps: Vec<StateMap<OwnedEventId>>,
         incoming: Option<&Pdu>,
     ) -> Result<StateMap<OwnedEventId>> {
-        let StateResolutionVersion::V2(res_rules) = &rules.state_res else {
-            return Err(Error::forbidden(
-                "State resolution v1 (room versions 1 and 2) is not supported",
-            ));
+        let res_rules = match &rules.state_res {
+            StateResolutionVersion::V2(res_rules) => res_rules,
+            StateResolutionVersion::V1 => {
+                let fetch = |id: &EventId| self.event_or_incoming(id, incoming);
+                return Ok(super::state_res_v1::resolve(&rules.authorization, &maps, fetch));
+            }
+            _ => return Err(Error::forbidden("Unknown state resolution algorithm")),
         };
         let auth_chains = maps
             .iter()

@@ -581,14 +581,11 @@ impl Rooms {
         let mut auth_events = Vec::new();
         for (auth_kind, auth_key) in &auth_types {
             if let Some((_, event_id)) = self.state_entry(&state, &auth_kind.to_string(), auth_key)? {
-                auth_events.push(V::String(event_id.to_string()));
+                auth_events.push(event_id);
             }
         }
-        let prev_events = head
-            .extremities
-            .iter()
-            .map(|(_, id)| V::String(id.to_string()))
-            .collect();
+        let prev_events: Vec<OwnedEventId> = head.extremities.iter().map(|(_, id)| id.clone()).collect();
+        let hash = |id: &EventId| self.reference_hash(id, &rules);
         let int = |n: u64| V::Integer(ruma::Int::try_from(n).unwrap_or_default());
         let mut object = ruma::CanonicalJsonObject::new();
         object.insert("type".into(), V::String(kind.to_owned()));
@@ -596,8 +593,14 @@ impl Rooms {
         object.insert("state_key".into(), V::String(state_key.to_owned()));
         object.insert("content".into(), V::Object(content));
         object.insert("room_id".into(), V::String(room_id.to_string()));
-        object.insert("prev_events".into(), V::Array(prev_events));
-        object.insert("auth_events".into(), V::Array(auth_events));
+        object.insert(
+            "prev_events".into(),
+            events::event_references(&prev_events, &rules, Some(&hash)),
+        );
+        object.insert(
+            "auth_events".into(),
+            events::event_references(&auth_events, &rules, Some(&hash)),
+        );
         object.insert("depth".into(), int(head.depth + 1));
         object.insert("origin_server_ts".into(), int(crate::util::now_ms()));
         object.insert("origin".into(), V::String(sender.server_name().to_string()));

@@ -14,7 +14,8 @@
 //!    of the graph, never shown to clients, never a forward extremity).
 //! 4. Accepted, it gets a stream position like a local event, the state after it (with itself
 //!    for a state event) and the room's new current state: the state after it when it follows
-//!    every forward extremity, else the resolution of the current state and the state after it.
+//!    every forward extremity, else the resolution of the states after each forward extremity
+//!    (it and those it does not follow).
 //!    Its prev events stop being extremities; it becomes one.
 //!
 //! Rejected and soft-failed events are stored with their outcome (`tables::pdus::Outcome`), so
@@ -152,28 +153,40 @@ impl Rooms {
         let prevs: HashSet<&EventId> = pdu.prev_events.iter().map(|id| &**id).collect();
         let follows_all = head.extremities.iter().all(|(_, id)| prevs.contains(&**id));
         let old_current = Arc::clone(&head.current);
-        let current = if follows_all {
-            Arc::clone(&after)
-        } else {
-            let resolved = self.resolve(
-                &rules,
-                vec![
-                    self.ruma_state(&StateAt::layer(Arc::clone(&old_current)))?,
-                    self.ruma_state(&StateAt::layer(Arc::clone(&after)))?,
-                ],
-                Some(&pdu),
-            )?;
-            self.layer_for(&mut batch, &old_current, &resolved)?
-        };
-        if current.id != old_current.id {
-            self.state.queue_current(&mut batch, short_room, current.id);
-        }
         let mut extremities: Vec<(u64, OwnedEventId)> = head
             .extremities
             .iter()
             .filter(|(_, id)| !prevs.contains(&**id))
             .cloned()
             .collect();
+        let current = if follows_all {
+            Arc::clone(&after)
+        } else {
+            // The room's state is the resolution of the states after its forward extremities
+            // (resolving the old current state with the new one instead would depend on the
+            // order events came in: state resolution is not associative).
+            let mut maps = vec![self.ruma_state(&StateAt::layer(Arc::clone(&after)))?];
+            let mut with_current = false;
+            for (_, id) in &extremities {
+                let state = match self.original_event(id)? {
+                    Some(extremity) => self.state_after_event(&extremity).ok(),
+                    None => None,
+                };
+                match state {
+                    Some(state) => maps.push(self.ruma_state(&state)?),
+                    None if !with_current => {
+                        with_current = true;
+                        maps.push(self.ruma_state(&StateAt::layer(Arc::clone(&old_current)))?);
+                    }
+                    None => {}
+                }
+            }
+            let resolved = self.resolve(&rules, maps, Some(&pdu))?;
+            self.layer_for(&mut batch, &old_current, &resolved)?
+        };
+        if current.id != old_current.id {
+            self.state.queue_current(&mut batch, short_room, current.id);
+        }
         extremities.push((short_event, event_id.clone()));
         let shorts: Vec<u64> = extremities.iter().map(|(short, _)| *short).collect();
         self.timeline.queue_set_extremities(&mut batch, short_room, &shorts)?;

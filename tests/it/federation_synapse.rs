@@ -994,8 +994,8 @@ fn a_synapse_user_knocks_on_a_hearth_room_and_is_let_in() {
 
 /// Rooms of every version Synapse knows (1 to 12; room version 1 is the one with state
 /// resolution v1, `rooms/state_res_v1.rs`) created on Synapse and joined from Hearth by id with a
-/// via: messages both ways, a redaction from Synapse seen redacted on Hearth, and the same
-/// current state on both. In versions 1 and 2 both servers change the power levels, the topic and
+/// via: messages both ways, redactions both ways (one from Synapse seen redacted on Hearth),
+/// the same current state on both. In versions 1 and 2 both servers change the power levels, the topic and
 /// the name at the same time (forks that Hearth resolves with the room's algorithm: v1 in
 /// version 1, v2 in version 2) and still end with the same state.
 #[test]
@@ -1024,7 +1024,7 @@ fn rooms_of_every_version_1_to_12_created_on_synapse_federate_and_converge() {
         );
 
         // Messages both ways.
-        send_text(&alice, &room_id, &format!("h{version}"), &format!("{v} from Hearth"));
+        let from_alice = send_text(&alice, &room_id, &format!("h{version}"), &format!("{v} from Hearth"));
         assert!(
             eventually(|| bodies(&bob, &room_id).contains(&format!("{v} from Hearth"))),
             "{v}: Synapse never got Hearth's message"
@@ -1043,6 +1043,14 @@ fn rooms_of_every_version_1_to_12_created_on_synapse_federate_and_converge() {
             eventually(|| event_in_timeline(&alice, &room_id, &from_bob).is_some_and(|e| is_redacted(&e))),
             "{v}: {:#?}",
             event_in_timeline(&alice, &room_id, &from_bob)
+        );
+        // And one from Hearth, built in the room version's format.
+        let escaped = from_alice.replace('/', "%2F").replace('+', "%2B");
+        redact(&alice, &room_id, &escaped, &format!("hr{version}"));
+        assert!(
+            eventually(|| event_in_timeline(&bob, &room_id, &from_alice).is_some_and(|e| is_redacted(&e))),
+            "{v}: {:#?}",
+            event_in_timeline(&bob, &room_id, &from_alice)
         );
 
         if version <= 2 {

@@ -997,15 +997,22 @@ fn a_synapse_user_knocks_on_a_hearth_room_and_is_let_in() {
 /// via: messages both ways, redactions both ways (one from Synapse seen redacted on Hearth),
 /// the same current state on both. In versions 1 and 2 both servers change the power levels, the topic and
 /// the name at the same time (forks that Hearth resolves with the room's algorithm: v1 in
-/// version 1, v2 in version 2) and still end with the same state.
+/// version 1, v2 in version 2) and still end with the same state; then a user of a second Hearth
+/// joins them through the first (its `make_join` template and `send_join` in that format).
 #[test]
 fn rooms_of_every_version_1_to_12_created_on_synapse_federate_and_converge() {
-    let Some((_ca, hearth, synapse)) = servers("127.0.0.131") else {
+    let Some((ca, hearth, synapse)) = servers("127.0.0.131") else {
         return;
     };
     let alice = hearth.user("alice", "secret-password");
     let bob = synapse.user("bob", "secret-password");
     let alice_id = alice.uid();
+    // A second Hearth, whose user joins the version 1 and 2 rooms through the first one (its
+    // make_join template and send_join in the version's format).
+    let mut other = federated_server(&ca, "127.0.0.131", &[]);
+    other.launch();
+    let dave = other.user("dave", "secret-password");
+    let dave_id = dave.uid();
     for version in 1..=12 {
         let v = format!("v{version}");
         let room = bob.post(
@@ -1118,6 +1125,24 @@ fn rooms_of_every_version_1_to_12_created_on_synapse_federate_and_converge() {
             state.contains_key(&("m.room.member".to_owned(), alice_id.clone())),
             "{v}"
         );
+
+        if version <= 2 {
+            let joined = dave.post(
+                &format!("/_matrix/client/v3/join/{room_id}?via={}", hearth.server_name),
+                json!({}),
+            );
+            assert_eq!(joined.status, 200, "{v}: {}", joined.text);
+            assert!(
+                eventually(|| membership_of(&bob, &room_id, &dave_id).as_deref() == Some("join")),
+                "{v}: Synapse never saw dave's join through Hearth"
+            );
+            send_text(&dave, &room_id, &format!("d{version}"), &format!("{v} from dave"));
+            assert!(
+                eventually(|| bodies(&bob, &room_id).contains(&format!("{v} from dave"))),
+                "{v}: Synapse never got dave's message"
+            );
+            assert_state_converges(&dave, &bob, &room_id);
+        }
         // Messages still flow after the forks.
         send_text(
             &bob,

@@ -1,7 +1,8 @@
 //! PDUs: building an event the way every server will see it. Fills in the envelope
 //! (`prev_events`, `auth_events`, `depth`, timestamps), adds the content hash, signs with the
 //! server key, and names the event by its reference hash, all through ruma-signatures and the
-//! room version's rules.
+//! room version's rules (room versions 1 and 2: an `event_id` of ours, `$opaque:server`, is part
+//! of the event, and prev and auth events are `[id, {"sha256": reference hash}]` pairs).
 //!
 //! The result carries the canonical JSON bytes that were hashed and signed: those bytes are what
 //! storage keeps and what federation will send, never a re-serialised struct.

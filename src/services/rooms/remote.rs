@@ -7,16 +7,15 @@
 //!    failure rejects it.
 //! 2. The state before it comes from its prev events: the state after the one prev event, or the
 //!    resolution (the room version's algorithm: ruma-state-res for v2 and v2.1, `state_res_v1`
-//!    for room version 1) of the states after each; when
-//!    its prev events are missing, the state the caller fetched from the sender. The event is
-//!    checked against that state: a failure rejects it.
+//!    for room version 1) of the states after each; when its prev events are missing, the state
+//!    the caller fetched from the sender. The event is checked against that state: a failure
+//!    rejects it.
 //! 3. It is checked against the room's current state: a failure soft-fails it (stored and part
 //!    of the graph, never shown to clients, never a forward extremity).
 //! 4. Accepted, it gets a stream position like a local event, the state after it (with itself
 //!    for a state event) and the room's new current state: the state after it when it follows
 //!    every forward extremity, else the resolution of the states after each forward extremity
-//!    (it and those it does not follow).
-//!    Its prev events stop being extremities; it becomes one.
+//!    (it and those it does not follow). Its prev events stop being extremities; it becomes one.
 //!
 //! Rejected and soft-failed events are stored with their outcome (`tables::pdus::Outcome`), so
 //! receiving one again costs nothing, and are never served as accepted.

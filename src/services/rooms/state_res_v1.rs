@@ -437,6 +437,47 @@ mod tests {
     }
 
     #[test]
+    fn members_are_resolved_against_the_resolved_power_levels() {
+        let mut room = Room::default();
+        let state = base(&mut room);
+        let (pl, carol) = (key("m.room.power_levels", ""), key("m.room.member", CAROL));
+        // One side keeps bob at 50 and has him kick carol; the other demotes him (deeper, so
+        // its power levels win). Under them bob may not kick: carol stays joined.
+        let keep = room.add(
+            "$keep:a.example",
+            ALICE,
+            "m.room.power_levels",
+            "",
+            power(json!({ALICE: 100, BOB: 50, CAROL: 0})),
+            6,
+        );
+        let demote = room.add(
+            "$demote:a.example",
+            ALICE,
+            "m.room.power_levels",
+            "",
+            power(json!({ALICE: 100, BOB: 0})),
+            7,
+        );
+        let kick = room.add(
+            "$kick:b.example",
+            BOB,
+            "m.room.member",
+            CAROL,
+            json!({"membership": "leave"}),
+            8,
+        );
+        let kicking = with(&state, &[(pl.clone(), &keep), (carol.clone(), &kick)]);
+        let demoting = with(&state, &[(pl.clone(), &demote)]);
+        let resolved = room.resolve(&[kicking.clone(), demoting]);
+        assert_eq!(resolved[&pl], demote);
+        assert_eq!(resolved[&carol], state[&carol]);
+        // Without the demotion the kick is allowed.
+        let resolved = room.resolve(&[kicking, state.clone()]);
+        assert_eq!((&resolved[&pl], &resolved[&carol]), (&keep, &kick));
+    }
+
+    #[test]
     fn other_conflicts_go_by_depth_then_sha1_of_the_event_id() {
         let mut room = Room::default();
         let state = base(&mut room);

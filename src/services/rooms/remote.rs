@@ -74,10 +74,18 @@ impl Rooms {
         bytes: Vec<u8>,
         given_before: Option<StateMap<OwnedEventId>>,
     ) -> Result<Received> {
-        if let Some(short) = self.ids.event(event_id.as_str())?
-            && (self.pdus.get(short)?.is_some() || locked(&self.pending).contains_key(&short))
-        {
-            return Ok(Received::Known);
+        if let Some(short) = self.ids.event(event_id.as_str())? {
+            if self.pdus.get(short)?.is_some() {
+                return Ok(Received::Known);
+            }
+            if locked(&self.pending).contains_key(&short) {
+                // A concurrent receipt (a transaction and `/invite` carrying the same event) is
+                // writing it: "known" only once that is durable, as whoever hears it may act on
+                // what the event changed (the invitee declining the invite at once).
+                drop(self.room_lock(room_id).lock().await);
+                self.commits.enqueue(self.db.batch()).durable().await?;
+                return Ok(Received::Known);
+            }
         }
         let pdu = Pdu::parse(event_id.clone(), &bytes)
             .map_err(|e| Error::bad_json(format!("{event_id} is not a valid event: {e}")))?;

@@ -1,14 +1,15 @@
 //! PDUs: building an event the way every server will see it. Fills in the envelope
 //! (`prev_events`, `auth_events`, `depth`, timestamps), adds the content hash, signs with the
 //! server key, and names the event by its reference hash, all through ruma-signatures and the
-//! room version's rules.
+//! room version's rules (room versions 1 and 2: an `event_id` of ours, `$opaque:server`, is part
+//! of the event, and prev and auth events are `[id, {"sha256": reference hash}]` pairs).
 //!
 //! The result carries the canonical JSON bytes that were hashed and signed: those bytes are what
 //! storage keeps and what federation will send, never a re-serialised struct.
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UserId,
-    room_version_rules::{RoomIdFormatVersion, RoomVersionRules},
+    room_version_rules::{EventIdFormatVersion, RoomIdFormatVersion, RoomVersionRules},
     signatures::hash_and_sign_event,
 };
 
@@ -56,6 +57,9 @@ pub struct NewPdu<'a> {
     pub origin_server_ts: u64,
     /// For redactions: the event redacted (top-level before v11, in content from v11).
     pub redacts: Option<&'a EventId>,
+    /// The reference hash of a stored event: room versions 1 and 2 name prev and auth events
+    /// with it. `None` for later versions (and where no hash can be had: `{}` is sent then).
+    pub reference_hashes: Option<&'a dyn Fn(&EventId) -> Option<String>>,
 }
 
 /// A hashed and signed event.
@@ -86,8 +90,30 @@ fn string(s: impl Into<String>) -> CanonicalJsonValue {
     CanonicalJsonValue::String(s.into())
 }
 
-fn id_list(ids: &[OwnedEventId]) -> CanonicalJsonValue {
-    CanonicalJsonValue::Array(ids.iter().map(|id| string(id.as_str())).collect())
+/// `prev_events`/`auth_events` in the room version's format: event ids, or in room versions 1
+/// and 2 `[id, {"sha256": reference hash}]` pairs (`hash` gives the hashes; without one the pair
+/// carries `{}`, which servers accept as they do not check these hashes).
+pub fn event_references(
+    ids: &[OwnedEventId],
+    rules: &RoomVersionRules,
+    hash: Option<&dyn Fn(&EventId) -> Option<String>>,
+) -> CanonicalJsonValue {
+    let entry = |id: &OwnedEventId| match rules.event_id_format {
+        EventIdFormatVersion::V1 => {
+            let mut hashes = CanonicalJsonObject::new();
+            if let Some(sha256) = hash.and_then(|hash| hash(id)) {
+                hashes.insert("sha256".into(), string(sha256));
+            }
+            CanonicalJsonValue::Array(vec![string(id.as_str()), CanonicalJsonValue::Object(hashes)])
+        }
+        _ => string(id.as_str()),
+    };
+    CanonicalJsonValue::Array(ids.iter().map(entry).collect())
+}
+
+/// A new event id of room versions 1 and 2: `$opaque:server`.
+pub fn local_event_id(server_name: &str) -> String {
+    format!("${}:{server_name}", crate::util::random_string(18))
 }
 
 /// Builds, hashes and signs a PDU.
@@ -107,8 +133,17 @@ pub fn build(keys: &ServerKeys, server_name: &str, new: NewPdu<'_>) -> Result<Si
         (None, RoomIdFormatVersion::V2) if new.kind == "m.room.create" => {}
         (None, _) => return Err(Error::internal("an event needs a room id in this room version")),
     }
-    object.insert("prev_events".into(), id_list(&new.prev_events));
-    object.insert("auth_events".into(), id_list(&new.auth_events));
+    object.insert(
+        "prev_events".into(),
+        event_references(&new.prev_events, &rules, new.reference_hashes),
+    );
+    object.insert(
+        "auth_events".into(),
+        event_references(&new.auth_events, &rules, new.reference_hashes),
+    );
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        object.insert("event_id".into(), string(local_event_id(server_name)));
+    }
     object.insert("depth".into(), CanonicalJsonValue::Integer(int(new.depth)?));
     object.insert(
         "origin_server_ts".into(),
@@ -119,7 +154,11 @@ pub fn build(keys: &ServerKeys, server_name: &str, new: NewPdu<'_>) -> Result<Si
     }
     hash_and_sign_event(server_name, &keys.keypair, &mut object, &rules.redaction).map_err(signing_error)?;
     let reference = ruma::signatures::reference_hash(&object, &rules).map_err(signing_error)?;
-    let event_id = EventId::parse(format!("${reference}")).map_err(|e| Error::internal(format!("event id: {e}")))?;
+    let event_id = match object.get("event_id") {
+        Some(CanonicalJsonValue::String(id)) => EventId::parse(id.as_str()),
+        _ => EventId::parse(format!("${reference}")),
+    }
+    .map_err(|e| Error::internal(format!("event id: {e}")))?;
     let room_id = match new.room_id {
         Some(room_id) => room_id.to_owned(),
         None => RoomId::parse(format!("!{reference}")).map_err(|e| Error::internal(format!("room id: {e}")))?,
@@ -192,6 +231,7 @@ mod tests {
                 depth: 1,
                 origin_server_ts: 1_700_000_000_000,
                 redacts: None,
+                reference_hashes: None,
             },
         )
         .unwrap();
@@ -225,6 +265,7 @@ mod tests {
                 depth: 2,
                 origin_server_ts: 1_700_000_000_001,
                 redacts: None,
+                reference_hashes: None,
             },
         )
         .unwrap();
@@ -266,9 +307,52 @@ mod tests {
                 depth: 1,
                 origin_server_ts: 1,
                 redacts: None,
+                reference_hashes: None,
             },
         )
         .unwrap_err();
         assert_eq!(err.status(), http::StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn v1_and_v2_events_carry_their_own_id_and_name_prev_and_auth_events_with_hashes() {
+        let keys = ServerKeys::parse(&generate_key_file().unwrap()).unwrap();
+        let alice = user_id!("@alice:hearth.test");
+        let room = ruma::room_id!("!r:hearth.test");
+        for version in [RoomVersionId::V1, RoomVersionId::V2] {
+            let prev = ruma::owned_event_id!("$prev:other.test");
+            let auth = ruma::owned_event_id!("$auth:other.test");
+            let hash = |id: &EventId| (id.as_str() == "$prev:other.test").then(|| "aGFzaA".to_owned());
+            let message = build(
+                &keys,
+                "hearth.test",
+                NewPdu {
+                    room_version: &version,
+                    room_id: Some(room),
+                    sender: alice,
+                    kind: "m.room.message",
+                    state_key: None,
+                    content: content(&[("body", "hi")]),
+                    prev_events: vec![prev],
+                    auth_events: vec![auth],
+                    depth: 3,
+                    origin_server_ts: 1_700_000_000_000,
+                    redacts: None,
+                    reference_hashes: Some(&hash),
+                },
+            )
+            .unwrap();
+            assert_eq!(message.event_id.server_name().map(|s| s.as_str()), Some("hearth.test"));
+            assert_eq!(message.object.get("event_id"), Some(&string(message.event_id.as_str())));
+            let json = serde_json::to_value(&message.object).unwrap();
+            assert_eq!(
+                json["prev_events"],
+                serde_json::json!([["$prev:other.test", {"sha256": "aGFzaA"}]])
+            );
+            assert_eq!(json["auth_events"], serde_json::json!([["$auth:other.test", {}]]));
+            assert_eq!(verify(&keys, &message, &version).unwrap(), Verified::All);
+            let pdu = crate::services::rooms::pdu::Pdu::parse(message.event_id.clone(), &message.bytes).unwrap();
+            assert_eq!(pdu.prev_events[0].as_str(), "$prev:other.test");
+        }
     }
 }

@@ -1082,3 +1082,179 @@ fn a_hearth_user_knocks_on_a_synapse_room_and_is_let_in() {
     let sync = carol.get("/_matrix/client/v3/sync?timeout=0");
     assert!(sync.ok()["rooms"]["knock"].get(&second).is_none(), "{}", sync.ok());
 }
+
+/// Rooms of every version Synapse knows (1 to 12; room version 1 is the one with state
+/// resolution v1, `rooms/state_res_v1.rs`) created on Synapse and joined from Hearth by id with a
+/// via: messages both ways, redactions both ways (one from Synapse seen redacted on Hearth),
+/// the same current state on both. In versions 1 and 2 both servers change the power levels, the topic and
+/// the name at the same time (forks that Hearth resolves with the room's algorithm: v1 in
+/// version 1, v2 in version 2) and still end with the same state; then a user of a second Hearth
+/// joins them through the first (its `make_join` template and `send_join` in that format).
+#[test]
+fn rooms_of_every_version_1_to_12_created_on_synapse_federate_and_converge() {
+    let Some((ca, hearth, synapse)) = servers("127.0.0.131") else {
+        return;
+    };
+    let alice = hearth.user("alice", "secret-password");
+    let bob = synapse.user("bob", "secret-password");
+    let alice_id = alice.uid();
+    // A second Hearth, whose user joins the version 1 and 2 rooms through the first one (its
+    // make_join template and send_join in the version's format).
+    let mut other = federated_server(&ca, "127.0.0.131", &[]);
+    other.launch();
+    let dave = other.user("dave", "secret-password");
+    let dave_id = dave.uid();
+    for version in 1..=12 {
+        let v = format!("v{version}");
+        let room = bob.post(
+            "/_matrix/client/v3/createRoom",
+            json!({"preset": "public_chat", "room_version": version.to_string()}),
+        );
+        let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+        let joined = alice.post(
+            &format!("/_matrix/client/v3/join/{room_id}?via={}", synapse.server_name),
+            json!({}),
+        );
+        assert_eq!(joined.status, 200, "{v}: {}", joined.text);
+        assert!(
+            eventually(|| membership_of(&bob, &room_id, &alice_id).as_deref() == Some("join")),
+            "{v}: Synapse never saw the join"
+        );
+
+        // Messages both ways.
+        let from_alice = send_text(&alice, &room_id, &format!("h{version}"), &format!("{v} from Hearth"));
+        assert!(
+            eventually(|| bodies(&bob, &room_id).contains(&format!("{v} from Hearth"))),
+            "{v}: Synapse never got Hearth's message"
+        );
+        let from_bob = send_text(&bob, &room_id, &format!("s{version}"), &format!("{v} from Synapse"));
+        assert!(
+            eventually(|| bodies(&alice, &room_id).contains(&format!("{v} from Synapse"))),
+            "{v}: Hearth never got Synapse's message"
+        );
+
+        // A redaction from Synapse (the room version's redaction rules on Hearth). Event ids of
+        // version 3 are standard base64: `/` and `+` are escaped in the path.
+        let escaped = from_bob.replace('/', "%2F").replace('+', "%2B");
+        redact(&bob, &room_id, &escaped, &format!("sr{version}"));
+        assert!(
+            eventually(|| event_in_timeline(&alice, &room_id, &from_bob).is_some_and(|e| is_redacted(&e))),
+            "{v}: {:#?}",
+            event_in_timeline(&alice, &room_id, &from_bob)
+        );
+        // And one from Hearth, built in the room version's format.
+        let escaped = from_alice.replace('/', "%2F").replace('+', "%2B");
+        redact(&alice, &room_id, &escaped, &format!("hr{version}"));
+        assert!(
+            eventually(|| event_in_timeline(&bob, &room_id, &from_alice).is_some_and(|e| is_redacted(&e))),
+            "{v}: {:#?}",
+            event_in_timeline(&bob, &room_id, &from_alice)
+        );
+
+        if version <= 2 {
+            // Alice gets the power to change the room, then both change it at once.
+            let mut power = bob
+                .get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels"))
+                .ok()
+                .clone();
+            power["users"][&alice_id] = json!(100);
+            set_state(&bob, &room_id, "m.room.power_levels", power);
+            assert!(
+                eventually(|| {
+                    let power = alice.get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels"));
+                    power.status == 200 && power.body["users"][&alice_id] == 100
+                }),
+                "{v}: Hearth never saw alice's power"
+            );
+            for round in 0..3 {
+                std::thread::scope(|s| {
+                    let on_hearth = s.spawn(|| {
+                        let mut power = alice
+                            .get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels"))
+                            .ok()
+                            .clone();
+                        power["events"]["m.room.topic"] = json!(10 + round);
+                        set_state(&alice, &room_id, "m.room.power_levels", power);
+                        set_state(
+                            &alice,
+                            &room_id,
+                            "m.room.topic",
+                            json!({"topic": format!("hearth {round}")}),
+                        );
+                        set_state(
+                            &alice,
+                            &room_id,
+                            "m.room.name",
+                            json!({"name": format!("hearth {round}")}),
+                        );
+                    });
+                    let mut power = bob
+                        .get(&format!("/_matrix/client/v3/rooms/{room_id}/state/m.room.power_levels"))
+                        .ok()
+                        .clone();
+                    power["events"]["m.room.name"] = json!(20 + round);
+                    set_state(&bob, &room_id, "m.room.power_levels", power);
+                    set_state(
+                        &bob,
+                        &room_id,
+                        "m.room.topic",
+                        json!({"topic": format!("synapse {round}")}),
+                    );
+                    set_state(
+                        &bob,
+                        &room_id,
+                        "m.room.name",
+                        json!({"name": format!("synapse {round}")}),
+                    );
+                    on_hearth.join().unwrap();
+                });
+            }
+        }
+
+        let state = assert_state_converges(&alice, &bob, &room_id);
+        assert!(
+            state.contains_key(&("m.room.member".to_owned(), alice_id.clone())),
+            "{v}"
+        );
+
+        if version <= 2 {
+            let joined = dave.post(
+                &format!("/_matrix/client/v3/join/{room_id}?via={}", hearth.server_name),
+                json!({}),
+            );
+            assert_eq!(joined.status, 200, "{v}: {}", joined.text);
+            assert!(
+                eventually(|| membership_of(&bob, &room_id, &dave_id).as_deref() == Some("join")),
+                "{v}: Synapse never saw dave's join through Hearth"
+            );
+            send_text(&dave, &room_id, &format!("d{version}"), &format!("{v} from dave"));
+            assert!(
+                eventually(|| bodies(&bob, &room_id).contains(&format!("{v} from dave"))),
+                "{v}: Synapse never got dave's message"
+            );
+            assert_state_converges(&dave, &bob, &room_id);
+        }
+        // Messages still flow after the forks.
+        send_text(
+            &bob,
+            &room_id,
+            &format!("s2{version}"),
+            &format!("{v} again from Synapse"),
+        );
+        send_text(
+            &alice,
+            &room_id,
+            &format!("h2{version}"),
+            &format!("{v} again from Hearth"),
+        );
+        assert!(
+            eventually(|| bodies(&alice, &room_id).contains(&format!("{v} again from Synapse"))),
+            "{v}"
+        );
+        assert!(
+            eventually(|| bodies(&bob, &room_id).contains(&format!("{v} again from Hearth"))),
+            "{v}"
+        );
+        assert_state_converges(&alice, &bob, &room_id);
+    }
+}

@@ -33,7 +33,7 @@ use serde_json::value::RawValue;
 use super::Federation;
 use crate::{
     Error, Result,
-    services::rooms::{Rooms, remote::Received},
+    services::rooms::{Rooms, pdu::reference_ids, remote::Received},
     util::bounded::{BoundedMap, Evict},
 };
 
@@ -153,18 +153,7 @@ impl Federation {
         if checked.room_id != room_id {
             return Err("the event belongs to another room".into());
         }
-        let ids = |field: &str| -> Vec<OwnedEventId> {
-            match checked.object.get(field) {
-                Some(ruma::CanonicalJsonValue::Array(ids)) => ids
-                    .iter()
-                    .filter_map(|v| match v {
-                        ruma::CanonicalJsonValue::String(s) => EventId::parse(s.as_str()).ok(),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            }
-        };
+        let ids = |field: &str| reference_ids(checked.object.get(field));
         self.fetch_auth_events(rooms, origin, version, room_id, ids("auth_events"), 2, budget)
             .await;
         let missing_prevs: Vec<OwnedEventId> = ids("prev_events")
@@ -239,16 +228,8 @@ impl Federation {
             if checked.event_id != event_id || checked.room_id != room_id {
                 continue;
             }
-            if depth > 1
-                && let Some(ruma::CanonicalJsonValue::Array(auth)) = checked.object.get("auth_events")
-            {
-                let auth = auth
-                    .iter()
-                    .filter_map(|v| match v {
-                        ruma::CanonicalJsonValue::String(s) => EventId::parse(s.as_str()).ok(),
-                        _ => None,
-                    })
-                    .collect();
+            if depth > 1 {
+                let auth = reference_ids(checked.object.get("auth_events"));
                 Box::pin(self.fetch_auth_events(rooms, origin, version, room_id, auth, depth - 1, budget)).await;
             }
             if let Err(e) = rooms.store_outlier(room_id, checked.event_id, checked.bytes).await {

@@ -308,6 +308,7 @@ mod tests {
                 depth: 20,
                 origin_server_ts: 1,
                 redacts: None,
+                reference_hashes: None,
             },
         )
         .unwrap();

@@ -342,6 +342,7 @@ mod tests {
                         depth: 10,
                         origin_server_ts: 1,
                         redacts: None,
+                        reference_hashes: None,
                     },
                 )
                 .unwrap();

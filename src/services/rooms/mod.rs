@@ -40,6 +40,7 @@ pub mod remote;
 pub mod remote_invites;
 mod search_hooks;
 mod state;
+pub mod state_res_v1;
 mod sync_hooks;
 mod timeline;
 pub mod upgrade;
@@ -431,6 +432,23 @@ impl Rooms {
             return Ok(None);
         };
         Ok(self.pdus.get(short)?)
+    }
+
+    /// The reference hash of a stored (or pending) event under `rules`: how events of room
+    /// versions 1 and 2 name their prev and auth events.
+    pub fn reference_hash(
+        &self,
+        event_id: &EventId,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Option<String> {
+        let short = self.ids.event(event_id.as_str()).ok()??;
+        let pending = locked(&self.pending).get(&short).cloned();
+        let bytes = match pending {
+            Some(bytes) => bytes,
+            None => Arc::new(self.pdus.get(short).ok()??),
+        };
+        let object: ruma::CanonicalJsonObject = serde_json::from_slice(&bytes).ok()?;
+        ruma::signatures::reference_hash(&object, rules).ok()
     }
 
     /// The room's version, from its create event.

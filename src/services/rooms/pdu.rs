@@ -33,8 +33,10 @@ pub struct Pdu {
     #[serde(default)]
     pub state_key: Option<String>,
     /// The events this one follows.
+    #[serde(deserialize_with = "event_references")]
     pub prev_events: Vec<OwnedEventId>,
     /// The events that authorise it.
+    #[serde(deserialize_with = "event_references")]
     pub auth_events: Vec<OwnedEventId>,
     /// Depth in the DAG.
     pub depth: UInt,
@@ -54,6 +56,46 @@ pub struct Pdu {
     /// More `unsigned` fields for clients (`prev_content` of a state event…).
     #[serde(skip)]
     pub unsigned_extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One entry of `prev_events`/`auth_events`: an event id (room versions 3 and later) or an
+/// `[event id, {hashes}]` pair (versions 1 and 2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventReference {
+    Id(OwnedEventId),
+    Pair(OwnedEventId, serde::de::IgnoredAny),
+}
+
+fn event_references<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<OwnedEventId>, D::Error> {
+    let references = Vec::<EventReference>::deserialize(deserializer)?;
+    Ok(references
+        .into_iter()
+        .map(|r| match r {
+            EventReference::Id(id) | EventReference::Pair(id, _) => id,
+        })
+        .collect())
+}
+
+/// The event ids of a `prev_events`/`auth_events` array of a PDU object, in either format
+/// (ids, or the `[id, {hashes}]` pairs of room versions 1 and 2); entries of neither are left
+/// out.
+pub fn reference_ids(value: Option<&ruma::CanonicalJsonValue>) -> Vec<OwnedEventId> {
+    use ruma::CanonicalJsonValue as V;
+    let Some(V::Array(entries)) = value else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| match entry {
+            V::String(id) => EventId::parse(id.as_str()).ok(),
+            V::Array(pair) => match pair.first() {
+                Some(V::String(id)) => EventId::parse(id.as_str()).ok(),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 fn placeholder_id() -> OwnedEventId {
@@ -257,6 +299,34 @@ mod tests {
     use serde_json::json;
 
     use super::Pdu;
+
+    #[test]
+    fn prev_and_auth_events_are_read_in_both_formats() {
+        let v1 = json!({
+            "event_id": "$e:x", "room_id": "!r:x", "sender": "@a:x", "origin_server_ts": 7, "type": "m.room.message",
+            "content": {}, "prev_events": [["$p:x", {"sha256": "abc"}]],
+            "auth_events": [["$a1:x", {"sha256": "abc"}], ["$a2:x", {}]], "depth": 3,
+        });
+        let pdu = Pdu::parse(owned_event_id!("$e:x"), v1.to_string().as_bytes()).unwrap();
+        assert_eq!(pdu.prev_events, vec![owned_event_id!("$p:x")]);
+        assert_eq!(
+            pdu.auth_events,
+            vec![owned_event_id!("$a1:x"), owned_event_id!("$a2:x")]
+        );
+        let object: ruma::CanonicalJsonObject = serde_json::from_value(v1).unwrap();
+        assert_eq!(super::reference_ids(object.get("auth_events")).len(), 2);
+        let v3 = json!({
+            "room_id": "!r:x", "sender": "@a:x", "origin_server_ts": 7, "type": "m.room.message",
+            "content": {}, "prev_events": ["$p"], "auth_events": ["$a1", "$a2"], "depth": 3,
+        });
+        let pdu = Pdu::parse(owned_event_id!("$e"), v3.to_string().as_bytes()).unwrap();
+        assert_eq!(pdu.prev_events, vec![owned_event_id!("$p")]);
+        let object: ruma::CanonicalJsonObject = serde_json::from_value(v3).unwrap();
+        assert_eq!(
+            super::reference_ids(object.get("prev_events")),
+            vec![owned_event_id!("$p")]
+        );
+    }
 
     #[test]
     fn client_json_is_the_client_format_written_as_a_sorted_map_would_be() {

@@ -6,15 +6,16 @@
 //! 1. The event is checked against its own auth events (the list, then every rule with the
 //!    state they form: [`Rooms::check_by_auth_events`]): a failure rejects it.
 //! 2. The state before it comes from its prev events: the state after the one prev event, or the
-//!    resolution (ruma-state-res, the room version's algorithm) of the states after each; when
-//!    its prev events are missing, the state the caller fetched from the sender. The event is
-//!    checked against that state: a failure rejects it.
+//!    resolution (the room version's algorithm: ruma-state-res for v2 and v2.1, `state_res_v1`
+//!    for room version 1) of the states after each; when its prev events are missing, the state
+//!    the caller fetched from the sender. The event is checked against that state: a failure
+//!    rejects it.
 //! 3. It is checked against the room's current state: a failure soft-fails it (stored and part
 //!    of the graph, never shown to clients, never a forward extremity).
 //! 4. Accepted, it gets a stream position like a local event, the state after it (with itself
 //!    for a state event) and the room's new current state: the state after it when it follows
-//!    every forward extremity, else the resolution of the current state and the state after it.
-//!    Its prev events stop being extremities; it becomes one.
+//!    every forward extremity, else the resolution of the states after each forward extremity
+//!    (it and those it does not follow). Its prev events stop being extremities; it becomes one.
 //!
 //! Rejected and soft-failed events are stored with their outcome (`tables::pdus::Outcome`), so
 //! receiving one again costs nothing, and are never served as accepted.
@@ -73,10 +74,18 @@ impl Rooms {
         bytes: Vec<u8>,
         given_before: Option<StateMap<OwnedEventId>>,
     ) -> Result<Received> {
-        if let Some(short) = self.ids.event(event_id.as_str())?
-            && (self.pdus.get(short)?.is_some() || locked(&self.pending).contains_key(&short))
-        {
-            return Ok(Received::Known);
+        if let Some(short) = self.ids.event(event_id.as_str())? {
+            if self.pdus.get(short)?.is_some() {
+                return Ok(Received::Known);
+            }
+            if locked(&self.pending).contains_key(&short) {
+                // A concurrent receipt (a transaction and `/invite` carrying the same event) is
+                // writing it: "known" only once that is durable, as whoever hears it may act on
+                // what the event changed (the invitee declining the invite at once).
+                drop(self.room_lock(room_id).lock().await);
+                self.commits.enqueue(self.db.batch()).durable().await?;
+                return Ok(Received::Known);
+            }
         }
         let pdu = Pdu::parse(event_id.clone(), &bytes)
             .map_err(|e| Error::bad_json(format!("{event_id} is not a valid event: {e}")))?;
@@ -148,28 +157,40 @@ impl Rooms {
         let prevs: HashSet<&EventId> = pdu.prev_events.iter().map(|id| &**id).collect();
         let follows_all = head.extremities.iter().all(|(_, id)| prevs.contains(&**id));
         let old_current = Arc::clone(&head.current);
-        let current = if follows_all {
-            Arc::clone(&after)
-        } else {
-            let resolved = self.resolve(
-                &rules,
-                vec![
-                    self.ruma_state(&StateAt::layer(Arc::clone(&old_current)))?,
-                    self.ruma_state(&StateAt::layer(Arc::clone(&after)))?,
-                ],
-                Some(&pdu),
-            )?;
-            self.layer_for(&mut batch, &old_current, &resolved)?
-        };
-        if current.id != old_current.id {
-            self.state.queue_current(&mut batch, short_room, current.id);
-        }
         let mut extremities: Vec<(u64, OwnedEventId)> = head
             .extremities
             .iter()
             .filter(|(_, id)| !prevs.contains(&**id))
             .cloned()
             .collect();
+        let current = if follows_all {
+            Arc::clone(&after)
+        } else {
+            // The room's state is the resolution of the states after its forward extremities
+            // (resolving the old current state with the new one instead would depend on the
+            // order events came in: state resolution is not associative).
+            let mut maps = vec![self.ruma_state(&StateAt::layer(Arc::clone(&after)))?];
+            let mut with_current = false;
+            for (_, id) in &extremities {
+                let state = match self.original_event(id)? {
+                    Some(extremity) => self.state_after_event(&extremity).ok(),
+                    None => None,
+                };
+                match state {
+                    Some(state) => maps.push(self.ruma_state(&state)?),
+                    None if !with_current => {
+                        with_current = true;
+                        maps.push(self.ruma_state(&StateAt::layer(Arc::clone(&old_current)))?);
+                    }
+                    None => {}
+                }
+            }
+            let resolved = self.resolve(&rules, maps, Some(&pdu))?;
+            self.layer_for(&mut batch, &old_current, &resolved)?
+        };
+        if current.id != old_current.id {
+            self.state.queue_current(&mut batch, short_room, current.id);
+        }
         extremities.push((short_event, event_id.clone()));
         let shorts: Vec<u64> = extremities.iter().map(|(short, _)| *short).collect();
         self.timeline.queue_set_extremities(&mut batch, short_room, &shorts)?;
@@ -499,10 +520,13 @@ impl Rooms {
         maps: Vec<StateMap<OwnedEventId>>,
         incoming: Option<&Pdu>,
     ) -> Result<StateMap<OwnedEventId>> {
-        let StateResolutionVersion::V2(res_rules) = &rules.state_res else {
-            return Err(Error::forbidden(
-                "State resolution v1 (room versions 1 and 2) is not supported",
-            ));
+        let res_rules = match &rules.state_res {
+            StateResolutionVersion::V2(res_rules) => res_rules,
+            StateResolutionVersion::V1 => {
+                let fetch = |id: &EventId| self.event_or_incoming(id, incoming);
+                return Ok(super::state_res_v1::resolve(&rules.authorization, &maps, fetch));
+            }
+            _ => return Err(Error::forbidden("Unknown state resolution algorithm")),
         };
         let auth_chains = maps
             .iter()
@@ -606,14 +630,11 @@ impl Rooms {
         let mut auth_events = Vec::new();
         for (auth_kind, auth_key) in &auth_types {
             if let Some((_, event_id)) = self.state_entry(&state, &auth_kind.to_string(), auth_key)? {
-                auth_events.push(V::String(event_id.to_string()));
+                auth_events.push(event_id);
             }
         }
-        let prev_events = head
-            .extremities
-            .iter()
-            .map(|(_, id)| V::String(id.to_string()))
-            .collect();
+        let prev_events: Vec<OwnedEventId> = head.extremities.iter().map(|(_, id)| id.clone()).collect();
+        let hash = |id: &EventId| self.reference_hash(id, &rules);
         let int = |n: u64| V::Integer(ruma::Int::try_from(n).unwrap_or_default());
         let mut object = ruma::CanonicalJsonObject::new();
         object.insert("type".into(), V::String(kind.to_owned()));
@@ -621,8 +642,14 @@ impl Rooms {
         object.insert("state_key".into(), V::String(state_key.to_owned()));
         object.insert("content".into(), V::Object(content));
         object.insert("room_id".into(), V::String(room_id.to_string()));
-        object.insert("prev_events".into(), V::Array(prev_events));
-        object.insert("auth_events".into(), V::Array(auth_events));
+        object.insert(
+            "prev_events".into(),
+            events::event_references(&prev_events, &rules, Some(&hash)),
+        );
+        object.insert(
+            "auth_events".into(),
+            events::event_references(&auth_events, &rules, Some(&hash)),
+        );
         object.insert("depth".into(), int(head.depth + 1));
         object.insert("origin_server_ts".into(), int(crate::util::now_ms()));
         object.insert("origin".into(), V::String(sender.server_name().to_string()));

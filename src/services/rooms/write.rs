@@ -462,6 +462,7 @@ impl Rooms {
                 depth: depth + 1,
                 origin_server_ts: event.origin_server_ts.unwrap_or_else(util::now_ms),
                 redacts,
+                reference_hashes: Some(&|id: &EventId| self.reference_hash(id, &rules)),
             },
         )?;
         let pdu = Pdu::parse(signed.event_id.clone(), &signed.bytes)?;

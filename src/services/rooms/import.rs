@@ -461,4 +461,80 @@ mod tests {
         rooms.forwarded(unsent[0].short_event);
         assert!(rooms.unsent_local_events(10).unwrap().is_empty());
     }
+
+    /// A room with 25 forward extremities (25 messages of another server's user on the same
+    /// event): our next event names the newest 20 (other servers refuse more prev events) and
+    /// the 5 it does not name stay extremities, with it.
+    #[tokio::test]
+    async fn a_local_event_names_at_most_twenty_extremities_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Services::for_tests(dir.path(), 8 << 20);
+        let rooms = &services.rooms;
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room = rooms
+            .create_room(&alice, named_room("forked", Preset::PublicChat, false))
+            .await
+            .unwrap();
+        let id_of = |kind: StateEventType| rooms.state_event(&room, &kind, "").unwrap().unwrap().event_id;
+        let (create, power) = (
+            id_of(StateEventType::RoomCreate),
+            id_of(StateEventType::RoomPowerLevels),
+        );
+        let auth = vec![create.clone(), power.clone(), id_of(StateEventType::RoomJoinRules)];
+        let extremity = rooms.forward_extremities(&room).unwrap().remove(0);
+        let mut remote = joins(&services, &room, (&auth, &extremity), "remote.example", 1);
+        let (member, bytes) = remote.remove(0);
+        rooms.receive_remote(&room, member.clone(), bytes, None).await.unwrap();
+        let base = vec![member.clone()];
+        let sender = UserId::parse("@imported0:remote.example").unwrap();
+        for n in 0..25u64 {
+            let ruma::CanonicalJsonValue::Object(content) =
+                ruma::CanonicalJsonValue::try_from(json!({"msgtype": "m.text", "body": format!("fork {n}")})).unwrap()
+            else {
+                unreachable!()
+            };
+            let signed = events::build(
+                &services.server_keys,
+                "localhost",
+                events::NewPdu {
+                    room_version: &RoomVersionId::V11,
+                    room_id: Some(&room),
+                    sender: &sender,
+                    kind: "m.room.message",
+                    state_key: None,
+                    content,
+                    prev_events: base.clone(),
+                    auth_events: vec![create.clone(), power.clone(), member.clone()],
+                    depth: 20 + n,
+                    origin_server_ts: 2 + n,
+                    redacts: None,
+                    reference_hashes: None,
+                },
+            )
+            .unwrap();
+            let received = rooms
+                .receive_remote(&room, signed.event_id, signed.bytes, None)
+                .await
+                .unwrap();
+            assert!(
+                matches!(received, crate::services::rooms::remote::Received::Accepted(_)),
+                "{received:?}"
+            );
+        }
+        assert_eq!(rooms.forward_extremities(&room).unwrap().len(), 25);
+
+        let sent = rooms
+            .append(
+                &room,
+                &alice,
+                crate::services::rooms::NewEvent::message(json!({"msgtype": "m.text", "body": "joined up"})),
+            )
+            .await
+            .unwrap();
+        let pdu = rooms.event(&sent.event_id).unwrap().unwrap();
+        assert_eq!(pdu.prev_events.len(), 20);
+        let left = rooms.forward_extremities(&room).unwrap();
+        assert_eq!(left.len(), 6, "{left:?}");
+        assert!(left.contains(&sent.event_id));
+    }
 }

@@ -53,6 +53,9 @@ impl Head {
     }
 }
 
+/// The most prev events an event names (the spec's limit on a PDU's `prev_events`).
+const MAX_PREV_EVENTS: usize = 20;
+
 /// An event built and checked, its writes added to a batch that is not queued yet; served
 /// from memory until it is durable.
 pub(super) struct Staged {
@@ -440,11 +443,13 @@ impl Rooms {
             }
         }
 
-        // Prev events: the room's forward extremities; depth one past the deepest.
-        let prev_events: Vec<OwnedEventId> = head
-            .as_ref()
-            .map(|h| h.extremities.iter().map(|(_, id)| id.clone()).collect())
-            .unwrap_or_default();
+        // Prev events: the room's forward extremities, the newest [`MAX_PREV_EVENTS`] of them
+        // (other servers refuse more); depth one past the deepest.
+        let extremities = head.as_ref().map(|h| h.extremities.as_slice()).unwrap_or_default();
+        let (left_over, cited) = extremities.split_at(extremities.len().saturating_sub(MAX_PREV_EVENTS));
+        let prev_events: Vec<OwnedEventId> = cited.iter().map(|(_, id)| id.clone()).collect();
+        // The extremities it does not name stay extremities, with it.
+        let mut new_extremities = left_over.to_vec();
         let depth = head.as_ref().map_or(0, |h| h.depth);
 
         let signed = events::build(
@@ -520,7 +525,9 @@ impl Rooms {
             }
             before
         };
-        self.timeline.queue_set_extremities(batch, short_room, &[short_event])?;
+        new_extremities.push((short_event, signed.event_id.clone()));
+        let shorts: Vec<u64> = new_extremities.iter().map(|(short, _)| *short).collect();
+        self.timeline.queue_set_extremities(batch, short_room, &shorts)?;
         let ticket = self.positions.allocate()?;
         let position = ticket.position();
         let mut member_target = None;
@@ -571,7 +578,7 @@ impl Rooms {
         }
         let concerns = sync_hooks::concerns(signed.room_id.as_str(), event.kind, event.state_key);
         *head = Some(Head {
-            extremities: vec![(short_event, signed.event_id.clone())],
+            extremities: new_extremities,
             depth: depth + 1,
             current: after,
         });

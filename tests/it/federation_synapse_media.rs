@@ -110,11 +110,19 @@ fn files_cross_between_hearth_and_synapse_byte_identical() {
     assert_eq!(content_type.as_deref(), Some("image/png"));
     let thumb = image::load_from_memory(&body).unwrap();
     // The smallest usual size that covers the request (320x240 for `scale`): a real thumbnail.
-    assert!(thumb.width() < 400 && thumb.height() <= 240, "{}x{}", thumb.width(), thumb.height());
+    assert!(
+        thumb.width() < 400 && thumb.height() <= 240,
+        "{}x{}",
+        thumb.width(),
+        thumb.height()
+    );
     // An id Synapse does not know is a 404 through Hearth.
     let (status, _, _) = get_bytes(
         &alice,
-        &format!("/_matrix/client/v1/media/download/{}/AAAAnosuchmedia", synapse.server_name),
+        &format!(
+            "/_matrix/client/v1/media/download/{}/AAAAnosuchmedia",
+            synapse.server_name
+        ),
     );
     assert_eq!(status, 404);
 

@@ -88,7 +88,7 @@ impl Federation {
         let response = self.signed_get(origin, &path, limit + FRAMING_BYTES).await?;
         let status = response.status();
         if status == StatusCode::OK {
-            return self.from_multipart(origin, &response, max_bytes).await;
+            return self.from_multipart(origin, response, max_bytes).await;
         }
         let errcode = errcode(response.body());
         if status == StatusCode::NOT_FOUND && errcode.as_deref() == Some("M_UNRECOGNIZED")
@@ -130,7 +130,7 @@ impl Federation {
     async fn from_multipart(
         &self,
         origin: &ServerName,
-        response: &http::Response<Vec<u8>>,
+        response: http::Response<Vec<u8>>,
         max_bytes: u64,
     ) -> Result<RemoteFile> {
         let content_type = header(response.headers(), http::header::CONTENT_TYPE).unwrap_or("");
@@ -150,10 +150,19 @@ impl Federation {
         if content.body.len() as u64 > max_bytes {
             return Err(too_large(max_bytes));
         }
+        let content_type = content.header("content-type").map(str::to_owned);
+        let filename = filename_of(content.header("content-disposition").map(str::as_bytes));
+        // The file is cut out of the answer in place: never two copies in memory.
+        let start = content.body.as_ptr() as usize - response.body().as_ptr() as usize;
+        let end = start + content.body.len();
+        drop(parts);
+        let mut bytes = response.into_body();
+        bytes.truncate(end);
+        bytes.drain(..start);
         Ok(RemoteFile {
-            content_type: content.header("content-type").map(str::to_owned),
-            filename: filename_of(content.header("content-disposition").map(str::as_bytes)),
-            bytes: content.body.to_vec(),
+            content_type,
+            filename,
+            bytes,
         })
     }
 

@@ -446,12 +446,33 @@ fn fallback_location_and_shared_fetches() {
         MULTIPART,
         &multipart("Content-Type: application/octet-stream\r\n", &shared),
     );
-    fake.set_mode(Mode::Hang);
+    for r in three_at_once(&fake, &alice, &format!("{}/shared", fake.name)) {
+        assert_eq!(r.status, 200);
+        assert!(r.body == shared);
+    }
+    // A fetch that fails is shared by those who waited for it; a later download asks again.
+    fake.answer_path_raw(new_prefix, 500, "application/json", br#"{"errcode":"M_UNKNOWN"}"#);
+    let path = format!("{}/failing", fake.name);
+    for r in three_at_once(&fake, &alice, &path) {
+        r.expect_err(502, "M_UNKNOWN");
+    }
     let before = downloads_asked(&fake);
-    let path = format!("{}/shared", fake.name);
+    download(&alice, &path).expect_err(502, "M_UNKNOWN");
+    assert_eq!(
+        downloads_asked(&fake) - before,
+        1,
+        "a failure is not cached for later downloads"
+    );
+}
+
+/// Three downloads of `path` at once while `fake` holds its answer; asserts that one request
+/// reached it, and returns the three answers.
+fn three_at_once(fake: &FakeServer, alice: &Client, path: &str) -> Vec<Raw> {
+    fake.set_mode(Mode::Hang);
+    let before = downloads_asked(fake);
     let clients: Vec<_> = (0..3)
         .map(|_| {
-            let (alice, path) = (alice.clone(), path.clone());
+            let (alice, path) = (alice.clone(), path.to_owned());
             std::thread::spawn(move || download(&alice, &path))
         })
         .collect();
@@ -462,16 +483,13 @@ fn fallback_location_and_shared_fetches() {
     // Give the other two time to reach the server (they must wait, not ask).
     std::thread::sleep(Duration::from_millis(500));
     fake.release();
-    for client in clients {
-        let r = client.join().unwrap();
-        assert_eq!(r.status, 200);
-        assert!(r.body == shared);
-    }
+    let answers = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert_eq!(
-        downloads_asked(&fake) - before,
+        downloads_asked(fake) - before,
         1,
         "concurrent downloads share one fetch"
     );
+    answers
 }
 
 /// With federation off, another server's media is 404 and nothing leaves the machine; the

@@ -49,7 +49,9 @@ pub struct Media {
     thumbnails: thumbnails::Thumbnailer,
     previews: preview::Previews,
     /// One fetch at a time per remote media item (others wait and find it cached).
-    remote_locks: util::bounded::KeyedLocks<(OwnedServerName, String)>,
+    remote_locks: util::bounded::KeyedLocks<remote::RemoteKey>,
+    /// Fetches that failed while others waited for them.
+    remote_failures: util::bounded::BoundedMap<remote::RemoteKey, remote::RecentFailure>,
     /// Remote fetches under way at once (each may hold a file in memory).
     remote_slots: tokio::sync::Semaphore,
 }
@@ -109,6 +111,7 @@ impl Media {
             commit_lock: tokio::sync::Mutex::new(()),
             uploaded: tokio::sync::Notify::new(),
             remote_locks: util::bounded::KeyedLocks::new(remote::MAX_LOCKS),
+            remote_failures: util::bounded::BoundedMap::new(remote::MAX_LOCKS),
             remote_slots: tokio::sync::Semaphore::new(remote::MAX_CONCURRENT_FETCHES),
         })
     }

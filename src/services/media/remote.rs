@@ -5,27 +5,52 @@
 //!
 //! Concurrent downloads of one item share one fetch: each takes the item's lock
 //! ([`KeyedLocks`](crate::util::bounded::KeyedLocks), bounded), and whoever comes second finds
-//! it cached. At most [`MAX_CONCURRENT_FETCHES`] fetches run at once, as each holds at most
+//! it cached, or gets the answer of the fetch that failed while it waited (remembered a minute
+//! in a bounded map, only for those who were already waiting). At most [`MAX_CONCURRENT_FETCHES`] fetches run at once, as each holds at most
 //! `media.max_upload_size` bytes in memory before they are written. A failure is not cached
 //! (the next download asks again), nor is a file over the limit. With federation off nothing
 //! is fetched: remote media not already cached is 404.
 
-use ruma::ServerName;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use ruma::{OwnedServerName, ServerName, api::error::ErrorKind};
 
 use super::{Media, MediaInfo, store};
 use crate::{
     Error, Result,
     services::federation::{Federation, media::RemoteFile},
     storage::tables::media::{ContentRef, MediaRecord},
-    util,
+    util::{self, bounded::Evict},
 };
 
-/// Remote media items whose locks are kept while unused.
+/// Remote media items whose locks are kept while unused, and failed fetches remembered.
 pub const MAX_LOCKS: usize = 1_000;
 /// Remote fetches running at once.
 pub const MAX_CONCURRENT_FETCHES: usize = 4;
 /// The longest media id fetched (Synapse's ids are 24 characters).
 const MAX_MEDIA_ID: usize = 255;
+
+/// How long a failed fetch is remembered for the downloads that waited on it.
+const FAILURE_KEPT: Duration = Duration::from_secs(60);
+
+/// A remote media item.
+pub(super) type RemoteKey = (OwnedServerName, String);
+
+/// A fetch that failed: the downloads that waited for it get its answer instead of asking
+/// again; a download that starts later asks again.
+pub(super) struct RecentFailure {
+    at: Instant,
+    status: StatusCode,
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Evict for RecentFailure {
+    fn stale(&self, now: Instant) -> bool {
+        now.duration_since(self.at) > FAILURE_KEPT
+    }
+}
 
 /// Whether `id` is a media id the spec allows (`[A-Za-z0-9_-]+`): anything else is never
 /// asked of another server.
@@ -65,20 +90,44 @@ impl Media {
         if !federation.enabled || !valid_media_id(media_id) {
             return Err(unknown());
         }
-        let _item = self.remote_locks.lock((server.to_owned(), media_id.to_owned())).await;
-        // Whoever held the lock before us may have fetched it.
+        let key: RemoteKey = (server.to_owned(), media_id.to_owned());
+        let asked_at = Instant::now();
+        let _item = self.remote_locks.lock(key.clone()).await;
+        // Whoever held the lock before us may have fetched it, or failed to.
         if let Some(info) = self.cached_remote(server, media_id)? {
             return Ok(info);
+        }
+        let failed_meanwhile = self.remote_failures.with(&key, |failure| {
+            failure
+                .filter(|f| f.at >= asked_at)
+                .map(|f| Error::new(f.status, f.kind.clone(), f.message.clone()))
+        });
+        if let Some(error) = failed_meanwhile {
+            return Err(error);
         }
         let _slot = self
             .remote_slots
             .acquire()
             .await
             .map_err(|_| Error::internal("remote media slots closed"))?;
-        let file = federation
+        let fetched = federation
             .download_media(server, media_id, self.config.max_upload_size)
-            .await?;
-        self.store_remote(server, media_id, file).await
+            .await;
+        match fetched {
+            Ok(file) => self.store_remote(server, media_id, file).await,
+            Err(error) => {
+                if let Error::Matrix { status, kind, message } = &error {
+                    let failure = RecentFailure {
+                        at: Instant::now(),
+                        status: *status,
+                        kind: kind.clone(),
+                        message: message.clone(),
+                    };
+                    self.remote_failures.insert(key, failure);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Writes a fetched file as chunks and commits its record in one synced batch.

@@ -82,18 +82,22 @@ impl Federation {
     /// [`DOWNLOAD_TIMEOUT`].
     pub async fn download_media(&self, origin: &ServerName, media_id: &str, max_bytes: u64) -> Result<RemoteFile> {
         self.check_peer(origin)?;
-        let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX - FRAMING_BYTES);
+        let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
         let id = encode_segment(media_id);
         let path = format!("/_matrix/federation/v1/media/download/{id}?timeout_ms={ORIGIN_WAIT_MS}");
-        let response = self.signed_get(origin, &path, limit + FRAMING_BYTES).await?;
+        let response = self
+            .signed_get(origin, &path, limit.saturating_add(FRAMING_BYTES), max_bytes)
+            .await?;
         let status = response.status();
         if status == StatusCode::OK {
             return self.from_multipart(origin, response, max_bytes).await;
         }
         let errcode = errcode(response.body());
-        if status == StatusCode::NOT_FOUND && errcode.as_deref() == Some("M_UNRECOGNIZED")
-            || status == StatusCode::METHOD_NOT_ALLOWED
-        {
+        // An origin that predates the endpoint: 404 `M_UNRECOGNIZED` as the spec says (400 from
+        // servers older still), or 405.
+        let unrecognized = matches!(status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST)
+            && errcode.as_deref() == Some("M_UNRECOGNIZED");
+        if unrecognized || status == StatusCode::METHOD_NOT_ALLOWED {
             return self.download_legacy(origin, &id, max_bytes, limit).await;
         }
         Err(answer_error(origin, status, errcode))
@@ -105,7 +109,7 @@ impl Federation {
             "/_matrix/media/v3/download/{}/{id}?allow_remote=false&allow_redirect=true&timeout_ms={ORIGIN_WAIT_MS}",
             encode_segment(origin.as_str())
         );
-        let response = self.signed_get(origin, &path, limit).await?;
+        let response = self.signed_get(origin, &path, limit, max_bytes).await?;
         let status = response.status();
         if status.is_redirection() {
             let location = header(response.headers(), http::header::LOCATION)
@@ -179,8 +183,8 @@ impl Federation {
         } else {
             ssrf::AddressPolicy::default()
         };
-        let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX - 1);
-        let fetched = fetch::fetch_once(location, &policy, limit + 1, DOWNLOAD_TIMEOUT)
+        let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+        let fetched = fetch::fetch_once(location, &policy, limit.saturating_add(1), DOWNLOAD_TIMEOUT)
             .await
             .map_err(|e| fetch_failed(origin, format!("following {location}: {e}")))?;
         if fetched.body.len() as u64 > max_bytes {
@@ -194,8 +198,14 @@ impl Federation {
     }
 
     /// A GET of `path` on `origin`, signed with `X-Matrix`; the raw answer, its body at most
-    /// `max_body` bytes (a longer one is 502 `M_TOO_LARGE`).
-    async fn signed_get(&self, origin: &ServerName, path: &str, max_body: usize) -> Result<http::Response<Vec<u8>>> {
+    /// `max_body` bytes (a longer one is 502 `M_TOO_LARGE`, naming the file limit `max_bytes`).
+    async fn signed_get(
+        &self,
+        origin: &ServerName,
+        path: &str,
+        max_body: usize,
+        max_bytes: u64,
+    ) -> Result<http::Response<Vec<u8>>> {
         let mut request = http::Request::get(path)
             .body(Vec::new())
             .map_err(|e| Error::internal(format!("cannot build a request to {origin}: {e}")))?;
@@ -209,7 +219,7 @@ impl Federation {
         self.send_http_limited(origin, request, max_body, DOWNLOAD_TIMEOUT)
             .await
             .map_err(|e| match e.errcode().as_str() {
-                "M_TOO_LARGE" => too_large((max_body.saturating_sub(FRAMING_BYTES)) as u64),
+                "M_TOO_LARGE" => too_large(max_bytes),
                 "M_FORBIDDEN" => e,
                 _ => fetch_failed(origin, e),
             })

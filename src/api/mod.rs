@@ -51,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, federation: bool) {
             LimitClass::Client,
             self::federation::directory::get_public_rooms_filtered,
         );
+        self::federation::media::configure(&mut t);
     }
 
     // Discovery and server information.

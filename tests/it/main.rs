@@ -30,6 +30,9 @@ mod federation_hostile;
 /// Knocks over federation both ways (knock, accept, withdraw, refuse) and the bound on remote
 /// invites, between Hearth servers on loopback.
 mod federation_knock;
+/// Media across servers: remote downloads fetched once and cached, thumbnails of remote media,
+/// the federation media endpoints, size limits, lying origins, federation off.
+mod federation_media;
 /// Federation reads served to other servers: events, state, backfill, visibility, directory.
 mod federation_read;
 /// Federation server discovery and the outbound HTTPS transport, as a library against a DNS
@@ -41,6 +44,8 @@ mod federation_sender;
 /// Interoperability with a real Synapse from PyPI on loopback, both directions: joins,
 /// messages, redactions, leaves, bans, state convergence, history from before a join.
 mod federation_synapse;
+/// Media across servers with a real Synapse, both directions.
+mod federation_synapse_media;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

@@ -56,7 +56,7 @@ use crate::{
 const CSP: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';";
 
 /// Types a browser may show inline (Synapse's list); anything else is served as an attachment.
-const INLINE_TYPES: &[&str] = &[
+pub(crate) const INLINE_TYPES: &[&str] = &[
     "text/css",
     "text/plain",
     "text/csv",
@@ -133,7 +133,8 @@ pub fn configure_streaming(cfg: &mut RouteTable) {
     });
 }
 
-fn raw<R, F, Fut>(table: &mut RouteTable, handler: F)
+/// Registers a raw (streaming) handler for every path of `R`.
+pub(crate) fn raw<R, F, Fut>(table: &mut RouteTable, handler: F)
 where
     R: IncomingRequest,
     F: Fn(HttpRequest, web::Payload, Arc<Services>, &'static str) -> Fut + Clone + 'static,
@@ -172,7 +173,7 @@ where
     Ok((prepared.ctx, request))
 }
 
-fn answer(result: Result<HttpResponse>) -> HttpResponse {
+pub(crate) fn answer(result: Result<HttpResponse>) -> HttpResponse {
     result.unwrap_or_else(respond::error)
 }
 
@@ -303,7 +304,14 @@ async fn download<R: DownloadRequest>(
             let (_ctx, request): (_, R) = head(&req, &services, template).await?;
             let d = request.into_download();
             let media = &services.media;
-            let info = media.get(&d.server_name, &d.media_id, d.timeout).await?;
+            // The legacy endpoints never fetch remote media (Synapse with authenticated media).
+            let info = if d.legacy {
+                media.get(&d.server_name, &d.media_id, d.timeout).await?
+            } else {
+                media
+                    .get_or_fetch(&services.federation, &d.server_name, &d.media_id, d.timeout)
+                    .await?
+            };
             if d.legacy && !media.legacy_allowed(&info) {
                 return Err(frozen());
             }
@@ -348,7 +356,7 @@ fn header_value(text: &str) -> actix_web::http::header::HeaderValue {
         .unwrap_or_else(|_| actix_web::http::header::HeaderValue::from_static(""))
 }
 
-fn essence(content_type: &str) -> String {
+pub(crate) fn essence(content_type: &str) -> String {
     content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
@@ -379,7 +387,7 @@ fn common_headers(builder: &mut actix_web::HttpResponseBuilder) {
 }
 
 /// `filename="…"` for plain ASCII names, RFC 5987 `filename*=utf-8''…` otherwise.
-fn filename_param(name: &str) -> String {
+pub(crate) fn filename_param(name: &str) -> String {
     let plain = name
         .bytes()
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' && b != b';');
@@ -459,7 +467,7 @@ trait ThumbnailRequest: IncomingRequest<Authentication: AuthPolicy> {
     fn into_args(self) -> Result<ThumbnailArgs>;
 }
 
-fn method(m: Option<&ruma::media::Method>) -> Result<Method> {
+pub(crate) fn method(m: Option<&ruma::media::Method>) -> Result<Method> {
     match m {
         None | Some(ruma::media::Method::Scale) => Ok(Method::Scale),
         Some(ruma::media::Method::Crop) => Ok(Method::Crop),
@@ -470,7 +478,7 @@ fn method(m: Option<&ruma::media::Method>) -> Result<Method> {
     }
 }
 
-fn side(n: UInt) -> u32 {
+pub(crate) fn side(n: UInt) -> u32 {
     u32::try_from(u64::from(n)).unwrap_or(u32::MAX)
 }
 
@@ -513,8 +521,10 @@ async fn thumbnail<R: ThumbnailRequest>(
                     return Err(frozen());
                 }
             }
+            let fetch_remote = (!a.legacy).then_some(&services.federation);
             let thumb = media
                 .thumbnail(
+                    fetch_remote,
                     &a.server_name,
                     &a.media_id,
                     a.width,

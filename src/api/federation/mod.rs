@@ -8,6 +8,7 @@ pub mod directory;
 pub mod e2ee;
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod query;
 pub mod send;

@@ -16,6 +16,7 @@ pub mod gaps;
 pub mod intake;
 pub mod invite;
 pub mod leave;
+pub mod media;
 pub mod membership;
 pub mod own_keys;
 pub mod pdu;
@@ -159,7 +160,20 @@ impl Federation {
     async fn send_http(
         &self,
         destination: &ServerName,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>> {
+        self.send_http_limited(destination, request, MAX_RESPONSE_BYTES, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// [`Self::send_http`] with its own limits: the answer's body at most `max_response_bytes`
+    /// (a longer one is 502 `M_TOO_LARGE`), the whole exchange within `timeout`.
+    async fn send_http_limited(
+        &self,
+        destination: &ServerName,
         mut request: http::Request<Vec<u8>>,
+        max_response_bytes: usize,
+        timeout: Duration,
     ) -> Result<http::Response<Vec<u8>>> {
         self.check_peer(destination)?;
         if destination == self.server_name {
@@ -177,10 +191,10 @@ impl Federation {
             let target = self.resolver.resolve(destination).await?;
             self.resolver
                 .transport()
-                .send(&target, request, MAX_RESPONSE_BYTES, REQUEST_TIMEOUT)
+                .send(&target, request, max_response_bytes, timeout)
                 .await
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(remote_failed(destination, "timed out")),
         }

@@ -110,6 +110,11 @@ impl Transport {
         }
     }
 
+    /// Whether the transport may connect to non-public addresses (`allow_private_destinations`).
+    pub fn allows_private(&self) -> bool {
+        self.allow_private
+    }
+
     /// Whether the transport may connect to `ip`.
     pub fn permits(&self, ip: IpAddr) -> bool {
         self.allow_private || is_public(ip)
@@ -427,7 +432,13 @@ async fn read_body(
     let mut keep_alive = version == 1 && !has_token("connection", "close");
     let chunked = has_token("transfer-encoding", "chunked");
     let mut body = Vec::new();
-    let too_big = || failed(format!("The response's body exceeds {max_bytes} bytes"));
+    let too_big = || {
+        Error::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorKind::TooLarge,
+            format!("The response's body exceeds {max_bytes} bytes"),
+        )
+    };
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(failed("The server switched protocols"));
     }

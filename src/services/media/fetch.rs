@@ -34,9 +34,11 @@ const MAX_REDIRECTS: usize = 5;
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// A fetched page.
-pub(super) struct Fetched {
+pub(crate) struct Fetched {
     /// The response's `Content-Type`.
     pub content_type: Option<String>,
+    /// The response's `Content-Disposition`.
+    pub content_disposition: Option<String>,
     /// The body, at most `max_bytes` of it.
     pub body: Vec<u8>,
 }
@@ -162,14 +164,27 @@ async fn vetted_addrs(target: &Target, policy: &AddressPolicy) -> Result<Vec<Soc
 
 /// Fetches `url`, following redirects, within `timeout` and `max_bytes`.
 pub(super) async fn fetch(url: &str, policy: &AddressPolicy, max_bytes: usize, timeout: Duration) -> Result<Fetched> {
-    tokio::time::timeout(timeout, fetch_inner(url, policy, max_bytes))
+    tokio::time::timeout(timeout, fetch_inner(url, policy, max_bytes, MAX_REDIRECTS))
         .await
         .map_err(|_| failed("Timed out fetching the page"))?
 }
 
-async fn fetch_inner(url: &str, policy: &AddressPolicy, max_bytes: usize) -> Result<Fetched> {
+/// Fetches `url` without following any redirect (a remote server's media `Location`, itself
+/// the one redirect allowed), within `timeout` and `max_bytes`.
+pub(crate) async fn fetch_once(
+    url: &str,
+    policy: &AddressPolicy,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Fetched> {
+    tokio::time::timeout(timeout, fetch_inner(url, policy, max_bytes, 0))
+        .await
+        .map_err(|_| failed("Timed out fetching the media"))?
+}
+
+async fn fetch_inner(url: &str, policy: &AddressPolicy, max_bytes: usize, max_redirects: usize) -> Result<Fetched> {
     let mut current = url.to_owned();
-    for _ in 0..=MAX_REDIRECTS {
+    for _ in 0..=max_redirects {
         let target = parse_url(&current)?;
         let addrs = vetted_addrs(&target, policy).await?;
         let (status, headers, body) = request(&target, &addrs, max_bytes, None).await?;
@@ -189,6 +204,7 @@ async fn fetch_inner(url: &str, policy: &AddressPolicy, max_bytes: usize) -> Res
         }
         return Ok(Fetched {
             content_type: header("content-type"),
+            content_disposition: header("content-disposition"),
             body,
         });
     }

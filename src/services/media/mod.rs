@@ -15,6 +15,7 @@ pub mod store;
 pub mod thumbnails;
 
 pub mod fetch;
+pub mod remote;
 
 use std::{sync::Arc, time::Duration};
 
@@ -47,6 +48,12 @@ pub struct Media {
     uploaded: tokio::sync::Notify,
     thumbnails: thumbnails::Thumbnailer,
     previews: preview::Previews,
+    /// One fetch at a time per remote media item (others wait and find it cached).
+    remote_locks: util::bounded::KeyedLocks<remote::RemoteKey>,
+    /// Fetches that failed while others waited for them.
+    remote_failures: util::bounded::BoundedMap<remote::RemoteKey, remote::RecentFailure>,
+    /// Remote fetches under way at once (each may hold a file in memory).
+    remote_slots: tokio::sync::Semaphore,
 }
 
 /// A media item ready to be served.
@@ -103,6 +110,9 @@ impl Media {
             server_name,
             commit_lock: tokio::sync::Mutex::new(()),
             uploaded: tokio::sync::Notify::new(),
+            remote_locks: util::bounded::KeyedLocks::new(remote::MAX_LOCKS),
+            remote_failures: util::bounded::BoundedMap::new(remote::MAX_LOCKS),
+            remote_slots: tokio::sync::Semaphore::new(remote::MAX_CONCURRENT_FETCHES),
         })
     }
 
@@ -194,8 +204,8 @@ impl Media {
     pub async fn get(&self, server: &ruma::ServerName, media_id: &str, wait: Duration) -> Result<MediaInfo> {
         let unknown = || Error::not_found("Media not found");
         if server != self.server_name {
-            // No federation yet: remote media is unknown here.
-            return Err(unknown());
+            // Remote media: what the cache holds (`remote.rs` fetches).
+            return self.cached_remote(server, media_id)?.ok_or_else(unknown);
         }
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
@@ -264,6 +274,31 @@ impl Media {
         store::read_range(self.table.clone(), info.blob.clone(), start, end.min(info.size))
     }
 
+    /// Queues what makes freshly written content a stored blob: a reference more to an existing
+    /// blob of the same bytes (whose new chunks are dropped), or the new blob itself; the
+    /// pending mark goes either way. Call under `commit_lock`.
+    fn queue_blob(&self, batch: &mut crate::storage::Batch, written: &store::Written) -> Result<()> {
+        let table = &self.table;
+        match table.blob(&written.hash)? {
+            Some(mut existing) => {
+                existing.refs += 1;
+                table.queue_put_blob(batch, &written.hash, &existing)?;
+                table.queue_delete_chunks(batch, written.blob_id);
+            }
+            None => {
+                let blob = BlobRecord {
+                    blob_id: written.blob_id,
+                    size: written.size,
+                    chunk_size: store::CHUNK_SIZE as u32,
+                    refs: 1,
+                };
+                table.queue_put_blob(batch, &written.hash, &blob)?;
+            }
+        }
+        table.queue_pending_blob_done(batch, written.blob_id);
+        Ok(())
+    }
+
     /// Notes that an upload completed, waking downloads that wait for it.
     fn notify_uploaded(&self) {
         self.uploaded.notify_waiters();
@@ -320,23 +355,7 @@ impl Upload<'_> {
             });
             record.expires_ms = None;
             let mut batch = table.batch();
-            match table.blob(&written.hash)? {
-                Some(mut existing) => {
-                    existing.refs += 1;
-                    table.queue_put_blob(&mut batch, &written.hash, &existing)?;
-                    table.queue_delete_chunks(&mut batch, written.blob_id);
-                }
-                None => {
-                    let blob = BlobRecord {
-                        blob_id: written.blob_id,
-                        size: written.size,
-                        chunk_size: store::CHUNK_SIZE as u32,
-                        refs: 1,
-                    };
-                    table.queue_put_blob(&mut batch, &written.hash, &blob)?;
-                }
-            }
-            table.queue_pending_blob_done(&mut batch, written.blob_id);
+            media.queue_blob(&mut batch, &written)?;
             table.queue_put(&mut batch, server, &self.media_id, &record)?;
             if self.created {
                 table.queue_user_pending_done(&mut batch, &self.uploader, &self.media_id);

@@ -210,11 +210,14 @@ fn render(image: &DynamicImage, format: ImageFormat, width: u32, height: u32, me
 }
 
 impl Media {
-    /// A thumbnail of local media: the cached one, or one made now (and cached). With
-    /// `animated`, an animated GIF or WebP that already fits the box is returned as it is.
+    /// A thumbnail: the cached one, or one made now (and cached). With `animated`, an animated
+    /// GIF or WebP that already fits the box is returned as it is. Given `federation`, another
+    /// server's media is fetched (and cached) first and thumbnailed here, as Synapse does by
+    /// default; without it only our own media (and what the cache holds) is found.
     #[allow(clippy::too_many_arguments)]
     pub async fn thumbnail(
         &self,
+        federation: Option<&crate::services::federation::Federation>,
         server: &ruma::ServerName,
         media_id: &str,
         width: u32,
@@ -226,7 +229,10 @@ impl Media {
         if width == 0 || height == 0 {
             return Err(Error::invalid_param("width and height must be positive"));
         }
-        let info = self.get(server, media_id, wait).await?;
+        let info = match federation {
+            Some(federation) => self.get_or_fetch(federation, server, media_id, wait).await?,
+            None => self.get(server, media_id, wait).await?,
+        };
         if !is_thumbnailable(info.content_type.as_deref()) {
             return Err(cannot("This media is not an image Hearth can thumbnail"));
         }

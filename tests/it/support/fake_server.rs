@@ -72,6 +72,9 @@ struct Shared {
     /// Bodies (200) for the requests whose path starts with a prefix: (prefix, body), the
     /// first match wins over `fixed`.
     routes: Mutex<Vec<(String, String)>>,
+    /// Raw answers for the requests whose path starts with a prefix: (prefix, status,
+    /// content type, body), before any other rule.
+    typed: Mutex<Vec<(String, u16, String, Vec<u8>)>>,
 }
 
 /// The server; stops when dropped (drop it outside any runtime).
@@ -120,6 +123,7 @@ impl FakeServer {
                 release: Notify::new(),
                 fixed: Mutex::new(None),
                 routes: Mutex::new(Vec::new()),
+                typed: Mutex::new(Vec::new()),
             }),
             accept: Mutex::new(None),
             runtime,
@@ -191,6 +195,15 @@ impl FakeServer {
         let mut routes = self.shared.routes.lock().unwrap();
         routes.retain(|(p, _)| p != prefix);
         routes.push((prefix.to_owned(), body.to_owned()));
+    }
+
+    /// Answers the requests whose path starts with `prefix` with `status`, `content_type` and
+    /// the raw `body` from now on, before any other rule (held by [`Mode::Hang`] all the same);
+    /// a later call for the same prefix replaces it.
+    pub fn answer_path_raw(&self, prefix: &str, status: u16, content_type: &str, body: &[u8]) {
+        let mut typed = self.shared.typed.lock().unwrap();
+        typed.retain(|(p, ..)| p != prefix);
+        typed.push((prefix.to_owned(), status, content_type.to_owned(), body.to_vec()));
     }
 
     /// Answers the requests held by [`Mode::Hang`] and switches to [`Mode::Answer`].
@@ -278,6 +291,28 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut tls:
             if *shared.mode.lock().unwrap() == Mode::Hang {
                 released.await;
             }
+        }
+        let typed = shared
+            .typed
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(prefix, ..)| received.path.starts_with(prefix.as_str()))
+            .map(|(_, status, content_type, body)| (*status, content_type.clone(), body.clone()));
+        if let Some((status, content_type, body)) = typed {
+            received.status = status;
+            shared.received.lock().unwrap().push(received);
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let mut answer = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            answer.extend_from_slice(&body);
+            if tls.write_all(&answer).await.is_err() || tls.flush().await.is_err() {
+                return;
+            }
+            continue;
         }
         let routed = shared
             .routes

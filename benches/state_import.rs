@@ -124,6 +124,7 @@ async fn main() {
                 depth: 10,
                 origin_server_ts: 1,
                 redacts: None,
+                reference_hashes: None,
             },
         )
         .expect("event");

@@ -16,6 +16,10 @@ use ruma::{
 use super::server_keys::ServerKeys;
 use crate::{Error, Result};
 
+/// Finds the reference hash of a stored event (room versions 1 and 2 name prev and auth
+/// events with it).
+pub type ReferenceHash<'a> = &'a dyn Fn(&EventId) -> Option<String>;
+
 /// A JSON object from a client (event content, a key object, `creation_content` …) as
 /// canonical JSON, or 400 `M_BAD_JSON` naming `what` when it is not an object within
 /// canonical JSON's limits (integer range, nesting).
@@ -59,7 +63,7 @@ pub struct NewPdu<'a> {
     pub redacts: Option<&'a EventId>,
     /// The reference hash of a stored event: room versions 1 and 2 name prev and auth events
     /// with it. `None` for later versions (and where no hash can be had: `{}` is sent then).
-    pub reference_hashes: Option<&'a dyn Fn(&EventId) -> Option<String>>,
+    pub reference_hashes: Option<ReferenceHash<'a>>,
 }
 
 /// A hashed and signed event.
@@ -96,7 +100,7 @@ fn string(s: impl Into<String>) -> CanonicalJsonValue {
 pub fn event_references(
     ids: &[OwnedEventId],
     rules: &RoomVersionRules,
-    hash: Option<&dyn Fn(&EventId) -> Option<String>>,
+    hash: Option<ReferenceHash<'_>>,
 ) -> CanonicalJsonValue {
     let entry = |id: &OwnedEventId| match rules.event_id_format {
         EventIdFormatVersion::V1 => {

@@ -33,8 +33,8 @@ use crate::{
 
 /// Registers the two endpoints.
 pub fn configure(table: &mut RouteTable) {
-    raw::<get_content::v1::Request, _, _>(table, |r, p, s, t| download(r, p, s, t));
-    raw::<get_content_thumbnail::v1::Request, _, _>(table, |r, p, s, t| thumbnail(r, p, s, t));
+    raw::<get_content::v1::Request, _, _>(table, download);
+    raw::<get_content_thumbnail::v1::Request, _, _>(table, thumbnail);
 }
 
 /// Checks the `X-Matrix` signature, rate-limits and parses `R`.

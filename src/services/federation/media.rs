@@ -66,7 +66,7 @@ fn too_large(max: u64) -> Error {
     )
 }
 
-fn header<'a>(headers: &'a http::HeaderMap, name: http::HeaderName) -> Option<&'a str> {
+fn header(headers: &http::HeaderMap, name: http::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -90,7 +90,7 @@ impl Federation {
             .await?;
         let status = response.status();
         if status == StatusCode::OK {
-            return self.from_multipart(origin, response, max_bytes).await;
+            return self.read_multipart(origin, response, max_bytes).await;
         }
         let errcode = errcode(response.body());
         // An origin that predates the endpoint: 404 `M_UNRECOGNIZED` as the spec says (400 from
@@ -131,7 +131,7 @@ impl Federation {
         Ok(file)
     }
 
-    async fn from_multipart(
+    async fn read_multipart(
         &self,
         origin: &ServerName,
         response: http::Response<Vec<u8>>,

@@ -73,7 +73,7 @@ impl Rooms {
             parsed.push((u64::from(pdu.depth), pdu, bytes));
         }
         // Newest first, so positions fall with the depth.
-        parsed.sort_by(|a, b| b.0.cmp(&a.0));
+        parsed.sort_by_key(|p| std::cmp::Reverse(p.0));
         let mut batch = self.db.batch();
         let mut stored = 0;
         for (_, pdu, bytes) in parsed {

@@ -125,6 +125,7 @@ impl Rooms {
 
     /// Records `user_id`'s knock on `room_id` (a room this server does not have), accepted by
     /// `via`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn store_remote_knock(
         &self,
         room_id: &RoomId,

@@ -61,6 +61,9 @@ pub struct Received {
     pub status: u16,
 }
 
+/// A raw answer for a path prefix: (prefix, status, content type, body).
+type TypedAnswer = (String, u16, String, Vec<u8>);
+
 struct Shared {
     received: Mutex<Vec<Received>>,
     mode: Mutex<Mode>,
@@ -74,7 +77,7 @@ struct Shared {
     routes: Mutex<Vec<(String, String)>>,
     /// Raw answers for the requests whose path starts with a prefix: (prefix, status,
     /// content type, body), before any other rule.
-    typed: Mutex<Vec<(String, u16, String, Vec<u8>)>>,
+    typed: Mutex<Vec<TypedAnswer>>,
 }
 
 /// The server; stops when dropped (drop it outside any runtime).

@@ -158,16 +158,16 @@ fn serve_gateway_connection(stream: TcpStream, log: &GatewayLog) {
             return;
         }
         let now = Instant::now();
-        if let Ok(notification) = serde_json::from_slice::<Value>(&body) {
-            if let Some(event_id) = notification["notification"]["event_id"].as_str() {
-                let devices = notification["notification"]["devices"].as_array().map_or(1, Vec::len);
-                log.notifications.fetch_add(devices, Ordering::SeqCst);
-                let mut arrivals = log.arrivals.lock().unwrap();
-                arrivals
-                    .entry(event_id.to_owned())
-                    .or_default()
-                    .extend((0..devices).map(|_| now));
-            }
+        if let Ok(notification) = serde_json::from_slice::<Value>(&body)
+            && let Some(event_id) = notification["notification"]["event_id"].as_str()
+        {
+            let devices = notification["notification"]["devices"].as_array().map_or(1, Vec::len);
+            log.notifications.fetch_add(devices, Ordering::SeqCst);
+            let mut arrivals = log.arrivals.lock().unwrap();
+            arrivals
+                .entry(event_id.to_owned())
+                .or_default()
+                .extend((0..devices).map(|_| now));
         }
         let answer = "{\"rejected\":[]}";
         let reply = format!(

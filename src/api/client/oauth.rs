@@ -359,7 +359,7 @@ fn revoke(req: HttpRequest, payload: web::Payload, services: web::Data<Services>
                 // RFC 7009 §2.2: an unknown or already revoked token is answered 200 too.
                 if let Some((user_id, device_id)) = services.sessions.token_owner(token)? {
                     services
-                        .delete_devices(&user_id, Some(&[device_id.clone()]), None)
+                        .delete_devices(&user_id, Some(std::slice::from_ref(&device_id)), None)
                         .await?;
                     tracing::info!(%user_id, %device_id, "OAuth token revoked");
                 }

@@ -160,11 +160,10 @@ pub async fn search(ctx: Ctx, req: search_events::v3::Request) -> Result<serde_j
     if let Some(events) = body
         .as_object_mut()
         .map(|b| b.entry("room_events").or_insert_with(|| serde_json::json!({})))
+        && let Some(events) = events.as_object_mut()
     {
-        if let Some(events) = events.as_object_mut() {
-            events.entry("results").or_insert_with(|| serde_json::json!([]));
-            events.entry("highlights").or_insert_with(|| serde_json::json!([]));
-        }
+        events.entry("results").or_insert_with(|| serde_json::json!([]));
+        events.entry("highlights").or_insert_with(|| serde_json::json!([]));
     }
     Ok(serde_json::json!({"search_categories": body}))
 }

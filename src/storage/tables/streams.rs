@@ -146,7 +146,7 @@ impl StreamTable {
             }
             top = lowest - 1;
         }
-        out.sort_by(|a, b| b.position.cmp(&a.position));
+        out.sort_by_key(|entry| std::cmp::Reverse(entry.position));
         out.truncate(limit);
         Ok(out)
     }

@@ -335,7 +335,7 @@ impl Build<'_> {
                     name_removed = room.name.is_none() && !initial;
                 }
                 "m.room.avatar" => {
-                    room.avatar = match pdu.content_str("url").and_then(|u| OwnedMxcUri::try_from(u).ok()) {
+                    room.avatar = match pdu.content_str("url").map(OwnedMxcUri::from) {
                         Some(url) => JsOption::Some(url),
                         None => JsOption::Null,
                     }
@@ -468,9 +468,7 @@ impl Build<'_> {
                     .state_event(room_id, &StateEventType::RoomMember, user.as_str())?
             {
                 hero.name = member.content_str("displayname");
-                hero.avatar = member
-                    .content_str("avatar_url")
-                    .and_then(|u| OwnedMxcUri::try_from(u).ok());
+                hero.avatar = member.content_str("avatar_url").map(OwnedMxcUri::from);
             }
             heroes.push(hero);
         }

@@ -485,7 +485,7 @@ mod tests {
         for step in 0..steps {
             let mut changes = Changes::default();
             match step % 5 {
-                0 | 1 | 2 => changes.push(1_000 + step, step + 1, true),
+                0..=2 => changes.push(1_000 + step, step + 1, true),
                 3 => changes.push(1 + step % 7, step + 1, false),
                 _ => {
                     let victim = *expected.keys().nth((step as usize * 7) % expected.len()).unwrap();

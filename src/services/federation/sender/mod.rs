@@ -9,18 +9,26 @@
 //! [`MAX_QUEUED_PDUS`]; past that the oldest are dropped (and logged): a server that comes back
 //! catches up on what it missed through `get_missing_events` from the newest events it gets.
 //! EDUs (typing, receipts: [`Federation::queue_edu`]) are ephemeral and stay in memory, at most
-//! [`MAX_QUEUED_EDUS`] per destination (oldest dropped).
+//! [`MAX_QUEUED_EDUS`] per destination (oldest dropped). EDUs that must not be lost
+//! (to-device messages: [`Federation::queue_durable_edus`]) have a second persistent queue
+//! of the same shape (`destseq_fededu`), written in the caller's batch (so with what made
+//! them, once), at most [`MAX_QUEUED_DURABLE_EDUS`] per destination: past that new ones are
+//! refused (logged) rather than the oldest dropped, as a full to-device inbox does.
 //!
 //! **Delivery.** Each destination with something queued has one task, so at most one
 //! transaction per destination is in flight and one destination never waits for another; at
 //! most [`MAX_IN_FLIGHT`] transactions are in flight overall. A transaction carries the
 //! destination's first [`MAX_PDUS_PER_TXN`] PDUs in queue order and up to [`MAX_EDUS_PER_TXN`]
-//! EDUs; it is kept as built (same transaction id, same content) until it is answered 200, then
-//! its PDUs are deleted in one batch. Errors the receiver reports for single PDUs are logged at
+//! EDUs (the persistent ones first, in queue order, at most [`MAX_DURABLE_EDUS_PER_TXN`] and
+//! about [`DURABLE_EDU_BYTES_PER_TXN`]; the in-memory ones fill the rest); it is kept as built
+//! (same transaction id, same content) until it is answered 200, then its PDUs and persistent
+//! EDUs are deleted in one batch. One transaction in flight per destination keeps them in
+//! order. Errors the receiver reports for single PDUs are logged at
 //! info and not retried: the spec says the transaction as a whole succeeded. A failure (no
 //! connection, a timeout, an error status) backs the destination off, 1 s doubling up to
 //! 5 min; [`Federation::peer_is_back`] (an authenticated request from that server) ends the
-//! back-off at once. At start ([`spawn`]) every destination with queued PDUs is served.
+//! back-off at once. At start ([`spawn`]) every destination with queued PDUs or persistent EDUs
+//! is served.
 //!
 //! **At least once.** The PDUs are deleted in a batch written after the 200, so a crash in
 //! between sends them again after the restart, in a transaction with a new id; receivers
@@ -54,8 +62,8 @@ use crate::{
     Result,
     services::Services,
     storage::{
-        Db,
-        tables::federation_queue::{FederationQueueTable, QueuedPdu},
+        Batch, Db,
+        tables::federation_queue::{FederationQueueTable, QueuedEdu, QueuedPdu},
     },
     util::bounded::BoundedMap,
 };
@@ -68,6 +76,12 @@ pub const MAX_EDUS_PER_TXN: usize = 100;
 pub const MAX_QUEUED_PDUS: u64 = 10_000;
 /// Most EDUs queued in memory for one destination; the oldest are dropped past it.
 pub const MAX_QUEUED_EDUS: usize = 1_000;
+/// Most persistent EDUs (to-device) queued for one destination; new ones are refused past it.
+pub const MAX_QUEUED_DURABLE_EDUS: u64 = 10_000;
+/// Most persistent EDUs in one transaction.
+pub const MAX_DURABLE_EDUS_PER_TXN: usize = 50;
+/// Persistent EDUs stop being added to a transaction past this many bytes (one always goes).
+pub const DURABLE_EDU_BYTES_PER_TXN: usize = 1 << 20;
 /// Most transactions in flight at once, all destinations together.
 pub const MAX_IN_FLIGHT: usize = 50;
 /// Wait after a destination's first failure.
@@ -101,6 +115,12 @@ struct DestState {
     dropped: u64,
     /// EDUs waiting, oldest first.
     edus: VecDeque<serde_json::Value>,
+    /// The persistent EDU queue's bounds were read from storage.
+    durable_loaded: bool,
+    /// The lowest sequence number of a persistent EDU that may still be queued.
+    durable_head: u64,
+    /// The next sequence number of a persistent EDU.
+    durable_tail: u64,
     /// Something was queued since the delivery task last looked.
     dirty: bool,
     /// A delivery task runs for this destination.
@@ -124,6 +144,9 @@ struct Started {
 /// The queue and its delivery; a field of [`Federation`].
 pub struct Sender {
     table: FederationQueueTable,
+    /// The persistent EDUs (`destseq_fededu`).
+    edu_table: FederationQueueTable,
+    max_queued_edus: u64,
     dests: BoundedMap<OwnedServerName, Arc<Dest>>,
     max_queued: u64,
     in_flight: Semaphore,
@@ -149,7 +172,9 @@ impl Sender {
 
     fn with_max_queued(db: Arc<Db>, max_queued: u64) -> Sender {
         Sender {
-            table: FederationQueueTable::new(db),
+            table: FederationQueueTable::new(Arc::clone(&db)),
+            edu_table: FederationQueueTable::edus(db),
+            max_queued_edus: MAX_QUEUED_DURABLE_EDUS,
             dests: BoundedMap::new(DESTINATIONS),
             max_queued: max_queued.max(1),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
@@ -179,7 +204,13 @@ impl Sender {
 
     /// The number of PDUs queued for `server` (reads them all: for reports and tests).
     pub fn queued_pdus(&self, server: &ServerName) -> Result<usize> {
-        Ok(self.table.first(server.as_str(), usize::MAX)?.len())
+        Ok(self.table.first::<QueuedPdu>(server.as_str(), usize::MAX)?.len())
+    }
+
+    /// The number of persistent EDUs queued for `server` (reads them all: for reports and
+    /// tests).
+    pub fn queued_durable_edus(&self, server: &ServerName) -> Result<usize> {
+        Ok(self.edu_table.first::<QueuedEdu>(server.as_str(), usize::MAX)?.len())
     }
 
     /// Whether delivery to `server` is waiting out a back-off after a failure.
@@ -279,7 +310,73 @@ impl Sender {
     }
 }
 
+/// Persistent EDUs written into a caller's batch ([`Federation::queue_durable_edus`]): their
+/// destinations, kept in memory until [`Federation::wake`] starts their delivery (after the
+/// batch is durable).
+#[must_use = "wake the destinations once the batch is committed"]
+pub struct QueuedDurable {
+    held: Vec<Arc<Dest>>,
+}
+
 impl Federation {
+    /// Queues EDUs that must be delivered (to-device messages), each for one destination, in
+    /// `batch` (the caller commits it, then calls [`Federation::wake`]). Our own name and
+    /// servers we do not federate with are left out; with federation off nothing is written.
+    /// A destination holding [`MAX_QUEUED_DURABLE_EDUS`] refuses further ones (logged).
+    pub fn queue_durable_edus(
+        &self,
+        batch: &mut Batch,
+        edus: &[(OwnedServerName, serde_json::Value)],
+    ) -> Result<QueuedDurable> {
+        let mut held: Vec<Arc<Dest>> = Vec::new();
+        if !self.enabled {
+            return Ok(QueuedDurable { held });
+        }
+        let sender = &self.sender;
+        for (name, edu) in edus {
+            if *name == self.server_name || self.check_peer(name).is_err() {
+                continue;
+            }
+            let bytes = serde_json::to_vec(edu).map_err(|e| crate::Error::internal(e.to_string()))?;
+            let dest = sender.dest(name);
+            {
+                let mut state = dest.lock();
+                if !state.durable_loaded {
+                    if let Some((first, last)) = sender.edu_table.bounds(name.as_str())? {
+                        state.durable_head = first;
+                        state.durable_tail = last + 1;
+                    }
+                    state.durable_loaded = true;
+                }
+                if state.durable_tail - state.durable_head >= sender.max_queued_edus {
+                    tracing::warn!(
+                        destination = %name,
+                        limit = sender.max_queued_edus,
+                        "federation to-device queue full: EDU dropped"
+                    );
+                    continue;
+                }
+                let seq = state.durable_tail;
+                state.durable_tail += 1;
+                sender
+                    .edu_table
+                    .queue_put(batch, name.as_str(), seq, &QueuedEdu { edu: bytes })?;
+            }
+            if !held.iter().any(|d| Arc::ptr_eq(d, &dest)) {
+                held.push(dest);
+            }
+        }
+        Ok(QueuedDurable { held })
+    }
+
+    /// Starts delivery of what [`Federation::queue_durable_edus`] queued (call it once the
+    /// batch was committed; after a failed commit it only costs a look at the queue).
+    pub fn wake(&self, queued: QueuedDurable) {
+        for dest in &queued.held {
+            self.sender.kick(dest);
+        }
+    }
+
     /// Our own name and servers we may not talk to left out, each server once.
     fn destinations_for(&self, destinations: &[OwnedServerName]) -> Vec<OwnedServerName> {
         let mut out: Vec<OwnedServerName> = destinations
@@ -370,7 +467,7 @@ mod tests {
         }
         let kept: Vec<String> = sender
             .table
-            .first("full.test", 100)
+            .first::<QueuedPdu>("full.test", 100)
             .unwrap()
             .into_iter()
             .map(|(_, pdu)| pdu.event_id)
@@ -381,7 +478,7 @@ mod tests {
             "the oldest dropped, in order"
         );
         assert_eq!(
-            sender.table.first("other.test", 100).unwrap().len(),
+            sender.table.first::<QueuedPdu>("other.test", 100).unwrap().len(),
             1,
             "another destination keeps its own"
         );
@@ -395,7 +492,7 @@ mod tests {
             .unwrap();
         let kept: Vec<(u64, String)> = sender
             .table
-            .first("full.test", 100)
+            .first::<QueuedPdu>("full.test", 100)
             .unwrap()
             .into_iter()
             .map(|(seq, pdu)| (seq, pdu.event_id))

@@ -143,10 +143,15 @@ impl Sender {
             batch.commit().await?;
         }
         let mut state = dest.lock();
-        if let Some((last, _, _)) = txn.pdus.last() {
+        // (Bounds not read yet are read from storage when needed, after this delete.)
+        if let Some((last, _, _)) = txn.pdus.last()
+            && state.loaded
+        {
             state.head = state.head.max(last + 1);
         }
-        if let Some(last) = txn.durable.last() {
+        if let Some(last) = txn.durable.last()
+            && state.durable_loaded
+        {
             state.durable_head = state.durable_head.max(last + 1);
         }
         if state.backoff.take().is_some() {

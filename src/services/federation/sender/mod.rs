@@ -266,7 +266,7 @@ impl Sender {
                 let seq = state.tail;
                 state.tail += 1;
                 self.table.queue_put(&mut batch, name.as_str(), seq, &record)?;
-                if state.tail - state.head > self.max_queued {
+                if state.tail.saturating_sub(state.head) > self.max_queued {
                     let new_head = state.tail - self.max_queued;
                     self.table.queue_delete_below(&mut batch, name.as_str(), new_head);
                     let dropped = new_head - state.head;
@@ -348,7 +348,7 @@ impl Federation {
                     }
                     state.durable_loaded = true;
                 }
-                if state.durable_tail - state.durable_head >= sender.max_queued_edus {
+                if state.durable_tail.saturating_sub(state.durable_head) >= sender.max_queued_edus {
                     tracing::warn!(
                         destination = %name,
                         limit = sender.max_queued_edus,

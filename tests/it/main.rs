@@ -41,6 +41,8 @@ mod federation_sender;
 /// Interoperability with a real Synapse from PyPI on loopback, both directions: joins,
 /// messages, redactions, leaves, bans, state convergence, history from before a join.
 mod federation_synapse;
+/// To-device messages and one-time key claims with a real Synapse, both ways.
+mod federation_synapse_to_device;
 /// To-device messages between Hearth servers: one device and `*`, exactly once, in order,
 /// across a restart, forged senders ignored.
 mod federation_to_device;

@@ -249,3 +249,46 @@ fn queued_to_device_messages_survive_a_sender_restart_while_the_receiver_is_down
     send(&alice, "after", json!({ &bob_id: { &device: {"marker": "after"} } }));
     assert_eq!(numbers(&inbox.until_marker("after")), Vec::<u64>::new());
 }
+
+/// An encrypted room joined over federation: the joiner's next sync carries the room's state
+/// (its clients learn the room is encrypted), although no event of the room lies before the
+/// join on the joiner's server.
+#[test]
+fn a_room_joined_over_federation_comes_with_its_state_in_the_next_sync() {
+    let ca = TestCa::new();
+    let (a, _b, alice, bob) = pair(&ca, "127.0.0.148", "127.0.0.149");
+    let room = alice.post(
+        "/_matrix/client/v3/createRoom",
+        json!({
+            "preset": "public_chat",
+            "initial_state": [{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        }),
+    );
+    let room_id = room.ok()["room_id"].as_str().unwrap().to_owned();
+    let since = bob.get("/_matrix/client/v3/sync?timeout=0").ok()["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.post(
+        &format!("/_matrix/client/v3/join/{room_id}?via={}", a.server_name),
+        json!({}),
+    )
+    .ok();
+    let sync = bob.get(&format!("/_matrix/client/v3/sync?timeout=0&since={since}"));
+    let joined = &sync.ok()["rooms"]["join"][&room_id];
+    let state: Vec<&str> = joined["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(joined["timeline"]["events"].as_array().into_iter().flatten())
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    for kind in [
+        "m.room.create",
+        "m.room.encryption",
+        "m.room.power_levels",
+        "m.room.join_rules",
+    ] {
+        assert!(state.contains(&kind), "{kind} missing: {joined:#}");
+    }
+}

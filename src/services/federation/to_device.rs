@@ -50,41 +50,47 @@ impl Federation {
         event_type: &str,
         messages: RemoteMessages,
     ) -> Result<QueuedDurable> {
-        let mut per_server: BTreeMap<OwnedServerName, Vec<(String, String, Value)>> = BTreeMap::new();
-        for (user, target, content) in messages {
-            let device = match target {
-                Target::Device(id) => id,
-                Target::All => "*".to_owned(),
-            };
-            per_server
-                .entry(user.server_name().to_owned())
-                .or_default()
-                .push((user.to_string(), device, content));
-        }
-        let base = ENVELOPE_BYTES + sender.as_str().len() + event_type.len();
-        let mut edus = Vec::new();
-        for (server, entries) in per_server {
-            let mut messages: Map<String, Value> = Map::new();
-            let mut size = base;
-            for (user, device, content) in entries {
-                let entry = user.len() + device.len() + content.to_string().len() + 8;
-                if !messages.is_empty() && size + entry > SOFT_MAX_EDU_BYTES {
-                    edus.push((
-                        server.clone(),
-                        direct_to_device(sender, event_type, std::mem::take(&mut messages)),
-                    ));
-                    size = base;
-                }
-                size += entry;
-                let by_device = messages.entry(user).or_insert_with(|| json!({}));
-                by_device[device] = content;
-            }
-            if !messages.is_empty() {
-                edus.push((server, direct_to_device(sender, event_type, messages)));
-            }
-        }
-        self.queue_durable_edus(batch, &edus)
+        self.queue_durable_edus(batch, &to_device_edus(sender, event_type, messages))
     }
+}
+
+/// The `m.direct_to_device` EDUs carrying `messages`: per destination server, split so each
+/// stays under about [`SOFT_MAX_EDU_BYTES`] (one message larger than that goes alone).
+fn to_device_edus(sender: &UserId, event_type: &str, messages: RemoteMessages) -> Vec<(OwnedServerName, Value)> {
+    let mut per_server: BTreeMap<OwnedServerName, Vec<(String, String, Value)>> = BTreeMap::new();
+    for (user, target, content) in messages {
+        let device = match target {
+            Target::Device(id) => id,
+            Target::All => "*".to_owned(),
+        };
+        per_server
+            .entry(user.server_name().to_owned())
+            .or_default()
+            .push((user.to_string(), device, content));
+    }
+    let base = ENVELOPE_BYTES + sender.as_str().len() + event_type.len();
+    let mut edus = Vec::new();
+    for (server, entries) in per_server {
+        let mut messages: Map<String, Value> = Map::new();
+        let mut size = base;
+        for (user, device, content) in entries {
+            let entry = user.len() + device.len() + content.to_string().len() + 8;
+            if !messages.is_empty() && size + entry > SOFT_MAX_EDU_BYTES {
+                edus.push((
+                    server.clone(),
+                    direct_to_device(sender, event_type, std::mem::take(&mut messages)),
+                ));
+                size = base;
+            }
+            size += entry;
+            let by_device = messages.entry(user).or_insert_with(|| json!({}));
+            by_device[device] = content;
+        }
+        if !messages.is_empty() {
+            edus.push((server, direct_to_device(sender, event_type, messages)));
+        }
+    }
+    edus
 }
 
 /// One `m.direct_to_device` EDU with a fresh message id.
@@ -146,5 +152,59 @@ pub(super) async fn receive_direct_to_device(services: &Services, origin: &Serve
         .await
     {
         tracing::warn!(%origin, error = %e, "to-device messages from another server not stored");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::OwnedUserId;
+    use serde_json::json;
+
+    use super::*;
+
+    fn user(id: &str) -> OwnedUserId {
+        id.try_into().unwrap()
+    }
+
+    #[test]
+    fn messages_are_grouped_per_server_and_split_by_size() {
+        let alice = user("@alice:here.test");
+        let big = "x".repeat(40_000);
+        let messages: RemoteMessages = vec![
+            (user("@bob:b.test"), Target::Device("D1".into()), json!({"n": 1})),
+            (user("@bob:b.test"), Target::All, json!({"n": 2})),
+            (user("@carol:c.test"), Target::Device("C".into()), json!({"big": big})),
+            (user("@dan:c.test"), Target::Device("D".into()), json!({"big": big})),
+            (user("@erin:c.test"), Target::Device("E".into()), json!({"n": 3})),
+        ];
+        let edus = to_device_edus(&alice, "m.room.encrypted", messages);
+        let servers: Vec<&str> = edus.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            servers,
+            vec!["b.test", "c.test", "c.test"],
+            "two 40 kB messages need two EDUs"
+        );
+        let (_, b) = &edus[0];
+        assert_eq!(b["edu_type"], "m.direct_to_device");
+        assert_eq!(b["content"]["sender"], "@alice:here.test");
+        assert_eq!(b["content"]["type"], "m.room.encrypted");
+        assert_eq!(
+            b["content"]["messages"]["@bob:b.test"],
+            json!({"D1": {"n": 1}, "*": {"n": 2}})
+        );
+        assert!(edus[1].1["content"]["messages"]["@carol:c.test"]["C"].is_object());
+        assert!(edus[2].1["content"]["messages"]["@dan:c.test"]["D"].is_object());
+        assert!(edus[2].1["content"]["messages"]["@erin:c.test"]["E"].is_object());
+        let ids: std::collections::BTreeSet<&str> = edus
+            .iter()
+            .map(|(_, e)| e["content"]["message_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 3, "each EDU has its own message id");
+        for (_, edu) in &edus {
+            assert!(edu.to_string().len() <= SOFT_MAX_EDU_BYTES);
+            // ruma reads what we send.
+            let content: DirectDeviceContent = serde_json::from_value(edu["content"].clone()).unwrap();
+            assert_eq!(content.sender, alice);
+        }
     }
 }

@@ -171,10 +171,15 @@ impl Sender {
     }
 
     fn with_max_queued(db: Arc<Db>, max_queued: u64) -> Sender {
+        let max_queued_edus = if max_queued == MAX_QUEUED_PDUS {
+            MAX_QUEUED_DURABLE_EDUS
+        } else {
+            max_queued.max(1)
+        };
         Sender {
             table: FederationQueueTable::new(Arc::clone(&db)),
             edu_table: FederationQueueTable::edus(db),
-            max_queued_edus: MAX_QUEUED_DURABLE_EDUS,
+            max_queued_edus,
             dests: BoundedMap::new(DESTINATIONS),
             max_queued: max_queued.max(1),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
@@ -291,6 +296,35 @@ impl Sender {
         Ok(())
     }
 
+    /// Queues one persistent EDU for `name` in `batch`; its destination, or `None` (logged)
+    /// when the destination's queue is full.
+    fn put_durable(&self, batch: &mut Batch, name: &ServerName, edu: Vec<u8>) -> Result<Option<Arc<Dest>>> {
+        let dest = self.dest(name);
+        {
+            let mut state = dest.lock();
+            if !state.durable_loaded {
+                if let Some((first, last)) = self.edu_table.bounds(name.as_str())? {
+                    state.durable_head = first;
+                    state.durable_tail = last + 1;
+                }
+                state.durable_loaded = true;
+            }
+            if state.durable_tail.saturating_sub(state.durable_head) >= self.max_queued_edus {
+                tracing::warn!(
+                    destination = %name,
+                    limit = self.max_queued_edus,
+                    "federation to-device queue full: EDU dropped"
+                );
+                return Ok(None);
+            }
+            let seq = state.durable_tail;
+            state.durable_tail += 1;
+            self.edu_table
+                .queue_put(batch, name.as_str(), seq, &QueuedEdu { edu })?;
+        }
+        Ok(Some(dest))
+    }
+
     /// Notes that `dest` has something new and starts its delivery task unless it runs.
     fn kick(&self, dest: &Arc<Dest>) {
         let Some(started) = self.started.get() else {
@@ -338,30 +372,9 @@ impl Federation {
                 continue;
             }
             let bytes = serde_json::to_vec(edu).map_err(|e| crate::Error::internal(e.to_string()))?;
-            let dest = sender.dest(name);
-            {
-                let mut state = dest.lock();
-                if !state.durable_loaded {
-                    if let Some((first, last)) = sender.edu_table.bounds(name.as_str())? {
-                        state.durable_head = first;
-                        state.durable_tail = last + 1;
-                    }
-                    state.durable_loaded = true;
-                }
-                if state.durable_tail.saturating_sub(state.durable_head) >= sender.max_queued_edus {
-                    tracing::warn!(
-                        destination = %name,
-                        limit = sender.max_queued_edus,
-                        "federation to-device queue full: EDU dropped"
-                    );
-                    continue;
-                }
-                let seq = state.durable_tail;
-                state.durable_tail += 1;
-                sender
-                    .edu_table
-                    .queue_put(batch, name.as_str(), seq, &QueuedEdu { edu: bytes })?;
-            }
+            let Some(dest) = sender.put_durable(batch, name, bytes)? else {
+                continue;
+            };
             if !held.iter().any(|d| Arc::ptr_eq(d, &dest)) {
                 held.push(dest);
             }
@@ -500,5 +513,50 @@ mod tests {
         assert_eq!(kept.first().unwrap().1, "$e4");
         assert_eq!(kept.last().unwrap(), &(8, "$e8".to_owned()));
         assert_eq!(kept.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_full_durable_queue_refuses_new_edus_and_a_restart_reads_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
+        let sender = Sender::for_tests(Arc::clone(&db), 3);
+        let name: OwnedServerName = "full.test".try_into().unwrap();
+        let mut batch = db.batch();
+        let kept: Vec<bool> = (0..5)
+            .map(|n| {
+                sender
+                    .put_durable(&mut batch, &name, format!("{{\"n\":{n}}}").into_bytes())
+                    .unwrap()
+                    .is_some()
+            })
+            .collect();
+        batch.commit().await.unwrap();
+        assert_eq!(
+            kept,
+            vec![true, true, true, false, false],
+            "new ones refused, not the oldest dropped"
+        );
+        let queued: Vec<(u64, Vec<u8>)> = sender
+            .edu_table
+            .first::<QueuedEdu>("full.test", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, e)| (seq, e.edu))
+            .collect();
+        assert_eq!(queued[0], (0, b"{\"n\":0}".to_vec()));
+        assert_eq!(queued.len(), 3);
+
+        // After a restart the bounds are read back: still full.
+        let sender = Sender::for_tests(Arc::clone(&db), 3);
+        let mut batch = db.batch();
+        assert!(sender.put_durable(&mut batch, &name, b"{}".to_vec()).unwrap().is_none());
+        // Once one was delivered (deleted), there is room again, numbered after the others.
+        let mut delete = db.batch();
+        sender.edu_table.queue_delete(&mut delete, "full.test", 0);
+        delete.commit().await.unwrap();
+        let sender = Sender::for_tests(Arc::clone(&db), 3);
+        assert!(sender.put_durable(&mut batch, &name, b"{}".to_vec()).unwrap().is_some());
+        batch.commit().await.unwrap();
+        assert_eq!(sender.edu_table.bounds("full.test").unwrap(), Some((1, 3)));
     }
 }

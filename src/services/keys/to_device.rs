@@ -165,7 +165,7 @@ impl Keys {
         };
         let mut queued: Vec<(OwnedUserId, String, Vec<u8>)> = Vec::new();
         let mut others: RemoteMessages = Vec::new();
-        for (user_id, target, content) in messages {
+        'messages: for (user_id, target, content) in messages {
             if !self.is_local(&user_id) {
                 if remote.is_some() {
                     others.push((user_id, target, content));
@@ -182,7 +182,7 @@ impl Keys {
             for device in targets {
                 if queued.len() >= limit {
                     tracing::warn!(%sender, %event_type, limit, "to-device EDU for too many devices: the rest dropped");
-                    break;
+                    break 'messages;
                 }
                 queued.push((user_id.clone(), device, bytes.clone()));
             }

@@ -2,7 +2,9 @@
 //! "Send-to-device messaging") between real Hearth servers on loopback: to one remote device
 //! and to `*`, exactly once (a retried client transaction and a replayed federation
 //! transaction deliver nothing twice), in order per sender, kept across a restart of the
-//! sending server while the receiver is down, and a sender of another server ignored.
+//! sending server while the receiver is down, and a sender of another server ignored. Also
+//! what an encrypted conversation across servers needs besides: a one-time key claimed across
+//! servers handed out once, and a room joined over federation arriving with its state.
 //!
 //! "Nothing more arrived" is checked without timing: messages of one sender arrive in order,
 //! so once a later marker message arrived, anything duplicated before it would have too.
@@ -290,5 +292,44 @@ fn a_room_joined_over_federation_comes_with_its_state_in_the_next_sync() {
         "m.room.join_rules",
     ] {
         assert!(state.contains(&kind), "{kind} missing: {joined:#}");
+    }
+}
+
+/// A one-time key of a user of another Hearth, claimed through our server
+/// (`user/keys/claim`), is handed out once.
+#[test]
+fn a_one_time_key_claimed_across_servers_is_handed_out_once() {
+    let ca = TestCa::new();
+    let (_a, b, alice, bob) = pair(&ca, "127.0.0.150", "127.0.0.153");
+    let (alice_id, device) = (alice.uid(), alice.device_id.clone().unwrap());
+    let (keys, otk) = crate::federation_synapse::signed_keys(&alice);
+    alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({"device_keys": keys, "one_time_keys": {"signed_curve25519:AAAAAQ": otk}}),
+        )
+        .ok();
+    let claim = |client: &Client| {
+        client
+            .post(
+                "/_matrix/client/v3/keys/claim",
+                json!({"one_time_keys": {alice_id.clone(): {device.clone(): "signed_curve25519"}}}),
+            )
+            .ok()
+            .clone()
+    };
+    let first = claim(&bob);
+    assert_eq!(
+        first["one_time_keys"][&alice_id][&device]["signed_curve25519:AAAAAQ"], otk,
+        "{first:#}"
+    );
+    let carol = b.user("carol", "secret-password");
+    for answer in [claim(&bob), claim(&carol), claim(&alice)] {
+        assert!(
+            answer["one_time_keys"][&alice_id][&device]
+                .as_object()
+                .is_none_or(|k| k.is_empty()),
+            "{answer:#}"
+        );
     }
 }

@@ -44,7 +44,8 @@ mod federation_synapse;
 /// To-device messages and one-time key claims with a real Synapse, both ways.
 mod federation_synapse_to_device;
 /// To-device messages between Hearth servers: one device and `*`, exactly once, in order,
-/// across a restart, forged senders ignored.
+/// across a restart, forged senders ignored; a one-time key claimed across servers once; a
+/// federated join's state in the joiner's sync.
 mod federation_to_device;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;

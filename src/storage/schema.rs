@@ -208,6 +208,16 @@ pub const ROOMTERMPOS_POSTING: &str = "roomtermpos_posting";
 /// queue (`tables::federation_queue`), each entry deleted once a transaction carrying it was
 /// answered 200.
 pub const DESTSEQ_FEDPDU: &str = "destseq_fedpdu";
+/// destination server name SEP u64 sequence number (per destination, in queue order) →
+/// postcard `QueuedEdu` (the EDU's JSON bytes): the outbound EDUs that must not be lost
+/// (`m.direct_to_device`), delivered with the PDUs of `destseq_fedpdu` in the same
+/// transactions and deleted once one carrying them was answered 200.
+pub const DESTSEQ_FEDEDU: &str = "destseq_fededu";
+/// u64 week number (ms since the epoch / one week) ++ origin server name SEP message id →
+/// empty: the `m.direct_to_device` EDUs received from other servers in that week
+/// (`tables::to_device`), so a retransmitted one is delivered once; weeks before the last
+/// are deleted whole.
+pub const WEEKORIGINMSG_EMPTY: &str = "weekoriginmsg_empty";
 
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
@@ -280,6 +290,8 @@ pub const TABLES: &[TableDef] = &[
     small(PUSHERPOS_PUSHQUEUE),
     small(ROOMTERMPOS_POSTING),
     small(DESTSEQ_FEDPDU),
+    small(DESTSEQ_FEDEDU),
+    small(WEEKORIGINMSG_EMPTY),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -32,11 +32,15 @@ READY_TIMEOUT_S=30
 # nio_federation.py (matrix-nio on a Hearth and on a Synapse that federate; it starts that pair
 # itself, with tests/clients/fed_pair.py, and needs HEARTH_SYNAPSE_VENV, which tests/run.sh
 # exports): a room on each server joined from the other, by alias and by ID after an invite,
-# chat both ways, an edit and a redaction, history paged back from before a join, leaves.
-SCRIPTS=(nio_smoke.py nio_sync.py nio_e2ee.py js/e2ee_backup.mjs js/element_rooms.mjs js/team.mjs rust-sdk nio_federation.py)
+# chat both ways, an edit and a redaction, history paged back from before a join, leaves;
+# nio_e2ee_federation.py (the same kind of pair, its own, on 127.0.0.132): encrypting nio
+# clients on Hearth and on Synapse in an encrypted room on each server, joined by alias from
+# the other; keys/query and keys/claim across servers, megolm room keys over olm to-device
+# messages across servers (m.direct_to_device), messages decrypted both ways.
+SCRIPTS=(nio_smoke.py nio_sync.py nio_e2ee.py js/e2ee_backup.mjs js/element_rooms.mjs js/team.mjs rust-sdk nio_federation.py nio_e2ee_federation.py)
 RUST_SDK_BIN="${HEARTH_RUST_SDK_BIN:-$HOME/.cache/hearth-rust-sdk-target/debug/hearth-rust-sdk-test}"
 SCRIPT_TIMEOUT_S=90  # hard bound per script (each also bounds itself)
-FED_SCRIPT_TIMEOUT_S=180  # nio_federation.py starts a Synapse of its own first
+FED_SCRIPT_TIMEOUT_S=180  # nio_federation.py and nio_e2ee_federation.py start a Synapse of their own first
 
 SERVER_PID=""
 WORK=""
@@ -229,7 +233,7 @@ for script in "${SCRIPTS[@]}"; do
         continue
     fi
     limit=$SCRIPT_TIMEOUT_S
-    if [ "$script" = nio_federation.py ]; then
+    if [ "$script" = nio_federation.py ] || [ "$script" = nio_e2ee_federation.py ]; then
         # Its own Hearth (this binary) and Synapse; the server started above is not used.
         runner=(env HEARTH_BIN="$HEARTH_BIN" "$PY")
         limit=$FED_SCRIPT_TIMEOUT_S
@@ -245,7 +249,7 @@ for script in "${SCRIPTS[@]}"; do
         echo "nio: $script passed ($((SECONDS - started)) s)"
     else
         FAILED=$((FAILED + 1))
-        if [ "$script" = nio_federation.py ]; then
+        if [ "$script" = nio_federation.py ] || [ "$script" = nio_e2ee_federation.py ]; then
             echo "nio: $script FAILED (exit $rc; its servers' logs are above)"
         else
             echo "nio: $script FAILED (exit $rc); hearth log tail:"

@@ -719,7 +719,7 @@ fn concurrent_state_changes_on_both_sides_converge() {
 }
 
 /// Self-signed device keys and a signed one-time key of `client`'s device.
-fn signed_keys(client: &Client) -> (Value, Value) {
+pub(crate) fn signed_keys(client: &Client) -> (Value, Value) {
     use ruma::signatures::{Ed25519KeyPair, sign_json};
     let device = client.device_id.clone().unwrap();
     let doc = Ed25519KeyPair::generate();

@@ -46,6 +46,12 @@ mod federation_sender;
 mod federation_synapse;
 /// Media across servers with a real Synapse, both directions.
 mod federation_synapse_media;
+/// To-device messages and one-time key claims with a real Synapse, both ways.
+mod federation_synapse_to_device;
+/// To-device messages between Hearth servers: one device and `*`, exactly once, in order,
+/// across a restart, forged senders ignored; a one-time key claimed across servers once; a
+/// federated join's state in the joiner's sync.
+mod federation_to_device;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

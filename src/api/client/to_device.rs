@@ -36,14 +36,26 @@ pub async fn send_event_to_device(
             .map(|d| d.device_id.to_string())
             .collect())
     };
-    ctx.services
+    let federation = &ctx.services.federation;
+    let event_type = req.event_type.to_string();
+    let mut queued = None;
+    let written = ctx
+        .services
         .keys
         .send_to_device(
             (&session.user_id, session.device_id.as_str()),
-            (&req.event_type.to_string(), req.txn_id.as_str()),
+            (&event_type, req.txn_id.as_str()),
             messages,
             &devices_of,
+            &mut |batch, remote| {
+                queued = Some(federation.queue_to_device(batch, &session.user_id, &event_type, remote)?);
+                Ok(())
+            },
         )
-        .await?;
+        .await;
+    if let Some(queued) = queued {
+        federation.wake(queued);
+    }
+    written?;
     Ok(send_event_to_device::v3::Response::new())
 }

@@ -2,7 +2,8 @@
 //! receipts (`m.receipt`), both ways. Outbound, a local user's change goes to the servers with
 //! joined members of the room (in memory, with the next transaction: `sender/`). Inbound, an
 //! EDU counts only for users of the server that sent it who are joined to the room, and a
-//! receipt only for an event of that room; other EDU types are ignored.
+//! receipt only for an event of that room; `m.direct_to_device` goes to `to_device.rs`; other
+//! EDU types are ignored.
 
 use std::time::Duration;
 
@@ -125,6 +126,12 @@ pub async fn receive_edus(services: &Services, origin: &ServerName, edus: &[Raw<
                         }
                     }
                 }
+            }
+            Some("m.direct_to_device") => {
+                let Ok(content) = serde_json::value::to_raw_value(content) else {
+                    continue;
+                };
+                super::to_device::receive_direct_to_device(services, origin, &content).await;
             }
             _ => {}
         }

@@ -25,6 +25,7 @@ pub mod remote_keys;
 pub mod resolver;
 pub mod sender;
 pub mod serve;
+pub mod to_device;
 pub mod transport;
 
 use std::{sync::Arc, time::Duration};

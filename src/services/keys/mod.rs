@@ -83,6 +83,8 @@ pub struct Keys {
     /// Per (user, device): a position up to which its to-device inbox was found empty (see
     /// [`Keys::acknowledge_to_device`]).
     inbox_empty_up_to: quick_cache::sync::Cache<(OwnedUserId, String), u64>,
+    /// The week before which received to-device EDUs were forgotten (see `to_device`).
+    seen_pruned_before: std::sync::atomic::AtomicU64,
 }
 
 impl Keys {
@@ -107,6 +109,7 @@ impl Keys {
             inbox_max: to_device::InboxSize::MAX,
             key_counts: FreshCache::new(10_000),
             inbox_empty_up_to: quick_cache::sync::Cache::new(10_000),
+            seen_pruned_before: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -17,12 +17,24 @@
 //!
 //! Sends lock only the sending device (its transactions); sends from different devices never
 //! wait on each other.
+//!
+//! # Other servers
+//!
+//! Messages to users of other servers are handed to federation (`send_to_device`'s `remote`)
+//! in the batch that records the transaction, so a retried transaction sends them once.
+//! Messages from other servers (`m.direct_to_device` EDUs, [`Keys::receive_remote_to_device`])
+//! take the same path into the inboxes, locked per remote sender (so they keep their order)
+//! and remembered per (origin, message id) in the same batch, for the week they came in and
+//! the next (older weeks are deleted with one range delete), so a retransmitted EDU is
+//! delivered once.
+
+use std::sync::atomic::Ordering;
 
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json, value::RawValue};
 
 use super::Keys;
-use crate::{Error, Result, services::sync::commit_on_stream, services::sync::notifier::Key};
+use crate::{Error, Result, services::sync::commit_on_stream, services::sync::notifier::Key, storage::Batch};
 
 /// Most to-device messages one `/sync` carries; the rest move to a later position.
 pub const TO_DEVICE_LIMIT: usize = 100;
@@ -58,26 +70,106 @@ pub enum Target {
     All,
 }
 
+/// Messages for users of other servers, handed to federation inside the write that records
+/// the `sendToDevice` transaction (so a retried transaction queues them once).
+pub type RemoteMessages = Vec<(OwnedUserId, Target, Value)>;
+
+/// Queues [`RemoteMessages`] in the batch that records the transaction (federation's
+/// persistent EDU queue).
+pub type QueueRemote<'a> = &'a mut (dyn FnMut(&mut Batch, RemoteMessages) -> Result<()> + Send);
+
+/// Most device messages one `m.direct_to_device` EDU from another server delivers; the rest
+/// are dropped (logged).
+pub const MAX_REMOTE_DELIVERIES: usize = 1_000;
+
+/// A week in milliseconds: received EDUs are remembered for this week and the last.
+const WEEK_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// How a delivery is made idempotent.
+enum Once<'a> {
+    /// A local device's `sendToDevice` transaction.
+    Txn { device: &'a str, txn_id: &'a str },
+    /// Another server's EDU.
+    Edu { origin: &'a str, message_id: &'a str },
+}
+
 impl Keys {
     /// Queues `event_type` messages from `(sender, sender_device)`. Messages to users of other
-    /// servers, unknown users and unknown devices are skipped (no federation yet), and so are
-    /// messages to a full inbox (see the module documentation). The same transaction id of the
-    /// same device is done once.
+    /// servers go to `remote` (in the same batch), unknown users and unknown devices are
+    /// skipped, and so are messages to a full inbox (see the module documentation). The same
+    /// transaction id of the same device is done once.
     pub async fn send_to_device(
         &self,
         (sender, sender_device): (&UserId, &str),
         (event_type, txn_id): (&str, &str),
         messages: Vec<(OwnedUserId, Target, Box<RawValue>)>,
         devices_of: &dyn Fn(&UserId) -> Result<Vec<String>>,
+        remote: QueueRemote<'_>,
     ) -> Result<()> {
-        let mut queued: Vec<(OwnedUserId, String, Vec<u8>)> = Vec::new();
+        let mut checked = Vec::with_capacity(messages.len());
         for (user_id, target, content) in messages {
             let content: Value =
                 serde_json::from_str(content.get()).map_err(|e| Error::bad_json(format!("Message content: {e}")))?;
             if !content.is_object() {
                 return Err(Error::bad_json("Message content must be a JSON object"));
             }
+            checked.push((user_id, target, content));
+        }
+        let once = Once::Txn {
+            device: sender_device,
+            txn_id,
+        };
+        self.deliver(sender, event_type, checked, devices_of, once, Some(remote))
+            .await
+    }
+
+    /// Delivers an `m.direct_to_device` EDU from `origin` (whose server the caller checked
+    /// `sender` belongs to) to our users' devices (`*`: all of them), once per
+    /// (`origin`, `message_id`) within a week or two, at most [`MAX_REMOTE_DELIVERIES`]
+    /// device messages. Messages that are not JSON objects or not for our users are skipped.
+    pub async fn receive_remote_to_device(
+        &self,
+        (origin, sender): (&ruma::ServerName, &UserId),
+        (event_type, message_id): (&str, &str),
+        messages: Vec<(OwnedUserId, Target, Box<RawValue>)>,
+        devices_of: &dyn Fn(&UserId) -> Result<Vec<String>>,
+    ) -> Result<()> {
+        let checked = messages
+            .into_iter()
+            .filter_map(|(user, target, content)| {
+                let content: Value = serde_json::from_str(content.get()).ok()?;
+                (content.is_object() && self.is_local(&user)).then_some((user, target, content))
+            })
+            .collect();
+        let once = Once::Edu {
+            origin: origin.as_str(),
+            message_id,
+        };
+        self.deliver(sender, event_type, checked, devices_of, once, None).await
+    }
+
+    /// Puts messages into our users' inboxes at one stream position, once (`once`), and hands
+    /// the ones for other servers' users to `remote` in the same batch (skipped without it).
+    async fn deliver(
+        &self,
+        sender: &UserId,
+        event_type: &str,
+        messages: Vec<(OwnedUserId, Target, Value)>,
+        devices_of: &dyn Fn(&UserId) -> Result<Vec<String>>,
+        once: Once<'_>,
+        remote: Option<QueueRemote<'_>>,
+    ) -> Result<()> {
+        let limit = match once {
+            Once::Txn { .. } => usize::MAX,
+            Once::Edu { .. } => MAX_REMOTE_DELIVERIES,
+        };
+        let mut queued: Vec<(OwnedUserId, String, Vec<u8>)> = Vec::new();
+        let mut others: RemoteMessages = Vec::new();
+        'messages: for (user_id, target, content) in messages {
             if !self.is_local(&user_id) {
+                if remote.is_some() {
+                    others.push((user_id, target, content));
+                }
                 continue;
             }
             let devices = devices_of(&user_id)?;
@@ -88,14 +180,27 @@ impl Keys {
             let event = json!({"sender": sender, "type": event_type, "content": content});
             let bytes = serde_json::to_vec(&event).map_err(|e| Error::internal(e.to_string()))?;
             for device in targets {
+                if queued.len() >= limit {
+                    tracing::warn!(%sender, %event_type, limit, "to-device EDU for too many devices: the rest dropped");
+                    break 'messages;
+                }
                 queued.push((user_id.clone(), device, bytes.clone()));
             }
         }
+        let lock_device = match once {
+            Once::Txn { device, .. } => device,
+            Once::Edu { .. } => "",
+        };
         let _guard = self
             .device_locks
-            .lock((sender.to_owned(), sender_device.to_owned()))
+            .lock((sender.to_owned(), lock_device.to_owned()))
             .await;
-        if self.inbox.txn_done(sender.as_str(), sender_device, txn_id)? {
+        let week = crate::util::now_ms() / WEEK_MS;
+        let done = match once {
+            Once::Txn { device, txn_id } => self.inbox.txn_done(sender.as_str(), device, txn_id)?,
+            Once::Edu { origin, message_id } => self.inbox.remote_seen(week, origin, message_id)?,
+        };
+        if done {
             return Ok(());
         }
         let mut accepted = Vec::with_capacity(queued.len());
@@ -109,6 +214,9 @@ impl Keys {
                 );
             }
         }
+        let forget_before = week.saturating_sub(1);
+        let prune = matches!(once, Once::Edu { .. })
+            && self.seen_pruned_before.fetch_max(forget_before, Ordering::Relaxed) < forget_before;
         let mut keys: Vec<Key> = accepted.iter().map(|(u, _, _)| Key::user(u)).collect();
         keys.dedup();
         let written = commit_on_stream(&self.db, &self.positions, &self.notifier, keys, |batch, position| {
@@ -116,7 +224,20 @@ impl Keys {
                 self.inbox
                     .queue_put(batch, user.as_str(), device, position, index as u32, bytes);
             }
-            self.inbox.queue_txn(batch, sender.as_str(), sender_device, txn_id);
+            match once {
+                Once::Txn { device, txn_id } => self.inbox.queue_txn(batch, sender.as_str(), device, txn_id),
+                Once::Edu { origin, message_id } => {
+                    self.inbox.queue_remote_seen(batch, week, origin, message_id);
+                    if prune {
+                        self.inbox.queue_forget_seen_before(batch, forget_before);
+                    }
+                }
+            }
+            if let Some(remote) = remote
+                && !others.is_empty()
+            {
+                remote(batch, others)?;
+            }
             Ok(())
         })
         .await;
@@ -285,9 +406,15 @@ mod tests {
             let keys = &keys;
             let alice = &alice;
             async move {
-                keys.send_to_device((alice, "A"), ("m.test", &txn), vec![message], &devices_of)
-                    .await
-                    .unwrap()
+                keys.send_to_device(
+                    (alice, "A"),
+                    ("m.test", &txn),
+                    vec![message],
+                    &devices_of,
+                    &mut |_, _| Ok(()),
+                )
+                .await
+                .unwrap()
             }
         };
         for n in 0..5 {

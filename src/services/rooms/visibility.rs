@@ -141,9 +141,20 @@ impl Rooms {
 
     /// The room state right after the last event at or before stream position `position`
     /// (the state a sync token or pagination token points at), the events `selection` asks for.
+    /// With no event there (a room joined over federation has none before the join: its
+    /// state came with the join), the state before the room's first event after `position`.
     pub fn state_at_position(&self, room_id: &RoomId, position: u64, selection: Selection<'_>) -> Result<Vec<Pdu>> {
-        match self.timeline(room_id, 0, position, true, 1)?.pop() {
-            Some((_, pdu)) => self.state_after(&pdu, selection),
+        if let Some((_, pdu)) = self.timeline(room_id, 0, position, true, 1)?.pop() {
+            return self.state_after(&pdu, selection);
+        }
+        let Some((_, first)) = self.timeline(room_id, position, u64::MAX, false, 1)?.pop() else {
+            return Ok(Vec::new());
+        };
+        let Some(short) = self.ids.event(first.event_id.as_str())? else {
+            return Ok(Vec::new());
+        };
+        match self.state_before(short)? {
+            Some(state) => self.served_state(&state, selection),
             None => Ok(Vec::new()),
         }
     }

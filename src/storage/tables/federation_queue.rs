@@ -1,17 +1,21 @@
-//! The outbound federation queue (`destseq_fedpdu`): the PDUs still to be sent to each other
-//! server, in the order they were queued.
+//! The outbound federation queues: the PDUs (`destseq_fedpdu`) and the EDUs that must not be
+//! lost (`destseq_fededu`: to-device messages) still to be sent to each other server, in the
+//! order they were queued. Both have the same layout, one [`FederationQueueTable`] each.
 //!
 //! Key: destination server name SEP u64 sequence number (per destination, allocated by the
 //! sender, increasing). Value: postcard [`QueuedPdu`] (the event id and the PDU's canonical
-//! JSON bytes). A destination's entries are together and in queue order, so its next
-//! transaction is one short forward scan, and the destinations with something queued are
-//! found with one seek each.
+//! JSON bytes), or [`QueuedEdu`] (the EDU's JSON bytes). A destination's entries are together
+//! and in queue order, so its next transaction is one short forward scan, and the destinations
+//! with something queued are found with one seek each.
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::storage::{Batch, Db, StorageResult, codec, schema::DESTSEQ_FEDPDU};
+use crate::storage::{
+    Batch, Db, StorageResult, codec,
+    schema::{DESTSEQ_FEDEDU, DESTSEQ_FEDPDU},
+};
 
 /// A PDU waiting to be sent to one destination.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,10 +26,18 @@ pub struct QueuedPdu {
     pub pdu: Vec<u8>,
 }
 
-/// Typed access to the outbound federation queue.
+/// An EDU waiting to be sent to one destination (one that must be delivered: to-device).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedEdu {
+    /// The whole EDU (`edu_type`, `content`) as JSON bytes, sent as is.
+    pub edu: Vec<u8>,
+}
+
+/// Typed access to one outbound federation queue.
 #[derive(Clone)]
 pub struct FederationQueueTable {
     db: Arc<Db>,
+    cf: &'static str,
 }
 
 fn entry_key(destination: &str, seq: u64) -> Vec<u8> {
@@ -42,9 +54,14 @@ fn destination_end(destination: &str) -> Vec<u8> {
 }
 
 impl FederationQueueTable {
-    /// Wraps the database.
+    /// The PDU queue (`destseq_fedpdu`, values [`QueuedPdu`]).
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db }
+        Self { db, cf: DESTSEQ_FEDPDU }
+    }
+
+    /// The queue of EDUs that must be delivered (`destseq_fededu`, values [`QueuedEdu`]).
+    pub fn edus(db: Arc<Db>) -> Self {
+        Self { db, cf: DESTSEQ_FEDEDU }
     }
 
     /// A new batch on this database.
@@ -53,35 +70,37 @@ impl FederationQueueTable {
     }
 
     /// Queues storing `pdu` as entry `seq` of `destination`.
-    pub fn queue_put(&self, batch: &mut Batch, destination: &str, seq: u64, pdu: &QueuedPdu) -> StorageResult<()> {
-        batch.put(
-            DESTSEQ_FEDPDU,
-            &entry_key(destination, seq),
-            &codec::encode(DESTSEQ_FEDPDU, pdu)?,
-        );
+    pub fn queue_put<T: Serialize>(
+        &self,
+        batch: &mut Batch,
+        destination: &str,
+        seq: u64,
+        pdu: &T,
+    ) -> StorageResult<()> {
+        batch.put(self.cf, &entry_key(destination, seq), &codec::encode(self.cf, pdu)?);
         Ok(())
     }
 
     /// Queues removal of entry `seq` of `destination`.
     pub fn queue_delete(&self, batch: &mut Batch, destination: &str, seq: u64) {
-        batch.delete(DESTSEQ_FEDPDU, &entry_key(destination, seq));
+        batch.delete(self.cf, &entry_key(destination, seq));
     }
 
     /// Queues removal of every entry of `destination` below `seq`.
     pub fn queue_delete_below(&self, batch: &mut Batch, destination: &str, seq: u64) {
-        batch.delete_range(DESTSEQ_FEDPDU, &entry_key(destination, 0), &entry_key(destination, seq));
+        batch.delete_range(self.cf, &entry_key(destination, 0), &entry_key(destination, seq));
     }
 
     /// The first `limit` entries of `destination`, in queue order.
-    pub fn first(&self, destination: &str, limit: usize) -> StorageResult<Vec<(u64, QueuedPdu)>> {
+    pub fn first<T: DeserializeOwned>(&self, destination: &str, limit: usize) -> StorageResult<Vec<(u64, T)>> {
         let prefix = codec::prefix(&[destination.as_bytes()]);
         self.db
-            .scan_range(DESTSEQ_FEDPDU, &prefix, &destination_end(destination), false, limit)?
+            .scan_range(self.cf, &prefix, &destination_end(destination), false, limit)?
             .into_iter()
             .map(|(key, value)| {
                 Ok((
-                    codec::read_u64(DESTSEQ_FEDPDU, &key[prefix.len()..])?,
-                    codec::decode(DESTSEQ_FEDPDU, &value)?,
+                    codec::read_u64(self.cf, &key[prefix.len()..])?,
+                    codec::decode(self.cf, &value)?,
                 ))
             })
             .collect()
@@ -93,9 +112,9 @@ impl FederationQueueTable {
         let end = destination_end(destination);
         let seq = |reverse| -> StorageResult<Option<u64>> {
             self.db
-                .scan_range(DESTSEQ_FEDPDU, &prefix, &end, reverse, 1)?
+                .scan_range(self.cf, &prefix, &end, reverse, 1)?
                 .first()
-                .map(|(key, _)| codec::read_u64(DESTSEQ_FEDPDU, &key[prefix.len()..]))
+                .map(|(key, _)| codec::read_u64(self.cf, &key[prefix.len()..]))
                 .transpose()
         };
         Ok(match (seq(false)?, seq(true)?) {
@@ -112,7 +131,7 @@ impl FederationQueueTable {
         while out.len() < limit {
             let Some((key, _)) = self
                 .db
-                .scan_range(DESTSEQ_FEDPDU, &start, &[0xFF], false, 1)?
+                .scan_range(self.cf, &start, &[0xFF], false, 1)?
                 .into_iter()
                 .next()
             else {
@@ -120,7 +139,7 @@ impl FederationQueueTable {
             };
             let Some(name_len) = key.len().checked_sub(9) else {
                 return Err(crate::storage::StorageError::Corrupt {
-                    table: DESTSEQ_FEDPDU,
+                    table: self.cf,
                     reason: "key too short".into(),
                 });
             };
@@ -161,9 +180,14 @@ mod tests {
             table.queue_put(&mut batch, dest, seq, &pdu(seq)).unwrap();
         }
         batch.commit_blocking().unwrap();
-        let a: Vec<u64> = table.first("a.test", 10).unwrap().iter().map(|e| e.0).collect();
+        let a: Vec<u64> = table
+            .first::<QueuedPdu>("a.test", 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(a, vec![2, 300]);
-        assert_eq!(table.first("a.test", 1).unwrap(), vec![(2, pdu(2))]);
+        assert_eq!(table.first::<QueuedPdu>("a.test", 1).unwrap(), vec![(2, pdu(2))]);
         assert_eq!(table.bounds("a.test").unwrap(), Some((2, 300)));
         assert_eq!(table.bounds("c.test").unwrap(), None);
         let (all, next) = table.destinations(&[], 10).unwrap();

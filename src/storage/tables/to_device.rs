@@ -1,12 +1,13 @@
 //! To-device messages waiting for their device (`userdevicepos_todevice`, ordered by the
-//! stream position that queued them) and the `sendToDevice` transactions already done
-//! (`userdevicetxn_todevice`).
+//! stream position that queued them), the `sendToDevice` transactions already done
+//! (`userdevicetxn_todevice`) and the `m.direct_to_device` EDUs other servers sent, by week
+//! (`weekoriginmsg_empty`).
 
 use std::sync::Arc;
 
 use crate::storage::{
     Batch, Db, StorageError, StorageResult, codec,
-    schema::{USERDEVICEPOS_TODEVICE, USERDEVICETXN_TODEVICE},
+    schema::{USERDEVICEPOS_TODEVICE, USERDEVICETXN_TODEVICE, WEEKORIGINMSG_EMPTY},
 };
 
 /// Typed access to the to-device inboxes.
@@ -19,6 +20,12 @@ fn inbox_key(user_id: &str, device_id: &str, position: u64, index: u32) -> Vec<u
     let mut tail = codec::u64_bytes(position).to_vec();
     tail.extend_from_slice(&index.to_be_bytes());
     codec::key(&[user_id.as_bytes(), device_id.as_bytes(), &tail])
+}
+
+fn seen_key(week: u64, origin: &str, message_id: &str) -> Vec<u8> {
+    let mut key = codec::u64_bytes(week).to_vec();
+    key.extend_from_slice(&codec::key(&[origin.as_bytes(), message_id.as_bytes()]));
+    key
 }
 
 impl ToDeviceTable {
@@ -124,6 +131,30 @@ impl ToDeviceTable {
             .is_some())
     }
 
+    /// Whether the EDU `message_id` from `origin` was received in week `week` or the one before.
+    pub fn remote_seen(&self, week: u64, origin: &str, message_id: &str) -> StorageResult<bool> {
+        for week in [week, week.saturating_sub(1)] {
+            if self
+                .db
+                .get(WEEKORIGINMSG_EMPTY, &seen_key(week, origin, message_id))?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Queues recording the EDU `message_id` from `origin` as received in week `week`.
+    pub fn queue_remote_seen(&self, batch: &mut Batch, week: u64, origin: &str, message_id: &str) {
+        batch.put(WEEKORIGINMSG_EMPTY, &seen_key(week, origin, message_id), b"");
+    }
+
+    /// Queues forgetting the EDUs received before week `week`.
+    pub fn queue_forget_seen_before(&self, batch: &mut Batch, week: u64) {
+        batch.delete_range(WEEKORIGINMSG_EMPTY, &codec::u64_bytes(0), &codec::u64_bytes(week));
+    }
+
     /// Queues recording a transaction as done.
     pub fn queue_txn(&self, batch: &mut Batch, user_id: &str, device_id: &str, txn_id: &str) {
         batch.put(
@@ -173,5 +204,26 @@ mod tests {
         assert_eq!(t.size("@a:x", "D", 10).unwrap(), (1, 3));
         assert_eq!(t.size("@a:x", "E", 10).unwrap(), (1, 5));
         assert_eq!(t.size("@a:x", "F", 10).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn remote_messages_are_remembered_for_this_week_and_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
+        let t = ToDeviceTable::new(Arc::clone(&db));
+        let mut batch = db.batch();
+        t.queue_remote_seen(&mut batch, 10, "a.test", "m1");
+        t.queue_remote_seen(&mut batch, 11, "a.test", "m2");
+        batch.commit_blocking().unwrap();
+        assert!(t.remote_seen(11, "a.test", "m1").unwrap(), "last week's");
+        assert!(t.remote_seen(11, "a.test", "m2").unwrap());
+        assert!(!t.remote_seen(12, "a.test", "m1").unwrap(), "older ones expire");
+        assert!(!t.remote_seen(11, "b.test", "m1").unwrap(), "per origin");
+        assert!(!t.remote_seen(11, "a.test", "m").unwrap(), "a prefix is another id");
+        let mut batch = db.batch();
+        t.queue_forget_seen_before(&mut batch, 11);
+        batch.commit_blocking().unwrap();
+        assert!(!t.remote_seen(11, "a.test", "m1").unwrap());
+        assert!(t.remote_seen(11, "a.test", "m2").unwrap());
     }
 }

@@ -16,8 +16,15 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
-use super::{Dest, MAX_EDUS_PER_TXN, MAX_PDUS_PER_TXN, SCAN_STEP, Sender, Started};
-use crate::{Result, services::Services};
+use super::{
+    DURABLE_EDU_BYTES_PER_TXN, Dest, MAX_DURABLE_EDUS_PER_TXN, MAX_EDUS_PER_TXN, MAX_PDUS_PER_TXN, SCAN_STEP, Sender,
+    Started,
+};
+use crate::{
+    Result,
+    services::Services,
+    storage::tables::federation_queue::{QueuedEdu, QueuedPdu},
+};
 
 /// A transaction built for one destination, kept as is until it is answered 200.
 struct Txn {
@@ -25,6 +32,8 @@ struct Txn {
     origin_server_ts: MilliSecondsSinceUnixEpoch,
     /// (sequence number, event id, PDU).
     pdus: Vec<(u64, String, Box<RawValue>)>,
+    /// The sequence numbers of its persistent EDUs (the first of `edus`).
+    durable: Vec<u64>,
     edus: Vec<Raw<Edu>>,
 }
 
@@ -32,13 +41,14 @@ impl Sender {
     /// The next transaction for `dest`, or `None` when nothing is queued.
     fn next_transaction(&self, dest: &Dest) -> Result<Option<Txn>> {
         dest.lock().dirty = false;
-        let entries = self.table.first(dest.name.as_str(), MAX_PDUS_PER_TXN)?;
+        let entries = self.table.first::<QueuedPdu>(dest.name.as_str(), MAX_PDUS_PER_TXN)?;
+        let (durable, mut raw_edus) = self.durable_edus(dest)?;
         let edus: Vec<serde_json::Value> = {
             let mut state = dest.lock();
-            let n = state.edus.len().min(MAX_EDUS_PER_TXN);
+            let n = state.edus.len().min(MAX_EDUS_PER_TXN - raw_edus.len());
             state.edus.drain(..n).collect()
         };
-        if entries.is_empty() && edus.is_empty() {
+        if entries.is_empty() && edus.is_empty() && raw_edus.is_empty() {
             return Ok(None);
         }
         let mut pdus = Vec::with_capacity(entries.len());
@@ -61,17 +71,53 @@ impl Sender {
             }
             batch.commit_blocking()?;
         }
-        let edus = edus
-            .iter()
-            .filter_map(|edu| serde_json::value::to_raw_value(edu).ok().map(Raw::from_json))
-            .collect();
+        raw_edus.extend(
+            edus.iter()
+                .filter_map(|edu| serde_json::value::to_raw_value(edu).ok().map(Raw::from_json)),
+        );
         let n = self.txn_counter.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Txn {
             id: format!("{}.{}", self.process, base36(n)).into(),
             origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
             pdus,
-            edus,
+            durable,
+            edus: raw_edus,
         }))
+    }
+
+    /// The first persistent EDUs of `dest` for a transaction: their sequence numbers and the
+    /// EDUs (at most [`MAX_DURABLE_EDUS_PER_TXN`], about [`DURABLE_EDU_BYTES_PER_TXN`]).
+    fn durable_edus(&self, dest: &Dest) -> Result<(Vec<u64>, Vec<Raw<Edu>>)> {
+        let entries = self
+            .edu_table
+            .first::<QueuedEdu>(dest.name.as_str(), MAX_DURABLE_EDUS_PER_TXN)?;
+        let (mut seqs, mut edus, mut bad) = (Vec::new(), Vec::new(), Vec::new());
+        let mut bytes = 0;
+        for (seq, entry) in entries {
+            if bytes > 0 && bytes + entry.edu.len() > DURABLE_EDU_BYTES_PER_TXN {
+                break;
+            }
+            bytes += entry.edu.len();
+            match String::from_utf8(entry.edu)
+                .ok()
+                .and_then(|text| RawValue::from_string(text).ok())
+            {
+                Some(raw) => {
+                    seqs.push(seq);
+                    edus.push(Raw::from_json(raw));
+                }
+                None => bad.push(seq),
+            }
+        }
+        if !bad.is_empty() {
+            tracing::error!(destination = %dest.name, count = bad.len(), "queued EDUs that are not JSON dropped");
+            let mut batch = self.edu_table.batch();
+            for seq in bad {
+                self.edu_table.queue_delete(&mut batch, dest.name.as_str(), seq);
+            }
+            batch.commit_blocking()?;
+        }
+        Ok((seqs, edus))
     }
 
     /// Ends `dest`'s delivery task unless something was queued since it looked.
@@ -86,16 +132,27 @@ impl Sender {
 
     /// After a 200: the transaction's PDUs leave the queue and the back-off ends.
     async fn delivered(&self, dest: &Dest, txn: &Txn) -> Result<()> {
-        if !txn.pdus.is_empty() {
+        if !txn.pdus.is_empty() || !txn.durable.is_empty() {
             let mut batch = self.table.batch();
             for (seq, _, _) in &txn.pdus {
                 self.table.queue_delete(&mut batch, dest.name.as_str(), *seq);
             }
+            for seq in &txn.durable {
+                self.edu_table.queue_delete(&mut batch, dest.name.as_str(), *seq);
+            }
             batch.commit().await?;
         }
         let mut state = dest.lock();
-        if let Some((last, _, _)) = txn.pdus.last() {
+        // (Bounds not read yet are read from storage when needed, after this delete.)
+        if let Some((last, _, _)) = txn.pdus.last()
+            && state.loaded
+        {
             state.head = state.head.max(last + 1);
+        }
+        if let Some(last) = txn.durable.last()
+            && state.durable_loaded
+        {
+            state.durable_head = state.durable_head.max(last + 1);
         }
         if state.backoff.take().is_some() {
             tracing::info!(destination = %dest.name, "federation destination reachable again");
@@ -152,35 +209,42 @@ pub fn spawn(services: &Arc<Services>) {
     }
     let weak = Arc::downgrade(services);
     tokio::spawn(async move {
-        let mut from = Vec::new();
         let mut destinations = 0usize;
-        loop {
-            let Some(services) = weak.upgrade() else {
-                return;
-            };
-            let federation = &services.federation;
-            let (names, next) = match federation.sender.table.destinations(&from, SCAN_STEP) {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the federation queue");
+        for durable in [false, true] {
+            let mut from = Vec::new();
+            loop {
+                let Some(services) = weak.upgrade() else {
                     return;
-                }
-            };
-            for name in names {
-                let Ok(server) = ServerName::parse(&name) else {
-                    tracing::warn!(destination = name, "federation queue entry for an invalid server name");
-                    continue;
                 };
-                if let Err(e) = federation.check_peer(&server) {
-                    tracing::info!(destination = %server, reason = %e, "queued PDUs left undelivered");
-                    continue;
+                let federation = &services.federation;
+                let table = if durable {
+                    &federation.sender.edu_table
+                } else {
+                    &federation.sender.table
+                };
+                let (names, next) = match table.destinations(&from, SCAN_STEP) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the federation queue");
+                        return;
+                    }
+                };
+                for name in names {
+                    let Ok(server) = ServerName::parse(&name) else {
+                        tracing::warn!(destination = name, "federation queue entry for an invalid server name");
+                        continue;
+                    };
+                    if let Err(e) = federation.check_peer(&server) {
+                        tracing::info!(destination = %server, reason = %e, "queued PDUs left undelivered");
+                        continue;
+                    }
+                    destinations += 1;
+                    federation.sender.kick(&federation.sender.dest(&server));
                 }
-                destinations += 1;
-                federation.sender.kick(&federation.sender.dest(&server));
-            }
-            match next {
-                Some(next) => from = next,
-                None => break,
+                match next {
+                    Some(next) => from = next,
+                    None => break,
+                }
             }
         }
         if destinations > 0 {

@@ -9,18 +9,26 @@
 //! [`MAX_QUEUED_PDUS`]; past that the oldest are dropped (and logged): a server that comes back
 //! catches up on what it missed through `get_missing_events` from the newest events it gets.
 //! EDUs (typing, receipts: [`Federation::queue_edu`]) are ephemeral and stay in memory, at most
-//! [`MAX_QUEUED_EDUS`] per destination (oldest dropped).
+//! [`MAX_QUEUED_EDUS`] per destination (oldest dropped). EDUs that must not be lost
+//! (to-device messages: [`Federation::queue_durable_edus`]) have a second persistent queue
+//! of the same shape (`destseq_fededu`), written in the caller's batch (so with what made
+//! them, once), at most [`MAX_QUEUED_DURABLE_EDUS`] per destination: past that new ones are
+//! refused (logged) rather than the oldest dropped, as a full to-device inbox does.
 //!
 //! **Delivery.** Each destination with something queued has one task, so at most one
 //! transaction per destination is in flight and one destination never waits for another; at
 //! most [`MAX_IN_FLIGHT`] transactions are in flight overall. A transaction carries the
 //! destination's first [`MAX_PDUS_PER_TXN`] PDUs in queue order and up to [`MAX_EDUS_PER_TXN`]
-//! EDUs; it is kept as built (same transaction id, same content) until it is answered 200, then
-//! its PDUs are deleted in one batch. Errors the receiver reports for single PDUs are logged at
+//! EDUs (the persistent ones first, in queue order, at most [`MAX_DURABLE_EDUS_PER_TXN`] and
+//! about [`DURABLE_EDU_BYTES_PER_TXN`]; the in-memory ones fill the rest); it is kept as built
+//! (same transaction id, same content) until it is answered 200, then its PDUs and persistent
+//! EDUs are deleted in one batch. One transaction in flight per destination keeps them in
+//! order. Errors the receiver reports for single PDUs are logged at
 //! info and not retried: the spec says the transaction as a whole succeeded. A failure (no
 //! connection, a timeout, an error status) backs the destination off, 1 s doubling up to
 //! 5 min; [`Federation::peer_is_back`] (an authenticated request from that server) ends the
-//! back-off at once. At start ([`spawn`]) every destination with queued PDUs is served.
+//! back-off at once. At start ([`spawn`]) every destination with queued PDUs or persistent EDUs
+//! is served.
 //!
 //! **At least once.** The PDUs are deleted in a batch written after the 200, so a crash in
 //! between sends them again after the restart, in a transaction with a new id; receivers
@@ -54,8 +62,8 @@ use crate::{
     Result,
     services::Services,
     storage::{
-        Db,
-        tables::federation_queue::{FederationQueueTable, QueuedPdu},
+        Batch, Db,
+        tables::federation_queue::{FederationQueueTable, QueuedEdu, QueuedPdu},
     },
     util::bounded::BoundedMap,
 };
@@ -68,6 +76,12 @@ pub const MAX_EDUS_PER_TXN: usize = 100;
 pub const MAX_QUEUED_PDUS: u64 = 10_000;
 /// Most EDUs queued in memory for one destination; the oldest are dropped past it.
 pub const MAX_QUEUED_EDUS: usize = 1_000;
+/// Most persistent EDUs (to-device) queued for one destination; new ones are refused past it.
+pub const MAX_QUEUED_DURABLE_EDUS: u64 = 10_000;
+/// Most persistent EDUs in one transaction.
+pub const MAX_DURABLE_EDUS_PER_TXN: usize = 50;
+/// Persistent EDUs stop being added to a transaction past this many bytes (one always goes).
+pub const DURABLE_EDU_BYTES_PER_TXN: usize = 1 << 20;
 /// Most transactions in flight at once, all destinations together.
 pub const MAX_IN_FLIGHT: usize = 50;
 /// Wait after a destination's first failure.
@@ -101,6 +115,12 @@ struct DestState {
     dropped: u64,
     /// EDUs waiting, oldest first.
     edus: VecDeque<serde_json::Value>,
+    /// The persistent EDU queue's bounds were read from storage.
+    durable_loaded: bool,
+    /// The lowest sequence number of a persistent EDU that may still be queued.
+    durable_head: u64,
+    /// The next sequence number of a persistent EDU.
+    durable_tail: u64,
     /// Something was queued since the delivery task last looked.
     dirty: bool,
     /// A delivery task runs for this destination.
@@ -124,6 +144,9 @@ struct Started {
 /// The queue and its delivery; a field of [`Federation`].
 pub struct Sender {
     table: FederationQueueTable,
+    /// The persistent EDUs (`destseq_fededu`).
+    edu_table: FederationQueueTable,
+    max_queued_edus: u64,
     dests: BoundedMap<OwnedServerName, Arc<Dest>>,
     max_queued: u64,
     in_flight: Semaphore,
@@ -148,8 +171,15 @@ impl Sender {
     }
 
     fn with_max_queued(db: Arc<Db>, max_queued: u64) -> Sender {
+        let max_queued_edus = if max_queued == MAX_QUEUED_PDUS {
+            MAX_QUEUED_DURABLE_EDUS
+        } else {
+            max_queued.max(1)
+        };
         Sender {
-            table: FederationQueueTable::new(db),
+            table: FederationQueueTable::new(Arc::clone(&db)),
+            edu_table: FederationQueueTable::edus(db),
+            max_queued_edus,
             dests: BoundedMap::new(DESTINATIONS),
             max_queued: max_queued.max(1),
             in_flight: Semaphore::new(MAX_IN_FLIGHT),
@@ -179,7 +209,13 @@ impl Sender {
 
     /// The number of PDUs queued for `server` (reads them all: for reports and tests).
     pub fn queued_pdus(&self, server: &ServerName) -> Result<usize> {
-        Ok(self.table.first(server.as_str(), usize::MAX)?.len())
+        Ok(self.table.first::<QueuedPdu>(server.as_str(), usize::MAX)?.len())
+    }
+
+    /// The number of persistent EDUs queued for `server` (reads them all: for reports and
+    /// tests).
+    pub fn queued_durable_edus(&self, server: &ServerName) -> Result<usize> {
+        Ok(self.edu_table.first::<QueuedEdu>(server.as_str(), usize::MAX)?.len())
     }
 
     /// Whether delivery to `server` is waiting out a back-off after a failure.
@@ -235,7 +271,7 @@ impl Sender {
                 let seq = state.tail;
                 state.tail += 1;
                 self.table.queue_put(&mut batch, name.as_str(), seq, &record)?;
-                if state.tail - state.head > self.max_queued {
+                if state.tail.saturating_sub(state.head) > self.max_queued {
                     let new_head = state.tail - self.max_queued;
                     self.table.queue_delete_below(&mut batch, name.as_str(), new_head);
                     let dropped = new_head - state.head;
@@ -260,6 +296,35 @@ impl Sender {
         Ok(())
     }
 
+    /// Queues one persistent EDU for `name` in `batch`; its destination, or `None` (logged)
+    /// when the destination's queue is full.
+    fn put_durable(&self, batch: &mut Batch, name: &ServerName, edu: Vec<u8>) -> Result<Option<Arc<Dest>>> {
+        let dest = self.dest(name);
+        {
+            let mut state = dest.lock();
+            if !state.durable_loaded {
+                if let Some((first, last)) = self.edu_table.bounds(name.as_str())? {
+                    state.durable_head = first;
+                    state.durable_tail = last + 1;
+                }
+                state.durable_loaded = true;
+            }
+            if state.durable_tail.saturating_sub(state.durable_head) >= self.max_queued_edus {
+                tracing::warn!(
+                    destination = %name,
+                    limit = self.max_queued_edus,
+                    "federation to-device queue full: EDU dropped"
+                );
+                return Ok(None);
+            }
+            let seq = state.durable_tail;
+            state.durable_tail += 1;
+            self.edu_table
+                .queue_put(batch, name.as_str(), seq, &QueuedEdu { edu })?;
+        }
+        Ok(Some(dest))
+    }
+
     /// Notes that `dest` has something new and starts its delivery task unless it runs.
     fn kick(&self, dest: &Arc<Dest>) {
         let Some(started) = self.started.get() else {
@@ -279,7 +344,52 @@ impl Sender {
     }
 }
 
+/// Persistent EDUs written into a caller's batch ([`Federation::queue_durable_edus`]): their
+/// destinations, kept in memory until [`Federation::wake`] starts their delivery (after the
+/// batch is durable).
+#[must_use = "wake the destinations once the batch is committed"]
+pub struct QueuedDurable {
+    held: Vec<Arc<Dest>>,
+}
+
 impl Federation {
+    /// Queues EDUs that must be delivered (to-device messages), each for one destination, in
+    /// `batch` (the caller commits it, then calls [`Federation::wake`]). Our own name and
+    /// servers we do not federate with are left out; with federation off nothing is written.
+    /// A destination holding [`MAX_QUEUED_DURABLE_EDUS`] refuses further ones (logged).
+    pub fn queue_durable_edus(
+        &self,
+        batch: &mut Batch,
+        edus: &[(OwnedServerName, serde_json::Value)],
+    ) -> Result<QueuedDurable> {
+        let mut held: Vec<Arc<Dest>> = Vec::new();
+        if !self.enabled {
+            return Ok(QueuedDurable { held });
+        }
+        let sender = &self.sender;
+        for (name, edu) in edus {
+            if *name == self.server_name || self.check_peer(name).is_err() {
+                continue;
+            }
+            let bytes = serde_json::to_vec(edu).map_err(|e| crate::Error::internal(e.to_string()))?;
+            let Some(dest) = sender.put_durable(batch, name, bytes)? else {
+                continue;
+            };
+            if !held.iter().any(|d| Arc::ptr_eq(d, &dest)) {
+                held.push(dest);
+            }
+        }
+        Ok(QueuedDurable { held })
+    }
+
+    /// Starts delivery of what [`Federation::queue_durable_edus`] queued (call it once the
+    /// batch was committed; after a failed commit it only costs a look at the queue).
+    pub fn wake(&self, queued: QueuedDurable) {
+        for dest in &queued.held {
+            self.sender.kick(dest);
+        }
+    }
+
     /// Our own name and servers we may not talk to left out, each server once.
     fn destinations_for(&self, destinations: &[OwnedServerName]) -> Vec<OwnedServerName> {
         let mut out: Vec<OwnedServerName> = destinations
@@ -370,7 +480,7 @@ mod tests {
         }
         let kept: Vec<String> = sender
             .table
-            .first("full.test", 100)
+            .first::<QueuedPdu>("full.test", 100)
             .unwrap()
             .into_iter()
             .map(|(_, pdu)| pdu.event_id)
@@ -381,7 +491,7 @@ mod tests {
             "the oldest dropped, in order"
         );
         assert_eq!(
-            sender.table.first("other.test", 100).unwrap().len(),
+            sender.table.first::<QueuedPdu>("other.test", 100).unwrap().len(),
             1,
             "another destination keeps its own"
         );
@@ -395,7 +505,7 @@ mod tests {
             .unwrap();
         let kept: Vec<(u64, String)> = sender
             .table
-            .first("full.test", 100)
+            .first::<QueuedPdu>("full.test", 100)
             .unwrap()
             .into_iter()
             .map(|(seq, pdu)| (seq, pdu.event_id))
@@ -403,5 +513,50 @@ mod tests {
         assert_eq!(kept.first().unwrap().1, "$e4");
         assert_eq!(kept.last().unwrap(), &(8, "$e8".to_owned()));
         assert_eq!(kept.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_full_durable_queue_refuses_new_edus_and_a_restart_reads_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), &StorageOptions::for_tests()).unwrap();
+        let sender = Sender::for_tests(Arc::clone(&db), 3);
+        let name: OwnedServerName = "full.test".try_into().unwrap();
+        let mut batch = db.batch();
+        let kept: Vec<bool> = (0..5)
+            .map(|n| {
+                sender
+                    .put_durable(&mut batch, &name, format!("{{\"n\":{n}}}").into_bytes())
+                    .unwrap()
+                    .is_some()
+            })
+            .collect();
+        batch.commit().await.unwrap();
+        assert_eq!(
+            kept,
+            vec![true, true, true, false, false],
+            "new ones refused, not the oldest dropped"
+        );
+        let queued: Vec<(u64, Vec<u8>)> = sender
+            .edu_table
+            .first::<QueuedEdu>("full.test", 10)
+            .unwrap()
+            .into_iter()
+            .map(|(seq, e)| (seq, e.edu))
+            .collect();
+        assert_eq!(queued[0], (0, b"{\"n\":0}".to_vec()));
+        assert_eq!(queued.len(), 3);
+
+        // After a restart the bounds are read back: still full.
+        let sender = Sender::for_tests(Arc::clone(&db), 3);
+        let mut batch = db.batch();
+        assert!(sender.put_durable(&mut batch, &name, b"{}".to_vec()).unwrap().is_none());
+        // Once one was delivered (deleted), there is room again, numbered after the others.
+        let mut delete = db.batch();
+        sender.edu_table.queue_delete(&mut delete, "full.test", 0);
+        delete.commit().await.unwrap();
+        let sender = Sender::for_tests(Arc::clone(&db), 3);
+        assert!(sender.put_durable(&mut batch, &name, b"{}".to_vec()).unwrap().is_some());
+        batch.commit().await.unwrap();
+        assert_eq!(sender.edu_table.bounds("full.test").unwrap(), Some((1, 3)));
     }
 }

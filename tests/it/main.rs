@@ -23,6 +23,9 @@ mod e2ee;
 mod element_web;
 /// Federation, part 1: keys, the TLS listener, X-Matrix.
 mod federation;
+/// Federation, part 2, between Hearth servers: server ACLs, presence, threaded and private
+/// receipts, remote profiles, another server's public rooms.
+mod federation_edus;
 /// Gaps in a room's graph over federation: missing events, the state before them, lying state.
 mod federation_gaps;
 /// A hostile federation peer: forged, unauthorised, oversized and replayed transactions.

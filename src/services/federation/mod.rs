@@ -9,6 +9,7 @@
 //! 403 before resolving anything.
 
 pub mod access;
+pub mod acl;
 pub mod backfill;
 pub mod edu;
 pub mod forward;
@@ -19,6 +20,7 @@ pub mod leave;
 pub mod membership;
 pub mod own_keys;
 pub mod pdu;
+pub mod presence;
 pub mod query;
 pub mod remote_keys;
 pub mod resolver;
@@ -66,6 +68,10 @@ pub struct Federation {
     answered: intake::AnsweredTransactions,
     /// The outbound transaction queue and its delivery (`sender/`).
     pub sender: sender::Sender,
+    /// When each local user's presence last went out (`presence.rs`).
+    presence_sent: presence::PresenceSent,
+    /// Other servers' users' profiles, as last fetched (`query.rs`).
+    profiles: query::ProfileCache,
 }
 
 fn unauthorized(message: impl Into<String>) -> Error {
@@ -108,6 +114,8 @@ impl Federation {
             })?,
             answered: crate::util::bounded::BoundedMap::new(intake::REMEMBERED_TRANSACTIONS),
             sender,
+            presence_sent: crate::util::bounded::BoundedMap::new(presence::REMEMBERED_USERS),
+            profiles: crate::util::bounded::BoundedMap::new(query::CACHED_PROFILES),
         })
     }
 

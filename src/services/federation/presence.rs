@@ -1,0 +1,196 @@
+//! Presence over federation (server-server-api "Presence": `m.presence` EDUs), both ways.
+//!
+//! Outbound: a change of a local user's presence (state, status message, `currently_active`:
+//! what `services::presence` counts as a change) goes to the servers that share a room with
+//! the user (joined members), with their next transaction. Rate-limited per user: at most one
+//! update every [`PRESENCE_INTERVAL`]; a change inside that window is sent once at its end,
+//! as the user's presence then is (changes in between coalesce). What is remembered per user
+//! is a `BoundedMap` of [`REMEMBERED_USERS`].
+//!
+//! Inbound: each `push` entry (at most [`MAX_PUSH`] per EDU) counts only for a user of the
+//! sending server who shares a room with one of our users (joined both); it is stored with
+//! the local presence (bounded there) and woken into those rooms' members' `/sync`.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId, presence::PresenceState};
+use serde_json::{Value, json};
+
+use crate::{
+    services::{Services, sync::notifier::Key},
+    util::bounded::{BoundedMap, Evict},
+};
+
+/// At most one presence update per user per this long.
+pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(10);
+/// Users whose last update time is remembered.
+pub const REMEMBERED_USERS: usize = 100_000;
+/// Entries read from one inbound EDU.
+pub const MAX_PUSH: usize = 100;
+/// Longest status message taken from another server (the client API's limit).
+const MAX_STATUS_BYTES: usize = 1024;
+
+/// When a user's presence last went out, and whether a later send is waiting.
+pub struct LastSent {
+    at: Option<Instant>,
+    pending: bool,
+}
+
+impl Evict for LastSent {
+    fn pinned(&self) -> bool {
+        self.pending
+    }
+
+    fn stale(&self, now: Instant) -> bool {
+        self.at.is_none_or(|at| now.duration_since(at) >= PRESENCE_INTERVAL)
+    }
+}
+
+/// The per-user send times.
+pub type PresenceSent = BoundedMap<OwnedUserId, LastSent>;
+
+enum Action {
+    Now,
+    Later(Duration),
+    Nothing,
+}
+
+impl Services {
+    /// `user_id`'s (ours) presence changed: tell the servers sharing a room with them, now or
+    /// at the end of the user's rate-limit window.
+    pub fn announce_presence(&self, user_id: &UserId) {
+        let federation = &self.federation;
+        if !federation.enabled || user_id.server_name() != federation.server_name() {
+            return;
+        }
+        let now = Instant::now();
+        let action = federation.presence_sent.get_or_insert_with(
+            user_id,
+            || user_id.to_owned(),
+            || LastSent {
+                at: None,
+                pending: false,
+            },
+            |last| match last.at {
+                Some(at) if now.duration_since(at) < PRESENCE_INTERVAL => {
+                    if last.pending {
+                        Action::Nothing
+                    } else {
+                        last.pending = true;
+                        Action::Later(PRESENCE_INTERVAL - now.duration_since(at))
+                    }
+                }
+                _ => {
+                    last.at = Some(now);
+                    Action::Now
+                }
+            },
+        );
+        match action {
+            Action::Now => self.push_presence(user_id),
+            Action::Nothing => {}
+            Action::Later(wait) => {
+                let Some((runtime, services)) = federation.sender.task_handle() else {
+                    // Nothing is delivered before the sender starts: the next change goes.
+                    federation.presence_sent.remove(user_id);
+                    return;
+                };
+                let user = user_id.to_owned();
+                runtime.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let Some(services) = services.upgrade() else {
+                        return;
+                    };
+                    services.federation.presence_sent.insert(
+                        user.clone(),
+                        LastSent {
+                            at: Some(Instant::now()),
+                            pending: false,
+                        },
+                    );
+                    services.push_presence(&user);
+                });
+            }
+        }
+    }
+
+    /// Queues `user_id`'s current presence for the other servers sharing a room with them.
+    fn push_presence(&self, user_id: &UserId) {
+        let ours = self.federation.server_name();
+        let mut servers: BTreeSet<OwnedServerName> = BTreeSet::new();
+        for room in self.rooms.joined_rooms(user_id).unwrap_or_default() {
+            if let Ok(members) = self.rooms.members(&room) {
+                servers.extend(members.joined_servers().iter().filter(|s| **s != ours).cloned());
+            }
+        }
+        if servers.is_empty() {
+            return;
+        }
+        let status = self.presence.get(user_id);
+        let mut entry = json!({
+            "user_id": user_id,
+            "presence": status.as_ref().map_or("offline", |s| s.state.as_str()),
+            "last_active_ago": status.as_ref().map_or(0, |s| s.last_active_ago),
+            "currently_active": status.as_ref().is_some_and(|s| s.currently_active),
+        });
+        if let Some(msg) = status.and_then(|s| s.status_msg) {
+            entry["status_msg"] = msg.into();
+        }
+        let edu = json!({"edu_type": "m.presence", "content": {"push": [entry]}});
+        self.federation.queue_edu(&servers.into_iter().collect::<Vec<_>>(), edu);
+    }
+}
+
+/// Applies an inbound `m.presence` EDU's `content` from `origin`.
+pub fn receive_presence(services: &Services, origin: &ServerName, content: &Value) {
+    let Some(push) = content["push"].as_array() else {
+        return;
+    };
+    let ours = services.federation.server_name();
+    for entry in push.iter().take(MAX_PUSH) {
+        let Some(user) = entry["user_id"].as_str().and_then(|u| UserId::parse(u).ok()) else {
+            continue;
+        };
+        if user.server_name() != origin {
+            continue;
+        }
+        let state = match entry["presence"].as_str() {
+            Some("online") => PresenceState::Online,
+            Some("unavailable") => PresenceState::Unavailable,
+            Some("offline") => PresenceState::Offline,
+            _ => continue,
+        };
+        let status_msg = entry["status_msg"]
+            .as_str()
+            .filter(|m| m.len() <= MAX_STATUS_BYTES)
+            .map(str::to_owned);
+        let last_active_ago = entry["last_active_ago"].as_u64().unwrap_or(0);
+        let shared: Vec<Key> = shared_rooms(services, &user, ours);
+        if shared.is_empty() {
+            continue;
+        }
+        services
+            .presence
+            .set_remote(&user, state, status_msg, last_active_ago, &shared);
+    }
+}
+
+/// The rooms where `user` (of another server) and one of our users are both joined, as keys.
+fn shared_rooms(services: &Services, user: &OwnedUserId, ours: &ServerName) -> Vec<Key> {
+    services
+        .rooms
+        .joined_rooms(user)
+        .unwrap_or_default()
+        .iter()
+        .filter(|room| {
+            services
+                .rooms
+                .members(room)
+                .is_ok_and(|m| m.joined_servers().iter().any(|s| s == ours))
+        })
+        .map(|room| Key::room(room))
+        .collect()
+}

@@ -44,6 +44,8 @@ mod federation_sender;
 /// Interoperability with a real Synapse from PyPI on loopback, both directions: joins,
 /// messages, redactions, leaves, bans, state convergence, history from before a join.
 mod federation_synapse;
+/// Federation, part 2, with a real Synapse: typing, receipts, presence, profiles, server ACLs.
+mod federation_synapse_edus;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

@@ -605,6 +605,33 @@ fn remote_profiles_are_cached_and_member_events_carry_remote_names() {
         .unwrap();
     assert_eq!(bob_member["content"]["displayname"], "Bob of B");
 
+    // Each side's user directory finds the other's user by the name of their member event.
+    let found = alice.post(
+        "/_matrix/client/v3/user_directory/search",
+        json!({"search_term": "bob of"}),
+    );
+    let results = found.ok()["results"].as_array().unwrap().clone();
+    assert!(
+        results
+            .iter()
+            .any(|r| r["user_id"] == bob_id.as_str() && r["display_name"] == "Bob of B"),
+        "{}",
+        found.body
+    );
+    let found = bob.post(
+        "/_matrix/client/v3/user_directory/search",
+        json!({"search_term": "alice"}),
+    );
+    assert!(
+        found.ok()["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["user_id"] == alice_id.as_str() && r["display_name"] == "Alice of A"),
+        "{}",
+        found.body
+    );
+
     // Alice renames herself: her member event carries it to B ...
     alice
         .put(
@@ -620,6 +647,11 @@ fn remote_profiles_are_cached_and_member_events_carry_remote_names() {
         "/_matrix/client/v3/rooms/{room_id}/state/m.room.member/{alice_id}"
     ));
     assert_eq!(state.ok()["displayname"], "Alice Renamed");
+    let found = bob.post(
+        "/_matrix/client/v3/user_directory/search",
+        json!({"search_term": "renamed"}),
+    );
+    assert_eq!(found.ok()["results"][0]["user_id"], alice_id.as_str(), "{}", found.body);
     // ... while B's profile look-up is answered from its cache without asking A again.
     let profile = bob.get(&format!("/_matrix/client/v3/profile/{alice_id}"));
     assert_eq!(profile.ok()["displayname"], "Alice of A");

@@ -42,3 +42,32 @@ pub fn check(rooms: &Rooms, origin: &ServerName, room_id: &RoomId) -> Result<()>
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{ServerName, events::room::server_acl::RoomServerAclEventContent};
+    use serde_json::json;
+
+    /// What `allows` relies on: hosts matched without their port, IP literals only when
+    /// allowed, deny before allow.
+    #[test]
+    fn acls_match_hosts_without_ports() {
+        let acl: RoomServerAclEventContent = serde_json::from_value(
+            json!({"allow": ["*"], "deny": ["evil.example", "127.0.0.3"], "allow_ip_literals": true}),
+        )
+        .unwrap();
+        let name = |s: &str| ServerName::parse(s).unwrap();
+        assert!(!acl.is_allowed(&name("evil.example:8448")));
+        assert!(!acl.is_allowed(&name("127.0.0.3:1234")));
+        assert!(acl.is_allowed(&name("127.0.0.2:1234")));
+        assert!(acl.is_allowed(&name("good.example")));
+        let no_ips: RoomServerAclEventContent =
+            serde_json::from_value(json!({"allow": ["*"], "allow_ip_literals": false})).unwrap();
+        assert!(!no_ips.is_allowed(&name("127.0.0.2:1234")));
+        let defaults: RoomServerAclEventContent = serde_json::from_value(json!({"allow": ["*"]})).unwrap();
+        assert!(
+            defaults.is_allowed(&name("127.0.0.2:1234")),
+            "IP literals are allowed by default"
+        );
+    }
+}

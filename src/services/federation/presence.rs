@@ -52,10 +52,32 @@ impl Evict for LastSent {
 /// The per-user send times.
 pub type PresenceSent = BoundedMap<OwnedUserId, LastSent>;
 
+#[derive(Debug, PartialEq)]
 enum Action {
     Now,
     Later(Duration),
     Nothing,
+}
+
+impl LastSent {
+    /// A change at `now`: send it now (outside the window), once at the window's end (the
+    /// first change inside it), or nothing (a send is already waiting).
+    fn decide(&mut self, now: Instant) -> Action {
+        match self.at {
+            Some(at) if now.duration_since(at) < PRESENCE_INTERVAL => {
+                if self.pending {
+                    Action::Nothing
+                } else {
+                    self.pending = true;
+                    Action::Later(PRESENCE_INTERVAL - now.duration_since(at))
+                }
+            }
+            _ => {
+                self.at = Some(now);
+                Action::Now
+            }
+        }
+    }
 }
 
 impl Services {
@@ -74,20 +96,7 @@ impl Services {
                 at: None,
                 pending: false,
             },
-            |last| match last.at {
-                Some(at) if now.duration_since(at) < PRESENCE_INTERVAL => {
-                    if last.pending {
-                        Action::Nothing
-                    } else {
-                        last.pending = true;
-                        Action::Later(PRESENCE_INTERVAL - now.duration_since(at))
-                    }
-                }
-                _ => {
-                    last.at = Some(now);
-                    Action::Now
-                }
-            },
+            |last| last.decide(now),
         );
         match action {
             Action::Now => self.push_presence(user_id),
@@ -193,4 +202,34 @@ fn shared_rooms(services: &Services, user: &OwnedUserId, ours: &ServerName) -> V
         })
         .map(|room| Key::room(room))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_inside_the_window_coalesce_into_one_send_at_its_end() {
+        let start = Instant::now();
+        let mut last = LastSent {
+            at: None,
+            pending: false,
+        };
+        assert_eq!(last.decide(start), Action::Now);
+        let later = start + Duration::from_secs(3);
+        assert_eq!(
+            last.decide(later),
+            Action::Later(PRESENCE_INTERVAL - Duration::from_secs(3))
+        );
+        assert!(last.pinned(), "a waiting send keeps its entry");
+        assert_eq!(last.decide(later + Duration::from_secs(1)), Action::Nothing);
+        // The delayed send happened (the task records it): the next window starts then.
+        last = LastSent {
+            at: Some(start + PRESENCE_INTERVAL),
+            pending: false,
+        };
+        assert_eq!(last.decide(start + PRESENCE_INTERVAL * 2), Action::Now);
+        assert!(!last.stale(start + PRESENCE_INTERVAL * 2));
+        assert!(last.stale(start + PRESENCE_INTERVAL * 3));
+    }
 }

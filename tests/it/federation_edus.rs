@@ -487,6 +487,40 @@ fn presence_crosses_between_servers_sharing_a_room_and_nothing_else_counts() {
         alice_sync.once();
         presence_of(&alice_sync.presence(), &carol_id, "here now")
     }));
+
+    // A join sends presence both ways: B's new member's to A, A's joined users' to B.
+    let dave = a.user("dave", "secret-password");
+    let dave_id = format!("@dave:{}", a.server_name);
+    dave.put(
+        &format!("/_matrix/client/v3/presence/{dave_id}/status"),
+        json!({"presence": "online", "status_msg": "early bird"}),
+    )
+    .ok();
+    let erin = b.user("erin", "secret-password");
+    let erin_id = format!("@erin:{}", b.server_name);
+    erin.put(
+        &format!("/_matrix/client/v3/presence/{erin_id}/status"),
+        json!({"presence": "online", "status_msg": "erin here"}),
+    )
+    .ok();
+    let dave_room = create_room(&dave, json!({"preset": "public_chat"}));
+    join(&erin, &dave_room, &a.server_name);
+    let mut dave_sync = Syncer::new(&dave);
+    assert!(
+        eventually(|| {
+            dave_sync.once();
+            presence_of(&dave_sync.presence(), &erin_id, "erin here")
+        }),
+        "the joiner's presence reaches the room's server"
+    );
+    let mut erin_sync = Syncer::new(&erin);
+    assert!(
+        eventually(|| {
+            erin_sync.once();
+            presence_of(&erin_sync.presence(), &dave_id, "early bird")
+        }),
+        "the room's users' presence reaches the joiner's server"
+    );
 }
 
 /// A threaded receipt crosses both ways with its thread id; a private receipt stays on its

@@ -44,6 +44,9 @@ pub async fn send_join(ctx: Ctx, req: create_join_event::v2::Request) -> Result<
         .federation
         .send_join(&services.rooms, origin(&ctx)?, &req.room_id, &req.event_id, &req.pdu)
         .await?;
+    if let Some((room_id, user_id)) = crate::services::federation::presence::joined_member(req.pdu.get()) {
+        services.presence_after_send_join(&room_id, &user_id);
+    }
     serde_json::to_value(answer).map_err(|e| Error::internal(e.to_string()))
 }
 

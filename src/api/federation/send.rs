@@ -28,5 +28,14 @@ pub async fn send_transaction(
         )
         .await?;
     crate::services::federation::edu::receive_edus(services, origin, &req.edus).await;
+    // Users of the origin who joined: our users' presence goes to it.
+    for pdu in &req.pdus {
+        if let Some((room_id, user_id)) = crate::services::federation::presence::joined_member(pdu.get())
+            && user_id.server_name() == origin
+            && services.rooms.membership(&room_id, &user_id).ok().flatten().as_deref() == Some("join")
+        {
+            services.presence_on_join(&room_id, &user_id);
+        }
+    }
     Ok(send_transaction_message::v1::Response::new((*results).clone()))
 }

@@ -5,7 +5,11 @@
 //! the user (joined members), with their next transaction. Rate-limited per user: at most one
 //! update every [`PRESENCE_INTERVAL`]; a change inside that window is sent once at its end,
 //! as the user's presence then is (changes in between coalesce). What is remembered per user
-//! is a `BoundedMap` of [`REMEMBERED_USERS`].
+//! is a `BoundedMap` of [`REMEMBERED_USERS`]. A join also sends presence, as Synapse does:
+//! a local user's to the room's other servers, our joined users' (those seen since the start,
+//! at most [`MAX_JOIN_ENTRIES`]) to the server of a user of another server who joined (after
+//! our `send_join`, 2 s and again 8 s later: that server stores the room only once it has our
+//! answer).
 //!
 //! Inbound: each `push` entry (at most [`MAX_PUSH`] per EDU) counts only for a user of the
 //! sending server who shares a room with one of our users (joined both); it is stored with
@@ -16,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ruma::{OwnedServerName, OwnedUserId, ServerName, UserId, presence::PresenceState};
+use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId, presence::PresenceState};
 use serde_json::{Value, json};
 
 use crate::{
@@ -30,6 +34,10 @@ pub const PRESENCE_INTERVAL: Duration = Duration::from_secs(10);
 pub const REMEMBERED_USERS: usize = 100_000;
 /// Entries read from one inbound EDU.
 pub const MAX_PUSH: usize = 100;
+/// When our users' presence goes to a server that joined through our `send_join`.
+const JOIN_PRESENCE_DELAYS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(8)];
+/// Our users' presences sent to a server one of whose users joined a room.
+const MAX_JOIN_ENTRIES: usize = 1_000;
 /// Longest status message taken from another server (the client API's limit).
 const MAX_STATUS_BYTES: usize = 1024;
 
@@ -138,7 +146,17 @@ impl Services {
         if servers.is_empty() {
             return;
         }
+        let entry = self.presence_entry(user_id, true);
+        self.queue_presence(&servers.into_iter().collect::<Vec<_>>(), entry.into_iter().collect());
+    }
+
+    /// A `push` entry of `user_id`'s presence (`None` for a user not seen since the start,
+    /// unless `always`: then offline).
+    fn presence_entry(&self, user_id: &UserId, always: bool) -> Option<Value> {
         let status = self.presence.get(user_id);
+        if status.is_none() && !always {
+            return None;
+        }
         let mut entry = json!({
             "user_id": user_id,
             "presence": status.as_ref().map_or("offline", |s| s.state.as_str()),
@@ -148,9 +166,95 @@ impl Services {
         if let Some(msg) = status.and_then(|s| s.status_msg) {
             entry["status_msg"] = msg.into();
         }
-        let edu = json!({"edu_type": "m.presence", "content": {"push": [entry]}});
-        self.federation.queue_edu(&servers.into_iter().collect::<Vec<_>>(), edu);
+        Some(entry)
     }
+
+    /// Queues `entries` for `servers`, [`MAX_PUSH`] per EDU.
+    fn queue_presence(&self, servers: &[OwnedServerName], entries: Vec<Value>) {
+        if servers.is_empty() {
+            return;
+        }
+        for chunk in entries.chunks(MAX_PUSH) {
+            let edu = json!({"edu_type": "m.presence", "content": {"push": chunk}});
+            self.federation.queue_edu(servers, edu);
+        }
+    }
+
+    /// `user_id` joined `room_id` (Synapse's `_on_user_joined_room`): a user of ours has their
+    /// presence sent to the room's other servers; a user of another server gets our joined
+    /// users' presence sent to their server. Outside the rate limit: the other side knew
+    /// nothing of it.
+    pub fn presence_on_join(&self, room_id: &RoomId, user_id: &UserId) {
+        if !self.federation.enabled {
+            return;
+        }
+        let ours = self.federation.server_name();
+        let Ok(members) = self.rooms.members(room_id) else {
+            return;
+        };
+        if user_id.server_name() == ours {
+            let servers: Vec<OwnedServerName> = members
+                .joined_servers()
+                .iter()
+                .filter(|s| **s != ours)
+                .cloned()
+                .collect();
+            let entry = self.presence_entry(user_id, false);
+            self.queue_presence(&servers, entry.into_iter().collect());
+        } else {
+            let entries: Vec<Value> = members
+                .with("join")
+                .filter(|u| u.server_name() == ours)
+                .take(MAX_JOIN_ENTRIES)
+                .filter_map(|u| self.presence_entry(u, false))
+                .collect();
+            self.queue_presence(&[user_id.server_name().to_owned()], entries);
+        }
+    }
+}
+
+impl Services {
+    /// [`Services::presence_on_join`] for a user of another server who joined through our
+    /// `send_join`: their server stores the room only once it has our answer, and drops
+    /// presence of users it shares no room with, so ours goes a little later, twice
+    /// ([`JOIN_PRESENCE_DELAYS`]).
+    pub fn presence_after_send_join(&self, room_id: &RoomId, user_id: &UserId) {
+        let Some((runtime, services)) = self.federation.sender.task_handle() else {
+            return;
+        };
+        let (room_id, user_id) = (room_id.to_owned(), user_id.to_owned());
+        runtime.spawn(async move {
+            for delay in JOIN_PRESENCE_DELAYS {
+                tokio::time::sleep(delay).await;
+                let Some(services) = services.upgrade() else {
+                    return;
+                };
+                services.presence_on_join(&room_id, &user_id);
+            }
+        });
+    }
+}
+
+/// The room and user of a join member event given as JSON (`None` for any other event).
+pub fn joined_member(json: &str) -> Option<(OwnedRoomId, OwnedUserId)> {
+    #[derive(serde::Deserialize)]
+    struct Member {
+        #[serde(rename = "type")]
+        kind: String,
+        room_id: OwnedRoomId,
+        state_key: Option<String>,
+        content: Membership,
+    }
+    #[derive(serde::Deserialize)]
+    struct Membership {
+        membership: Option<String>,
+    }
+    let event: Member = serde_json::from_str(json).ok()?;
+    if event.kind != "m.room.member" || event.content.membership.as_deref() != Some("join") {
+        return None;
+    }
+    let user = UserId::parse(event.state_key?).ok()?;
+    Some((event.room_id, user))
 }
 
 /// Applies an inbound `m.presence` EDU's `content` from `origin`.

@@ -313,6 +313,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_join_member_events_name_a_joiner() {
+        let event = |kind: &str, membership: &str| {
+            json!({"type": kind, "room_id": "!r:a.example", "state_key": "@u:b.example",
+                   "content": {"membership": membership}})
+            .to_string()
+        };
+        let (room, user) = joined_member(&event("m.room.member", "join")).unwrap();
+        assert_eq!((room.as_str(), user.as_str()), ("!r:a.example", "@u:b.example"));
+        assert!(joined_member(&event("m.room.member", "leave")).is_none());
+        assert!(joined_member(&event("m.room.message", "join")).is_none());
+        assert!(joined_member("not json").is_none());
+    }
+
+    #[test]
     fn changes_inside_the_window_coalesce_into_one_send_at_its_end() {
         let start = Instant::now();
         let mut last = LastSent {

@@ -2,6 +2,8 @@
 //! stamped with the ephemeral counter when it changes so a sync sends only what moved. A user
 //! idle for five minutes reads as `unavailable`; `currently_active` holds for the first minute.
 //! Nothing survives a restart: every user then reads as offline until they are next seen.
+//! Other servers' users are here too, from their `m.presence` EDUs (`federation/presence.rs`,
+//! which also sends ours out when they change).
 
 use std::{
     collections::HashMap,
@@ -15,6 +17,9 @@ use crate::util;
 
 /// Idle time after which `online` reads as `unavailable`.
 const IDLE_MS: u64 = 5 * 60 * 1000;
+/// Users (ours and other servers') whose presence is kept: past that, other servers' users
+/// not yet known are not recorded.
+pub const MAX_USERS: usize = 200_000;
 /// Activity this recent counts as `currently_active`.
 const ACTIVE_MS: u64 = 60 * 1000;
 
@@ -61,7 +66,14 @@ impl Presence {
     /// Sets a user's presence (`PUT …/presence/{userId}/status`, or a sync's `set_presence`
     /// with `status_msg` left as it was when `None` and `keep_msg`). `wake` are the rooms whose
     /// members see the user; they are woken when the visible presence changes.
-    pub fn set(&self, user_id: &UserId, state: PresenceState, status_msg: Option<Option<String>>, wake: &[Key]) {
+    /// Whether the visible presence changed is returned.
+    pub fn set(
+        &self,
+        user_id: &UserId,
+        state: PresenceState,
+        status_msg: Option<Option<String>>,
+        wake: &[Key],
+    ) -> bool {
         let now = util::now_ms();
         let changed = {
             let mut users = self.lock();
@@ -93,15 +105,58 @@ impl Presence {
         if changed {
             self.notifier.wake(wake);
         }
+        changed
+    }
+
+    /// Sets the presence of a user of another server, as its `m.presence` EDU says
+    /// (`last_active_ago` ms before now); a user not yet known is dropped when
+    /// [`MAX_USERS`] are. `wake`: the rooms shared with our users.
+    pub fn set_remote(
+        &self,
+        user_id: &UserId,
+        state: PresenceState,
+        status_msg: Option<String>,
+        last_active_ago: u64,
+        wake: &[Key],
+    ) {
+        let now = util::now_ms();
+        let changed = {
+            let mut users = self.lock();
+            if !users.contains_key(user_id) && users.len() >= MAX_USERS {
+                return;
+            }
+            let record = users.entry(user_id.to_owned()).or_insert(Record {
+                state: PresenceState::Offline,
+                status_msg: None,
+                last_active_ms: 0,
+                changed: 0,
+            });
+            let before = Self::status_of(record, now);
+            record.state = state;
+            record.status_msg = status_msg;
+            record.last_active_ms = now.saturating_sub(last_active_ago);
+            let after = Self::status_of(record, now);
+            let changed = record.changed == 0
+                || before.state != after.state
+                || before.status_msg != after.status_msg
+                || before.currently_active != after.currently_active;
+            if changed {
+                record.changed = self.notifier.next_ephemeral();
+            }
+            changed
+        };
+        if changed {
+            self.notifier.wake(wake);
+        }
     }
 
     /// Marks activity from a sync with `set_presence`: `offline` changes nothing; otherwise
     /// the state is set (keeping the status message).
-    pub fn seen(&self, user_id: &UserId, state: PresenceState, wake: &[Key]) {
+    pub fn seen(&self, user_id: &UserId, state: PresenceState, wake: &[Key]) -> bool {
         if state == PresenceState::Offline {
-            return;
+            return false;
         }
-        self.set(user_id, state, None, wake);
+        self.set(user_id, state, None, wake)
     }
 
     fn status_of(record: &Record, now: u64) -> Status {
@@ -152,8 +207,17 @@ impl super::Services {
             return Err(crate::Error::invalid_param("status_msg is limited to 1024 bytes"));
         }
         let wake: Vec<Key> = self.rooms.joined_rooms(user_id)?.iter().map(|r| Key::room(r)).collect();
-        self.presence.set(user_id, state, status_msg, &wake);
+        if self.presence.set(user_id, state, status_msg, &wake) {
+            self.announce_presence(user_id);
+        }
         Ok(())
+    }
+
+    /// A sync's `set_presence` (`Presence::seen`), a change told to other servers too.
+    pub fn presence_seen(&self, user_id: &UserId, state: PresenceState, wake: &[Key]) {
+        if self.presence.seen(user_id, state, wake) {
+            self.announce_presence(user_id);
+        }
     }
 
     /// Whether two users are both joined to some room.

@@ -1,7 +1,8 @@
 //! The user directory (spec client-server-api "User directory",
 //! `POST /user_directory/search`): finding people by display name or user id.
 //!
-//! Who can be found: with `user_directory.search_all_users` every active local account;
+//! Who can be found: with `user_directory.search_all_users` every active local account (and
+//! every user of another server the index holds);
 //! otherwise (Synapse's default) the users who share a room with the searcher (both joined) and
 //! the users joined to a public room (join rule `public` or history `world_readable`, Synapse's
 //! test). Deactivated accounts are never found.
@@ -19,6 +20,11 @@
 //! the searcher, then by display name and user id.
 //!
 //! # The index lives in memory
+//!
+//! Users of other servers joined to a room one of ours is in have an entry too, with the
+//! display name and avatar of their latest member event there (Synapse's directory does the
+//! same; at most [`MAX_REMOTE_USERS`], dropped when they have no joined room left); they are
+//! added when a local user joins such a room, at rebuild, and by their member events.
 //!
 //! Every active local account has one entry: its display name and avatar, its words, and the
 //! rooms it has joined (interned to small numbers); per room, whether it is public and who is
@@ -53,6 +59,8 @@ use crate::Result;
 
 /// Most results a search returns, whatever the client asks (Synapse's cap).
 pub const MAX_LIMIT: usize = 50;
+/// Users of other servers the index holds at most (found through rooms shared with ours).
+pub const MAX_REMOTE_USERS: usize = 100_000;
 
 /// One search hit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +93,8 @@ struct Index {
     members: Vec<Vec<u32>>,
     /// By slot: joined to a public room.
     in_public: Vec<bool>,
+    /// Entries of other servers' users.
+    remote: usize,
 }
 
 /// Bytes of a word kept inline in its key.
@@ -362,7 +372,11 @@ impl UserDirectory {
             index.insert(Person::new(user_id, display_name, avatar_url, joined));
         }
         let users = index.slot_of.len();
+        let local_rooms: Vec<OwnedRoomId> = index.room_no.keys().cloned().collect();
         *self.write() = index;
+        for room_id in local_rooms {
+            self.add_remote_members(rooms, &room_id)?;
+        }
         tracing::info!(users, elapsed = ?started.elapsed(), "user directory built");
         Ok(())
     }
@@ -399,10 +413,18 @@ impl UserDirectory {
     }
 
     /// A member event for `user_id` in `room_id` is durable: the user's joined rooms are read
-    /// again (called by the rooms write path).
+    /// again (called by the rooms write path). A user of another server is added, renamed
+    /// (from this member event's content) or dropped with their last joined room; a local
+    /// user joining a room brings the room's joined users of other servers in.
     pub fn member_changed(&self, rooms: &Rooms, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        if user_id.server_name() != rooms.server_name() {
+            return self.remote_member_changed(rooms, room_id, user_id);
+        }
         if !self.read().slot_of.contains_key(user_id) {
             return Ok(());
+        }
+        if rooms.membership(room_id, user_id)?.as_deref() == Some("join") {
+            self.add_remote_members(rooms, room_id)?;
         }
         let memberships = rooms.memberships_of(user_id)?;
         let mut index = self.write();
@@ -417,6 +439,65 @@ impl UserDirectory {
         joined.sort_unstable();
         joined.dedup();
         index.set_rooms(user_id, joined);
+        Ok(())
+    }
+
+    /// The joined users of other servers in `room_id` not yet in the index, added with the
+    /// names their member events give.
+    fn add_remote_members(&self, rooms: &Rooms, room_id: &RoomId) -> Result<()> {
+        let members = rooms.members(room_id)?;
+        let ours = rooms.server_name();
+        let missing: Vec<OwnedUserId> = {
+            let index = self.read();
+            members
+                .with("join")
+                .filter(|u| u.server_name() != ours && !index.slot_of.contains_key(*u))
+                .map(|u| u.to_owned())
+                .collect()
+        };
+        for user in missing {
+            self.remote_member_changed(rooms, room_id, &user)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::member_changed`] for a user of another server.
+    fn remote_member_changed(&self, rooms: &Rooms, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        let memberships = rooms.memberships_of(user_id)?;
+        let joined_here = memberships
+            .iter()
+            .any(|(room, member)| room == room_id && member.membership == "join");
+        let named = if joined_here {
+            rooms
+                .state_event(room_id, &ruma::events::StateEventType::RoomMember, user_id.as_str())?
+                .and_then(|event| serde_json::from_str::<Map<String, Value>>(event.content.get()).ok())
+                .map(|content| shown(&content))
+        } else {
+            None
+        };
+        let mut index = self.write();
+        let mut joined = Vec::new();
+        for (room, member) in memberships.iter() {
+            if member.membership == "join" {
+                joined.push(index.room_no(rooms, room)?);
+            }
+        }
+        joined.sort_unstable();
+        joined.dedup();
+        let old = index.remove(user_id);
+        if old.is_some() {
+            index.remote -= 1;
+        }
+        if joined.is_empty() || (old.is_none() && index.remote >= MAX_REMOTE_USERS) {
+            return Ok(());
+        }
+        let (display_name, avatar_url) = match (named, old) {
+            (Some(named), _) => named,
+            (None, Some(old)) => (old.display_name, old.avatar_url),
+            (None, None) => (None, None),
+        };
+        index.insert(Person::new(user_id.to_owned(), display_name, avatar_url, joined));
+        index.remote += 1;
         Ok(())
     }
 

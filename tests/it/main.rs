@@ -23,6 +23,9 @@ mod e2ee;
 mod element_web;
 /// Federation, part 1: keys, the TLS listener, X-Matrix.
 mod federation;
+/// Federation, part 2, between Hearth servers: server ACLs, presence, threaded and private
+/// receipts, remote profiles, another server's public rooms.
+mod federation_edus;
 /// Gaps in a room's graph over federation: missing events, the state before them, lying state.
 mod federation_gaps;
 /// A hostile federation peer: forged, unauthorised, oversized and replayed transactions.
@@ -52,6 +55,8 @@ mod federation_synapse_to_device;
 /// across a restart, forged senders ignored; a one-time key claimed across servers once; a
 /// federated join's state in the joiner's sync.
 mod federation_to_device;
+/// Federation, part 2, with a real Synapse: typing, receipts, presence, profiles, server ACLs.
+mod federation_synapse_edus;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

@@ -81,6 +81,8 @@ async fn join(ctx: &Ctx, room_id: &RoomId, via: &[ruma::OwnedServerName], reason
                 .federation
                 .join_remote(&services.rooms, user_id, room_id, &servers, content)
                 .await?;
+            // The room's servers hear of the joiner's presence (a local join's goes with it).
+            services.presence_on_join(room_id, user_id);
             // An invite or knock that led here is over.
             return services.rooms.clear_remote_records(room_id, user_id).await;
         }

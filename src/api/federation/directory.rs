@@ -49,7 +49,7 @@ fn page(ctx: &Ctx, network: &RoomNetwork, query: ListQuery<'_>) -> Result<ListPa
             total: 0,
         });
     }
-    serve::public_rooms(&ctx.services, query)
+    serve::public_rooms(&ctx.services, super::origin(ctx)?, query)
 }
 
 /// `GET /_matrix/federation/v1/publicRooms`

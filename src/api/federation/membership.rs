@@ -7,6 +7,8 @@
 //!   `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}` ("Leaving Rooms")
 //! - `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`,
 //!   `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}` ("Knocking upon a room")
+//!
+//! Each is 403 `M_FORBIDDEN` when the room's server ACL bars the requesting server.
 
 use ruma::api::federation::membership::{
     create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
@@ -16,8 +18,14 @@ use ruma::api::federation::membership::{
 use super::origin;
 use crate::{Error, Result, api::extract::Ctx};
 
+/// 403 when the room's server ACL bars the requesting server (`federation::acl`).
+fn acl(ctx: &Ctx, room_id: &ruma::RoomId) -> Result<()> {
+    crate::services::federation::acl::check(&ctx.services.rooms, origin(ctx)?, room_id)
+}
+
 /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
 pub async fn make_join(ctx: Ctx, req: prepare_join_event::v1::Request) -> Result<prepare_join_event::v1::Response> {
+    acl(&ctx, &req.room_id)?;
     let services = &ctx.services;
     let (version, event) = services
         .federation
@@ -30,16 +38,21 @@ pub async fn make_join(ctx: Ctx, req: prepare_join_event::v1::Request) -> Result
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
 pub async fn send_join(ctx: Ctx, req: create_join_event::v2::Request) -> Result<serde_json::Value> {
+    acl(&ctx, &req.room_id)?;
     let services = &ctx.services;
     let answer = services
         .federation
         .send_join(&services.rooms, origin(&ctx)?, &req.room_id, &req.event_id, &req.pdu)
         .await?;
+    if let Some((room_id, user_id)) = crate::services::federation::presence::joined_member(req.pdu.get()) {
+        services.presence_after_send_join(&room_id, &user_id);
+    }
     serde_json::to_value(answer).map_err(|e| Error::internal(e.to_string()))
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`
 pub async fn invite(ctx: Ctx, req: create_invite::v2::Request) -> Result<create_invite::v2::Response> {
+    acl(&ctx, &req.room_id)?;
     let services = &ctx.services;
     let event = services
         .federation
@@ -58,6 +71,7 @@ pub async fn invite(ctx: Ctx, req: create_invite::v2::Request) -> Result<create_
 
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`
 pub async fn make_leave(ctx: Ctx, req: prepare_leave_event::v1::Request) -> Result<prepare_leave_event::v1::Response> {
+    acl(&ctx, &req.room_id)?;
     let services = &ctx.services;
     let (version, event) = services
         .federation
@@ -68,6 +82,7 @@ pub async fn make_leave(ctx: Ctx, req: prepare_leave_event::v1::Request) -> Resu
 
 /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`
 pub async fn send_leave(ctx: Ctx, req: create_leave_event::v2::Request) -> Result<create_leave_event::v2::Response> {
+    acl(&ctx, &req.room_id)?;
     let services = &ctx.services;
     services
         .federation
@@ -85,6 +100,7 @@ pub async fn send_leave(ctx: Ctx, req: create_leave_event::v2::Request) -> Resul
 
 /// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
 pub async fn make_knock(ctx: Ctx, req: prepare_knock_event::v1::Request) -> Result<prepare_knock_event::v1::Response> {
+    acl(&ctx, &req.room_id)?;
     let services = &ctx.services;
     let version = services
         .rooms
@@ -104,6 +120,7 @@ pub async fn make_knock(ctx: Ctx, req: prepare_knock_event::v1::Request) -> Resu
 
 /// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
 pub async fn send_knock(ctx: Ctx, req: create_knock_event::v1::Request) -> Result<create_knock_event::v1::Response> {
+    acl(&ctx, &req.room_id)?;
     let services = &ctx.services;
     let federation = &services.federation;
     federation

@@ -2,8 +2,9 @@
 //! receipts (`m.receipt`), both ways. Outbound, a local user's change goes to the servers with
 //! joined members of the room (in memory, with the next transaction: `sender/`). Inbound, an
 //! EDU counts only for users of the server that sent it who are joined to the room, and a
-//! receipt only for an event of that room; `m.direct_to_device` goes to `to_device.rs`; other
-//! EDU types are ignored.
+//! receipt only for an event of that room, and nothing of a room whose server ACL bars the
+//! sending server (`acl.rs`); `m.direct_to_device` goes to `to_device.rs`; other EDU types
+//! are ignored.
 
 use std::time::Duration;
 
@@ -76,6 +77,12 @@ fn member_of_origin(services: &Services, origin: &ServerName, room: &RoomId, use
         .then_some(user)
 }
 
+/// Whether the room's server ACL lets `origin` in (an EDU of a room that bars it is dropped,
+/// as Synapse, MSC4163).
+fn acl_allows(services: &Services, origin: &ServerName, room: &RoomId) -> bool {
+    super::acl::allows(&services.rooms, origin, room).unwrap_or(false)
+}
+
 /// Applies the EDUs of a transaction from `origin`.
 pub async fn receive_edus(services: &Services, origin: &ServerName, edus: &[Raw<Edu>]) {
     for edu in edus {
@@ -89,6 +96,9 @@ pub async fn receive_edus(services: &Services, origin: &ServerName, edus: &[Raw<
                     continue;
                 };
                 let Ok(room) = RoomId::parse(room) else { continue };
+                if !acl_allows(services, origin, &room) {
+                    continue;
+                }
                 if let Some(user) = member_of_origin(services, origin, &room, user) {
                     let typing = content["typing"].as_bool().unwrap_or(false);
                     services.typing.set(&room, &user, typing.then_some(REMOTE_TYPING));
@@ -100,6 +110,9 @@ pub async fn receive_edus(services: &Services, origin: &ServerName, edus: &[Raw<
                     let Ok(room) = RoomId::parse(room.as_str()) else {
                         continue;
                     };
+                    if !acl_allows(services, origin, &room) {
+                        continue;
+                    }
                     let Some(users) = receipts["m.read"].as_object() else {
                         continue;
                     };
@@ -133,6 +146,7 @@ pub async fn receive_edus(services: &Services, origin: &ServerName, edus: &[Raw<
                 };
                 super::to_device::receive_direct_to_device(services, origin, &content).await;
             }
+            Some("m.presence") => super::presence::receive_presence(services, origin, content),
             _ => {}
         }
     }

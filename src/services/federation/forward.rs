@@ -2,7 +2,8 @@
 //! (`Rooms::forward_local_events`), queued for the other servers of their room (`sender.rs`).
 //! The channel is bounded: when the queue falls behind, writers wait. Each event carries an
 //! unsent mark from its own batch until it is queued (`Rooms::forwarded`); at start, the events
-//! a crash left marked are queued first (`Rooms::unsent_local_events`).
+//! a crash left marked are queued first (`Rooms::unsent_local_events`). A local user's join,
+//! once queued, is followed by their presence (`presence.rs`).
 
 use std::sync::{Arc, Weak};
 
@@ -45,6 +46,12 @@ async fn queue(services: &Services, event: Outbound) -> bool {
     {
         Ok(()) => {
             services.rooms.forwarded(event.short_event);
+            if let Some((room_id, user_id)) = std::str::from_utf8(&event.bytes)
+                .ok()
+                .and_then(super::presence::joined_member)
+            {
+                services.presence_on_join(&room_id, &user_id);
+            }
             true
         }
         Err(e) => {

@@ -13,7 +13,8 @@
 //! still unknown after that (the oldest of those fetched, or a gap deeper than 10 events) gets
 //! the state before it from the origin instead (`gaps.rs`); one whose state cannot be had is
 //! answered with an error, not stored. Then `Rooms::receive_remote` decides (accepted,
-//! soft-failed, rejected). One transaction causes at most [`FETCHES_PER_TRANSACTION`]
+//! soft-failed, rejected). A PDU of a room whose server ACL bars the origin is refused before
+//! any of that (`acl.rs`), as Synapse. One transaction causes at most [`FETCHES_PER_TRANSACTION`]
 //! requests to its origin in all, whatever its PDUs miss.
 
 use std::{
@@ -126,6 +127,19 @@ impl Federation {
                 return (None, Err(format!("this server is not in {room_id}")));
             }
         };
+        match super::acl::allows(rooms, origin, &room_id) {
+            Ok(true) => {}
+            Ok(false) => {
+                let event_id = serde_json::from_str::<ruma::CanonicalJsonObject>(raw.get())
+                    .ok()
+                    .and_then(|mut object| super::pdu::event_id_of(&mut object, &version).ok());
+                return (
+                    event_id,
+                    Err(format!("{origin} is barred from {room_id} by its server ACL")),
+                );
+            }
+            Err(e) => return (None, Err(e.to_string())),
+        }
         let checked = match self.check_pdu(&version, raw).await {
             Ok(checked) => checked,
             Err(e) => return (None, Err(e.to_string())),

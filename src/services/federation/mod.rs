@@ -9,6 +9,7 @@
 //! 403 before resolving anything.
 
 pub mod access;
+pub mod acl;
 pub mod backfill;
 pub mod edu;
 pub mod forward;
@@ -20,6 +21,7 @@ pub mod media;
 pub mod membership;
 pub mod own_keys;
 pub mod pdu;
+pub mod presence;
 pub mod query;
 pub mod remote_keys;
 pub mod resolver;
@@ -68,6 +70,10 @@ pub struct Federation {
     answered: intake::AnsweredTransactions,
     /// The outbound transaction queue and its delivery (`sender/`).
     pub sender: sender::Sender,
+    /// When each local user's presence last went out (`presence.rs`).
+    presence_sent: presence::PresenceSent,
+    /// Other servers' users' profiles, as last fetched (`query.rs`).
+    profiles: query::ProfileCache,
 }
 
 fn unauthorized(message: impl Into<String>) -> Error {
@@ -110,6 +116,8 @@ impl Federation {
             })?,
             answered: crate::util::bounded::BoundedMap::new(intake::REMEMBERED_TRANSACTIONS),
             sender,
+            presence_sent: crate::util::bounded::BoundedMap::new(presence::REMEMBERED_USERS),
+            profiles: crate::util::bounded::BoundedMap::new(query::CACHED_PROFILES),
         })
     }
 

@@ -1,44 +1,90 @@
 //! Outbound queries (server-server-api "Query"): the profile of a user of another server, asked
-//! of that server for a client's `GET /profile/{userId}`, an alias of another server (to
+//! of that server for a client's `GET /profile/{userId}` (the whole profile, cached ten
+//! minutes, bounded), an alias of another server (to
 //! resolve it for a client, or join a room by it), and another server's public room list
 //! (server-server-api "Public Room Directory", for a client's `publicRooms?server=`), and the
 //! device and one-time keys of another server's users (server-server-api "End-to-End
 //! Encryption", for a client's `keys/query` and `keys/claim`).
 
+use std::time::{Duration, Instant};
+
 use ruma::{
-    OwnedRoomId, OwnedServerName, RoomAliasId, UserId,
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, UserId,
     api::federation::{
         directory::get_public_rooms_filtered,
         keys::{claim_keys, get_keys},
         query::{get_profile_information, get_room_information},
     },
-    profile::ProfileFieldName,
 };
 use serde_json::{Map, Value};
 
 use super::Federation;
-use crate::{Error, Result};
+use crate::{
+    Error, Result,
+    util::bounded::{BoundedMap, Evict},
+};
+
+/// Other servers' users' profiles kept, and for how long (a display name or avatar changed
+/// there shows in member events at once; this is for `GET /profile` only).
+pub const CACHED_PROFILES: usize = 10_000;
+pub const PROFILE_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// A profile as fetched.
+pub struct CachedProfile {
+    fetched: Instant,
+    profile: Map<String, Value>,
+}
+
+impl Evict for CachedProfile {
+    fn stale(&self, now: Instant) -> bool {
+        now.duration_since(self.fetched) >= PROFILE_TTL
+    }
+}
+
+/// The profiles, by user.
+pub type ProfileCache = BoundedMap<OwnedUserId, CachedProfile>;
 
 /// Profile fields kept from another server's answer, and the bytes of each.
 const MAX_FIELDS: usize = 100;
 const MAX_FIELD_BYTES: usize = 64 * 1024;
 
 impl Federation {
-    /// The profile of `user_id` (of another server), all fields or only `field`.
+    /// The profile of `user_id` (of another server), all fields or only `field`: the whole
+    /// profile is fetched and kept for [`PROFILE_TTL`] (at most [`CACHED_PROFILES`] users), so
+    /// a second look-up, of any field, does not ask that server again.
     pub async fn remote_profile(&self, user_id: &UserId, field: Option<&str>) -> Result<Map<String, Value>> {
-        let mut request = get_profile_information::v1::Request::new(user_id.to_owned());
-        request.field = field.map(ProfileFieldName::from);
-        let answer = self.send_signed(user_id.server_name(), request).await?;
-        let profile: Map<String, Value> = answer
-            .iter()
-            .filter(|(_, value)| serde_json::to_vec(value).is_ok_and(|v| v.len() <= MAX_FIELD_BYTES))
-            .take(MAX_FIELDS)
-            .map(|(name, value)| (name.clone(), value.clone()))
-            .collect();
-        if field.is_some_and(|f| !profile.contains_key(f)) {
-            return Err(Error::not_found("The user has no such profile field"));
+        let now = Instant::now();
+        let cached = self.profiles.with(user_id, |cached| {
+            cached.and_then(|c| (now.duration_since(c.fetched) < PROFILE_TTL).then(|| c.profile.clone()))
+        });
+        let profile = match cached {
+            Some(profile) => profile,
+            None => {
+                let request = get_profile_information::v1::Request::new(user_id.to_owned());
+                let answer = self.send_signed(user_id.server_name(), request).await?;
+                let profile: Map<String, Value> = answer
+                    .iter()
+                    .filter(|(_, value)| serde_json::to_vec(value).is_ok_and(|v| v.len() <= MAX_FIELD_BYTES))
+                    .take(MAX_FIELDS)
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
+                self.profiles.insert(
+                    user_id.to_owned(),
+                    CachedProfile {
+                        fetched: now,
+                        profile: profile.clone(),
+                    },
+                );
+                profile
+            }
+        };
+        match field {
+            None => Ok(profile),
+            Some(f) => match profile.get(f) {
+                Some(value) => Ok(Map::from_iter([(f.to_owned(), value.clone())])),
+                None => Err(Error::not_found("The user has no such profile field")),
+            },
         }
-        Ok(profile)
     }
 
     /// The room an alias of another server names, and servers in it (at most 20 kept).

@@ -17,10 +17,7 @@
 //!   (as Synapse).
 //! - An unknown room is 404 `M_NOT_FOUND` for all of them.
 
-use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName, RoomAliasId, RoomId, ServerName,
-    events::room::server_acl::RoomServerAclEventContent,
-};
+use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName, RoomAliasId, RoomId, ServerName};
 use serde_json::value::RawValue;
 
 use crate::{
@@ -55,31 +52,12 @@ fn known_room(rooms: &Rooms, room_id: &RoomId) -> Result<()> {
     }
 }
 
-/// 403 when the room's `m.room.server_acl` bars `origin` (Synapse checks it on every room
-/// read but `/event`).
-fn check_acl(rooms: &Rooms, origin: &ServerName, room_id: &RoomId) -> Result<()> {
-    let Some(acl) = rooms.state_event(room_id, &ruma::events::StateEventType::RoomServerAcl, "")? else {
-        return Ok(());
-    };
-    let content: RoomServerAclEventContent = match serde_json::from_str(acl.content.get()) {
-        Ok(content) => content,
-        Err(_) => return Ok(()),
-    };
-    if content.is_allowed(origin) {
-        Ok(())
-    } else {
-        Err(Error::forbidden(format!(
-            "{origin} is barred from the room by its server ACL"
-        )))
-    }
-}
-
 /// The event `event_id` of `room_id`, if `origin` may read the room at it (a joined member
 /// now or at the event); 403 otherwise, unknown events included, 404 for an unknown event
 /// when the origin is in the room.
 fn event_for_member(rooms: &Rooms, origin: &ServerName, room_id: &RoomId, event_id: &EventId) -> Result<FedEvent> {
     known_room(rooms, room_id)?;
-    check_acl(rooms, origin, room_id)?;
+    super::acl::check(rooms, origin, room_id)?;
     let mut filter = rooms.server_filter(room_id, origin)?;
     let event = match rooms.federation_event_in(room_id, event_id) {
         Ok(event) => event,
@@ -95,7 +73,7 @@ fn event_for_member(rooms: &Rooms, origin: &ServerName, room_id: &RoomId, event_
 /// A filter for reads that need the origin in the room now (403 otherwise).
 fn filter_for_member<'a>(rooms: &'a Rooms, origin: &ServerName, room_id: &RoomId) -> Result<ServerFilter<'a>> {
     known_room(rooms, room_id)?;
-    check_acl(rooms, origin, room_id)?;
+    super::acl::check(rooms, origin, room_id)?;
     let filter = rooms.server_filter(room_id, origin)?;
     if !filter.in_room_now() {
         return Err(not_in_room(origin, room_id));
@@ -241,14 +219,23 @@ pub fn query_directory(services: &Services, alias: &RoomAliasId) -> Result<(ruma
 }
 
 /// `GET`/`POST /publicRooms`: a page of the local public room list (the client API's list),
-/// at most [`MAX_PUBLIC_ROOMS`] rooms (`limit` 0 or absent: that many).
-pub fn public_rooms(services: &Services, query: ListQuery<'_>) -> Result<ListPage> {
+/// at most [`MAX_PUBLIC_ROOMS`] rooms (`limit` 0 or absent: that many); a room whose server
+/// ACL bars `origin` is left out (as Synapse).
+pub fn public_rooms(services: &Services, origin: &ServerName, query: ListQuery<'_>) -> Result<ListPage> {
     let limit = query.limit.unwrap_or(MAX_PUBLIC_ROOMS).clamp(1, MAX_PUBLIC_ROOMS);
     let query = ListQuery {
         limit: Some(limit),
         ..query
     };
-    services.directory.public_rooms(&services.rooms, &query)
+    let mut page = services.directory.public_rooms(&services.rooms, &query)?;
+    let mut kept = Vec::with_capacity(page.chunk.len());
+    for room in std::mem::take(&mut page.chunk) {
+        if super::acl::allows(&services.rooms, origin, &room.room_id)? {
+            kept.push(room);
+        }
+    }
+    page.chunk = kept;
+    Ok(page)
 }
 
 #[cfg(test)]

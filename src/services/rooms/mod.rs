@@ -263,6 +263,11 @@ impl Rooms {
         Ok(rooms)
     }
 
+    /// This server's name.
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
     /// From now on, every event of this server that becomes durable in a room with members on
     /// other servers is handed to the returned receiver (`capacity` at a time: writers wait when
     /// it is full). Federation calls this once at start.

@@ -241,7 +241,7 @@ pub(crate) fn watched(services: &Services, user_id: &UserId, presence: PresenceS
         .filter(|(_, m)| m.membership == "join")
         .map(|(room, _)| Key::room(room))
         .collect();
-    services.presence.seen(user_id, presence, &joined);
+    services.presence_seen(user_id, presence, &joined);
     keys.push(Key::user(user_id));
     Ok(keys)
 }

@@ -63,6 +63,16 @@ impl Synapse {
     /// Starts Synapse on `ip` with `python` (from [`python`]), trusting `ca`; waits (at most
     /// 120 s) until its client API answers.
     pub fn start(python: &std::path::Path, ca: &TestCa, ip: &str) -> Synapse {
+        Self::start_with(python, ca, ip, false)
+    }
+
+    /// [`Synapse::start`], with presence on (Synapse's default; off in the other tests to
+    /// keep their traffic small).
+    pub fn start_with_presence(python: &std::path::Path, ca: &TestCa, ip: &str) -> Synapse {
+        Self::start_with(python, ca, ip, true)
+    }
+
+    fn start_with(python: &std::path::Path, ca: &TestCa, ip: &str, presence: bool) -> Synapse {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let fed_port = free_port(ip);
@@ -153,7 +163,7 @@ enable_registration_without_verification: true
 bcrypt_rounds: 4
 url_preview_enabled: false
 presence:
-  enabled: false
+  enabled: {presence}
 rc_message: {rl}
 rc_registration: {rl}
 rc_login:

@@ -159,6 +159,13 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// Where a later task can run and find the services (`None` before [`spawn`]).
+    pub(crate) fn task_handle(&self) -> Option<(tokio::runtime::Handle, Weak<Services>)> {
+        self.started
+            .get()
+            .map(|started| (started.runtime.clone(), started.services.clone()))
+    }
+
     /// The sender over the database; nothing is delivered until [`spawn`].
     pub fn new(db: Arc<Db>) -> Sender {
         Self::with_max_queued(db, MAX_QUEUED_PDUS)

@@ -126,6 +126,12 @@ pub async fn receive_edus(services: &Services, origin: &ServerName, edus: &[Raw<
                     }
                 }
             }
+            Some("m.device_list_update") => {
+                super::device_lists::receive_device_list_update(services, origin, content).await;
+            }
+            Some("m.signing_key_update") => {
+                super::device_lists::receive_signing_key_update(services, origin, content).await;
+            }
             _ => {}
         }
     }

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod backfill;
+pub mod device_lists;
 pub mod edu;
 pub mod forward;
 pub mod gaps;
@@ -66,6 +67,8 @@ pub struct Federation {
     answered: intake::AnsweredTransactions,
     /// The outbound transaction queue and its delivery (`sender/`).
     pub sender: sender::Sender,
+    /// Remote device lists: the resync queue and back-off (`device_lists`).
+    pub device_lists: device_lists::DeviceListSync,
 }
 
 fn unauthorized(message: impl Into<String>) -> Error {
@@ -108,6 +111,7 @@ impl Federation {
             })?,
             answered: crate::util::bounded::BoundedMap::new(intake::REMEMBERED_TRANSACTIONS),
             sender,
+            device_lists: device_lists::DeviceListSync::default(),
         })
     }
 

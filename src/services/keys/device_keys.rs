@@ -159,7 +159,8 @@ impl Keys {
             Ok(())
         };
         if new_device_keys.is_some() {
-            let written = self.commit_device_list_change(rooms, user_id, queue).await;
+            let change = super::ListChange::devices(vec![(device_id.to_owned(), false)]);
+            let written = self.commit_device_list_change(rooms, user_id, change, queue).await;
             self.key_counts_changed(user_id, device_id);
             written?;
         } else if !fresh.is_empty() || !fallbacks.is_empty() {

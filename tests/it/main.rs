@@ -23,6 +23,9 @@ mod e2ee;
 mod element_web;
 /// Federation, part 1: keys, the TLS listener, X-Matrix.
 mod federation;
+/// Device lists and cross-signing keys across Hearth servers: updates, the remote cache,
+/// resyncs after gaps, forged updates, `keys/query` failures.
+mod federation_devices;
 /// Gaps in a room's graph over federation: missing events, the state before them, lying state.
 mod federation_gaps;
 /// A hostile federation peer: forged, unauthorised, oversized and replayed transactions.

@@ -24,7 +24,7 @@
 //! when next read (`device_lists.left` comes from the membership change).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex, OnceLock, Weak},
     time::{Duration, Instant},
 };
@@ -77,8 +77,9 @@ impl Evict for Backoff {
 /// The inbound side's state: the resync queue and the servers backed off.
 pub struct DeviceListSync {
     resync: OnceLock<tokio::sync::mpsc::Sender<OwnedUserId>>,
-    /// Users queued or in flight (at most [`RESYNC_QUEUE`] + [`RESYNC_CONCURRENCY`]).
-    queued: Mutex<HashSet<OwnedUserId>>,
+    /// Users queued or in flight (at most [`RESYNC_QUEUE`] + [`RESYNC_CONCURRENCY`]), each
+    /// with whether another resync was asked for meanwhile (its answer may predate the news).
+    queued: Mutex<HashMap<OwnedUserId, bool>>,
     backoff: BoundedMap<OwnedServerName, Backoff>,
 }
 
@@ -86,28 +87,36 @@ impl Default for DeviceListSync {
     fn default() -> Self {
         Self {
             resync: OnceLock::new(),
-            queued: Mutex::new(HashSet::new()),
+            queued: Mutex::new(HashMap::new()),
             backoff: BoundedMap::new(10_000),
         }
     }
 }
 
 impl DeviceListSync {
-    /// Queues a resync of `user_id` unless one is queued or in flight (or the queue is full:
-    /// the list stays stale and `keys/query` asks the server).
+    /// Queues a resync of `user_id`; when one is queued or in flight, another follows it (or
+    /// the queue is full: the list stays stale and `keys/query` asks the server).
     fn queue_resync(&self, user_id: &UserId) {
         let Some(sender) = self.resync.get() else { return };
         let mut queued = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        if queued.contains(user_id) || queued.len() >= RESYNC_QUEUE + RESYNC_CONCURRENCY {
+        if let Some(again) = queued.get_mut(user_id) {
+            *again = true;
+            return;
+        }
+        if queued.len() >= RESYNC_QUEUE + RESYNC_CONCURRENCY {
             return;
         }
         if sender.try_send(user_id.to_owned()).is_ok() {
-            queued.insert(user_id.to_owned());
+            queued.insert(user_id.to_owned(), false);
         }
     }
 
+    /// A resync of `user_id` ended; the one asked for meanwhile is queued.
     fn done(&self, user_id: &UserId) {
-        self.queued.lock().unwrap_or_else(|p| p.into_inner()).remove(user_id);
+        let again = self.queued.lock().unwrap_or_else(|p| p.into_inner()).remove(user_id);
+        if again == Some(true) {
+            self.queue_resync(user_id);
+        }
     }
 
     fn backing_off(&self, server: &ServerName) -> bool {

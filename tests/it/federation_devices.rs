@@ -341,11 +341,21 @@ fn an_update_in_sequence_is_applied_and_a_gap_makes_the_receiver_fetch_the_whole
     }));
     assert!(sees_change(&alice, &since, &bob_id));
 
-    // An update whose prev_id A never saw: A fetches B's list, which has no such devices.
+    // An update whose prev_id A never saw: A fetches B's list, which has neither the gapped
+    // device nor the chained one, and holds it at B's stream_id: an update chained on that
+    // one is then applied (while A's copy is stale it would only start another resync).
     let gap = device_update(&bob_id, "AFTERGAP", stream_id + 10, &[stream_id + 9]);
     assert_eq!(send_edus(&ca, &b, &a, "gap", json!([gap])), 200);
+    let after = device_update(&bob_id, "AFTERRESYNC", stream_id + 1, &[stream_id]);
+    let mut expected = vec![real.clone(), "AFTERRESYNC".to_owned()];
+    expected.sort();
+    let mut txn = 0;
     assert!(
-        eventually(|| queried_devices(&alice, &bob_id) == vec![real.clone()]),
+        eventually(|| {
+            txn += 1;
+            assert_eq!(send_edus(&ca, &b, &a, &format!("after{txn}"), json!([after])), 200);
+            queried_devices(&alice, &bob_id) == expected
+        }),
         "after the resync A holds B's real list: {:?}",
         queried_devices(&alice, &bob_id)
     );

@@ -44,6 +44,8 @@ mod federation_sender;
 /// Interoperability with a real Synapse from PyPI on loopback, both directions: joins,
 /// messages, redactions, leaves, bans, state convergence, history from before a join.
 mod federation_synapse;
+/// Device lists across servers with a real Synapse, both directions.
+mod federation_synapse_devices;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

@@ -425,3 +425,27 @@ fn a_server_that_does_not_answer_a_key_query_in_time_is_named_under_failures() {
     assert!(answer["device_keys"].get(&user).is_none(), "{answer}");
     drop(silent);
 }
+
+#[test]
+fn a_remote_user_who_leaves_the_last_shared_room_is_reported_left_and_no_longer_cached() {
+    let ca = TestCa::new();
+    let (_a, mut b, alice, bob, room_id) = shared_room(&ca, "127.0.0.222", "127.0.0.223");
+    let bob_id = bob.uid();
+    upload_device_keys(&bob);
+    let real = bob.device_id.clone().unwrap();
+    assert!(eventually(|| queried_devices(&alice, &bob_id) == vec![real.clone()]));
+    let since = sync(&alice, None)["next_batch"].as_str().unwrap().to_owned();
+
+    bob.post(&format!("/_matrix/client/v3/rooms/{room_id}/leave"), json!({}))
+        .ok();
+    assert!(eventually(|| {
+        sync(&alice, Some(&since))["device_lists"]["left"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|u| u == bob_id.as_str()))
+    }));
+    // Not answered from a copy any more: with B gone, B is named under failures.
+    b.stop();
+    let answer = query(&alice, &bob_id);
+    assert!(answer["failures"].get(&b.server_name).is_some(), "{answer}");
+    assert!(answer["device_keys"].get(&bob_id).is_none(), "{answer}");
+}

@@ -58,8 +58,9 @@ pub const RESYNC_CONCURRENCY: usize = 10;
 /// The first back-off after a server failed a resync, and the longest.
 const BACKOFF_FIRST: Duration = Duration::from_secs(30);
 const BACKOFF_MAX: Duration = Duration::from_secs(600);
-/// The largest key object kept (device keys, a cross-signing key).
-const MAX_KEY_BYTES: usize = 64 * 1024;
+/// The largest key object kept (device keys, a cross-signing key; real ones are under 2 KiB),
+/// so a cached list stays under 4 MiB.
+const MAX_KEY_BYTES: usize = 4 * 1024;
 /// The default time limit of a client's `keys/query` over federation.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -270,6 +271,15 @@ fn checked_key(value: &Value, user_id: &UserId, device_id: Option<&str>) -> Opti
     serde_json::to_vec(value).ok().filter(|b| b.len() <= MAX_KEY_BYTES)
 }
 
+/// Drops the cached list of a remote user who no longer shares a room with ours.
+async fn forget_unshared(services: &Services, user_id: &UserId) {
+    if services.keys.remote_list(user_id).ok().flatten().is_some()
+        && let Err(e) = services.keys.forget_remote_list(user_id).await
+    {
+        tracing::warn!(%user_id, error = %e, "cached device list not dropped");
+    }
+}
+
 /// An inbound `m.device_list_update` from `origin`.
 pub async fn receive_device_list_update(services: &Services, origin: &ServerName, content: &Value) {
     let Some(user_id) = content["user_id"].as_str().and_then(|u| UserId::parse(u).ok()) else {
@@ -283,6 +293,7 @@ pub async fn receive_device_list_update(services: &Services, origin: &ServerName
         return;
     }
     if !shares_room(services, &user_id).unwrap_or(false) {
+        forget_unshared(services, &user_id).await;
         return;
     }
     let prev_ids: Vec<u64> = content["prev_id"]
@@ -359,6 +370,7 @@ pub async fn receive_signing_key_update(services: &Services, origin: &ServerName
         return;
     }
     if !shares_room(services, &user_id).unwrap_or(false) {
+        forget_unshared(services, &user_id).await;
         return;
     }
     let keys_service = &services.keys;
@@ -374,12 +386,15 @@ pub async fn receive_signing_key_update(services: &Services, origin: &ServerName
             return;
         }
     };
-    if let Some(master) = content.get("master_key") {
-        list.master_key = checked_key(master, &user_id, None);
+    let master = content.get("master_key").and_then(|k| checked_key(k, &user_id, None));
+    let self_signing = content
+        .get("self_signing_key")
+        .and_then(|k| checked_key(k, &user_id, None));
+    if master.is_none() && self_signing.is_none() {
+        return;
     }
-    if let Some(self_signing) = content.get("self_signing_key") {
-        list.self_signing_key = checked_key(self_signing, &user_id, None);
-    }
+    list.master_key = master.or(list.master_key);
+    list.self_signing_key = self_signing.or(list.self_signing_key);
     if let Err(e) = keys_service
         .store_remote_list(&services.rooms, &user_id, &list, true)
         .await
@@ -494,12 +509,8 @@ impl Federation {
                         continue;
                     }
                     Some(_) => self.device_lists.queue_resync(&user_id),
-                    None => {
-                        // Not sharing a room any more: a list still cached is dropped.
-                        if services.keys.remote_list(&user_id).ok().flatten().is_some() {
-                            let _ = services.keys.forget_remote_list(&user_id).await;
-                        }
-                    }
+                    // Not sharing a room any more: a list still cached is dropped.
+                    None => forget_unshared(services, &user_id).await,
                 }
                 let devices = wanted.into_iter().map(ruma::OwnedDeviceId::from).collect();
                 remaining.insert(user_id, devices);

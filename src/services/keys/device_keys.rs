@@ -244,8 +244,9 @@ impl Keys {
 
     /// `keys/query`: device and cross-signing keys of `users` (all devices when the list is
     /// empty), with later signatures merged in and `unsigned.device_display_name` from
-    /// `display_name`. Unknown local users and devices are absent; remote users are reported
-    /// under `failures` (no federation yet).
+    /// `display_name`. Unknown local users and devices are absent; remote users (asked here
+    /// only with federation off: `federation::device_lists` answers them otherwise) are
+    /// reported under `failures`.
     pub fn query(
         &self,
         requester: &UserId,

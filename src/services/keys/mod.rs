@@ -6,6 +6,8 @@
 //! - [`cross_signing`]: master, self-signing and user-signing keys and uploaded signatures.
 //! - [`to_device`]: per-device inboxes of to-device messages.
 //! - [`backup`]: server-side key backup (its own service, [`backup::KeyBackup`]).
+//! - [`remote`]: the cache of other servers' users' device lists (filled and kept fresh by
+//!   `federation::device_lists`).
 //!
 //! # Device-list changes
 //!
@@ -15,6 +17,11 @@
 //! is joined to is woken: the users sharing a room see the user in `device_lists.changed` of
 //! their next sync. Membership changes since the token add users who joined (`changed`) or no
 //! longer share any room (`left`).
+//!
+//! A change of one of our users that other servers hear of ([`ListChange`]: devices added,
+//! with new keys or signatures, deleted; master or self-signing keys) is numbered on the
+//! user's chain of `m.device_list_update` `stream_id`s in the same batch and handed over,
+//! once durable, to `federation::device_lists` ([`Keys::forward_device_changes`]).
 //!
 //! Key writes run under the lock of the user whose keys they change (uploads, claims of that
 //! user's keys, device deletion, cross-signing), so "check then write" (a one-time key handed

@@ -1,7 +1,7 @@
 //! Device lists across servers with a real Synapse (`support::synapse`) on loopback, both
 //! directions: a Synapse user's new device (a new login with keys) shows in a Hearth user's
 //! `/sync` `device_lists.changed` and `keys/query`, and a Hearth user's new device shows in a
-//! Synapse user's. Skipped with a note when the Synapse venv is missing, unless
+//! Synapse user's; cross-signing keys uploaded on either side reach the other. Skipped with a note when the Synapse venv is missing, unless
 //! `HEARTH_TEST_REQUIRE_SYNAPSE=1`.
 
 use std::time::{Duration, Instant};
@@ -162,4 +162,92 @@ fn a_hearth_users_new_device_shows_in_synapses_sync_and_keys_query() {
     }
     assert!(seen, "alice's new device is in bob's device_lists.changed on Synapse");
     assert!(eventually(|| has_device(&bob, &alice_id, &second)));
+}
+
+/// Uploads master, self-signing and user-signing keys for `client` (with password auth when the
+/// server asks for it); returns the master key's public part.
+fn upload_cross_signing(client: &Client, password: &str) -> String {
+    use ruma::signatures::{Ed25519KeyPair, sign_json};
+    let user = client.uid();
+    let make = || {
+        let doc = Ed25519KeyPair::generate();
+        let probe = Ed25519KeyPair::from_der(&doc, "x".into()).unwrap();
+        let public = ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(probe.public_key().to_vec()).encode();
+        (Ed25519KeyPair::from_der(&doc, public.clone()).unwrap(), public)
+    };
+    let (master, master_public) = make();
+    let (_, ssk_public) = make();
+    let (_, usk_public) = make();
+    let key = |public: &str, usage: &str| json!({"user_id": user, "usage": [usage], "keys": {format!("ed25519:{public}"): public}});
+    let signed = |value: Value| {
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(value).unwrap();
+        sign_json(&user, &master, &mut object).unwrap();
+        serde_json::to_value(object).unwrap()
+    };
+    let mut body = json!({
+        "master_key": key(&master_public, "master"),
+        "self_signing_key": signed(key(&ssk_public, "self_signing")),
+        "user_signing_key": signed(key(&usk_public, "user_signing")),
+    });
+    let path = "/_matrix/client/v3/keys/device_signing/upload";
+    let first = client.post(path, body.clone());
+    if first.status == 401 {
+        let session = first.body["session"].as_str().map(str::to_owned);
+        body["auth"] = client.password_auth(password, session.as_deref());
+        client.post(path, body).ok();
+    } else {
+        first.ok();
+    }
+    master_public
+}
+
+fn master_key_of(c: &Client, user: &str) -> Option<String> {
+    let answer = c
+        .post("/_matrix/client/v3/keys/query", json!({"device_keys": {user: []}}))
+        .ok()
+        .clone();
+    answer["master_keys"][user]["keys"]
+        .as_object()
+        .and_then(|k| k.values().next())
+        .and_then(|v| v.as_str().map(str::to_owned))
+}
+
+#[test]
+fn cross_signing_keys_cross_both_ways_with_synapse() {
+    let Some((_ca, hearth, synapse)) = servers("127.0.0.233") else {
+        return;
+    };
+    let (alice, bob) = shared_room(&hearth, &synapse);
+    let (alice_id, bob_id) = (alice.uid(), bob.uid());
+    upload_device_keys(&alice);
+    upload_device_keys(&bob);
+    // Each side has fetched the other's list once.
+    assert!(eventually(|| has_device(
+        &alice,
+        &bob_id,
+        bob.device_id.as_deref().unwrap()
+    )));
+    assert!(eventually(|| has_device(
+        &bob,
+        &alice_id,
+        alice.device_id.as_deref().unwrap()
+    )));
+
+    let since = next_batch(&bob);
+    let alice_master = upload_cross_signing(&alice, "secret-password");
+    assert!(sees_change(&bob, &since, &alice_id));
+    assert!(eventually(
+        || master_key_of(&bob, &alice_id).as_deref() == Some(alice_master.as_str())
+    ));
+
+    let since = next_batch(&alice);
+    let bob_master = upload_cross_signing(&bob, "secret-password");
+    let seen = sees_change(&alice, &since, &bob_id);
+    if !seen {
+        synapse.print_log();
+    }
+    assert!(seen, "bob's cross-signing keys are in alice's device_lists.changed");
+    assert!(eventually(
+        || master_key_of(&alice, &bob_id).as_deref() == Some(bob_master.as_str())
+    ));
 }

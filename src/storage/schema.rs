@@ -218,10 +218,20 @@ pub const DESTSEQ_FEDEDU: &str = "destseq_fededu";
 /// (`tables::to_device`), so a retransmitted one is delivered once; weeks before the last
 /// are deleted whole.
 pub const WEEKORIGINMSG_EMPTY: &str = "weekoriginmsg_empty";
+/// remote user id → postcard `RemoteDeviceList` (devices with their keys as JSON bytes, master
+/// and self-signing keys, the last `stream_id` applied, a stale flag): the cache of other
+/// servers' users' device lists (`tables::device_lists_fed`), kept for users sharing a room
+/// with one of ours.
+pub const USER_REMOTEDEVICELIST: &str = "user_remotedevicelist";
+/// local user id → u64: the `stream_id` of the last `m.device_list_update` EDU about the user
+/// (`tables::device_lists_fed`; the next one names it as `prev_id`).
+pub const USER_DEVICELISTFEDID: &str = "user_devicelistfedid";
 
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
+    small(USER_REMOTEDEVICELIST),
+    small(USER_DEVICELISTFEDID),
     small(USERID_ACCOUNT),
     small(USERID_PROFILE),
     small(USERDEVICEID_DEVICE),

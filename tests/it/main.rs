@@ -26,6 +26,9 @@ mod federation;
 /// Federation, part 2, between Hearth servers: server ACLs, presence, threaded and private
 /// receipts, remote profiles, another server's public rooms.
 mod federation_edus;
+/// Device lists and cross-signing keys across Hearth servers: updates, the remote cache,
+/// resyncs after gaps, forged updates, `keys/query` failures.
+mod federation_devices;
 /// Gaps in a room's graph over federation: missing events, the state before them, lying state.
 mod federation_gaps;
 /// A hostile federation peer: forged, unauthorised, oversized and replayed transactions.
@@ -57,6 +60,8 @@ mod federation_synapse_to_device;
 mod federation_to_device;
 /// Federation, part 2, with a real Synapse: typing, receipts, presence, profiles, server ACLs.
 mod federation_synapse_edus;
+/// Device lists across servers with a real Synapse, both directions.
+mod federation_synapse_devices;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

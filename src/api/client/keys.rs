@@ -4,8 +4,10 @@
 //! - `POST /_matrix/client/v3/keys/query`
 //! - `POST /_matrix/client/v3/keys/claim`
 //!
-//!   (other servers' users: asked of their servers over federation when it is on, one request
-//!   per server; a server that fails is named under `failures`)
+//!   (other servers' users: `keys/query` answers from the cached device list of a user sharing
+//!   a room with ours, else asks their servers over federation when it is on, one request per
+//!   server, all within the request's `timeout` (10 s by default); a server that fails or does
+//!   not answer in time is named under `failures`)
 //! - `GET /_matrix/client/v3/keys/changes`
 //! - `POST /_matrix/client/v3/keys/device_signing/upload` (user-interactive auth to replace a
 //!   master key)
@@ -134,19 +136,30 @@ pub async fn get_keys(ctx: Ctx, req: get_keys::v3::Request) -> Result<get_keys::
     let found = ctx.services.keys.query(user_id, &users, &display_name)?;
     let mut response = get_keys::v3::Response::new();
     response.failures = found.failures;
-    for (server, users) in remote {
-        let users = users
-            .into_iter()
-            .map(|(u, devices)| (u, devices.into_iter().map(OwnedDeviceId::from).collect()))
-            .collect();
-        match ctx.services.federation.remote_device_keys(&server, users).await {
-            Ok(answer) => {
-                response.device_keys.extend(answer.device_keys);
-                response.master_keys.extend(answer.master_keys);
-                response.self_signing_keys.extend(answer.self_signing_keys);
+    if !remote.is_empty() {
+        let timeout = req
+            .timeout
+            .unwrap_or(crate::services::federation::device_lists::DEFAULT_QUERY_TIMEOUT)
+            .min(std::time::Duration::from_secs(60));
+        let answer = ctx
+            .services
+            .federation
+            .query_remote_keys(&ctx.services, remote, timeout)
+            .await;
+        response.failures.extend(answer.failures);
+        for (user, devices) in answer.device_keys {
+            let mut out = BTreeMap::new();
+            for (device, keys) in devices {
+                out.insert(OwnedDeviceId::from(device), raw(&keys)?);
             }
-            Err(e) => {
-                response.failures.insert(server.to_string(), failure(&e));
+            response.device_keys.insert(user, out);
+        }
+        for (from, to) in [
+            (answer.master_keys, &mut response.master_keys),
+            (answer.self_signing_keys, &mut response.self_signing_keys),
+        ] {
+            for (user, key) in from {
+                to.insert(user, raw(&key)?);
             }
         }
     }

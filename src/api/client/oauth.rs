@@ -319,7 +319,10 @@ async fn issue(
         )
         .await?;
     if grant.new_device {
-        services.keys.device_added(&services.rooms, &exchange.user_id).await?;
+        services
+            .keys
+            .device_added(&services.rooms, &exchange.user_id, grant.device_id.as_str())
+            .await?;
     }
     services
         .oauth

@@ -63,7 +63,10 @@ pub async fn login(ctx: Ctx, req: login::Request) -> Result<login::Response> {
         )
         .await?;
     if grant.new_device {
-        services.keys.device_added(&services.rooms, &user_id).await?;
+        services
+            .keys
+            .device_added(&services.rooms, &user_id, grant.device_id.as_str())
+            .await?;
     }
     tracing::info!(%user_id, device_id = %grant.device_id, "logged in");
     let mut response = login::Response::new(user_id, grant.access_token, grant.device_id);

@@ -22,7 +22,6 @@ use serde_json::Value;
 use crate::{
     Error, Result,
     api::{client::keys::raw, extract::Ctx},
-    util,
 };
 
 fn is_ours(ctx: &Ctx, user_id: &ruma::UserId) -> bool {
@@ -80,8 +79,8 @@ pub async fn claim_keys(ctx: Ctx, req: claim_keys::v1::Request) -> Result<claim_
 }
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`: the user's devices with their keys.
-/// `stream_id` is the time of the answer (Hearth sends no device-list EDUs yet, so there is no
-/// stream to number; it only has to grow).
+/// `stream_id` is that of the last `m.device_list_update` sent about the user (0 before any),
+/// so the asking server can chain the next update on it.
 pub async fn get_devices(ctx: Ctx, req: get_devices::v1::Request) -> Result<get_devices::v1::Response> {
     let user_id = &req.user_id;
     if !is_ours(&ctx, user_id) {
@@ -93,7 +92,8 @@ pub async fn get_devices(ctx: Ctx, req: get_devices::v1::Request) -> Result<get_
     let users = BTreeMap::from([(user_id.clone(), Vec::new())]);
     let mut found = ctx.services.keys.query(user_id, &users, &|_, _| None)?;
     let mut keys = found.device_keys.remove(user_id).unwrap_or_default();
-    let mut response = get_devices::v1::Response::new(user_id.clone(), UInt::new_saturating(util::now_ms()));
+    let stream_id = ctx.services.keys.device_list_stream_id(user_id)?;
+    let mut response = get_devices::v1::Response::new(user_id.clone(), UInt::new_saturating(stream_id));
     for device in ctx.services.sessions.list_devices(user_id)? {
         // A device without uploaded keys cannot be encrypted for: left out, as Synapse does.
         if let Some(device_keys) = keys.remove(device.device_id.as_str()) {

@@ -147,6 +147,12 @@ pub async fn receive_edus(services: &Services, origin: &ServerName, edus: &[Raw<
                 super::to_device::receive_direct_to_device(services, origin, &content).await;
             }
             Some("m.presence") => super::presence::receive_presence(services, origin, content),
+            Some("m.device_list_update") => {
+                super::device_lists::receive_device_list_update(services, origin, content).await;
+            }
+            Some("m.signing_key_update") => {
+                super::device_lists::receive_signing_key_update(services, origin, content).await;
+            }
             _ => {}
         }
     }

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod acl;
 pub mod backfill;
+pub mod device_lists;
 pub mod edu;
 pub mod forward;
 pub mod gaps;
@@ -74,6 +75,8 @@ pub struct Federation {
     presence_sent: presence::PresenceSent,
     /// Other servers' users' profiles, as last fetched (`query.rs`).
     profiles: query::ProfileCache,
+    /// Remote device lists: the resync queue and back-off (`device_lists`).
+    pub device_lists: device_lists::DeviceListSync,
 }
 
 fn unauthorized(message: impl Into<String>) -> Error {
@@ -118,6 +121,7 @@ impl Federation {
             sender,
             presence_sent: crate::util::bounded::BoundedMap::new(presence::REMEMBERED_USERS),
             profiles: crate::util::bounded::BoundedMap::new(query::CACHED_PROFILES),
+            device_lists: device_lists::DeviceListSync::default(),
         })
     }
 

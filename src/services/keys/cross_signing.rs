@@ -136,7 +136,11 @@ impl Keys {
         if to_store.is_empty() {
             return Ok(());
         }
-        self.commit_device_list_change(rooms, user_id, |batch| {
+        let change = super::ListChange {
+            devices: Vec::new(),
+            signing_keys: to_store.iter().any(|(usage, _)| *usage != "user_signing"),
+        };
+        self.commit_device_list_change(rooms, user_id, change, |batch| {
             for (usage, object) in &to_store {
                 let json = serde_json::to_vec(object).map_err(|e| Error::internal(e.to_string()))?;
                 self.table.put_cross_signing_key(batch, user_id.as_str(), usage, &json);
@@ -179,7 +183,20 @@ impl Keys {
             }
         }
         for (target_user, signatures) in good {
-            self.commit_device_list_change(rooms, &target_user, |batch| {
+            // Other servers hear of signatures on our user's own devices and master key.
+            let mut change = super::ListChange::default();
+            if target_user == requester {
+                for (target, _, _) in &signatures {
+                    if self.table.device_keys(target_user.as_str(), target)?.is_some() {
+                        change.devices.push((target.clone(), false));
+                    } else {
+                        change.signing_keys = true;
+                    }
+                }
+                change.devices.sort();
+                change.devices.dedup();
+            }
+            self.commit_device_list_change(rooms, &target_user, change, |batch| {
                 for (target, key_id, signature) in &signatures {
                     self.table.put_signature(
                         batch,

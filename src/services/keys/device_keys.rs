@@ -159,7 +159,8 @@ impl Keys {
             Ok(())
         };
         if new_device_keys.is_some() {
-            let written = self.commit_device_list_change(rooms, user_id, queue).await;
+            let change = super::ListChange::devices(vec![(device_id.to_owned(), false)]);
+            let written = self.commit_device_list_change(rooms, user_id, change, queue).await;
             self.key_counts_changed(user_id, device_id);
             written?;
         } else if !fresh.is_empty() || !fallbacks.is_empty() {
@@ -243,8 +244,9 @@ impl Keys {
 
     /// `keys/query`: device and cross-signing keys of `users` (all devices when the list is
     /// empty), with later signatures merged in and `unsigned.device_display_name` from
-    /// `display_name`. Unknown local users and devices are absent; remote users are reported
-    /// under `failures` (no federation yet).
+    /// `display_name`. Unknown local users and devices are absent; remote users (asked here
+    /// only with federation off: `federation::device_lists` answers them otherwise) are
+    /// reported under `failures`.
     pub fn query(
         &self,
         requester: &UserId,

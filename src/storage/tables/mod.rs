@@ -6,6 +6,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod aliases;
 pub mod device_keys;
+pub mod device_lists_fed;
 pub mod devices;
 pub mod event_txns;
 pub mod federation_queue;

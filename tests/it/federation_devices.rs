@@ -405,7 +405,7 @@ fn a_server_cannot_update_the_device_lists_of_another_servers_users() {
 }
 
 #[test]
-fn a_server_that_does_not_answer_a_key_query_in_time_is_named_under_failures() {
+fn a_server_that_does_not_answer_a_key_query_or_claim_in_time_is_named_under_failures() {
     let ca = TestCa::new();
     let mut a = federated_server(&ca, "127.0.0.220", &[]);
     a.launch();
@@ -423,6 +423,16 @@ fn a_server_that_does_not_answer_a_key_query_in_time_is_named_under_failures() {
         .clone();
     assert!(answer["failures"].get(&silent_name).is_some(), "{answer}");
     assert!(answer["device_keys"].get(&user).is_none(), "{answer}");
+    // A claim too.
+    let answer = alice
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            json!({"one_time_keys": {user.clone(): {"DEVICE": "signed_curve25519"}}, "timeout": 1000}),
+        )
+        .ok()
+        .clone();
+    assert_eq!(answer["failures"][&silent_name]["status"], 504, "{answer}");
+    assert!(answer["one_time_keys"].get(&user).is_none(), "{answer}");
     drop(silent);
 }
 

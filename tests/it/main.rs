@@ -23,12 +23,12 @@ mod e2ee;
 mod element_web;
 /// Federation, part 1: keys, the TLS listener, X-Matrix.
 mod federation;
-/// Federation, part 2, between Hearth servers: server ACLs, presence, threaded and private
-/// receipts, remote profiles, another server's public rooms.
-mod federation_edus;
 /// Device lists and cross-signing keys across Hearth servers: updates, the remote cache,
 /// resyncs after gaps, forged updates, `keys/query` failures.
 mod federation_devices;
+/// Federation, part 2, between Hearth servers: server ACLs, presence, threaded and private
+/// receipts, remote profiles, another server's public rooms.
+mod federation_edus;
 /// Gaps in a room's graph over federation: missing events, the state before them, lying state.
 mod federation_gaps;
 /// A hostile federation peer: forged, unauthorised, oversized and replayed transactions.
@@ -50,6 +50,10 @@ mod federation_sender;
 /// Interoperability with a real Synapse from PyPI on loopback, both directions: joins,
 /// messages, redactions, leaves, bans, state convergence, history from before a join.
 mod federation_synapse;
+/// Device lists across servers with a real Synapse, both directions.
+mod federation_synapse_devices;
+/// Federation, part 2, with a real Synapse: typing, receipts, presence, profiles, server ACLs.
+mod federation_synapse_edus;
 /// Media across servers with a real Synapse, both directions.
 mod federation_synapse_media;
 /// To-device messages and one-time key claims with a real Synapse, both ways.
@@ -58,10 +62,6 @@ mod federation_synapse_to_device;
 /// across a restart, forged senders ignored; a one-time key claimed across servers once; a
 /// federated join's state in the joiner's sync.
 mod federation_to_device;
-/// Federation, part 2, with a real Synapse: typing, receipts, presence, profiles, server ACLs.
-mod federation_synapse_edus;
-/// Device lists across servers with a real Synapse, both directions.
-mod federation_synapse_devices;
 /// Bad input, error shapes, CORS, rate limits, discovery endpoints.
 mod http_layer;
 /// Hardening: client addresses behind proxies, rate limits of sends, to-device messages, key

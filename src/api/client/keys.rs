@@ -7,7 +7,8 @@
 //!   (other servers' users: `keys/query` answers from the cached device list of a user sharing
 //!   a room with ours, else asks their servers over federation when it is on, one request per
 //!   server, all within the request's `timeout` (10 s by default); a server that fails or does
-//!   not answer in time is named under `failures`)
+//!   not answer in time is named under `failures`; `keys/claim` asks their servers the same
+//!   way, every time: one-time keys are not cached)
 //! - `GET /_matrix/client/v3/keys/changes`
 //! - `POST /_matrix/client/v3/keys/device_signing/upload` (user-interactive auth to replace a
 //!   master key)
@@ -198,8 +199,12 @@ pub async fn claim_keys(ctx: Ctx, req: claim_keys::v3::Request) -> Result<claim_
         .collect();
     let (wanted, remote) = split_remote(&ctx, wanted);
     let (claimed, mut failures) = ctx.services.keys.claim(&wanted).await?;
-    let mut from_remote = BTreeMap::new();
-    for (server, wanted) in remote {
+    // Every other server at once, each within the request's timeout.
+    let timeout = req
+        .timeout
+        .unwrap_or(crate::services::federation::device_lists::DEFAULT_QUERY_TIMEOUT)
+        .min(std::time::Duration::from_secs(60));
+    let asks = remote.into_iter().map(|(server, wanted)| {
         let mut claims = BTreeMap::new();
         for (user, devices) in wanted {
             let mut by_device = BTreeMap::new();
@@ -208,10 +213,24 @@ pub async fn claim_keys(ctx: Ctx, req: claim_keys::v3::Request) -> Result<claim_
             }
             claims.insert(user, by_device);
         }
-        match ctx.services.federation.remote_claim_keys(&server, claims).await {
-            Ok(keys) => from_remote.extend(keys),
-            Err(e) => {
+        let federation = &ctx.services.federation;
+        async move {
+            let answer = tokio::time::timeout(timeout, federation.remote_claim_keys(&server, claims)).await;
+            (server, answer)
+        }
+    });
+    let mut from_remote = BTreeMap::new();
+    for (server, answer) in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(Ok(keys)) => from_remote.extend(keys),
+            Ok(Err(e)) => {
                 failures.insert(server.to_string(), failure(&e));
+            }
+            Err(_) => {
+                failures.insert(
+                    server.to_string(),
+                    serde_json::json!({"status": 504, "message": "The server did not answer in time"}),
+                );
             }
         }
     }

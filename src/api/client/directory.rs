@@ -32,6 +32,7 @@ use crate::{
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn create_alias(ctx: Ctx, req: create_alias::v3::Request) -> Result<create_alias::v3::Response> {
     let s = &ctx.services;
+    crate::services::appservice::client::check_alias_not_exclusive(s, &req.room_alias, ctx.session.as_ref())?;
     s.directory
         .create_alias(&s.rooms, &s.accounts, ctx.user_id()?, &req.room_alias, &req.room_id)
         .await?;

@@ -4,6 +4,7 @@
 //! an `as_token` belongs to, and which one holds a user id or alias exclusively. Two services
 //! may not share an id or a token, nor claim the same exclusive namespace.
 
+pub mod client;
 pub mod registration;
 
 use std::{path::PathBuf, sync::Arc};

@@ -68,7 +68,8 @@ pub async fn create_user(
     admin: bool,
     password: &PasswordSource,
 ) -> Result<(), String> {
-    let user_id = crate::services::appservice::client::check_available(services, name).map_err(|e| e.to_string())?;
+    let user_id =
+        crate::services::appservice::client_server::check_available(services, name).map_err(|e| e.to_string())?;
     let (password, generated) = read_password(password)?;
     services
         .accounts

@@ -173,7 +173,7 @@ pub async fn prepare_head(
             let query: Vec<(String, String)> = form_urlencoded_pairs(req.query_string()).collect();
             let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
             let device = param("device_id").or_else(|| param("org.matrix.msc3202.device_id"));
-            Some(appservice::client::authenticate(services, service, param("user_id"), device).await?)
+            Some(appservice::client_server::authenticate(services, service, param("user_id"), device).await?)
         }
         (AuthRequirement::AppserviceOptional, _, _) | (_, None, _) => None,
         (_, Some(token), None) => Some(services.sessions.authenticate(token, ip.as_deref()).await?),

@@ -32,7 +32,7 @@ use crate::{
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn create_alias(ctx: Ctx, req: create_alias::v3::Request) -> Result<create_alias::v3::Response> {
     let s = &ctx.services;
-    crate::services::appservice::client::check_alias_not_exclusive(s, &req.room_alias, ctx.session.as_ref())?;
+    crate::services::appservice::client_server::check_alias_not_exclusive(s, &req.room_alias, ctx.session.as_ref())?;
     s.directory
         .create_alias(&s.rooms, &s.accounts, ctx.user_id()?, &req.room_alias, &req.room_id)
         .await?;
@@ -46,7 +46,7 @@ pub async fn get_alias(ctx: Ctx, req: get_alias::v3::Request) -> Result<get_alia
     let (room_id, servers) = if alias.server_name() != services.config.server_name && services.federation.enabled {
         services.federation.remote_alias(alias).await?
     } else {
-        services.directory.resolve(alias)?
+        crate::services::appservice::client_server::resolve_alias_asking_services(services, alias).await?
     };
     Ok(get_alias::v3::Response::new(room_id, servers))
 }

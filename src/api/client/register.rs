@@ -31,7 +31,7 @@ pub async fn register(ctx: Ctx, req: register::v3::Request) -> Result<register::
     let requested = req
         .username
         .as_deref()
-        .map(|name| appservice::client::check_available(services, name))
+        .map(|name| appservice::client_server::check_available(services, name))
         .transpose()?;
     let completed = services
         .uiaa
@@ -39,7 +39,10 @@ pub async fn register(ctx: Ctx, req: register::v3::Request) -> Result<register::
         .await?;
     let user_id = match requested {
         Some(user_id) => user_id,
-        None => appservice::client::check_available(services, &format!("u{}", util::random_string(11).to_lowercase()))?,
+        None => appservice::client_server::check_available(
+            services,
+            &format!("u{}", util::random_string(11).to_lowercase()),
+        )?,
     };
 
     let mut batch = services.new_account_batch(&user_id)?;
@@ -93,7 +96,7 @@ async fn register_appservice_user(ctx: &Ctx, req: register::v3::Request) -> Resu
             Error::missing_token()
         });
     };
-    let user_id = appservice::client::user_to_register(services, service, req.username.as_deref())?;
+    let user_id = appservice::client_server::user_to_register(services, service, req.username.as_deref())?;
     let mut batch = services.new_account_batch(&user_id)?;
     let grant = if req.inhibit_login {
         None
@@ -130,7 +133,7 @@ pub async fn get_username_availability(
     ctx: Ctx,
     req: get_username_availability::v3::Request,
 ) -> Result<get_username_availability::v3::Response> {
-    appservice::client::check_available(&ctx.services, &req.username)?;
+    appservice::client_server::check_available(&ctx.services, &req.username)?;
     Ok(get_username_availability::v3::Response::new(true))
 }
 

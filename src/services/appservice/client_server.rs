@@ -156,3 +156,38 @@ pub fn check_available(services: &Services, username: &str) -> Result<OwnedUserI
     check_user_not_exclusive(services, &user_id, None)?;
     services.accounts.check_available(username)
 }
+
+/// Before a local user is declared unknown: when no account has `user_id` and a service's
+/// users namespace covers it, the service is asked (spec "Querying": `GET /users/{userId}`);
+/// it creates the user before answering 200. `true` when the account exists afterwards.
+pub async fn user_exists_asking_services(services: &Services, user_id: &UserId) -> Result<bool> {
+    if user_id.server_name() != services.config.server_name {
+        return Ok(false);
+    }
+    if services.accounts.get(user_id)?.is_some() {
+        return Ok(true);
+    }
+    if !services.appservices.query_user(user_id).await {
+        return Ok(false);
+    }
+    Ok(services.accounts.get(user_id)?.is_some())
+}
+
+/// The room a local alias points at, asking the services whose aliases namespace covers it
+/// when it is unknown (spec "Querying": `GET /rooms/{roomAlias}`, after which the service has
+/// created it); the directory's own answer (404 `M_NOT_FOUND`) otherwise.
+pub async fn resolve_alias_asking_services(
+    services: &Services,
+    alias: &RoomAliasId,
+) -> Result<(ruma::OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    match services.directory.resolve(alias) {
+        Err(e)
+            if e.errcode() == "M_NOT_FOUND"
+                && alias.server_name() == services.config.server_name
+                && services.appservices.query_alias(alias).await =>
+        {
+            services.directory.resolve(alias)
+        }
+        other => other,
+    }
+}

@@ -683,3 +683,54 @@ fn services_are_asked_about_unknown_users_aliases_and_third_party_lookups() {
         .get("/_matrix/client/v3/thirdparty/location/irc")
         .expect_err(404, "M_NOT_FOUND");
 }
+
+/// `rate_limited: false` exempts every user of the service; otherwise only its sender is exempt.
+#[test]
+fn rate_limits_spare_services_that_ask_and_senders() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_registrations(dir.path(), &[("irc.yaml", IRC), ("mx.yaml", MX)]);
+    let server = TestServer::start_with(&[
+        ("HEARTH_APPSERVICES__REGISTRATION_FILES", &files),
+        ("HEARTH_RATE_LIMITS__ENABLED", "true"),
+        ("HEARTH_RATE_LIMITS__MESSAGE__PER_SECOND", "0.01"),
+        ("HEARTH_RATE_LIMITS__MESSAGE__BURST", "3"),
+    ]);
+    let irc = with_as(&server, "as-irc-secret");
+    let mx = with_as(&server, "as-mx-secret");
+    let room = irc
+        .post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}))
+        .ok()["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (service, user) in [(&irc, "irc_bob"), (&mx, "mx_one")] {
+        service
+            .post(
+                REGISTER,
+                json!({"type": "m.login.application_service", "username": user, "inhibit_login": true}),
+            )
+            .ok();
+        service
+            .post(
+                &format!("/_matrix/client/v3/join/{room}?user_id=@{user}:hearth.test"),
+                json!({}),
+            )
+            .ok();
+    }
+    mx.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).ok();
+    let send = |client: &Client, as_user: &str, txn: String| {
+        client.put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}{as_user}"),
+            json!({"msgtype": "m.text", "body": "hi"}),
+        )
+    };
+    for i in 0..6 {
+        send(&irc, "?user_id=@irc_bob:hearth.test", format!("a{i}")).ok();
+        send(&mx, "", format!("b{i}")).ok();
+    }
+    let limited = (0..6)
+        .map(|i| send(&mx, "?user_id=@mx_one:hearth.test", format!("c{i}")).status)
+        .filter(|status| *status == 429)
+        .count();
+    assert!(limited > 0, "the MX service's users are rate-limited");
+}

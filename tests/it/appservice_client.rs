@@ -283,11 +283,28 @@ fn exclusive_aliases_and_timestamp_massaging() {
         )
         .ok();
 
-    // The service itself: its sender joins and creates the alias.
-    bridge.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).ok();
+    // The service itself manages the aliases of its namespace, in the room or not, and only
+    // those.
     bridge.put(alias_path, json!({"room_id": room})).ok();
     let resolved = alice.get(alias_path).ok().clone();
     assert_eq!(resolved["room_id"], room.as_str());
+    bridge
+        .put(
+            "/_matrix/client/v3/directory/room/%23bridged:hearth.test",
+            json!({"room_id": room}),
+        )
+        .expect_err(400, "M_EXCLUSIVE");
+    bridge
+        .post("/_matrix/client/v3/createRoom", json!({"room_alias_name": "bridged"}))
+        .expect_err(400, "M_EXCLUSIVE");
+    // Not even the room's creator may delete it; the service may.
+    alice.delete(alias_path, json!({})).expect_err(400, "M_EXCLUSIVE");
+    bridge.delete(alias_path, json!({})).ok();
+    alice.get(alias_path).expect_err(404, "M_NOT_FOUND");
+    bridge.put(alias_path, json!({"room_id": room})).ok();
+    bridge
+        .delete("/_matrix/client/v3/directory/room/%23general:hearth.test", json!({}))
+        .expect_err(400, "M_EXCLUSIVE");
 
     // ts sets origin_server_ts for the service, on /send and on /state (in a room of its own,
     // where it may send state).

@@ -137,6 +137,18 @@ pub fn check_user_not_exclusive(services: &Services, user_id: &UserId, allowed: 
     }
 }
 
+/// 400 `M_EXCLUSIVE` unless `alias` is in `service`'s aliases namespace: a service manages
+/// the aliases of its namespace only (as Synapse).
+pub fn check_alias_of_service(service: &Registered, alias: &RoomAliasId) -> Result<()> {
+    if service.is_alias_in_namespace(alias) {
+        Ok(())
+    } else {
+        Err(exclusive(
+            "This application service has not reserved this kind of alias.",
+        ))
+    }
+}
+
 /// 400 `M_EXCLUSIVE` when a service other than the requester's holds `alias` exclusively.
 pub fn check_alias_not_exclusive(services: &Services, alias: &RoomAliasId, session: Option<&Session>) -> Result<()> {
     let requester = session.and_then(|s| s.appservice.as_ref());

@@ -241,6 +241,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::CheckConfig { file } => {
             let config =
                 config::load(Some(&file), std::env::vars(), &Overrides::default()).map_err(|e| e.to_string())?;
+            // The application service registrations are checked as the server checks them.
+            crate::services::appservice::Appservices::load(&config.appservice_registration_files, &config.server_name)?;
             println!(
                 "{} is valid: server_name = {}, listen = {:?}, database.path = {}, registration = {:?}",
                 file.display(),

@@ -479,6 +479,20 @@ fn the_cli_lists_and_checks_registrations() {
         stderr.contains("bad.yaml") && stderr.contains("namespaces.users[0].regex"),
         "{stderr}"
     );
+    // check-config checks the registrations it lists.
+    let config = dir.path().join("homeserver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server_name = \"hearth.test\"\n[appservices]\nregistration_files = [{:?}]\n",
+            bad.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = run_plain(&["check-config", config.to_str().unwrap()], &[]);
+    let (stdout, stderr) = out_text(&out);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("namespaces.users[0].regex"), "{stderr}");
     let missing = dir.path().join("missing-token.yaml");
     std::fs::write(&missing, IRC.replace("as_token: as-irc-secret\n", "")).unwrap();
     let out = run_plain(

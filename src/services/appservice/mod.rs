@@ -65,6 +65,11 @@ impl Appservices {
         })
     }
 
+    /// The HTTP client for requests to the services ([`query::Outbound::send`]).
+    pub fn outbound(&self) -> &query::Outbound {
+        &self.outbound
+    }
+
     /// Every service, in registration order.
     pub fn all(&self) -> &[Arc<Registered>] {
         &self.services

@@ -5,6 +5,7 @@
 //! again), and the third-party lookups (`/_matrix/app/v1/thirdparty/*`), merged over the
 //! services that declare the protocol.
 //!
+//! [`Outbound`] is the HTTP client for every request to a service (any method, a JSON body).
 //! Requests carry `Authorization: Bearer <hs_token>`. The service URL comes from the admin's
 //! registration, so loopback and private addresses are allowed. Each exchange has one deadline
 //! ([`QUERY_TIMEOUT`]) and the answer is capped at [`MAX_ANSWER_BYTES`]; a service that is down,
@@ -52,6 +53,19 @@ pub struct Answer {
 impl Outbound {
     /// `GET {service.url}{path_and_query}` with the service's `hs_token`.
     pub async fn get(&self, service: &Registered, path_and_query: &str) -> Result<Answer> {
+        self.send(service, http::Method::GET, path_and_query, None).await
+    }
+
+    /// `METHOD {service.url}{path_and_query}` with the service's `hs_token` and, when given, a
+    /// JSON body; within [`QUERY_TIMEOUT`], the answer capped at [`MAX_ANSWER_BYTES`].
+    pub async fn send(
+        &self,
+        service: &Registered,
+        method: http::Method,
+        path_and_query: &str,
+        json_body: Option<Vec<u8>>,
+    ) -> Result<Answer> {
+        let body = json_body.unwrap_or_default();
         let base = service
             .registration
             .url
@@ -76,9 +90,12 @@ impl Outbound {
                 .map_err(|e| Error::internal(format!("appservice {}: cannot resolve {host}: {e}", service.id())))?
                 .collect();
             if url.scheme() == "https" {
-                let request = http::Request::get(target.as_str())
+                let request = http::Request::builder()
+                    .method(method.clone())
+                    .uri(target.as_str())
                     .header("authorization", format!("Bearer {}", service.registration.hs_token))
-                    .body(Vec::new())
+                    .header("content-type", "application/json")
+                    .body(body.clone())
                     .map_err(|e| Error::internal(e.to_string()))?;
                 let dest = Destination {
                     addrs,
@@ -91,7 +108,12 @@ impl Outbound {
                     body: response.into_body(),
                 });
             }
-            plain_get(&addrs, &host_header, &target, &service.registration.hs_token).await
+            let head = format!(
+                "{method} {target} HTTP/1.1\r\nHost: {host_header}\r\nAuthorization: Bearer {}\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                service.registration.hs_token,
+                body.len()
+            );
+            plain_exchange(&addrs, &host_header, head.as_bytes(), &body).await
         };
         tokio::time::timeout(QUERY_TIMEOUT, exchange)
             .await
@@ -99,8 +121,8 @@ impl Outbound {
     }
 }
 
-/// One HTTP/1.1 GET over plain TCP, `Connection: close`, the answer read to its end.
-async fn plain_get(addrs: &[SocketAddr], host: &str, target: &str, token: &str) -> Result<Answer> {
+/// One HTTP/1.1 exchange over plain TCP (`Connection: close`), the answer read to its end.
+async fn plain_exchange(addrs: &[SocketAddr], host: &str, head: &[u8], body: &[u8]) -> Result<Answer> {
     let io = |e: std::io::Error| Error::internal(format!("appservice request: {e}"));
     let mut stream = None;
     for addr in addrs {
@@ -110,10 +132,8 @@ async fn plain_get(addrs: &[SocketAddr], host: &str, target: &str, token: &str) 
         }
     }
     let mut stream = stream.ok_or_else(|| Error::internal(format!("cannot connect to {host}")))?;
-    let head = format!(
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.map_err(io)?;
+    stream.write_all(head).await.map_err(io)?;
+    stream.write_all(body).await.map_err(io)?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {

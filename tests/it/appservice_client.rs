@@ -172,6 +172,10 @@ fn the_as_token_acts_as_the_sender_or_a_registered_namespace_user() {
             json!({}),
         )
         .ok();
+    // Device-bound requests of a service without a device: sync works, logout ends nothing.
+    bridge.get("/_matrix/client/v3/sync?timeout=0").ok();
+    bridge.post("/_matrix/client/v3/logout", json!({})).ok();
+    bridge.get(WHOAMI).ok();
     let members = alice
         .get(&format!("/_matrix/client/v3/rooms/{room}/joined_members"))
         .ok()
@@ -402,6 +406,16 @@ fn msc4190_services_manage_devices_without_uia() {
         json!({"one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "k", "signatures": {}}}}),
     )
     .ok();
+    // Cross-signing keys are replaced without UIA too.
+    for fill in ['A', 'B'] {
+        let public: String = std::iter::repeat_n(fill, 43).collect();
+        let body = json!({"master_key": {"user_id": "@mx_one:hearth.test", "usage": ["master"], "keys": {format!("ed25519:{public}"): public}}});
+        mx.post(
+            &format!("/_matrix/client/v3/keys/device_signing/upload?{as_one}&device_id=BRIDGEDEV"),
+            body,
+        )
+        .ok();
+    }
     mx.put(&format!("/_matrix/client/v3/devices/SECOND?{as_one}"), json!({}));
     // Deleting without UIA, one and several.
     mx.delete(&format!("/_matrix/client/v3/devices/BRIDGEDEV?{as_one}"), json!({}))

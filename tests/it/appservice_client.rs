@@ -215,6 +215,10 @@ fn registration_and_login_respect_namespaces() {
     anonymous
         .get("/_matrix/client/v3/register/available?username=irc_frank")
         .expect_err(400, "M_EXCLUSIVE");
+    // A service's sender is its own as well.
+    anonymous
+        .get("/_matrix/client/v3/register/available?username=mxbot")
+        .expect_err(400, "M_EXCLUSIVE");
     anonymous
         .get("/_matrix/client/v3/register/available?username=shared_gus")
         .ok();

@@ -155,7 +155,7 @@ fn the_as_token_acts_as_the_sender_or_a_registered_namespace_user() {
     // Without a device, what needs one is refused.
     bridge
         .post(
-            &format!("/_matrix/client/v3/keys/upload?user_id=@irc_bob:hearth.test"),
+            "/_matrix/client/v3/keys/upload?user_id=@irc_bob:hearth.test",
             json!({"one_time_keys": {}}),
         )
         .expect_err(400, "M_MISSING_PARAM");
@@ -554,12 +554,13 @@ fn decode(path: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;

@@ -152,12 +152,14 @@ pub async fn invite_user(ctx: Ctx, req: invite_user::v3::Request) -> Result<invi
     }
     if remote {
         services.federation.check_peer(recipient.user_id.server_name())?;
-    } else if !services.accounts.is_active(&recipient.user_id)?
-        && !(crate::services::appservice::client_server::user_exists_asking_services(services, &recipient.user_id)
-            .await?
-            && services.accounts.is_active(&recipient.user_id)?)
-    {
-        return Err(Error::not_found(format!("Unknown user {}", recipient.user_id)));
+    } else if !services.accounts.is_active(&recipient.user_id)? {
+        // A user of an application service's namespace may be created by the service now.
+        let created =
+            crate::services::appservice::client_server::user_exists_asking_services(services, &recipient.user_id)
+                .await?;
+        if !created || !services.accounts.is_active(&recipient.user_id)? {
+            return Err(Error::not_found(format!("Unknown user {}", recipient.user_id)));
+        }
     }
     let invite = rooms
         .set_membership(

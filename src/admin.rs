@@ -7,7 +7,11 @@ use std::{io::BufRead, path::Path, sync::Arc, time::Duration};
 use crate::{
     cli::PasswordSource,
     config::Config,
-    services::{Services, server_keys},
+    services::{
+        Services,
+        appservice::{Appservices, Registered},
+        server_keys,
+    },
     storage::StorageError,
     util,
 };
@@ -64,7 +68,8 @@ pub async fn create_user(
     admin: bool,
     password: &PasswordSource,
 ) -> Result<(), String> {
-    let user_id = services.accounts.check_available(name).map_err(|e| e.to_string())?;
+    let user_id =
+        crate::services::appservice::client_server::check_available(services, name).map_err(|e| e.to_string())?;
     let (password, generated) = read_password(password)?;
     services
         .accounts
@@ -222,6 +227,50 @@ pub fn list_reports(services: &Services) -> Result<(), String> {
             r.reporter, r.kind, r.target
         );
     }
+    Ok(())
+}
+
+/// `hearth appservice list`: each configured service with its URL, sender and namespaces.
+pub fn list_appservices(config: &Config) -> Result<(), String> {
+    let services = Appservices::load(&config.appservice_registration_files, &config.server_name)?;
+    if services.all().is_empty() {
+        println!("no application services (appservices.registration_files is empty)");
+    }
+    for service in services.all() {
+        let r = &service.registration;
+        println!(
+            "{}\turl={}\tsender={}\t({})",
+            r.id,
+            r.url.as_deref().unwrap_or("-"),
+            service.sender,
+            service.source
+        );
+        let kinds = [
+            ("users", &r.namespaces.users),
+            ("aliases", &r.namespaces.aliases),
+            ("rooms", &r.namespaces.rooms),
+        ];
+        for (kind, list) in kinds {
+            for n in list {
+                let exclusive = if n.exclusive { "exclusive" } else { "shared" };
+                println!("  {kind}\t{exclusive}\t{}", n.regex);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `hearth appservice check FILE`: "ok", or the first problem naming the file and field.
+pub fn check_appservice(file: &Path, server_name: &str) -> Result<(), String> {
+    let server_name =
+        <&ruma::ServerName>::try_from(server_name).map_err(|e| format!("server name {server_name:?}: {e}"))?;
+    let service = Registered::read(file, server_name)?;
+    println!(
+        "ok: {} (id {}, sender {})",
+        file.display(),
+        service.id(),
+        service.sender
+    );
     Ok(())
 }
 

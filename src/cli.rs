@@ -73,6 +73,13 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// The application services (bridges, bots) of `[appservices] registration_files`.
+    Appservice {
+        #[command(subcommand)]
+        action: AppserviceAction,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Media repository housekeeping (works on the data directory; stop the server first).
     Media {
         #[command(subcommand)]
@@ -87,6 +94,20 @@ enum SigningKeyAction {
     /// Retire the current key and create a new one. Other servers keep checking old signatures
     /// with the retired key, which `/_matrix/key/v2/server` lists under `old_verify_keys`.
     Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+enum AppserviceAction {
+    /// List the configured services: id, URL, sender and namespaces.
+    List,
+    /// Check one registration file (YAML) and report the first problem.
+    Check {
+        /// The registration file.
+        file: PathBuf,
+        /// The server name its user ids are checked against (default: the configuration's).
+        #[arg(long)]
+        server_name: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +241,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::CheckConfig { file } => {
             let config =
                 config::load(Some(&file), std::env::vars(), &Overrides::default()).map_err(|e| e.to_string())?;
+            // The application service registrations are checked as the server checks them.
+            crate::services::appservice::Appservices::load(&config.appservice_registration_files, &config.server_name)?;
             println!(
                 "{} is valid: server_name = {}, listen = {:?}, database.path = {}, registration = {:?}",
                 file.display(),
@@ -284,6 +307,20 @@ fn run(cli: Cli) -> Result<(), String> {
             let config = load(&common, Overrides::default())?;
             init_logging_quiet();
             admin::list_reports(&*admin::open(config)?)
+        }
+        Command::Appservice {
+            action: AppserviceAction::List,
+            common,
+        } => admin::list_appservices(&load(&common, Overrides::default())?),
+        Command::Appservice {
+            action: AppserviceAction::Check { file, server_name },
+            common,
+        } => {
+            let server_name = match server_name {
+                Some(name) => name,
+                None => load(&common, Overrides::default())?.server_name.to_string(),
+            };
+            admin::check_appservice(&file, &server_name)
         }
         Command::Media { action, common } => {
             let config = load(&common, Overrides::default())?;

@@ -18,7 +18,7 @@ use ruma::{
 use crate::{
     Error, Result,
     services::{
-        Services,
+        Services, appservice,
         media::ssrf::IpRange,
         rate_limit::{LimitClass, address_key},
         sessions::Session,
@@ -37,6 +37,9 @@ pub enum AuthRequirement {
     Required,
     /// A federation request: a valid `X-Matrix` signature of another server is required.
     Server,
+    /// Only an application service's `as_token` is read (`/register`, `/login`); any other
+    /// token sent along is ignored, as Synapse does.
+    AppserviceOptional,
 }
 
 /// What a handler gets besides its request: the services and who is asking.
@@ -49,6 +52,8 @@ pub struct Ctx {
     pub ip: Option<String>,
     /// The server that signed a federation request.
     pub origin: Option<ruma::OwnedServerName>,
+    /// The request carried an access token (read or not).
+    pub token_sent: bool,
 }
 
 impl Ctx {
@@ -157,13 +162,33 @@ pub async fn prepare_head(
         .peer_addr()
         .map(|peer| client_address(peer.ip(), req.headers(), &services.config.trusted_proxies));
     let ip = client.map(|a| a.to_string());
-    let session = match (auth, access_token(req)) {
-        (AuthRequirement::None | AuthRequirement::Server, _) => None,
-        (AuthRequirement::Required, None) => return Err(Error::missing_token()),
-        (_, Some(token)) => Some(services.sessions.authenticate(&token, ip.as_deref()).await?),
-        (AuthRequirement::Optional, None) => None,
+    let token = match auth {
+        AuthRequirement::None | AuthRequirement::Server => None,
+        _ => access_token(req),
     };
-    if let Some(class) = limit {
+    let service = token.as_deref().and_then(|t| services.appservices.by_as_token(t));
+    let session = match (auth, token.as_deref(), service) {
+        (AuthRequirement::Required, None, _) => return Err(Error::missing_token()),
+        (_, Some(_), Some(service)) => {
+            let query: Vec<(String, String)> = form_urlencoded_pairs(req.query_string()).collect();
+            let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            let device = param("device_id").or_else(|| param("org.matrix.msc3202.device_id"));
+            Some(appservice::client_server::authenticate(services, service, param("user_id"), device).await?)
+        }
+        (AuthRequirement::AppserviceOptional, _, _) | (_, None, _) => None,
+        (_, Some(token), None) => Some(services.sessions.authenticate(token, ip.as_deref()).await?),
+    };
+    // Application services are exempt when their registration says `rate_limited: false`,
+    // their sender always, and their registrations of users always.
+    let exempt = session
+        .as_ref()
+        .and_then(|s| s.appservice.as_ref().map(|service| (s, service)))
+        .is_some_and(|(s, service)| {
+            service.registration.rate_limited == Some(false)
+                || s.user_id == service.sender
+                || limit == Some(LimitClass::Register)
+        });
+    if let Some(class) = limit.filter(|_| !exempt) {
         let key = match &session {
             Some(s) if class.per_user() => s.user_id.to_string(),
             _ => client.map(address_key).unwrap_or_default(),
@@ -192,6 +217,7 @@ pub async fn prepare_head(
             session,
             ip,
             origin: None,
+            token_sent: token.is_some(),
         },
         path_args,
         method,

@@ -97,7 +97,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, federation: bool) {
     // Devices.
     t.add(LimitClass::Client, client::device::get_devices);
     t.add(LimitClass::Client, client::device::get_device);
-    t.add(LimitClass::Client, client::device::update_device);
+    t.add_answering(
+        LimitClass::Client,
+        client::device::update_device,
+        client::device::updated_answer,
+    );
     t.add(LimitClass::Client, client::device::delete_device);
     t.add(LimitClass::Client, client::device::delete_devices);
 

@@ -46,10 +46,10 @@ impl AuthPolicy for ruma::api::federation::authentication::ServerSignatures {
     const REQUIREMENT: AuthRequirement = AuthRequirement::Server;
 }
 /// Endpoints such as `/login` and `/register` take an optional application-service token.
-/// Until application services exist no token is read there, so a stale user token sent along
-/// (as Synapse also tolerates) does not turn a login into a 401.
+/// Only an `as_token` is read there, so a stale user token sent along (as Synapse also
+/// tolerates) does not turn a login into a 401.
 impl AuthPolicy for auth_scheme::AppserviceTokenOptional {
-    const REQUIREMENT: AuthRequirement = AuthRequirement::None;
+    const REQUIREMENT: AuthRequirement = AuthRequirement::AppserviceOptional;
 }
 
 type Handler = Box<dyn Fn() -> actix_web::Route>;

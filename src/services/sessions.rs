@@ -14,6 +14,7 @@ use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use crate::{
     Error, Result,
     config::Config,
+    services::appservice::Registered,
     storage::{
         Batch, Db,
         tables::devices::{AccessRecord, DeviceRecord, DevicesTable, RefreshRecord, TokenPair},
@@ -29,8 +30,26 @@ use crate::{
 pub struct Session {
     /// The user.
     pub user_id: OwnedUserId,
-    /// The device the token belongs to.
+    /// The device the token belongs to (for an application service acting without a device,
+    /// a placeholder no device has: see `deviceless`).
     pub device_id: OwnedDeviceId,
+    /// An application service made the request with its `as_token` and named no device.
+    pub deviceless: bool,
+    /// The application service that made the request, acting as `user_id`.
+    pub appservice: Option<Arc<Registered>>,
+}
+
+impl Session {
+    /// The request's device; 400 `M_MISSING_PARAM` for an application service that named
+    /// none (the spec: operations which require a device id fail).
+    pub fn device(&self) -> Result<&ruma::DeviceId> {
+        if self.deviceless {
+            return Err(Error::missing_param(
+                "An application service must name a device (device_id) for this request",
+            ));
+        }
+        Ok(&self.device_id)
+    }
 }
 
 /// Tokens handed to a client by login, registration or refresh.
@@ -207,7 +226,12 @@ impl Sessions {
             (user_id.clone(), device_id.clone()),
             Seen(util::now_ms(), ip.unwrap_or_default().to_owned()),
         );
-        Ok(Session { user_id, device_id })
+        Ok(Session {
+            user_id,
+            device_id,
+            deviceless: false,
+            appservice: None,
+        })
     }
 
     /// Exchanges a refresh token for new tokens (spec "Refreshing access tokens"). The tokens
@@ -344,6 +368,27 @@ impl Sessions {
             .list_devices(user_id)?
             .into_iter()
             .find(|d| d.device_id.as_str() == device_id))
+    }
+
+    /// Creates a device without tokens (MSC4190: an application service making a device for
+    /// one of its users, then acting as it with `device_id`); `Ok(false)` when it already
+    /// existed (it is left as it is).
+    pub async fn create_device(&self, user_id: &UserId, device_id: &str, display_name: Option<String>) -> Result<bool> {
+        if self.table.get(user_id.as_str(), device_id)?.is_some() {
+            return Ok(false);
+        }
+        let record = DeviceRecord {
+            display_name,
+            last_seen_ms: None,
+            last_seen_ip: None,
+            access_hash: None,
+            refresh_hash: None,
+            superseded: None,
+        };
+        let mut batch = self.db.batch();
+        self.table.put(&mut batch, user_id.as_str(), device_id, &record)?;
+        batch.commit().await?;
+        Ok(true)
     }
 
     /// Renames a device; `Ok(false)` when it does not exist.

@@ -15,7 +15,7 @@ use crate::{Result, api::extract::Ctx};
 pub async fn whoami(ctx: Ctx, _req: whoami::v3::Request) -> Result<whoami::v3::Response> {
     let session = ctx.session()?;
     let mut response = whoami::v3::Response::new(session.user_id.clone(), false);
-    response.device_id = Some(session.device_id.clone());
+    response.device_id = session.device().ok().map(ToOwned::to_owned);
     Ok(response)
 }
 

@@ -4,7 +4,9 @@
 //! - `POST /_matrix/client/v3/delete_devices`
 //!
 //! Spec: client-server-api "Device management" (`data/api/client-server/device_management.yaml`).
-//! Deleting devices requires user-interactive authentication with the account's password.
+//! Deleting devices requires user-interactive authentication with the account's password,
+//! except for an application service with MSC4190 (`io.element.msc4190`), which also creates
+//! devices of its users with `PUT` (201).
 
 use ruma::{
     MilliSecondsSinceUnixEpoch, UInt,
@@ -43,22 +45,63 @@ pub async fn get_device(ctx: Ctx, req: get_device::v3::Request) -> Result<get_de
     Ok(get_device::v3::Response::new(to_ruma(info)))
 }
 
-/// `PUT /_matrix/client/v3/devices/{deviceId}`
-pub async fn update_device(ctx: Ctx, req: update_device::v3::Request) -> Result<update_device::v3::Response> {
-    if !ctx
-        .services
+/// Whether `PUT /devices/{deviceId}` created the device (MSC4190: 201) or renamed it (200).
+pub struct Updated(bool);
+
+/// The answer to `PUT /devices/{deviceId}`: `{}` with 201 for a new device, else 200.
+pub fn updated_answer(updated: Updated) -> actix_web::HttpResponse {
+    let status = if updated.0 {
+        actix_web::http::StatusCode::CREATED
+    } else {
+        actix_web::http::StatusCode::OK
+    };
+    actix_web::HttpResponse::build(status)
+        .content_type("application/json")
+        .body("{}")
+}
+
+/// `PUT /_matrix/client/v3/devices/{deviceId}`. An application service with MSC4190 creates
+/// the device when it does not exist.
+pub async fn update_device(ctx: Ctx, req: update_device::v3::Request) -> Result<Updated> {
+    let services = &ctx.services;
+    let session = ctx.session()?;
+    let user_id = &session.user_id;
+    if services
         .sessions
-        .rename_device(ctx.user_id()?, req.device_id.as_str(), req.display_name)
+        .rename_device(user_id, req.device_id.as_str(), req.display_name.clone())
         .await?
     {
+        return Ok(Updated(false));
+    }
+    if !session.appservice.as_ref().is_some_and(|s| s.msc4190) {
         return Err(Error::not_found("Device not found"));
     }
-    Ok(update_device::v3::Response::new())
+    let created = services
+        .sessions
+        .create_device(user_id, req.device_id.as_str(), req.display_name)
+        .await?;
+    if created {
+        services
+            .keys
+            .device_added(&services.rooms, user_id, req.device_id.as_str())
+            .await?;
+    }
+    Ok(Updated(created))
+}
+
+/// The user whose devices a request deletes: an application service with MSC4190 needs no
+/// user-interactive auth; anyone else proves their password.
+async fn deleting_user<'a>(ctx: &'a Ctx, auth: Option<&ruma::api::client::uiaa::AuthData>) -> Result<&'a ruma::UserId> {
+    let session = ctx.session()?;
+    if session.appservice.as_ref().is_some_and(|s| s.msc4190) {
+        return Ok(&session.user_id);
+    }
+    Ok(&ctx.confirm_with_password(auth).await?.user_id)
 }
 
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`
 pub async fn delete_device(ctx: Ctx, req: delete_device::v3::Request) -> Result<delete_device::v3::Response> {
-    let user_id = &ctx.confirm_with_password(req.auth.as_ref()).await?.user_id;
+    let user_id = deleting_user(&ctx, req.auth.as_ref()).await?;
     let services = &ctx.services;
     services
         .delete_devices(user_id, Some(&[req.device_id.to_string()]), None)
@@ -68,7 +111,7 @@ pub async fn delete_device(ctx: Ctx, req: delete_device::v3::Request) -> Result<
 
 /// `POST /_matrix/client/v3/delete_devices`
 pub async fn delete_devices(ctx: Ctx, req: delete_devices::v3::Request) -> Result<delete_devices::v3::Response> {
-    let user_id = &ctx.confirm_with_password(req.auth.as_ref()).await?.user_id;
+    let user_id = deleting_user(&ctx, req.auth.as_ref()).await?;
     let services = &ctx.services;
     let ids: Vec<String> = req.devices.iter().map(|d| d.to_string()).collect();
     services.delete_devices(user_id, Some(&ids), None).await?;

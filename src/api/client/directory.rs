@@ -26,12 +26,24 @@ use ruma::{
 use crate::{
     Error, Result,
     api::extract::Ctx,
-    services::directory::{ListPage, ListQuery},
+    services::{
+        appservice,
+        directory::{ListPage, ListQuery},
+    },
 };
 
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn create_alias(ctx: Ctx, req: create_alias::v3::Request) -> Result<create_alias::v3::Response> {
     let s = &ctx.services;
+    let session = ctx.session()?;
+    if let Some(service) = &session.appservice {
+        appservice::client_server::check_alias_of_service(service, &req.room_alias)?;
+        s.directory
+            .create_alias_for_service(&s.rooms, &session.user_id, &req.room_alias, &req.room_id)
+            .await?;
+        return Ok(create_alias::v3::Response::new());
+    }
+    appservice::client_server::check_alias_not_exclusive(s, &req.room_alias, None)?;
     s.directory
         .create_alias(&s.rooms, &s.accounts, ctx.user_id()?, &req.room_alias, &req.room_id)
         .await?;
@@ -45,7 +57,7 @@ pub async fn get_alias(ctx: Ctx, req: get_alias::v3::Request) -> Result<get_alia
     let (room_id, servers) = if alias.server_name() != services.config.server_name && services.federation.enabled {
         services.federation.remote_alias(alias).await?
     } else {
-        services.directory.resolve(alias)?
+        appservice::client_server::resolve_alias_asking_services(services, alias).await?
     };
     Ok(get_alias::v3::Response::new(room_id, servers))
 }
@@ -53,6 +65,15 @@ pub async fn get_alias(ctx: Ctx, req: get_alias::v3::Request) -> Result<get_alia
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
 pub async fn delete_alias(ctx: Ctx, req: delete_alias::v3::Request) -> Result<delete_alias::v3::Response> {
     let s = &ctx.services;
+    let session = ctx.session()?;
+    if let Some(service) = &session.appservice {
+        appservice::client_server::check_alias_of_service(service, &req.room_alias)?;
+        s.directory
+            .delete_alias_unchecked(&s.rooms, &session.user_id, &req.room_alias)
+            .await?;
+        return Ok(delete_alias::v3::Response::new());
+    }
+    appservice::client_server::check_alias_not_exclusive(s, &req.room_alias, None)?;
     s.directory
         .delete_alias(&s.rooms, &s.accounts, ctx.user_id()?, &req.room_alias)
         .await?;

@@ -104,7 +104,7 @@ pub async fn upload_keys(ctx: Ctx, req: upload_keys::v3::Request) -> Result<uplo
         .keys
         .upload(
             &ctx.services.rooms,
-            (&session.user_id, session.device_id.as_str()),
+            (&session.user_id, session.device()?.as_str()),
             req.device_keys.as_ref().map(Raw::json),
             &otks,
             &fallbacks,
@@ -261,7 +261,9 @@ pub async fn upload_signing_keys(
     let services = &ctx.services;
     let user_id = ctx.user_id()?;
     let master = req.master_key.as_ref().map(Raw::json);
-    if services.keys.replaces_master_key(user_id, master)? {
+    // MSC4190: an application service replaces its users' keys without user-interactive auth.
+    let msc4190 = ctx.session()?.appservice.as_ref().is_some_and(|s| s.msc4190);
+    if !msc4190 && services.keys.replaces_master_key(user_id, master)? {
         ctx.confirm_with_password(req.auth.as_ref()).await?;
     }
     services

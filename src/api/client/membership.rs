@@ -155,7 +155,13 @@ pub async fn invite_user(ctx: Ctx, req: invite_user::v3::Request) -> Result<invi
     if remote {
         services.federation.check_peer(recipient.user_id.server_name())?;
     } else if !services.accounts.is_active(&recipient.user_id)? {
-        return Err(Error::not_found(format!("Unknown user {}", recipient.user_id)));
+        // A user of an application service's namespace may be created by the service now.
+        let created =
+            crate::services::appservice::client_server::user_exists_asking_services(services, &recipient.user_id)
+                .await?;
+        if !created || !services.accounts.is_active(&recipient.user_id)? {
+            return Err(Error::not_found(format!("Unknown user {}", recipient.user_id)));
+        }
     }
     let invite = rooms
         .set_membership(
@@ -356,7 +362,12 @@ async fn room_and_servers(
             via.extend(servers);
             room_id
         }
-        _ => services.directory.resolve_room(room_id_or_alias)?,
+        Ok(alias) => {
+            crate::services::appservice::client_server::resolve_alias_asking_services(services, alias)
+                .await?
+                .0
+        }
+        Err(room_id) => room_id.to_owned(),
     };
     Ok((room_id, via))
 }

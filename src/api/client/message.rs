@@ -30,12 +30,22 @@ pub async fn send_message_event(
             session.device_id.as_str(),
             req.txn_id.as_str(),
         )),
-        origin_server_ts: None,
+        origin_server_ts: massaged_ts(session, req.timestamp),
     };
     let rooms = &ctx.services.rooms;
     rooms.ensure_joined(&req.room_id, &session.user_id)?;
     let appended = rooms.append(&req.room_id, &session.user_id, event).await?;
     Ok(send_message_event::v3::Response::new(appended.event_id))
+}
+
+/// The `ts` of a request (spec "Timestamp massaging"): honoured only for an application
+/// service; from anyone else it is ignored, as Synapse ignores it.
+pub(super) fn massaged_ts(
+    session: &crate::services::sessions::Session,
+    ts: Option<ruma::MilliSecondsSinceUnixEpoch>,
+) -> Option<u64> {
+    ts.filter(|_| session.appservice.is_some())
+        .map(|ts| u64::from(ts.get()))
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`

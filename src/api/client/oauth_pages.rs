@@ -487,7 +487,7 @@ fn signup_post(req: HttpRequest, payload: web::Payload, services: web::Data<Serv
             if password.len() > 512 {
                 return Err(Error::invalid_param("The password is too long"));
             }
-            let user_id = services.accounts.check_available(&username)?;
+            let user_id = crate::services::appservice::client_server::check_available(&services, &username)?;
             let mut batch = services.new_account_batch(&user_id)?;
             let _token_use = match services.registration.mode() {
                 RegistrationMode::Token => {

@@ -13,7 +13,11 @@ use ruma::{
     },
 };
 
-use crate::{Error, Result, api::extract::Ctx, services::rooms::membership::MemberProfile};
+use crate::{
+    Error, Result,
+    api::extract::Ctx,
+    services::{appservice, rooms::membership::MemberProfile},
+};
 
 /// The profile of a local user, or of a remote one asked of their server when federation is on.
 async fn profile_of(
@@ -25,10 +29,16 @@ async fn profile_of(
     if user_id.server_name() != ctx.services.config.server_name && federation.enabled {
         return federation.remote_profile(user_id, field).await;
     }
-    ctx.services
-        .profile
-        .get(user_id)?
-        .ok_or_else(|| Error::not_found("Profile not found"))
+    if let Some(profile) = ctx.services.profile.get(user_id)? {
+        return Ok(profile);
+    }
+    // A user an application service has not created yet: it may create it now.
+    if appservice::client_server::user_exists_asking_services(&ctx.services, user_id).await?
+        && let Some(profile) = ctx.services.profile.get(user_id)?
+    {
+        return Ok(profile);
+    }
+    Err(Error::not_found("Profile not found"))
 }
 
 fn ensure_own(ctx: &Ctx, user_id: &UserId) -> Result<()> {

@@ -60,6 +60,14 @@ pub async fn create_room(ctx: Ctx, req: create_room::v3::Request) -> Result<crea
         .clone()
         .unwrap_or_else(|| ctx.services.config.default_room_version.clone());
     check_new_room_version(&version)?;
+    if let Some(localpart) = &req.room_alias_name
+        && let Ok(alias) = ruma::RoomAliasId::parse(format!("#{localpart}:{}", ctx.services.config.server_name))
+    {
+        match ctx.session.as_ref().and_then(|s| s.appservice.as_ref()) {
+            Some(service) => crate::services::appservice::client_server::check_alias_of_service(service, &alias)?,
+            None => crate::services::appservice::client_server::check_alias_not_exclusive(&ctx.services, &alias, None)?,
+        }
+    }
     let preset = match req.preset {
         Some(create_room::v3::RoomPreset::PublicChat) => Preset::PublicChat,
         Some(create_room::v3::RoomPreset::TrustedPrivateChat) => Preset::TrustedPrivateChat,

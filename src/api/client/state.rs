@@ -56,13 +56,14 @@ pub async fn get_state_event_for_key(
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
 pub async fn send_state_event(ctx: Ctx, req: send_state_event::v3::Request) -> Result<send_state_event::v3::Response> {
-    let user_id = ctx.user_id()?;
+    let session = ctx.session()?;
+    let user_id = &session.user_id;
     let content = canonical_object(&req.body, "Event content")?;
     let kind = req.event_type.to_string();
     let rooms = &ctx.services.rooms;
     rooms.ensure_joined(&req.room_id, user_id)?;
-    let appended = rooms
-        .append(&req.room_id, user_id, NewEvent::state(&kind, &req.state_key, content))
-        .await?;
+    let mut event = NewEvent::state(&kind, &req.state_key, content);
+    event.origin_server_ts = super::message::massaged_ts(session, req.timestamp);
+    let appended = rooms.append(&req.room_id, user_id, event).await?;
     Ok(send_state_event::v3::Response::new(appended.event_id))
 }

@@ -41,7 +41,7 @@ pub async fn sync_events(ctx: Ctx, req: sync_events::v3::Request) -> Result<Answ
     let session = ctx.session()?;
     let user_id = &session.user_id;
     let params = Params {
-        device_id: Some(session.device_id.to_string()),
+        device_id: session.device().ok().map(ToString::to_string),
         since: req.since,
         full_state: req.full_state,
         use_state_after: req.use_state_after,

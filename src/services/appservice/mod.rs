@@ -4,6 +4,8 @@
 //! an `as_token` belongs to, and which one holds a user id or alias exclusively. Two services
 //! may not share an id or a token, nor claim the same exclusive namespace.
 
+pub mod client_server;
+pub mod query;
 pub mod registration;
 
 use std::{path::PathBuf, sync::Arc};
@@ -16,6 +18,8 @@ pub use registration::Registered;
 #[derive(Debug, Default)]
 pub struct Appservices {
     services: Vec<Arc<Registered>>,
+    /// The HTTP client for questions to the services.
+    outbound: query::Outbound,
 }
 
 impl Appservices {
@@ -57,7 +61,13 @@ impl Appservices {
         }
         Ok(Appservices {
             services: services.into_iter().map(Arc::new).collect(),
+            outbound: query::Outbound::default(),
         })
+    }
+
+    /// The HTTP client for requests to the services ([`query::Outbound::send`]).
+    pub fn outbound(&self) -> &query::Outbound {
+        &self.outbound
     }
 
     /// Every service, in registration order.

@@ -278,6 +278,30 @@ impl Directory {
         if rooms.membership(room_id, user_id)?.as_deref() != Some("join") && !Self::is_admin(accounts, user_id)? {
             return Err(Error::forbidden("You must be in the room to create an alias for it"));
         }
+        self.create_alias_unchecked(user_id, alias, room_id).await
+    }
+
+    /// `PUT /directory/room/{alias}` by an application service for an alias of its namespace
+    /// (the caller checked that): it need not be in the room, as Synapse allows.
+    pub async fn create_alias_for_service(
+        &self,
+        rooms: &Rooms,
+        user_id: &UserId,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+    ) -> Result<()> {
+        self.check_new(alias)?;
+        if rooms.room_version(room_id)?.is_none() {
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::Unknown,
+                format!("Room {room_id} does not exist"),
+            ));
+        }
+        self.create_alias_unchecked(user_id, alias, room_id).await
+    }
+
+    async fn create_alias_unchecked(&self, user_id: &UserId, alias: &RoomAliasId, room_id: &RoomId) -> Result<()> {
         let reservation = self.reserve(alias)?.ok_or_else(|| {
             Error::new(
                 StatusCode::CONFLICT,
@@ -308,6 +332,15 @@ impl Directory {
         if !allowed {
             return Err(Error::forbidden("You don't have permission to delete the alias"));
         }
+        self.delete_alias_unchecked(rooms, user_id, alias).await
+    }
+
+    /// `DELETE /directory/room/{alias}` by an application service for an alias of its
+    /// namespace (the caller checked that): no other permission is needed, as in Synapse.
+    pub async fn delete_alias_unchecked(&self, rooms: &Rooms, user_id: &UserId, alias: &RoomAliasId) -> Result<()> {
+        let not_found = || Error::not_found(format!("Room alias {alias} not found"));
+        let record = self.table.get(alias.as_str())?.ok_or_else(not_found)?;
+        let room_id = OwnedRoomId::try_from(record.room_id.as_str()).map_err(|e| Error::internal(e.to_string()))?;
         self.table.delete(alias.as_str(), &record.room_id).await?;
         tracing::info!(%alias, %room_id, %user_id, "room alias deleted");
         self.drop_from_canonical_alias(rooms, user_id, &room_id, alias).await

@@ -8,17 +8,16 @@
 //! nothing sent.
 
 use std::{
-    io::{Cursor, Read, Write},
+    io::{Read, Write},
     net::TcpListener,
     time::{Duration, Instant},
 };
-
-use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
 
 use crate::support::{
     Client, TestServer,
     fake_server::{FakeServer, Mode},
     federation::{TestCa, federated_server, signing_key_of, tls_request, x_matrix},
+    media::{noise, png, upload},
 };
 
 /// A raw response with a binary body.
@@ -80,16 +79,6 @@ fn get_raw(c: &Client, path: &str) -> Raw {
     Raw { status, headers, body }
 }
 
-fn upload(c: &Client, bytes: &[u8], content_type: &str, filename: &str) -> String {
-    let r = c.raw(
-        "POST",
-        &format!("/_matrix/media/v3/upload?filename={filename}"),
-        Some(bytes),
-        Some(content_type),
-    );
-    r.ok()["content_uri"].as_str().expect("content_uri").to_owned()
-}
-
 /// `server/media_id` of an mxc URI.
 fn path_of(mxc: &str) -> String {
     mxc.strip_prefix("mxc://").expect("mxc").to_owned()
@@ -97,27 +86,6 @@ fn path_of(mxc: &str) -> String {
 
 fn download(c: &Client, server_and_id: &str) -> Raw {
     get_raw(c, &format!("/_matrix/client/v1/media/download/{server_and_id}"))
-}
-
-fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let image = DynamicImage::ImageRgba8(RgbaImage::from_fn(w, h, |x, y| {
-        Rgba([(x * 255 / w) as u8, (y * 255 / h) as u8, 128, 255])
-    }));
-    let mut out = Cursor::new(Vec::new());
-    image.write_to(&mut out, ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 /// The download requests `fake` received.

@@ -5,13 +5,12 @@
 //! (Synapse's fetch against Hearth's multipart answer); thumbnails of each other's images.
 //! Skipped with a note when the Synapse venv is missing, unless `HEARTH_TEST_REQUIRE_SYNAPSE=1`.
 
-use std::{io::Cursor, time::Duration};
-
-use image::{DynamicImage, ImageFormat, Rgba, RgbaImage};
+use std::time::Duration;
 
 use crate::support::{
     Client,
     federation::{TestCa, federated_server},
+    media::{noise, png, upload},
     synapse::{self, Synapse},
 };
 
@@ -42,37 +41,6 @@ fn get_bytes(c: &Client, path: &str) -> (u16, Option<String>, Vec<u8>) {
         .read_to_vec()
         .unwrap();
     (status, content_type, body)
-}
-
-fn upload(c: &Client, bytes: &[u8], content_type: &str, filename: &str) -> String {
-    let r = c.raw(
-        "POST",
-        &format!("/_matrix/media/v3/upload?filename={filename}"),
-        Some(bytes),
-        Some(content_type),
-    );
-    r.ok()["content_uri"].as_str().expect("content_uri").to_owned()
-}
-
-fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let image = DynamicImage::ImageRgba8(RgbaImage::from_fn(w, h, |x, y| {
-        Rgba([(x * 255 / w) as u8, (y * 255 / h) as u8, 200, 255])
-    }));
-    let mut out = Cursor::new(Vec::new());
-    image.write_to(&mut out, ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 /// Both directions on 127.0.0.151 (this test's own address).

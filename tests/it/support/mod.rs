@@ -7,6 +7,7 @@
 pub mod appservice;
 pub mod fake_server;
 pub mod federation;
+pub mod media;
 pub mod powercut;
 pub mod synapse;
 

@@ -3,6 +3,9 @@
 
 mod support;
 
+/// Transactions to application services and the appservice ping.
+mod appservice_transactions;
+
 /// Admin commands of the binary (`hearth user …`, `registration-token …`, config commands).
 mod cli;
 /// Accounts: registration, login, tokens, password, deactivation (spec "Client authentication").

@@ -2,9 +2,11 @@
 //! registered in `[appservices] registration_files`, read and checked at start-up
 //! (`registration.rs`), and the questions the rest of the server asks about them: which service
 //! an `as_token` belongs to, and which one holds a user id or alias exclusively. Two services
-//! may not share an id or a token, nor claim the same exclusive namespace.
+//! may not share an id or a token, nor claim the same exclusive namespace. The transactions
+//! that push events to them, and the ping, are in `transactions.rs`.
 
 pub mod registration;
+pub mod transactions;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -16,6 +18,9 @@ pub use registration::Registered;
 #[derive(Debug, Default)]
 pub struct Appservices {
     services: Vec<Arc<Registered>>,
+    /// The queues of transactions to the services, once attached to storage
+    /// ([`Appservices::attach`]).
+    outbox: Option<transactions::Outbox>,
 }
 
 impl Appservices {
@@ -57,6 +62,7 @@ impl Appservices {
         }
         Ok(Appservices {
             services: services.into_iter().map(Arc::new).collect(),
+            outbox: None,
         })
     }
 

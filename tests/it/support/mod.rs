@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod appservice;
 pub mod fake_server;
 pub mod federation;
 pub mod powercut;

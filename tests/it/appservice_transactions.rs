@@ -425,3 +425,59 @@ fn ping_reaches_the_service_and_answers_each_spec_error() {
         .post(&path("irc"), json!({}))
         .expect_err(502, "M_CONNECTION_FAILED");
 }
+
+/// Events received over federation reach the service of a bridged room like local ones; a
+/// remote user's events in a room without namespace users do not.
+#[test]
+fn events_from_other_servers_reach_the_service_of_a_bridged_room() {
+    use crate::support::federation::{TestCa, federated_server};
+    let dir = tempfile::tempdir().unwrap();
+    let irc = TestAppservice::start();
+    let mut reg = Registration::new("irc", Some(irc.url()));
+    reg.users = vec!["@irc_.*".into()];
+    let files = registration_files(&[reg.write(dir.path())]);
+    let ca = TestCa::new();
+    let mut a = federated_server(
+        &ca,
+        "127.0.0.195",
+        &[
+            ("HEARTH_APPSERVICES__REGISTRATION_FILES", &files),
+            ("HEARTH_TEST_APPSERVICE_TIMINGS_MS", "50,400,1500"),
+        ],
+    );
+    a.launch();
+    let mut b = federated_server(&ca, "127.0.0.196", &[]);
+    b.launch();
+    let alice = a.user("alice", "pw");
+    let irc_bob = a.user("irc_bob", "pw");
+    let carol = b.user("carol", "pw");
+    let bridged = create_room(&alice, json!({"preset": "public_chat"}));
+    join(&irc_bob, &bridged);
+    let plain = create_room(&alice, json!({"preset": "public_chat"}));
+    for room in [&bridged, &plain] {
+        carol
+            .post(
+                &format!("/_matrix/client/v3/join/{}?server_name={}", enc(room), a.server_name),
+                json!({}),
+            )
+            .ok();
+    }
+    let hidden = send(&carol, &plain, "c0", "from afar, unbridged");
+    let remote = send(&carol, &bridged, "c1", "from afar");
+    let marker = send(&alice, &bridged, "a1", "local after remote");
+    assert!(
+        irc.wait_for_events(Duration::from_secs(60), &[&remote, &marker]),
+        "the remote event reached the bridge: {:?}",
+        irc.accepted_event_ids()
+    );
+    let got = irc.accepted_event_ids();
+    assert!(!got.contains(&hidden), "a remote event of an unbridged room leaked");
+    let event = irc
+        .accepted()
+        .iter()
+        .flat_map(|t| t.list("events"))
+        .find(|e| e["event_id"] == json!(remote))
+        .unwrap();
+    assert_eq!(event["sender"], json!(carol.user_id.clone().unwrap()));
+    assert_eq!(event["content"]["body"], "from afar");
+}

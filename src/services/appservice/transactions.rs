@@ -142,8 +142,8 @@ pub struct Outbox {
     max_queued: u64,
     /// The back-off's first and longest waits and the request timeout, ms.
     timings_ms: (AtomicU64, AtomicU64, AtomicU64),
-    /// (service index, room) → whether the service is interested in the room through its
-    /// members or aliases; forgotten when the room's members or aliases change.
+    /// (service index, room) → whether a user of the service's namespace is joined to the
+    /// room; forgotten at each member event of the room.
     interest: quick_cache::sync::Cache<(usize, OwnedRoomId), bool>,
     policy: AddressPolicy,
 }
@@ -310,12 +310,18 @@ impl Appservices {
     }
 }
 
-/// Whether `service` is interested in the room through its members or aliases (the part of
-/// interest that depends on the room, not on one event).
-fn room_interest(services: &Services, service: &Registered, room_id: &RoomId) -> Result<bool> {
+/// Whether a user of `service`'s namespace is joined to the room.
+fn member_interest(services: &Services, service: &Registered, room_id: &RoomId) -> Result<bool> {
     let members = services.rooms.members(room_id)?;
-    if members.with("join").any(|user| service.is_user_in_namespace(user)) {
-        return Ok(true);
+    Ok(members.with("join").any(|user| service.is_user_in_namespace(user)))
+}
+
+/// Whether one of the room's aliases (local ones in the directory, the canonical alias and
+/// alt aliases) is in `service`'s aliases namespace. Not cached: directory aliases change
+/// without a room event.
+fn alias_interest(services: &Services, service: &Registered, room_id: &RoomId) -> Result<bool> {
+    if service.registration.namespaces.aliases.is_empty() {
+        return Ok(false);
     }
     let alias_matches = |alias: &str| RoomAliasId::parse(alias).is_ok_and(|a| service.is_alias_in_namespace(&a));
     if services
@@ -344,19 +350,22 @@ fn room_interest(services: &Services, service: &Registered, room_id: &RoomId) ->
 
 impl Services {
     /// Whether service number `index` is interested in room `room_id` (its rooms namespace,
-    /// a joined namespace user, an alias in its namespace), cached.
+    /// a joined namespace user (cached), an alias in its namespace).
     fn interested_in_room(&self, outbox: &Outbox, index: usize, room_id: &RoomId) -> Result<bool> {
         let service = &outbox.queues[index].service;
         if service.is_room_in_namespace(room_id) {
             return Ok(true);
         }
         let key = (index, room_id.to_owned());
-        if let Some(known) = outbox.interest.get(&key) {
-            return Ok(known);
-        }
-        let interested = room_interest(self, service, room_id)?;
-        outbox.interest.insert(key, interested);
-        Ok(interested)
+        let members = match outbox.interest.get(&key) {
+            Some(known) => known,
+            None => {
+                let interested = member_interest(self, service, room_id)?;
+                outbox.interest.insert(key, interested);
+                interested
+            }
+        };
+        Ok(members || alias_interest(self, service, room_id)?)
     }
 
     /// Queues room event `event_id` for each interested service with a URL, in `batch` (the
@@ -373,8 +382,8 @@ impl Services {
         let target = (kind == "m.room.member")
             .then(|| pdu.state_key.as_deref().and_then(|s| UserId::parse(s).ok()))
             .flatten();
-        // Who is in the room, or which aliases it has, may have changed.
-        if matches!(kind.as_str(), "m.room.member" | "m.room.canonical_alias") {
+        // Who is in the room may have changed.
+        if kind == "m.room.member" {
             for index in 0..outbox.queues.len() {
                 outbox.interest.remove(&(index, room_id.to_owned()));
             }

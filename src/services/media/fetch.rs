@@ -4,7 +4,8 @@
 //! vetted again. Size and time are bounded: the body is cut at `max_bytes` and the whole fetch,
 //! redirects included, has one deadline. `https://` runs TLS (rustls) over the vetted
 //! connection, trusting the public web's roots plus `media.url_preview_extra_ca_file`.
-//! [`post_json`] is the same client for one JSON POST without redirects (push gateways).
+//! [`post_json`] is the same client for one JSON POST without redirects (push gateways), and
+//! [`send_json`] for another method with extra headers (application services).
 
 use std::{
     net::SocketAddr,

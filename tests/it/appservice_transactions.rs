@@ -179,6 +179,7 @@ fn ephemeral_data_and_to_device_reach_only_services_that_ask() {
     let plain = TestAppservice::start();
     let mut eph_reg = bridge("eph", &eph, "eph");
     eph_reg.ephemeral = true;
+    eph_reg.msc3202 = true;
     let plain_reg = bridge("plain", &plain, "plain");
     let server = server_with(dir.path(), &[&eph_reg, &plain_reg]);
     let alice = server.user("alice", "pw");
@@ -269,6 +270,18 @@ fn ephemeral_data_and_to_device_reach_only_services_that_ask() {
     assert_eq!(to_device[0]["sender"], "@alice:hearth.test");
     assert_eq!(to_device[0]["type"], "m.test");
     assert_eq!(to_device[0]["content"], json!({"secret": 1}));
+    // MSC3202: the key counts of the recipient's devices come with its to-device message.
+    let with_message = txns
+        .iter()
+        .find(|t| !t.list("de.sorunome.msc2409.to_device").is_empty())
+        .unwrap();
+    let counts = &with_message.body["org.matrix.msc3202.device_one_time_keys_count"];
+    assert_eq!(
+        counts["@eph_u:hearth.test"][&device]["signed_curve25519"], 0,
+        "{counts}"
+    );
+    let fallback = &with_message.body["org.matrix.msc3202.device_unused_fallback_key_types"];
+    assert_eq!(fallback["@eph_u:hearth.test"][&device], json!([]), "{fallback}");
 
     // The service that did not ask gets the message and nothing ephemeral.
     assert!(plain.wait_for_events(WAIT, &[&message]));
@@ -277,6 +290,7 @@ fn ephemeral_data_and_to_device_reach_only_services_that_ask() {
             "ephemeral",
             "de.sorunome.msc2409.ephemeral",
             "de.sorunome.msc2409.to_device",
+            "org.matrix.msc3202.device_one_time_keys_count",
         ] {
             assert!(txn.body.get(field).is_none(), "{field} sent: {}", txn.body);
         }

@@ -33,8 +33,11 @@
 //!
 //! The body: `events`; for services receiving ephemeral data also `ephemeral` and
 //! `de.sorunome.msc2409.ephemeral` (the same list), `to_device` and
-//! `de.sorunome.msc2409.to_device`. The MSC3202 fields (device lists, one-time key counts,
-//! fallback keys) are not sent yet. The `hs_token` goes in the header only, as Synapse sends
+//! `de.sorunome.msc2409.to_device`; for services with `org.matrix.msc3202`, the one-time key
+//! counts and unused fallback key types of the devices of the namespace users the transaction
+//! concerns (`org.matrix.msc3202.device_one_time_keys_count`, also under Synapse's older
+//! `…_key_counts`, and `org.matrix.msc3202.device_unused_fallback_key_types`). MSC3202's
+//! `device_lists` are not sent yet. The `hs_token` goes in the header only, as Synapse sends
 //! it unless `use_appservice_legacy_authorization` is set.
 
 use std::{
@@ -47,7 +50,7 @@ use std::{
 };
 
 use ruma::{
-    OwnedRoomId, RoomAliasId, RoomId, UserId,
+    OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId,
     api::error::{BadStatusErrorData, ErrorKind},
     events::StateEventType,
 };
@@ -142,9 +145,9 @@ pub struct Outbox {
     max_queued: u64,
     /// The back-off's first and longest waits and the request timeout, ms.
     timings_ms: (AtomicU64, AtomicU64, AtomicU64),
-    /// (service index, room) → whether a user of the service's namespace is joined to the
+    /// (service index, room) → the users of the service's namespace with a membership in the
     /// room; forgotten at each member event of the room.
-    interest: quick_cache::sync::Cache<(usize, OwnedRoomId), bool>,
+    interest: quick_cache::sync::Cache<(usize, OwnedRoomId), Arc<Vec<OwnedUserId>>>,
     policy: AddressPolicy,
 }
 
@@ -310,10 +313,14 @@ impl Appservices {
     }
 }
 
-/// Whether a user of `service`'s namespace is joined to the room.
-fn member_interest(services: &Services, service: &Registered, room_id: &RoomId) -> Result<bool> {
+/// The users of `service`'s namespace with a membership (of any kind) in the room.
+fn namespace_members(services: &Services, service: &Registered, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
     let members = services.rooms.members(room_id)?;
-    Ok(members.with("join").any(|user| service.is_user_in_namespace(user)))
+    Ok(members
+        .iter()
+        .filter(|(user, _)| service.is_user_in_namespace(user))
+        .map(|(user, _)| user.to_owned())
+        .collect())
 }
 
 /// Whether one of the room's aliases (local ones in the directory, the canonical alias and
@@ -349,29 +356,53 @@ fn alias_interest(services: &Services, service: &Registered, room_id: &RoomId) -
 }
 
 impl Services {
-    /// Whether service number `index` is interested in room `room_id` (its rooms namespace,
-    /// a joined namespace user (cached), an alias in its namespace).
-    fn interested_in_room(&self, outbox: &Outbox, index: usize, room_id: &RoomId) -> Result<bool> {
+    /// Whether service number `index` is interested in room `room_id` as of stream position
+    /// `at` (`None`: now): its rooms namespace matches the room, a user of its namespace was
+    /// joined then, or an alias of the room is in its namespace.
+    ///
+    /// A namespace user's membership as the member list has it counts when it was set at or
+    /// before `at`; one set later (the push worker runs a little behind the writers) is looked
+    /// up as of `at`, so a message sent just before a bridged user joined is not theirs.
+    fn interested_in_room(&self, outbox: &Outbox, index: usize, room_id: &RoomId, at: Option<u64>) -> Result<bool> {
         let service = &outbox.queues[index].service;
         if service.is_room_in_namespace(room_id) {
             return Ok(true);
         }
         let key = (index, room_id.to_owned());
-        let members = match outbox.interest.get(&key) {
+        let candidates = match outbox.interest.get(&key) {
             Some(known) => known,
             None => {
-                let interested = member_interest(self, service, room_id)?;
-                outbox.interest.insert(key, interested);
-                interested
+                let found = Arc::new(namespace_members(self, service, room_id)?);
+                outbox.interest.insert(key, Arc::clone(&found));
+                found
             }
         };
-        Ok(members || alias_interest(self, service, room_id)?)
+        if !candidates.is_empty() {
+            let members = self.rooms.members(room_id)?;
+            for user in candidates.iter() {
+                let Some(now) = members.membership_of(user) else {
+                    continue;
+                };
+                let joined = match at {
+                    Some(at) if now.position > at => self
+                        .rooms
+                        .member_at(room_id, user, at)?
+                        .and_then(|pdu| pdu.content_str("membership"))
+                        .is_some_and(|m| m == "join"),
+                    _ => now.membership == "join",
+                };
+                if joined {
+                    return Ok(true);
+                }
+            }
+        }
+        alias_interest(self, service, room_id)
     }
 
     /// Queues room event `event_id` for each interested service with a URL, in `batch` (the
     /// push worker's batch that takes the event off its pending list, so the event is queued
     /// exactly once). Call [`Self::appservice_events_queued`] once the batch is written.
-    pub fn queue_appservice_event(&self, batch: &mut Batch, room_id: &RoomId, pdu: &Pdu) -> Result<()> {
+    pub fn queue_appservice_event(&self, batch: &mut Batch, position: u64, room_id: &RoomId, pdu: &Pdu) -> Result<()> {
         let Some(outbox) = self.appservices.outbox() else {
             return Ok(());
         };
@@ -396,16 +427,12 @@ impl Services {
             }
             let interested = service.is_user_in_namespace(&pdu.sender)
                 || target.as_deref().is_some_and(|t| service.is_user_in_namespace(t))
-                || self.interested_in_room(outbox, index, room_id)?;
+                || self.interested_in_room(outbox, index, room_id, Some(position))?;
             if !interested {
                 continue;
             }
             if client.is_none() {
-                let mut event = pdu.to_client()?;
-                if let Some(object) = event.as_object_mut() {
-                    object.insert("room_id".into(), json!(room_id));
-                }
-                client = Some(serde_json::to_vec(&event).map_err(|e| Error::internal(e.to_string()))?);
+                client = Some(pdu.to_client_json()?.get().as_bytes().to_vec());
             }
             if let Some(bytes) = &client {
                 outbox.append(batch, queue, bytes)?;
@@ -440,7 +467,7 @@ impl Services {
             if !service.receive_ephemeral || service.registration.url.is_none() {
                 continue;
             }
-            match self.interested_in_room(outbox, index, room_id) {
+            match self.interested_in_room(outbox, index, room_id, None) {
                 Ok(true) => outbox.push_ephemeral(queue, event.clone(), false),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(appservice = service.id(), %room_id, error = %e, "ephemeral event not queued"),
@@ -557,7 +584,7 @@ pub fn spawn(services: &Arc<Services>) {
 /// The transaction to send next for `queue`: the one in flight, else a new one built from the
 /// queue's head and the waiting ephemeral data and stored (synced) before it is sent; `None`
 /// when nothing waits.
-async fn next_transaction(outbox: &Outbox, queue: &Queue) -> Result<Option<InFlight>> {
+async fn next_transaction(services: &Services, outbox: &Outbox, queue: &Queue) -> Result<Option<InFlight>> {
     let id = queue.service.id();
     let mut stored = outbox.table.state(id)?;
     if let Some(in_flight) = stored.in_flight {
@@ -578,21 +605,53 @@ async fn next_transaction(outbox: &Outbox, queue: &Queue) -> Result<Option<InFli
         return Ok(None);
     }
     let last_seq = entries.last().map(|(seq, _)| *seq);
-    let events: Vec<&serde_json::value::RawValue> = entries
-        .iter()
-        .filter_map(|(_, bytes)| serde_json::from_slice(bytes).ok())
-        .collect();
-    let mut body = json!({ "events": events });
-    if queue.service.receive_ephemeral {
-        body["ephemeral"] = json!(ephemeral);
-        body["de.sorunome.msc2409.ephemeral"] = json!(ephemeral);
-        body["to_device"] = json!(to_device);
-        body["de.sorunome.msc2409.to_device"] = json!(to_device);
+    let fail = |e: serde_json::Error| Error::internal(e.to_string());
+    // Written by hand: the queued events are JSON already and are copied, never parsed.
+    let mut body = Vec::with_capacity(entries.iter().map(|(_, e)| e.len() + 1).sum::<usize>() + 64);
+    body.extend_from_slice(b"{\"events\":[");
+    let mut first = true;
+    for (_, event) in &entries {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(event).is_err() {
+            tracing::error!(appservice = id, "a queued event is not JSON: left out");
+            continue;
+        }
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        body.extend_from_slice(event);
     }
+    body.push(b']');
+    let mut field = |name: &str, value: &Value| -> Result<()> {
+        body.extend_from_slice(format!(",\"{name}\":").as_bytes());
+        serde_json::to_writer(&mut body, value).map_err(fail)
+    };
+    if queue.service.receive_ephemeral {
+        let (ephemeral, to_device) = (json!(ephemeral), json!(to_device));
+        field("ephemeral", &ephemeral)?;
+        field("de.sorunome.msc2409.ephemeral", &ephemeral)?;
+        field("to_device", &to_device)?;
+        field("de.sorunome.msc2409.to_device", &to_device)?;
+    }
+    if queue.service.msc3202 {
+        let (counts, fallback) = key_counts(services, &queue.service, &entries, &to_device);
+        if !counts.is_empty() {
+            let counts = Value::Object(counts);
+            field("org.matrix.msc3202.device_one_time_keys_count", &counts)?;
+            field("org.matrix.msc3202.device_one_time_key_counts", &counts)?;
+        }
+        if !fallback.is_empty() {
+            field(
+                "org.matrix.msc3202.device_unused_fallback_key_types",
+                &Value::Object(fallback),
+            )?;
+        }
+    }
+    body.push(b'}');
     let in_flight = InFlight {
         txn_id: stored.next_txn_id,
         last_seq,
-        body: serde_json::to_vec(&body).map_err(|e| Error::internal(e.to_string()))?,
+        body,
     };
     stored.next_txn_id += 1;
     stored.in_flight = Some(in_flight.clone());
@@ -600,6 +659,52 @@ async fn next_transaction(outbox: &Outbox, queue: &Queue) -> Result<Option<InFli
     outbox.table.queue_set_state(&mut batch, id, &stored)?;
     batch.commit().await?;
     Ok(Some(in_flight))
+}
+
+/// MSC3202: the one-time key counts and unused fallback key types of the devices of the
+/// namespace users a transaction concerns (senders and member targets of its events in the
+/// namespace, recipients of its to-device messages), as Synapse computes them:
+/// user → device → counts, user → device → algorithms.
+fn key_counts(
+    services: &Services,
+    service: &Registered,
+    entries: &[(u64, Vec<u8>)],
+    to_device: &[Value],
+) -> (serde_json::Map<String, Value>, serde_json::Map<String, Value>) {
+    let mut users = std::collections::BTreeSet::new();
+    for (_, event) in entries {
+        let Ok(event) = serde_json::from_slice::<Value>(event) else {
+            continue;
+        };
+        users.insert(event["sender"].as_str().unwrap_or_default().to_owned());
+        if event["type"] == "m.room.member" {
+            users.insert(event["state_key"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    users.extend(
+        to_device
+            .iter()
+            .filter_map(|m| m["to_user_id"].as_str().map(str::to_owned)),
+    );
+    let (mut counts, mut fallback) = (serde_json::Map::new(), serde_json::Map::new());
+    for user in users {
+        let Ok(user_id) = UserId::parse(&user) else { continue };
+        if !service.is_user_in_namespace(&user_id) {
+            continue;
+        }
+        let (mut user_counts, mut user_fallback) = (serde_json::Map::new(), serde_json::Map::new());
+        for device in services.device_ids(&user_id, None, None).unwrap_or_default() {
+            if let Ok(keys) = services.keys.key_counts(&user_id, &device) {
+                user_counts.insert(device.clone(), json!(keys.one_time));
+                user_fallback.insert(device, json!(keys.unused_fallback));
+            }
+        }
+        if !user_counts.is_empty() {
+            counts.insert(user.clone(), Value::Object(user_counts));
+            fallback.insert(user, Value::Object(user_fallback));
+        }
+    }
+    (counts, fallback)
 }
 
 /// After a 2xx: the transaction's events leave the queue, the record is cleared and the
@@ -694,7 +799,7 @@ async fn deliver(services: Weak<Services>, queue: Arc<Queue>) {
         let Some(outbox) = services.appservices.outbox() else {
             return;
         };
-        let outcome = match next_transaction(outbox, &queue).await {
+        let outcome = match next_transaction(&services, outbox, &queue).await {
             Ok(Some(txn)) => match send(outbox, &queue.service, &txn).await {
                 Ok(()) => delivered(outbox, &queue, &txn).await,
                 Err(e) => Err(e),

@@ -189,7 +189,7 @@ impl Services {
         let mut batch = self.batch();
         for (position, room_id, event_id) in &pending {
             self.push.table.queue_delete_pending(&mut batch, *position);
-            self.queue_for_appservices(&mut batch, room_id, event_id);
+            self.queue_for_appservices(&mut batch, *position, room_id, event_id);
             match self.evaluate_event(room_id, event_id) {
                 Ok(writes) => {
                     for Write(user, app_id, pushkey, push) in writes {
@@ -215,7 +215,7 @@ impl Services {
 
     /// Queues an event for the application services interested in it, in the batch that
     /// takes it off the pending list (`services::appservice::transactions`).
-    fn queue_for_appservices(&self, batch: &mut crate::storage::Batch, room_id: &str, event_id: &str) {
+    fn queue_for_appservices(&self, batch: &mut crate::storage::Batch, position: u64, room_id: &str, event_id: &str) {
         if self.appservices.all().is_empty() {
             return;
         }
@@ -225,7 +225,7 @@ impl Services {
         let queued = self
             .rooms
             .event(&id)
-            .and_then(|pdu| pdu.map_or(Ok(()), |pdu| self.queue_appservice_event(batch, &room, &pdu)));
+            .and_then(|pdu| pdu.map_or(Ok(()), |pdu| self.queue_appservice_event(batch, position, &room, &pdu)));
         if let Err(e) = queued {
             tracing::warn!(%room_id, %event_id, error = %e, "event not queued for application services");
         }

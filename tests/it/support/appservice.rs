@@ -279,6 +279,8 @@ pub struct Registration {
     pub rooms: Vec<String>,
     /// `receive_ephemeral` (MSC2409).
     pub ephemeral: bool,
+    /// `org.matrix.msc3202` (one-time key counts in transactions).
+    pub msc3202: bool,
     /// Whether the namespaces are exclusive (off by default, so tests can register namespace
     /// users with a password).
     pub exclusive: bool,
@@ -299,6 +301,7 @@ impl Registration {
             rooms: Vec::new(),
             ephemeral: false,
             exclusive: false,
+            msc3202: false,
         }
     }
 
@@ -322,6 +325,9 @@ impl Registration {
         match &self.url {
             Some(url) => text.push_str(&format!("url: {url}\n")),
             None => text.push_str("url: null\n"),
+        }
+        if self.msc3202 {
+            text.push_str("org.matrix.msc3202: true\n");
         }
         text.push_str(&format!(
             "as_token: {}\nhs_token: {}\nsender_localpart: {}\nrate_limited: false\nreceive_ephemeral: {}\nnamespaces:\n  users:{}  aliases:{}  rooms:{}",

@@ -119,6 +119,8 @@ struct QueueState {
     to_device: VecDeque<Value>,
     /// Something was queued since the delivery task last looked.
     dirty: bool,
+    /// Events were added to the push worker's batch being built (kicked once it is written).
+    appended: bool,
     /// A delivery task runs for this service.
     running: bool,
     /// The current back-off, while failing.
@@ -436,7 +438,7 @@ impl Services {
             }
             if let Some(bytes) = &client {
                 outbox.append(batch, queue, bytes)?;
-                queue.lock().dirty = true;
+                queue.lock().appended = true;
             }
         }
         Ok(())
@@ -449,8 +451,8 @@ impl Services {
             return;
         };
         for queue in &outbox.queues {
-            let dirty = queue.lock().dirty;
-            if dirty {
+            let appended = std::mem::take(&mut queue.lock().appended);
+            if appended {
                 outbox.kick(queue);
             }
         }

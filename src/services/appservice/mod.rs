@@ -3,7 +3,7 @@
 //! (`registration.rs`), and the questions the rest of the server asks about them: which service
 //! an `as_token` belongs to, and which one holds a user id or alias exclusively. Two services
 //! may not share an id or a token, nor claim the same exclusive namespace. The transactions
-//! that push events to them, and the ping, are in `transactions.rs`.
+//! that push events to them, and the ping, are in `transactions/`.
 
 pub mod registration;
 pub mod transactions;

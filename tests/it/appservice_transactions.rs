@@ -495,3 +495,39 @@ fn events_from_other_servers_reach_the_service_of_a_bridged_room() {
     assert_eq!(event["sender"], json!(carol.user_id.clone().unwrap()));
     assert_eq!(event["content"]["body"], "from afar");
 }
+
+/// A room whose id matches the rooms namespace is the service's without any namespace user in
+/// it; another room is not.
+#[test]
+fn a_room_in_the_rooms_namespace_is_bridged_without_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let irc = TestAppservice::start();
+    let mut server = TestServer::start();
+    let alice = server.user("alice", "pw");
+    let matched = create_room(&alice, json!({}));
+    let other = create_room(&alice, json!({}));
+    let mut reg = bridge("irc", &irc, "irc");
+    reg.rooms = vec![regex_escape(&matched)];
+    let files = registration_files(&[reg.write(dir.path())]);
+    server.stop();
+    server.set_env("HEARTH_APPSERVICES__REGISTRATION_FILES", &files);
+    server.set_env("HEARTH_TEST_APPSERVICE_TIMINGS_MS", "50,400,1500");
+    server.launch();
+    let alice = alice.with_base(&server.base);
+    let hidden = send(&alice, &other, "o1", "not bridged");
+    let seen = send(&alice, &matched, "m1", "bridged by its id");
+    assert!(irc.wait_for_events(WAIT, &[&seen]), "{:?}", irc.accepted_event_ids());
+    assert!(!irc.accepted_event_ids().contains(&hidden));
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}

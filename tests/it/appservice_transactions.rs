@@ -298,7 +298,7 @@ fn ephemeral_data_and_to_device_reach_only_services_that_ask() {
 }
 
 #[test]
-fn a_service_down_gets_every_transaction_afterwards_in_order_also_after_a_restart() {
+fn a_service_down_gets_every_transaction_afterwards_in_order_also_after_a_restart_and_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let irc = TestAppservice::start();
     let reg = bridge("irc", &irc, "irc");
@@ -329,7 +329,7 @@ fn a_service_down_gets_every_transaction_afterwards_in_order_also_after_a_restar
         "a retry keeps its transaction id and body: {failed:?}"
     );
 
-    // Then it is down altogether, and Hearth restarts meanwhile.
+    // Then it is down altogether, and Hearth restarts meanwhile (stopped, then killed).
     irc.stop();
     for i in 0..5 {
         sent.push(send(&alice, &room, &format!("d{i}"), &format!("while down {i}")));
@@ -339,6 +339,13 @@ fn a_service_down_gets_every_transaction_afterwards_in_order_also_after_a_restar
     let alice = alice.with_base(&server.base);
     for i in 0..5 {
         sent.push(send(&alice, &room, &format!("r{i}"), &format!("after the restart {i}")));
+    }
+    // And a crash (SIGKILL) before the service is back.
+    server.kill9();
+    server.launch();
+    let alice = alice.with_base(&server.base);
+    for i in 0..3 {
+        sent.push(send(&alice, &room, &format!("k{i}"), &format!("after the crash {i}")));
     }
     irc.set_mode(Mode::Answer);
     irc.restart();

@@ -90,8 +90,20 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer read from a service.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// Rooms whose interest is remembered per service.
+/// Rooms whose namespace members are remembered, all services together.
 const INTEREST_CACHE: usize = 10_000;
+/// Most namespace members remembered, all rooms together.
+const INTEREST_USERS: u64 = 1_000_000;
+
+/// Weighs a remembered list of namespace members by its length.
+#[derive(Clone)]
+struct ListWeight;
+
+impl quick_cache::Weighter<(usize, OwnedRoomId), Arc<Vec<OwnedUserId>>> for ListWeight {
+    fn weight(&self, _key: &(usize, OwnedRoomId), list: &Arc<Vec<OwnedUserId>>) -> u64 {
+        list.len() as u64 + 1
+    }
+}
 /// Queue drops are logged at the first one and then every this many.
 const DROP_LOG_EVERY: u64 = 1_000;
 
@@ -149,7 +161,7 @@ pub struct Outbox {
     timings_ms: (AtomicU64, AtomicU64, AtomicU64),
     /// (service index, room) → the users of the service's namespace with a membership in the
     /// room; forgotten at each member event of the room.
-    interest: quick_cache::sync::Cache<(usize, OwnedRoomId), Arc<Vec<OwnedUserId>>>,
+    interest: quick_cache::sync::Cache<(usize, OwnedRoomId), Arc<Vec<OwnedUserId>>, ListWeight>,
     policy: AddressPolicy,
 }
 
@@ -200,7 +212,7 @@ impl Outbox {
                 AtomicU64::new(timings.1),
                 AtomicU64::new(timings.2),
             ),
-            interest: quick_cache::sync::Cache::new(INTEREST_CACHE),
+            interest: quick_cache::sync::Cache::with_weighter(INTEREST_CACHE, INTEREST_USERS, ListWeight),
             policy,
         }
     }

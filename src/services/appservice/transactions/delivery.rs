@@ -10,7 +10,7 @@ use std::{
 use ruma::UserId;
 use serde_json::{Value, json};
 
-use super::{MAX_ANSWER_BYTES, MAX_EPHEMERAL_PER_TXN, MAX_EVENTS_PER_TXN, Outbox, Queue, Started};
+use super::{GATHER, MAX_ANSWER_BYTES, MAX_EPHEMERAL_PER_TXN, MAX_EVENTS_PER_TXN, Outbox, Queue, Started};
 use crate::{
     Error, Result,
     services::{Services, appservice::Registered, media::fetch},
@@ -49,10 +49,12 @@ async fn next_transaction(services: &Services, outbox: &Outbox, queue: &Queue) -
     let id = queue.service.id();
     let mut stored = outbox.table.state(id)?;
     if let Some(in_flight) = stored.in_flight {
+        queue.lock().backlog = true;
         return Ok(Some(in_flight));
     }
     queue.lock().dirty = false;
     let entries = outbox.table.first(id, MAX_EVENTS_PER_TXN)?;
+    queue.lock().backlog = entries.len() >= MAX_EVENTS_PER_TXN;
     let (ephemeral, to_device): (Vec<Value>, Vec<Value>) = {
         let mut state = queue.lock();
         let n = state.ephemeral.len().min(MAX_EPHEMERAL_PER_TXN);
@@ -264,13 +266,22 @@ pub(super) async fn deliver(services: Weak<Services>, queue: Arc<Queue>) {
         };
         let outcome = match next_transaction(&services, outbox, &queue).await {
             Ok(Some(txn)) => match send(outbox, &queue.service, &txn).await {
-                Ok(()) => delivered(outbox, &queue, &txn).await,
+                // Not behind: the events sent meanwhile gather into fuller, fewer transactions
+                // (each costs a synced write and a request).
+                Ok(()) => delivered(outbox, &queue, &txn)
+                    .await
+                    .map(|()| txn.last_seq.is_some() && !queue.lock().backlog),
                 Err(e) => Err(e),
             },
             Ok(None) if finish(&queue) => return,
             Ok(None) => continue,
             Err(e) => Err(e),
         };
+        if let Ok(true) = outcome {
+            drop(services);
+            tokio::time::sleep(GATHER).await;
+            continue;
+        }
         if let Err(e) = outcome {
             let wait = failed(outbox, &queue);
             tracing::debug!(appservice = queue.service.id(), error = %e, retry_in_ms = wait.as_millis() as u64, "appservice transaction failed");

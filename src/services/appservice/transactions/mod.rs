@@ -22,7 +22,8 @@
 //!
 //! **Delivery.** One task per service with something queued, so one transaction per service
 //! is in flight. A transaction carries the first [`MAX_EVENTS_PER_TXN`] queued events and up to
-//! [`MAX_EPHEMERAL_PER_TXN`] ephemeral events and to-device messages. It is stored as built
+//! [`MAX_EPHEMERAL_PER_TXN`] ephemeral events and to-device messages; after a transaction with
+//! events that did not fill it, delivery waits [`GATHER`] so events sent meanwhile go together. It is stored as built
 //! (its id, the last queue entry it carries, its body: `service_astxn`) in a synced write
 //! before it is first sent, and sent again unchanged, same id and same body, after every
 //! failure (no connection, a timeout, a status other than 2xx) after a back-off of 1 s doubling
@@ -86,6 +87,9 @@ pub const MAX_QUEUED_EPHEMERAL: usize = 1_000;
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// How long delivery waits after a transaction with events when it is not behind, so events
+/// sent meanwhile go together in the next.
+pub const GATHER: Duration = Duration::from_millis(20);
 /// How long a transaction or a ping may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer read from a service.
@@ -133,6 +137,8 @@ struct QueueState {
     dirty: bool,
     /// Events were added to the push worker's batch being built (kicked once it is written).
     appended: bool,
+    /// The transaction being sent was full (or recovered): delivery is behind, no gathering.
+    backlog: bool,
     /// A delivery task runs for this service.
     running: bool,
     /// The current back-off, while failing.

@@ -48,6 +48,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     crate::services::federation::sender::spawn(&services);
     crate::services::federation::forward::spawn(&services);
     crate::services::federation::device_lists::spawn(&services);
+    crate::services::appservice::transactions::spawn(&services);
     // The search index of rooms written before it existed is built in the background.
     let rebuilding = Arc::clone(&services);
     std::thread::Builder::new()

@@ -231,6 +231,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, federation: bool) {
     t.add(LimitClass::Client, client::reporting::report_room);
     t.add(LimitClass::Client, client::reporting::report_user);
 
+    // Application services: the ping (the rest of their API is on the services' side).
+    client::appservice_ping::configure(&mut t);
+
     // Third-party networks (bridged by application services).
     t.add(LimitClass::Client, client::thirdparty::get_protocols);
     t.add(LimitClass::Client, client::thirdparty::get_protocol);

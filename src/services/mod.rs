@@ -169,8 +169,9 @@ impl Services {
         let push = push::Push::new(Arc::clone(&db), &config.push);
         let initial_syncs = sync::InitialSyncs::new(config.initial_sync_concurrency);
         let federation = federation::Federation::new(&config, Arc::clone(&db), Arc::clone(&server_keys))?;
-        let appservices = appservice::Appservices::load(&config.appservice_registration_files, &config.server_name)
+        let mut appservices = appservice::Appservices::load(&config.appservice_registration_files, &config.server_name)
             .map_err(crate::Error::internal)?;
+        appservices.attach(Arc::clone(&db));
         Ok(Arc::new(Services {
             federation,
             appservices,

@@ -217,6 +217,7 @@ impl super::Services {
             if *kind == "m.read" {
                 self.federation
                     .send_receipt(&self.rooms, room_id, user_id, event_id, *thread);
+                self.appservice_receipt(room_id, user_id, event_id, *thread);
             }
         }
         Ok(())

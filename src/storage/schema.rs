@@ -227,6 +227,15 @@ pub const USER_REMOTEDEVICELIST: &str = "user_remotedevicelist";
 /// (`tables::device_lists_fed`; the next one names it as `prev_id`).
 pub const USER_DEVICELISTFEDID: &str = "user_devicelistfedid";
 
+/// appservice id SEP u64 sequence number (per service, in queue order) → the event in client
+/// format as JSON bytes: the events still to be sent to each application service
+/// (`tables::appservice_queue`), deleted once a transaction carrying them was answered 200.
+pub const SERVICESEQ_ASEVENT: &str = "serviceseq_asevent";
+/// appservice id → postcard `AsTxnState` (the next transaction id, and the transaction in
+/// flight as built: its id, the last queue entry it carries, its body), so a retry after a
+/// restart sends the same transaction again.
+pub const SERVICE_ASTXN: &str = "service_astxn";
+
 /// Every column family, opened (and created if missing) at start.
 pub const TABLES: &[TableDef] = &[
     small(GLOBAL),
@@ -302,6 +311,8 @@ pub const TABLES: &[TableDef] = &[
     small(DESTSEQ_FEDPDU),
     small(DESTSEQ_FEDEDU),
     small(WEEKORIGINMSG_EMPTY),
+    small(SERVICESEQ_ASEVENT),
+    small(SERVICE_ASTXN),
 ];
 
 const fn small(name: &'static str) -> TableDef {

@@ -570,7 +570,7 @@ fn decode(path: &str) -> String {
 
 #[test]
 fn services_are_asked_about_unknown_users_aliases_and_third_party_lookups() {
-    use crate::support::appservice::FakeAppservice;
+    use crate::support::appservice_queries::FakeAppservice;
     let base: std::sync::Arc<std::sync::Mutex<String>> = Default::default();
     let hearth = std::sync::Arc::clone(&base);
     let fake = FakeAppservice::start(move |request| {

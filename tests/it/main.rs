@@ -6,6 +6,9 @@ mod support;
 /// Application services on the client-server API: the as_token, masquerading, registration
 /// and login, M_EXCLUSIVE, ts, MSC4190 devices, queries to services, `hearth appservice`.
 mod appservice_client;
+/// Transactions to application services and the appservice ping.
+mod appservice_transactions;
+
 /// Admin commands of the binary (`hearth user …`, `registration-token …`, config commands).
 mod cli;
 /// Accounts: registration, login, tokens, password, deactivation (spec "Client authentication").

@@ -5,6 +5,7 @@
 pub mod account;
 pub mod account_data;
 pub mod admin;
+pub mod appservice_ping;
 pub mod backup;
 pub mod device;
 pub mod directory;

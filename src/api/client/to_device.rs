@@ -15,6 +15,23 @@ pub async fn send_event_to_device(
     req: send_event_to_device::v3::Request,
 ) -> Result<send_event_to_device::v3::Response> {
     let session = ctx.session()?;
+    let for_appservices: Vec<(ruma::OwnedUserId, Option<String>, serde_json::Value)> =
+        if ctx.services.appservices.all().iter().any(|s| s.receive_ephemeral) {
+            req.messages
+                .iter()
+                .flat_map(|(user, devices)| {
+                    devices.iter().filter_map(move |(device, content)| {
+                        let device = match device {
+                            DeviceIdOrAllDevices::DeviceId(id) => Some(id.to_string()),
+                            DeviceIdOrAllDevices::AllDevices => None,
+                        };
+                        Some((user.clone(), device, serde_json::from_str(content.json().get()).ok()?))
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
     let messages = req
         .messages
         .iter()
@@ -57,5 +74,9 @@ pub async fn send_event_to_device(
         federation.wake(queued);
     }
     written?;
+    if !for_appservices.is_empty() {
+        ctx.services
+            .appservice_to_device(&session.user_id, &req.event_type.to_string(), &for_appservices);
+    }
     Ok(send_event_to_device::v3::Response::new())
 }

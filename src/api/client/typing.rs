@@ -23,6 +23,7 @@ pub async fn create_typing_event(
         _ => None,
     };
     ctx.services.typing.set(&req.room_id, user_id, timeout);
+    ctx.services.appservice_typing(&req.room_id);
     ctx.services
         .federation
         .send_typing(&ctx.services.rooms, &req.room_id, user_id, timeout.is_some());

@@ -2,11 +2,13 @@
 //! registered in `[appservices] registration_files`, read and checked at start-up
 //! (`registration.rs`), and the questions the rest of the server asks about them: which service
 //! an `as_token` belongs to, and which one holds a user id or alias exclusively. Two services
-//! may not share an id or a token, nor claim the same exclusive namespace.
+//! may not share an id or a token, nor claim the same exclusive namespace. The transactions
+//! that push events to them, and the ping, are in `transactions/`.
 
 pub mod client_server;
 pub mod query;
 pub mod registration;
+pub mod transactions;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -20,6 +22,9 @@ pub struct Appservices {
     services: Vec<Arc<Registered>>,
     /// The HTTP client for questions to the services.
     outbound: query::Outbound,
+    /// The queues of transactions to the services, once attached to storage
+    /// ([`Appservices::attach`]).
+    outbox: Option<transactions::Outbox>,
 }
 
 impl Appservices {
@@ -62,6 +67,7 @@ impl Appservices {
         Ok(Appservices {
             services: services.into_iter().map(Arc::new).collect(),
             outbound: query::Outbound::default(),
+            outbox: None,
         })
     }
 

@@ -415,6 +415,11 @@ impl Directory {
             .collect()
     }
 
+    /// The room's local aliases, unchecked (application-service interest).
+    pub fn local_aliases_of(&self, room_id: &RoomId) -> Result<Vec<String>> {
+        Ok(self.table.of_room(room_id.as_str())?)
+    }
+
     fn world_readable(&self, rooms: &Rooms, room_id: &RoomId) -> Result<bool> {
         Ok(rooms.history_visibility(room_id)? == "world_readable")
     }

@@ -102,6 +102,7 @@ pub async fn receive_edus(services: &Services, origin: &ServerName, edus: &[Raw<
                 if let Some(user) = member_of_origin(services, origin, &room, user) {
                     let typing = content["typing"].as_bool().unwrap_or(false);
                     services.typing.set(&room, &user, typing.then_some(REMOTE_TYPING));
+                    services.appservice_typing(&room);
                 }
             }
             Some("m.receipt") => {
@@ -134,8 +135,9 @@ pub async fn receive_edus(services: &Services, origin: &ServerName, edus: &[Raw<
                             continue;
                         }
                         let thread = receipt["data"]["thread_id"].as_str();
-                        if let Err(e) = services.receipts.set(&room, &user, "m.read", &event_id, thread).await {
-                            tracing::info!(%origin, error = %e, "receipt not stored");
+                        match services.receipts.set(&room, &user, "m.read", &event_id, thread).await {
+                            Ok(()) => services.appservice_receipt(&room, &user, &event_id, thread),
+                            Err(e) => tracing::info!(%origin, error = %e, "receipt not stored"),
                         }
                     }
                 }

@@ -4,7 +4,8 @@
 //! vetted again. Size and time are bounded: the body is cut at `max_bytes` and the whole fetch,
 //! redirects included, has one deadline. `https://` runs TLS (rustls) over the vetted
 //! connection, trusting the public web's roots plus `media.url_preview_extra_ca_file`.
-//! [`post_json`] is the same client for one JSON POST without redirects (push gateways).
+//! [`post_json`] is the same client for one JSON POST without redirects (push gateways), and
+//! [`send_json`] for another method with extra headers (application services).
 
 use std::{
     net::SocketAddr,
@@ -245,17 +246,44 @@ pub(crate) async fn post_json(
     max_bytes: usize,
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>)> {
+    send_json("POST", url, policy, &[], body, max_bytes, timeout).await
+}
+
+/// [`post_json`] with another method and extra header lines (`("Authorization", "Bearer …")`):
+/// application-service transactions and pings go out this way.
+pub(crate) async fn send_json(
+    method: &str,
+    url: &str,
+    policy: &AddressPolicy,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>)> {
+    let mut extra = String::new();
+    for (name, value) in headers {
+        if [name, value]
+            .iter()
+            .any(|t| t.bytes().any(|b| b == b'\r' || b == b'\n'))
+        {
+            return Err(failed("Header with a line break"));
+        }
+        extra.push_str(&format!("{name}: {value}\r\n"));
+    }
     tokio::time::timeout(timeout, async {
         let target = parse_url(url)?;
         let addrs = vetted_addrs(&target, policy).await?;
-        let (status, _, body) = request(&target, &addrs, max_bytes, Some(body)).await?;
+        let (status, _, body) = request(&target, &addrs, max_bytes, Some((method, body, extra.as_str()))).await?;
         Ok((status, body))
     })
     .await
     .map_err(|_| failed("Timed out"))?
 }
 
-async fn request(target: &Target, addrs: &[SocketAddr], max_bytes: usize, post: Option<&[u8]>) -> Result<Response> {
+/// What a request sends besides GET: its method, body and extra header lines.
+type Send<'a> = Option<(&'a str, &'a [u8], &'a str)>;
+
+async fn request(target: &Target, addrs: &[SocketAddr], max_bytes: usize, post: Send<'_>) -> Result<Response> {
     let mut last_error = None;
     let mut stream = None;
     for addr in addrs {
@@ -292,7 +320,7 @@ async fn exchange(
     mut stream: impl AsyncRead + AsyncWrite + Unpin,
     target: &Target,
     max_bytes: usize,
-    post: Option<&[u8]>,
+    post: Send<'_>,
 ) -> Result<Response> {
     let default_port = if target.tls { 443 } else { 80 };
     let host_header = if target.port == default_port {
@@ -305,14 +333,14 @@ async fn exchange(
             "GET {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: Hearth URL preview\r\nAccept: text/html, application/xhtml+xml, */*;q=0.5\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
             target.path
         ),
-        Some(body) => format!(
-            "POST {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: Hearth\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAccept: application/json\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
+        Some((method, body, extra)) => format!(
+            "{method} {} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: Hearth\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAccept: application/json\r\nAccept-Encoding: identity\r\n{extra}Connection: close\r\n\r\n",
             target.path,
             body.len()
         ),
     };
     let mut request = head.into_bytes();
-    request.extend_from_slice(post.unwrap_or_default());
+    request.extend_from_slice(post.map(|(_, body, _)| body).unwrap_or_default());
     stream
         .write_all(&request)
         .await

@@ -4,7 +4,8 @@
 //!    adds to each event's batch, taken once they are below the watermark) with the push
 //!    rules of each joined member but the sender (and of an invitee) who has a pusher, and
 //!    records, in one batch that also removes the entry, one queued push per pusher of each
-//!    user it notifies;
+//!    user it notifies (and the event in the queue of each interested application service:
+//!    `services::appservice::transactions`);
 //! 2. **delivers** the queued pushes to the push gateways (`POST /_matrix/push/v1/notify`), in
 //!    stream order per pusher, different pushers in parallel.
 //!
@@ -188,6 +189,7 @@ impl Services {
         let mut batch = self.batch();
         for (position, room_id, event_id) in &pending {
             self.push.table.queue_delete_pending(&mut batch, *position);
+            self.queue_for_appservices(&mut batch, *position, room_id, event_id);
             match self.evaluate_event(room_id, event_id) {
                 Ok(writes) => {
                     for Write(user, app_id, pushkey, push) in writes {
@@ -206,8 +208,27 @@ impl Services {
         // are evaluated again after the restart (pushes are at least once anyway); the next
         // synced write, or RocksDB's own WAL flushes, make it durable.
         batch.commit_unsynced()?;
+        self.appservice_events_queued();
         self.push.pending_after.fetch_max(done_up_to, Ordering::AcqRel);
         Ok(pending.len())
+    }
+
+    /// Queues an event for the application services interested in it, in the batch that
+    /// takes it off the pending list (`services::appservice::transactions`).
+    fn queue_for_appservices(&self, batch: &mut crate::storage::Batch, position: u64, room_id: &str, event_id: &str) {
+        if self.appservices.all().is_empty() {
+            return;
+        }
+        let (Ok(room), Ok(id)) = (RoomId::parse(room_id), ruma::EventId::parse(event_id)) else {
+            return;
+        };
+        let queued = self
+            .rooms
+            .event(&id)
+            .and_then(|pdu| pdu.map_or(Ok(()), |pdu| self.queue_appservice_event(batch, position, &room, &pdu)));
+        if let Err(e) = queued {
+            tracing::warn!(%room_id, %event_id, error = %e, "event not queued for application services");
+        }
     }
 
     /// The pushes one event makes: for each recipient with a pusher whose rules say it

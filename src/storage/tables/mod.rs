@@ -5,6 +5,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod aliases;
+pub mod appservice_queue;
 pub mod device_keys;
 pub mod device_lists_fed;
 pub mod devices;

@@ -1,133 +1,360 @@
-//! A tiny application service on loopback for tests: a plain-HTTP listener that records every
-//! request (method, path with query, `Authorization`, body) and answers what the test's
-//! handler returns. The handler runs on the connection's thread, so it may call back into
-//! the homeserver (a service creates a queried user before answering 200).
+//! A test application service: plain HTTP on 127.0.0.1 (a thread per connection), recording
+//! every request it gets (method, path with query, `Authorization`, JSON body) and answering
+//! by its [`Mode`]: 200 `{}`, 503, or holding the request. It can be stopped (connections
+//! refused) and started again on the same port. [`Registration`] writes the YAML registration
+//! file a [`super::TestServer`] reads from `HEARTH_APPSERVICES__REGISTRATION_FILES`.
 
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-/// One request the service received.
+use serde_json::Value;
+
+/// How the service answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 `{}`.
+    Answer,
+    /// 503 `{"errcode":"M_UNKNOWN"}`.
+    Fail,
+    /// Holds each request for a minute without answering.
+    Hang,
+}
+
+/// One request received.
 #[derive(Clone, Debug)]
-pub struct Received {
-    /// `GET`, `PUT`, …
+pub struct Request {
     pub method: String,
-    /// Path and query, as sent.
+    /// The path and query, as sent.
     pub path: String,
-    /// The `Authorization` header.
     pub authorization: Option<String>,
-    /// The body.
-    pub body: Vec<u8>,
+    pub body: Value,
+    /// The status answered (0 when held).
+    pub status: u16,
 }
 
-type Handler = dyn Fn(&Received) -> (u16, String) + Send + Sync;
+impl Request {
+    /// The transaction id of a `PUT …/transactions/{txnId}`.
+    pub fn txn_id(&self) -> Option<&str> {
+        self.path
+            .split('?')
+            .next()?
+            .strip_prefix("/_matrix/app/v1/transactions/")
+    }
 
-/// A running fake application service; stops when dropped.
-pub struct FakeAppservice {
-    /// `http://127.0.0.1:PORT`, for the registration's `url`.
-    pub url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-    stop: Arc<AtomicBool>,
-    port: u16,
+    /// The ids of the transaction's events.
+    pub fn event_ids(&self) -> Vec<String> {
+        self.list("events")
+            .iter()
+            .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// A list field of the body (empty when absent).
+    pub fn list(&self, field: &str) -> Vec<Value> {
+        self.body[field].as_array().cloned().unwrap_or_default()
+    }
 }
 
-impl FakeAppservice {
-    /// Starts a service answering each request with `handler(request)` = (status, JSON body).
-    pub fn start(handler: impl Fn(&Received) -> (u16, String) + Send + Sync + 'static) -> FakeAppservice {
+struct Shared {
+    mode: Mutex<Mode>,
+    received: Mutex<Vec<Request>>,
+    running: AtomicBool,
+}
+
+/// The running test service.
+pub struct TestAppservice {
+    pub port: u16,
+    shared: Arc<Shared>,
+}
+
+impl TestAppservice {
+    /// Starts a service on a free port of 127.0.0.1.
+    pub fn start() -> TestAppservice {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let handler: Arc<Handler> = Arc::new(handler);
-        {
-            let received = Arc::clone(&received);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let received = Arc::clone(&received);
-                    let handler = Arc::clone(&handler);
-                    std::thread::spawn(move || serve(conn, &received, &*handler));
-                }
-            });
-        }
-        FakeAppservice {
-            url: format!("http://127.0.0.1:{port}"),
-            received,
-            stop,
+        let service = TestAppservice {
             port,
+            shared: Arc::new(Shared {
+                mode: Mutex::new(Mode::Answer),
+                received: Mutex::default(),
+                running: AtomicBool::new(false),
+            }),
+        };
+        service.serve(listener);
+        service
+    }
+
+    /// Its URL, for the registration.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Changes how it answers.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.shared.mode.lock().unwrap() = mode;
+    }
+
+    /// Stops listening: connections are refused until [`Self::restart`].
+    pub fn stop(&self) {
+        if self.shared.running.swap(false, Ordering::SeqCst) {
+            // Wakes the accept loop, which then drops the listener.
+            let _ = TcpStream::connect(("127.0.0.1", self.port));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
-    /// Every request so far, in arrival order.
-    pub fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
+    /// Listens again on the same port.
+    pub fn restart(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot listen again on {}: {e}", self.port),
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        self.shared.running.store(true, Ordering::SeqCst);
+        let shared = Arc::clone(&self.shared);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if !shared.running.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || handle(stream, &shared));
+            }
+        });
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Request> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// The transactions received (every attempt, retries included), in arrival order.
+    pub fn transactions(&self) -> Vec<Request> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.method == "PUT" && r.txn_id().is_some())
+            .collect()
+    }
+
+    /// The transactions answered 200, each id once (the first time), in arrival order.
+    pub fn accepted(&self) -> Vec<Request> {
+        let mut seen = std::collections::HashSet::new();
+        self.transactions()
+            .into_iter()
+            .filter(|r| r.status == 200 && seen.insert(r.txn_id().unwrap_or_default().to_owned()))
+            .collect()
+    }
+
+    /// The ids of the events accepted, in order, each transaction counted once.
+    pub fn accepted_event_ids(&self) -> Vec<String> {
+        self.accepted().iter().flat_map(Request::event_ids).collect()
+    }
+
+    /// Waits until `done` holds for what was received (at most `timeout`).
+    pub fn wait_for(&self, timeout: Duration, done: impl Fn(&[Request]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.received()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until the events accepted include every one of `event_ids`.
+    pub fn wait_for_events(&self, timeout: Duration, event_ids: &[&str]) -> bool {
+        self.wait_for(timeout, |_| {
+            let got = self.accepted_event_ids();
+            event_ids.iter().all(|id| got.iter().any(|g| g == id))
+        })
     }
 }
 
-impl Drop for FakeAppservice {
+impl Drop for TestAppservice {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        self.stop();
     }
 }
 
-fn serve(mut conn: TcpStream, received: &Mutex<Vec<Received>>, handler: &Handler) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-        }
-        if data.len() > 1 << 20 {
+fn handle(stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or_default().to_owned();
+    let path = parts.next().unwrap_or_default().to_owned();
+    let mut length = 0usize;
+    let mut authorization = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 {
             return;
         }
-    };
-    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or("").split(' ');
-    let method = request_line.next().unwrap_or("").to_owned();
-    let path = request_line.next().unwrap_or("").to_owned();
-    let header = |name: &str| {
-        head.split("\r\n").skip(1).find_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    };
-    let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = data[head_end..].to_vec();
-    while body.len() < length.min(16 << 20) {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&buf[..n]),
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let value = value.trim().to_owned();
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.parse().unwrap_or(0),
+                "authorization" => authorization = Some(value),
+                _ => {}
+            }
         }
     }
-    let request = Received {
+    let mut body = vec![0u8; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let mode = *shared.mode.lock().unwrap();
+    let (status, answer) = match mode {
+        Mode::Answer => (200, "{}"),
+        Mode::Fail => (503, r#"{"errcode":"M_UNKNOWN","error":"down for maintenance"}"#),
+        Mode::Hang => (0, ""),
+    };
+    shared.received.lock().unwrap().push(Request {
         method,
         path,
-        authorization: header("authorization"),
-        body,
-    };
-    received.lock().unwrap().push(request.clone());
-    let (status, answer) = handler(&request);
-    let response = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        authorization,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        status,
+    });
+    if mode == Mode::Hang {
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    let reason = if status == 200 { "OK" } else { "Service Unavailable" };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
         answer.len()
     );
-    let _ = conn.write_all(response.as_bytes());
+    let _ = stream.flush();
+}
+
+/// A registration file's fields.
+pub struct Registration {
+    pub id: String,
+    /// `None`: no `url` (the service gets no transactions; ping answers `M_URL_NOT_SET`).
+    pub url: Option<String>,
+    pub as_token: String,
+    pub hs_token: String,
+    pub sender_localpart: String,
+    /// Exclusive users regexes.
+    pub users: Vec<String>,
+    pub aliases: Vec<String>,
+    pub rooms: Vec<String>,
+    /// `receive_ephemeral` (MSC2409).
+    pub ephemeral: bool,
+    /// `org.matrix.msc3202` (one-time key counts in transactions).
+    pub msc3202: bool,
+    /// Whether the namespaces are exclusive (off by default, so tests can register namespace
+    /// users with a password).
+    pub exclusive: bool,
+}
+
+impl Registration {
+    /// A registration for service `id` (tokens `as-{id}` / `hs-{id}`, sender `{id}bot`) with
+    /// no namespaces.
+    pub fn new(id: &str, url: Option<String>) -> Registration {
+        Registration {
+            id: id.to_owned(),
+            url,
+            as_token: format!("as-{id}"),
+            hs_token: format!("hs-{id}"),
+            sender_localpart: format!("{id}bot"),
+            users: Vec::new(),
+            aliases: Vec::new(),
+            rooms: Vec::new(),
+            ephemeral: false,
+            exclusive: false,
+            msc3202: false,
+        }
+    }
+
+    /// The YAML text.
+    pub fn yaml(&self) -> String {
+        let list = |items: &[String]| {
+            if items.is_empty() {
+                " []\n".to_owned()
+            } else {
+                let mut out = "\n".to_owned();
+                for regex in items {
+                    out.push_str(&format!(
+                        "    - exclusive: {}\n      regex: '{regex}'\n",
+                        self.exclusive
+                    ));
+                }
+                out
+            }
+        };
+        let mut text = format!("id: {}\n", self.id);
+        match &self.url {
+            Some(url) => text.push_str(&format!("url: {url}\n")),
+            None => text.push_str("url: null\n"),
+        }
+        if self.msc3202 {
+            text.push_str("org.matrix.msc3202: true\n");
+        }
+        text.push_str(&format!(
+            "as_token: {}\nhs_token: {}\nsender_localpart: {}\nrate_limited: false\nreceive_ephemeral: {}\nnamespaces:\n  users:{}  aliases:{}  rooms:{}",
+            self.as_token,
+            self.hs_token,
+            self.sender_localpart,
+            self.ephemeral,
+            list(&self.users),
+            list(&self.aliases),
+            list(&self.rooms),
+        ));
+        text
+    }
+
+    /// Writes the file into `dir`, named after the id; its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("{}.yaml", self.id));
+        std::fs::write(&path, self.yaml()).expect("write registration");
+        path
+    }
+}
+
+/// The `HEARTH_APPSERVICES__REGISTRATION_FILES` value for `files`.
+pub fn registration_files(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

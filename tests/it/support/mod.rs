@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod appservice;
+pub mod appservice_queries;
 pub mod fake_server;
 pub mod federation;
 pub mod media;

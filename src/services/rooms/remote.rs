@@ -169,22 +169,24 @@ impl Rooms {
             // The room's state is the resolution of the states after its forward extremities
             // (resolving the old current state with the new one instead would depend on the
             // order events came in: state resolution is not associative).
-            let mut maps = vec![self.ruma_state(&StateAt::layer(Arc::clone(&after)))?];
-            let mut with_current = false;
+            // Extremities with the same state (forks of messages) count once: resolution
+            // of a state with itself changes nothing, and a server forking a room many times
+            // over must not multiply the work of every event after.
+            let mut states = vec![StateAt::layer(Arc::clone(&after))];
             for (_, id) in &extremities {
                 let state = match self.original_event(id)? {
                     Some(extremity) => self.state_after_event(&extremity).ok(),
                     None => None,
                 };
-                match state {
-                    Some(state) => maps.push(self.ruma_state(&state)?),
-                    None if !with_current => {
-                        with_current = true;
-                        maps.push(self.ruma_state(&StateAt::layer(Arc::clone(&old_current)))?);
-                    }
-                    None => {}
+                let state = state.unwrap_or_else(|| StateAt::layer(Arc::clone(&old_current)));
+                if !states.iter().any(|known| known.same_as(&state)) {
+                    states.push(state);
                 }
             }
+            let maps = states
+                .iter()
+                .map(|state| self.ruma_state(state))
+                .collect::<Result<Vec<_>>>()?;
             let resolved = self.resolve(&rules, maps, Some(&pdu))?;
             self.layer_for(&mut batch, &old_current, &resolved)?
         };
@@ -389,18 +391,19 @@ impl Rooms {
             if self.state.before_event(short)?.is_none() {
                 return Ok(None);
             }
-            afters.push(self.state_after_event(&prev)?);
+            let after = self.state_after_event(&prev)?;
+            // Prev events with the same state count once (up to 20 prev events, each a state).
+            if !afters.iter().any(|known: &StateAt| known.same_as(&after)) {
+                afters.push(after);
+            }
         }
         let Some(first) = afters.first().cloned() else {
             return Ok(None);
         };
-        let same = afters
-            .iter()
-            .all(|s| s.top.as_ref().map(|l| l.id) == first.top.as_ref().map(|l| l.id) && s.extra == first.extra);
         let Some(base) = first.top.clone() else {
             return Ok(None);
         };
-        if same {
+        if afters.len() == 1 {
             return Ok(Some(match first.extra {
                 None => base,
                 Some((key, event, member)) => {

@@ -23,6 +23,11 @@ pub(crate) struct StateAt {
 }
 
 impl StateAt {
+    /// Whether both name the same state the same way (the same layer and event on top).
+    pub(crate) fn same_as(&self, other: &StateAt) -> bool {
+        self.top.as_ref().map(|l| l.id) == other.top.as_ref().map(|l| l.id) && self.extra == other.extra
+    }
+
     /// The state a stored layer describes.
     pub(crate) fn layer(top: Arc<Layer>) -> Self {
         Self {
